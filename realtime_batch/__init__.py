@@ -1,0 +1,46 @@
+"""realtime-batch: interactive, millisecond-latency tasks on Azure Batch pools.
+
+>>> import realtime_batch as rb
+>>> with rb.LocalPool(engines=2, task_files=["examples/hello/hello.py"]) as pool:
+...     with rb.Session(pool) as session:
+...         print(session.submit("hello.py", "world").result())
+
+The public names are imported lazily (PEP 562) so that importing a low-level
+module (the wire protocol, a transport) does not pull in the client side.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY: dict[str, str] = {
+    "Session": "realtime_batch.orchestrator.session:Session",
+    "JobManager": "realtime_batch.orchestrator.session:JobManager",
+    "Result": "realtime_batch.orchestrator.session:Result",
+    "TaskError": "realtime_batch.orchestrator.session:TaskError",
+    "TaskCancelledError": "realtime_batch.orchestrator.session:TaskCancelledError",
+    "LocalPool": "realtime_batch.emulator.local_pool:LocalPool",
+    "Pool": "realtime_batch.orchestrator.pool:Pool",
+    "AzureBatchPool": "realtime_batch.orchestrator.azure_batch:AzureBatchPool",
+    "open_transport": "realtime_batch.transport:open_transport",
+    "Message": "realtime_batch.transport:Message",
+}
+
+__all__ = ["__version__", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'realtime_batch' has no attribute {name!r}")
+    module_name, _, attr = target.partition(":")
+    value = getattr(importlib.import_module(module_name), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,202 @@
+"""The transport contract: messages, leased deliveries and the abstract ``Transport``.
+
+The semantics are those of Service Bus peek-lock, the strictest of the backends:
+
+* ``send`` enqueues; FIFO per queue and per group.
+* ``receive`` *leases* messages for the queue's lock duration; a leased message is
+  invisible to other receivers until it is completed, abandoned, dead-lettered or
+  its lease expires.
+* An expired or abandoned lease means redelivery with ``delivery_count + 1``; after
+  ``max_delivery_count`` deliveries the message moves to the dead-letter queue
+  (``dead_letter_queue(queue)``) with the reason in its properties.
+* ``group`` gives separate mailboxes on one queue (Service Bus sessions).
+* Messages whose ``ttl`` elapsed are never delivered.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+import attrs
+
+__all__ = [
+    "DEAD_LETTER_SUFFIX",
+    "DEFAULT_LOCK_DURATION",
+    "DEFAULT_MAX_DELIVERY_COUNT",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "Delivery",
+    "Message",
+    "QueueOptions",
+    "Transport",
+    "dead_letter_queue",
+    "is_dead_letter_queue",
+]
+
+DEAD_LETTER_SUFFIX = "/$deadletterqueue"
+DEFAULT_LOCK_DURATION = 30.0
+DEFAULT_MAX_DELIVERY_COUNT = 10
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+
+#: Property names recorded on a dead-lettered message (the Service Bus names).
+DEAD_LETTER_REASON = "DeadLetterReason"
+DEAD_LETTER_DESCRIPTION = "DeadLetterErrorDescription"
+MAX_DELIVERY_REASON = "MaxDeliveryCountExceeded"
+
+
+def dead_letter_queue(queue: str) -> str:
+    """Return the name of ``queue``'s dead-letter queue (Service Bus convention)."""
+    return queue + DEAD_LETTER_SUFFIX
+
+
+def is_dead_letter_queue(queue: str) -> bool:
+    """True if ``queue`` names a dead-letter queue."""
+    return queue.lower().endswith(DEAD_LETTER_SUFFIX)
+
+
+def _new_id(value: str | None) -> str:
+    return value if value else uuid.uuid4().hex
+
+
+def _freeze_properties(value: Mapping[str, Any] | None) -> dict[str, Any]:
+    return dict(value) if value else {}
+
+
+@attrs.frozen
+class Message:
+    """An immutable message.
+
+    Args:
+        body: the payload.
+        id: unique message id; generated when omitted.
+        group: mailbox (Service Bus session id) the message belongs to.
+        correlation_id: free-form id linking a reply to its request.
+        properties: small application properties (str, int, float, bool or None values).
+        ttl: seconds after which an undelivered message expires and is never delivered.
+    """
+
+    body: bytes = attrs.field(validator=attrs.validators.instance_of(bytes))
+    id: str = attrs.field(default=None, converter=_new_id, kw_only=True)
+    group: str | None = attrs.field(default=None, kw_only=True)
+    correlation_id: str | None = attrs.field(default=None, kw_only=True)
+    properties: dict[str, Any] = attrs.field(
+        factory=dict, converter=_freeze_properties, kw_only=True
+    )
+    ttl: float | None = attrs.field(default=None, kw_only=True)
+
+    def __repr__(self) -> str:
+        return (
+            f"Message(id={self.id!r}, group={self.group!r}, "
+            f"correlation_id={self.correlation_id!r}, body=<{len(self.body)} bytes>)"
+        )
+
+
+@attrs.define(eq=False)
+class Delivery:
+    """A leased message handed out by ``Transport.receive``.
+
+    Attributes:
+        message: the message.
+        queue: the queue it was received from.
+        delivery_count: 1 on the first delivery, +1 on every redelivery.
+        locked_until: wall-clock time (``time.time()``) at which the lease ends.
+        lock_token: the lease's identity, used by the backend.
+        handle: backend-private data (e.g. the SDK's message object).
+    """
+
+    message: Message
+    queue: str
+    delivery_count: int
+    locked_until: float
+    lock_token: str
+    handle: Any = attrs.field(default=None, repr=False)
+
+
+@attrs.frozen
+class QueueOptions:
+    """Per-queue settings given to ``Transport.declare_queue``."""
+
+    lock_duration: float = DEFAULT_LOCK_DURATION
+    max_delivery_count: int = DEFAULT_MAX_DELIVERY_COUNT
+
+
+class Transport(ABC):
+    """A message transport with peek-lock semantics. Thread-safe; ``close()`` is idempotent."""
+
+    #: Largest message body accepted by ``send``, in bytes.
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+
+    @abstractmethod
+    def declare_queue(
+        self,
+        name: str,
+        *,
+        lock_duration: float = DEFAULT_LOCK_DURATION,
+        max_delivery_count: int = DEFAULT_MAX_DELIVERY_COUNT,
+    ) -> None:
+        """Make sure ``name`` exists (idempotent; settings of an existing queue are kept)."""
+
+    @abstractmethod
+    def send(self, queue: str, messages: Message | Iterable[Message]) -> None:
+        """Enqueue one message or a batch (the batch is sent as few round trips as possible)."""
+
+    @abstractmethod
+    def receive(
+        self,
+        queue: str,
+        *,
+        max_messages: int = 1,
+        timeout: float | None = None,
+        group: str | None = None,
+    ) -> list[Delivery]:
+        """Lease up to ``max_messages`` messages.
+
+        Returns as soon as at least one message is available, or an empty list after
+        ``timeout`` seconds (``None`` waits indefinitely, ``0`` polls). With ``group``
+        only that group's messages are received.
+        """
+
+    @abstractmethod
+    def complete(self, delivery: Delivery) -> None:
+        """Remove the message for good. Raises ``LockLostError`` if the lease is gone."""
+
+    @abstractmethod
+    def abandon(self, delivery: Delivery) -> None:
+        """Give the message back for redelivery (``delivery_count + 1``)."""
+
+    @abstractmethod
+    def dead_letter(self, delivery: Delivery, reason: str, description: str = "") -> None:
+        """Move the message to the dead-letter queue, recording ``reason``."""
+
+    @abstractmethod
+    def renew_lock(self, delivery: Delivery) -> float:
+        """Extend the lease by the lock duration; updates and returns ``locked_until``."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections and threads. Idempotent."""
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def as_message_list(messages: Message | Iterable[Message]) -> list[Message]:
+    """Normalise the ``send`` argument to a list of ``Message``."""
+    if isinstance(messages, Message):
+        return [messages]
+    result = list(messages)
+    for item in result:
+        if not isinstance(item, Message):
+            raise TypeError(f"send() takes Message objects, got {type(item).__name__}")
+    return result

@@ -1,0 +1,55 @@
+"""The transport exception tree.
+
+Every backend maps its library's exceptions into these, once, at its edge:
+callers never see ``zmq.Again`` or ``ServiceBusError``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConnectionLostError",
+    "LockLostError",
+    "MessageTooLargeError",
+    "QueueNotFoundError",
+    "TransportClosedError",
+    "TransportError",
+    "TransportTimeoutError",
+    "UnknownTransportError",
+]
+
+
+class TransportError(Exception):
+    """Base class of every error raised by a transport."""
+
+
+class UnknownTransportError(TransportError, ValueError):
+    """The URL names no registered transport scheme."""
+
+
+class LockLostError(TransportError):
+    """The delivery's lease expired or was already settled; the message may be redelivered."""
+
+
+class MessageTooLargeError(TransportError, ValueError):
+    """A message exceeds the transport's maximum message size."""
+
+    def __init__(self, size: int, limit: int, what: str = "message") -> None:
+        super().__init__(f"{what} of {size} bytes exceeds the transport limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class TransportClosedError(TransportError):
+    """The transport was closed; no further operations are possible."""
+
+
+class ConnectionLostError(TransportError):
+    """The connection to the broker or service was lost and could not be re-established."""
+
+
+class QueueNotFoundError(TransportError, LookupError):
+    """The named queue was not declared (or does not exist on the service)."""
+
+
+class TransportTimeoutError(TransportError, TimeoutError):
+    """An operation on the broker or service did not complete in time."""

@@ -1,0 +1,171 @@
+"""In-process transport: ``memory://NAME``.
+
+Every ``MemoryTransport`` opened with the same name in one process shares one
+``QueueStore``, so a session and in-process engines (threads) talk through it.
+It is a first-class backend with the full contract, used by the fast unit tests.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+from .base import (
+    DEFAULT_LOCK_DURATION,
+    DEFAULT_MAX_DELIVERY_COUNT,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    Delivery,
+    Message,
+    QueueOptions,
+    Transport,
+    as_message_list,
+)
+from .errors import MessageTooLargeError, TransportClosedError
+from .store import QueueStore
+
+__all__ = ["MemoryTransport"]
+
+
+class _SharedBroker:
+    """One named in-process broker: a store, a lock and a condition for waiting receivers."""
+
+    def __init__(self) -> None:
+        self.store = QueueStore()
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+
+
+_brokers: weakref.WeakValueDictionary[str, _SharedBroker] = weakref.WeakValueDictionary()
+_brokers_lock = threading.Lock()
+
+
+def _shared_broker(name: str) -> _SharedBroker:
+    with _brokers_lock:
+        broker = _brokers.get(name)
+        if broker is None:
+            broker = _SharedBroker()
+            _brokers[name] = broker
+        return broker
+
+
+class MemoryTransport(Transport):
+    """Transport over an in-process broker shared by name.
+
+    Args:
+        url: ``memory://NAME``; all transports with the same NAME share queues while
+            at least one of them is open.
+        max_message_size: largest accepted body in bytes (default 1 MiB).
+    """
+
+    def __init__(
+        self,
+        url: str = "memory://default",
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        **_options: Any,
+    ) -> None:
+        parts = urlsplit(url)
+        self.name = (parts.netloc + parts.path) or "default"
+        self.url = url
+        self.max_message_size = max_message_size
+        self._broker = _shared_broker(self.name)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"MemoryTransport({self.url!r})"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransportClosedError(f"{self!r} is closed")
+
+    def declare_queue(
+        self,
+        name: str,
+        *,
+        lock_duration: float = DEFAULT_LOCK_DURATION,
+        max_delivery_count: int = DEFAULT_MAX_DELIVERY_COUNT,
+    ) -> None:
+        self._check_open()
+        with self._broker.lock:
+            self._broker.store.declare(name, QueueOptions(lock_duration, max_delivery_count))
+
+    def send(self, queue: str, messages: Message | Iterable[Message]) -> None:
+        self._check_open()
+        batch = as_message_list(messages)
+        for message in batch:
+            if len(message.body) > self.max_message_size:
+                raise MessageTooLargeError(len(message.body), self.max_message_size)
+        with self._broker.changed:
+            self._broker.store.put(queue, batch, time.time())
+            self._broker.store.ready.clear()
+            self._broker.changed.notify_all()
+
+    def receive(
+        self,
+        queue: str,
+        *,
+        max_messages: int = 1,
+        timeout: float | None = None,
+        group: str | None = None,
+    ) -> list[Delivery]:
+        self._check_open()
+        if max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
+        give_up = None if timeout is None else time.monotonic() + timeout
+        broker = self._broker
+        with broker.changed:
+            while True:
+                now = time.time()
+                store = broker.store
+                next_expiry = store.expire(now)
+                grants = store.take(
+                    queue, max_messages=max_messages, now=now, group=group, owner=id(self)
+                )
+                if grants:
+                    return [
+                        Delivery(g.message, g.queue, g.delivery_count, g.locked_until, g.token)
+                        for g in grants
+                    ]
+                wait = None if give_up is None else give_up - time.monotonic()
+                if wait is not None and wait <= 0:
+                    return []
+                if next_expiry is not None:
+                    until_expiry = max(next_expiry - now, 0.001)
+                    wait = until_expiry if wait is None else min(wait, until_expiry)
+                # Poll the closed flag at least every half second.
+                wait = 0.5 if wait is None else min(wait, 0.5)
+                broker.changed.wait(wait)
+                self._check_open()
+
+    def _settle(self, action: str, delivery: Delivery, *args: Any) -> Any:
+        self._check_open()
+        with self._broker.changed:
+            result = getattr(self._broker.store, action)(delivery.lock_token, *args, time.time())
+            if self._broker.store.ready:
+                self._broker.store.ready.clear()
+                self._broker.changed.notify_all()
+            return result
+
+    def complete(self, delivery: Delivery) -> None:
+        self._settle("complete", delivery)
+
+    def abandon(self, delivery: Delivery) -> None:
+        self._settle("abandon", delivery)
+
+    def dead_letter(self, delivery: Delivery, reason: str, description: str = "") -> None:
+        self._settle("dead_letter", delivery, reason, description)
+
+    def renew_lock(self, delivery: Delivery) -> float:
+        delivery.locked_until = self._settle("renew", delivery)
+        return delivery.locked_until
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._broker.changed:
+            self._broker.changed.notify_all()

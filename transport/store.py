@@ -1,0 +1,297 @@
+"""The peek-lock queue state machine shared by the in-memory backend and the ZeroMQ broker.
+
+``QueueStore`` is single-threaded: its owner serialises access (a lock in the
+memory backend, the event loop in the broker). Time is passed in by the caller so
+that the rules are easy to test and to replay from a journal.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import uuid
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import attrs
+
+from .base import (
+    DEAD_LETTER_DESCRIPTION,
+    DEAD_LETTER_REASON,
+    MAX_DELIVERY_REASON,
+    Message,
+    QueueOptions,
+    dead_letter_queue,
+    is_dead_letter_queue,
+)
+from .errors import LockLostError, QueueNotFoundError
+
+__all__ = ["Grant", "QueueStore", "StoreListener"]
+
+_ANY_GROUP = object()
+
+
+class _Entry:
+    __slots__ = ("delivery_count", "enqueued_at", "message", "seq")
+
+    def __init__(self, message: Message, seq: int, enqueued_at: float, delivery_count: int = 0):
+        self.message = message
+        self.seq = seq
+        self.enqueued_at = enqueued_at
+        self.delivery_count = delivery_count
+
+    def expired(self, now: float) -> bool:
+        ttl = self.message.ttl
+        return ttl is not None and now >= self.enqueued_at + ttl
+
+    def __lt__(self, other: _Entry) -> bool:
+        return self.seq < other.seq
+
+
+class _Queue:
+    __slots__ = ("groups", "name", "options", "size")
+
+    def __init__(self, name: str, options: QueueOptions):
+        self.name = name
+        self.options = options
+        self.groups: dict[str | None, list[_Entry]] = {}
+        self.size = 0
+
+    def push(self, entry: _Entry) -> None:
+        heapq.heappush(self.groups.setdefault(entry.message.group, []), entry)
+        self.size += 1
+
+    def pop(self, group: Any) -> _Entry | None:
+        if group is _ANY_GROUP:
+            best_key, best = None, None
+            for key, heap in self.groups.items():
+                if best is None or heap[0].seq < best.seq:
+                    best_key, best = key, heap[0]
+            if best is None:
+                return None
+            key = best_key
+        else:
+            key = group
+            if key not in self.groups:
+                return None
+        heap = self.groups[key]
+        entry = heapq.heappop(heap)
+        if not heap:
+            del self.groups[key]
+        self.size -= 1
+        return entry
+
+
+@attrs.define(slots=True)
+class _Lease:
+    token: str
+    queue: _Queue
+    entry: _Entry
+    locked_until: float
+    owner: Any
+
+
+@attrs.frozen(slots=True)
+class Grant:
+    """A lease handed out by ``QueueStore.take``."""
+
+    message: Message
+    queue: str
+    delivery_count: int
+    locked_until: float
+    token: str
+
+
+class StoreListener(Protocol):
+    """Hooks called on every state change (the durable broker journals them)."""
+
+    def on_put(self, queue: str, entry_seq: int, message: Message, enqueued_at: float) -> None: ...
+    def on_remove(self, queue: str, entry_seq: int) -> None: ...
+    def on_delivery(self, queue: str, entry_seq: int, delivery_count: int) -> None: ...
+
+
+class QueueStore:
+    """Queues with leases, redelivery, dead-lettering, groups and TTL."""
+
+    def __init__(self, listener: StoreListener | None = None) -> None:
+        self._queues: dict[str, _Queue] = {}
+        self._leases: dict[str, _Lease] = {}
+        self._lease_heap: list[tuple[float, str]] = []
+        self._seq = itertools.count(1)
+        self._listener = listener
+        #: queue names that gained deliverable messages since the owner last looked
+        self.ready: set[str] = set()
+        self.expired_count = 0
+
+    # -- queues --------------------------------------------------------------------------
+    def declare(self, name: str, options: QueueOptions) -> bool:
+        """Create ``name`` (and its dead-letter queue) unless it exists. True if created."""
+        if is_dead_letter_queue(name):
+            raise QueueNotFoundError(f"cannot declare a dead-letter queue directly: {name!r}")
+        if name in self._queues:
+            return False
+        self._queues[name] = _Queue(name, options)
+        dlq_options = QueueOptions(options.lock_duration, max_delivery_count=2**31)
+        self._queues[dead_letter_queue(name)] = _Queue(dead_letter_queue(name), dlq_options)
+        return True
+
+    def queue(self, name: str) -> _Queue:
+        try:
+            return self._queues[name]
+        except KeyError:
+            raise QueueNotFoundError(f"unknown queue {name!r}; declare it first") from None
+
+    def has_queue(self, name: str) -> bool:
+        return name in self._queues
+
+    def depth(self, name: str) -> int:
+        """Messages waiting (not leased) in ``name``."""
+        return self.queue(name).size
+
+    def queue_names(self) -> list[str]:
+        return list(self._queues)
+
+    # -- messages ------------------------------------------------------------------------
+    def put(self, queue: str, messages: Iterable[Message], now: float) -> None:
+        q = self.queue(queue)
+        for message in messages:
+            self._push(q, _Entry(message, next(self._seq), now), new=True)
+
+    def restore(
+        self, queue: str, message: Message, seq: int, enqueued_at: float, delivery_count: int
+    ) -> None:
+        """Re-insert a journaled message (durable broker recovery)."""
+        q = self.queue(queue)
+        q.push(_Entry(message, seq, enqueued_at, delivery_count))
+        self._seq = itertools.count(max(seq + 1, next(self._seq)))
+        self.ready.add(queue)
+
+    def _push(self, q: _Queue, entry: _Entry, *, new: bool) -> None:
+        q.push(entry)
+        self.ready.add(q.name)
+        if new and self._listener is not None:
+            self._listener.on_put(q.name, entry.seq, entry.message, entry.enqueued_at)
+
+    def take(
+        self,
+        queue: str,
+        *,
+        max_messages: int,
+        now: float,
+        group: str | None = None,
+        any_group: bool = True,
+        owner: Any = None,
+    ) -> list[Grant]:
+        """Lease up to ``max_messages`` deliverable messages.
+
+        ``group`` selects one mailbox; with ``group=None`` and ``any_group`` the oldest
+        message of any group is taken.
+        """
+        q = self.queue(queue)
+        selector = _ANY_GROUP if (group is None and any_group) else group
+        grants: list[Grant] = []
+        while len(grants) < max_messages:
+            entry = q.pop(selector)
+            if entry is None:
+                break
+            if entry.expired(now):
+                self.expired_count += 1
+                self._removed(q, entry)
+                continue
+            entry.delivery_count += 1
+            token = uuid.uuid4().hex
+            locked_until = now + q.options.lock_duration
+            self._leases[token] = _Lease(token, q, entry, locked_until, owner)
+            heapq.heappush(self._lease_heap, (locked_until, token))
+            if self._listener is not None:
+                self._listener.on_delivery(q.name, entry.seq, entry.delivery_count)
+            grants.append(Grant(entry.message, q.name, entry.delivery_count, locked_until, token))
+        return grants
+
+    def _lease(self, token: str, now: float) -> _Lease:
+        lease = self._leases.get(token)
+        if lease is None:
+            raise LockLostError("the lock was lost: the delivery was already settled or expired")
+        if lease.locked_until <= now:
+            self._release(lease, now)
+            raise LockLostError("the lock was lost: the lease expired before it was settled")
+        return lease
+
+    def complete(self, token: str, now: float) -> None:
+        lease = self._lease(token, now)
+        del self._leases[token]
+        self._removed(lease.queue, lease.entry)
+
+    def abandon(self, token: str, now: float) -> None:
+        lease = self._lease(token, now)
+        self._release(lease, now)
+
+    def dead_letter(self, token: str, reason: str, description: str, now: float) -> None:
+        lease = self._lease(token, now)
+        del self._leases[token]
+        self._to_dlq(lease.queue, lease.entry, reason, description, now)
+
+    def renew(self, token: str, now: float) -> float:
+        lease = self._lease(token, now)
+        lease.locked_until = now + lease.queue.options.lock_duration
+        heapq.heappush(self._lease_heap, (lease.locked_until, token))
+        return lease.locked_until
+
+    def lease_owner(self, token: str) -> Any:
+        lease = self._leases.get(token)
+        return None if lease is None else lease.owner
+
+    # -- lease expiry ---------------------------------------------------------------------
+    def expire(self, now: float) -> float | None:
+        """Release every lease that ended by ``now``; return the next lease deadline."""
+        heap = self._lease_heap
+        while heap:
+            deadline, token = heap[0]
+            lease = self._leases.get(token)
+            if lease is None or lease.locked_until != deadline:
+                heapq.heappop(heap)  # settled, or superseded by a renewal
+                continue
+            if deadline > now:
+                return deadline
+            heapq.heappop(heap)
+            self._release(lease, now)
+        return None
+
+    def release_owner(self, owner: Any, now: float) -> int:
+        """Release at once every lease held by ``owner`` (a consumer that went away)."""
+        tokens = [t for t, lease in self._leases.items() if lease.owner == owner]
+        for token in tokens:
+            self._release(self._leases[token], now)
+        return len(tokens)
+
+    def lease_count(self) -> int:
+        return len(self._leases)
+
+    def _release(self, lease: _Lease, now: float) -> None:
+        self._leases.pop(lease.token, None)
+        entry = lease.entry
+        if entry.delivery_count >= lease.queue.options.max_delivery_count:
+            self._to_dlq(
+                lease.queue,
+                entry,
+                MAX_DELIVERY_REASON,
+                f"delivered {entry.delivery_count} times "
+                f"(max_delivery_count={lease.queue.options.max_delivery_count})",
+                now,
+            )
+        else:
+            self._push(lease.queue, entry, new=False)
+
+    def _to_dlq(self, q: _Queue, entry: _Entry, reason: str, description: str, now: float) -> None:
+        self._removed(q, entry)
+        props = dict(entry.message.properties)
+        props[DEAD_LETTER_REASON] = reason
+        props[DEAD_LETTER_DESCRIPTION] = description
+        dead = attrs.evolve(entry.message, properties=props, ttl=None)
+        dlq = self._queues.get(dead_letter_queue(q.name))
+        if dlq is not None:  # a message already in a DLQ is dropped rather than looped
+            self._push(dlq, _Entry(dead, next(self._seq), now), new=True)
+
+    def _removed(self, q: _Queue, entry: _Entry) -> None:
+        if self._listener is not None:
+            self._listener.on_remove(q.name, entry.seq)

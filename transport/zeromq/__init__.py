@@ -1,0 +1,1 @@
+"""ZeroMQ backend: a ROUTER broker process (``rtbatch broker``) and its client transport."""
