@@ -245,7 +245,7 @@ def peek_reply_to(body: bytes) -> tuple[ReplyTo, dict[str, Any]] | None:
         data = orjson.loads(body)
         reply = _reply_to(data)
         ids = {k: data[k] for k in ("session", "job", "task") if isinstance(data.get(k), str)}
-    except Exception:  # noqa: BLE001 - any failure means "sender unknown"
+    except Exception:  # any failure means "sender unknown"
         return None
     if len(ids) != 3:
         return None
