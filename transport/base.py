@@ -136,8 +136,16 @@ class Transport(ABC):
         *,
         lock_duration: float = DEFAULT_LOCK_DURATION,
         max_delivery_count: int = DEFAULT_MAX_DELIVERY_COUNT,
+        grouped: bool = False,
     ) -> None:
-        """Make sure ``name`` exists (idempotent; settings of an existing queue are kept)."""
+        """Make sure ``name`` exists (idempotent; settings of an existing queue are kept).
+
+        Args:
+            lock_duration: seconds a received message stays leased.
+            max_delivery_count: deliveries after which a message is dead-lettered.
+            grouped: the queue holds per-group mailboxes and is received with ``group=``
+                (a session-enabled queue on Service Bus; no effect on memory and zmq).
+        """
 
     @abstractmethod
     def send(self, queue: str, messages: Message | Iterable[Message]) -> None:
