@@ -88,6 +88,7 @@ class MemoryTransport(Transport):
         *,
         lock_duration: float = DEFAULT_LOCK_DURATION,
         max_delivery_count: int = DEFAULT_MAX_DELIVERY_COUNT,
+        grouped: bool = False,
     ) -> None:
         self._check_open()
         with self._broker.lock:

@@ -1,0 +1,109 @@
+"""Wire protocol: round trips and validation errors that name the field."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from realtime_batch.protocol import (
+    ErrorInfo,
+    ProtocolError,
+    ReplyTo,
+    ResultRecord,
+    TaskRecord,
+    decode_result,
+    decode_task,
+    encode_result,
+    encode_task,
+    peek_reply_to,
+)
+
+
+def make_task(**overrides) -> TaskRecord:
+    fields = dict(
+        session="s1",
+        job="j1",
+        task="t1",
+        command="hello.py",
+        reply_to=ReplyTo("results", "s1"),
+        args=[1, "two"],
+        kwargs={"k": 3},
+    )
+    fields.update(overrides)
+    return TaskRecord(**fields)
+
+
+def test_task_round_trip():
+    task = make_task(timeout=2.5, deadline=123.0, retry_on=["ValueError"])
+    assert decode_task(encode_task(task)) == task
+
+
+def test_result_round_trip_and_ok_flag():
+    result = ResultRecord(
+        session="s1",
+        job="j1",
+        task="t1",
+        status="error",
+        error=ErrorInfo("ValueError", "bad", "Traceback..."),
+        engine="n-1",
+        attempt=2,
+        started_at=1.0,
+        finished_at=2.0,
+    )
+    body = encode_result(result)
+    assert orjson.loads(body)["ok"] is False
+    assert decode_result(body) == result
+    assert ResultRecord(session="s", job="j", task="t", status="ok", value=[1]).ok
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda d: d.pop("command"), "command"),
+        (lambda d: d.update(command=5), "command"),
+        (lambda d: d.update(args="notalist"), "args"),
+        (lambda d: d.update(reply_to={"group": "x"}), "queue"),
+        (lambda d: d.update(attempt=True), "attempt"),
+        (lambda d: d.update(timeout=-1), "timeout"),
+        (lambda d: d.update(v=99), "v"),
+        (lambda d: d.update(command=""), "command"),
+    ],
+)
+def test_task_validation_names_the_field(mutate, field):
+    data = orjson.loads(encode_task(make_task()))
+    mutate(data)
+    with pytest.raises(ProtocolError) as info:
+        decode_task(orjson.dumps(data))
+    assert info.value.field == field
+    assert field in str(info.value)
+
+
+@pytest.mark.parametrize("body", [b"", b"\xff\xfe", b"[1,2]", b"null", b"{", b'"str"'])
+def test_garbage_is_a_protocol_error(body):
+    with pytest.raises(ProtocolError):
+        decode_task(body)
+    with pytest.raises(ProtocolError):
+        decode_result(body)
+
+
+def test_result_unknown_status_rejected():
+    data = orjson.loads(encode_result(ResultRecord(session="s", job="j", task="t", status="ok")))
+    data["status"] = "maybe"
+    with pytest.raises(ProtocolError, match="status"):
+        decode_result(orjson.dumps(data))
+
+
+def test_unencodable_args_raise_protocol_error():
+    with pytest.raises(ProtocolError):
+        encode_task(make_task(args=[object()]))
+
+
+def test_peek_reply_to_finds_sender_of_invalid_task():
+    data = orjson.loads(encode_task(make_task()))
+    data["v"] = 42
+    found = peek_reply_to(orjson.dumps(data))
+    assert found is not None
+    reply, ids = found
+    assert reply == ReplyTo("results", "s1")
+    assert ids == {"session": "s1", "job": "j1", "task": "t1"}
+    assert peek_reply_to(b"garbage") is None
