@@ -1,0 +1,19 @@
+"""Client sessions and the pool interface (Azure Batch and the emulator share it)."""
+
+from __future__ import annotations
+
+from .pool import OrchestratorError, Pool, PoolNotFoundError, PoolStateError
+from .session import JobManager, Result, Session, SessionClosedError, TaskCancelledError, TaskError
+
+__all__ = [
+    "JobManager",
+    "OrchestratorError",
+    "Pool",
+    "PoolNotFoundError",
+    "PoolStateError",
+    "Result",
+    "Session",
+    "SessionClosedError",
+    "TaskCancelledError",
+    "TaskError",
+]

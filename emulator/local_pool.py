@@ -1,0 +1,447 @@
+"""``LocalPool``: an emulated Batch pool whose engines are local processes.
+
+Each engine is started with the same command line a Batch node runs
+(``python -m realtime_batch.engine ...``) in a per-node directory staged the way
+Batch stages resource files: task files under ``tasks/``, input files in the
+working directory ``wd/``. With a ``zmq://`` URL the pool starts the broker too;
+with ``memory://`` the engines run as threads in this process (the fast unit-test
+mode); with a Service Bus URL the engines connect to it directly.
+
+Every process the pool starts is in its own process group, is told to die with
+the pool's process (``PR_SET_PDEATHSIG`` on Linux) and is stopped by ``close()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from realtime_batch.orchestrator.pool import OrchestratorError, Pool, PoolStateError, StrPath
+from realtime_batch.transport import transport_scheme
+
+__all__ = ["LocalPool"]
+
+log = logging.getLogger(__name__)
+
+_READY_TIMEOUT = 60.0
+_STOP_GRACE = 5.0
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class _Proc:
+    """A child process whose stdout is scanned for a readiness line."""
+
+    def __init__(
+        self, argv: list[str], *, cwd: Path, log_path: Path, ready_prefix: str, env: dict[str, str]
+    ) -> None:
+        self.argv = argv
+        self.log_path = log_path
+        self.ready = threading.Event()
+        self.ready_line = ""
+        self._log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=self._log_file,
+            stdin=subprocess.DEVNULL,
+            process_group=0,
+            preexec_fn=_die_with_parent,
+        )
+        self._reader = threading.Thread(target=self._read, args=(ready_prefix,), daemon=True)
+        self._reader.start()
+
+    def _read(self, prefix: str) -> None:
+        assert self.popen.stdout is not None
+        for raw in self.popen.stdout:
+            line = raw.decode(errors="replace").strip()
+            if not self.ready.is_set() and line.startswith(prefix):
+                self.ready_line = line
+                self.ready.set()
+        self.ready.set()  # EOF: wake waiters; they check whether the process lives
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def wait_ready(self, timeout: float, what: str) -> str:
+        if not self.ready.wait(timeout) or (not self.alive() and not self.ready_line):
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+            self.stop(0)
+            raise OrchestratorError(f"{what} did not start (see {self.log_path}):\n{tail}")
+        return self.ready_line
+
+    def signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signum)
+
+    def stop(self, grace: float = _STOP_GRACE) -> None:
+        if self.alive():
+            self.signal(signal.SIGTERM)
+            try:
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.popen.wait(5)
+        else:
+            self.signal(signal.SIGKILL)  # anything the process left in its group
+        if self.popen.stdout is not None:
+            self.popen.stdout.close()
+        self._log_file.close()
+
+
+class LocalPool(Pool):
+    """An emulated pool of engines on this machine.
+
+    Args:
+        engines: number of engines (one per emulated node slot).
+        transport: ``zmq://127.0.0.1:0`` (default: start a broker on a free port),
+            ``zmq://HOST:PORT`` (start a broker there unless ``start_broker=False``),
+            ``memory://NAME`` (engines as threads in this process) or a Service Bus URL.
+        task_files: task modules and jars the engines may run.
+        input_files: data files placed in each engine's working directory.
+        job: job id (generated when omitted).
+        queue: the task queue the engines pull from.
+        root: where node directories are made (a temporary directory by default,
+            removed on close).
+        prefetch / lock_duration / max_delivery_count / default_timeout: engine settings.
+        restart_dead: restart an engine that exits unexpectedly.
+        broker_args: extra command-line arguments for the broker (e.g. ``["--data-dir", d]``).
+        start_broker: start a broker for a ``zmq://`` URL with an explicit port.
+    """
+
+    def __init__(
+        self,
+        engines: int = 2,
+        transport: str = "zmq://127.0.0.1:0",
+        task_files: Sequence[StrPath] = (),
+        input_files: Sequence[StrPath] = (),
+        *,
+        job: str | None = None,
+        queue: str = "tasks",
+        root: StrPath | None = None,
+        prefetch: int = 2,
+        lock_duration: float = 30.0,
+        max_delivery_count: int = 10,
+        default_timeout: float | None = None,
+        restart_dead: bool = True,
+        broker_args: Sequence[str] = (),
+        start_broker: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        if engines < 0:
+            raise ValueError("engines must be >= 0")
+        self._scheme = transport_scheme(transport)
+        self._url = transport
+        self._job = job or f"job-{uuid.uuid4().hex[:8]}"
+        self.queue = queue
+        self.prefetch = prefetch
+        self.lock_duration = lock_duration
+        self.max_delivery_count = max_delivery_count
+        self.default_timeout = default_timeout
+        self.restart_dead = restart_dead
+        self._env = {**os.environ, **(env or {})}
+        self._own_root = root is None
+        self.root = Path(tempfile.mkdtemp(prefix="rtbatch-pool-") if root is None else root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._task_files = [Path(f) for f in task_files]
+        self._input_files = [Path(f) for f in input_files]
+        self._lock = threading.RLock()
+        self._closed = False
+        self._broker: _Proc | None = None
+        self._engines: list[Any] = []  # _Proc, or an in-process Engine (memory://)
+        self._memory_transports: list[Any] = []
+        self._next_node = 0
+        self.restarts = 0
+        self._monitor_stop = threading.Event()
+        self._monitor: threading.Thread | None = None
+        try:
+            if self._scheme == "zmq" and start_broker:
+                self._start_broker(list(broker_args))
+            self._target = engines
+            self._start_engines(engines)
+            if restart_dead and self._scheme != "memory":
+                self._monitor = threading.Thread(
+                    target=self._watch, daemon=True, name="rtb-pool-monitor"
+                )
+                self._monitor.start()
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def transport_url(self) -> str:
+        return self._url
+
+    @property
+    def job(self) -> str:
+        return self._job
+
+    @property
+    def engines(self) -> int:
+        with self._lock:
+            return len(self._engines)
+
+    def engine_pids(self) -> list[int]:
+        """PIDs of the engine processes (empty in memory:// mode)."""
+        with self._lock:
+            return [e.pid for e in self._engines if isinstance(e, _Proc)]
+
+    @property
+    def broker_pid(self) -> int | None:
+        return self._broker.pid if self._broker else None
+
+    # ------------------------------------------------------------------ broker
+    def _start_broker(self, extra: list[str]) -> None:
+        parts = urlsplit(self._url)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 0
+        argv = [
+            sys.executable,
+            "-m",
+            "realtime_batch.transport.zeromq",
+            "--bind",
+            f"tcp://{host}:{port}",
+            *extra,
+        ]
+        self._broker = _Proc(
+            argv,
+            cwd=self.root,
+            log_path=self.root / "broker.log",
+            ready_prefix="READY",
+            env=self._env,
+        )
+        line = self._broker.wait_ready(_READY_TIMEOUT, "the ZeroMQ broker")
+        endpoint = line.split()[1]  # READY tcp://127.0.0.1:PORT
+        self._url = "zmq://" + endpoint.removeprefix("tcp://")
+        log.info("broker %d ready at %s", self._broker.pid, self._url)
+
+    # ------------------------------------------------------------------ staging
+    def _node_dir(self, index: int) -> Path:
+        return self.root / f"node-{index}"
+
+    def _stage_node(self, node: Path) -> None:
+        for sub, files in (("tasks", self._task_files), ("wd", self._input_files)):
+            target = node / sub
+            target.mkdir(parents=True, exist_ok=True)
+            for src in files:
+                if not src.is_file():
+                    raise OrchestratorError(f"cannot stage {src}: no such file")
+                shutil.copy2(src, target / src.name)
+
+    def stage(self, files: Iterable[StrPath]) -> list[str]:
+        """Copy task files to every node (and to nodes started later)."""
+        new = [Path(f) for f in files]
+        self._task_files.extend(new)
+        with self._lock:
+            nodes = {self._node_dir(i) for i in range(self._next_node)}
+        for node in nodes:
+            self._stage_node(node)
+        return [f.name for f in new]
+
+    # ------------------------------------------------------------------ engines
+    def _engine_argv(self, node: Path, engine_id: str) -> list[str]:
+        argv = [
+            sys.executable,
+            "-m",
+            "realtime_batch.engine",
+            "--transport",
+            self._url,
+            "--queue",
+            self.queue,
+            "--tasks-dir",
+            str(node / "tasks"),
+            "--work-dir",
+            str(node / "wd"),
+            "--prefetch",
+            str(self.prefetch),
+            "--engine-id",
+            engine_id,
+            "--lock-duration",
+            str(self.lock_duration),
+            "--max-delivery-count",
+            str(self.max_delivery_count),
+        ]
+        if self.default_timeout is not None:
+            argv += ["--default-timeout", str(self.default_timeout)]
+        return argv
+
+    def _spawn(self) -> Any:
+        with self._lock:
+            index = self._next_node
+            self._next_node += 1
+        node = self._node_dir(index)
+        self._stage_node(node)
+        engine_id = f"{os.uname().nodename}-node{index}"
+        if self._scheme == "memory":
+            return self._spawn_thread(node, engine_id)
+        return _Proc(
+            self._engine_argv(node, engine_id),
+            cwd=node / "wd",
+            log_path=node / "engine.log",
+            ready_prefix="ENGINE READY",
+            env=self._env,
+        )
+
+    def _spawn_thread(self, node: Path, engine_id: str) -> Any:
+        from realtime_batch.engine import Engine
+        from realtime_batch.transport import open_transport
+
+        transport = open_transport(self._url)
+        self._memory_transports.append(transport)
+        engine = Engine(
+            transport,
+            self.queue,
+            node / "tasks",
+            work_dir=node / "wd",
+            prefetch=self.prefetch,
+            engine_id=engine_id,
+            default_timeout=self.default_timeout,
+        )
+        return engine.start()
+
+    def _start_engines(self, count: int) -> None:
+        if self._scheme == "memory":  # declare before engines race to it
+            from realtime_batch.transport import open_transport
+
+            with open_transport(self._url) as transport:
+                transport.declare_queue(
+                    self.queue,
+                    lock_duration=self.lock_duration,
+                    max_delivery_count=self.max_delivery_count,
+                )
+        started = [self._spawn() for _ in range(count)]
+        with self._lock:
+            self._engines.extend(started)
+        for engine in started:
+            if isinstance(engine, _Proc):
+                engine.wait_ready(_READY_TIMEOUT, f"engine {engine.argv[-1]}")
+
+    def start_engines(self, job: str | None = None) -> str:
+        """Engines start with the pool; this returns the job id (the emulator runs one job)."""
+        if job is not None and job != self._job:
+            raise PoolStateError(
+                f"LocalPool runs one job ({self._job!r}); create another pool for {job!r}"
+            )
+        return self._job
+
+    def resize(self, engines: int) -> None:
+        """Start or gracefully stop engines until ``engines`` run."""
+        if engines < 0:
+            raise ValueError("engines must be >= 0")
+        with self._lock:
+            self._check_open()
+            self._target = engines
+            extra = engines - len(self._engines)
+            removed = [] if extra >= 0 else self._engines[engines:]
+            if removed:
+                del self._engines[engines:]
+        if extra > 0:
+            self._start_engines(extra)
+        for engine in removed:  # SIGTERM: running tasks finish, prefetched ones go back
+            self._stop_engine(engine)
+
+    def repurpose(
+        self,
+        pool_id: str | None = None,
+        task_files: Sequence[StrPath] = (),
+        input_files: Sequence[StrPath] = (),
+    ) -> LocalPool:
+        """Replace the staged files and restart every engine on them."""
+        with self._lock:
+            self._check_open()
+            count = len(self._engines)
+            old = list(self._engines)
+            self._engines.clear()
+            self._task_files = [Path(f) for f in task_files]
+            self._input_files = [Path(f) for f in input_files]
+        for engine in old:
+            self._stop_engine(engine)
+        self._start_engines(count)
+        return self
+
+    def _stop_engine(self, engine: Any, grace: float = _STOP_GRACE) -> None:
+        if isinstance(engine, _Proc):
+            engine.stop(grace)
+        else:
+            engine.stop(timeout=grace)
+
+    def _watch(self) -> None:
+        while not self._monitor_stop.wait(0.5):
+            with self._lock:
+                if self._closed:
+                    return
+                dead = [e for e in self._engines if isinstance(e, _Proc) and not e.alive()]
+                for engine in dead:
+                    self._engines.remove(engine)
+            for engine in dead:
+                log.warning(
+                    "engine pid %d exited with %s; restarting", engine.pid, engine.popen.returncode
+                )
+                engine.stop(0)
+                self.restarts += 1
+                try:
+                    self._start_engines(1)
+                except OrchestratorError as exc:
+                    log.error("could not restart an engine: %s", exc)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PoolStateError("the pool is closed")
+
+    # ------------------------------------------------------------------ closing
+    def close(self) -> None:
+        """Stop every engine and the broker, and remove the temporary node directories."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            engines = list(self._engines)
+            self._engines.clear()
+        self._monitor_stop.set()
+        if self._monitor is not None:
+            self._monitor.join(5)
+        procs = [e for e in engines if isinstance(e, _Proc)]
+        for proc in procs:  # signal all first, then wait: stops run in parallel
+            proc.signal(signal.SIGTERM)
+        deadline = time.monotonic() + _STOP_GRACE
+        for proc in procs:
+            proc.stop(max(deadline - time.monotonic(), 0.1))
+        for engine in engines:
+            if not isinstance(engine, _Proc):
+                engine.stop(timeout=_STOP_GRACE)
+        for transport in self._memory_transports:
+            transport.close()
+        if self._broker is not None:
+            self._broker.stop()
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> LocalPool:
+        return self
+
+    def __repr__(self) -> str:
+        return f"<LocalPool {self._url} job={self._job!r} engines={self.engines}>"

@@ -1,0 +1,127 @@
+"""``rtbatch demo``: the pi Monte Carlo example on a local emulated pool.
+
+Uses the Java task (``pi.jar``, built with the JDK at first use) when a JDK is
+present and the pure-Python task otherwise, and says which.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+__all__ = ["PiEstimate", "demo", "estimate_pi", "pi_example_files"]
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "pi"
+
+
+class PiEstimate:
+    """Running Monte Carlo estimate of pi from (hits, samples) task results."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.samples = 0
+
+    def add(self, value: dict) -> None:
+        self.hits += int(value["hits"])
+        self.samples += int(value["samples"])
+
+    @property
+    def value(self) -> float:
+        return 4.0 * self.hits / self.samples if self.samples else float("nan")
+
+    @property
+    def standard_error(self) -> float:
+        if not self.samples:
+            return float("nan")
+        p = self.hits / self.samples
+        return 4.0 * math.sqrt(p * (1.0 - p) / self.samples)
+
+
+def pi_example_files(use_java: bool, build_dir: Path | None = None) -> tuple[str, list[Path]]:
+    """Return (command, task files) for the pi example, building pi.jar if Java is used."""
+    if not EXAMPLES.is_dir():
+        raise click.ClickException(f"the pi example is not found at {EXAMPLES}")
+    if use_java:
+        from realtime_batch.engine.java import build_jar
+
+        jar = build_jar(EXAMPLES / "Pi.java", (build_dir or EXAMPLES / "build") / "pi.jar")
+        return "pi_jar_task.py", [EXAMPLES / "pi_jar_task.py", Path(jar)]
+    return "pi_task.py", [EXAMPLES / "pi_task.py"]
+
+
+def estimate_pi(session, command: str, tasks: int, samples: int, progress=None) -> PiEstimate:
+    """Submit ``tasks`` pi tasks and fold their results as they arrive."""
+    estimate = PiEstimate()
+    futures = [session.submit(command, samples, seed) for seed in range(1, tasks + 1)]
+    for future in session.as_completed(futures):
+        estimate.add(future.result())
+        if progress is not None:
+            progress()
+    return estimate
+
+
+def jdk_available() -> bool:
+    return bool(shutil.which("javac") and shutil.which("java") and shutil.which("jar"))
+
+
+@click.command()
+@click.option("--tasks", default=200, show_default=True, help="Number of tasks.")
+@click.option("--samples", default=200_000, show_default=True, help="Samples per task.")
+@click.option("--engines", default=2, show_default=True, help="Engines in the local pool.")
+@click.option(
+    "--transport",
+    default="zmq://127.0.0.1:0",
+    show_default=True,
+    help="Transport URL (zmq://, memory://, or a Service Bus connection string).",
+)
+@click.option("--python", "force_python", is_flag=True, help="Use the Python task even with a JDK.")
+def demo(tasks: int, samples: int, engines: int, transport: str, force_python: bool) -> None:
+    """Estimate pi with a Monte Carlo simulation on a local emulated pool."""
+    from realtime_batch.emulator import LocalPool
+    from realtime_batch.orchestrator.session import Session
+
+    console = Console()
+    use_java = jdk_available() and not force_python
+    if use_java:
+        console.print("JDK found: running the Java task (pi.jar through java_runner)")
+    else:
+        reason = "--python given" if force_python else "no JDK found"
+        console.print(f"{reason}: running the pure-Python task (pi_task.py)")
+    command, files = pi_example_files(use_java)
+    shown = transport if not transport.lower().startswith("endpoint=") else "Service Bus"
+    console.print(f"starting a local pool: {engines} engines over {shown}")
+    started = time.perf_counter()
+    with (
+        LocalPool(engines=engines, transport=transport, task_files=files) as pool,
+        Session(pool, name="pi-demo") as session,
+    ):
+        ready = time.perf_counter()
+        columns = (
+            TextColumn("[bold]pi tasks"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=console, transient=False) as bar:
+            progress_task = bar.add_task("pi", total=tasks)
+            estimate = estimate_pi(
+                session, command, tasks, samples, progress=lambda: bar.advance(progress_task)
+            )
+        elapsed = time.perf_counter() - ready
+        results = session.results()
+    used = sorted({r.engine for r in results})
+    console.print(
+        f"pi ≈ {estimate.value:.6f} ± {estimate.standard_error:.6f} "
+        f"(standard error; {estimate.samples:,} samples, |error| = "
+        f"{abs(estimate.value - math.pi):.6f})"
+    )
+    console.print(
+        f"{tasks} tasks in {elapsed:.2f} s = {tasks / elapsed:,.0f} tasks/s "
+        f"(pool start {ready - started:.2f} s); engines used: {', '.join(used)}"
+    )
