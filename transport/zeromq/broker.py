@@ -1,0 +1,367 @@
+"""The ZeroMQ broker: one ROUTER socket and an event loop around ``QueueStore``.
+
+In the spirit of the ZeroMQ guide's reliable request-reply patterns:
+
+* **credit-based flow control**: nothing is pushed; a consumer's ``RECEIVE`` asks
+  for up to N messages and waits at the broker (long poll) until some arrive or
+  its timeout ends;
+* **heartbeats both ways**: clients send ``HEARTBEAT`` requests and the broker
+  answers them (with its epoch, so clients notice a restart); any request counts
+  as a sign of life, and a client silent for ``liveness`` heartbeat intervals has
+  its leases released at once and its waiting receives dropped;
+* **hostile input** is decoded by ``wire.decode_request`` only and answered with
+  an error; frames above the size limit are cut by ``ZMQ_MAXMSGSIZE``.
+
+The loop is single-threaded and owns the store; ``stop()`` may be called from any
+thread or a signal handler.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+import zmq
+
+from ..base import DEFAULT_MAX_MESSAGE_SIZE, QueueOptions
+from ..errors import LockLostError, QueueNotFoundError
+from ..store import Grant, QueueStore
+from . import wire
+
+__all__ = ["DEFAULT_HEARTBEAT_INTERVAL", "DEFAULT_HEARTBEAT_LIVENESS", "Broker"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HEARTBEAT_INTERVAL = 1.0
+DEFAULT_HEARTBEAT_LIVENESS = 3
+#: Length of the client id at the start of a client socket's routing id (lease owner).
+OWNER_ID_LENGTH = 16
+_MAX_POLL = 0.2  # seconds; bounds the reaction time to stop()
+_RECV_BATCH = 512  # requests handled per wake-up before timers run again
+
+
+class _Waiter:
+    """A long-polling RECEIVE parked at the broker."""
+
+    __slots__ = ("deadline", "done", "group", "identity", "max_messages", "owner", "queue", "rid")
+
+    def __init__(
+        self,
+        identity: bytes,
+        owner: bytes,
+        rid: int,
+        queue: str,
+        group: str | None,
+        max_messages: int,
+        deadline: float | None,
+    ) -> None:
+        self.identity = identity
+        self.owner = owner
+        self.rid = rid
+        self.queue = queue
+        self.group = group
+        self.max_messages = max_messages
+        self.deadline = deadline
+        self.done = False
+
+
+class Broker:
+    """A ZeroMQ ROUTER broker serving the ``zmq://`` transport.
+
+    Args:
+        bind: endpoint to bind, e.g. ``tcp://127.0.0.1:5555`` (port 0 picks a free port).
+        max_message_size: largest accepted message body in bytes.
+        heartbeat_interval: default client heartbeat interval in seconds (clients
+            announce their own in each heartbeat).
+        heartbeat_liveness: missed heartbeats after which a client counts as gone.
+        store: the queue store (a fresh in-memory one by default).
+        context: ZeroMQ context (the process-wide instance by default).
+    """
+
+    def __init__(
+        self,
+        bind: str,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        heartbeat_liveness: int = DEFAULT_HEARTBEAT_LIVENESS,
+        store: QueueStore | None = None,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.max_message_size = max_message_size
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_liveness = heartbeat_liveness
+        self.store = store if store is not None else QueueStore()
+        self.epoch = uuid.uuid4().hex
+        self._context = context or zmq.Context.instance()
+        self._socket = self._context.socket(zmq.ROUTER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # ZeroMQ drops a connection that sends a larger frame; smaller oversize bodies
+        # get a clear error reply from decode_request.
+        self._socket.setsockopt(zmq.MAXMSGSIZE, max_message_size + wire.MAX_META_SIZE)
+        self._socket.bind(bind)
+        self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._stopping = False
+        self._waiting: dict[str, deque[_Waiter]] = {}
+        self._deadlines: list[tuple[float, int, _Waiter]] = []
+        self._seq = itertools.count()
+        self._owner_expiry: dict[bytes, float] = {}
+        self._owner_interval: dict[bytes, float] = {}
+        self._next_owner_check = 0.0
+        self.requests_handled = 0
+        self.bad_requests = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to exit (safe from other threads and signal handlers)."""
+        self._stopping = True
+
+    def close(self) -> None:
+        """Close the socket (after ``run`` returned)."""
+        self._socket.close(linger=0)
+
+    def run(self) -> None:
+        """Serve until ``stop()``."""
+        logger.info("broker %s listening on %s", self.epoch[:8], self.endpoint)
+        sock = self._socket
+        recv = sock.recv_multipart
+        handle = self._handle
+        while not self._stopping:
+            now = time.time()
+            timeout = self._timers(now)
+            try:
+                if not sock.poll(timeout * 1000):
+                    continue
+                for _ in range(_RECV_BATCH):
+                    handle(recv(zmq.NOBLOCK))
+            except zmq.Again:
+                pass
+            except zmq.ContextTerminated:
+                break
+        logger.info("broker %s stopped", self.epoch[:8])
+
+    # -- timers --------------------------------------------------------------------------------
+    def _timers(self, now: float) -> float:
+        """Run due timers; return seconds until the next one (capped)."""
+        store = self.store
+        next_lease = store.expire(now)
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            waiter = heapq.heappop(deadlines)[2]
+            if not waiter.done:
+                self._drop_waiter(waiter)
+                self._reply(waiter.identity, wire.encode_reply(waiter.rid, 0))
+        if now >= self._next_owner_check:
+            self._check_owners(now)
+            self._next_owner_check = now + self.heartbeat_interval / 2
+        if store.ready:
+            self._serve_ready(now)
+        wake = self._next_owner_check
+        if next_lease is not None:
+            wake = min(wake, next_lease)
+        if deadlines:
+            wake = min(wake, deadlines[0][0])
+        return max(0.0, min(wake - now, _MAX_POLL))
+
+    def _check_owners(self, now: float) -> None:
+        gone = [owner for owner, expiry in self._owner_expiry.items() if expiry < now]
+        for owner in gone:
+            self._forget_owner(owner)
+            released = self.store.release_owner(owner, now)
+            if released:
+                logger.info("client %s went silent: released %d lease(s)", owner.hex(), released)
+
+    def _forget_owner(self, owner: bytes) -> None:
+        self._owner_expiry.pop(owner, None)
+        self._owner_interval.pop(owner, None)
+        for name, waiters in list(self._waiting.items()):
+            kept = deque(w for w in waiters if w.owner != owner)
+            for waiter in waiters:
+                if waiter.owner == owner:
+                    waiter.done = True
+            if kept:
+                self._waiting[name] = kept
+            else:
+                del self._waiting[name]
+
+    # -- requests ------------------------------------------------------------------------------
+    def _handle(self, frames: list[bytes]) -> None:
+        if len(frames) < 2:
+            self.bad_requests += 1
+            return
+        identity = frames[0]
+        owner = identity[:OWNER_ID_LENGTH]
+        now = time.time()
+        self._owner_expiry[owner] = now + self.heartbeat_liveness * self._owner_interval.get(
+            owner, self.heartbeat_interval
+        )
+        try:
+            request = wire.decode_request(frames[1:], self.max_message_size)
+        except wire.FrameError as exc:
+            self.bad_requests += 1
+            logger.debug("bad request from %s: %s", identity.hex(), exc)
+            self._reply(identity, wire.encode_error(exc.request_id, exc.status, str(exc)))
+            return
+        except Exception as exc:  # e.g. a property value attrs refuses
+            self.bad_requests += 1
+            self._reply(identity, wire.encode_error(0, wire.ERR_BAD_REQUEST, repr(exc)[:200]))
+            return
+        self.requests_handled += 1
+        rid = request.request_id
+        try:
+            reply = self._dispatch(request, identity, owner, now)
+        except QueueNotFoundError as exc:
+            reply = wire.encode_error(rid, wire.ERR_QUEUE_NOT_FOUND, str(exc))
+        except LockLostError as exc:
+            reply = wire.encode_error(rid, wire.ERR_LOCK_LOST, str(exc))
+        except Exception as exc:
+            logger.exception("internal error on %s", wire.COMMAND_NAMES.get(request.command))
+            reply = wire.encode_error(rid, wire.ERR_INTERNAL, repr(exc)[:200])
+        if reply is not None:
+            self._reply(identity, reply)
+        if self.store.ready:
+            self._serve_ready(now)
+
+    def _dispatch(self, request: wire.Request, identity: bytes, owner: bytes, now: float) -> Any:
+        command, rid, args = request.command, request.request_id, request.args
+        store = self.store
+        if command == wire.SEND:
+            store.put(args[0], request.messages, now)
+            return wire.encode_reply(rid)
+        if command == wire.RECEIVE:
+            return self._receive(identity, owner, rid, args, now)
+        if command == wire.COMPLETE:
+            store.complete(args[0], now)
+            return wire.encode_reply(rid)
+        if command == wire.ABANDON:
+            store.abandon(args[0], now)
+            return wire.encode_reply(rid)
+        if command == wire.RENEW:
+            return wire.encode_reply(rid, store.renew(args[0], now))
+        if command == wire.DEAD_LETTER:
+            store.dead_letter(args[0], args[1], args[2], now)
+            return wire.encode_reply(rid)
+        if command == wire.HEARTBEAT:
+            interval = min(max(float(args[0]), 0.01), 3600.0)
+            self._owner_interval[owner] = interval
+            self._owner_expiry[owner] = now + self.heartbeat_liveness * interval
+            return wire.encode_reply(rid, self.epoch, self.max_message_size)
+        if command == wire.DECLARE:
+            name, lock_duration, max_delivery_count = args
+            if lock_duration <= 0 or max_delivery_count < 1:
+                raise QueueNotFoundError(f"bad settings for queue {name!r}")
+            created = store.declare(name, QueueOptions(float(lock_duration), max_delivery_count))
+            return wire.encode_reply(rid, created)
+        if command == wire.RELEASE:
+            for token in args:
+                try:
+                    store.abandon(token, now)
+                except LockLostError:
+                    pass
+            return None
+        if command == wire.BYE:
+            self._forget_owner(owner)
+            return None
+        raise AssertionError(f"unhandled command {command}")  # decode_request prevents this
+
+    def _receive(
+        self, identity: bytes, owner: bytes, rid: int, args: list[Any], now: float
+    ) -> bytes | None:
+        queue, max_messages, timeout, group = args
+        max_messages = max(1, max_messages)
+        grants = self.store.take(
+            queue, max_messages=max_messages, now=now, group=group, owner=owner
+        )
+        if grants or timeout == 0:
+            self._send_grants(identity, rid, grants, now)
+            return None
+        deadline = None if timeout is None else now + max(0.0, timeout)
+        waiter = _Waiter(identity, owner, rid, queue, group, max_messages, deadline)
+        self._waiting.setdefault(queue, deque()).append(waiter)
+        if deadline is not None:
+            heapq.heappush(self._deadlines, (deadline, next(self._seq), waiter))
+        return None
+
+    def _serve_ready(self, now: float) -> None:
+        store = self.store
+        ready = store.ready
+        while ready:
+            name = ready.pop()
+            waiters = self._waiting.get(name)
+            if not waiters:
+                continue
+            while waiters:
+                waiter = waiters[0]
+                grants = store.take(
+                    name,
+                    max_messages=waiter.max_messages,
+                    now=now,
+                    group=waiter.group,
+                    owner=waiter.owner,
+                )
+                if not grants:
+                    break
+                waiters.popleft()
+                waiter.done = True
+                self._send_grants(waiter.identity, waiter.rid, grants, now)
+            if waiters and store.depth(name):
+                # Messages left that the head waiter's group does not match: try the others.
+                for waiter in list(waiters):
+                    grants = store.take(
+                        name,
+                        max_messages=waiter.max_messages,
+                        now=now,
+                        group=waiter.group,
+                        owner=waiter.owner,
+                    )
+                    if grants:
+                        waiters.remove(waiter)
+                        waiter.done = True
+                        self._send_grants(waiter.identity, waiter.rid, grants, now)
+            if not waiters:
+                self._waiting.pop(name, None)
+
+    def _drop_waiter(self, waiter: _Waiter) -> None:
+        waiter.done = True
+        waiters = self._waiting.get(waiter.queue)
+        if waiters is not None:
+            try:
+                waiters.remove(waiter)
+            except ValueError:
+                pass
+            if not waiters:
+                del self._waiting[waiter.queue]
+
+    # -- replies -------------------------------------------------------------------------------
+    def _send_grants(self, identity: bytes, rid: int, grants: list[Grant], now: float) -> None:
+        frames = [identity, wire.encode_reply(rid, len(grants))]
+        encode = wire.encode_delivery
+        for grant in grants:
+            frames.append(
+                encode(grant.message, grant.delivery_count, grant.locked_until, grant.token)
+            )
+            frames.append(grant.message.body)
+        if not self._send(frames):
+            for grant in grants:  # the consumer is gone: make the messages available again
+                try:
+                    self.store.abandon(grant.token, now)
+                except LockLostError:
+                    pass
+
+    def _reply(self, identity: bytes, header: bytes) -> None:
+        self._send([identity, header])
+
+    def _send(self, frames: list[Any]) -> bool:
+        try:
+            self._socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            return True
+        except (zmq.Again, zmq.ZMQError) as exc:  # peer gone or its queue full
+            logger.debug("reply to %s dropped: %s", bytes(frames[0]).hex(), exc)
+            return False

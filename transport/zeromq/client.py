@@ -1,0 +1,393 @@
+"""``zmq://HOST:PORT``: the client transport of the ZeroMQ broker.
+
+Each call runs on a DEALER socket taken from a small pool (one per concurrently
+calling thread), sends one request and waits for its reply on the calling thread:
+no hand-off to an I/O thread, so a round trip costs two socket hops. Requests
+carry ids; replies with a stale id are dropped (and any leases they carry
+released). A heartbeat thread pings the broker every ``heartbeat_interval``; its
+replies carry the broker's epoch, so a restarted broker is noticed: requests in
+flight are re-sent on fresh sockets and the queues this client declared are
+declared again. zmq exceptions become ``TransportError``s in ``_map_zmq_error``,
+broker error replies in ``wire.error_for``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import zmq
+
+from ..base import (
+    DEFAULT_LOCK_DURATION,
+    DEFAULT_MAX_DELIVERY_COUNT,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    Delivery,
+    Message,
+    Transport,
+    as_message_list,
+)
+from ..errors import (
+    ConnectionLostError,
+    MessageTooLargeError,
+    TransportClosedError,
+    TransportError,
+    TransportTimeoutError,
+)
+from . import wire
+
+__all__ = ["ZmqTransport", "broker_endpoint"]
+
+logger = logging.getLogger(__name__)
+
+
+def broker_endpoint(url: str) -> str:
+    """Map ``zmq://HOST:PORT`` to the ZeroMQ endpoint ``tcp://HOST:PORT``."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "zmq" or not parts.hostname or parts.port is None:
+        raise ValueError(f"expected zmq://HOST:PORT, got {url!r}")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"tcp://{host}:{parts.port}"
+
+
+def _map_zmq_error(exc: zmq.ZMQError, closed: bool) -> TransportError:
+    """The one place where ZeroMQ exceptions become ``TransportError``s."""
+    if closed or isinstance(exc, zmq.ContextTerminated) or exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
+        return TransportClosedError("the transport was closed")
+    if isinstance(exc, zmq.Again):
+        return TransportTimeoutError(f"the broker did not accept the request in time: {exc}")
+    return ConnectionLostError(f"ZeroMQ error talking to the broker: {exc}")
+
+
+class _Lost(Exception):
+    """The broker restarted while a request was in flight: send it again."""
+
+
+class _Conn:
+    """A pooled DEALER socket; replaced in place when the broker restarts."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self.sock = sock
+
+
+class ZmqTransport(Transport):
+    """Client of the ZeroMQ broker (``rtbatch broker``).
+
+    Args:
+        url: ``zmq://HOST:PORT`` of the broker.
+        max_message_size: largest body ``send`` accepts (the broker's own limit, learnt
+            from its heartbeat replies, applies too).
+        heartbeat_interval: seconds between heartbeats; the broker releases this
+            client's leases after ``heartbeat_liveness`` missed ones.
+        heartbeat_liveness: missed heartbeats after which either side counts the
+            other as gone.
+        request_timeout: seconds to wait for a reply (beyond a receive's own timeout)
+            before raising ``ConnectionLostError`` or ``TransportTimeoutError``.
+    """
+
+    def __init__(
+        self,
+        url: str = "zmq://127.0.0.1:5555",
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        heartbeat_interval: float = 1.0,
+        heartbeat_liveness: int = 3,
+        request_timeout: float = 30.0,
+        **_options: Any,
+    ) -> None:
+        self.url = url
+        self.endpoint = broker_endpoint(url)
+        self._own_limit = max_message_size
+        self.max_message_size = max_message_size
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_liveness = heartbeat_liveness
+        self.request_timeout = request_timeout
+        self.client_id = b"\x01" + os.urandom(15)  # lease owner at the broker; never 0-led
+        self._context = zmq.Context()
+        self._socket_numbers = itertools.count()
+        self._request_ids = itertools.count(1)
+        self._pool_lock = threading.Lock()
+        self._idle: list[_Conn] = []
+        self._closed = False
+        self._declared: dict[str, tuple[float, int]] = {}
+        self.epoch: str | None = None
+        self._generation = 0
+        self._last_reply = time.monotonic()
+        self._idle.append(_Conn(self._new_socket()))
+        self._heartbeat_thread = threading.Thread(
+            target=self._heartbeat_loop, name=f"zmq-heartbeat-{self.endpoint}", daemon=True
+        )
+        self._heartbeat_thread.start()
+
+    def __repr__(self) -> str:
+        return f"ZmqTransport({self.url!r})"
+
+    # -- sockets ----------------------------------------------------------------------------
+    def _new_socket(self) -> zmq.Socket:
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(
+            zmq.ROUTING_ID, self.client_id + next(self._socket_numbers).to_bytes(4, "big")
+        )
+        sock.connect(self.endpoint)
+        return sock
+
+    def _acquire(self) -> _Conn:
+        with self._pool_lock:
+            if self._closed:
+                raise TransportClosedError(f"{self!r} is closed")
+            if self._idle:
+                return self._idle.pop()
+        try:
+            return _Conn(self._new_socket())
+        except zmq.ZMQError as exc:
+            raise _map_zmq_error(exc, self._closed) from None
+
+    def _release(self, conn: _Conn) -> None:
+        with self._pool_lock:
+            if not self._closed:
+                self._idle.append(conn)
+                return
+        conn.sock.close(linger=0)
+
+    # -- request / reply --------------------------------------------------------------------
+    def _call(
+        self,
+        command: int,
+        args: list[Any],
+        payload: Sequence[Any] = (),
+        *,
+        wait: float | None = None,
+        queue: str | None = None,
+    ) -> tuple[list[Any], list[bytes]]:
+        """Send one request and return its reply ``(header, payload)``; raise broker errors.
+
+        ``wait`` is how long the broker may legitimately hold the request (a receive's
+        timeout; ``None`` for no limit), on top of which ``request_timeout`` applies.
+        """
+        conn = self._acquire()
+        try:
+            header, frames = self._exchange(conn, command, args, payload, wait)
+            if header[1] == wire.ERR_QUEUE_NOT_FOUND and queue in self._declared:
+                # The broker restarted and forgot a queue we declared: declare, retry once.
+                self._redeclare(conn, queue)
+                header, frames = self._exchange(conn, command, args, payload, wait)
+        except zmq.ZMQError as exc:
+            conn.sock.close(linger=0)
+            raise _map_zmq_error(exc, self._closed) from None
+        except BaseException:
+            conn.sock.close(linger=0)
+            raise
+        self._release(conn)
+        if header[1] != wire.OK:
+            raise wire.error_for(header[1], str(header[2]) if len(header) > 2 else "")
+        return header, frames
+
+    def _exchange(
+        self,
+        conn: _Conn,
+        command: int,
+        args: list[Any],
+        payload: Sequence[Any],
+        wait: float | None,
+    ) -> tuple[list[Any], list[bytes]]:
+        start = time.monotonic()
+        give_up = None if wait is None and command == wire.RECEIVE else start + (wait or 0.0)
+        while True:
+            try:
+                return self._attempt(conn.sock, command, args, payload, give_up)
+            except _Lost:
+                logger.info("broker restarted; re-sending %s", wire.COMMAND_NAMES[command])
+                conn.sock.close(linger=0)  # drops the copy still queued for the new broker
+                conn.sock = self._new_socket()
+                if command == wire.RECEIVE and give_up is not None:
+                    args = [*args[:2], max(0.0, give_up - time.monotonic()), args[3]]
+
+    def _attempt(
+        self,
+        sock: zmq.Socket,
+        command: int,
+        args: list[Any],
+        payload: Sequence[Any],
+        give_up: float | None,
+    ) -> tuple[list[Any], list[bytes]]:
+        rid = next(self._request_ids)
+        generation = self._generation
+        sock.send_multipart([wire.encode_request(command, rid, *args), *payload], copy=False)
+        slice_ms = int(self.heartbeat_interval * 1000) or 1
+        silence_limit = self.heartbeat_interval * self.heartbeat_liveness
+        while True:
+            if sock.poll(slice_ms):
+                frames = sock.recv_multipart()
+                header = wire.decode_reply_header(frames[0])
+                if header[0] == rid:
+                    return header, frames[1:]
+                self._drop_stale(sock, header, frames[1:])
+                continue
+            if self._generation != generation:
+                raise _Lost
+            now = time.monotonic()
+            silent = now - self._last_reply
+            what = f"{wire.COMMAND_NAMES[command]} to the broker at {self.endpoint}"
+            if give_up is None:  # a receive without timeout: only a dead broker ends it
+                if silent > self.request_timeout:
+                    raise ConnectionLostError(f"broker silent for {silent:.1f} s during {what}")
+                continue
+            overdue = now - give_up
+            if silent > silence_limit and overdue > silence_limit:
+                raise ConnectionLostError(f"broker silent for {silent:.1f} s during {what}")
+            if overdue > self.request_timeout:
+                raise TransportTimeoutError(f"no reply in {self.request_timeout} s to {what}")
+
+    def _drop_stale(self, sock: zmq.Socket, header: list[Any], frames: list[bytes]) -> None:
+        """A reply to a request we gave up on: release any leases it grants."""
+        if header[1] != wire.OK or not frames:
+            return
+        try:
+            tokens = [token for _m, _c, _l, token in wire.decode_deliveries(frames)]
+        except Exception:  # a stale reply we cannot read is only dropped
+            return
+        sock.send(wire.encode_request(wire.RELEASE, 0, *tokens))
+
+    def _redeclare(self, conn: _Conn, queue: str) -> None:
+        lock_duration, max_delivery_count = self._declared[queue]
+        args = [queue, lock_duration, max_delivery_count]
+        self._exchange(conn, wire.DECLARE, args, (), None)
+
+    # -- heartbeats -------------------------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        try:
+            self._heartbeats()
+        except zmq.ContextTerminated:
+            pass
+        except zmq.ZMQError as exc:
+            if exc.errno not in (zmq.ETERM, zmq.ENOTSOCK):
+                logger.exception("heartbeat thread stopped")
+
+    def _heartbeats(self) -> None:
+        interval = self.heartbeat_interval
+        sock = self._new_socket()
+        try:
+            next_beat = time.monotonic()
+            last_answer = next_beat
+            while True:
+                now = time.monotonic()
+                if now >= next_beat:
+                    if now - last_answer > interval * self.heartbeat_liveness:
+                        # Lazy Pirate: a fresh connection defeats half-open ones.
+                        sock.close(linger=0)
+                        sock = self._new_socket()
+                        last_answer = now
+                    sock.send(wire.encode_request(wire.HEARTBEAT, 0, interval))
+                    next_beat = now + interval
+                if sock.poll(max(1, int((next_beat - now) * 1000))):
+                    frames = sock.recv_multipart()
+                    last_answer = self._last_reply = time.monotonic()
+                    try:
+                        self._on_heartbeat_reply(sock, wire.decode_reply_header(frames[0]))
+                    except (ValueError, TypeError, IndexError) as exc:
+                        logger.warning("unreadable heartbeat reply: %s", exc)
+        finally:
+            sock.close(linger=0)
+
+    def _on_heartbeat_reply(self, sock: zmq.Socket, header: list[Any]) -> None:
+        if header[1] != wire.OK or len(header) < 4:
+            return  # e.g. the answer to a re-declaration
+        epoch, limit = header[2], header[3]
+        self.max_message_size = min(self._own_limit, int(limit))
+        if epoch == self.epoch:
+            return
+        if self.epoch is not None:
+            logger.warning(
+                "broker at %s restarted; declaring %d queue(s) again",
+                self.endpoint,
+                len(self._declared),
+            )
+            for name, (lock_duration, max_delivery_count) in list(self._declared.items()):
+                sock.send(
+                    wire.encode_request(wire.DECLARE, 0, name, lock_duration, max_delivery_count)
+                )
+        self.epoch = epoch
+        self._generation += 1
+
+    # -- Transport API ----------------------------------------------------------------------
+    def declare_queue(
+        self,
+        name: str,
+        *,
+        lock_duration: float = DEFAULT_LOCK_DURATION,
+        max_delivery_count: int = DEFAULT_MAX_DELIVERY_COUNT,
+        grouped: bool = False,
+    ) -> None:
+        self._call(wire.DECLARE, [name, float(lock_duration), int(max_delivery_count)])
+        self._declared.setdefault(name, (float(lock_duration), int(max_delivery_count)))
+
+    def send(self, queue: str, messages: Message | Iterable[Message]) -> None:
+        batch = as_message_list(messages)
+        limit = self.max_message_size
+        payload: list[Any] = []
+        for message in batch:
+            if len(message.body) > limit:
+                raise MessageTooLargeError(len(message.body), limit)
+            payload.extend(wire.encode_message(message))
+        self._call(wire.SEND, [queue, len(batch)], payload, queue=queue)
+
+    def receive(
+        self,
+        queue: str,
+        *,
+        max_messages: int = 1,
+        timeout: float | None = None,
+        group: str | None = None,
+    ) -> list[Delivery]:
+        if max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
+        wait = None if timeout is None else max(0.0, float(timeout))
+        _header, frames = self._call(
+            wire.RECEIVE, [queue, max_messages, wait, group], wait=wait, queue=queue
+        )
+        return [
+            Delivery(message, queue, count, locked_until, token)
+            for message, count, locked_until, token in wire.decode_deliveries(frames)
+        ]
+
+    def complete(self, delivery: Delivery) -> None:
+        self._call(wire.COMPLETE, [delivery.lock_token])
+
+    def abandon(self, delivery: Delivery) -> None:
+        self._call(wire.ABANDON, [delivery.lock_token])
+
+    def dead_letter(self, delivery: Delivery, reason: str, description: str = "") -> None:
+        self._call(wire.DEAD_LETTER, [delivery.lock_token, str(reason), str(description)])
+
+    def renew_lock(self, delivery: Delivery) -> float:
+        header, _frames = self._call(wire.RENEW, [delivery.lock_token])
+        delivery.locked_until = float(header[2])
+        return delivery.locked_until
+
+    def close(self) -> None:
+        with self._pool_lock:
+            if self._closed:
+                return
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for i, conn in enumerate(idle):
+            if i == 0:  # tell the broker to drop our parked receives at once
+                try:
+                    conn.sock.send(wire.encode_request(wire.BYE, 0), zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
+                conn.sock.close(linger=100)
+            else:
+                conn.sock.close(linger=0)
+        # Wakes every thread blocked on one of our sockets with ETERM (-> closed).
+        self._context.term()
+        self._heartbeat_thread.join(5)

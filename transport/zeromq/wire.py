@@ -1,0 +1,332 @@
+"""Frame encoding shared by the ZeroMQ broker and its client.
+
+A request is one ZeroMQ multipart message sent by a DEALER::
+
+    [header, *payload]
+
+``header`` is a small orjson array ``[VERSION, command, request_id, *args]``; the
+payload carries messages as two frames each, ``meta`` (an orjson array) and the
+raw ``body`` (never re-encoded, so bodies are not copied into JSON). A reply is::
+
+    [reply_header, *payload]
+
+with ``reply_header = [request_id, status, *results]``; ``status`` is ``OK`` or
+one of the error codes below, which the client maps to the ``TransportError``
+tree in one place (``error_for``).
+
+Everything arriving at the broker goes through ``decode_request``, which either
+returns a ``Request`` or raises ``FrameError``: hostile input never gets further.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import orjson
+
+from ..base import Message
+from ..errors import (
+    LockLostError,
+    MessageTooLargeError,
+    QueueNotFoundError,
+    TransportError,
+)
+
+__all__ = [
+    "ABANDON",
+    "BYE",
+    "COMMAND_NAMES",
+    "COMPLETE",
+    "DEAD_LETTER",
+    "DECLARE",
+    "ERR_BAD_REQUEST",
+    "ERR_INTERNAL",
+    "ERR_LOCK_LOST",
+    "ERR_QUEUE_NOT_FOUND",
+    "ERR_TOO_LARGE",
+    "HEARTBEAT",
+    "MAX_META_SIZE",
+    "OK",
+    "RECEIVE",
+    "RELEASE",
+    "RENEW",
+    "SEND",
+    "VERSION",
+    "BrokerError",
+    "FrameError",
+    "Request",
+    "decode_deliveries",
+    "decode_reply_header",
+    "decode_request",
+    "encode_delivery",
+    "encode_error",
+    "encode_message",
+    "encode_reply",
+    "encode_request",
+    "error_for",
+]
+
+VERSION = 1
+
+# -- commands -------------------------------------------------------------------------------
+HEARTBEAT = 1  # args: [interval]                 -> [epoch, max_message_size]
+DECLARE = 2  # args: [queue, lock_duration, max_delivery_count] -> [created]
+SEND = 3  # args: [queue, count] + 2*count frames -> []
+RECEIVE = 4  # args: [queue, max_messages, timeout|null, group|null] -> [count] + 2*count
+COMPLETE = 5  # args: [token]                      -> []
+ABANDON = 6  # args: [token]                       -> []
+DEAD_LETTER = 7  # args: [token, reason, description] -> []
+RENEW = 8  # args: [token]                         -> [locked_until]
+RELEASE = 9  # args: [token, ...]: abandon leases nobody will settle; never answered
+BYE = 10  # args: []: the client is closing; never answered
+
+COMMAND_NAMES = {
+    HEARTBEAT: "heartbeat",
+    DECLARE: "declare",
+    SEND: "send",
+    RECEIVE: "receive",
+    COMPLETE: "complete",
+    ABANDON: "abandon",
+    DEAD_LETTER: "dead_letter",
+    RENEW: "renew",
+    RELEASE: "release",
+    BYE: "bye",
+}
+
+# -- reply status ---------------------------------------------------------------------------
+OK = 0
+ERR_BAD_REQUEST = 1
+ERR_QUEUE_NOT_FOUND = 2
+ERR_LOCK_LOST = 3
+ERR_TOO_LARGE = 4
+ERR_INTERNAL = 5
+
+#: Largest accepted header or message-meta frame.
+MAX_META_SIZE = 64 * 1024
+
+_NUMBER = (int, float)
+
+
+class FrameError(ValueError):
+    """A frame sequence that does not follow the protocol.
+
+    Attributes:
+        status: the error code to answer with.
+        request_id: the request's id when the header was readable, else 0.
+    """
+
+    def __init__(self, text: str, *, status: int = 1, request_id: int = 0) -> None:
+        super().__init__(text)
+        self.status = status
+        self.request_id = request_id
+
+
+class BrokerError(TransportError):
+    """The broker rejected a request as malformed or failed internally."""
+
+
+@attrs.define(slots=True)
+class Request:
+    """A decoded, validated request."""
+
+    command: int
+    request_id: int
+    args: list[Any]
+    messages: list[Message] = attrs.Factory(list)
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_opt_str(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, _NUMBER) and not isinstance(value, bool)
+
+
+def _is_opt_number(value: Any) -> bool:
+    return value is None or _is_number(value)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# command -> validators of its header arguments
+_ARG_RULES: dict[int, tuple[Any, ...]] = {
+    HEARTBEAT: (_is_number,),
+    DECLARE: (_is_str, _is_number, _is_count),
+    SEND: (_is_str, _is_count),
+    RECEIVE: (_is_str, _is_count, _is_opt_number, _is_opt_str),
+    COMPLETE: (_is_str,),
+    ABANDON: (_is_str,),
+    DEAD_LETTER: (_is_str, _is_str, _is_str),
+    RENEW: (_is_str,),
+    BYE: (),
+}
+
+
+def _loads(frame: bytes, what: str) -> Any:
+    if len(frame) > MAX_META_SIZE:
+        raise FrameError(f"{what} frame of {len(frame)} bytes exceeds {MAX_META_SIZE}")
+    try:
+        return orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        raise FrameError(f"{what} frame is not valid JSON") from None
+
+
+# -- requests ------------------------------------------------------------------------------
+def encode_request(command: int, request_id: int, *args: Any) -> bytes:
+    """Encode a request header frame."""
+    return orjson.dumps([VERSION, command, request_id, *args])
+
+
+def encode_message(message: Message) -> tuple[bytes, bytes]:
+    """Encode a message as its (meta, body) frames."""
+    props = message.properties or None
+    meta = orjson.dumps([message.id, message.group, message.correlation_id, props, message.ttl])
+    return meta, message.body
+
+
+def _decode_message(meta_frame: bytes, body: bytes) -> Message:
+    meta = _loads(meta_frame, "message meta")
+    if not isinstance(meta, list) or len(meta) != 5:
+        raise FrameError("message meta must be a list of 5 items")
+    message_id, group, correlation_id, props, ttl = meta
+    if not (
+        _is_str(message_id)
+        and message_id
+        and _is_opt_str(group)
+        and _is_opt_str(correlation_id)
+        and (props is None or isinstance(props, dict))
+        and _is_opt_number(ttl)
+    ):
+        raise FrameError("message meta has a field of the wrong type")
+    return Message(
+        body, id=message_id, group=group, correlation_id=correlation_id, properties=props, ttl=ttl
+    )
+
+
+def decode_request(frames: Sequence[bytes], max_message_size: int) -> Request:
+    """Validate and decode the frames of a request (without the routing id).
+
+    Raises:
+        FrameError: anything that does not follow the protocol, including a message body
+            above ``max_message_size`` (with ``status == ERR_TOO_LARGE``).
+    """
+    if not frames:
+        raise FrameError("empty request")
+    header = _loads(frames[0], "header")
+    if not isinstance(header, list) or len(header) < 3:
+        raise FrameError("header must be a list [version, command, request_id, ...]")
+    version, command, request_id, *args = header
+    if version != VERSION:
+        raise FrameError(f"unsupported protocol version {version!r}")
+    if not _is_count(request_id):
+        raise FrameError("request id must be a non-negative integer")
+    try:
+        return _decode_body(command, request_id, args, frames[1:], max_message_size)
+    except FrameError as exc:
+        exc.request_id = request_id
+        raise
+
+
+def _decode_body(
+    command: Any, request_id: int, args: list[Any], payload: Sequence[bytes], max_size: int
+) -> Request:
+    if command == RELEASE:
+        if payload or not all(_is_str(token) for token in args):
+            raise FrameError("release takes lock tokens and no payload")
+        return Request(command, request_id, args)
+    rules = _ARG_RULES.get(command) if isinstance(command, int) else None
+    if rules is None:
+        raise FrameError(f"unknown command {command!r}")
+    if len(args) != len(rules) or not all(rule(a) for rule, a in zip(rules, args, strict=True)):
+        raise FrameError(f"bad arguments for {COMMAND_NAMES[command]}")
+    request = Request(command, request_id, args)
+    if command == SEND:
+        count = args[1]
+        if len(payload) != 2 * count:
+            raise FrameError(f"send of {count} messages needs {2 * count} frames")
+        for i in range(0, len(payload), 2):
+            body = payload[i + 1]
+            if len(body) > max_size:
+                raise FrameError(
+                    f"message of {len(body)} bytes exceeds the broker limit of {max_size} bytes",
+                    status=ERR_TOO_LARGE,
+                )
+            request.messages.append(_decode_message(payload[i], body))
+    elif payload:
+        raise FrameError(f"{COMMAND_NAMES[command]} takes no payload frames")
+    return request
+
+
+# -- replies -------------------------------------------------------------------------------
+def encode_reply(request_id: int, *results: Any) -> bytes:
+    """Encode a success reply header."""
+    return orjson.dumps([request_id, OK, *results])
+
+
+def encode_error(request_id: int, status: int, text: str) -> bytes:
+    """Encode an error reply header."""
+    return orjson.dumps([request_id, status, text])
+
+
+def encode_delivery(
+    message: Message, delivery_count: int, locked_until: float, token: str
+) -> bytes:
+    """Encode the meta frame of a leased message (its body travels as the next frame)."""
+    return orjson.dumps(
+        [
+            message.id,
+            message.group,
+            message.correlation_id,
+            message.properties or None,
+            message.ttl,
+            delivery_count,
+            locked_until,
+            token,
+        ]
+    )
+
+
+def decode_reply_header(frame: bytes) -> list[Any]:
+    """Decode a reply header ``[request_id, status, *results]`` (client side)."""
+    header = orjson.loads(frame)
+    if not isinstance(header, list) or len(header) < 2:
+        raise FrameError("malformed reply header")
+    return header
+
+
+def decode_deliveries(frames: Sequence[bytes]) -> list[tuple[Message, int, float, str]]:
+    """Decode the payload of a receive reply into (message, count, locked_until, token)."""
+    result = []
+    for i in range(0, len(frames) - 1, 2):
+        mid, group, corr, props, ttl, count, locked_until, token = orjson.loads(frames[i])
+        message = Message(
+            frames[i + 1], id=mid, group=group, correlation_id=corr, properties=props, ttl=ttl
+        )
+        result.append((message, count, locked_until, token))
+    return result
+
+
+_ERRORS: dict[int, type[TransportError]] = {
+    ERR_QUEUE_NOT_FOUND: QueueNotFoundError,
+    ERR_LOCK_LOST: LockLostError,
+    ERR_BAD_REQUEST: BrokerError,
+    ERR_INTERNAL: BrokerError,
+}
+
+
+def error_for(status: int, text: str) -> TransportError:
+    """Map a broker error reply to the ``TransportError`` tree (the one place it happens)."""
+    if status == ERR_TOO_LARGE:
+        error = MessageTooLargeError(0, 0)
+        error.args = (f"broker rejected the message: {text}",)
+        return error
+    return _ERRORS.get(status, BrokerError)(text)
