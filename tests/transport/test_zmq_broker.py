@@ -1,0 +1,158 @@
+"""The ZeroMQ broker process: startup, shutdown, size limits and hostile input."""
+
+from __future__ import annotations
+
+import random
+import signal
+import socket
+import uuid
+
+import orjson
+import pytest
+import zmq
+
+from realtime_batch.transport import Message, MessageTooLargeError, open_transport
+from realtime_batch.transport.zeromq import wire
+
+
+def serves_a_normal_client(url: str) -> bool:
+    """Declare, send, receive and complete one message through the broker at ``url``."""
+    queue = f"check-{uuid.uuid4().hex[:8]}"
+    with open_transport(url, request_timeout=10) as t:
+        t.declare_queue(queue)
+        t.send(queue, Message(b"still alive"))
+        deliveries = t.receive(queue, timeout=10)
+        for d in deliveries:
+            t.complete(d)
+        return [d.message.body for d in deliveries] == [b"still alive"]
+
+
+@pytest.fixture
+def raw_dealer():
+    """Raw DEALER sockets connected to a broker; closed at teardown."""
+    context = zmq.Context()
+    sockets = []
+
+    def _connect(url: str) -> zmq.Socket:
+        sock = context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(url.replace("zmq://", "tcp://"))
+        sockets.append(sock)
+        return sock
+
+    try:
+        yield _connect
+    finally:
+        for sock in sockets:
+            sock.close(0)
+        context.term()
+
+
+def recv_reply(sock: zmq.Socket, timeout: float = 10.0) -> list[bytes]:
+    assert sock.poll(timeout * 1000), "no reply from the broker"
+    return sock.recv_multipart()
+
+
+def test_ready_line_reports_the_chosen_port(zmq_broker_factory):
+    broker = zmq_broker_factory()
+    assert broker.port > 0
+    assert serves_a_normal_client(broker.url)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_broker_exits_cleanly_on_signal(zmq_broker_factory, sig):
+    broker = zmq_broker_factory()
+    assert broker.kill(sig) == 0
+
+
+def test_broker_rejects_oversize_body_with_an_error_reply(zmq_broker_factory, raw_dealer):
+    broker = zmq_broker_factory("--max-message-size", "1000")
+    sock = raw_dealer(broker.url)
+    sock.send_multipart([wire.encode_request(wire.DECLARE, 1, "big", 30.0, 10)])
+    assert orjson.loads(recv_reply(sock)[0])[:2] == [1, wire.OK]
+    frames = [
+        wire.encode_request(wire.SEND, 2, "big", 1),
+        *wire.encode_message(Message(b"x" * 1001)),
+    ]
+    sock.send_multipart(frames)
+    rid, status, text = orjson.loads(recv_reply(sock)[0])
+    assert (rid, status) == (2, wire.ERR_TOO_LARGE)
+    assert "1000" in text
+    assert serves_a_normal_client(broker.url)
+
+
+def test_client_learns_a_smaller_broker_limit(zmq_broker_factory, queue):
+    broker = zmq_broker_factory("--max-message-size", "1000")
+    with open_transport(broker.url, max_message_size=10 * 1024 * 1024) as t:
+        t.declare_queue(queue)
+        with pytest.raises(MessageTooLargeError):
+            t.send(queue, Message(b"x" * 1500))
+        assert t.max_message_size == 1000
+        t.send(queue, Message(b"x" * 1000))
+        [d] = t.receive(queue, timeout=10)
+        assert len(d.message.body) == 1000
+        t.complete(d)
+
+
+def test_frames_above_the_socket_limit_drop_only_that_peer(zmq_broker_factory, raw_dealer):
+    broker = zmq_broker_factory("--max-message-size", "1000")
+    sock = raw_dealer(broker.url)
+    sock.send_multipart([wire.encode_request(wire.SEND, 1, "q", 1), b"[]", b"x" * 3_000_000])
+    assert not sock.poll(300)  # no answer: the connection was cut
+    assert broker.proc.poll() is None
+    assert serves_a_normal_client(broker.url)
+
+
+def test_malformed_requests_get_error_replies(zmq_broker_factory, raw_dealer):
+    broker = zmq_broker_factory()
+    sock = raw_dealer(broker.url)
+    cases = [
+        [b"garbage"],
+        [orjson.dumps([1, 99, 5])],  # unknown command
+        [wire.encode_request(wire.SEND, 6, "q", 3), b"[]"],  # wrong frame count
+        [wire.encode_request(wire.COMPLETE, 7, "no-such-token")],
+    ]
+    statuses = []
+    for frames in cases:
+        sock.send_multipart(frames)
+        statuses.append(orjson.loads(recv_reply(sock)[0])[1])
+    assert statuses == [wire.ERR_BAD_REQUEST] * 3 + [wire.ERR_LOCK_LOST]
+    assert serves_a_normal_client(broker.url)
+
+
+def test_random_bytes_from_dealers_and_raw_tcp_do_not_hurt_the_broker(
+    zmq_broker_factory, raw_dealer
+):
+    broker = zmq_broker_factory()
+    rng = random.Random(1234)
+    for _ in range(5):
+        sock = raw_dealer(broker.url)
+        for _ in range(40):
+            frames = [rng.randbytes(rng.randint(0, 300)) for _ in range(rng.randint(1, 6))]
+            sock.send_multipart(frames)
+        sock.send_multipart([b""] * 1000)
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", broker.port), timeout=5) as raw:
+            raw.sendall(rng.randbytes(rng.randint(1, 5000)))
+    # a peer that opens a connection and never speaks must not block anyone either
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=5) as idle:
+        idle.sendall(b"\xff" + b"\x00" * 8 + b"\x7f")  # a ZMTP greeting prefix, then silence
+        assert serves_a_normal_client(broker.url)
+    assert broker.proc.poll() is None
+    assert serves_a_normal_client(broker.url)
+
+
+def test_broker_survives_a_peer_that_vanishes_mid_receive(zmq_broker_factory, raw_dealer):
+    broker = zmq_broker_factory()
+    sock = raw_dealer(broker.url)
+    sock.send_multipart([wire.encode_request(wire.DECLARE, 1, "vanish", 30.0, 10)])
+    recv_reply(sock)
+    sock.send_multipart([wire.encode_request(wire.RECEIVE, 2, "vanish", 5, None, None)])
+    sock.close(0)
+    with open_transport(broker.url) as t:
+        t.send("vanish", Message(b"for someone else"))
+        # The parked receive of the vanished peer must not swallow the message.
+        deliveries = t.receive("vanish", timeout=10)
+        assert [d.message.body for d in deliveries] == [b"for someone else"]
+        t.complete(deliveries[0])
+    assert broker.proc.poll() is None
