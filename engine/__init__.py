@@ -1,0 +1,44 @@
+"""The node engine: pulls tasks from a queue and runs them in a supervised worker process.
+
+``python -m realtime_batch.engine`` (or ``rtbatch engine``) starts one; in-process,
+``Engine(transport, queue, tasks_dir).start()`` runs one in a thread. Task code
+can run staged jars with ``java_runner``. Names are imported lazily (PEP 562) so
+that the worker process stays small.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY: dict[str, str] = {
+    "Engine": "realtime_batch.engine.engine:Engine",
+    "EngineError": "realtime_batch.engine.engine:EngineError",
+    "default_engine_id": "realtime_batch.engine.engine:default_engine_id",
+    "TaskContext": "realtime_batch.engine.worker:TaskContext",
+    "java_runner": "realtime_batch.engine.java:java_runner",
+    "build_jar": "realtime_batch.engine.java:build_jar",
+    "JavaTaskError": "realtime_batch.engine.java:JavaTaskError",
+    "JavaNotFoundError": "realtime_batch.engine.java:JavaNotFoundError",
+    "JavaTimeoutError": "realtime_batch.engine.java:JavaTimeoutError",
+    "CommandError": "realtime_batch.engine.tasks:CommandError",
+    "CommandNotFoundError": "realtime_batch.engine.tasks:CommandNotFoundError",
+    "InvalidCommandError": "realtime_batch.engine.tasks:InvalidCommandError",
+    "resolve_command": "realtime_batch.engine.tasks:resolve_command",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'realtime_batch.engine' has no attribute {name!r}")
+    module_name, _, attr = target.partition(":")
+    value = getattr(importlib.import_module(module_name), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,315 @@
+"""Turning task outcomes into result messages and settling deliveries, in that order.
+
+The engine records what should happen to each delivery (a result to send and a
+settlement: complete, abandon or dead-letter) in an ``Outbox``; ``flush`` sends
+all pending results in one batch per results queue, then settles the
+deliveries. Sending before settling gives at-least-once results.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ..protocol import (
+    ErrorInfo,
+    ProtocolError,
+    ReplyTo,
+    ResultRecord,
+    TaskRecord,
+    encode_result,
+    peek_reply_to,
+)
+from ..transport import Delivery, Message, Transport
+from ..transport.base import MAX_DELIVERY_REASON
+from ..transport.errors import LockLostError, QueueNotFoundError, TransportError
+
+__all__ = ["Held", "Outbox"]
+
+logger = logging.getLogger(__name__)
+
+_COMPLETE, _ABANDON, _DEAD_LETTER = "complete", "abandon", "dead_letter"
+_MIN_RENEW_INTERVAL = 0.05
+
+
+class Held:
+    """A delivery the engine holds, with its decoded task and lease bookkeeping."""
+
+    __slots__ = (
+        "attempt",
+        "delivery",
+        "kind",
+        "lock_lost",
+        "path",
+        "renew_at",
+        "seq",
+        "size",
+        "task",
+    )
+
+    def __init__(self, delivery: Delivery, task: TaskRecord, attempt: int) -> None:
+        self.delivery = delivery
+        self.task = task
+        self.attempt = attempt
+        self.kind = ""
+        self.path = ""
+        self.size = 0
+        self.seq = 0
+        self.renew_at = float("inf")
+        self.lock_lost = False
+
+    def schedule_renewal(self, now: float) -> None:
+        """Plan the next renewal at a third of the remaining lease."""
+        remaining = self.delivery.locked_until - now
+        self.renew_at = now + max(remaining / 3.0, _MIN_RENEW_INTERVAL)
+
+    def renewal_failed(self, exc: TransportError, now: float) -> None:
+        if isinstance(exc, LockLostError):
+            self.lock_lost = True
+            logger.warning(
+                "lost the lease of task %s (%s); its result will still be sent",
+                self.task.task,
+                exc,
+            )
+        else:
+            logger.warning("could not renew the lease of task %s: %s", self.task.task, exc)
+            self.renew_at = now + 1.0
+
+
+class _Entry:
+    __slots__ = ("action", "delivery", "description", "reason", "record", "reply_to")
+
+    def __init__(
+        self,
+        delivery: Delivery,
+        action: str,
+        record: ResultRecord | None = None,
+        reply_to: ReplyTo | None = None,
+        reason: str = "",
+        description: str = "",
+    ) -> None:
+        self.delivery = delivery
+        self.action = action
+        self.record = record
+        self.reply_to = reply_to
+        self.reason = reason
+        self.description = description
+
+
+class Outbox:
+    """Results waiting to be sent and deliveries waiting to be settled."""
+
+    def __init__(
+        self, transport: Transport, engine_id: str, max_delivery_count: int, ttl: float | None
+    ) -> None:
+        self.transport = transport
+        self.engine_id = engine_id
+        self.max_delivery_count = max_delivery_count
+        self.ttl = ttl
+        self._entries: list[_Entry] = []
+
+    # -- outcomes --------------------------------------------------------------------------
+    def _result(
+        self,
+        held: Held,
+        status: str,
+        *,
+        value: Any = None,
+        error: ErrorInfo | None = None,
+        started: float | None = None,
+        finished: float | None = None,
+    ) -> ResultRecord:
+        task = held.task
+        now = time.time()
+        return ResultRecord(
+            session=task.session,
+            job=task.job,
+            task=task.task,
+            status=status,
+            value=value,
+            error=error,
+            engine=self.engine_id,
+            attempt=held.attempt,
+            started_at=now if started is None else started,
+            finished_at=now if finished is None else finished,
+        )
+
+    def _reply(self, held: Held, record: ResultRecord, action: str = _COMPLETE, **kw: str) -> None:
+        self._entries.append(_Entry(held.delivery, action, record, held.task.reply_to, **kw))
+
+    def error(self, held: Held, type_: str, message: str, traceback: str = "") -> None:
+        """Send an error result and complete the delivery."""
+        self._reply(held, self._result(held, "error", error=ErrorInfo(type_, message, traceback)))
+
+    def expired(self, held: Held) -> None:
+        """The deadline passed before the task started: ``expired`` result, not run."""
+        self._reply(held, self._result(held, "expired"))
+
+    def engine_lost(self, held: Held) -> None:
+        """Refuse a delivery whose previous attempts all died with their engine."""
+        count = held.delivery.delivery_count
+        message = (
+            f"task delivered {count} times (attempt {held.attempt}, max_retries="
+            f"{held.task.max_retries}); previous attempts never finished: the engine "
+            "running them died or lost its lease"
+        )
+        self._fail_for_good(held, "EngineLostError", message)
+
+    def crashed(self, held: Held, cause: str, crash_report: str) -> None:
+        """The worker died running ``held``: retry while allowed, else report."""
+        message = f"worker died with {cause} while running the task (attempt {held.attempt})"
+        if held.attempt <= held.task.max_retries:
+            self._retry(held, "WorkerCrashedError", message, crash_report)
+        else:
+            self._fail_for_good(held, "WorkerCrashedError", message, crash_report)
+
+    def abandon(self, held: Held) -> None:
+        """Give the delivery back untouched (engine stopping)."""
+        self._entries.append(_Entry(held.delivery, _ABANDON))
+
+    def finished(
+        self,
+        held: Held,
+        status: str,
+        value: Any,
+        error: tuple[str, str, str] | None,
+        started: float,
+        finished: float,
+    ) -> None:
+        """Record what the worker reported for ``held``."""
+        if error is None:
+            self._reply(
+                held, self._result(held, status, value=value, started=started, finished=finished)
+            )
+            return
+        type_, message, traceback = error
+        if type_ in held.task.retry_on and held.attempt <= held.task.max_retries:
+            self._retry(held, type_, message, traceback)
+            return
+        info = ErrorInfo(type_, message, traceback)
+        self._reply(
+            held, self._result(held, "error", error=info, started=started, finished=finished)
+        )
+
+    def _retry(self, held: Held, type_: str, message: str, traceback: str = "") -> None:
+        if held.delivery.delivery_count >= self.max_delivery_count:
+            self._fail_for_good(held, type_, message, traceback)
+            return
+        logger.info("task %s: %s; abandoned for another attempt", held.task.task, message)
+        self._entries.append(_Entry(held.delivery, _ABANDON))
+
+    def _fail_for_good(self, held: Held, type_: str, message: str, traceback: str = "") -> None:
+        """Send an error result; dead-letter the delivery if it reached the delivery limit."""
+        count = held.delivery.delivery_count
+        if count >= self.max_delivery_count:
+            description = f"delivered {count} times (max_delivery_count={self.max_delivery_count})"
+            message += f"; dead-lettered ({MAX_DELIVERY_REASON}: {description})"
+            record = self._result(held, "error", error=ErrorInfo(type_, message, traceback))
+            self._reply(
+                held, record, _DEAD_LETTER, reason=MAX_DELIVERY_REASON, description=description
+            )
+        else:
+            self._reply(
+                held, self._result(held, "error", error=ErrorInfo(type_, message, traceback))
+            )
+
+    def malformed(self, delivery: Delivery, exc: ProtocolError) -> None:
+        """Dead-letter a body that is not a valid task; answer its sender when known."""
+        description = str(exc)
+        logger.warning(
+            "dead-lettering malformed task message %s: %s", delivery.message.id, description
+        )
+        record = reply_to = None
+        peeked = peek_reply_to(delivery.message.body)
+        if peeked is not None:
+            reply_to, ids = peeked
+            now = time.time()
+            record = ResultRecord(
+                **ids,
+                status="error",
+                error=ErrorInfo("ProtocolError", f"malformed task: {description}"),
+                engine=self.engine_id,
+                attempt=delivery.delivery_count,
+                started_at=now,
+                finished_at=now,
+            )
+        self._entries.append(
+            _Entry(delivery, _DEAD_LETTER, record, reply_to, "MalformedTask", description)
+        )
+
+    # -- sending and settling --------------------------------------------------------------
+    def _encode(self, entry: _Entry) -> Message:
+        record = entry.record
+        assert record is not None and entry.reply_to is not None
+        try:
+            body = encode_result(record)
+        except ProtocolError as exc:
+            body = encode_result(
+                _replace_error(
+                    record, "UnserializableResultError", f"the task's value is not JSON: {exc}"
+                )
+            )
+        if len(body) > self.transport.max_message_size:
+            body = encode_result(
+                _replace_error(
+                    record,
+                    "ResultTooLargeError",
+                    f"the result is {len(body)} bytes, over the transport limit of "
+                    f"{self.transport.max_message_size} bytes",
+                )
+            )
+        return Message(body, group=entry.reply_to.group, correlation_id=record.task, ttl=self.ttl)
+
+    def flush(self) -> int:
+        """Send pending results (batched per queue), then settle. Returns deliveries settled."""
+        entries, self._entries = self._entries, []
+        if not entries:
+            return 0
+        batches: dict[str, list[tuple[_Entry, Message]]] = {}
+        for entry in entries:
+            if entry.record is not None:
+                batches.setdefault(entry.reply_to.queue, []).append((entry, self._encode(entry)))  # type: ignore[union-attr]
+        for queue, batch in batches.items():
+            try:
+                self.transport.send(queue, [message for _, message in batch])
+            except QueueNotFoundError as exc:
+                logger.error("results queue %r does not exist (%s); dead-lettering", queue, exc)
+                for entry, _ in batch:
+                    entry.action, entry.reason = _DEAD_LETTER, "ReplyQueueNotFound"
+                    entry.description = f"results queue {queue!r} does not exist"
+            except TransportError as exc:
+                logger.error("could not send %d result(s) to %r: %s", len(batch), queue, exc)
+                for entry, _ in batch:
+                    entry.action = _ABANDON
+        for entry in entries:
+            self._settle_one(entry)
+        return len(entries)
+
+    def _settle_one(self, entry: _Entry) -> None:
+        delivery = entry.delivery
+        try:
+            if entry.action == _COMPLETE:
+                self.transport.complete(delivery)
+            elif entry.action == _ABANDON:
+                self.transport.abandon(delivery)
+            else:
+                self.transport.dead_letter(delivery, entry.reason, entry.description)
+        except LockLostError as exc:
+            logger.warning("could not %s message %s: %s", entry.action, delivery.message.id, exc)
+        except TransportError as exc:
+            logger.error("could not %s message %s: %s", entry.action, delivery.message.id, exc)
+
+
+def _replace_error(record: ResultRecord, type_: str, message: str) -> ResultRecord:
+    return ResultRecord(
+        session=record.session,
+        job=record.job,
+        task=record.task,
+        status="error",
+        error=ErrorInfo(type_, message),
+        engine=record.engine,
+        attempt=record.attempt,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+    )

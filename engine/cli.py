@@ -1,0 +1,130 @@
+"""``rtbatch engine`` / ``python -m realtime_batch.engine``: run one engine until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from ..transport.base import DEFAULT_LOCK_DURATION, DEFAULT_MAX_DELIVERY_COUNT
+
+__all__ = ["engine"]
+
+logger = logging.getLogger(__name__)
+
+READY_LINE = "ENGINE READY"
+
+
+@click.command("engine")
+@click.option(
+    "--transport",
+    "transport_url",
+    required=True,
+    envvar="RTBATCH_TRANSPORT",
+    help="Transport URL, e.g. zmq://127.0.0.1:5555 (env RTBATCH_TRANSPORT).",
+)
+@click.option("--queue", required=True, help="Task queue to pull from (declared if missing).")
+@click.option(
+    "--tasks-dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Directory holding the task modules and jars that commands name.",
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Current directory of task code (input files). Default: the cwd.",
+)
+@click.option(
+    "--prefetch",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Deliveries held at once (one running, the rest leased and waiting).",
+)
+@click.option("--engine-id", default=None, help="Id carried in results. Default: HOSTNAME-PID.")
+@click.option(
+    "--lock-duration",
+    type=float,
+    default=DEFAULT_LOCK_DURATION,
+    show_default=True,
+    help="Lease in seconds of the task queue, when this engine creates it.",
+)
+@click.option(
+    "--max-delivery-count",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_DELIVERY_COUNT,
+    show_default=True,
+    help="Deliveries before a task is dead-lettered, when this engine creates the queue.",
+)
+@click.option(
+    "--default-timeout",
+    type=float,
+    default=None,
+    help="Seconds a task may run when it sets no timeout. Default: no limit.",
+)
+@click.option(
+    "--grace",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds the running task may take to finish on SIGTERM/SIGINT.",
+)
+@click.option(
+    "--log-level", default=None, help="Logging level (default: env RTBATCH_LOG_LEVEL or INFO)."
+)
+def engine(
+    transport_url: str,
+    queue: str,
+    tasks_dir: str,
+    work_dir: str | None,
+    prefetch: int,
+    engine_id: str | None,
+    lock_duration: float,
+    max_delivery_count: int,
+    default_timeout: float | None,
+    grace: float,
+    log_level: str | None,
+) -> None:
+    """Run an engine that pulls tasks from QUEUE and runs them.
+
+    Prints "ENGINE READY <engine-id>" on stdout once connected and warm; logs go to
+    stderr. SIGTERM/SIGINT stop it gracefully (exit code 0).
+    """
+    from .engine import Engine, EngineError
+
+    level = log_level or os.environ.get("RTBATCH_LOG_LEVEL") or "INFO"
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(
+            level=level.upper(),
+            stream=sys.stderr,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+    else:
+        root.setLevel(level.upper())
+
+    def announce(eng: Engine) -> None:
+        click.echo(f"{READY_LINE} {eng.engine_id}")
+        sys.stdout.flush()
+
+    try:
+        eng = Engine(
+            transport_url,
+            queue,
+            tasks_dir,
+            work_dir=work_dir,
+            prefetch=prefetch,
+            engine_id=engine_id,
+            default_timeout=default_timeout,
+            lock_duration=lock_duration,
+            max_delivery_count=max_delivery_count,
+            grace=grace,
+            on_ready=announce,
+        )
+        eng.run()
+    except EngineError as exc:
+        raise click.ClickException(str(exc)) from exc

@@ -1,0 +1,551 @@
+"""The engine: pull tasks from a queue, run them in a warm worker process, reply, complete.
+
+One thread (the caller of ``run``) owns the worker and every leased delivery; a
+receiver thread only fetches deliveries (at most ``prefetch`` held at a time)
+and hands them over. Per delivery the engine decodes the task, checks its
+attempt count, deadline and command, pipelines it to the worker, and once the
+worker answers sends the result to ``task.reply_to`` *then* completes the
+delivery (at-least-once; clients drop duplicate results by task id). Leases of
+held deliveries are renewed at a third of the lock duration.
+
+Failure rules:
+
+* the task raises -> ``error`` result, not retried (unless its type is in
+  ``task.retry_on`` and retries remain: abandoned for another attempt);
+* the worker dies -> infrastructure fault: abandoned for another attempt while
+  ``attempt <= max_retries``, then a ``WorkerCrashedError`` result;
+* the task outlives its timeout -> worker killed and restarted,
+  ``TaskTimeoutError`` result;
+* a delivery seen more than ``max_retries + 1`` times (engines died holding it)
+  -> ``EngineLostError`` result without running it;
+* a malformed body -> dead-lettered (``MalformedTask``), answered if the sender is known.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ..protocol import ProtocolError, decode_task
+from ..transport import Delivery, Transport, open_transport
+from ..transport.base import DEFAULT_LOCK_DURATION, DEFAULT_MAX_DELIVERY_COUNT
+from ..transport.errors import TransportClosedError, TransportError
+from ._outbox import Held, Outbox
+from .tasks import CommandError, resolve_command
+from .worker import STATUS_SKIPPED, WorkerProcess, describe_exit
+
+__all__ = ["DEFAULT_RESULT_TTL", "Engine", "EngineError", "default_engine_id"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RESULT_TTL = 86400.0
+_PIPE_BUDGET = 32 * 1024  # bytes of not-yet-started tasks queued in the worker's pipe
+_POLL = 0.5
+
+
+class EngineError(RuntimeError):
+    """The engine cannot run (e.g. its worker process does not start)."""
+
+
+def default_engine_id() -> str:
+    """``<hostname>-<pid>``."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Engine:
+    """Pulls tasks from ``queue`` and runs them in a supervised worker process.
+
+    Args:
+        transport: an open ``Transport`` (not closed by the engine) or a transport URL
+            (opened and closed by the engine).
+        queue: the task queue; declared (idempotently) with ``lock_duration`` and
+            ``max_delivery_count``.
+        tasks_dir: directory holding the task modules and jars that commands name.
+        work_dir: current directory of task code (input files); default: the cwd.
+        prefetch: deliveries held at once (one running, the rest queued and leased).
+        engine_id: id carried in every result; default ``<hostname>-<pid>``.
+        default_timeout: seconds a task may run when it sets no timeout (None: no limit).
+        lock_duration: lease of the task queue (when this engine creates it).
+        max_delivery_count: deliveries before dead-lettering (when this engine creates it).
+        result_ttl: time-to-live of result messages, in seconds.
+        grace: seconds a running task may take to finish after ``stop``.
+        on_ready: called once connected and the worker is warm.
+    """
+
+    def __init__(
+        self,
+        transport: Transport | str,
+        queue: str,
+        tasks_dir: str | os.PathLike[str],
+        *,
+        work_dir: str | os.PathLike[str] | None = None,
+        prefetch: int = 2,
+        engine_id: str | None = None,
+        default_timeout: float | None = None,
+        lock_duration: float = DEFAULT_LOCK_DURATION,
+        max_delivery_count: int = DEFAULT_MAX_DELIVERY_COUNT,
+        result_ttl: float | None = DEFAULT_RESULT_TTL,
+        grace: float = 10.0,
+        on_ready: Callable[[Engine], None] | None = None,
+    ) -> None:
+        if prefetch < 1:
+            raise ValueError("prefetch must be at least 1")
+        self._owns_transport = isinstance(transport, str)
+        self.transport: Transport = (
+            open_transport(transport) if isinstance(transport, str) else transport
+        )
+        self.queue = queue
+        self.tasks_dir = os.path.realpath(tasks_dir)
+        self.work_dir = os.path.realpath(work_dir or os.getcwd())
+        if not os.path.isdir(self.tasks_dir):
+            raise EngineError(f"tasks directory {self.tasks_dir} does not exist")
+        self.prefetch = prefetch
+        self.engine_id = engine_id or default_engine_id()
+        self.default_timeout = default_timeout
+        self.lock_duration = lock_duration
+        self.max_delivery_count = max_delivery_count
+        self.grace = grace
+        self.on_ready = on_ready
+        #: set once the engine is connected and its worker is warm
+        self.ready = threading.Event()
+        self.tasks_done = 0
+        self.error: BaseException | None = None
+
+        self._outbox = Outbox(self.transport, self.engine_id, self.max_delivery_count, result_ttl)
+        self._worker: WorkerProcess | None = None
+        self._poller = select.poll()
+        self._pending: deque[Held] = deque()  # admitted, not yet given to the worker
+        self._inflight: deque[Held] = deque()  # given to the worker, in order
+        self._unstarted_bytes = 0
+        self._head_since = 0.0  # monotonic time the worker started inflight[0]
+        self._seq = 0
+        self._commands: dict[str, tuple[str, str]] = {}
+        self._renew_check_at = float("inf")
+
+        self._incoming: deque[Delivery] = deque()
+        self._held = 0  # deliveries received and not yet settled (receiver's credit)
+        self._cond = threading.Condition()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._stop_requested = False
+        self._force = False
+        self._thread: threading.Thread | None = None
+        self._receiver: threading.Thread | None = None
+        self._receiving = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"Engine({self.engine_id!r}, queue={self.queue!r})"
+
+    # -- public control --------------------------------------------------------------------
+    def start(self, *, wait: bool = True, timeout: float = 60.0) -> Engine:
+        """Run the engine in a daemon thread; with ``wait``, return once it is ready."""
+        self._thread = threading.Thread(target=self._run_thread, name=repr(self), daemon=True)
+        self._thread.start()
+        if wait:
+            deadline = time.monotonic() + timeout
+            while not self.ready.wait(0.05):
+                if not self._thread.is_alive() or time.monotonic() > deadline:
+                    self.stop()
+                    raise EngineError(f"{self!r} did not become ready: {self.error!r}")
+        return self
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Stop gracefully: no new tasks, the running one finishes (within ``grace``).
+
+        Waits up to ``timeout`` seconds for an engine started with ``start``.
+        """
+        self._request_stop()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def run(self) -> None:
+        """Serve tasks until ``stop`` (or SIGTERM/SIGINT when run in the main thread)."""
+        restore = self._install_signal_handlers()
+        try:
+            self.transport.declare_queue(
+                self.queue,
+                lock_duration=self.lock_duration,
+                max_delivery_count=self.max_delivery_count,
+            )
+            self._start_worker()
+            self._receiver = threading.Thread(
+                target=self._receive_loop, name=f"{self!r}-receiver", daemon=True
+            )
+            self._receiving.set()
+            self._receiver.start()
+            self.ready.set()
+            logger.info("engine %s ready on queue %r", self.engine_id, self.queue)
+            if self.on_ready is not None:
+                self.on_ready(self)
+            while not self._stop_requested:
+                self._step(time.monotonic() + _POLL)
+            self._drain()
+        finally:
+            self._shutdown()
+            restore()
+
+    # -- threads and signals ---------------------------------------------------------------
+    def _run_thread(self) -> None:
+        try:
+            self.run()
+        except BaseException as exc:
+            self.error = exc
+            logger.exception("engine %s failed", self.engine_id)
+
+    def _install_signal_handlers(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        def handler(signum: int, _frame: Any) -> None:
+            if self._stop_requested:
+                self._force = True
+            logger.info("engine %s: %s, stopping", self.engine_id, signal.Signals(signum).name)
+            self._request_stop()
+
+        for sig in previous:
+            signal.signal(sig, handler)
+
+        def restore() -> None:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+        return restore
+
+    def _request_stop(self) -> None:
+        self._stop_requested = True
+        self._receiving.clear()
+        self._wake()
+        with self._cond:
+            self._cond.notify_all()
+
+    def _wake(self) -> None:
+        if self._wake_w < 0:
+            return
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # already pending, or closed at shutdown
+
+    def _receive_loop(self) -> None:
+        """Blocking receives while the engine holds nothing (the main thread fetches when busy)."""
+        backoff = 0.1
+        while self._receiving.is_set():
+            with self._cond:
+                while self._held > 0 and self._receiving.is_set():
+                    self._cond.wait(_POLL)
+                if not self._receiving.is_set():
+                    break
+                self._held = self.prefetch  # reserve all credit while blocked in receive
+            try:
+                deliveries = self.transport.receive(
+                    self.queue, max_messages=self.prefetch, timeout=_POLL
+                )
+                backoff = 0.1
+            except TransportClosedError:
+                logger.warning("engine %s: transport closed, stopping", self.engine_id)
+                deliveries = []
+                self._request_stop()
+            except TransportError as exc:
+                logger.warning("engine %s: receive failed (%s), retrying", self.engine_id, exc)
+                deliveries = []
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            with self._cond:
+                self._incoming.extend(deliveries)
+                self._held -= self.prefetch - len(deliveries)
+            if deliveries:
+                self._wake()
+
+    def _fetch(self) -> None:
+        """Top up the held deliveries without blocking, from the main thread, while busy."""
+        with self._cond:
+            room = self.prefetch - self._held
+            if room <= 0 or self._held == 0 or self._stop_requested:
+                return
+            self._held += room
+        deliveries: list[Delivery] = []
+        try:
+            deliveries = self.transport.receive(self.queue, max_messages=room, timeout=0)
+        except TransportError as exc:
+            logger.debug("engine %s: non-blocking receive failed: %s", self.engine_id, exc)
+        finally:
+            with self._cond:
+                self._held -= room - len(deliveries)
+                if self._held == 0:
+                    self._cond.notify_all()
+        for delivery in deliveries:
+            self._admit(delivery)
+
+    # -- the main loop ---------------------------------------------------------------------
+    def _step(self, until: float) -> None:
+        """One turn: wait for worker output or new deliveries, then act on everything ready."""
+        timeout = until
+        if self._inflight:
+            limit = self._head_timeout(self._inflight[0])
+            if limit is not None:
+                timeout = min(timeout, self._head_since + limit)
+        wall_wait = self._renew_check_at - time.time()
+        wait = max(0.0, min(timeout - time.monotonic(), wall_wait))
+        for fd, _event in self._poller.poll(wait * 1000.0):
+            if fd == self._wake_r:
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+        self._collect()
+        self._check_head_timeout()
+        self._settle(self._outbox.flush())
+        self._admit_incoming()
+        self._fetch()
+        self._dispatch()
+        if time.time() >= self._renew_check_at:
+            self._renew_due()
+        self._settle(self._outbox.flush())
+
+    def _settle(self, settled: int) -> None:
+        if settled:
+            with self._cond:
+                self._held -= settled
+                if self._held <= 0:
+                    self._cond.notify_all()
+
+    def _admit_incoming(self) -> None:
+        while True:
+            with self._cond:
+                if not self._incoming:
+                    return
+                delivery = self._incoming.popleft()
+            self._admit(delivery)
+
+    def _admit(self, delivery: Delivery) -> None:
+        body = delivery.message.body
+        try:
+            task = decode_task(body)
+        except ProtocolError as exc:
+            self._outbox.malformed(delivery, exc)
+            return
+        held = Held(delivery, task, task.attempt - 1 + delivery.delivery_count)
+        if held.attempt > task.max_retries + 1:
+            self._outbox.engine_lost(held)
+            return
+        if task.deadline is not None and time.time() > task.deadline:
+            self._outbox.expired(held)
+            return
+        try:
+            held.kind, held.path = self._resolve(task.command)
+        except CommandError as exc:
+            self._outbox.error(held, type(exc).__name__, str(exc))
+            return
+        held.size = len(body)
+        held.schedule_renewal(time.time())
+        self._renew_check_at = min(self._renew_check_at, held.renew_at)
+        self._pending.append(held)
+
+    def _resolve(self, command: str) -> tuple[str, str]:
+        cached = self._commands.get(command)
+        if cached is None:
+            kind, path = resolve_command(command, self.tasks_dir)
+            cached = self._commands[command] = (kind, str(path))
+        return cached
+
+    def _head_timeout(self, held: Held) -> float | None:
+        return held.task.timeout if held.task.timeout is not None else self.default_timeout
+
+    # -- worker ----------------------------------------------------------------------------
+    def _start_worker(self) -> None:
+        worker = WorkerProcess(self.tasks_dir, self.work_dir, self.engine_id)
+        try:
+            worker.start()
+        except Exception as exc:
+            worker.stop()
+            raise EngineError(str(exc)) from exc
+        assert worker.results is not None
+        self._worker = worker
+        self._reset_poller(worker)
+
+    def _reset_poller(self, worker: WorkerProcess | None) -> None:
+        self._poller = select.poll()
+        self._poller.register(self._wake_r, select.POLLIN)
+        if worker is not None and worker.results is not None:
+            self._poller.register(worker.results.fileno(), select.POLLIN)
+
+    def _dispatch(self) -> None:
+        """Pipeline pending tasks to the worker, in one pipe message, within the byte budget."""
+        batch = []
+        while self._pending and not self._stop_requested:
+            held = self._pending[0]
+            if self._inflight and self._unstarted_bytes + held.size > _PIPE_BUDGET:
+                break
+            self._pending.popleft()
+            self._seq += 1
+            held.seq = self._seq
+            task = held.task
+            batch.append(
+                (
+                    held.seq,
+                    held.kind,
+                    held.path,
+                    task.args,
+                    task.kwargs,
+                    task.deadline,
+                    task.task,
+                    held.attempt,
+                )
+            )
+            if not self._inflight:
+                self._head_since = time.monotonic()
+            else:
+                self._unstarted_bytes += held.size
+            self._inflight.append(held)
+        if batch:
+            assert self._worker is not None
+            try:
+                self._worker.send(batch)
+            except OSError:
+                self._worker_failed(timed_out=False)
+
+    def _collect(self) -> None:
+        worker = self._worker
+        if worker is None or worker.results is None:
+            return
+        while self._inflight and worker.readable():
+            try:
+                seq, status, value, error, started, finished = worker.recv()
+            except (EOFError, OSError):
+                self._worker_failed(timed_out=False)
+                return
+            held = self._inflight.popleft()
+            if held.seq != seq:  # cannot happen unless the pipe protocol is broken
+                raise EngineError(f"worker answered task {seq}, expected {held.seq}")
+            if self._inflight:
+                self._head_since = time.monotonic()
+                self._unstarted_bytes -= self._inflight[0].size
+            self.tasks_done += 1
+            if status == STATUS_SKIPPED:
+                self._outbox.abandon(held)
+            else:
+                self._outbox.finished(held, status, value, error, started, finished)
+        if not self._inflight and worker.returncode is not None:
+            logger.warning("worker died idle (%s); restarting", describe_exit(worker.returncode))
+            self._worker_failed(timed_out=False)
+
+    def _check_head_timeout(self) -> None:
+        if self._inflight:
+            limit = self._head_timeout(self._inflight[0])
+            if limit is not None and time.monotonic() - self._head_since >= limit:
+                self._worker_failed(timed_out=True)
+
+    def _worker_failed(self, *, timed_out: bool) -> None:
+        """The worker died or must die: settle the task it was running, restart it, re-queue."""
+        worker = self._worker
+        assert worker is not None
+        self._collect_remaining(worker)
+        code = worker.kill()
+        crash_report = worker.crash_report()
+        worker.stop(timeout=0)
+        self._worker = None
+        self._reset_poller(None)
+        if self._inflight:
+            head = self._inflight.popleft()
+            if timed_out:
+                limit = self._head_timeout(head)
+                logger.warning("task %s timed out after %s s; worker killed", head.task.task, limit)
+                self._outbox.error(
+                    head, "TaskTimeoutError", f"task exceeded its timeout of {limit} s; killed"
+                )
+            else:
+                cause = describe_exit(code)
+                logger.warning("worker died with %s running task %s", cause, head.task.task)
+                self._outbox.crashed(head, cause, crash_report)
+            if self._stop_requested:
+                for held in self._inflight:
+                    self._outbox.abandon(held)
+            else:
+                self._pending.extendleft(reversed(self._inflight))
+            self._inflight.clear()
+        self._unstarted_bytes = 0
+        if not self._stop_requested:
+            self._start_worker()
+
+    def _collect_remaining(self, worker: WorkerProcess) -> None:
+        """Read results the worker wrote before dying (they belong to finished tasks)."""
+        results = worker.results
+        try:
+            while self._inflight and results is not None and worker.readable():
+                _seq, status, value, error, started, finished = worker.recv()
+                held = self._inflight.popleft()
+                if status == STATUS_SKIPPED:
+                    self._outbox.abandon(held)
+                else:
+                    self._outbox.finished(held, status, value, error, started, finished)
+        except (EOFError, OSError, ValueError):
+            pass
+
+    # -- leases ----------------------------------------------------------------------------
+    def _renew_due(self) -> None:
+        now = time.time()
+        next_check = float("inf")
+        for held in (*self._inflight, *self._pending):
+            if held.lock_lost:
+                continue
+            if held.renew_at <= now:
+                try:
+                    self.transport.renew_lock(held.delivery)
+                    held.schedule_renewal(time.time())
+                except TransportError as exc:
+                    held.renewal_failed(exc, now)
+            next_check = min(next_check, held.renew_at)
+        self._renew_check_at = next_check
+
+    # -- stopping --------------------------------------------------------------------------
+    def _drain(self) -> None:
+        """Graceful stop: abandon what has not started, let the running task finish."""
+        logger.info("engine %s draining", self.engine_id)
+        self._receiving.clear()
+        self._admit_incoming()
+        while self._pending:
+            self._outbox.abandon(self._pending.popleft())
+        if self._worker is not None:
+            self._worker.drain()
+        grace_end = time.monotonic() + self.grace
+        while self._inflight and not self._force and time.monotonic() < grace_end:
+            self._step(min(grace_end, time.monotonic() + _POLL))
+        if self._inflight:
+            logger.warning(
+                "engine %s: abandoning %d task(s) still running after the grace period",
+                self.engine_id,
+                len(self._inflight),
+            )
+            for held in self._inflight:
+                self._outbox.abandon(held)
+            self._inflight.clear()
+        self._settle(self._outbox.flush())
+
+    def _shutdown(self) -> None:
+        self._request_stop()
+        if self._receiver is not None:
+            self._receiver.join(_POLL * 4 + 1.0)
+        self._admit_incoming()  # whatever the receiver got at the last moment
+        while self._pending:
+            self._outbox.abandon(self._pending.popleft())
+        self._settle(self._outbox.flush())
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
+        wake_fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
+        for fd in wake_fds:
+            os.close(fd)
+        if self._owns_transport:
+            self.transport.close()
+        logger.info("engine %s stopped after %d task(s)", self.engine_id, self.tasks_done)

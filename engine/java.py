@@ -1,0 +1,237 @@
+"""Running staged jars (``java_runner``) and building them from source (``build_jar``).
+
+``java_runner`` never uses a shell: the jar is resolved inside the tasks
+directory with the same rules as task commands, the arguments are passed as an
+argument list, and stdout/stderr are captured as text. A non-zero exit raises
+``JavaTaskError`` carrying stderr, which the engine turns into an error result.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .tasks import resolve_in_dir
+
+__all__ = [
+    "JavaNotFoundError",
+    "JavaTaskError",
+    "JavaTimeoutError",
+    "build_jar",
+    "find_java_tool",
+    "java_runner",
+    "run_jar",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Directories of the task being run in this process (set by the engine's worker).
+_current_dirs: dict[str, str | None] = {"tasks_dir": None, "work_dir": None}
+
+_STDERR_TAIL = 4000
+
+
+class JavaTaskError(RuntimeError):
+    """A jar exited with a non-zero status.
+
+    Attributes:
+        returncode: the exit status (negative: killed by that signal).
+        stdout: captured standard output.
+        stderr: captured standard error.
+    """
+
+    def __init__(
+        self, message: str, returncode: int | None = None, stdout: str = "", stderr: str = ""
+    ):
+        super().__init__(message)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+class JavaNotFoundError(JavaTaskError):
+    """No ``java``/``javac``/``jar`` executable was found (set ``JAVA_HOME`` or ``PATH``)."""
+
+
+class JavaTimeoutError(JavaTaskError):
+    """A jar ran longer than its timeout and was killed."""
+
+
+def set_current_dirs(tasks_dir: str | None, work_dir: str | None) -> None:
+    """Record the worker's tasks and work directories for module-level ``java_runner`` calls."""
+    _current_dirs["tasks_dir"] = tasks_dir
+    _current_dirs["work_dir"] = work_dir
+
+
+def find_java_tool(name: str = "java") -> str:
+    """Path of a JDK tool (``java``, ``javac``, ``jar``): ``$JAVA_HOME/bin`` first, then ``PATH``.
+
+    Raises:
+        JavaNotFoundError: the tool is not installed.
+    """
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home:
+        candidate = Path(java_home, "bin", name)
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        raise JavaNotFoundError(f"{name!r} not found: install a JDK or set JAVA_HOME")
+    return found
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def _preexec() -> Any:
+    # preexec_fn is only safe while this process has a single thread.
+    if sys.platform.startswith("linux") and threading.active_count() == 1:
+        return _die_with_parent
+    return None
+
+
+def run_jar(
+    jar_path: str | os.PathLike[str],
+    args: Iterable[Any] = (),
+    *,
+    jvm_args: Sequence[str] = (),
+    timeout: float | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> str:
+    """Run ``java [jvm_args] -jar jar_path args...`` and return its stdout text.
+
+    Raises:
+        JavaTaskError: non-zero exit (message ends with the tail of stderr).
+        JavaTimeoutError: ``timeout`` seconds elapsed (the JVM is killed).
+        JavaNotFoundError: no ``java`` executable.
+    """
+    argv = [find_java_tool("java"), *map(str, jvm_args), "-jar", str(jar_path), *map(str, args)]
+    logger.debug("running %s", argv)
+    try:
+        proc = subprocess.run(
+            argv,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            preexec_fn=_preexec(),
+        )
+    except subprocess.TimeoutExpired as exc:
+        stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
+        raise JavaTimeoutError(
+            f"{Path(jar_path).name} timed out after {timeout} s", None, "", stderr or ""
+        ) from None
+    if proc.returncode != 0:
+        tail = proc.stderr.strip()[-_STDERR_TAIL:]
+        how = (
+            f"was killed by signal {-proc.returncode}"
+            if proc.returncode < 0
+            else f"exited with status {proc.returncode}"
+        )
+        raise JavaTaskError(
+            f"{Path(jar_path).name} {how}" + (f": {tail}" if tail else ""),
+            proc.returncode,
+            proc.stdout,
+            proc.stderr,
+        )
+    return proc.stdout
+
+
+def java_runner(
+    jar: str,
+    *args: Any,
+    jvm_args: Sequence[str] = (),
+    timeout: float | None = None,
+    tasks_dir: str | os.PathLike[str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> str:
+    """Run a staged jar with an argument list and return its stdout text.
+
+    Args:
+        jar: file name of the jar inside the tasks directory (same rules as commands).
+        *args: arguments for the jar's ``main`` (converted with ``str``).
+        jvm_args: options for the JVM itself, e.g. ``["-Xmx256m"]``.
+        timeout: seconds before the JVM is killed (``JavaTimeoutError``).
+        tasks_dir: where to look for ``jar``; defaults to the running worker's tasks
+            directory, else the current directory.
+        cwd: working directory of the JVM; defaults to the worker's work directory.
+
+    Raises:
+        InvalidCommandError, CommandNotFoundError: the jar name is unsafe or missing.
+        JavaTaskError: non-zero exit, with stderr.
+    """
+    directory = tasks_dir or _current_dirs["tasks_dir"] or os.getcwd()
+    path = resolve_in_dir(jar, directory, what="jar")
+    return run_jar(
+        path, args, jvm_args=jvm_args, timeout=timeout, cwd=cwd or _current_dirs["work_dir"]
+    )
+
+
+def build_jar(
+    java_file: str | os.PathLike[str],
+    out_jar: str | os.PathLike[str],
+    *,
+    main_class: str | None = None,
+    force: bool = False,
+    timeout: float = 120.0,
+) -> Path:
+    """Compile one ``.java`` file (default package) into an executable jar.
+
+    The jar is rebuilt only when missing or older than the source (or ``force``), and
+    is replaced atomically, so concurrent callers never see a half-written jar.
+
+    Args:
+        java_file: the source file; its stem is the main class unless ``main_class``.
+        out_jar: where to write the jar.
+
+    Returns:
+        The jar's path.
+
+    Raises:
+        JavaNotFoundError: no JDK (``javac``/``jar``).
+        JavaTaskError: compilation failed (message holds the compiler's output).
+    """
+    source, target = Path(java_file), Path(out_jar)
+    if not force and target.is_file() and target.stat().st_mtime_ns >= source.stat().st_mtime_ns:
+        return target
+    javac, jar_tool = find_java_tool("javac"), find_java_tool("jar")
+    main = main_class or source.stem
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="rtbatch-javac-") as tmp:
+        classes = Path(tmp, "classes")
+        classes.mkdir()
+        steps = [
+            [javac, "-d", str(classes), str(source)],
+            [jar_tool, "cfe", str(Path(tmp, "out.jar")), main, "-C", str(classes), "."],
+        ]
+        for argv in steps:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+            if proc.returncode != 0:
+                raise JavaTaskError(
+                    f"{Path(argv[0]).name} failed ({proc.returncode}): "
+                    f"{(proc.stderr or proc.stdout).strip()[-_STDERR_TAIL:]}",
+                    proc.returncode,
+                    proc.stdout,
+                    proc.stderr,
+                )
+        staged = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        shutil.copyfile(Path(tmp, "out.jar"), staged)
+        os.replace(staged, target)
+    logger.info("built %s from %s", target, source)
+    return target

@@ -1,0 +1,339 @@
+"""The supervised worker process that runs task code, and the engine's handle on it.
+
+The engine starts one worker (``python -m realtime_batch.engine.worker``) and
+reuses it for every task; a new one is started only after a crash or a timeout
+kill. The two talk over inherited pipes framed by ``multiprocessing.connection``
+with pickled tuples, which costs a few microseconds per task:
+
+* engine -> worker: ``(seq, kind, path, args, kwargs, deadline, task_id, attempt)``
+  or ``None`` to stop;
+* worker -> engine: ``("ready", pid)`` once, then ``(seq, status, value, error,
+  started_at, finished_at)`` per task, in order, with status ``ok``, ``error``,
+  ``expired`` or ``skipped`` (not started because the engine is draining).
+
+A third pipe carries control bytes (``D``: drain, skip every task not started
+yet). The worker runs in its own session (so the engine can kill it together
+with any JVM it started), dies with its parent (``PR_SET_PDEATHSIG``), sends its
+``print`` output to stderr, and writes a Python stack dump to a crash file on
+fatal signals (``faulthandler``), which the engine puts in the error result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import faulthandler
+import logging
+import os
+import pickle
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .java import java_runner, run_jar, set_current_dirs
+from .tasks import KIND_JAR, TaskContractError, TaskModuleCache, call_task
+
+__all__ = ["TaskContext", "WorkerProcess", "WorkerStartError", "describe_exit"]
+
+logger = logging.getLogger(__name__)
+
+STATUS_SKIPPED = "skipped"
+_DRAIN = b"D"
+_CRASH_TAIL = 4000
+
+
+class WorkerStartError(RuntimeError):
+    """The worker process did not come up."""
+
+
+def describe_exit(returncode: int | None) -> str:
+    """Human-readable cause of a worker's death, e.g. ``"signal SIGSEGV"``."""
+    if returncode is None:
+        return "an unknown cause"
+    if returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+class TaskContext:
+    """The ``engine`` object handed to ``do_action(engine, args)``.
+
+    Attributes:
+        engine_id: id of the engine running the task.
+        tasks_dir: the staged tasks directory.
+        work_dir: the task's working directory (input files are staged here).
+        task_id: id of the running task.
+        attempt: attempt number of the running task (1 on the first run).
+    """
+
+    def __init__(self, engine_id: str, tasks_dir: str, work_dir: str) -> None:
+        self.engine_id = engine_id
+        self.tasks_dir = tasks_dir
+        self.work_dir = work_dir
+        self.task_id: str | None = None
+        self.attempt = 0
+
+    def java_runner(self, jar: str, *args: Any, jvm_args: Any = (), timeout: Any = None) -> str:
+        """Run ``jar`` from the tasks directory with ``args``; return its stdout text."""
+        return java_runner(
+            jar,
+            *args,
+            jvm_args=jvm_args,
+            timeout=timeout,
+            tasks_dir=self.tasks_dir,
+            cwd=self.work_dir,
+        )
+
+    def __repr__(self) -> str:
+        return f"TaskContext(engine_id={self.engine_id!r}, task_id={self.task_id!r})"
+
+
+# -- engine side ------------------------------------------------------------------------
+
+
+class WorkerProcess:
+    """Engine-side handle: start, feed and kill one worker process.
+
+    Args:
+        tasks_dir: directory holding the task modules and jars.
+        work_dir: the worker's current directory.
+        engine_id: passed to task code as ``engine.engine_id``.
+    """
+
+    def __init__(self, tasks_dir: str, work_dir: str, engine_id: str) -> None:
+        self.tasks_dir = tasks_dir
+        self.work_dir = work_dir
+        self.engine_id = engine_id
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.results: Connection | None = None
+        self._tasks: Connection | None = None
+        self._ctrl_w: int | None = None
+        self._result_poll: Any = None
+        fd, self.crash_file = tempfile.mkstemp(prefix="rtbatch-worker-", suffix=".crash")
+        os.close(fd)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the process and wait until it has imported everything and said ready."""
+        task_r, task_w = os.pipe()
+        result_r, result_w = os.pipe()
+        ctrl_r, ctrl_w = os.pipe()
+        child_fds = (task_r, result_w, ctrl_r)
+        argv = [
+            sys.executable,
+            "-m",
+            "realtime_batch.engine.worker",
+            *("--fds", f"{task_r},{result_w},{ctrl_r}"),
+            *("--tasks-dir", self.tasks_dir, "--work-dir", self.work_dir),
+            *("--engine-id", self.engine_id, "--crash-file", self.crash_file),
+        ]
+        try:
+            self.proc = subprocess.Popen(
+                argv, pass_fds=child_fds, cwd=self.work_dir, start_new_session=True
+            )
+        except BaseException:
+            for fd in (task_r, task_w, result_r, result_w, ctrl_r, ctrl_w):
+                os.close(fd)
+            raise
+        for fd in child_fds:
+            os.close(fd)
+        self._tasks = Connection(task_w, readable=False)
+        self.results = Connection(result_r, writable=False)
+        self._result_poll = select.poll()
+        self._result_poll.register(result_r, select.POLLIN)
+        self._ctrl_w = ctrl_w
+        try:
+            ready = self.results.poll(timeout) and pickle.loads(self.results.recv_bytes())
+        except (EOFError, OSError):
+            ready = None
+        if not (isinstance(ready, tuple) and ready[0] == "ready"):
+            self.kill()
+            raise WorkerStartError(
+                f"worker process did not start ({describe_exit(self.returncode)}); "
+                "see the engine's stderr"
+            )
+        logger.debug("worker %s ready", self.proc.pid)
+
+    def send(self, items: list[tuple[Any, ...]] | None) -> None:
+        """Queue tasks (``None``: stop); raises ``OSError`` if the worker is gone."""
+        assert self._tasks is not None
+        self._tasks.send_bytes(pickle.dumps(items, pickle.HIGHEST_PROTOCOL))
+
+    def readable(self) -> bool:
+        """True when a result (or the end of the pipe) can be read without blocking."""
+        return self.results is not None and bool(self._result_poll.poll(0))
+
+    def recv(self) -> tuple[Any, ...]:
+        """Read one result; raises ``EOFError`` when the worker died."""
+        assert self.results is not None
+        return pickle.loads(self.results.recv_bytes())
+
+    def drain(self) -> None:
+        """Tell the worker to skip every task it has not started yet."""
+        if self._ctrl_w is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._ctrl_w, _DRAIN)
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def crash_report(self) -> str:
+        """What ``faulthandler`` wrote on a fatal signal (the tail), or ``""``."""
+        try:
+            with open(self.crash_file, encoding="utf-8", errors="replace") as fh:
+                return fh.read()[-_CRASH_TAIL:]
+        except OSError:
+            return ""
+
+    def kill(self) -> int | None:
+        """Kill the worker and everything in its session (e.g. a JVM); return its exit status."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        return self.reap()
+
+    def reap(self, timeout: float = 10.0) -> int | None:
+        """Wait for the process to end and release the pipes; return its exit status."""
+        code = None
+        if self.proc is not None:
+            try:
+                code = self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                code = self.proc.wait()
+        for conn in (self._tasks, self.results):
+            if conn is not None:
+                conn.close()
+        if self._ctrl_w is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._ctrl_w)
+        self._tasks = self.results = None
+        self._ctrl_w = None
+        return code
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the worker to exit (it finishes nothing new), kill it after ``timeout``."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.send(None)
+                self.proc.wait(timeout)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        self.kill()
+        with contextlib.suppress(OSError):
+            os.unlink(self.crash_file)
+
+
+# -- worker side ------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _drain_requested(ctrl_fd: int) -> bool:
+    try:
+        data = os.read(ctrl_fd, 64)
+    except BlockingIOError:
+        return False
+    return bool(data) and _DRAIN in data
+
+
+def _run_one(item: tuple[Any, ...], cache: Any, context: TaskContext) -> tuple[Any, ...]:
+    seq, kind, path, args, kwargs, deadline, task_id, attempt = item
+    started = time.time()
+    if deadline is not None and started > deadline:
+        return (seq, "expired", None, None, started, started)
+    context.task_id, context.attempt = task_id, attempt
+    try:
+        if kind == KIND_JAR:
+            unknown = set(kwargs) - {"jvm_args"}
+            if unknown:
+                raise TaskContractError(f"jar tasks accept only jvm_args=, got {sorted(unknown)}")
+            value = run_jar(path, args, jvm_args=kwargs.get("jvm_args", ()), cwd=context.work_dir)
+        else:
+            value = call_task(cache.load(path), context, args, kwargs)
+        return (seq, "ok", value, None, started, time.time())
+    except BaseException as exc:  # the task's failure is its result
+        error = (type(exc).__name__, str(exc), traceback.format_exc())
+        return (seq, "error", None, error, started, time.time())
+
+
+def _serve(tasks: Connection, results: Connection, ctrl_fd: int, context: TaskContext) -> None:
+    cache = TaskModuleCache()
+    draining = False
+    results.send_bytes(pickle.dumps(("ready", os.getpid())))
+    while True:
+        try:
+            batch = pickle.loads(tasks.recv_bytes())
+        except EOFError:
+            return
+        if batch is None:
+            return
+        for item in batch:
+            draining = draining or _drain_requested(ctrl_fd)
+            if draining:
+                now = time.time()
+                out = (item[0], STATUS_SKIPPED, None, None, now, now)
+            else:
+                out = _run_one(item, cache, context)
+            try:
+                payload = pickle.dumps(out, pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                error = ("UnserializableResultError", f"the task's value cannot be sent: {exc}", "")
+                payload = pickle.dumps((out[0], "error", None, error, out[4], out[5]))
+            results.send_bytes(payload)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the worker process (started by ``WorkerProcess.start``)."""
+    parser = argparse.ArgumentParser(prog="realtime_batch.engine.worker")
+    parser.add_argument("--fds", required=True)
+    parser.add_argument("--tasks-dir", required=True)
+    parser.add_argument("--work-dir", required=True)
+    parser.add_argument("--engine-id", required=True)
+    parser.add_argument("--crash-file", required=True)
+    opts = parser.parse_args(argv)
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the engine decides when to stop
+    os.dup2(2, 1)  # task print() output goes to the engine's log, not its stdout
+    crash = open(opts.crash_file, "w")  # noqa: SIM115 - kept open for faulthandler
+    faulthandler.enable(file=crash, all_threads=True)
+    task_fd, result_fd, ctrl_fd = (int(x) for x in opts.fds.split(","))
+    os.set_blocking(ctrl_fd, False)
+    logging.basicConfig(
+        level=os.environ.get("RTBATCH_LOG_LEVEL", "WARNING"),
+        format="%(asctime)s %(levelname)s worker %(name)s: %(message)s",
+    )
+    tasks_dir, work_dir = os.path.realpath(opts.tasks_dir), os.path.realpath(opts.work_dir)
+    sys.path.insert(0, tasks_dir)  # task modules may import their staged neighbours
+    set_current_dirs(tasks_dir, work_dir)
+    context = TaskContext(opts.engine_id, tasks_dir, work_dir)
+    tasks = Connection(task_fd, writable=False)
+    results = Connection(result_fd, readable=False)
+    try:
+        _serve(tasks, results, ctrl_fd, context)
+    except (BrokenPipeError, EOFError):
+        pass  # the engine went away
+
+
+if __name__ == "__main__":
+    main()

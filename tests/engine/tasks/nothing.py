@@ -1,0 +1,3 @@
+"""Defines no entry point."""
+
+VALUE = 1
