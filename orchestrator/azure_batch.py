@@ -1,0 +1,578 @@
+"""``AzureBatchPool``: engines as long-running tasks on an Azure Batch pool.
+
+Built on ``azure-batch`` 15.x (``azure.batch.BatchClient``) and Blob staging
+(:mod:`.staging`). Engines run as **one long-running Batch task per task slot**
+(``taskSlotsPerNode`` = engines per node):
+
+* Batch restarts a crashed engine itself (``maxTaskRetryCount``) and
+  :meth:`AzureBatchPool.ensure_engines` re-adds one that exited;
+* each engine's stdout/stderr go to Blob as output files when it ends (``rtbatch logs``);
+* :meth:`AzureBatchPool.repurpose` swaps task files by replacing the job: nodes stay.
+
+The job preparation task only copies the job's files to the node (once per node
+and job); it cannot host the engines, because Batch waits for it to *finish*
+before running any task of the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import attrs
+from azure.batch import BatchClient
+from azure.batch import models as bm
+from azure.core.exceptions import (
+    AzureError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+)
+from azure.storage.blob import BlobServiceClient
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_exponential
+
+from . import batch_scripts as scripts
+from .pool import OrchestratorError, Pool, PoolNotFoundError, PoolStateError, StrPath
+from .staging import BlobStaging, StagedFile
+
+__all__ = ["AzureBatchPool", "PoolSpec", "Progress", "is_root_servicebus_key"]
+
+logger = logging.getLogger(__name__)
+
+#: metadata marking pools and jobs as ours
+TAG, TAG_POOL = "rtbatch", "rtbatch-pool"
+ENGINE_PREFIX = "engine-"
+#: progress(stage, done, total): e.g. ("nodes ready", 1, 4)
+Progress = Callable[[str, int, int], None]
+_BAD_NODE_STATES = {"starttaskfailed", "unusable", "unknown"}
+_READY_NODE_STATES = {"idle", "running"}
+
+
+def is_root_servicebus_key(url: str) -> bool:
+    """True for a Service Bus connection string with the namespace's Manage key."""
+    return "sharedaccesskeyname=rootmanagesharedaccesskey" in url.replace(" ", "").lower()
+
+
+@attrs.frozen
+class PoolSpec:
+    """Shape of a pool: VM size, node counts, engines per node and image."""
+
+    vm_size: str = "Standard_D2s_v5"
+    dedicated_nodes: int = 1
+    spot_nodes: int = 0
+    engines_per_node: int = 2
+    image_publisher: str = "canonical"
+    image_offer: str = "ubuntu-24_04-lts"
+    image_sku: str = "server"
+    image_version: str = "latest"
+    node_agent_sku: str = "batch.node.ubuntu 24.04"
+    subnet_id: str | None = None
+    autoscale_formula: str | None = None
+    autoscale_interval: timedelta = timedelta(minutes=5)
+    resize_timeout: timedelta = timedelta(minutes=15)
+
+
+@contextmanager
+def _batch_errors(what: str) -> Iterator[None]:
+    """Map azure-core errors of one Batch call into the orchestrator's tree."""
+    try:
+        yield
+    except ResourceNotFoundError as exc:
+        raise PoolNotFoundError(f"{what}: {exc.message}") from exc
+    except AzureError as exc:
+        raise OrchestratorError(f"{what}: {exc.message}") from exc
+
+
+class AzureBatchPool(Pool):
+    """A realtime-batch pool on Azure Batch.
+
+    Args:
+        batch: a ``BatchClient`` (shared key or a token credential).
+        blob_service: storage for staging (wheel, task and input files) and engine logs.
+        pool_id: the Batch pool id.
+        transport_url: the transport clients open (``Session(pool)`` uses it).
+        engine_transport_url: what engines get: a credential limited to Listen on the
+            task queue and Send on the results queue. Defaults to ``transport_url``
+            unless that carries a Service Bus namespace Manage key (refused).
+        spec: pool shape used by :meth:`create`.
+        task_files / input_files: staged for the engines.
+        wheel: the realtime-batch wheel to install on nodes (built when None).
+        queue: task queue the engines pull from.
+        prefetch: engine prefetch.
+        engine_retries: Batch retries of an engine task that exits non-zero.
+        poll_interval: first interval when polling Batch state (grows to 30 s).
+        progress: optional callback for long steps.
+    """
+
+    def __init__(
+        self,
+        batch: BatchClient,
+        blob_service: BlobServiceClient,
+        pool_id: str,
+        *,
+        transport_url: str,
+        engine_transport_url: str | None = None,
+        spec: PoolSpec | None = None,
+        task_files: Sequence[StrPath] = (),
+        input_files: Sequence[StrPath] = (),
+        wheel: StrPath | None = None,
+        queue: str = "tasks",
+        prefetch: int = 1,
+        engine_retries: int = 3,
+        poll_interval: float = 5.0,
+        container_prefix: str = "rtbatch",
+        sas_lifetime: timedelta = timedelta(hours=2),
+        progress: Progress | None = None,
+    ) -> None:
+        engine_url = engine_transport_url or transport_url
+        if is_root_servicebus_key(engine_url):
+            raise OrchestratorError(
+                "refusing to send the Service Bus namespace Manage key to nodes: set "
+                "[transport] engine_url to a connection string with Listen on the task "
+                "queue and Send on the results queue (see docs/azure.md)"
+            )
+        self.batch = batch
+        self.blob_service = blob_service
+        self.pool_id = pool_id
+        self.spec = spec or PoolSpec()
+        self.task_files = [Path(f) for f in task_files]
+        self.input_files = [Path(f) for f in input_files]
+        self.wheel = Path(wheel) if wheel else None
+        self.queue = queue
+        self.prefetch = prefetch
+        self.engine_retries = engine_retries
+        self.poll_interval = poll_interval
+        self.progress = progress
+        self._transport_url = transport_url
+        self._engine_url = engine_url
+        self._staging_options = {"prefix": container_prefix, "sas_lifetime": sas_lifetime}
+        self.staging = BlobStaging(blob_service, pool_id, **self._staging_options)
+        self._job: str | None = None
+        self._slots_per_node = self.spec.engines_per_node
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"AzureBatchPool(pool_id={self.pool_id!r}, job={self._job!r})"
+
+    # ------------------------------------------------------------- properties
+    @property
+    def transport_url(self) -> str:
+        return self._transport_url
+
+    @property
+    def job(self) -> str | None:
+        return self._job
+
+    @property
+    def engines(self) -> int:
+        with _batch_errors(f"get pool {self.pool_id}"):
+            pool = self.batch.get_pool(self.pool_id)
+        nodes = (pool.target_dedicated_nodes or 0) + (pool.target_low_priority_nodes or 0)
+        return nodes * (pool.task_slots_per_node or 1)
+
+    @property
+    def _poll_int(self) -> Any:
+        # the SDK's pollers sleep this long between polls (typed int, any number works)
+        return self.poll_interval
+
+    def _report(self, stage: str, done: int, total: int) -> None:
+        logger.info("%s: %d/%d", stage, done, total)
+        if self.progress is not None:
+            self.progress(stage, done, total)
+
+    # ---------------------------------------------------------------- staging
+    def stage(self, files: Iterable[StrPath]) -> list[str]:
+        """Upload task files (modules, jars) for the next job; return their blob names."""
+        self.task_files = [Path(f) for f in files]
+        return [f.blob_name for f in self._stage_tasks()]
+
+    def _stage_tasks(self) -> list[StagedFile]:
+        tasks = self.staging.upload(self.task_files, "tasks")
+        inputs = self.staging.upload(self.input_files, "inputs")
+        self.staging.prune("tasks", [f.blob_name for f in tasks])
+        self.staging.prune("inputs", [f.blob_name for f in inputs])
+        return tasks + inputs
+
+    def _stage_wheel(self) -> StagedFile:
+        if self.wheel is None:
+            from .staging import build_wheel
+
+            self.wheel = build_wheel()
+        [staged] = self.staging.upload([self.wheel], "wheels")
+        self.staging.prune("wheels", [staged.blob_name])
+        return staged
+
+    @property
+    def _needs_java(self) -> bool:
+        return any(f.suffix == ".jar" for f in self.task_files)
+
+    def _resource_files(self, staged: Iterable[StagedFile]) -> list[bm.ResourceFile]:
+        sas = self.staging.read_sas()
+        return [
+            bm.ResourceFile(http_url=self.staging.blob_url(f.blob_name, sas), file_path=f.blob_name)
+            for f in staged
+        ]
+
+    def _start_task(self, wheel: StagedFile) -> bm.BatchStartTask:
+        return bm.BatchStartTask(
+            command_line=scripts.start_task_command(wheel.file_name, java=self._needs_java),
+            resource_files=self._resource_files([wheel]),
+            user_identity=_auto_user(admin=True),
+            max_task_retry_count=2,
+            wait_for_success=True,
+        )
+
+    # --------------------------------------------------------------- lifecycle
+    def create(self, **options: Any) -> AzureBatchPool:
+        """Stage the wheel and files, create the pool and wait until its nodes are ready.
+
+        Args:
+            **options: ``wait=False`` returns as soon as Batch accepted the pool.
+
+        Raises:
+            PoolStateError: a pool with this id already exists (``use_existing`` it).
+        """
+        wheel = self._stage_wheel()
+        self._stage_tasks()
+        spec = self.spec
+        config = bm.VirtualMachineConfiguration(
+            image_reference=bm.BatchVmImageReference(
+                publisher=spec.image_publisher,
+                offer=spec.image_offer,
+                sku=spec.image_sku,
+                version=spec.image_version,
+            ),
+            node_agent_sku_id=spec.node_agent_sku,
+        )
+        pool = bm.BatchPoolCreateOptions(
+            id=self.pool_id,
+            vm_size=spec.vm_size,
+            virtual_machine_configuration=config,
+            task_slots_per_node=spec.engines_per_node,
+            task_scheduling_policy=bm.BatchTaskSchedulingPolicy(node_fill_type="spread"),
+            start_task=self._start_task(wheel),
+            metadata=[bm.BatchMetadataItem(name=TAG, value="1")],
+        )
+        if spec.autoscale_formula:
+            pool.enable_auto_scale = True
+            pool.auto_scale_formula = spec.autoscale_formula
+            pool.auto_scale_evaluation_interval = spec.autoscale_interval
+        else:
+            pool.target_dedicated_nodes = spec.dedicated_nodes
+            pool.target_low_priority_nodes = spec.spot_nodes
+            pool.resize_timeout = spec.resize_timeout
+        if spec.subnet_id:
+            pool.network_configuration = bm.NetworkConfiguration(subnet_id=spec.subnet_id)
+        try:
+            with _batch_errors(f"create pool {self.pool_id}"):
+                self.batch.create_pool(pool)
+        except OrchestratorError as exc:
+            if isinstance(exc.__cause__, ResourceExistsError):
+                raise PoolStateError(
+                    f"pool {self.pool_id!r} already exists: use it (rtbatch pool use) "
+                    "or repurpose it"
+                ) from exc
+            raise
+        logger.info("created pool %s (%s)", self.pool_id, spec.vm_size)
+        if options.get("wait", True):
+            self.wait_ready()
+        return self
+
+    def use_existing(self, pool_id: str) -> AzureBatchPool:
+        """Attach to an existing pool (nodes, slots and staging container)."""
+        with _batch_errors(f"get pool {pool_id}"):
+            pool = self.batch.get_pool(pool_id)
+        if not any(m.name == TAG for m in pool.metadata or []):
+            logger.warning("pool %s was not created by realtime-batch", pool_id)
+        self.pool_id = pool_id
+        self._slots_per_node = pool.task_slots_per_node or 1
+        self.staging = BlobStaging(self.blob_service, pool_id, **self._staging_options)
+        ours = self.jobs()
+        self._job = ours[-1] if ours else None
+        return self
+
+    def wait_ready(self, timeout: float = 1800.0) -> None:
+        """Poll (with backoff) until allocation is steady and every node is ready.
+
+        Raises:
+            PoolStateError: resize errors, a failed start task, or the timeout.
+        """
+
+        def check() -> bool:
+            with _batch_errors(f"get pool {self.pool_id}"):
+                pool = self.batch.get_pool(self.pool_id)
+                nodes = list(self.batch.list_nodes(self.pool_id))
+            if pool.resize_errors:
+                errors = "; ".join(f"{e.code}: {e.message}" for e in pool.resize_errors)
+                raise PoolStateError(f"pool {self.pool_id} could not allocate nodes: {errors}")
+            bad = [n for n in nodes if _state(n.state) in _BAD_NODE_STATES]
+            if bad:
+                raise PoolStateError(
+                    f"nodes not usable: {', '.join(f'{n.id} ({_state(n.state)})' for n in bad)}; "
+                    "their start task output is in the Batch portal (startup/stderr.txt)"
+                )
+            target = (pool.target_dedicated_nodes or 0) + (pool.target_low_priority_nodes or 0)
+            ready = sum(_state(n.state) in _READY_NODE_STATES for n in nodes)
+            steady = _state(pool.allocation_state) == "steady"
+            self._report("nodes ready", ready, target)
+            return steady and len(nodes) == target and ready == target
+
+        retrying = Retrying(
+            retry=retry_if_result(lambda ok: not ok),
+            wait=wait_exponential(multiplier=self.poll_interval, max=30),
+            stop=stop_after_delay(timeout),
+            reraise=True,
+        )
+        try:
+            retrying(check)
+        except RetryError as exc:
+            raise PoolStateError(f"pool {self.pool_id} not ready after {timeout:.0f} s") from exc
+
+    def resize(self, engines: int) -> None:
+        """Resize to ``ceil(engines / engines_per_node)`` nodes (spot nodes kept first)."""
+        nodes = math.ceil(engines / self._slots_per_node)
+        with _batch_errors(f"get pool {self.pool_id}"):
+            spot = min(self.batch.get_pool(self.pool_id).target_low_priority_nodes or 0, nodes)
+        self.resize_nodes(nodes - spot, spot)
+
+    def resize_nodes(self, dedicated: int, spot: int = 0, *, wait: bool = True) -> None:
+        """Set the dedicated and spot node counts; engines follow the new slot count."""
+        self._refresh_start_task()  # new nodes must get a SAS that is still valid
+        options = bm.BatchPoolResizeOptions(
+            target_dedicated_nodes=dedicated,
+            target_low_priority_nodes=spot,
+            node_deallocation_option="taskcompletion",
+        )
+        with _batch_errors(f"resize pool {self.pool_id}"):
+            # the poller's thread follows the resize; wait_ready() reports progress
+            self.batch.begin_resize_pool(self.pool_id, options, polling_interval=self._poll_int)
+        if wait:
+            self.wait_ready()
+            if self._job:
+                self.ensure_engines(self._job)
+
+    def autoscale(self, formula: str, interval: timedelta = timedelta(minutes=5)) -> None:
+        """Switch the pool to an autoscale formula (``$TargetDedicatedNodes = ...``)."""
+        options = bm.BatchPoolEnableAutoScaleOptions(
+            auto_scale_formula=formula, auto_scale_evaluation_interval=interval
+        )
+        with _batch_errors(f"enable autoscale on {self.pool_id}"):
+            self.batch.enable_pool_auto_scale(self.pool_id, options)
+
+    def _refresh_start_task(self) -> None:
+        """Re-sign the start task's resource files (SAS) for nodes that join later."""
+        wheel = self._stage_wheel()
+        with _batch_errors(f"get pool {self.pool_id}"):
+            pool = self.batch.get_pool(self.pool_id)
+        options = bm.BatchPoolReplaceOptions(
+            start_task=self._start_task(wheel),
+            application_package_references=pool.application_package_references or [],
+            metadata=pool.metadata or [],
+        )
+        with _batch_errors(f"update pool {self.pool_id}"):
+            self.batch.replace_pool_properties(self.pool_id, options)
+
+    def repurpose(
+        self,
+        pool_id: str | None = None,
+        task_files: Sequence[StrPath] = (),
+        input_files: Sequence[StrPath] = (),
+    ) -> AzureBatchPool:
+        """Stage new files and restart the engines under a new job; nodes are kept."""
+        if pool_id and pool_id != self.pool_id:
+            self.use_existing(pool_id)
+        self.task_files = [Path(f) for f in task_files]
+        self.input_files = [Path(f) for f in input_files]
+        self.delete_jobs()
+        self._refresh_start_task()
+        self.start_engines()
+        return self
+
+    def delete(self, wait: bool = False) -> None:
+        """Delete our jobs, the pool and the staging container (logs are kept).
+
+        Args:
+            wait: block until Batch has removed the pool (minutes).
+        """
+        self.delete_jobs()
+        with _batch_errors(f"delete pool {self.pool_id}"):
+            poller = self.batch.begin_delete_pool(self.pool_id, polling_interval=self._poll_int)
+            if wait:
+                poller.result()
+        self.staging.delete(keep_logs=True)
+        logger.info("deleting pool %s", self.pool_id)
+        self.close()
+
+    def close(self) -> None:
+        """Close the clients (the pool keeps running)."""
+        if not self._closed:
+            self._closed = True
+            self.batch.close()
+            self.blob_service.close()
+
+    # ---------------------------------------------------------------- listing
+    def list(self) -> list[dict[str, Any]]:
+        """Pools of this account created by realtime-batch, as plain dicts."""
+        with _batch_errors("list pools"):
+            pools = list(self.batch.list_pools())
+        return [
+            {
+                "id": p.id,
+                "state": _state(p.state),
+                "allocation": _state(p.allocation_state),
+                "vm_size": p.vm_size,
+                "dedicated": p.current_dedicated_nodes or 0,
+                "spot": p.current_low_priority_nodes or 0,
+                "engines_per_node": p.task_slots_per_node or 1,
+            }
+            for p in pools
+            if any(m.name == TAG for m in p.metadata or [])
+        ]
+
+    def jobs(self, all_pools: bool = False) -> list[str]:
+        """Ids of our jobs on this pool (every pool with ``all_pools``), oldest first."""
+        with _batch_errors("list jobs"):
+            jobs = list(self.batch.list_jobs())
+        ours = [
+            j
+            for j in jobs
+            if any(
+                m.name == TAG_POOL and (all_pools or m.value == self.pool_id)
+                for m in j.metadata or []
+            )
+        ]
+        ours.sort(key=lambda j: j.creation_time or datetime.min.replace(tzinfo=timezone.utc))
+        return [j.id for j in ours]
+
+    def delete_job(self, job: str, wait: bool = False) -> None:
+        """Delete a job: its engines stop (their logs are uploaded)."""
+        with _batch_errors(f"delete job {job}"):
+            poller = self.batch.begin_delete_job(job, polling_interval=self._poll_int)
+            if wait:
+                poller.result()
+        if job == self._job:
+            self._job = None
+
+    # ---------------------------------------------------------------- engines
+    def start_engines(self, job: str | None = None) -> str:
+        """Create a job on the pool and one engine task per task slot; return its id."""
+        staged = self._stage_tasks()
+        job_id = job or f"rtbatch-{self.pool_id}-{datetime.now(timezone.utc):%Y%m%d%H%M%S}"
+        job_id += "" if job else f"-{uuid.uuid4().hex[:4]}"
+        prep = bm.BatchJobPreparationTask(
+            command_line=scripts.job_prep_command(java=self._needs_java),
+            resource_files=self._resource_files(staged),
+            user_identity=_auto_user(admin=True),
+            wait_for_success=True,
+            rerun_on_node_reboot_after_success=True,
+        )
+        options = bm.BatchJobCreateOptions(
+            id=job_id,
+            pool_info=bm.BatchPoolInfo(pool_id=self.pool_id),
+            job_preparation_task=prep,
+            common_environment_settings=[
+                bm.EnvironmentSetting(name=scripts.ENGINE_TRANSPORT_ENV, value=self._engine_url)
+            ],
+            metadata=[
+                bm.BatchMetadataItem(name=TAG, value="1"),
+                bm.BatchMetadataItem(name=TAG_POOL, value=self.pool_id),
+            ],
+        )
+        with _batch_errors(f"create job {job_id}"):
+            self.batch.create_job(options)
+        self._job = job_id
+        self.ensure_engines(job_id)
+        return job_id
+
+    def _slots(self) -> int:
+        with _batch_errors(f"get pool {self.pool_id}"):
+            pool = self.batch.get_pool(self.pool_id)
+        nodes = (pool.target_dedicated_nodes or 0) + (pool.target_low_priority_nodes or 0)
+        return nodes * (pool.task_slots_per_node or 1)
+
+    def _engine_task(self, job: str, slot: int, generation: int) -> bm.BatchTaskCreateOptions:
+        task_id = f"{ENGINE_PREFIX}{slot:04d}-r{generation}"
+        logs = self.staging.log_container_url()
+        outputs = [
+            bm.OutputFile(
+                file_pattern=pattern,
+                destination=bm.OutputFileDestination(
+                    container=bm.OutputFileBlobContainerDestination(
+                        container_url=logs, path=f"{job}/{task_id}/{name}"
+                    )
+                ),
+                upload_options=bm.OutputFileUploadConfiguration(upload_condition="taskcompletion"),
+            )
+            for pattern, name in (("../stdout.txt", "stdout.txt"), ("../stderr.txt", "stderr.txt"))
+        ]
+        return bm.BatchTaskCreateOptions(
+            id=task_id,
+            display_name=f"realtime-batch engine {slot}",
+            command_line=scripts.engine_command(queue=self.queue, prefetch=self.prefetch),
+            user_identity=_auto_user(admin=False),
+            constraints=bm.BatchTaskConstraints(max_task_retry_count=self.engine_retries),
+            output_files=outputs,
+            required_slots=1,
+        )
+
+    def ensure_engines(self, job: str | None = None) -> list[str]:
+        """Add engine tasks for empty slots and re-add engines that exited.
+
+        Returns:
+            ids of the tasks added.
+        """
+        job = job or self._job
+        if job is None:
+            raise PoolStateError("no job: call start_engines() first")
+        slots = self._slots()
+        latest: dict[int, tuple[int, bm.BatchTask]] = {}
+        with _batch_errors(f"list tasks of {job}"):
+            tasks = list(self.batch.list_tasks(job))
+        for task in tasks:
+            if not task.id.startswith(ENGINE_PREFIX):
+                continue
+            slot_text, _, gen_text = task.id[len(ENGINE_PREFIX) :].partition("-r")
+            slot, gen = int(slot_text), int(gen_text or 0)
+            if slot not in latest or gen > latest[slot][0]:
+                latest[slot] = (gen, task)
+        new = []
+        for slot in range(slots):
+            if slot not in latest:
+                new.append(self._engine_task(job, slot, 0))
+            elif _state(latest[slot][1].state) == "completed":
+                logger.warning("engine %s exited; starting it again", latest[slot][1].id)
+                new.append(self._engine_task(job, slot, latest[slot][0] + 1))
+        for slot, (_, task) in latest.items():  # shrunk pool: drop surplus engines
+            if slot >= slots and _state(task.state) != "completed":
+                with _batch_errors(f"delete task {task.id}"):
+                    self.batch.delete_task(job, task.id)
+        if new:
+            with _batch_errors(f"add engine tasks to {job}"):
+                result = self.batch.create_tasks(job, new)
+            failed = [r for r in result.result_values or [] if _state(r.status) != "success"]
+            if failed:
+                raise OrchestratorError(f"adding engines failed: {[r.task_id for r in failed]}")
+        self._report("engines started", len(new), slots)
+        return [t.id for t in new]
+
+    def logs(self, dest: StrPath, job: str | None = None) -> list[Path]:
+        """Download engine logs (of ``job``, or all) into ``dest``."""
+        return self.staging.download_logs(dest, prefix=f"{job}/" if job else "")
+
+
+def _state(value: Any) -> str:
+    """An SDK enum (or plain string) as its lower-case wire value."""
+    return str(getattr(value, "value", value) or "").lower()
+
+
+def _auto_user(*, admin: bool) -> bm.UserIdentity:
+    return bm.UserIdentity(
+        auto_user=bm.AutoUserSpecification(
+            scope="pool", elevation_level="admin" if admin else "nonadmin"
+        )
+    )

@@ -1,0 +1,109 @@
+"""The shell scripts an Azure Batch node runs for realtime-batch.
+
+Kept apart from the pool logic so they can be read (and reviewed) as scripts. Each
+is passed as ``/bin/bash -c '<script>'``: Batch does not run command lines in a
+shell, and a self-contained command line shows up whole in the portal.
+
+Layout on a node (``$AZ_BATCH_NODE_SHARED_DIR/rtbatch``)::
+
+    venv/                 the realtime-batch wheel and its engine dependencies
+    jobs/<job id>/tasks/  task modules and jars of the job (copied by the job preparation)
+    jobs/<job id>/inputs/ input files, copied into each engine's working directory
+"""
+
+from __future__ import annotations
+
+import shlex
+
+__all__ = [
+    "ENGINE_TRANSPORT_ENV",
+    "NODE_ROOT",
+    "engine_command",
+    "job_prep_command",
+    "start_task_command",
+]
+
+NODE_ROOT = "$AZ_BATCH_NODE_SHARED_DIR/rtbatch"
+#: environment setting holding the engine's transport URL (its least-privilege credential)
+ENGINE_TRANSPORT_ENV = "RTBATCH_ENGINE_TRANSPORT"
+JRE_PACKAGE = "openjdk-21-jre-headless"
+# apt waits for the dpkg lock (unattended-upgrades runs at first boot) instead of failing.
+_APT = "apt-get -o DPkg::Lock::Timeout=900 -q"
+
+
+def _bash(lines: list[str]) -> str:
+    return "/bin/bash -c " + shlex.quote("\n".join(["set -euo pipefail", *lines]))
+
+
+def _install_jre(only_if_missing: bool) -> list[str]:
+    install = [
+        "export DEBIAN_FRONTEND=noninteractive",
+        f"{_APT} update",
+        f"{_APT} install -y --no-install-recommends {JRE_PACKAGE}",
+    ]
+    if not only_if_missing:
+        return install
+    return ["if ! command -v java >/dev/null 2>&1; then", *("  " + s for s in install), "fi"]
+
+
+def start_task_command(wheel_name: str, *, java: bool, extras: str = "azure") -> str:
+    """Start task: a venv with the realtime-batch wheel (+ a JRE when jars are staged).
+
+    Runs as the pool's admin auto-user at every node boot, with ``waitForSuccess``:
+    Batch schedules no engine on a node before it exits 0. The wheel was downloaded
+    by Batch into ``wheels/`` of the start task's working directory.
+    """
+    packages = "python3-venv" + (f" {JRE_PACKAGE}" if java else "")
+    wheel = shlex.quote(f"wheels/{wheel_name}")
+    spec = f'"$(realpath {wheel})[{extras}]"' if extras else f'"$(realpath {wheel})"'
+    return _bash(
+        [
+            "export DEBIAN_FRONTEND=noninteractive",
+            f"{_APT} update",
+            f"{_APT} install -y --no-install-recommends {packages}",
+            f'root="{NODE_ROOT}"',
+            'mkdir -p "$root/jobs"',
+            'python3 -m venv --clear "$root/venv"',
+            '"$root/venv/bin/python" -m pip install --quiet --no-cache-dir --upgrade pip',
+            f'"$root/venv/bin/python" -m pip install --quiet --no-cache-dir {spec}',
+            'chmod -R a+rX "$root"',
+            '"$root/venv/bin/python" -c "import realtime_batch; print(realtime_batch.__version__)"',
+        ]
+    )
+
+
+def job_prep_command(*, java: bool) -> str:
+    """Job preparation: copy the job's staged files into the node's shared directory.
+
+    Runs once per node before the job's first engine starts there (admin auto-user,
+    so a JRE can be installed for jars staged after the pool was created).
+    """
+    lines = [
+        f'dest="{NODE_ROOT}/jobs/$AZ_BATCH_JOB_ID"',
+        'rm -rf "$dest"',
+        'mkdir -p "$dest/tasks" "$dest/inputs"',
+        'if [ -d tasks ]; then cp -a tasks/. "$dest/tasks/"; fi',
+        'if [ -d inputs ]; then cp -a inputs/. "$dest/inputs/"; fi',
+        'chmod -R a+rX "$dest"',
+    ]
+    if java:
+        lines += _install_jre(only_if_missing=True)
+    return _bash(lines)
+
+
+def engine_command(*, queue: str, prefetch: int) -> str:
+    """One engine: runs until stopped, in the task's own working directory.
+
+    The transport URL comes from the task's environment (``RTBATCH_ENGINE_TRANSPORT``),
+    never from the command line stored in the job.
+    """
+    return _bash(
+        [
+            f'job="{NODE_ROOT}/jobs/$AZ_BATCH_JOB_ID"',
+            'cp -a "$job/inputs/." "$AZ_BATCH_TASK_WORKING_DIR/"',
+            f'exec "{NODE_ROOT}/venv/bin/python" -m realtime_batch.engine'
+            f' --transport "${ENGINE_TRANSPORT_ENV}" --queue {shlex.quote(queue)}'
+            ' --tasks-dir "$job/tasks" --work-dir "$AZ_BATCH_TASK_WORKING_DIR"'
+            f' --prefetch {int(prefetch)} --engine-id "$AZ_BATCH_NODE_ID/$AZ_BATCH_TASK_ID"',
+        ]
+    )
