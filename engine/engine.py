@@ -145,6 +145,12 @@ class Engine:
     def __repr__(self) -> str:
         return f"Engine({self.engine_id!r}, queue={self.queue!r})"
 
+    @property
+    def worker_pid(self) -> int | None:
+        """PID of the current worker process (None while none runs)."""
+        worker = self._worker
+        return None if worker is None else worker.pid
+
     # -- public control --------------------------------------------------------------------
     def start(self, *, wait: bool = True, timeout: float = 60.0) -> Engine:
         """Run the engine in a daemon thread; with ``wait``, return once it is ready."""
