@@ -156,6 +156,39 @@ class AzureBatchPool(Pool):
         self._slots_per_node = self.spec.engines_per_node
         self._closed = False
 
+    @classmethod
+    def from_config(cls, config: Any, **options: Any) -> AzureBatchPool:
+        """A pool from a :class:`realtime_batch.config.Config` (``options`` override it)."""
+        from realtime_batch.config import batch_client, blob_service
+
+        spec = PoolSpec(
+            vm_size=config["batch.vm_size"],
+            dedicated_nodes=config["batch.dedicated_nodes"],
+            spot_nodes=config["batch.spot_nodes"],
+            engines_per_node=config["batch.engines_per_node"],
+            image_publisher=config["batch.image_publisher"],
+            image_offer=config["batch.image_offer"],
+            image_sku=config["batch.image_sku"],
+            node_agent_sku=config["batch.node_agent_sku"],
+            subnet_id=config["batch.subnet_id"] or None,
+            autoscale_formula=config["batch.autoscale_formula"] or None,
+        )
+        defaults: dict[str, Any] = {
+            "transport_url": config["transport.url"],
+            "engine_transport_url": config["transport.engine_url"] or None,
+            "spec": spec,
+            "task_files": config["pool.task_files"],
+            "input_files": config["pool.input_files"],
+            "wheel": config["batch.wheel"] or None,
+            "queue": config["transport.queue"],
+            "poll_interval": config["batch.poll_interval"],
+            "container_prefix": config["storage.container_prefix"],
+            "sas_lifetime": timedelta(hours=config["storage.sas_hours"]),
+        }
+        defaults.update(options)
+        pool_id = defaults.pop("pool_id", config["pool.id"])
+        return cls(batch_client(config), blob_service(config), pool_id, **defaults)
+
     def __repr__(self) -> str:
         return f"AzureBatchPool(pool_id={self.pool_id!r}, job={self._job!r})"
 
