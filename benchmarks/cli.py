@@ -1,0 +1,196 @@
+"""The ``bench`` command: ``python -m benchmarks`` and ``rtbatch bench``.
+
+Runs each selected system in its own ``benchmarks.runner`` process (with a time
+limit), collects the records, prints the table and realtime-batch's ratios to the
+floor and the best peer, and writes the JSON, the chart and ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from benchmarks import ROOT, SYSTEMS, WORKLOADS
+from benchmarks.procs import child_env
+from benchmarks.report import add_ratios, markdown_report, ratio_lines, write_chart
+from benchmarks.report import write_docs as write_docs_file
+from benchmarks.workloads import FULL, QUICK
+
+__all__ = ["bench", "run_benchmarks"]
+
+DOC = ROOT / "docs" / "benchmarks.md"
+CHART = ROOT / "docs" / "img" / "benchmarks.png"
+NEEDS_EXTRA = {"ray", "dask", "celery"}
+#: seconds one system's process may take before it is stopped
+TIME_LIMIT = {"quick": 150.0, "full": 900.0}
+
+
+def _split(value: str | None, allowed: tuple[str, ...], what: str) -> list[str]:
+    if not value:
+        return list(allowed)
+    chosen = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in allowed]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown {what}: {', '.join(unknown)} (choose from {', '.join(allowed)})"
+        )
+    return chosen
+
+
+def _run_one(system: str, mode: str, workloads: list[str], log: Path) -> tuple[list[dict], dict]:
+    """Run one system's process; return its records and versions."""
+    argv = [sys.executable, "-m", "benchmarks.runner", system, "--mode", mode]
+    argv += ["--workloads", ",".join(workloads)]
+    records: list[dict] = []
+    versions: dict[str, str] = {}
+    with log.open("w") as errors:
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=errors, text=True, env=child_env(), cwd=ROOT
+        )
+        timer = threading.Timer(TIME_LIMIT[mode], proc.kill)
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                tag, _, body = line.partition(" ")
+                if tag == "RECORD":
+                    record = json.loads(body)
+                    records.append(record)
+                    click.echo(f"  {system:<19} {record['workload']:<15} {_short(record)}")
+                elif tag == "VERSIONS":
+                    versions = json.loads(body)["versions"]
+            code = proc.wait()
+        finally:
+            timer.cancel()
+    done = {r["workload"] for r in records}
+    missing = [w for w in workloads if w not in done]
+    if missing:
+        reason = f"the runner exited with {code} (time limit {TIME_LIMIT[mode]:.0f}s); see {log}"
+        records += [
+            {"system": system, "workload": w, "status": "error", "error": reason} for w in missing
+        ]
+        click.echo(f"  {system}: {reason}", err=True)
+    return records, versions
+
+
+def _short(record: dict) -> str:
+    if record.get("status") != "ok":
+        return f"{record['status']}: {record.get('error', '')[:150]}"
+    shown = []
+    for key, fmt in (
+        ("p50_us", "p50 {:.0f} µs"),
+        ("p99_us", "p99 {:.0f} µs"),
+        ("tasks_per_s", "{:.0f} tasks/s"),
+        ("efficiency", "{:.1%} of ideal"),
+        ("seconds", "{:.2f} s"),
+        ("rss_mb", "{:.1f} MB"),
+        ("cpu_pct", "{:.1f}% CPU"),
+    ):
+        if isinstance(record.get(key), int | float):
+            shown.append(fmt.format(record[key]))
+    return ", ".join(shown)
+
+
+def run_benchmarks(
+    *, mode: str, systems: list[str], workloads: list[str], log_dir: Path
+) -> dict[str, Any]:
+    """Run the selected systems and workloads; return the full result document."""
+    from benchmarks.setup_env import machine_facts
+
+    started = time.perf_counter()
+    machine = machine_facts()
+    records: list[dict] = []
+    versions: dict[str, str] = dict(machine["versions"])
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for system in systems:
+        click.echo(f"{system}:")
+        found, found_versions = _run_one(system, mode, workloads, log_dir / f"{system}.log")
+        records += found
+        versions.update(found_versions)
+    add_ratios(records)
+    settings = QUICK if mode == "quick" else FULL
+    return {
+        "mode": mode,
+        "command": "python -m benchmarks " + " ".join(sys.argv[1:]),
+        "machine": machine,
+        "versions": versions,
+        "settings": {k: v for k, v in vars(settings).items()},
+        "reps": settings.reps,
+        "records": records,
+        "elapsed_s": time.perf_counter() - started,
+        "finished_at": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+@click.command(name="bench")
+@click.option("--quick", is_flag=True, help="Small counts, for checking (under 3 minutes).")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the records, versions and machine facts here.",
+)
+@click.option("--systems", help=f"Comma-separated subset of: {', '.join(SYSTEMS)}.")
+@click.option("--workloads", help=f"Comma-separated subset of: {', '.join(WORKLOADS)}.")
+@click.option(
+    "--write-docs/--no-docs",
+    default=None,
+    help="Write docs/benchmarks.md and docs/img/benchmarks.png (default: in full mode).",
+)
+@click.option(
+    "--install/--no-install",
+    default=True,
+    help="Install the bench extra when its imports are missing (default: yes).",
+)
+@click.option(
+    "--log-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(os.environ.get("TMPDIR", "/tmp")) / "rtbatch-bench-logs",
+    show_default=True,
+    help="Where each system's stderr goes.",
+)
+def bench(
+    quick: bool,
+    json_path: Path | None,
+    systems: str | None,
+    workloads: str | None,
+    write_docs: bool | None,
+    install: bool,
+    log_dir: Path,
+) -> None:
+    """Run realtime-batch side by side with raw pyzmq, Ray, Dask and Celery."""
+    chosen = _split(systems, SYSTEMS, "systems")
+    loads = _split(workloads, WORKLOADS, "workloads")
+    mode = "quick" if quick else "full"
+    if write_docs is None:
+        write_docs = not quick
+    if install and (NEEDS_EXTRA & set(chosen) or write_docs):
+        from benchmarks.setup_env import ensure_bench_extra
+
+        ensure_bench_extra()
+    result = run_benchmarks(mode=mode, systems=chosen, workloads=loads, log_dir=log_dir)
+    ratios = ratio_lines(result["records"])
+    if ratios:
+        click.echo("\nrealtime-batch against the floor (raw-zmq) and the best peer:")
+        for line in ratios:
+            click.echo("  " + line)
+    click.echo(f"\n{mode} run took {result['elapsed_s']:.0f} s")
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=1))
+        click.echo(f"wrote {json_path}")
+    if write_docs:
+        chart = write_chart(result["records"], CHART)
+        write_docs_file(DOC, markdown_report(result, os.path.relpath(chart, DOC.parent)))
+        click.echo(f"wrote {DOC} and {chart}")
+    else:
+        click.echo("\n" + markdown_report(result, None))

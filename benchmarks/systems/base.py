@@ -1,0 +1,65 @@
+"""The interface every benchmarked system implements.
+
+A system starts two workers on loopback, runs the benchmark tasks by name
+(``noop``, ``sleep``, ``echo``, ``block``; see ``benchmarks/tasks/``) and stops
+everything it started. Workloads (``benchmarks.workloads``) are written once
+against this interface.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+__all__ = ["NotApplicableError", "System", "SystemUnavailableError"]
+
+#: workers every system runs
+WORKERS = 2
+
+
+class SystemUnavailableError(RuntimeError):
+    """The system cannot run here (a missing backend or dependency); the reason says why."""
+
+
+class NotApplicableError(RuntimeError):
+    """A workload does not apply to a system (e.g. a payload above its message limit)."""
+
+
+class System(ABC):
+    """A task system under test: two workers plus whatever broker or scheduler it needs."""
+
+    #: the record's ``system`` name
+    name: str = ""
+    #: what runs where, one line for the report
+    description: str = ""
+
+    @abstractmethod
+    def start(self) -> None:
+        """Start the workers (and broker/scheduler); return when tasks can be submitted."""
+
+    @abstractmethod
+    def call(self, task: str, *args: Any) -> Any:
+        """Run one task and return its value (a blocking round trip)."""
+
+    @abstractmethod
+    def run_all(self, task: str, args_list: list[tuple[Any, ...]]) -> None:
+        """Submit one task per argument tuple at once, then wait for every result."""
+
+    @abstractmethod
+    def submit_outstanding(self, task: str, count: int) -> None:
+        """Submit ``count`` tasks and return without waiting for them (client-memory)."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop everything :meth:`start` started. Idempotent."""
+
+    def versions(self) -> dict[str, str]:
+        """Versions of the packages and servers this system uses."""
+        return {}
+
+    def __enter__(self) -> System:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

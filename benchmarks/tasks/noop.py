@@ -1,0 +1,6 @@
+"""Benchmark task: does nothing (the round-trip and throughput workloads)."""
+
+
+def run() -> None:
+    """Return at once."""
+    return None

@@ -1,0 +1,218 @@
+"""The workloads, written once against the ``System`` interface.
+
+Each function runs one workload ``settings.reps`` times and returns one record: the
+median of the repetitions for every figure, with the spread (min, max) in
+``record["spread"]`` and the raw per-repetition figures in ``record["samples"]``.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from benchmarks.procs import tree_usage
+from benchmarks.systems.base import WORKERS, NotApplicableError, System
+
+__all__ = [
+    "FULL",
+    "PAYLOADS",
+    "QUICK",
+    "Settings",
+    "client_memory_once",
+    "cold_start",
+    "error_record",
+    "idle",
+    "payload",
+    "roundtrip",
+    "sleep_10ms",
+    "summarise",
+    "throughput",
+]
+
+KIB = 1024
+PAYLOADS = {"payload-1KiB": KIB, "payload-100KiB": 100 * KIB, "payload-1MiB": KIB * KIB}
+SLEEP_SECONDS = 0.010
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes of one run (``FULL`` is the issue's; ``QUICK`` a short check)."""
+
+    mode: str
+    reps: int = 3
+    #: repetitions of the workloads that start a fresh system each time
+    start_reps: int = 3
+    roundtrip_n: int = 1000
+    throughput_n: int = 20_000
+    sleep_n: int = 2_000
+    payload_n: dict[str, int] = field(
+        default_factory=lambda: {"payload-1KiB": 200, "payload-100KiB": 50, "payload-1MiB": 10}
+    )
+    idle_window: float = 5.0
+    client_memory_n: int = 100_000
+    warmup: int = 50
+
+
+FULL = Settings("full")
+QUICK = Settings(
+    "quick",
+    roundtrip_n=200,
+    throughput_n=2_000,
+    sleep_n=200,
+    payload_n={"payload-1KiB": 20, "payload-100KiB": 10, "payload-1MiB": 3},
+    idle_window=2.0,
+    start_reps=1,
+    client_memory_n=10_000,
+    warmup=10,
+)
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))]
+
+
+def summarise(system: str, workload: str, samples: list[dict[str, float]], **extra: Any) -> dict:
+    """One record: the median of each figure over ``samples``, with min/max as the spread."""
+    record: dict[str, Any] = {"system": system, "workload": workload, "status": "ok"}
+    spread = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples if s.get(key) is not None]
+        if not values:
+            continue
+        record[key] = statistics.median(values)
+        spread[key] = [min(values), max(values)]
+    record.update(reps=len(samples), spread=spread, samples=samples, **extra)
+    return record
+
+
+def error_record(system: str, workload: str, status: str, reason: str) -> dict:
+    """A record for a workload that failed (``error``), does not apply (``n/a``) or was skipped."""
+    return {"system": system, "workload": workload, "status": status, "error": reason}
+
+
+def _timed_calls(system: System, n: int, task: str, *args: Any) -> dict[str, float]:
+    latencies = []
+    for _ in range(n):
+        start = time.perf_counter()
+        system.call(task, *args)
+        latencies.append(time.perf_counter() - start)
+    latencies.sort()
+    return {
+        "p50_us": _percentile(latencies, 0.5) * 1e6,
+        "p99_us": _percentile(latencies, 0.99) * 1e6,
+    }
+
+
+def roundtrip(system: System, settings: Settings) -> dict:
+    """No-op round trips, one at a time: p50 and p99 latency."""
+    samples = [_timed_calls(system, settings.roundtrip_n, "noop") for _ in range(settings.reps)]
+    return summarise(system.name, "roundtrip", samples, n=settings.roundtrip_n)
+
+
+def payload(system: System, settings: Settings, workload: str) -> dict:
+    """Round trips of an echo task carrying a string of the workload's size both ways."""
+    size = PAYLOADS[workload]
+    n = settings.payload_n[workload]
+    text = "x" * size
+    try:
+        system.call("echo", text)  # warm-up; also where a size limit shows
+        samples = [_timed_calls(system, n, "echo", text) for _ in range(settings.reps)]
+    except NotApplicableError as exc:
+        return error_record(system.name, workload, "n/a", str(exc))
+    return summarise(system.name, workload, samples, n=n, payload_bytes=size)
+
+
+def throughput(system: System, settings: Settings) -> dict:
+    """``throughput_n`` no-op tasks submitted at once: tasks per second until the last result."""
+    n = settings.throughput_n
+    samples = []
+    for _ in range(settings.reps):
+        start = time.perf_counter()
+        system.run_all("noop", [()] * n)
+        samples.append({"tasks_per_s": n / (time.perf_counter() - start)})
+    note = None if n == FULL.throughput_n else f"{n} tasks (quick mode), not {FULL.throughput_n}"
+    return summarise(system.name, "throughput", samples, n=n, note=note)
+
+
+def sleep_10ms(system: System, settings: Settings) -> dict:
+    """``sleep_n`` tasks of 10 ms at once; efficiency = ideal (n x 10 ms / workers) / elapsed."""
+    n = settings.sleep_n
+    ideal = n * SLEEP_SECONDS / WORKERS
+    samples = []
+    for _ in range(settings.reps):
+        start = time.perf_counter()
+        system.run_all("sleep", [(SLEEP_SECONDS,)] * n)
+        elapsed = time.perf_counter() - start
+        samples.append({"efficiency": ideal / elapsed, "seconds": elapsed})
+    return summarise(system.name, "sleep-10ms", samples, n=n, ideal_s=ideal)
+
+
+def idle(system: System, settings: Settings) -> dict:
+    """RSS and CPU of the worker-side processes (every descendant of this process), idle."""
+    samples = []
+    for _ in range(settings.reps):
+        usage = tree_usage(settings.idle_window)
+        samples.append(
+            {
+                "rss_mb": usage["workers_rss_mb"] or None,
+                "cpu_pct": usage["workers_cpu_pct"],
+                "client_cpu_pct": usage["client_cpu_pct"],
+                "processes": usage["processes"],
+            }
+        )
+    return summarise(system.name, "idle", samples, window_s=settings.idle_window)
+
+
+def cold_start(factory: Callable[[], System], settings: Settings) -> dict:
+    """Seconds from starting a new system to the first no-op result, on a fresh system each time."""
+    samples = []
+    name = ""
+    for _ in range(settings.start_reps):
+        system = factory()
+        name = system.name
+        start = time.perf_counter()
+        try:
+            system.start()
+            system.call("noop")
+            samples.append({"seconds": time.perf_counter() - start})
+        finally:
+            system.stop()
+    note = None if settings.start_reps >= 3 else f"{settings.start_reps} repetition (quick mode)"
+    return summarise(name, "cold-start", samples, note=note)
+
+
+def _rss_mb() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def client_memory_once(system: System, n: int, settle: float = 30.0) -> dict[str, float]:
+    """Start ``system``, submit ``n`` long tasks, return the client's RSS growth (peak, MB)."""
+    system.start()
+    try:
+        for _ in range(5):
+            system.call("noop")
+        gc.collect()
+        time.sleep(0.5)
+        baseline = _rss_mb()
+        start = time.perf_counter()
+        system.submit_outstanding("block", n)
+        submit_s = time.perf_counter() - start
+        peak = _rss_mb()
+        previous = peak
+        deadline = time.monotonic() + settle
+        while time.monotonic() < deadline:  # until the RSS stops moving
+            time.sleep(0.5)
+            current = _rss_mb()
+            peak = max(peak, current)
+            if abs(current - previous) < 1.0:
+                break
+            previous = current
+        return {"rss_mb": peak - baseline, "baseline_mb": baseline, "submit_s": submit_s}
+    finally:
+        system.stop()

@@ -1,0 +1,153 @@
+"""Smoke test of the benchmark harness: tiny counts, systems that need no extra install.
+
+No speed is asserted; the test checks that the harness runs end to end and that the
+records have the documented shape.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from benchmarks import SYSTEMS, WORKLOADS
+from benchmarks.cli import bench
+from benchmarks.report import add_ratios, markdown_report, ratio_lines
+from benchmarks.runner import run_system
+from benchmarks.workloads import Settings
+
+TINY = Settings(
+    "quick",
+    reps=2,
+    start_reps=1,
+    roundtrip_n=5,
+    throughput_n=20,
+    sleep_n=4,
+    payload_n={"payload-1KiB": 2, "payload-100KiB": 2, "payload-1MiB": 1},
+    idle_window=0.2,
+    client_memory_n=50,
+    warmup=2,
+)
+FIGURES = {
+    "roundtrip": ("p50_us", "p99_us"),
+    "payload-1KiB": ("p50_us", "p99_us"),
+    "payload-100KiB": ("p50_us", "p99_us"),
+    "throughput": ("tasks_per_s",),
+    "sleep-10ms": ("efficiency",),
+    "cold-start": ("seconds",),
+    "client-memory": ("rss_mb",),
+}
+
+
+def check_shape(record: dict) -> None:
+    assert record["system"] in SYSTEMS
+    assert record["workload"] in WORKLOADS
+    assert record["status"] in ("ok", "n/a", "skipped", "error")
+    if record["status"] != "ok":
+        assert record["error"]
+        return
+    assert record["reps"] >= 1
+    for key in FIGURES.get(record["workload"], ()):
+        value = record[key]
+        assert isinstance(value, int | float) and value >= 0, (record["workload"], key, value)
+        low, high = record["spread"][key]
+        assert low <= value <= high
+    json.dumps(record)  # machine-readable as is
+
+
+@pytest.mark.parametrize("system", ["raw-zmq", "rtbatch-memory"])
+def test_harness_records(system, no_leaked_processes):
+    records = run_system(system, TINY, list(WORKLOADS))
+    assert [r["workload"] for r in records] == [
+        "idle",
+        "roundtrip",
+        "payload-1KiB",
+        "payload-100KiB",
+        "payload-1MiB",
+        "throughput",
+        "sleep-10ms",
+        "cold-start",
+        "client-memory",
+    ]
+    for record in records:
+        check_shape(record)
+    by_workload = {r["workload"]: r for r in records}
+    for workload in ("roundtrip", "throughput", "sleep-10ms", "payload-1KiB", "cold-start"):
+        assert by_workload[workload]["status"] == "ok", by_workload[workload]
+    if system == "rtbatch-memory":  # above the 1 MiB message limit once encoded
+        assert by_workload["payload-1MiB"]["status"] == "n/a"
+
+
+def test_ratios_and_report():
+    def rec(system, p50):
+        return {
+            "system": system,
+            "workload": "roundtrip",
+            "status": "ok",
+            "p50_us": p50,
+            "spread": {"p50_us": [p50, p50]},
+        }
+
+    records = [
+        rec("raw-zmq", 100.0),
+        rec("rtbatch-zmq", 150.0),
+        rec("ray", 300.0),
+        rec("dask", 600.0),
+    ]
+    add_ratios(records)
+    mine = records[1]
+    assert mine["ratio_to_raw"] == pytest.approx(1.5)
+    assert mine["best_peer"] == "ray"
+    assert mine["ratio_to_best_peer"] == pytest.approx(0.5)
+    assert any("1.50x raw-zmq" in line for line in ratio_lines(records))
+    result = {
+        "records": records,
+        "command": "python -m benchmarks",
+        "mode": "quick",
+        "elapsed_s": 1.0,
+        "finished_at": "now",
+        "machine": {
+            "cpu": "cpu",
+            "cores": 2,
+            "memory_gb": 1,
+            "platform": "p",
+            "python": "3",
+            "load_average": [0, 0, 0],
+        },
+        "load_average_end": [0, 0, 0],
+        "versions": {},
+        "reps": 3,
+    }
+    text = markdown_report(result, None)
+    assert "| roundtrip | µs p50 | 100 (100-100) | 150 (150-150) | 300 (300-300) |" in text
+
+
+def test_cli_json(tmp_path, no_leaked_processes):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(
+        bench,
+        [
+            "--quick",
+            "--systems",
+            "raw-zmq",
+            "--workloads",
+            "roundtrip,payload-1KiB",
+            "--json",
+            str(out),
+            "--no-install",
+            "--no-docs",
+            "--log-dir",
+            str(tmp_path / "logs"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    document = json.loads(out.read_text())
+    assert document["mode"] == "quick"
+    assert {"cpu", "cores", "python", "versions"} <= set(document["machine"])
+    assert "pyzmq" in document["versions"]
+    workloads = [r["workload"] for r in document["records"]]
+    assert workloads == ["roundtrip", "payload-1KiB"]
+    for record in document["records"]:
+        check_shape(record)
+        assert record["status"] == "ok"
