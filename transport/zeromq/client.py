@@ -121,6 +121,7 @@ class ZmqTransport(Transport):
         self.epoch: str | None = None
         self._generation = 0
         self._last_reply = time.monotonic()
+        self._stop_endpoint = f"inproc://heartbeat-stop-{id(self):x}"
         self._idle.append(_Conn(self._new_socket()))
         self._heartbeat_thread = threading.Thread(
             target=self._heartbeat_loop, name=f"zmq-heartbeat-{self.endpoint}", daemon=True
@@ -275,6 +276,11 @@ class ZmqTransport(Transport):
     def _heartbeats(self) -> None:
         interval = self.heartbeat_interval
         sock = self._new_socket()
+        stop = self._context.socket(zmq.PAIR)
+        stop.bind(self._stop_endpoint)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(stop, zmq.POLLIN)
         try:
             next_beat = time.monotonic()
             last_answer = next_beat
@@ -283,12 +289,21 @@ class ZmqTransport(Transport):
                 if now >= next_beat:
                     if now - last_answer > interval * self.heartbeat_liveness:
                         # Lazy Pirate: a fresh connection defeats half-open ones.
+                        poller.unregister(sock)
                         sock.close(linger=0)
                         sock = self._new_socket()
+                        poller.register(sock, zmq.POLLIN)
                         last_answer = now
                     sock.send(wire.encode_request(wire.HEARTBEAT, 0, interval))
                     next_beat = now + interval
-                if sock.poll(max(1, int((next_beat - now) * 1000))):
+                events = dict(poller.poll(max(1, int((next_beat - now) * 1000))))
+                if stop in events:
+                    # The last word: the broker drops our parked receives, and no
+                    # heartbeat follows that would make it track us again.
+                    sock.send(wire.encode_request(wire.BYE, 0), zmq.NOBLOCK)
+                    sock.close(linger=500)
+                    return
+                if sock in events:
                     frames = sock.recv_multipart()
                     last_answer = self._last_reply = time.monotonic()
                     try:
@@ -297,6 +312,7 @@ class ZmqTransport(Transport):
                         logger.warning("unreadable heartbeat reply: %s", exc)
         finally:
             sock.close(linger=0)
+            stop.close(linger=0)
 
     def _on_heartbeat_reply(self, sock: zmq.Socket, header: list[Any]) -> None:
         if header[1] != wire.OK or len(header) < 4:
@@ -379,15 +395,15 @@ class ZmqTransport(Transport):
                 return
             self._closed = True
             idle, self._idle = self._idle, []
-        for i, conn in enumerate(idle):
-            if i == 0:  # tell the broker to drop our parked receives at once
-                try:
-                    conn.sock.send(wire.encode_request(wire.BYE, 0), zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    pass
-                conn.sock.close(linger=100)
-            else:
-                conn.sock.close(linger=0)
+        for conn in idle:
+            conn.sock.close(linger=0)
+        try:
+            stop = self._context.socket(zmq.PAIR)
+            stop.connect(self._stop_endpoint)
+            stop.send(b"", zmq.NOBLOCK)
+            stop.close(linger=1000)
+        except zmq.ZMQError:
+            pass
+        self._heartbeat_thread.join(5)
         # Wakes every thread blocked on one of our sockets with ETERM (-> closed).
         self._context.term()
-        self._heartbeat_thread.join(5)
