@@ -533,6 +533,10 @@ class Engine:
                 self.engine_id,
                 len(self._inflight),
             )
+            if self._worker is not None:
+                self._worker.stop(timeout=0)  # kill it (and any JVM) before giving tasks back
+                self._worker = None
+                self._reset_poller(None)
             for held in self._inflight:
                 self._outbox.abandon(held)
             self._inflight.clear()
