@@ -21,7 +21,7 @@ import pytest
 
 from realtime_batch.transport import Transport, open_transport
 
-BACKENDS = ["memory", "zmq"]
+BACKENDS = ["memory", "zmq", "servicebus"]
 
 
 @pytest.fixture
@@ -105,6 +105,26 @@ def zmq_transport_url(zmq_session_broker) -> str:
     if zmq_session_broker.proc.poll() is not None:  # a test killed it: bring it back
         zmq_session_broker.start()
     return zmq_session_broker.url
+
+
+@pytest.fixture(scope="session")
+def servicebus_standin():
+    """One Service Bus stand-in process (tests/servicebus_standin.py) for the session."""
+    pytest.importorskip("azure.servicebus")
+    from servicebus_standin import StandInProcess
+
+    standin = StandInProcess()
+    try:
+        yield standin
+    finally:
+        standin.stop()
+
+
+@pytest.fixture
+def servicebus_transport_url(servicebus_standin) -> str:
+    """The stand-in's ``UseDevelopmentEmulator=true`` connection string (queues are unique)."""
+    assert servicebus_standin.alive(), "the Service Bus stand-in died"
+    return servicebus_standin.connection_string
 
 
 @pytest.fixture(params=BACKENDS)

@@ -1,0 +1,458 @@
+"""Service Bus transport (azure-servicebus 7): ``servicebus://NAMESPACE`` or a connection string.
+
+* ``servicebus://NAMESPACE`` (``NAMESPACE`` or ``NAMESPACE.servicebus.windows.net``)
+  authenticates with azure-identity's ``DefaultAzureCredential``.
+* ``Endpoint=sb://...;SharedAccessKeyName=...;SharedAccessKey=...`` uses the SAS key;
+  ``UseDevelopmentEmulator=true`` (official emulator, or the stand-in under ``tests/``)
+  turns TLS off.
+
+Contract mapping: ``receive`` is a peek-lock receive; ``group`` is the Service Bus
+session id (the queue must be session-enabled: ``declare_queue(..., grouped=True)``);
+``dead_letter_queue(q)`` is the ``$DeadLetterQueue`` sub-queue. One ``ServiceBusClient``
+per transport; senders are cached per queue and receivers per (queue, group), each
+guarded by its own lock because SDK handlers are not thread-safe. SDK exceptions are
+mapped into the ``TransportError`` tree in one place, ``map_servicebus_errors``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+from azure.servicebus import (
+    ServiceBusClient,
+    ServiceBusMessage,
+    ServiceBusReceivedMessage,
+    ServiceBusSubQueue,
+)
+from azure.servicebus import exceptions as sb_errors
+
+from .base import (
+    DEAD_LETTER_SUFFIX,
+    DEFAULT_LOCK_DURATION,
+    DEFAULT_MAX_DELIVERY_COUNT,
+    Delivery,
+    Message,
+    Transport,
+    as_message_list,
+    is_dead_letter_queue,
+)
+from .errors import (
+    ConnectionLostError,
+    LockLostError,
+    MessageTooLargeError,
+    QueueNotFoundError,
+    TransportClosedError,
+    TransportError,
+    TransportTimeoutError,
+)
+
+__all__ = ["DECLARE_ENTITY", "ServiceBusTransport", "map_servicebus_errors"]
+
+log = logging.getLogger(__name__)
+
+#: Control entity of the local stand-in (tests/servicebus_standin.py) that creates queues.
+DECLARE_ENTITY = "$rtbatch-declare"
+#: Largest body accepted: the Standard tier's 256 KiB less room for headers and properties.
+DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 - 8 * 1024
+_NAMESPACE_SUFFIX = ".servicebus.windows.net"
+
+
+@contextlib.contextmanager
+def map_servicebus_errors(what: str = "Service Bus operation") -> Iterator[None]:
+    """Translate azure-servicebus exceptions into the ``TransportError`` tree (the one place)."""
+    try:
+        yield
+    except TransportError:
+        raise
+    except (
+        sb_errors.MessageAlreadySettled,
+        sb_errors.MessageLockLostError,
+        sb_errors.SessionLockLostError,
+    ) as exc:
+        raise LockLostError(f"{what}: {exc}") from exc
+    except sb_errors.MessageSizeExceededError as exc:
+        raise MessageTooLargeError(-1, -1, what=f"{what}: message ({exc})") from exc
+    except sb_errors.MessagingEntityNotFoundError as exc:
+        raise QueueNotFoundError(f"{what}: {exc}") from exc
+    except sb_errors.OperationTimeoutError as exc:
+        raise TransportTimeoutError(f"{what}: {exc}") from exc
+    except (sb_errors.ServiceBusConnectionError, sb_errors.ServiceBusCommunicationError) as exc:
+        raise ConnectionLostError(f"{what}: {exc}") from exc
+    except sb_errors.ServiceBusError as exc:
+        raise TransportError(f"{what}: {exc}") from exc
+
+
+class _Handler:
+    """An SDK sender or receiver and the lock serialising its use."""
+
+    def __init__(self, handler: Any) -> None:
+        self.handler = handler
+        self.lock = threading.Lock()
+        self.broken = False
+
+    def close(self) -> None:
+        acquired = self.lock.acquire(timeout=5)
+        try:
+            self.handler.close()
+        except Exception:  # closing must never raise
+            log.debug("closing %r failed", self.handler, exc_info=True)
+        finally:
+            if acquired:
+                self.lock.release()
+
+
+def _timestamp(value: datetime.datetime | None, default: float) -> float:
+    return value.timestamp() if value is not None else default
+
+
+def _text(value: Any) -> Any:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+class ServiceBusTransport(Transport):
+    """Transport over Azure Service Bus queues (peek-lock; groups are sessions).
+
+    Args:
+        url: ``servicebus://NAMESPACE`` or a Service Bus connection string.
+        max_message_size: largest body accepted by ``send`` (default 248 KiB).
+        prefetch: messages an SDK receiver requests ahead of ``receive`` (engines).
+        credential: a ``TokenCredential`` for ``servicebus://`` (default
+            ``DefaultAzureCredential``).
+        manage: for ``servicebus://`` and non-emulator connection strings, whether
+            ``declare_queue`` may create missing queues with the administration API
+            (needs Manage rights); when refused it assumes the queue was provisioned.
+        poll_wait: seconds a ``timeout=0`` receive waits for the service's answer.
+        receive_slice: longest single SDK receive; longer waits are cut into slices so that
+            settlements from other threads and ``close()`` are not held up.
+        retry_total: SDK retries on transient faults.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        prefetch: int = 0,
+        credential: Any = None,
+        manage: bool = True,
+        poll_wait: float = 0.25,
+        receive_slice: float = 1.0,
+        retry_total: int = 3,
+        **_options: Any,
+    ) -> None:
+        self.url = url
+        self.max_message_size = max_message_size
+        self.prefetch = prefetch
+        self.manage = manage
+        self.poll_wait = poll_wait
+        self.receive_slice = receive_slice
+        self._connection_string = url if url.strip().lower().startswith("endpoint=") else None
+        self.emulator = bool(
+            self._connection_string
+            and "usedevelopmentemulator=true" in url.lower().replace(" ", "")
+        )
+        if self._connection_string:
+            self.client = ServiceBusClient.from_connection_string(url, retry_total=retry_total)
+            self._credential = None
+        else:
+            namespace = urlsplit(url).netloc or urlsplit(url).path
+            if "." not in namespace:
+                namespace += _NAMESPACE_SUFFIX
+            if credential is None:
+                from azure.identity import DefaultAzureCredential
+
+                credential = DefaultAzureCredential()
+            self._credential = credential
+            self.client = ServiceBusClient(namespace, credential, retry_total=retry_total)
+        self.namespace = self.client.fully_qualified_namespace
+        self._lock = threading.Lock()
+        self._senders: dict[str, _Handler] = {}
+        self._receivers: dict[tuple[str, str | None], _Handler] = {}
+        self._declared: set[str] = set()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"ServiceBusTransport({self.namespace!r})"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransportClosedError(f"{self!r} is closed")
+
+    # -- handlers -------------------------------------------------------------------------
+    def _sender(self, queue: str) -> _Handler:
+        with self._lock:
+            self._check_open()
+            entry = self._senders.get(queue)
+            if entry is None or entry.broken:
+                entry = _Handler(self.client.get_queue_sender(queue))
+                self._senders[queue] = entry
+        return entry
+
+    def _receiver(self, queue: str, group: str | None) -> _Handler:
+        key = (queue, group)
+        with self._lock:
+            self._check_open()
+            entry = self._receivers.get(key)
+            if entry is not None and not entry.broken:
+                return entry
+            options: dict[str, Any] = {"prefetch_count": self.prefetch}
+            name = queue
+            if is_dead_letter_queue(queue):
+                name = queue[: -len(DEAD_LETTER_SUFFIX)]
+                options["sub_queue"] = ServiceBusSubQueue.DEAD_LETTER
+            if group is not None:
+                options["session_id"] = group
+            with map_servicebus_errors(f"opening a receiver on {queue!r}"):
+                receiver = self.client.get_queue_receiver(name, **options)
+                receiver.__enter__()  # attach now, with the SDK's own open timeout
+            entry = _Handler(receiver)
+            self._receivers[key] = entry
+            return entry
+
+    @contextlib.contextmanager
+    def _using(self, entry: _Handler, what: str) -> Iterator[Any]:
+        """Serialise use of one SDK handler; a dropped connection is reopened next time."""
+        with entry.lock, map_servicebus_errors(what):
+            self._check_open()
+            try:
+                yield entry.handler
+            except (sb_errors.ServiceBusConnectionError, sb_errors.ServiceBusCommunicationError):
+                entry.broken = True
+                raise
+            except sb_errors.SessionLockLostError:
+                entry.broken = True
+                raise
+
+    # -- queues ---------------------------------------------------------------------------
+    def declare_queue(
+        self,
+        name: str,
+        *,
+        lock_duration: float = DEFAULT_LOCK_DURATION,
+        max_delivery_count: int = DEFAULT_MAX_DELIVERY_COUNT,
+        grouped: bool = False,
+    ) -> None:
+        self._check_open()
+        if name in self._declared:
+            return
+        if self.emulator:
+            self._declare_on_emulator(name, lock_duration, max_delivery_count, grouped)
+        elif self.manage:
+            self._declare_with_admin(name, lock_duration, max_delivery_count, grouped)
+        self._declared.add(name)
+
+    def _declare_on_emulator(
+        self, name: str, lock_duration: float, max_delivery_count: int, grouped: bool
+    ) -> None:
+        spec = {
+            "name": name,
+            "lock_duration": lock_duration,
+            "max_delivery_count": max_delivery_count,
+            "requires_session": grouped,
+        }
+        try:
+            with self._using(self._sender(DECLARE_ENTITY), "declare_queue") as sender:
+                sender.send_messages(ServiceBusMessage(json.dumps(spec).encode()))
+        except QueueNotFoundError as exc:
+            # The official emulator has no control entity: entities come from its Config.json.
+            log.info(
+                "cannot create %r on the emulator (%s); expecting it in Config.json", name, exc
+            )
+
+    def _declare_with_admin(
+        self, name: str, lock_duration: float, max_delivery_count: int, grouped: bool
+    ) -> None:
+        from azure.core.exceptions import (
+            ClientAuthenticationError,
+            HttpResponseError,
+            ResourceExistsError,
+            ResourceNotFoundError,
+        )
+
+        from .servicebus_cli import admin_client
+
+        try:
+            with admin_client(self._connection_string or self.namespace, self._credential) as admin:
+                try:
+                    admin.get_queue(name)
+                except ResourceNotFoundError:
+                    admin.create_queue(
+                        name,
+                        lock_duration=datetime.timedelta(seconds=lock_duration),
+                        max_delivery_count=max_delivery_count,
+                        requires_session=grouped,
+                        dead_lettering_on_message_expiration=not grouped,
+                    )
+                    log.info("created queue %r", name)
+        except ResourceExistsError:
+            pass
+        except (ClientAuthenticationError, HttpResponseError) as exc:
+            log.info("cannot check or create %r (%s); assuming it was provisioned", name, exc)
+
+    # -- messages -------------------------------------------------------------------------
+    def send(self, queue: str, messages: Message | Iterable[Message]) -> None:
+        self._check_open()
+        batch = as_message_list(messages)
+        for message in batch:
+            if len(message.body) > self.max_message_size:
+                raise MessageTooLargeError(len(message.body), self.max_message_size)
+        if not batch:
+            return
+        with self._using(self._sender(queue), f"send to {queue!r}") as sender:
+            pending = sender.create_message_batch()
+            for message in batch:
+                sb_message = _to_sdk(message)
+                try:
+                    pending.add_message(sb_message)
+                except sb_errors.MessageSizeExceededError:
+                    if len(pending) == 0:
+                        raise MessageTooLargeError(len(message.body), pending.max_size_in_bytes)
+                    sender.send_messages(pending)
+                    pending = sender.create_message_batch()
+                    pending.add_message(sb_message)
+            sender.send_messages(pending)
+
+    def receive(
+        self,
+        queue: str,
+        *,
+        max_messages: int = 1,
+        timeout: float | None = None,
+        group: str | None = None,
+    ) -> list[Delivery]:
+        self._check_open()
+        if max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            wait = self.receive_slice if remaining is None else min(self.receive_slice, remaining)
+            if timeout == 0:
+                wait = self.poll_wait
+            try:
+                entry = self._receiver(queue, group)
+            except TransportError as exc:
+                if not isinstance(exc.__cause__, sb_errors.SessionCannotBeLockedError):
+                    raise
+                entry = None  # another receiver holds the session: wait for it
+            if entry is None:
+                time.sleep(min(max(wait, 0.01), 0.5))
+            else:
+                got = self._receive_slice(entry, queue, max_messages, max(wait, 0.01))
+                if got:
+                    return got
+            if timeout == 0 or (deadline is not None and time.monotonic() >= deadline):
+                return []
+
+    def _receive_slice(
+        self, entry: _Handler, queue: str, max_messages: int, wait: float
+    ) -> list[Delivery]:
+        with self._using(entry, f"receive from {queue!r}") as receiver:
+            session = receiver.session if receiver._session else None
+            if session is not None:
+                self._keep_session(session, wait)
+            received = receiver.receive_messages(max_message_count=max_messages, max_wait_time=wait)
+            return [self._delivery(entry, queue, m, session) for m in received]
+
+    @staticmethod
+    def _keep_session(session: Any, wait: float) -> None:
+        """Renew a mailbox's session lock before it can run out during the coming wait."""
+        until = session.locked_until_utc
+        if until is not None and until.timestamp() - time.time() < max(2 * wait, 5.0):
+            session.renew_lock()
+
+    def _delivery(
+        self, entry: _Handler, queue: str, msg: ServiceBusReceivedMessage, session: Any
+    ) -> Delivery:
+        body = msg.body if isinstance(msg.body, bytes) else b"".join(msg.body)
+        ttl = msg.time_to_live.total_seconds() if msg.time_to_live else None
+        properties = {_text(k): _text(v) for k, v in (msg.application_properties or {}).items()}
+        message = Message(
+            bytes(body),
+            id=str(msg.message_id) if msg.message_id is not None else None,
+            group=msg.session_id,
+            correlation_id=msg.correlation_id,
+            properties=properties,
+            ttl=ttl,
+        )
+        lock_expiry = session.locked_until_utc if session is not None else msg.locked_until_utc
+        return Delivery(
+            message,
+            queue,
+            (msg.delivery_count or 0) + 1,  # the SDK counts from 0, the contract from 1
+            _timestamp(lock_expiry, time.time()),
+            str(msg.lock_token),
+            handle=(entry, msg),
+        )
+
+    # -- settlement -------------------------------------------------------------------------
+    def _settle(self, delivery: Delivery, what: str) -> tuple[Any, ServiceBusReceivedMessage]:
+        self._check_open()
+        entry, msg = delivery.handle
+        if entry.broken:
+            raise LockLostError(
+                f"{what}: the receiver's connection was lost; the lock went with it"
+            )
+        return entry, msg
+
+    def complete(self, delivery: Delivery) -> None:
+        entry, msg = self._settle(delivery, "complete")
+        with self._using(entry, "complete") as receiver:
+            receiver.complete_message(msg)
+
+    def abandon(self, delivery: Delivery) -> None:
+        entry, msg = self._settle(delivery, "abandon")
+        with self._using(entry, "abandon") as receiver:
+            receiver.abandon_message(msg)
+
+    def dead_letter(self, delivery: Delivery, reason: str, description: str = "") -> None:
+        entry, msg = self._settle(delivery, "dead_letter")
+        with self._using(entry, "dead_letter") as receiver:
+            receiver.dead_letter_message(msg, reason=reason, error_description=description)
+
+    def renew_lock(self, delivery: Delivery) -> float:
+        entry, msg = self._settle(delivery, "renew_lock")
+        with self._using(entry, "renew_lock") as receiver:
+            if receiver._session:
+                until = receiver.session.renew_lock()
+            else:
+                until = receiver.renew_message_lock(msg)
+        delivery.locked_until = _timestamp(until, time.time())
+        return delivery.locked_until
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            handlers = [*self._senders.values(), *self._receivers.values()]
+            self._senders.clear()
+            self._receivers.clear()
+        for entry in handlers:
+            entry.close()
+        try:
+            self.client.close()
+        except Exception:
+            log.debug("closing the Service Bus client failed", exc_info=True)
+
+
+def _to_sdk(message: Message) -> ServiceBusMessage:
+    sb_message = ServiceBusMessage(
+        message.body,
+        message_id=message.id,
+        session_id=message.group,
+        correlation_id=message.correlation_id,
+        application_properties=dict(message.properties) or None,
+    )
+    if message.ttl is not None:
+        # The ``time_to_live`` setter truncates to whole seconds; the AMQP header holds ms.
+        sb_message.raw_amqp_message.header.time_to_live = max(1, round(message.ttl * 1000))
+    return sb_message
