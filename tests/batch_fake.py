@@ -6,7 +6,7 @@ certificate (the ``DefaultAzureCredential`` path; azure-core refuses bearer toke
 over plain HTTP). Every request is recorded (method, path, JSON body) so tests can
 assert what would reach a real account. Optionally a :class:`NodeSimulator`
 "runs" the pool: it downloads resource files through their SAS URLs and starts the
-engine tasks' command lines as local processes (see ``node_sim.py``).
+engine tasks' command lines as local processes (see ``tests/azure/node_sim.py``).
 
 Run alone::
 

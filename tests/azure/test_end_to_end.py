@@ -1,0 +1,93 @@
+"""Offline end to end: AzureBatchPool -> Blob staging -> engines started by the Batch fake
+from the staged files -> ZeroMQ broker -> Session -> results, then engine logs in Blob."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from azure.batch import BatchClient
+from azure.core.credentials import AzureNamedKeyCredential
+from azure.storage.blob import BlobServiceClient
+from batch_fake import DEFAULT_ACCOUNT, DEFAULT_KEY, BatchFake
+from node_sim import NodeSimulator
+
+from realtime_batch.orchestrator.azure_batch import AzureBatchPool, PoolSpec
+from realtime_batch.orchestrator.session import Session
+
+HELLO = (
+    "def do_action(engine, args):\n    return f'hello {args[0]} from {engine.engine_id}', None\n"
+)
+
+
+@pytest.fixture
+def broker():
+    """The ZeroMQ broker as a process on a free loopback port; yields its zmq:// URL."""
+    cmd = [sys.executable, "-m", "realtime_batch.transport.zeromq", "--bind", "tcp://127.0.0.1:0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("READY"), f"broker did not start: {line!r}"
+        yield "zmq://" + line.split()[1].removeprefix("tcp://")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def simulated_batch(tmp_path):
+    sim = NodeSimulator(tmp_path / "nodes")
+    fake = BatchFake(on_task=sim)
+    url = fake.start()
+    try:
+        yield fake, url, sim
+    finally:
+        sim.stop()
+        fake.stop()
+
+
+def test_pool_to_results_offline(no_leaked_processes, simulated_batch, broker, azurite, tmp_path):
+    fake, url, sim = simulated_batch
+    (tmp_path / "hello_task.py").write_text(HELLO)
+    (tmp_path / "data.txt").write_text("input\n")
+    wheel = tmp_path / "realtime_batch-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"stand-in wheel: the simulated node uses the test interpreter")
+    pool = AzureBatchPool(
+        BatchClient(endpoint=url, credential=AzureNamedKeyCredential(DEFAULT_ACCOUNT, DEFAULT_KEY)),
+        BlobServiceClient.from_connection_string(azurite),
+        "e2e",
+        transport_url=broker,
+        spec=PoolSpec(dedicated_nodes=1, engines_per_node=2),
+        task_files=[tmp_path / "hello_task.py"],
+        input_files=[tmp_path / "data.txt"],
+        wheel=wheel,
+        poll_interval=0.01,
+    )
+    try:
+        pool.create()
+        job = pool.start_engines()
+        with Session(pool) as session:
+            futures = [session.submit("hello_task.py", f"n{i}") for i in range(6)]
+            values = [f.result(timeout=60) for f in futures]
+        assert not sim.errors, sim.errors
+        assert [v.split(" from ")[0] for v in values] == [f"hello n{i}" for i in range(6)]
+        engines = {v.split(" from ")[1] for v in values}
+        assert engines <= {f"node-0/engine-000{i}-r0" for i in range(2)}
+        # engines were run from the staged files: the input file landed in their work dir
+        assert (tmp_path / f"nodes/node-0/workitems/{job}/engine-0000-r0/wd/data.txt").is_file()
+        sim.stop()  # the engines end (SIGTERM): their logs go to Blob as output files
+        assert not sim.errors, sim.errors
+        assert {t["state"] for t in fake.tasks[job].values()} == {"completed"}
+        pool.delete_job(job)
+        assert pool.jobs() == []
+        logs = pool.logs(tmp_path / "logs", job=job)
+        assert {p.name for p in logs} == {"stdout.txt", "stderr.txt"}
+        assert len(logs) == 4
+    finally:
+        pool.staging.delete(keep_logs=False)
+        pool.close()
