@@ -23,6 +23,8 @@ from typing import Any
 
 import attrs
 
+from .errors import LockLostError
+
 __all__ = [
     "DEAD_LETTER_SUFFIX",
     "DEFAULT_LOCK_DURATION",
@@ -170,6 +172,21 @@ class Transport(ABC):
     @abstractmethod
     def complete(self, delivery: Delivery) -> None:
         """Remove the message for good. Raises ``LockLostError`` if the lease is gone."""
+
+    def complete_many(self, deliveries: Iterable[Delivery]) -> None:
+        """Complete several deliveries, in one round trip where the backend can.
+
+        Every delivery is attempted; if some leases were lost, ``LockLostError`` is
+        raised afterwards (the others are completed).
+        """
+        lost: LockLostError | None = None
+        for delivery in deliveries:
+            try:
+                self.complete(delivery)
+            except LockLostError as exc:
+                lost = lost or exc
+        if lost is not None:
+            raise lost
 
     @abstractmethod
     def abandon(self, delivery: Delivery) -> None:

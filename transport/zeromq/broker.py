@@ -259,6 +259,14 @@ class Broker:
                 raise QueueNotFoundError(f"bad settings for queue {name!r}")
             created = store.declare(name, QueueOptions(float(lock_duration), max_delivery_count))
             return wire.encode_reply(rid, created)
+        if command == wire.COMPLETE_MANY:
+            lost = []
+            for index, token in enumerate(args):
+                try:
+                    store.complete(token, now)
+                except LockLostError:
+                    lost.append(index)
+            return wire.encode_reply(rid, lost)
         if command == wire.RELEASE:
             for token in args:
                 try:

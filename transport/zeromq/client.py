@@ -35,6 +35,7 @@ from ..base import (
 )
 from ..errors import (
     ConnectionLostError,
+    LockLostError,
     MessageTooLargeError,
     TransportClosedError,
     TransportError,
@@ -377,6 +378,19 @@ class ZmqTransport(Transport):
 
     def complete(self, delivery: Delivery) -> None:
         self._call(wire.COMPLETE, [delivery.lock_token])
+
+    def complete_many(self, deliveries: Iterable[Delivery]) -> None:
+        """Complete several deliveries in one round trip (see ``Transport.complete_many``)."""
+        batch = list(deliveries)
+        if not batch:
+            return
+        header, _frames = self._call(wire.COMPLETE_MANY, [d.lock_token for d in batch])
+        lost = header[2]
+        if lost:
+            raise LockLostError(
+                f"the lock was lost for {len(lost)} of {len(batch)} deliveries "
+                f"(first: message {batch[lost[0]].message.id})"
+            )
 
     def abandon(self, delivery: Delivery) -> None:
         self._call(wire.ABANDON, [delivery.lock_token])

@@ -39,6 +39,7 @@ __all__ = [
     "BYE",
     "COMMAND_NAMES",
     "COMPLETE",
+    "COMPLETE_MANY",
     "DEAD_LETTER",
     "DECLARE",
     "ERR_BAD_REQUEST",
@@ -81,6 +82,7 @@ DEAD_LETTER = 7  # args: [token, reason, description] -> []
 RENEW = 8  # args: [token]                         -> [locked_until]
 RELEASE = 9  # args: [token, ...]: abandon leases nobody will settle; never answered
 BYE = 10  # args: []: the client is closing; never answered
+COMPLETE_MANY = 11  # args: [token, ...]            -> [[index of each lost lease, ...]]
 
 COMMAND_NAMES = {
     HEARTBEAT: "heartbeat",
@@ -93,6 +95,7 @@ COMMAND_NAMES = {
     RENEW: "renew",
     RELEASE: "release",
     BYE: "bye",
+    COMPLETE_MANY: "complete_many",
 }
 
 # -- reply status ---------------------------------------------------------------------------
@@ -239,9 +242,9 @@ def decode_request(frames: Sequence[bytes], max_message_size: int) -> Request:
 def _decode_body(
     command: Any, request_id: int, args: list[Any], payload: Sequence[bytes], max_size: int
 ) -> Request:
-    if command == RELEASE:
+    if command in (RELEASE, COMPLETE_MANY):
         if payload or not all(_is_str(token) for token in args):
-            raise FrameError("release takes lock tokens and no payload")
+            raise FrameError(f"{COMMAND_NAMES[command]} takes lock tokens and no payload")
         return Request(command, request_id, args)
     rules = _ARG_RULES.get(command) if isinstance(command, int) else None
     if rules is None:
