@@ -130,3 +130,15 @@ def test_repr_and_sas_carry_no_account_key(staging, azurite):
     key = BlobServiceClient.from_connection_string(azurite).credential.account_key
     assert key not in repr(staging)
     assert key not in staging.read_sas() and key not in staging.log_container_url()
+
+
+def test_build_wheel_from_the_source_tree(tmp_path):
+    from realtime_batch.orchestrator.staging import build_wheel
+
+    wheel = build_wheel(out_dir=tmp_path)
+    assert wheel.name.startswith("realtime_batch-") and wheel.suffix == ".whl"
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "realtime_batch/orchestrator/azure_batch.py" in names
+    assert "realtime_batch/engine/__init__.py" in names
