@@ -23,13 +23,20 @@ def free_port() -> int:
 
 @pytest.fixture
 def no_leaked_processes():
-    """Fail the test if it leaves child processes of this pytest process behind."""
+    """Fail the test if it leaves processes behind.
+
+    Processes started by processes that were already running (e.g. a worker restarted
+    by an engine of a module-scoped pool) belong to those and are not counted.
+    """
     me = psutil.Process(os.getpid())
     before = {p.pid for p in me.children(recursive=True)}
     yield
     leftover = []
     for proc in me.children(recursive=True):
-        if proc.pid in before:
+        try:
+            if proc.pid in before or any(p.pid in before for p in proc.parents()):
+                continue
+        except psutil.NoSuchProcess:
             continue
         try:
             proc.wait(timeout=5)

@@ -1,0 +1,2 @@
+def run(*args, **kwargs):
+    return {"args": list(args), "kwargs": kwargs}

@@ -1,0 +1,6 @@
+import time
+
+
+def run(seconds):
+    time.sleep(seconds)
+    return seconds
