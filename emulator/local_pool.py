@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -263,7 +264,7 @@ class LocalPool(Pool):
         return [f.name for f in new]
 
     # ------------------------------------------------------------------ engines
-    def _engine_argv(self, node: Path, engine_id: str) -> list[str]:
+    def _engine_argv(self, node: Path) -> list[str]:
         argv = [
             sys.executable,
             "-m",
@@ -278,8 +279,6 @@ class LocalPool(Pool):
             str(node / "wd"),
             "--prefetch",
             str(self.prefetch),
-            "--engine-id",
-            engine_id,
             "--lock-duration",
             str(self.lock_duration),
             "--max-delivery-count",
@@ -295,11 +294,11 @@ class LocalPool(Pool):
             self._next_node += 1
         node = self._node_dir(index)
         self._stage_node(node)
-        engine_id = f"{os.uname().nodename}-node{index}"
-        if self._scheme == "memory":
-            return self._spawn_thread(node, engine_id)
+        if self._scheme == "memory":  # threads share a pid: add the node index
+            return self._spawn_thread(node, f"{socket.gethostname()}-{os.getpid()}-{index}")
+        # A process uses the engine's own id, host name + pid, as on a Batch node.
         return _Proc(
-            self._engine_argv(node, engine_id),
+            self._engine_argv(node),
             cwd=node / "wd",
             log_path=node / "engine.log",
             ready_prefix="ENGINE READY",

@@ -71,7 +71,7 @@ def jdk_available() -> bool:
 
 
 @click.command()
-@click.option("--tasks", default=200, show_default=True, help="Number of tasks.")
+@click.option("--tasks", default=100, show_default=True, help="Number of tasks.")
 @click.option("--samples", default=200_000, show_default=True, help="Samples per task.")
 @click.option("--engines", default=2, show_default=True, help="Engines in the local pool.")
 @click.option(
