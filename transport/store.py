@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import uuid
+import os
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -58,15 +58,16 @@ class _Queue:
         self.size = 0
 
     def push(self, entry: _Entry) -> None:
-        heapq.heappush(self.groups.setdefault(entry.message.group, []), entry)
+        # (seq, entry) tuples: heap comparisons stay in C instead of calling _Entry.__lt__
+        heapq.heappush(self.groups.setdefault(entry.message.group, []), (entry.seq, entry))
         self.size += 1
 
     def pop(self, group: Any) -> _Entry | None:
         if group is _ANY_GROUP:
             best_key, best = None, None
             for key, heap in self.groups.items():
-                if best is None or heap[0].seq < best.seq:
-                    best_key, best = key, heap[0]
+                if best is None or heap[0][0] < best.seq:
+                    best_key, best = key, heap[0][1]
             if best is None:
                 return None
             key = best_key
@@ -75,7 +76,7 @@ class _Queue:
             if key not in self.groups:
                 return None
         heap = self.groups[key]
-        entry = heapq.heappop(heap)
+        entry = heapq.heappop(heap)[1]
         if not heap:
             del self.groups[key]
         self.size -= 1
@@ -199,7 +200,7 @@ class QueueStore:
                 self._removed(q, entry)
                 continue
             entry.delivery_count += 1
-            token = uuid.uuid4().hex
+            token = os.urandom(16).hex()  # as unguessable as uuid4, a quarter of the cost
             locked_until = now + q.options.lock_duration
             self._leases[token] = _Lease(token, q, entry, locked_until, owner)
             heapq.heappush(self._lease_heap, (locked_until, token))

@@ -112,7 +112,7 @@ class Broker:
         self._waiting: dict[str, deque[_Waiter]] = {}
         self._deadlines: list[tuple[float, int, _Waiter]] = []
         self._seq = itertools.count()
-        self._owner_expiry: dict[bytes, float] = {}
+        self._last_seen: dict[bytes, float] = {}
         self._owner_interval: dict[bytes, float] = {}
         self._next_owner_check = 0.0
         self.requests_handled = 0
@@ -133,12 +133,15 @@ class Broker:
         sock = self._socket
         recv = sock.recv_multipart
         handle = self._handle
+        current_timeout = -2
         while not self._stopping:
-            now = time.time()
-            timeout = self._timers(now)
+            # A blocking recv with RCVTIMEO is one C call; Socket.poll builds a Poller.
+            timeout = max(1, int(self._timers(time.time()) * 1000))
+            if timeout != current_timeout:
+                sock.setsockopt(zmq.RCVTIMEO, timeout)
+                current_timeout = timeout
             try:
-                if not sock.poll(timeout * 1000):
-                    continue
+                handle(recv())
                 for _ in range(_RECV_BATCH):
                     handle(recv(zmq.NOBLOCK))
             except zmq.Again:
@@ -171,7 +174,13 @@ class Broker:
         return max(0.0, min(wake - now, _MAX_POLL))
 
     def _check_owners(self, now: float) -> None:
-        gone = [owner for owner, expiry in self._owner_expiry.items() if expiry < now]
+        default, liveness = self.heartbeat_interval, self.heartbeat_liveness
+        intervals = self._owner_interval
+        gone = [
+            owner
+            for owner, seen in self._last_seen.items()
+            if now - seen > liveness * intervals.get(owner, default)
+        ]
         for owner in gone:
             self._forget_owner(owner)
             released = self.store.release_owner(owner, now)
@@ -179,7 +188,7 @@ class Broker:
                 logger.info("client %s went silent: released %d lease(s)", owner.hex(), released)
 
     def _forget_owner(self, owner: bytes) -> None:
-        self._owner_expiry.pop(owner, None)
+        self._last_seen.pop(owner, None)
         self._owner_interval.pop(owner, None)
         for name, waiters in list(self._waiting.items()):
             kept = deque(w for w in waiters if w.owner != owner)
@@ -199,9 +208,7 @@ class Broker:
         identity = frames[0]
         owner = identity[:OWNER_ID_LENGTH]
         now = time.time()
-        self._owner_expiry[owner] = now + self.heartbeat_liveness * self._owner_interval.get(
-            owner, self.heartbeat_interval
-        )
+        self._last_seen[owner] = now
         try:
             request = wire.decode_request(frames[1:], self.max_message_size)
         except wire.FrameError as exc:
@@ -224,10 +231,10 @@ class Broker:
         except Exception as exc:
             logger.exception("internal error on %s", wire.COMMAND_NAMES.get(request.command))
             reply = wire.encode_error(rid, wire.ERR_INTERNAL, repr(exc)[:200])
+        if self.store.ready:  # serve parked consumers first: they are on the critical path
+            self._serve_ready(now)
         if reply is not None:
             self._reply(identity, reply)
-        if self.store.ready:
-            self._serve_ready(now)
 
     def _dispatch(self, request: wire.Request, identity: bytes, owner: bytes, now: float) -> Any:
         command, rid, args = request.command, request.request_id, request.args
@@ -251,7 +258,6 @@ class Broker:
         if command == wire.HEARTBEAT:
             interval = min(max(float(args[0]), 0.01), 3600.0)
             self._owner_interval[owner] = interval
-            self._owner_expiry[owner] = now + self.heartbeat_liveness * interval
             return wire.encode_reply(rid, self.epoch, self.max_message_size)
         if command == wire.DECLARE:
             name, lock_duration, max_delivery_count = args

@@ -136,6 +136,8 @@ class ZmqTransport(Transport):
     def _new_socket(self) -> zmq.Socket:
         sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        # Replies are awaited with a blocking recv in slices of one heartbeat interval.
+        sock.setsockopt(zmq.RCVTIMEO, max(1, int(self.heartbeat_interval * 1000)))
         sock.setsockopt(
             zmq.ROUTING_ID, self.client_id + next(self._socket_numbers).to_bytes(4, "big")
         )
@@ -224,11 +226,13 @@ class ZmqTransport(Transport):
         rid = next(self._request_ids)
         generation = self._generation
         sock.send_multipart([wire.encode_request(command, rid, *args), *payload], copy=False)
-        slice_ms = int(self.heartbeat_interval * 1000) or 1
         silence_limit = self.heartbeat_interval * self.heartbeat_liveness
         while True:
-            if sock.poll(slice_ms):
+            try:
                 frames = sock.recv_multipart()
+            except zmq.Again:  # one RCVTIMEO slice without an answer
+                pass
+            else:
                 header = wire.decode_reply_header(frames[0])
                 if header[0] == rid:
                     return header, frames[1:]

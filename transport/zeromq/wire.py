@@ -198,16 +198,16 @@ def encode_message(message: Message) -> tuple[bytes, bytes]:
 
 def _decode_message(meta_frame: bytes, body: bytes) -> Message:
     meta = _loads(meta_frame, "message meta")
-    if not isinstance(meta, list) or len(meta) != 5:
+    if type(meta) is not list or len(meta) != 5:
         raise FrameError("message meta must be a list of 5 items")
     message_id, group, correlation_id, props, ttl = meta
     if not (
-        _is_str(message_id)
+        type(message_id) is str
         and message_id
-        and _is_opt_str(group)
-        and _is_opt_str(correlation_id)
-        and (props is None or isinstance(props, dict))
-        and _is_opt_number(ttl)
+        and (group is None or type(group) is str)
+        and (correlation_id is None or type(correlation_id) is str)
+        and (props is None or type(props) is dict)
+        and (ttl is None or _is_number(ttl))
     ):
         raise FrameError("message meta has a field of the wrong type")
     return Message(
@@ -249,13 +249,17 @@ def _decode_body(
     rules = _ARG_RULES.get(command) if isinstance(command, int) else None
     if rules is None:
         raise FrameError(f"unknown command {command!r}")
-    if len(args) != len(rules) or not all(rule(a) for rule, a in zip(rules, args, strict=True)):
+    if len(args) != len(rules):
         raise FrameError(f"bad arguments for {COMMAND_NAMES[command]}")
+    for rule, arg in zip(rules, args):  # noqa: B905 (lengths checked above)
+        if not rule(arg):
+            raise FrameError(f"bad arguments for {COMMAND_NAMES[command]}")
     request = Request(command, request_id, args)
     if command == SEND:
         count = args[1]
         if len(payload) != 2 * count:
             raise FrameError(f"send of {count} messages needs {2 * count} frames")
+        messages = request.messages
         for i in range(0, len(payload), 2):
             body = payload[i + 1]
             if len(body) > max_size:
@@ -263,7 +267,7 @@ def _decode_body(
                     f"message of {len(body)} bytes exceeds the broker limit of {max_size} bytes",
                     status=ERR_TOO_LARGE,
                 )
-            request.messages.append(_decode_message(payload[i], body))
+            messages.append(_decode_message(payload[i], body))
     elif payload:
         raise FrameError(f"{COMMAND_NAMES[command]} takes no payload frames")
     return request

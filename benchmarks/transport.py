@@ -1,0 +1,316 @@
+"""The ``zmq://`` transport against the raw pyzmq floor, in one run.
+
+(a) raw pyzmq 3-hop brokered request-reply: a ROUTER-ROUTER broker process, one
+    DEALER worker process, a DEALER client (this process): client -> broker ->
+    worker -> broker -> client;
+(b) the same path through ``zmq://`` and the ``rtbatch broker`` process: the
+    client sends a task, a worker process receives it, sends the reply to the
+    client's mailbox (a group on the results queue) and completes the task; the
+    client receives the reply and completes it.
+
+For each: round-trip p50/p99 (one message in flight) and the pipelined throughput
+of 20,000 small messages. Then the broker's RSS with 100,000 queued 100-byte
+messages. Figures only, no asserts::
+
+    python -m benchmarks.transport [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the checkout importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import psutil
+import zmq
+
+from realtime_batch.transport import Message, open_transport
+
+__all__ = ["main"]
+
+BODY = b"x" * 32
+TASKS, RESULTS, MAILBOX = "bench-tasks", "bench-results", "bench-client"
+STOP = b"__stop__"
+
+
+# -- (a) raw pyzmq ---------------------------------------------------------------------------
+def _raw_socket(ctx: zmq.Context, kind: int) -> zmq.Socket:
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    return sock
+
+
+def raw_broker(pipe: Connection) -> None:
+    """ROUTER (clients) <-> ROUTER (worker); forwards frames, nothing else."""
+    ctx = zmq.Context()
+    front, back = _raw_socket(ctx, zmq.ROUTER), _raw_socket(ctx, zmq.ROUTER)
+    front.bind("tcp://127.0.0.1:*")
+    back.bind("tcp://127.0.0.1:*")
+    pipe.send((front.LAST_ENDPOINT.decode(), back.LAST_ENDPOINT.decode()))
+    worker = back.recv_multipart()[0]  # its READY
+    poller = zmq.Poller()
+    poller.register(front, zmq.POLLIN)
+    poller.register(back, zmq.POLLIN)
+    while True:
+        events = dict(poller.poll())
+        if front in events:
+            while True:
+                try:
+                    client, payload = front.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if payload == STOP:
+                    back.send_multipart([worker, client, STOP])
+                    return
+                back.send_multipart([worker, client, payload])
+        if back in events:
+            while True:
+                try:
+                    _worker, client, payload = back.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                front.send_multipart([client, payload])
+
+
+def raw_worker(endpoint: str) -> None:
+    """DEALER echo worker."""
+    ctx = zmq.Context()
+    sock = _raw_socket(ctx, zmq.DEALER)
+    sock.connect(endpoint)
+    sock.send(b"READY")
+    while True:
+        client, payload = sock.recv_multipart()
+        if payload == STOP:
+            return
+        sock.send_multipart([client, payload])
+
+
+def bench_raw(n_latency: int, n_throughput: int, window: int) -> dict[str, float]:
+    spawn = mp.get_context("spawn")
+    parent, child = spawn.Pipe()
+    broker = spawn.Process(target=raw_broker, args=(child,), daemon=True)
+    broker.start()
+    front, back = parent.recv()
+    worker = spawn.Process(target=raw_worker, args=(back,), daemon=True)
+    worker.start()
+    ctx = zmq.Context()
+    sock = _raw_socket(ctx, zmq.DEALER)
+    sock.connect(front)
+    try:
+        sock.send(BODY)  # warm up (waits for the worker)
+        sock.recv()
+        samples = []
+        for _ in range(n_latency):
+            start = time.perf_counter()
+            sock.send(BODY)
+            sock.recv()
+            samples.append(time.perf_counter() - start)
+        sent = received = 0
+        start = time.perf_counter()
+        while received < n_throughput:
+            while sent < n_throughput and sent - received < window:
+                sock.send(BODY)
+                sent += 1
+            sock.recv()
+            received += 1
+        elapsed = time.perf_counter() - start
+        sock.send(STOP)
+    finally:
+        sock.close(0)
+        ctx.term()
+        for proc in (broker, worker):
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+    return _figures(samples, n_throughput / elapsed)
+
+
+# -- (b) zmq:// ------------------------------------------------------------------------------
+def zmq_worker(url: str) -> None:
+    """Receive tasks, send each reply to its sender's mailbox, then complete (batched)."""
+    with open_transport(url) as t:
+        while True:
+            deliveries = t.receive(TASKS, max_messages=256, timeout=5)
+            stop = any(d.message.body == STOP for d in deliveries)
+            replies = [
+                Message(d.message.body, group=d.message.group, correlation_id=d.message.id)
+                for d in deliveries
+                if d.message.body != STOP
+            ]
+            if replies:
+                t.send(RESULTS, replies)
+            if deliveries:
+                t.complete_many(deliveries)
+            if stop:
+                return
+
+
+def start_broker(*args: str) -> tuple[subprocess.Popen[str], str]:
+    cmd = [sys.executable, "-m", "realtime_batch.transport.zeromq"]
+    proc = subprocess.Popen(
+        [*cmd, "--bind", "tcp://127.0.0.1:0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    line = proc.stdout.readline()
+    if not line.startswith("READY "):
+        proc.kill()
+        raise RuntimeError(f"broker did not start: {line!r}")
+    return proc, "zmq://" + line.split()[1].removeprefix("tcp://")
+
+
+def stop_broker(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def bench_transport(n_latency: int, n_throughput: int, window: int) -> dict[str, float]:
+    broker, url = start_broker()
+    spawn = mp.get_context("spawn")
+    worker = None
+    try:
+        with open_transport(url) as t:
+            t.declare_queue(TASKS)
+            t.declare_queue(RESULTS, grouped=True)
+            worker = spawn.Process(target=zmq_worker, args=(url,), daemon=True)
+            worker.start()
+
+            def one() -> None:
+                t.send(TASKS, Message(BODY, group=MAILBOX))
+                [reply] = t.receive(RESULTS, timeout=30, group=MAILBOX)
+                t.complete(reply)
+
+            one()  # warm up (waits for the worker)
+            samples, cycles = [], []
+            for _ in range(n_latency):
+                start = time.perf_counter()
+                t.send(TASKS, Message(BODY, group=MAILBOX))
+                [reply] = t.receive(RESULTS, timeout=30, group=MAILBOX)
+                samples.append(time.perf_counter() - start)
+                t.complete(reply)
+                cycles.append(time.perf_counter() - start)
+            rate = _pipelined(t, n_throughput, window)
+            t.send(TASKS, Message(STOP))
+    finally:
+        if worker is not None:
+            worker.join(10)
+            if worker.is_alive():
+                worker.kill()
+        stop_broker(broker)
+    figures = _figures(samples, rate)
+    figures["cycle_p50_us"] = statistics.median(cycles) * 1e6
+    return figures
+
+
+def _pipelined(t, total: int, window: int) -> float:
+    """Send ``total`` tasks (at most ``window`` unanswered) while a thread collects replies."""
+    credit = threading.Semaphore(window)
+    batch = 64
+
+    def sender() -> None:
+        sent = 0
+        while sent < total:
+            size = min(batch, total - sent)
+            for _ in range(size):
+                credit.acquire()
+            t.send(TASKS, [Message(BODY, group=MAILBOX) for _ in range(size)])
+            sent += size
+
+    thread = threading.Thread(target=sender)
+    start = time.perf_counter()
+    thread.start()
+    received = 0
+    while received < total:
+        replies = t.receive(RESULTS, max_messages=512, timeout=30, group=MAILBOX)
+        if not replies:
+            raise RuntimeError(f"stalled after {received} replies")
+        t.complete_many(replies)
+        received += len(replies)
+        for _ in replies:
+            credit.release()
+    elapsed = time.perf_counter() - start
+    thread.join()
+    return total / elapsed
+
+
+# -- broker memory ---------------------------------------------------------------------------
+def bench_memory(count: int, size: int = 100) -> dict[str, float]:
+    broker, url = start_broker()
+    try:
+        process = psutil.Process(broker.pid)
+        idle = process.memory_info().rss
+        with open_transport(url) as t:
+            t.declare_queue("bench-memory")
+            body = b"m" * size
+            for offset in range(0, count, 1000):
+                t.send("bench-memory", [Message(body) for _ in range(min(1000, count - offset))])
+            time.sleep(0.2)
+            loaded = process.memory_info().rss
+    finally:
+        stop_broker(broker)
+    return {"idle_mb": idle / 2**20, "loaded_mb": loaded / 2**20, "count": count}
+
+
+# -- report ----------------------------------------------------------------------------------
+def _figures(samples: list[float], rate: float) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "p50_us": statistics.median(ordered) * 1e6,
+        "p99_us": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e6,
+        "throughput": rate,
+    }
+
+
+def _timed(label: str, func: Callable[[], dict[str, float]]) -> dict[str, float]:
+    print(f"running {label} ...", file=sys.stderr, flush=True)
+    return func()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
+    parser.add_argument("--messages", type=int, default=20_000, help="pipelined message count")
+    parser.add_argument("--window", type=int, default=1000, help="max unanswered messages")
+    args = parser.parse_args(argv)
+    n_latency = 300 if args.quick else 3000
+    n_throughput = 2000 if args.quick else args.messages
+    queued = 10_000 if args.quick else 100_000
+
+    raw = _timed("raw pyzmq", lambda: bench_raw(n_latency, n_throughput, args.window))
+    ours = _timed("zmq://", lambda: bench_transport(n_latency, n_throughput, args.window))
+    memory = _timed("broker memory", lambda: bench_memory(queued))
+
+    print(f"round trip ({n_latency} samples), pipelined throughput ({n_throughput} messages)")
+    print(f"{'':28}{'p50 us':>10}{'p99 us':>10}{'msg/s':>10}")
+    for name, fig in (("raw pyzmq 3-hop", raw), ("zmq:// send->reply", ours)):
+        print(f"{name:28}{fig['p50_us']:>10.0f}{fig['p99_us']:>10.0f}{fig['throughput']:>10.0f}")
+    print(f"{'zmq:// incl. complete':28}{ours['cycle_p50_us']:>10.0f}")
+    p50_ratio = ours["p50_us"] / raw["p50_us"]
+    rate_ratio = ours["throughput"] / raw["throughput"]
+    print(f"ratio p50 zmq:// / raw: {p50_ratio:.2f}  (target <= 1.5)")
+    print(f"ratio throughput zmq:// / raw: {rate_ratio:.2f}  (target >= 0.5)")
+    print(
+        f"broker RSS: {memory['idle_mb']:.1f} MB idle, {memory['loaded_mb']:.1f} MB with "
+        f"{memory['count']:,} queued 100-byte messages (target < 100 MB at 100,000)"
+    )
+
+
+if __name__ == "__main__":
+    main()
