@@ -94,6 +94,7 @@ def engine(
     Prints "ENGINE READY <engine-id>" on stdout once connected and warm; logs go to
     stderr. SIGTERM/SIGINT stop it gracefully (exit code 0).
     """
+    from ..transport.errors import TransportError
     from .engine import Engine, EngineError
 
     level = log_level or os.environ.get("RTBATCH_LOG_LEVEL") or "INFO"
@@ -126,5 +127,5 @@ def engine(
             on_ready=announce,
         )
         eng.run()
-    except EngineError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (EngineError, TransportError) as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc

@@ -77,6 +77,8 @@ class Engine:
         max_delivery_count: deliveries before dead-lettering (when this engine creates it).
         result_ttl: time-to-live of result messages, in seconds.
         grace: seconds a running task may take to finish after ``stop``.
+        settle_threads: completes/abandons issued concurrently (each is a broker round
+            trip on zmq and Service Bus); 1 settles inline.
         on_ready: called once connected and the worker is warm.
     """
 
@@ -94,6 +96,7 @@ class Engine:
         max_delivery_count: int = DEFAULT_MAX_DELIVERY_COUNT,
         result_ttl: float | None = DEFAULT_RESULT_TTL,
         grace: float = 10.0,
+        settle_threads: int = 4,
         on_ready: Callable[[Engine], None] | None = None,
     ) -> None:
         if prefetch < 1:
@@ -119,7 +122,9 @@ class Engine:
         self.tasks_done = 0
         self.error: BaseException | None = None
 
-        self._outbox = Outbox(self.transport, self.engine_id, self.max_delivery_count, result_ttl)
+        self._outbox = Outbox(
+            self.transport, self.engine_id, self.max_delivery_count, result_ttl, settle_threads
+        )
         self._worker: WorkerProcess | None = None
         self._poller = select.poll()
         self._pending: deque[Held] = deque()  # admitted, not yet given to the worker
@@ -556,6 +561,7 @@ class Engine:
         wake_fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
         for fd in wake_fds:
             os.close(fd)
+        self._outbox.close()
         if self._owns_transport:
             self.transport.close()
         logger.info("engine %s stopped after %d task(s)", self.engine_id, self.tasks_done)

@@ -100,7 +100,7 @@ def test_engine_process_serves_then_stops_gracefully_on_sigterm(
     assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
 
 
-def test_engine_process_exits_when_its_worker_cannot_start(zmq_broker, tmp_path):
+def test_engine_process_rejects_a_missing_tasks_dir(zmq_broker, tmp_path):
     missing = tmp_path / "missing"
     out = subprocess.run(
         [sys.executable, "-m", "realtime_batch.engine", "--transport", zmq_broker.url,

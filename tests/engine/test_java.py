@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from realtime_batch.engine import JavaTaskError, build_jar, java_runner
@@ -94,3 +96,23 @@ def test_pi_jar_task_builds_the_jar_from_staged_source(harness, tmp_path):
     assert result.ok, result.error
     assert result.value["samples"] == 100
     assert (tasks / "pi.jar").is_file()
+
+
+def test_timeout_kills_the_jvm_with_the_worker(harness, pi_tasks):
+    jar = str((pi_tasks / "pi.jar").resolve())
+
+    def jvms():
+        return [p for p in psutil.process_iter(["cmdline"]) if jar in (p.info["cmdline"] or [])]
+
+    harness.engine(tasks_dir=pi_tasks)
+    harness.submit("pi.jar", 10**15, 1, timeout=3.0)  # would run for days
+    end = time.monotonic() + 3.0
+    seen = jvms()
+    while not seen and time.monotonic() < end:
+        time.sleep(0.05)
+        seen = jvms()
+    assert seen, "the JVM never started"
+    result = harness.result()
+    assert result.error.type == "TaskTimeoutError"
+    _gone, alive = psutil.wait_procs(seen, timeout=10)
+    assert not alive
