@@ -133,6 +133,7 @@ class Broker:
         sock = self._socket
         recv = sock.recv_multipart
         handle = self._handle
+        events = sock.getsockopt
         current_timeout = -2
         while not self._stopping:
             # A blocking recv with RCVTIMEO is one C call; Socket.poll builds a Poller.
@@ -142,7 +143,10 @@ class Broker:
                 current_timeout = timeout
             try:
                 handle(recv())
+                # Drain what is queued; EVENTS is cheaper than a zmq.Again per wake-up.
                 for _ in range(_RECV_BATCH):
+                    if not events(zmq.EVENTS) & zmq.POLLIN:
+                        break
                     handle(recv(zmq.NOBLOCK))
             except zmq.Again:
                 pass
