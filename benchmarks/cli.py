@@ -7,8 +7,10 @@ floor and the best peer, and writes the JSON, the chart and ``docs/benchmarks.md
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -53,9 +55,15 @@ def _run_one(system: str, mode: str, workloads: list[str], log: Path) -> tuple[l
     versions: dict[str, str] = {}
     with log.open("w") as errors:
         proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=errors, text=True, env=child_env(), cwd=ROOT
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            env=child_env(),
+            cwd=ROOT,
+            process_group=0,
         )
-        timer = threading.Timer(TIME_LIMIT[mode], proc.kill)
+        timer = threading.Timer(TIME_LIMIT[mode], _kill_group, (proc.pid,))
         timer.start()
         try:
             assert proc.stdout is not None
@@ -79,6 +87,11 @@ def _run_one(system: str, mode: str, workloads: list[str], log: Path) -> tuple[l
         ]
         click.echo(f"  {system}: {reason}", err=True)
     return records, versions
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def _short(record: dict) -> str:

@@ -3,9 +3,9 @@
 ``python -m benchmarks.runner SYSTEM --mode quick|full --workloads a,b`` prints one
 ``RECORD {json}`` line per workload (and ``VERSIONS {json}``); the parent
 (``benchmarks.cli``) starts one such process per system, so a crash or a leak stays
-in that system's process. ``--client-memory N`` measures one client-memory
-repetition and prints ``CLIENTMEM {json}`` (a fresh process per repetition, so the
-RSS growth is not hidden by memory freed earlier).
+in that system's process. ``--fresh N`` measures one cold start and then the
+client's RSS growth with N outstanding tasks, and prints ``FRESH {json}`` (a fresh
+process per repetition, so the growth is not hidden by memory freed earlier).
 """
 
 from __future__ import annotations
@@ -28,18 +28,18 @@ from benchmarks.workloads import (
     PAYLOADS,
     QUICK,
     Settings,
-    client_memory_once,
-    cold_start,
     error_record,
+    fresh_once,
     idle,
     payload,
     roundtrip,
+    scaled,
     sleep_10ms,
     summarise,
     throughput,
 )
 
-__all__ = ["client_memory", "main", "run_system"]
+__all__ = ["fresh_records", "fresh_runs", "main", "run_system"]
 
 log = logging.getLogger(__name__)
 
@@ -62,27 +62,58 @@ def _guarded(system: str, workload: str, run: Callable[[], dict]) -> dict:
         return error_record(system, workload, "error", f"{type(exc).__name__}: {exc}")
 
 
-def client_memory(name: str, settings: Settings) -> dict:
-    """Median client RSS growth over ``reps`` fresh processes, each with N outstanding tasks."""
+def fresh_runs(name: str, settings: Settings, outstanding: int) -> list[dict[str, float]]:
+    """``start_reps`` fresh processes, each: cold start, then ``outstanding`` tasks (if > 0)."""
     samples = []
     for _ in range(settings.start_reps):
-        argv = [sys.executable, "-m", "benchmarks.runner", name, "--mode", settings.mode]
-        argv += ["--client-memory", str(settings.client_memory_n)]
+        argv = [sys.executable, "-m", "benchmarks.runner", name, "--fresh", str(outstanding)]
         done = subprocess.run(
             argv, capture_output=True, text=True, env=child_env(), timeout=900, check=False
         )
-        lines = [ln for ln in done.stdout.splitlines() if ln.startswith("CLIENTMEM ")]
+        lines = [ln for ln in done.stdout.splitlines() if ln.startswith("FRESH ")]
         if not lines:
             tail = (done.stderr or done.stdout)[-1500:]
-            raise RuntimeError(f"client-memory run exited {done.returncode}: {tail}")
+            raise RuntimeError(f"the fresh run exited {done.returncode}: {tail}")
         samples.append(json.loads(lines[-1].split(" ", 1)[1]))
-    n = settings.client_memory_n
-    note = (
-        None
-        if n == FULL.client_memory_n
-        else f"{n} tasks, {settings.start_reps} repetition (quick mode), not {FULL.client_memory_n}"
-    )
-    return summarise(name, "client-memory", samples, n=n, note=note)
+    return samples
+
+
+def fresh_records(name: str, settings: Settings, workloads: list[str]) -> list[dict]:
+    """The cold-start and client-memory records, from the same fresh processes."""
+    wanted = [w for w in ("cold-start", "client-memory") if w in workloads]
+    if not wanted:
+        return []
+    system = make_system(name)
+    n = scaled(system, settings.client_memory_n) if "client-memory" in wanted else 0
+    try:
+        samples = fresh_runs(name, settings, n)
+    except Exception as exc:
+        log.error("%s fresh runs failed:\n%s", name, traceback.format_exc())
+        return [error_record(name, w, "error", f"{type(exc).__name__}: {exc}") for w in wanted]
+    quick = settings.start_reps < FULL.start_reps
+    records = []
+    if "cold-start" in wanted:
+        note = f"{settings.start_reps} repetition (quick mode)" if quick else None
+        cold = [{"seconds": s["seconds"]} for s in samples]
+        records.append(summarise(name, "cold-start", cold, note=note))
+    if "client-memory" in wanted:
+        note = (
+            "; ".join(
+                filter(
+                    None,
+                    [
+                        f"{n} tasks, {settings.start_reps} repetition(s) (quick mode)"
+                        if quick
+                        else None,
+                        system.scale_reason if system.scale != 1.0 else None,
+                    ],
+                )
+            )
+            or None
+        )
+        memory = [{k: v for k, v in s.items() if k != "seconds"} for s in samples]
+        records.append(summarise(name, "client-memory", memory, n=n, note=note))
+    return records
 
 
 def run_system(name: str, settings: Settings, workloads: list[str]) -> list[dict]:
@@ -118,14 +149,9 @@ def run_system(name: str, settings: Settings, workloads: list[str]) -> list[dict
             _emit("RECORD", records[-1])
     finally:
         system.stop()
-    if "cold-start" in workloads:
-        records.append(
-            _guarded(name, "cold-start", lambda: cold_start(lambda: make_system(name), settings))
-        )
-        _emit("RECORD", records[-1])
-    if "client-memory" in workloads:
-        records.append(_guarded(name, "client-memory", lambda: client_memory(name, settings)))
-        _emit("RECORD", records[-1])
+    for record in fresh_records(name, settings, workloads):
+        records.append(record)
+        _emit("RECORD", record)
     return records
 
 
@@ -134,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("system")
     parser.add_argument("--mode", choices=("quick", "full"), default="full")
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
-    parser.add_argument("--client-memory", type=int, default=None, metavar="N")
+    parser.add_argument(
+        "--fresh", type=int, default=None, metavar="N", help="one cold start + N outstanding tasks"
+    )
     options = parser.parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
@@ -142,13 +170,13 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     settings = QUICK if options.mode == "quick" else FULL
-    if options.client_memory is not None:
+    if options.fresh is not None:
         try:
-            result = client_memory_once(make_system(options.system), options.client_memory)
+            result = fresh_once(make_system(options.system), options.fresh)
         except SystemUnavailableError as exc:
             print(f"unavailable: {exc}", file=sys.stderr)
             return 2
-        _emit("CLIENTMEM", result)
+        _emit("FRESH", result)
         return 0
     workloads = [w for w in options.workloads.split(",") if w]
     run_system(options.system, settings, workloads)

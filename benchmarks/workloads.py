@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,12 +23,12 @@ __all__ = [
     "PAYLOADS",
     "QUICK",
     "Settings",
-    "client_memory_once",
-    "cold_start",
     "error_record",
+    "fresh_once",
     "idle",
     "payload",
     "roundtrip",
+    "scaled",
     "sleep_10ms",
     "summarise",
     "throughput",
@@ -62,15 +61,25 @@ class Settings:
 FULL = Settings("full")
 QUICK = Settings(
     "quick",
-    roundtrip_n=200,
-    throughput_n=2_000,
-    sleep_n=200,
-    payload_n={"payload-1KiB": 20, "payload-100KiB": 10, "payload-1MiB": 3},
-    idle_window=2.0,
+    roundtrip_n=100,
+    throughput_n=1_000,
+    sleep_n=100,
+    payload_n={"payload-1KiB": 10, "payload-100KiB": 5, "payload-1MiB": 3},
+    idle_window=1.0,
     start_reps=1,
-    client_memory_n=10_000,
-    warmup=10,
+    client_memory_n=5_000,
+    warmup=5,
 )
+
+
+def scaled(system: System, n: int) -> int:
+    """``n`` scaled by the system's ``scale`` (at least 3)."""
+    return n if system.scale == 1.0 else max(3, int(n * system.scale))
+
+
+def _note(system: System, *parts: str | None) -> str | None:
+    found = [p for p in (*parts, system.scale_reason if system.scale != 1.0 else None) if p]
+    return "; ".join(found) or None
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -111,38 +120,39 @@ def _timed_calls(system: System, n: int, task: str, *args: Any) -> dict[str, flo
 
 def roundtrip(system: System, settings: Settings) -> dict:
     """No-op round trips, one at a time: p50 and p99 latency."""
-    samples = [_timed_calls(system, settings.roundtrip_n, "noop") for _ in range(settings.reps)]
-    return summarise(system.name, "roundtrip", samples, n=settings.roundtrip_n)
+    n = scaled(system, settings.roundtrip_n)
+    samples = [_timed_calls(system, n, "noop") for _ in range(settings.reps)]
+    return summarise(system.name, "roundtrip", samples, n=n, note=_note(system))
 
 
 def payload(system: System, settings: Settings, workload: str) -> dict:
     """Round trips of an echo task carrying a string of the workload's size both ways."""
     size = PAYLOADS[workload]
-    n = settings.payload_n[workload]
+    n = scaled(system, settings.payload_n[workload])
     text = "x" * size
     try:
         system.call("echo", text)  # warm-up; also where a size limit shows
         samples = [_timed_calls(system, n, "echo", text) for _ in range(settings.reps)]
     except NotApplicableError as exc:
         return error_record(system.name, workload, "n/a", str(exc))
-    return summarise(system.name, workload, samples, n=n, payload_bytes=size)
+    return summarise(system.name, workload, samples, n=n, payload_bytes=size, note=_note(system))
 
 
 def throughput(system: System, settings: Settings) -> dict:
     """``throughput_n`` no-op tasks submitted at once: tasks per second until the last result."""
-    n = settings.throughput_n
+    n = scaled(system, settings.throughput_n)
     samples = []
     for _ in range(settings.reps):
         start = time.perf_counter()
         system.run_all("noop", [()] * n)
         samples.append({"tasks_per_s": n / (time.perf_counter() - start)})
-    note = None if n == FULL.throughput_n else f"{n} tasks (quick mode), not {FULL.throughput_n}"
-    return summarise(system.name, "throughput", samples, n=n, note=note)
+    quick = None if settings.throughput_n == FULL.throughput_n else f"{n} tasks (quick mode)"
+    return summarise(system.name, "throughput", samples, n=n, note=_note(system, quick))
 
 
 def sleep_10ms(system: System, settings: Settings) -> dict:
     """``sleep_n`` tasks of 10 ms at once; efficiency = ideal (n x 10 ms / workers) / elapsed."""
-    n = settings.sleep_n
+    n = scaled(system, settings.sleep_n)
     ideal = n * SLEEP_SECONDS / WORKERS
     samples = []
     for _ in range(settings.reps):
@@ -150,7 +160,7 @@ def sleep_10ms(system: System, settings: Settings) -> dict:
         system.run_all("sleep", [(SLEEP_SECONDS,)] * n)
         elapsed = time.perf_counter() - start
         samples.append({"efficiency": ideal / elapsed, "seconds": elapsed})
-    return summarise(system.name, "sleep-10ms", samples, n=n, ideal_s=ideal)
+    return summarise(system.name, "sleep-10ms", samples, n=n, ideal_s=ideal, note=_note(system))
 
 
 def idle(system: System, settings: Settings) -> dict:
@@ -169,32 +179,25 @@ def idle(system: System, settings: Settings) -> dict:
     return summarise(system.name, "idle", samples, window_s=settings.idle_window)
 
 
-def cold_start(factory: Callable[[], System], settings: Settings) -> dict:
-    """Seconds from starting a new system to the first no-op result, on a fresh system each time."""
-    samples = []
-    name = ""
-    for _ in range(settings.start_reps):
-        system = factory()
-        name = system.name
-        start = time.perf_counter()
-        try:
-            system.start()
-            system.call("noop")
-            samples.append({"seconds": time.perf_counter() - start})
-        finally:
-            system.stop()
-    note = None if settings.start_reps >= 3 else f"{settings.start_reps} repetition (quick mode)"
-    return summarise(name, "cold-start", samples, note=note)
-
-
 def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def client_memory_once(system: System, n: int, settle: float = 30.0) -> dict[str, float]:
-    """Start ``system``, submit ``n`` long tasks, return the client's RSS growth (peak, MB)."""
+def fresh_once(system: System, n: int, settle: float = 30.0) -> dict[str, float]:
+    """One fresh start of ``system``: cold start, then client RSS growth with ``n`` outstanding.
+
+    Run in a new process each time, so neither figure profits from an earlier run.
+    ``seconds`` is from ``start()`` to the first no-op result; ``rss_mb`` is the peak
+    growth of this process's RSS after submitting ``n`` tasks that do not finish
+    (skipped when ``n`` is 0).
+    """
+    start = time.perf_counter()
     system.start()
     try:
+        system.call("noop")
+        figures: dict[str, float] = {"seconds": time.perf_counter() - start}
+        if n <= 0:
+            return figures
         for _ in range(5):
             system.call("noop")
         gc.collect()
@@ -213,6 +216,7 @@ def client_memory_once(system: System, n: int, settle: float = 30.0) -> dict[str
             if abs(current - previous) < 1.0:
                 break
             previous = current
-        return {"rss_mb": peak - baseline, "baseline_mb": baseline, "submit_s": submit_s}
+        figures.update(rss_mb=peak - baseline, baseline_mb=baseline, submit_s=submit_s)
+        return figures
     finally:
         system.stop()

@@ -32,6 +32,10 @@ class System(ABC):
     name: str = ""
     #: what runs where, one line for the report
     description: str = ""
+    #: factor applied to the workloads' task counts (for a system too slow for full counts)
+    scale: float = 1.0
+    #: why the counts are scaled (goes into the records' notes)
+    scale_reason: str = ""
 
     @abstractmethod
     def start(self) -> None:

@@ -116,6 +116,8 @@ class RtbatchServiceBus(RtbatchSystem):
     name = "rtbatch-servicebus"
     description = "LocalPool, Service Bus backend against tests/servicebus_standin.py"
     standin = ROOT / "tests" / "servicebus_standin.py"
+    scale = 0.02
+    scale_reason = "counts x0.02: a round trip through the stand-in takes ~0.8 s"
 
     def __init__(self) -> None:
         super().__init__()
