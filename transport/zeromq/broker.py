@@ -32,6 +32,7 @@ from ..base import DEFAULT_MAX_MESSAGE_SIZE, QueueOptions
 from ..errors import LockLostError, QueueNotFoundError
 from ..store import Grant, QueueStore
 from . import wire
+from .journal import SqliteJournal
 
 __all__ = ["DEFAULT_HEARTBEAT_INTERVAL", "DEFAULT_HEARTBEAT_LIVENESS", "Broker"]
 
@@ -80,6 +81,8 @@ class Broker:
             announce their own in each heartbeat).
         heartbeat_liveness: missed heartbeats after which a client counts as gone.
         store: the queue store (a fresh in-memory one by default).
+        journal: makes the broker durable: the store reports to it, it is restored
+            from it now, and it is committed before any request is acknowledged.
         context: ZeroMQ context (the process-wide instance by default).
     """
 
@@ -91,12 +94,17 @@ class Broker:
         heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
         heartbeat_liveness: int = DEFAULT_HEARTBEAT_LIVENESS,
         store: QueueStore | None = None,
+        journal: SqliteJournal | None = None,
         context: zmq.Context | None = None,
     ) -> None:
         self.max_message_size = max_message_size
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_liveness = heartbeat_liveness
-        self.store = store if store is not None else QueueStore()
+        self.journal = journal
+        if store is None:
+            store = QueueStore(listener=journal)
+        self.store = store
+        self.restored = journal.restore(store) if journal is not None else 0
         self.epoch = uuid.uuid4().hex
         self._context = context or zmq.Context.instance()
         self._socket = self._context.socket(zmq.ROUTER)
@@ -124,8 +132,10 @@ class Broker:
         self._stopping = True
 
     def close(self) -> None:
-        """Close the socket (after ``run`` returned)."""
+        """Close the socket and the journal (after ``run`` returned)."""
         self._socket.close(linger=0)
+        if self.journal is not None:
+            self.journal.close()
 
     def run(self) -> None:
         """Serve until ``stop()``."""
@@ -170,6 +180,8 @@ class Broker:
             self._next_owner_check = now + self.heartbeat_interval / 2
         if store.ready:
             self._serve_ready(now)
+        if self.journal is not None:
+            self.journal.flush()
         wake = self._next_owner_check
         if next_lease is not None:
             wake = min(wake, next_lease)
@@ -235,6 +247,8 @@ class Broker:
         except Exception as exc:
             logger.exception("internal error on %s", wire.COMMAND_NAMES.get(request.command))
             reply = wire.encode_error(rid, wire.ERR_INTERNAL, repr(exc)[:200])
+        if self.journal is not None:
+            self.journal.flush()  # durable before acknowledged
         if self.store.ready:  # serve parked consumers first: they are on the critical path
             self._serve_ready(now)
         if reply is not None:
@@ -267,7 +281,10 @@ class Broker:
             name, lock_duration, max_delivery_count = args
             if lock_duration <= 0 or max_delivery_count < 1:
                 raise QueueNotFoundError(f"bad settings for queue {name!r}")
-            created = store.declare(name, QueueOptions(float(lock_duration), max_delivery_count))
+            options = QueueOptions(float(lock_duration), max_delivery_count)
+            created = store.declare(name, options)
+            if created and self.journal is not None:
+                self.journal.on_declare(name, options)
             return wire.encode_reply(rid, created)
         if command == wire.COMPLETE_MANY:
             lost = []

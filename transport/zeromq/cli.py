@@ -7,12 +7,14 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 from types import FrameType
 
 import click
 
 from ..base import DEFAULT_MAX_MESSAGE_SIZE
 from .broker import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_LIVENESS, Broker
+from .journal import SqliteJournal
 
 __all__ = ["broker"]
 
@@ -47,8 +49,19 @@ logger = logging.getLogger(__name__)
     show_default=True,
     help="Missed heartbeats after which a client's leases are released.",
 )
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Make the broker durable: journal accepted messages in DIR (SQLite, WAL) and "
+    "restore them on start. Without it the broker keeps everything in memory.",
+)
 def broker(
-    bind: str, max_message_size: int, heartbeat_interval: float, heartbeat_liveness: int
+    bind: str,
+    max_message_size: int,
+    heartbeat_interval: float,
+    heartbeat_liveness: int,
+    data_dir: Path | None,
 ) -> None:
     """Run the ZeroMQ broker serving zmq:// transports until SIGTERM or Ctrl-C.
 
@@ -59,11 +72,13 @@ def broker(
             level=os.environ.get("RTBATCH_LOG_LEVEL", "WARNING"),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+    journal = SqliteJournal(data_dir) if data_dir is not None else None
     server = Broker(
         bind,
         max_message_size=max_message_size,
         heartbeat_interval=heartbeat_interval,
         heartbeat_liveness=heartbeat_liveness,
+        journal=journal,
     )
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -78,7 +93,11 @@ def broker(
     signal.signal(signal.SIGINT, _stop)
     click.echo(f"READY {server.endpoint}")
     sys.stdout.flush()
-    click.echo(f"broker listening on {server.endpoint} (in-memory)", err=True)
+    if journal is None:
+        mode = "in-memory: queued messages are lost when the broker stops"
+    else:
+        mode = f"durable: journal {journal.path}, {server.restored} message(s) restored"
+    click.echo(f"broker listening on {server.endpoint} ({mode})", err=True)
     try:
         server.run()
     finally:
