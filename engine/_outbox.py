@@ -3,14 +3,14 @@
 The engine records what should happen to each delivery (a result to send and a
 settlement: complete, abandon or dead-letter) in an ``Outbox``; ``flush`` sends
 all pending results in one batch per results queue, then settles the
-deliveries. Sending before settling gives at-least-once results.
+deliveries. Sending before settling gives at-least-once results; completions go out in one
+``complete_many`` call (one round trip on brokered transports).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..protocol import (
@@ -32,7 +32,6 @@ logger = logging.getLogger(__name__)
 
 _COMPLETE, _ABANDON, _DEAD_LETTER = "complete", "abandon", "dead_letter"
 _MIN_RENEW_INTERVAL = 0.05
-_SLOW_SETTLE = 100e-6  # a settlement slower than this is a network round trip
 
 
 class Held:
@@ -108,15 +107,11 @@ class Outbox:
         engine_id: str,
         max_delivery_count: int,
         ttl: float | None,
-        settle_threads: int = 1,
     ) -> None:
         self.transport = transport
         self.engine_id = engine_id
         self.max_delivery_count = max_delivery_count
         self.ttl = ttl
-        self.settle_threads = settle_threads
-        self._pool: ThreadPoolExecutor | None = None
-        self._settle_cost = 0.0  # moving average of one settlement, seconds
         self._entries: list[_Entry] = []
 
     # -- outcomes --------------------------------------------------------------------------
@@ -271,9 +266,20 @@ class Outbox:
             )
         return Message(body, group=entry.reply_to.group, correlation_id=record.task, ttl=self.ttl)
 
-    def flush(self) -> int:
-        """Send pending results (batched per queue), then settle. Returns deliveries settled."""
+    def take(self) -> list[Any]:
+        """Hand over everything recorded so far (for ``settle``, possibly in another thread)."""
         entries, self._entries = self._entries, []
+        return entries
+
+    def flush(self) -> int:
+        """Send pending results, then settle, in this thread. Returns deliveries settled."""
+        return self.settle(self.take())
+
+    def settle(self, entries: list[Any]) -> int:
+        """Send the entries' results (batched per queue), then settle their deliveries.
+
+        Thread-safe with respect to recording new outcomes.
+        """
         if not entries:
             return 0
         batches: dict[str, list[tuple[_Entry, Message]]] = {}
@@ -292,34 +298,23 @@ class Outbox:
                 logger.error("could not send %d result(s) to %r: %s", len(batch), queue, exc)
                 for entry, _ in batch:
                     entry.action = _ABANDON
-        # Settling costs one round trip per delivery on brokered transports: when that is
-        # slow (measured on the first of each batch), overlap the rest in a few threads.
-        started = time.perf_counter()
-        self._settle_one(entries[0])
-        elapsed = time.perf_counter() - started
-        self._settle_cost += (elapsed - self._settle_cost) * 0.2
-        rest = entries[1:]
-        if len(rest) > 1 and self.settle_threads > 1 and self._settle_cost > _SLOW_SETTLE:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.settle_threads, thread_name_prefix="settle")
-            list(self._pool.map(self._settle_one, rest))
-        else:
-            for entry in rest:
+        completes = [entry.delivery for entry in entries if entry.action == _COMPLETE]
+        if completes:
+            try:
+                self.transport.complete_many(completes)  # one round trip where possible
+            except LockLostError as exc:
+                logger.warning("could not complete every delivery: %s", exc)
+            except TransportError as exc:
+                logger.error("could not complete %d deliveries: %s", len(completes), exc)
+        for entry in entries:
+            if entry.action != _COMPLETE:
                 self._settle_one(entry)
         return len(entries)
-
-    def close(self) -> None:
-        """Stop the settling threads."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
 
     def _settle_one(self, entry: _Entry) -> None:
         delivery = entry.delivery
         try:
-            if entry.action == _COMPLETE:
-                self.transport.complete(delivery)
-            elif entry.action == _ABANDON:
+            if entry.action == _ABANDON:
                 self.transport.abandon(delivery)
             else:
                 self.transport.dead_letter(delivery, entry.reason, entry.description)

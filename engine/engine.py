@@ -32,6 +32,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from queue import Empty, SimpleQueue
 from typing import Any
 
 from ..protocol import ProtocolError, decode_task
@@ -77,8 +78,6 @@ class Engine:
         max_delivery_count: deliveries before dead-lettering (when this engine creates it).
         result_ttl: time-to-live of result messages, in seconds.
         grace: seconds a running task may take to finish after ``stop``.
-        settle_threads: completes/abandons issued concurrently (each is a broker round
-            trip on zmq and Service Bus); 1 settles inline.
         on_ready: called once connected and the worker is warm.
     """
 
@@ -96,7 +95,6 @@ class Engine:
         max_delivery_count: int = DEFAULT_MAX_DELIVERY_COUNT,
         result_ttl: float | None = DEFAULT_RESULT_TTL,
         grace: float = 10.0,
-        settle_threads: int = 4,
         on_ready: Callable[[Engine], None] | None = None,
     ) -> None:
         if prefetch < 1:
@@ -122,9 +120,7 @@ class Engine:
         self.tasks_done = 0
         self.error: BaseException | None = None
 
-        self._outbox = Outbox(
-            self.transport, self.engine_id, self.max_delivery_count, result_ttl, settle_threads
-        )
+        self._outbox = Outbox(self.transport, self.engine_id, self.max_delivery_count, result_ttl)
         self._worker: WorkerProcess | None = None
         self._poller = select.poll()
         self._pending: deque[Held] = deque()  # admitted, not yet given to the worker
@@ -136,7 +132,11 @@ class Engine:
         self._renew_check_at = float("inf")
 
         self._incoming: deque[Delivery] = deque()
-        self._held = 0  # deliveries received and not yet settled (receiver's credit)
+        self._held = 0  # deliveries received and not finished yet (the prefetch credit)
+        self._unsettled = 0  # finished deliveries whose result/settlement is under way
+        self._settle_backlog = max(4 * prefetch, 64)
+        self._settle_queue: SimpleQueue[list[Any] | None] = SimpleQueue()
+        self._settler: threading.Thread | None = None
         self._cond = threading.Condition()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -189,6 +189,10 @@ class Engine:
                 max_delivery_count=self.max_delivery_count,
             )
             self._start_worker()
+            self._settler = threading.Thread(
+                target=self._settle_loop, name=f"{self!r}-settler", daemon=True
+            )
+            self._settler.start()
             self._receiver = threading.Thread(
                 target=self._receive_loop, name=f"{self!r}-receiver", daemon=True
             )
@@ -253,7 +257,7 @@ class Engine:
         backoff = 0.1
         while self._receiving.is_set():
             with self._cond:
-                while self._held > 0 and self._receiving.is_set():
+                while (self._held > 0 or self._settle_backlog_full()) and self._receiving.is_set():
                     self._cond.wait(_POLL)
                 if not self._receiving.is_set():
                     break
@@ -282,7 +286,7 @@ class Engine:
         """Top up the held deliveries without blocking, from the main thread, while busy."""
         with self._cond:
             room = self.prefetch - self._held
-            if room <= 0 or self._held == 0 or self._stop_requested:
+            if room <= 0 or self._held == 0 or self._stop_requested or self._settle_backlog_full():
                 return
             self._held += room
         deliveries: list[Delivery] = []
@@ -316,20 +320,52 @@ class Engine:
                     pass
         self._collect()
         self._check_head_timeout()
-        self._settle(self._outbox.flush())
+        self._flush()
         self._admit_incoming()
         self._fetch()
         self._dispatch()
         if time.time() >= self._renew_check_at:
             self._renew_due()
-        self._settle(self._outbox.flush())
+        self._flush()
 
-    def _settle(self, settled: int) -> None:
-        if settled:
+    def _flush(self) -> None:
+        """Pass finished deliveries to the settler thread and release their credit."""
+        entries = self._outbox.take()
+        if entries:
             with self._cond:
-                self._held -= settled
+                self._held -= len(entries)
+                self._unsettled += len(entries)
                 if self._held <= 0:
                     self._cond.notify_all()
+            self._settle_queue.put(entries)
+
+    def _settle_loop(self) -> None:
+        """Send results and settle deliveries off the main thread, merging waiting batches."""
+        running = True
+        while running:
+            entries = self._settle_queue.get()
+            if entries is None:
+                break
+            while True:
+                try:
+                    more = self._settle_queue.get_nowait()
+                except Empty:
+                    break
+                if more is None:
+                    running = False
+                    break
+                entries.extend(more)
+            try:
+                self._outbox.settle(entries)
+            except Exception:
+                logger.exception("engine %s: settling %d deliveries failed", self.engine_id,
+                                 len(entries))  # fmt: skip
+            with self._cond:
+                self._unsettled -= len(entries)
+                self._cond.notify_all()
+
+    def _settle_backlog_full(self) -> bool:
+        return self._unsettled >= self._settle_backlog
 
     def _admit_incoming(self) -> None:
         while True:
@@ -545,23 +581,31 @@ class Engine:
             for held in self._inflight:
                 self._outbox.abandon(held)
             self._inflight.clear()
-        self._settle(self._outbox.flush())
+        self._flush()
 
     def _shutdown(self) -> None:
         self._request_stop()
         if self._receiver is not None:
             self._receiver.join(_POLL * 4 + 1.0)
         self._admit_incoming()  # whatever the receiver got at the last moment
-        while self._pending:
-            self._outbox.abandon(self._pending.popleft())
-        self._settle(self._outbox.flush())
         if self._worker is not None:
             self._worker.stop()
             self._worker = None
+        while self._pending:
+            self._outbox.abandon(self._pending.popleft())
+        for held in self._inflight:  # only after an error: give them back
+            self._outbox.abandon(held)
+        self._inflight.clear()
+        self._flush()
+        if self._settler is not None and self._settler.is_alive():
+            self._settle_queue.put(None)
+            self._settler.join(60.0)
+        else:
+            while not self._settle_queue.empty():
+                self._outbox.settle(self._settle_queue.get_nowait() or [])
         wake_fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
         for fd in wake_fds:
             os.close(fd)
-        self._outbox.close()
         if self._owns_transport:
             self.transport.close()
         logger.info("engine %s stopped after %d task(s)", self.engine_id, self.tasks_done)
