@@ -46,7 +46,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from proton import Array, Condition, Data, Disposition, Message, Terminus, symbol, timestamp
+from proton import Array, Data, Disposition, Message, Terminus, symbol, timestamp
+from proton import Condition as ProtonCondition
 from proton.handlers import MessagingHandler
 from proton.reactor import Container
 
@@ -85,6 +86,13 @@ MESSAGE_LOCK_LOST = "com.microsoft:message-lock-lost"
 SESSION_LOCK_LOST = "com.microsoft:session-lock-lost"
 SESSION_CANNOT_BE_LOCKED = "com.microsoft:session-cannot-be-locked"
 _SECTION_DESCRIPTORS = range(0x70, 0x79)
+
+
+def amqp_error(name: str, description: str) -> ProtonCondition:
+    """An AMQP error as the service sends it: with an info map (the SDK indexes it)."""
+    return ProtonCondition(
+        name, description, {symbol("com.microsoft:tracking-id"): uuid.uuid4().hex}
+    )
 
 
 def connection_string(port: int, key_name: str = DEFAULT_KEY_NAME, key: str = DEFAULT_KEY) -> str:
@@ -223,6 +231,13 @@ class ServiceBusStandIn(MessagingHandler):
             self.requires_session[name] = requires_session
             log.info("queue %s created (%s, sessions=%s)", name, options, requires_session)
 
+    def snapshot(self) -> dict[str, Any]:
+        """Counters so far: totals and per connection (keyed by the peer's container id)."""
+        return {
+            "total": dict(self.stats),
+            "connections": {k: dict(v) for k, v in self.per_connection.items()},
+        }
+
     def _count(self, conn, what: str, n: int = 1) -> None:
         self.stats[what] += n
         self.per_connection[conn.remote_container or "?"][what] += n
@@ -356,7 +371,7 @@ class ServiceBusStandIn(MessagingHandler):
         else:
             link.source.type = Terminus.UNSPECIFIED
         link.open()
-        link.condition = Condition(condition, description)
+        link.condition = amqp_error(condition, description)
         link.close()
 
     @guarded
@@ -405,13 +420,14 @@ class ServiceBusStandIn(MessagingHandler):
         del self.session_locks[key]
         if out.link in self.outs:
             self._forget(out.link)
-            out.link.condition = Condition(condition, "the session lock expired")
+            out.link.condition = amqp_error(condition, "the session lock expired")
             out.link.close()
 
     # -- flow and delivery ---------------------------------------------------------------------
     @guarded
     def on_link_flow(self, event):
         if event.link.is_sender:
+            self._count(event.link.connection, "flows_in")
             out = self.outs.get(event.link)
             if out is not None:
                 self._dispatch(out)
@@ -483,7 +499,6 @@ class ServiceBusStandIn(MessagingHandler):
                 return
             raw = link.recv(delivery.pending)
             link.advance()
-            self._count(link.connection, "transfers_in")
             self._incoming(link, delivery, raw)
             if link.credit < 50:
                 link.flow(100 - link.credit)
@@ -506,7 +521,7 @@ class ServiceBusStandIn(MessagingHandler):
             self._enqueue(entity, delivery, raw)
 
     @staticmethod
-    def _finish(delivery, state, condition: Condition | None = None) -> None:
+    def _finish(delivery, state, condition: ProtonCondition | None = None) -> None:
         if delivery.settled:  # pre-settled by the sender
             return
         if condition is not None:
@@ -522,15 +537,17 @@ class ServiceBusStandIn(MessagingHandler):
             if self.requires_session.get(entity) and any(m.group is None for m in batch):
                 raise PermissionError("the entity requires sessions: set session_id")
             now = time.time()
+            self._count(delivery.link.connection, "transfers_in")
+            self._count(delivery.link.connection, "messages_in", len(batch))
             for m in batch:
                 self._seq += 1
                 self.meta[m.id] = (self._seq, now)
             self.store.put(entity, batch, now)
         except ValueError as exc:
-            cond = Condition("amqp:link:message-size-exceeded", str(exc))
+            cond = amqp_error("amqp:link:message-size-exceeded", str(exc))
             self._finish(delivery, Disposition.REJECTED, cond)
         except (PermissionError, QueueNotFoundError) as exc:
-            self._finish(delivery, Disposition.REJECTED, Condition("amqp:not-allowed", str(exc)))
+            self._finish(delivery, Disposition.REJECTED, amqp_error("amqp:not-allowed", str(exc)))
         else:
             self._finish(delivery, Disposition.ACCEPTED)
             self.pump()
@@ -583,7 +600,7 @@ class ServiceBusStandIn(MessagingHandler):
                 delivery.settle()
                 return
             lost = SESSION_LOCK_LOST if out is not None and out.session_id else MESSAGE_LOCK_LOST
-            delivery.local.condition = Condition(lost, str(exc))
+            delivery.local.condition = amqp_error(lost, str(exc))
             delivery.update(Disposition.REJECTED)
             delivery.settle()
             return
@@ -744,6 +761,17 @@ class StandInProcess:
             raise
         self.connection_string = line
 
+    def stats(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Ask the process for its counters (SIGUSR1; it answers with a ``STATS {json}`` line)."""
+        self.proc.send_signal(signal.SIGUSR1)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if select.select([self.proc.stdout], [], [], 0.2)[0]:
+                line = self.proc.stdout.readline()
+                if line.startswith("STATS "):
+                    return json.loads(line[len("STATS ") :])
+        raise TimeoutError("the stand-in did not report its counters")
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 
@@ -788,6 +816,10 @@ def main(argv: list[str] | None = None) -> int:
     def stop(signum, frame):
         raise SystemExit(0)
 
+    def dump_stats(signum, frame):
+        print("STATS " + json.dumps(standin.snapshot()), flush=True)
+
+    signal.signal(signal.SIGUSR1, dump_stats)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:

@@ -30,6 +30,7 @@ from azure.servicebus import (
     ServiceBusClient,
     ServiceBusMessage,
     ServiceBusReceivedMessage,
+    ServiceBusReceiveMode,
     ServiceBusSubQueue,
 )
 from azure.servicebus import exceptions as sb_errors
@@ -93,8 +94,9 @@ def map_servicebus_errors(what: str = "Service Bus operation") -> Iterator[None]
 class _Handler:
     """An SDK sender or receiver and the lock serialising its use."""
 
-    def __init__(self, handler: Any) -> None:
+    def __init__(self, handler: Any, presettled: bool = False) -> None:
         self.handler = handler
+        self.presettled = presettled  # receive-and-delete: nothing left to settle
         self.lock = threading.Lock()
         self.broken = False
 
@@ -133,6 +135,11 @@ class ServiceBusTransport(Transport):
         receive_slice: longest single SDK receive; longer waits are cut into slices so that
             settlements from other threads and ``close()`` are not held up.
         retry_total: SDK retries on transient faults.
+        group_receive_mode: ``"peek_lock"`` (default, the contract) or
+            ``"receive_and_delete"`` for ``receive(..., group=...)``: mailbox messages are
+            removed on delivery, so ``complete`` costs no round trip; ``abandon``,
+            ``dead_letter`` and ``renew_lock`` then raise ``LockLostError``. Meant for result
+            mailboxes, whose reader drops duplicates and dies with its results anyway.
     """
 
     def __init__(
@@ -146,8 +153,12 @@ class ServiceBusTransport(Transport):
         poll_wait: float = 0.25,
         receive_slice: float = 1.0,
         retry_total: int = 3,
+        group_receive_mode: str = "peek_lock",
         **_options: Any,
     ) -> None:
+        if group_receive_mode not in ("peek_lock", "receive_and_delete"):
+            raise ValueError(f"unknown group_receive_mode {group_receive_mode!r}")
+        self.group_receive_mode = group_receive_mode
         self.url = url
         self.max_message_size = max_message_size
         self.prefetch = prefetch
@@ -208,12 +219,16 @@ class ServiceBusTransport(Transport):
             if is_dead_letter_queue(queue):
                 name = queue[: -len(DEAD_LETTER_SUFFIX)]
                 options["sub_queue"] = ServiceBusSubQueue.DEAD_LETTER
+            presettled = False
             if group is not None:
                 options["session_id"] = group
+                if self.group_receive_mode == "receive_and_delete":
+                    options["receive_mode"] = ServiceBusReceiveMode.RECEIVE_AND_DELETE
+                    presettled = True
             with map_servicebus_errors(f"opening a receiver on {queue!r}"):
                 receiver = self.client.get_queue_receiver(name, **options)
                 receiver.__enter__()  # attach now, with the SDK's own open timeout
-            entry = _Handler(receiver)
+            entry = _Handler(receiver, presettled)
             self._receivers[key] = entry
             return entry
 
@@ -397,6 +412,8 @@ class ServiceBusTransport(Transport):
     def _settle(self, delivery: Delivery, what: str) -> tuple[Any, ServiceBusReceivedMessage]:
         self._check_open()
         entry, msg = delivery.handle
+        if entry.presettled and what != "complete":
+            raise LockLostError(f"{what}: received in receive-and-delete mode, already removed")
         if entry.broken:
             raise LockLostError(
                 f"{what}: the receiver's connection was lost; the lock went with it"
@@ -405,6 +422,8 @@ class ServiceBusTransport(Transport):
 
     def complete(self, delivery: Delivery) -> None:
         entry, msg = self._settle(delivery, "complete")
+        if entry.presettled:
+            return
         with self._using(entry, "complete") as receiver:
             receiver.complete_message(msg)
 
