@@ -253,19 +253,20 @@ class Engine:
             pass  # already pending, or closed at shutdown
 
     def _receive_loop(self) -> None:
-        """Blocking receives while the engine holds nothing (the main thread fetches when busy)."""
+        """Receive whenever there is credit, so a broker round trip overlaps running tasks."""
         backoff = 0.1
         while self._receiving.is_set():
             with self._cond:
-                while (self._held > 0 or self._settle_backlog_full()) and self._receiving.is_set():
+                while self._receiving.is_set() and (
+                    self._held >= self.prefetch or self._settle_backlog_full()
+                ):
                     self._cond.wait(_POLL)
                 if not self._receiving.is_set():
                     break
-                self._held = self.prefetch  # reserve all credit while blocked in receive
+                room = self.prefetch - self._held
+                self._held += room  # reserved while the receive is under way
             try:
-                deliveries = self.transport.receive(
-                    self.queue, max_messages=self.prefetch, timeout=_POLL
-                )
+                deliveries = self.transport.receive(self.queue, max_messages=room, timeout=_POLL)
                 backoff = 0.1
             except TransportClosedError:
                 logger.warning("engine %s: transport closed, stopping", self.engine_id)
@@ -278,29 +279,9 @@ class Engine:
                 backoff = min(backoff * 2, 5.0)
             with self._cond:
                 self._incoming.extend(deliveries)
-                self._held -= self.prefetch - len(deliveries)
+                self._held -= room - len(deliveries)
             if deliveries:
                 self._wake()
-
-    def _fetch(self) -> None:
-        """Top up the held deliveries without blocking, from the main thread, while busy."""
-        with self._cond:
-            room = self.prefetch - self._held
-            if room <= 0 or self._held == 0 or self._stop_requested or self._settle_backlog_full():
-                return
-            self._held += room
-        deliveries: list[Delivery] = []
-        try:
-            deliveries = self.transport.receive(self.queue, max_messages=room, timeout=0)
-        except TransportError as exc:
-            logger.debug("engine %s: non-blocking receive failed: %s", self.engine_id, exc)
-        finally:
-            with self._cond:
-                self._held -= room - len(deliveries)
-                if self._held == 0:
-                    self._cond.notify_all()
-        for delivery in deliveries:
-            self._admit(delivery)
 
     # -- the main loop ---------------------------------------------------------------------
     def _step(self, until: float) -> None:
@@ -322,7 +303,6 @@ class Engine:
         self._check_head_timeout()
         self._flush()
         self._admit_incoming()
-        self._fetch()
         self._dispatch()
         if time.time() >= self._renew_check_at:
             self._renew_due()
@@ -335,8 +315,7 @@ class Engine:
             with self._cond:
                 self._held -= len(entries)
                 self._unsettled += len(entries)
-                if self._held <= 0:
-                    self._cond.notify_all()
+                self._cond.notify_all()
             self._settle_queue.put(entries)
 
     def _settle_loop(self) -> None:
