@@ -18,6 +18,7 @@ thread or a signal handler.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
@@ -43,7 +44,10 @@ DEFAULT_HEARTBEAT_LIVENESS = 3
 #: Length of the client id at the start of a client socket's routing id (lease owner).
 OWNER_ID_LENGTH = 16
 _MAX_POLL = 0.2  # seconds; bounds the reaction time to stop()
-_RECV_BATCH = 512  # requests handled per wake-up before timers run again
+_RECV_BATCH = 512
+_NOBLOCK = int(zmq.NOBLOCK)
+_POLLIN = int(zmq.POLLIN)
+_EVENTS = int(zmq.EVENTS)  # requests handled per wake-up before timers run again
 
 
 class _Waiter:
@@ -141,9 +145,9 @@ class Broker:
         """Serve until ``stop()``."""
         logger.info("broker %s listening on %s", self.epoch[:8], self.endpoint)
         sock = self._socket
-        recv = sock.recv_multipart
+        recv = functools.partial(wire.recv_frames, sock)
         handle = self._handle
-        events = sock.getsockopt
+        events = functools.partial(zmq.backend.Socket.get, sock)
         current_timeout = -2
         while not self._stopping:
             # A blocking recv with RCVTIMEO is one C call; Socket.poll builds a Poller.
@@ -155,9 +159,9 @@ class Broker:
                 handle(recv())
                 # Drain what is queued; EVENTS is cheaper than a zmq.Again per wake-up.
                 for _ in range(_RECV_BATCH):
-                    if not events(zmq.EVENTS) & zmq.POLLIN:
+                    if not events(_EVENTS) & _POLLIN:
                         break
-                    handle(recv(zmq.NOBLOCK))
+                    handle(recv(_NOBLOCK))
             except zmq.Again:
                 pass
             except zmq.ContextTerminated:
@@ -395,7 +399,7 @@ class Broker:
 
     def _send(self, frames: list[Any]) -> bool:
         try:
-            self._socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            wire.send_frames(self._socket, frames, _NOBLOCK)
             return True
         except (zmq.Again, zmq.ZMQError) as exc:  # peer gone or its queue full
             logger.debug("reply to %s dropped: %s", bytes(frames[0]).hex(), exc)

@@ -225,11 +225,11 @@ class ZmqTransport(Transport):
     ) -> tuple[list[Any], list[bytes]]:
         rid = next(self._request_ids)
         generation = self._generation
-        sock.send_multipart([wire.encode_request(command, rid, *args), *payload], copy=False)
+        wire.send_frames(sock, [wire.encode_request(command, rid, *args), *payload])
         silence_limit = self.heartbeat_interval * self.heartbeat_liveness
         while True:
             try:
-                frames = sock.recv_multipart()
+                frames = wire.recv_frames(sock)
             except zmq.Again:  # one RCVTIMEO slice without an answer
                 pass
             else:

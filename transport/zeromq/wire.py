@@ -25,6 +25,7 @@ from typing import Any
 
 import attrs
 import orjson
+import zmq
 
 from ..base import Message
 from ..errors import (
@@ -67,6 +68,8 @@ __all__ = [
     "encode_reply",
     "encode_request",
     "error_for",
+    "recv_frames",
+    "send_frames",
 ]
 
 VERSION = 1
@@ -196,6 +199,34 @@ def encode_message(message: Message) -> tuple[bytes, bytes]:
     return meta, message.body
 
 
+_set = object.__setattr__
+_new = object.__new__
+_MESSAGE_FIELDS = ("body", "id", "group", "correlation_id", "properties", "ttl")
+_FAST_MESSAGES = tuple(f.name for f in attrs.fields(Message)) == _MESSAGE_FIELDS
+
+
+def _message(
+    body: bytes,
+    message_id: str,
+    group: str | None,
+    correlation_id: str | None,
+    properties: dict[str, Any] | None,
+    ttl: float | None,
+) -> Message:
+    """Build a ``Message`` from already validated fields (attrs' checks cost 2x here)."""
+    if not _FAST_MESSAGES:  # Message changed shape: take the checked path
+        return Message(body, id=message_id, group=group, correlation_id=correlation_id,
+                       properties=properties, ttl=ttl)  # fmt: skip
+    message = _new(Message)
+    _set(message, "body", body)
+    _set(message, "id", message_id)
+    _set(message, "group", group)
+    _set(message, "correlation_id", correlation_id)
+    _set(message, "properties", properties if properties is not None else {})
+    _set(message, "ttl", ttl)
+    return message
+
+
 def _decode_message(meta_frame: bytes, body: bytes) -> Message:
     meta = _loads(meta_frame, "message meta")
     if type(meta) is not list or len(meta) != 5:
@@ -210,9 +241,7 @@ def _decode_message(meta_frame: bytes, body: bytes) -> Message:
         and (ttl is None or _is_number(ttl))
     ):
         raise FrameError("message meta has a field of the wrong type")
-    return Message(
-        body, id=message_id, group=group, correlation_id=correlation_id, properties=props, ttl=ttl
-    )
+    return _message(bytes(body), message_id, group, correlation_id, props, ttl)
 
 
 def decode_request(frames: Sequence[bytes], max_message_size: int) -> Request:
@@ -315,9 +344,7 @@ def decode_deliveries(frames: Sequence[bytes]) -> list[tuple[Message, int, float
     result = []
     for i in range(0, len(frames) - 1, 2):
         mid, group, corr, props, ttl, count, locked_until, token = orjson.loads(frames[i])
-        message = Message(
-            frames[i + 1], id=mid, group=group, correlation_id=corr, properties=props, ttl=ttl
-        )
+        message = _message(frames[i + 1], mid, group, corr, props, ttl)
         result.append((message, count, locked_until, token))
     return result
 
@@ -337,3 +364,30 @@ def error_for(status: int, text: str) -> TransportError:
         error.args = (f"broker rejected the message: {text}",)
         return error
     return _ERRORS.get(status, BrokerError)(text)
+
+
+# -- socket I/O ----------------------------------------------------------------------------
+# pyzmq's send_multipart/recv_multipart spend more time combining enum flags than
+# moving bytes; these call the Cython socket methods with plain int flags.
+_send = zmq.backend.Socket.send
+_recv = zmq.backend.Socket.recv
+_get = zmq.backend.Socket.get
+_SNDMORE = int(zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
+_ZERO_COPY_SIZE = 64 * 1024
+
+
+def send_frames(sock: zmq.Socket, frames: Sequence[Any], flags: int = 0) -> None:
+    """Send a multipart message (large frames without a copy)."""
+    last = len(frames) - 1
+    more = flags | _SNDMORE
+    for i, frame in enumerate(frames):
+        _send(sock, frame, flags if i == last else more, len(frame) < _ZERO_COPY_SIZE)
+
+
+def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[bytes]:
+    """Receive a multipart message as a list of bytes."""
+    parts = [_recv(sock, flags)]
+    while _get(sock, _RCVMORE):
+        parts.append(_recv(sock, flags))
+    return parts
