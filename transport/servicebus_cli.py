@@ -17,7 +17,15 @@ from typing import Any
 
 import click
 
-__all__ = ["admin_client", "emulator_config", "provision", "queue_settings", "servicebus"]
+__all__ = [
+    "admin_client",
+    "create_or_update",
+    "emulator_config",
+    "iso_duration",
+    "provision",
+    "queue_settings",
+    "servicebus",
+]
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +48,12 @@ def queue_settings(
     return settings
 
 
-def _iso_duration(seconds: float) -> str:
-    whole = int(seconds)
-    hours, rest = divmod(whole, 3600)
+def iso_duration(seconds: float) -> str:
+    """Whole seconds as an ISO 8601 duration (``PT1M30S``), the form Config.json uses."""
+    hours, rest = divmod(int(seconds), 3600)
     minutes, secs = divmod(rest, 60)
-    return f"PT{hours}H{minutes}M{secs}S" if hours else f"PT{minutes}M{secs}S"
+    parts = [f"{v}{unit}" for v, unit in ((hours, "H"), (minutes, "M"), (secs, "S")) if v]
+    return "PT" + ("".join(parts) or "0S")
 
 
 def emulator_config(
@@ -67,7 +76,7 @@ def emulator_config(
                 "DuplicateDetectionHistoryTimeWindow": "PT20S",
                 "ForwardDeadLetteredMessagesTo": "",
                 "ForwardTo": "",
-                "LockDuration": _iso_duration(lock),
+                "LockDuration": iso_duration(lock),
                 "MaxDeliveryCount": deliveries,
                 "RequiresDuplicateDetection": False,
                 "RequiresSession": sessions,
@@ -145,6 +154,11 @@ def servicebus() -> None:
 @click.option("--max-delivery-count", type=click.IntRange(1, 2000), default=10, show_default=True)
 @click.option("--results-lock-duration", type=click.FloatRange(5, 300), default=60.0)
 @click.option("--ttl", type=float, default=None, help="Default message time to live (seconds).")
+@click.option(
+    "--extra-queue",
+    multiple=True,
+    help="Another plain queue with the task queue's settings (repeatable).",
+)
 @click.option("--print-config", is_flag=True, help="Print the emulator Config.json and exit.")
 def provision(
     target: str | None,
@@ -154,6 +168,7 @@ def provision(
     max_delivery_count: int,
     results_lock_duration: float,
     ttl: float | None,
+    extra_queue: tuple[str, ...],
     print_config: bool,
 ) -> None:
     """Create or update the task queue and the session-enabled results queue."""
@@ -164,15 +179,18 @@ def provision(
             lock_duration=lock_duration,
             max_delivery_count=max_delivery_count,
             results_lock_duration=results_lock_duration,
+            extra_queues=extra_queue,
         )
         click.echo(json.dumps(config, indent=2))
         return
     if not target:
         raise click.UsageError("give --namespace (or RTBATCH_SERVICEBUS), or use --print-config")
-    if task_queue == results_queue:
-        raise click.UsageError("the task and results queues must differ")
+    if len({task_queue, results_queue, *extra_queue}) != 2 + len(extra_queue):
+        raise click.UsageError("queue names must all differ")
+    task_settings = queue_settings(lock_duration, max_delivery_count, sessions=False, ttl=ttl)
     plan = {
-        task_queue: queue_settings(lock_duration, max_delivery_count, sessions=False, ttl=ttl),
+        task_queue: task_settings,
+        **{name: task_settings for name in extra_queue},
         results_queue: queue_settings(
             results_lock_duration, max_delivery_count, sessions=True, ttl=ttl
         ),

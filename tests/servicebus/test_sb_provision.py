@@ -1,0 +1,139 @@
+"""``rtbatch servicebus provision``: argument handling, Config.json output, admin calls.
+
+The administration client speaks HTTPS to the namespace's management endpoint, which
+neither the stand-in nor the official emulator serve, so its calls are checked on a
+recording fake here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import types
+
+import pytest
+from azure.core.exceptions import ResourceNotFoundError
+from click.testing import CliRunner
+
+from realtime_batch.cli import main
+from realtime_batch.transport import servicebus_cli
+
+
+def run(*args: str, env: dict[str, str] | None = None):
+    return CliRunner().invoke(main, ["servicebus", "provision", *args], env=env)
+
+
+class FakeAdmin:
+    def __init__(self, existing: dict[str, types.SimpleNamespace] | None = None) -> None:
+        self.queues = dict(existing or {})
+        self.calls: list[tuple[str, str, dict]] = []
+
+    def get_queue(self, name):
+        if name not in self.queues:
+            raise ResourceNotFoundError(f"no queue {name}")
+        return self.queues[name]
+
+    def create_queue(self, name, **settings):
+        self.calls.append(("create", name, settings))
+        self.queues[name] = types.SimpleNamespace(name=name, **settings)
+
+    def update_queue(self, queue):
+        self.calls.append(("update", queue.name, dict(vars(queue))))
+
+
+@pytest.fixture
+def fake_admin(monkeypatch):
+    admin = FakeAdmin()
+    targets = []
+
+    @contextlib.contextmanager
+    def fake_client(target, credential=None):
+        targets.append(target)
+        yield admin
+
+    monkeypatch.setattr(servicebus_cli, "admin_client", fake_client)
+    admin.targets = targets
+    return admin
+
+
+def test_print_config_is_the_emulator_config_json():
+    result = run("--print-config", "--lock-duration", "45", "--max-delivery-count", "4")
+    assert result.exit_code == 0, result.output
+    config = json.loads(result.output)
+    [namespace] = config["UserConfig"]["Namespaces"]
+    queues = {q["Name"]: q["Properties"] for q in namespace["Queues"]}
+    assert queues["tasks"]["LockDuration"] == "PT45S"
+    assert queues["tasks"]["MaxDeliveryCount"] == 4
+    assert queues["tasks"]["RequiresSession"] is False
+    assert queues["tasks"]["DeadLetteringOnMessageExpiration"] is True
+    assert queues["results"]["RequiresSession"] is True
+    assert queues["results"]["LockDuration"] == "PT1M"
+
+
+def test_iso_durations():
+    assert servicebus_cli.iso_duration(30) == "PT30S"
+    assert servicebus_cli.iso_duration(90) == "PT1M30S"
+    assert servicebus_cli.iso_duration(3600) == "PT1H"
+    assert servicebus_cli.iso_duration(0) == "PT0S"
+
+
+def test_a_target_is_required_without_print_config():
+    result = run(env={"RTBATCH_SERVICEBUS": ""})
+    assert result.exit_code == 2
+    assert "--namespace" in result.output
+
+
+def test_queue_names_must_differ(fake_admin):
+    result = run("--namespace", "contoso", "--task-queue", "same", "--results-queue", "same")
+    assert result.exit_code == 2 and "differ" in result.output
+    assert fake_admin.calls == []
+
+
+def test_out_of_range_settings_are_refused(fake_admin):
+    assert run("--namespace", "contoso", "--lock-duration", "600").exit_code == 2
+    assert run("--namespace", "contoso", "--max-delivery-count", "0").exit_code == 2
+    assert fake_admin.calls == []
+
+
+def test_creates_the_task_queue_and_the_session_enabled_results_queue(fake_admin):
+    result = run("--namespace", "contoso", "--lock-duration", "60", "--max-delivery-count", "5")
+    assert result.exit_code == 0, result.output
+    assert "created queue tasks" in result.output and "created queue results" in result.output
+    assert fake_admin.targets == ["contoso"]
+    calls = {name: settings for _, name, settings in fake_admin.calls}
+    assert calls["tasks"]["lock_duration"] == datetime.timedelta(seconds=60)
+    assert calls["tasks"]["max_delivery_count"] == 5
+    assert calls["tasks"]["requires_session"] is False
+    assert calls["tasks"]["dead_lettering_on_message_expiration"] is True
+    assert calls["results"]["requires_session"] is True
+
+
+def test_existing_queues_are_updated(fake_admin):
+    assert run("--namespace", "contoso").exit_code == 0
+    result = run("--namespace", "contoso", "--max-delivery-count", "7")
+    assert result.exit_code == 0, result.output
+    assert "updated queue tasks" in result.output
+    kind, name, settings = fake_admin.calls[-2]
+    assert (kind, name, settings["max_delivery_count"]) == ("update", "tasks", 7)
+
+
+def test_sessions_cannot_be_switched_on_an_existing_queue(fake_admin):
+    fake_admin.queues["results"] = types.SimpleNamespace(name="results", requires_session=False)
+    result = run("--namespace", "contoso")
+    assert result.exit_code == 1
+    assert "requires_session" in result.output
+
+
+def test_connection_string_from_the_environment(fake_admin):
+    conn = "Endpoint=sb://x.servicebus.windows.net/;SharedAccessKeyName=a;SharedAccessKey=b"
+    assert run(env={"RTBATCH_SERVICEBUS": conn}).exit_code == 0
+    assert fake_admin.targets == [conn]
+
+
+def test_admin_client_is_built_for_both_kinds_of_target():
+    conn = "Endpoint=sb://x.servicebus.windows.net/;SharedAccessKeyName=a;SharedAccessKey=b"
+    with servicebus_cli.admin_client(conn) as admin:
+        assert admin.fully_qualified_namespace == "x.servicebus.windows.net"
+    with servicebus_cli.admin_client("servicebus://contoso", credential=object()) as admin:
+        assert admin.fully_qualified_namespace == "contoso.servicebus.windows.net"
