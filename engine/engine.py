@@ -538,12 +538,12 @@ class Engine:
     def _drain(self) -> None:
         """Graceful stop: abandon what has not started, let the running task finish."""
         logger.info("engine %s draining", self.engine_id)
-        self._receiving.clear()
+        if self._worker is not None:
+            self._worker.drain()  # tasks queued in the worker are skipped, not started
+        self._stop_receiver()  # before giving anything back, or we might receive it again
         self._admit_incoming()
         while self._pending:
             self._outbox.abandon(self._pending.popleft())
-        if self._worker is not None:
-            self._worker.drain()
         grace_end = time.monotonic() + self.grace
         while self._inflight and not self._force and time.monotonic() < grace_end:
             self._step(min(grace_end, time.monotonic() + _POLL))
@@ -562,10 +562,18 @@ class Engine:
             self._inflight.clear()
         self._flush()
 
+    def _stop_receiver(self) -> None:
+        self._receiving.clear()
+        with self._cond:
+            self._cond.notify_all()
+        if self._receiver is not None and self._receiver is not threading.current_thread():
+            self._receiver.join(_POLL * 4 + 1.0)
+            if self._receiver.is_alive():
+                logger.warning("engine %s: the receiver thread did not stop", self.engine_id)
+
     def _shutdown(self) -> None:
         self._request_stop()
-        if self._receiver is not None:
-            self._receiver.join(_POLL * 4 + 1.0)
+        self._stop_receiver()
         self._admit_incoming()  # whatever the receiver got at the last moment
         if self._worker is not None:
             self._worker.stop()
