@@ -16,13 +16,14 @@ import logging
 import os
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
 
 from benchmarks import WORKLOADS
 from benchmarks.procs import child_env
-from benchmarks.systems import NotApplicableError, SystemUnavailableError, make_system
+from benchmarks.systems import NotApplicableError, System, SystemUnavailableError, make_system
 from benchmarks.workloads import (
     FULL,
     PAYLOADS,
@@ -31,6 +32,7 @@ from benchmarks.workloads import (
     error_record,
     fresh_once,
     idle,
+    outstanding_growth,
     payload,
     roundtrip,
     scaled,
@@ -78,6 +80,27 @@ def fresh_runs(name: str, settings: Settings, outstanding: int) -> list[dict[str
     return samples
 
 
+def _start_records(
+    system: System,
+    settings: Settings,
+    workloads: list[str],
+    samples: list[dict[str, float]],
+    n: int,
+) -> list[dict]:
+    """The cold-start and client-memory records from fresh-start samples."""
+    how = None if settings.fresh_processes else "quick mode: measured in the benchmark process"
+    scaled_note = system.scale_reason if system.scale != 1.0 else None
+    records = []
+    if "cold-start" in workloads:
+        cold = [{"seconds": s["seconds"]} for s in samples]
+        records.append(summarise(system.name, "cold-start", cold, note=how))
+    if "client-memory" in workloads:
+        memory = [{k: v for k, v in s.items() if k != "seconds"} for s in samples]
+        note = "; ".join(filter(None, [how, scaled_note])) or None
+        records.append(summarise(system.name, "client-memory", memory, n=n, note=note))
+    return records
+
+
 def fresh_records(name: str, settings: Settings, workloads: list[str]) -> list[dict]:
     """The cold-start and client-memory records, from the same fresh processes."""
     wanted = [w for w in ("cold-start", "client-memory") if w in workloads]
@@ -90,40 +113,25 @@ def fresh_records(name: str, settings: Settings, workloads: list[str]) -> list[d
     except Exception as exc:
         log.error("%s fresh runs failed:\n%s", name, traceback.format_exc())
         return [error_record(name, w, "error", f"{type(exc).__name__}: {exc}") for w in wanted]
-    quick = settings.start_reps < FULL.start_reps
-    records = []
-    if "cold-start" in wanted:
-        note = f"{settings.start_reps} repetition (quick mode)" if quick else None
-        cold = [{"seconds": s["seconds"]} for s in samples]
-        records.append(summarise(name, "cold-start", cold, note=note))
-    if "client-memory" in wanted:
-        note = (
-            "; ".join(
-                filter(
-                    None,
-                    [
-                        f"{n} tasks, {settings.start_reps} repetition(s) (quick mode)"
-                        if quick
-                        else None,
-                        system.scale_reason if system.scale != 1.0 else None,
-                    ],
-                )
-            )
-            or None
-        )
-        memory = [{k: v for k, v in s.items() if k != "seconds"} for s in samples]
-        records.append(summarise(name, "client-memory", memory, n=n, note=note))
-    return records
+    return _start_records(system, settings, wanted, samples, n)
 
 
 def run_system(name: str, settings: Settings, workloads: list[str]) -> list[dict]:
     """Run ``workloads`` on system ``name``; return one record per workload."""
     records: list[dict] = []
     shared = [w for w in RUNNING if w in workloads]
+    in_process = (
+        []
+        if settings.fresh_processes
+        else [w for w in ("cold-start", "client-memory") if w in workloads]
+    )
     system = make_system(name)
     try:
-        if shared:
+        if shared or in_process:
+            start = time.perf_counter()
             system.start()
+            system.call("noop")
+            cold = {"seconds": time.perf_counter() - start}
             for _ in range(settings.warmup):
                 system.call("noop")
     except SystemUnavailableError as exc:
@@ -147,8 +155,21 @@ def run_system(name: str, settings: Settings, workloads: list[str]) -> list[dict
             log.info("%s: %s", name, workload)
             records.append(_guarded(name, workload, runs[workload]))
             _emit("RECORD", records[-1])
+        if in_process:
+            n = scaled(system, settings.client_memory_n) if "client-memory" in in_process else 0
+            try:
+                sample = {**cold, **(outstanding_growth(system, n) if n else {})}
+                found = _start_records(system, settings, in_process, [sample], n)
+            except Exception as exc:
+                log.error("%s in-process start figures failed:\n%s", name, traceback.format_exc())
+                found = [error_record(name, w, "error", f"{exc}") for w in in_process]
+            for record in found:
+                records.append(record)
+                _emit("RECORD", record)
     finally:
         system.stop()
+    if not settings.fresh_processes:
+        return records
     for record in fresh_records(name, settings, workloads):
         records.append(record)
         _emit("RECORD", record)

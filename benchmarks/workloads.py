@@ -26,6 +26,7 @@ __all__ = [
     "error_record",
     "fresh_once",
     "idle",
+    "outstanding_growth",
     "payload",
     "roundtrip",
     "scaled",
@@ -47,6 +48,8 @@ class Settings:
     reps: int = 3
     #: repetitions of the workloads that start a fresh system each time
     start_reps: int = 3
+    #: cold start and client memory in fresh processes (else: in the benchmark process)
+    fresh_processes: bool = True
     roundtrip_n: int = 1000
     throughput_n: int = 20_000
     sleep_n: int = 2_000
@@ -65,8 +68,9 @@ QUICK = Settings(
     throughput_n=1_000,
     sleep_n=100,
     payload_n={"payload-1KiB": 10, "payload-100KiB": 5, "payload-1MiB": 3},
-    idle_window=1.0,
+    idle_window=0.5,
     start_reps=1,
+    fresh_processes=False,
     client_memory_n=5_000,
     warmup=5,
 )
@@ -183,40 +187,43 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def fresh_once(system: System, n: int, settle: float = 30.0) -> dict[str, float]:
+def outstanding_growth(system: System, n: int, settle: float = 30.0) -> dict[str, float]:
+    """Submit ``n`` tasks that do not finish; return the peak growth of this process's RSS."""
+    for _ in range(5):
+        system.call("noop")
+    gc.collect()
+    time.sleep(0.5)
+    baseline = _rss_mb()
+    start = time.perf_counter()
+    system.submit_outstanding("block", n)
+    submit_s = time.perf_counter() - start
+    peak = previous = _rss_mb()
+    deadline = time.monotonic() + settle
+    while time.monotonic() < deadline:  # until the RSS stops moving
+        time.sleep(0.5)
+        current = _rss_mb()
+        peak = max(peak, current)
+        if abs(current - previous) < 1.0:
+            break
+        previous = current
+    growth = max(peak - baseline, 0.0)  # RSS noise can read slightly below the baseline
+    return {"rss_mb": growth, "baseline_mb": baseline, "submit_s": submit_s}
+
+
+def fresh_once(system: System, n: int) -> dict[str, float]:
     """One fresh start of ``system``: cold start, then client RSS growth with ``n`` outstanding.
 
     Run in a new process each time, so neither figure profits from an earlier run.
-    ``seconds`` is from ``start()`` to the first no-op result; ``rss_mb`` is the peak
-    growth of this process's RSS after submitting ``n`` tasks that do not finish
-    (skipped when ``n`` is 0).
+    ``seconds`` is from ``start()`` to the first no-op result; ``rss_mb`` comes from
+    :func:`outstanding_growth` (skipped when ``n`` is 0).
     """
     start = time.perf_counter()
     system.start()
     try:
         system.call("noop")
         figures: dict[str, float] = {"seconds": time.perf_counter() - start}
-        if n <= 0:
-            return figures
-        for _ in range(5):
-            system.call("noop")
-        gc.collect()
-        time.sleep(0.5)
-        baseline = _rss_mb()
-        start = time.perf_counter()
-        system.submit_outstanding("block", n)
-        submit_s = time.perf_counter() - start
-        peak = _rss_mb()
-        previous = peak
-        deadline = time.monotonic() + settle
-        while time.monotonic() < deadline:  # until the RSS stops moving
-            time.sleep(0.5)
-            current = _rss_mb()
-            peak = max(peak, current)
-            if abs(current - previous) < 1.0:
-                break
-            previous = current
-        figures.update(rss_mb=peak - baseline, baseline_mb=baseline, submit_s=submit_s)
+        if n > 0:
+            figures.update(outstanding_growth(system, n))
         return figures
     finally:
         system.stop()

@@ -6,6 +6,7 @@ records have the documented shape.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -56,9 +57,14 @@ def check_shape(record: dict) -> None:
     json.dumps(record)  # machine-readable as is
 
 
-@pytest.mark.parametrize("system", ["raw-zmq", "rtbatch-memory"])
-def test_harness_records(system, no_leaked_processes):
-    records = run_system(system, TINY, list(WORKLOADS))
+@pytest.mark.parametrize(
+    ("system", "fresh"),
+    [("raw-zmq", True), ("rtbatch-memory", True), ("rtbatch-memory", False)],
+    ids=["raw-zmq", "rtbatch-memory", "rtbatch-memory-in-process"],
+)
+def test_harness_records(system, fresh, no_leaked_processes):
+    settings = dataclasses.replace(TINY, fresh_processes=fresh)
+    records = run_system(system, settings, list(WORKLOADS))
     assert [r["workload"] for r in records] == [
         "idle",
         "roundtrip",
