@@ -164,13 +164,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(records, indent=2))
         return 0
     print(f"Service Bus transport on the stand-in, {args.tasks} tasks submitted at once")
-    header = f"{'scenario / phase':58} {'xfer in':>7} {'flows':>6} {'disp':>6} {'mgmt':>5}"
+    header = f"{'scenario / phase':66} {'xfer in':>7} {'flows':>6} {'disp':>6} {'mgmt':>5}"
     print(header + f" {'RTs':>6} {'RT/task':>8} {'s':>6}")
     for r in records:
         ops = r["ops"]
         label = f"{r['scenario']} / {r['phase']}"
         print(
-            f"{label:58} {ops['transfers_in']:7d} {ops['flows_in']:6d} "
+            f"{label:66} {ops['transfers_in']:7d} {ops['flows_in']:6d} "
             f"{ops['dispositions_in']:6d} {ops['management_requests']:5d} "
             f"{r['round_trips']:6d} {r['round_trips_per_task']:8.3f} {r['seconds']:6.1f}"
         )

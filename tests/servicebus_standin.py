@@ -427,9 +427,9 @@ class ServiceBusStandIn(MessagingHandler):
     @guarded
     def on_link_flow(self, event):
         if event.link.is_sender:
-            self._count(event.link.connection, "flows_in")
             out = self.outs.get(event.link)
-            if out is not None:
+            if out is not None:  # an entity receiver asking for messages (not a reply link)
+                self._count(event.link.connection, "flows_in")
                 self._dispatch(out)
             event.link.drained()
 
