@@ -33,6 +33,7 @@ from ..base import DEFAULT_MAX_MESSAGE_SIZE, QueueOptions
 from ..errors import LockLostError, QueueNotFoundError
 from ..store import Grant, QueueStore
 from . import wire
+from .curve import BrokerCurve
 from .journal import SqliteJournal
 
 __all__ = ["DEFAULT_HEARTBEAT_INTERVAL", "DEFAULT_HEARTBEAT_LIVENESS", "Broker"]
@@ -87,6 +88,7 @@ class Broker:
         store: the queue store (a fresh in-memory one by default).
         journal: makes the broker durable: the store reports to it, it is restored
             from it now, and it is committed before any request is acknowledged.
+        curve: CURVE keys and authorized clients (plain TCP when ``None``).
         context: ZeroMQ context (the process-wide instance by default).
     """
 
@@ -99,6 +101,7 @@ class Broker:
         heartbeat_liveness: int = DEFAULT_HEARTBEAT_LIVENESS,
         store: QueueStore | None = None,
         journal: SqliteJournal | None = None,
+        curve: BrokerCurve | None = None,
         context: zmq.Context | None = None,
     ) -> None:
         self.max_message_size = max_message_size
@@ -118,6 +121,9 @@ class Broker:
         # ZeroMQ drops a connection that sends a larger frame; smaller oversize bodies
         # get a clear error reply from decode_request.
         self._socket.setsockopt(zmq.MAXMSGSIZE, max_message_size + wire.MAX_META_SIZE)
+        self.curve = curve
+        if curve is not None:
+            curve.apply(self._context, self._socket)
         self._socket.bind(bind)
         self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._stopping = False
@@ -138,6 +144,8 @@ class Broker:
     def close(self) -> None:
         """Close the socket and the journal (after ``run`` returned)."""
         self._socket.close(linger=0)
+        if self.curve is not None:
+            self.curve.stop()
         if self.journal is not None:
             self.journal.close()
 

@@ -1,4 +1,4 @@
-"""``rtbatch broker``: run the ZeroMQ broker in the foreground."""
+"""``rtbatch broker`` (run the ZeroMQ broker) and ``rtbatch keys`` (CURVE key pairs)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import click
 
 from ..base import DEFAULT_MAX_MESSAGE_SIZE
 from .broker import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_LIVENESS, Broker
+from .curve import BrokerCurve, generate_keys, is_loopback_endpoint
 from .journal import SqliteJournal
 
-__all__ = ["broker"]
+__all__ = ["broker", "keys"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +57,34 @@ logger = logging.getLogger(__name__)
     help="Make the broker durable: journal accepted messages in DIR (SQLite, WAL) and "
     "restore them on start. Without it the broker keeps everything in memory.",
 )
+@click.option(
+    "--curve-secret-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The broker's CURVE .key_secret file (rtbatch keys generate): encrypt and "
+    "authenticate all traffic.",
+)
+@click.option(
+    "--authorized-keys",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Directory of client .key files allowed to connect (with --curve-secret-key; "
+    "without it any client knowing the broker's public key may connect).",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Allow a non-loopback --bind without CURVE keys (plain, unauthenticated TCP).",
+)
 def broker(
     bind: str,
     max_message_size: int,
     heartbeat_interval: float,
     heartbeat_liveness: int,
     data_dir: Path | None,
+    curve_secret_key: Path | None,
+    authorized_keys: Path | None,
+    insecure: bool,
 ) -> None:
     """Run the ZeroMQ broker serving zmq:// transports until SIGTERM or Ctrl-C.
 
@@ -72,6 +95,15 @@ def broker(
             level=os.environ.get("RTBATCH_LOG_LEVEL", "WARNING"),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+    if authorized_keys is not None and curve_secret_key is None:
+        raise click.UsageError("--authorized-keys needs --curve-secret-key")
+    if curve_secret_key is None and not insecure and not is_loopback_endpoint(bind):
+        raise click.UsageError(
+            f"refusing to serve {bind} without CURVE keys: anyone who can reach it could "
+            "read and inject tasks. Pass --curve-secret-key (see 'rtbatch keys generate'), "
+            "bind a loopback address, or add --insecure."
+        )
+    curve = None if curve_secret_key is None else BrokerCurve(curve_secret_key, authorized_keys)
     journal = SqliteJournal(data_dir) if data_dir is not None else None
     server = Broker(
         bind,
@@ -79,6 +111,7 @@ def broker(
         heartbeat_interval=heartbeat_interval,
         heartbeat_liveness=heartbeat_liveness,
         journal=journal,
+        curve=curve,
     )
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -97,8 +130,35 @@ def broker(
         mode = "in-memory: queued messages are lost when the broker stops"
     else:
         mode = f"durable: journal {journal.path}, {server.restored} message(s) restored"
+    if curve is not None:
+        mode += f"; CURVE, public key {curve.public.decode()}"
     click.echo(f"broker listening on {server.endpoint} ({mode})", err=True)
     try:
         server.run()
     finally:
         server.close()
+
+
+@click.group()
+def keys() -> None:
+    """Generate CURVE key pairs for the ZeroMQ broker and its clients."""
+
+
+@keys.command()
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("keys"),
+    show_default=True,
+    help="Directory to write the key files into.",
+)
+@click.option("--name", default="broker", show_default=True, help="Base name of the files.")
+def generate(directory: Path, name: str) -> None:
+    """Write NAME.key (public, share it) and NAME.key_secret (keep it private)."""
+    for path in (directory / f"{name}.key", directory / f"{name}.key_secret"):
+        if path.exists():
+            raise click.ClickException(f"{path} exists; not overwriting a key")
+    public, secret = generate_keys(directory, name)
+    click.echo(f"public key: {public}")
+    click.echo(f"secret key: {secret} (mode 600)")

@@ -19,6 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -42,6 +43,7 @@ from ..errors import (
     TransportTimeoutError,
 )
 from . import wire
+from .curve import apply_client_keys, load_public_key, load_secret_key
 
 __all__ = ["ZmqTransport", "broker_endpoint"]
 
@@ -92,6 +94,10 @@ class ZmqTransport(Transport):
             other as gone.
         request_timeout: seconds to wait for a reply (beyond a receive's own timeout)
             before raising ``ConnectionLostError`` or ``TransportTimeoutError``.
+        curve_server_key: the broker's CURVE public key (Z85 text or its ``.key``
+            file); turns on CURVE encryption.
+        curve_secret_key: this client's ``.key_secret`` file (its public key must be
+            in the broker's authorized keys); a throw-away pair is used when omitted.
     """
 
     def __init__(
@@ -102,6 +108,8 @@ class ZmqTransport(Transport):
         heartbeat_interval: float = 1.0,
         heartbeat_liveness: int = 3,
         request_timeout: float = 30.0,
+        curve_server_key: str | bytes | Path | None = None,
+        curve_secret_key: str | Path | None = None,
         **_options: Any,
     ) -> None:
         self.url = url
@@ -112,6 +120,10 @@ class ZmqTransport(Transport):
         self.heartbeat_liveness = heartbeat_liveness
         self.request_timeout = request_timeout
         self.client_id = b"\x01" + os.urandom(15)  # lease owner at the broker; never 0-led
+        self._server_key = None if curve_server_key is None else load_public_key(curve_server_key)
+        self._keypair = load_secret_key(curve_secret_key) if curve_secret_key is not None else None
+        if self._server_key is not None and self._keypair is None:
+            self._keypair = zmq.curve_keypair()
         self._context = zmq.Context()
         self._socket_numbers = itertools.count()
         self._request_ids = itertools.count(1)
@@ -138,9 +150,13 @@ class ZmqTransport(Transport):
         sock.setsockopt(zmq.LINGER, 0)
         # Replies are awaited with a blocking recv in slices of one heartbeat interval.
         sock.setsockopt(zmq.RCVTIMEO, max(1, int(self.heartbeat_interval * 1000)))
+        # A send blocks only while no connection can take it (e.g. refused handshake).
+        sock.setsockopt(zmq.SNDTIMEO, max(1, int(self.request_timeout * 1000)))
         sock.setsockopt(
             zmq.ROUTING_ID, self.client_id + next(self._socket_numbers).to_bytes(4, "big")
         )
+        if self._server_key is not None:
+            apply_client_keys(sock, self._server_key, self._keypair)
         sock.connect(self.endpoint)
         return sock
 
@@ -299,7 +315,10 @@ class ZmqTransport(Transport):
                         sock = self._new_socket()
                         poller.register(sock, zmq.POLLIN)
                         last_answer = now
-                    sock.send(wire.encode_request(wire.HEARTBEAT, 0, interval))
+                    try:  # never block: with no usable connection the beat is just lost
+                        sock.send(wire.encode_request(wire.HEARTBEAT, 0, interval), zmq.NOBLOCK)
+                    except zmq.Again:
+                        pass
                     next_beat = now + interval
                 events = dict(poller.poll(max(1, int((next_beat - now) * 1000))))
                 if stop in events:
@@ -333,9 +352,10 @@ class ZmqTransport(Transport):
                 len(self._declared),
             )
             for name, (lock_duration, max_delivery_count) in list(self._declared.items()):
-                sock.send(
-                    wire.encode_request(wire.DECLARE, 0, name, lock_duration, max_delivery_count)
+                header = wire.encode_request(
+                    wire.DECLARE, 0, name, lock_duration, max_delivery_count
                 )
+                sock.send(header, zmq.NOBLOCK)  # it just answered: the pipe has room
         self.epoch = epoch
         self._generation += 1
 
