@@ -183,8 +183,12 @@ def provision(
         )
         click.echo(json.dumps(config, indent=2))
         return
+    target = target or _configured_target()
     if not target:
-        raise click.UsageError("give --namespace (or RTBATCH_SERVICEBUS), or use --print-config")
+        raise click.UsageError(
+            "give --namespace (or RTBATCH_SERVICEBUS, or a Service Bus [transport] url in "
+            "rtbatch.toml), or use --print-config"
+        )
     if len({task_queue, results_queue, *extra_queue}) != 2 + len(extra_queue):
         raise click.UsageError("queue names must all differ")
     task_settings = queue_settings(lock_duration, max_delivery_count, sessions=False, ttl=ttl)
@@ -202,4 +206,19 @@ def provision(
             for name, settings in plan.items():
                 click.echo(f"{create_or_update(admin, name, settings)} queue {name}")
     except AzureError as exc:
-        raise click.ClickException(f"provisioning failed: {exc}") from exc
+        raise click.ClickException(
+            f"provisioning failed (it needs Manage rights or the Data Owner role): {exc}"
+        ) from exc
+
+
+def _configured_target() -> str | None:
+    """The ``[transport] url`` of rtbatch.toml when it names Service Bus."""
+    from realtime_batch.config import Config
+    from realtime_batch.transport import transport_scheme
+
+    try:
+        url = str(Config.load()["transport.url"] or "")
+        return url if url and transport_scheme(url) == "servicebus" else None
+    except Exception:  # an unreadable config is reported by the commands that need it
+        log.debug("no Service Bus URL in the configuration", exc_info=True)
+        return None

@@ -78,8 +78,9 @@ def test_iso_durations():
     assert servicebus_cli.iso_duration(0) == "PT0S"
 
 
-def test_a_target_is_required_without_print_config():
-    result = run(env={"RTBATCH_SERVICEBUS": ""})
+def test_a_target_is_required_without_print_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no rtbatch.toml here
+    result = run(env={"RTBATCH_SERVICEBUS": "", "RTBATCH_TRANSPORT": "zmq://127.0.0.1:0"})
     assert result.exit_code == 2
     assert "--namespace" in result.output
 
@@ -128,6 +129,13 @@ def test_sessions_cannot_be_switched_on_an_existing_queue(fake_admin):
 def test_connection_string_from_the_environment(fake_admin):
     conn = "Endpoint=sb://x.servicebus.windows.net/;SharedAccessKeyName=a;SharedAccessKey=b"
     assert run(env={"RTBATCH_SERVICEBUS": conn}).exit_code == 0
+    assert fake_admin.targets == [conn]
+
+
+def test_falls_back_to_the_configured_transport_url(fake_admin, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    conn = "Endpoint=sb://y.servicebus.windows.net/;SharedAccessKeyName=a;SharedAccessKey=b"
+    assert run(env={"RTBATCH_SERVICEBUS": "", "RTBATCH_TRANSPORT": conn}).exit_code == 0
     assert fake_admin.targets == [conn]
 
 
