@@ -108,6 +108,10 @@ def engine(
     else:
         root.setLevel(level.upper())
 
+    # The main loop, the receiver and the settler threads hand work to each other; a short
+    # GIL switch interval keeps one from waiting on another's Python work (5 ms default).
+    sys.setswitchinterval(0.0005)
+
     def announce(eng: Engine) -> None:
         click.echo(f"{READY_LINE} {eng.engine_id}")
         sys.stdout.flush()
