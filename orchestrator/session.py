@@ -518,21 +518,13 @@ class JobManager(Session):
 
 
 def _configured_transport_url() -> str:
-    url = os.environ.get("RTBATCH_TRANSPORT")
-    if url:
-        return url
-    try:
-        from realtime_batch.config import load_config
-    except ImportError:
-        load_config = None
-    if load_config is not None:
-        try:
-            configured = load_config().transport.url
-        except Exception as exc:
-            raise ValueError(f"no transport configured: {exc}") from exc
-        if configured:
-            return configured
-    raise ValueError(
-        "JobManager needs a transport: pass pool_or_url=..., set RTBATCH_TRANSPORT, "
-        "or set [transport] url in rtbatch.toml"
-    )
+    """The transport URL from ``RTBATCH_TRANSPORT`` or ``rtbatch.toml`` (``[transport] url``)."""
+    from realtime_batch.config import Config
+
+    url = Config.load()["transport.url"]
+    if not url or url.rstrip("/").endswith(":0"):
+        raise ValueError(
+            "JobManager needs a running transport: pass pool_or_url=... (e.g. a LocalPool), "
+            "set RTBATCH_TRANSPORT, or set [transport] url in rtbatch.toml"
+        )
+    return url
