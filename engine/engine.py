@@ -1,12 +1,14 @@
 """The engine: pull tasks from a queue, run them in a warm worker process, reply, complete.
 
-One thread (the caller of ``run``) owns the worker and every leased delivery; a
-receiver thread only fetches deliveries (at most ``prefetch`` held at a time)
-and hands them over. Per delivery the engine decodes the task, checks its
-attempt count, deadline and command, pipelines it to the worker, and once the
-worker answers sends the result to ``task.reply_to`` *then* completes the
-delivery (at-least-once; clients drop duplicate results by task id). Leases of
-held deliveries are renewed at a third of the lock duration.
+One thread (the caller of ``run``) owns the worker (through a ``WorkerPipeline``)
+and decides about every leased delivery; a receiver thread fetches deliveries
+(at most ``prefetch`` unfinished at a time) and a settler thread sends results
+and completes deliveries, so that broker round trips overlap task execution.
+Per delivery the engine decodes the task, checks its attempt count, deadline
+and command, pipelines it to the worker, and once the worker answers sends the
+result to ``task.reply_to`` *then* completes the delivery (at-least-once;
+clients drop duplicate results by task id). Leases of held deliveries are
+renewed at a third of the lock duration.
 
 Failure rules:
 
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import signal
 import socket
 import threading
@@ -40,20 +41,16 @@ from ..transport import Delivery, Transport, open_transport
 from ..transport.base import DEFAULT_LOCK_DURATION, DEFAULT_MAX_DELIVERY_COUNT
 from ..transport.errors import TransportClosedError, TransportError
 from ._outbox import Held, Outbox
+from ._pipeline import WorkerPipeline
+from .errors import EngineError
 from .tasks import CommandError, resolve_command
-from .worker import STATUS_SKIPPED, WorkerProcess, describe_exit
 
 __all__ = ["DEFAULT_RESULT_TTL", "Engine", "EngineError", "default_engine_id"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_RESULT_TTL = 86400.0
-_PIPE_BUDGET = 32 * 1024  # bytes of not-yet-started tasks queued in the worker's pipe
 _POLL = 0.5
-
-
-class EngineError(RuntimeError):
-    """The engine cannot run (e.g. its worker process does not start)."""
 
 
 def default_engine_id() -> str:
@@ -117,17 +114,9 @@ class Engine:
         self.on_ready = on_ready
         #: set once the engine is connected and its worker is warm
         self.ready = threading.Event()
-        self.tasks_done = 0
         self.error: BaseException | None = None
 
         self._outbox = Outbox(self.transport, self.engine_id, self.max_delivery_count, result_ttl)
-        self._worker: WorkerProcess | None = None
-        self._poller = select.poll()
-        self._pending: deque[Held] = deque()  # admitted, not yet given to the worker
-        self._inflight: deque[Held] = deque()  # given to the worker, in order
-        self._unstarted_bytes = 0
-        self._head_since = 0.0  # monotonic time the worker started inflight[0]
-        self._seq = 0
         self._commands: dict[str, tuple[str, str]] = {}
         self._renew_check_at = float("inf")
 
@@ -141,6 +130,10 @@ class Engine:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        self._pipeline = WorkerPipeline(
+            self.tasks_dir, self.work_dir, self.engine_id, self._outbox, default_timeout,
+            self._wake_r,
+        )  # fmt: skip
         self._stop_requested = False
         self._force = False
         self._thread: threading.Thread | None = None
@@ -153,8 +146,13 @@ class Engine:
     @property
     def worker_pid(self) -> int | None:
         """PID of the current worker process (None while none runs)."""
-        worker = self._worker
+        worker = self._pipeline.worker
         return None if worker is None else worker.pid
+
+    @property
+    def tasks_done(self) -> int:
+        """Tasks the worker has answered so far."""
+        return self._pipeline.finished
 
     # -- public control --------------------------------------------------------------------
     def start(self, *, wait: bool = True, timeout: float = 60.0) -> Engine:
@@ -188,7 +186,7 @@ class Engine:
                 lock_duration=self.lock_duration,
                 max_delivery_count=self.max_delivery_count,
             )
-            self._start_worker()
+            self._pipeline.start_worker()
             self._settler = threading.Thread(
                 target=self._settle_loop, name=f"{self!r}-settler", daemon=True
             )
@@ -286,24 +284,21 @@ class Engine:
     # -- the main loop ---------------------------------------------------------------------
     def _step(self, until: float) -> None:
         """One turn: wait for worker output or new deliveries, then act on everything ready."""
-        timeout = until
-        if self._inflight:
-            limit = self._head_timeout(self._inflight[0])
-            if limit is not None:
-                timeout = min(timeout, self._head_since + limit)
-        wall_wait = self._renew_check_at - time.time()
-        wait = max(0.0, min(timeout - time.monotonic(), wall_wait))
-        for fd, _event in self._poller.poll(wait * 1000.0):
-            if fd == self._wake_r:
-                try:
-                    os.read(self._wake_r, 4096)
-                except BlockingIOError:
-                    pass
-        self._collect()
-        self._check_head_timeout()
+        pipeline = self._pipeline
+        deadline = pipeline.head_deadline()
+        if deadline is not None:
+            until = min(until, deadline)
+        woken = pipeline.wait(min(until - time.monotonic(), self._renew_check_at - time.time()))
+        if woken:
+            try:
+                os.read(self._wake_r, 4096)
+            except BlockingIOError:
+                pass
+        pipeline.collect()
+        pipeline.check_timeout()
         self._flush()
         self._admit_incoming()
-        self._dispatch()
+        pipeline.dispatch()
         if time.time() >= self._renew_check_at:
             self._renew_due()
         self._flush()
@@ -376,7 +371,7 @@ class Engine:
         held.size = len(body)
         held.schedule_renewal(time.time())
         self._renew_check_at = min(self._renew_check_at, held.renew_at)
-        self._pending.append(held)
+        self._pipeline.pending.append(held)
 
     def _resolve(self, command: str) -> tuple[str, str]:
         cached = self._commands.get(command)
@@ -385,144 +380,11 @@ class Engine:
             cached = self._commands[command] = (kind, str(path))
         return cached
 
-    def _head_timeout(self, held: Held) -> float | None:
-        return held.task.timeout if held.task.timeout is not None else self.default_timeout
-
-    # -- worker ----------------------------------------------------------------------------
-    def _start_worker(self) -> None:
-        worker = WorkerProcess(self.tasks_dir, self.work_dir, self.engine_id)
-        try:
-            worker.start()
-        except Exception as exc:
-            worker.stop()
-            raise EngineError(str(exc)) from exc
-        assert worker.results is not None
-        self._worker = worker
-        self._reset_poller(worker)
-
-    def _reset_poller(self, worker: WorkerProcess | None) -> None:
-        self._poller = select.poll()
-        self._poller.register(self._wake_r, select.POLLIN)
-        if worker is not None and worker.results is not None:
-            self._poller.register(worker.results.fileno(), select.POLLIN)
-
-    def _dispatch(self) -> None:
-        """Pipeline pending tasks to the worker, in one pipe message, within the byte budget."""
-        batch = []
-        while self._pending and not self._stop_requested:
-            held = self._pending[0]
-            if self._inflight and self._unstarted_bytes + held.size > _PIPE_BUDGET:
-                break
-            self._pending.popleft()
-            self._seq += 1
-            held.seq = self._seq
-            task = held.task
-            batch.append(
-                (
-                    held.seq,
-                    held.kind,
-                    held.path,
-                    task.args,
-                    task.kwargs,
-                    task.deadline,
-                    task.task,
-                    held.attempt,
-                )
-            )
-            if not self._inflight:
-                self._head_since = time.monotonic()
-            else:
-                self._unstarted_bytes += held.size
-            self._inflight.append(held)
-        if batch:
-            assert self._worker is not None
-            try:
-                self._worker.send(batch)
-            except OSError:
-                self._worker_failed(timed_out=False)
-
-    def _collect(self) -> None:
-        worker = self._worker
-        if worker is None or worker.results is None:
-            return
-        while self._inflight and worker.readable():
-            try:
-                seq, status, value, error, started, finished = worker.recv()
-            except (EOFError, OSError):
-                self._worker_failed(timed_out=False)
-                return
-            held = self._inflight.popleft()
-            if held.seq != seq:  # cannot happen unless the pipe protocol is broken
-                raise EngineError(f"worker answered task {seq}, expected {held.seq}")
-            if self._inflight:
-                self._head_since = time.monotonic()
-                self._unstarted_bytes -= self._inflight[0].size
-            self.tasks_done += 1
-            if status == STATUS_SKIPPED:
-                self._outbox.abandon(held)
-            else:
-                self._outbox.finished(held, status, value, error, started, finished)
-        if not self._inflight and worker.returncode is not None:
-            logger.warning("worker died idle (%s); restarting", describe_exit(worker.returncode))
-            self._worker_failed(timed_out=False)
-
-    def _check_head_timeout(self) -> None:
-        if self._inflight:
-            limit = self._head_timeout(self._inflight[0])
-            if limit is not None and time.monotonic() - self._head_since >= limit:
-                self._worker_failed(timed_out=True)
-
-    def _worker_failed(self, *, timed_out: bool) -> None:
-        """The worker died or must die: settle the task it was running, restart it, re-queue."""
-        worker = self._worker
-        assert worker is not None
-        self._collect_remaining(worker)
-        code = worker.kill()
-        crash_report = worker.crash_report()
-        worker.stop(timeout=0)
-        self._worker = None
-        self._reset_poller(None)
-        if self._inflight:
-            head = self._inflight.popleft()
-            if timed_out:
-                limit = self._head_timeout(head)
-                logger.warning("task %s timed out after %s s; worker killed", head.task.task, limit)
-                self._outbox.error(
-                    head, "TaskTimeoutError", f"task exceeded its timeout of {limit} s; killed"
-                )
-            else:
-                cause = describe_exit(code)
-                logger.warning("worker died with %s running task %s", cause, head.task.task)
-                self._outbox.crashed(head, cause, crash_report)
-            if self._stop_requested:
-                for held in self._inflight:
-                    self._outbox.abandon(held)
-            else:
-                self._pending.extendleft(reversed(self._inflight))
-            self._inflight.clear()
-        self._unstarted_bytes = 0
-        if not self._stop_requested:
-            self._start_worker()
-
-    def _collect_remaining(self, worker: WorkerProcess) -> None:
-        """Read results the worker wrote before dying (they belong to finished tasks)."""
-        results = worker.results
-        try:
-            while self._inflight and results is not None and worker.readable():
-                _seq, status, value, error, started, finished = worker.recv()
-                held = self._inflight.popleft()
-                if status == STATUS_SKIPPED:
-                    self._outbox.abandon(held)
-                else:
-                    self._outbox.finished(held, status, value, error, started, finished)
-        except (EOFError, OSError, ValueError):
-            pass
-
     # -- leases ----------------------------------------------------------------------------
     def _renew_due(self) -> None:
         now = time.time()
         next_check = float("inf")
-        for held in (*self._inflight, *self._pending):
+        for held in self._pipeline.held():
             if held.lock_lost:
                 continue
             if held.renew_at <= now:
@@ -536,30 +398,23 @@ class Engine:
 
     # -- stopping --------------------------------------------------------------------------
     def _drain(self) -> None:
-        """Graceful stop: abandon what has not started, let the running task finish."""
+        """Graceful stop: give back what has not started, let the running task finish."""
         logger.info("engine %s draining", self.engine_id)
-        if self._worker is not None:
-            self._worker.drain()  # tasks queued in the worker are skipped, not started
+        pipeline = self._pipeline
+        pipeline.drain()  # tasks queued in the worker are skipped, not started
         self._stop_receiver()  # before giving anything back, or we might receive it again
         self._admit_incoming()
-        while self._pending:
-            self._outbox.abandon(self._pending.popleft())
+        while pipeline.pending:
+            self._outbox.abandon(pipeline.pending.popleft())
         grace_end = time.monotonic() + self.grace
-        while self._inflight and not self._force and time.monotonic() < grace_end:
+        while pipeline.inflight and not self._force and time.monotonic() < grace_end:
             self._step(min(grace_end, time.monotonic() + _POLL))
-        if self._inflight:
+        if pipeline.inflight:
             logger.warning(
-                "engine %s: abandoning %d task(s) still running after the grace period",
+                "engine %s: giving back %d task(s) still running after the grace period",
                 self.engine_id,
-                len(self._inflight),
+                pipeline.abandon_all(),
             )
-            if self._worker is not None:
-                self._worker.stop(timeout=0)  # kill it (and any JVM) before giving tasks back
-                self._worker = None
-                self._reset_poller(None)
-            for held in self._inflight:
-                self._outbox.abandon(held)
-            self._inflight.clear()
         self._flush()
 
     def _stop_receiver(self) -> None:
@@ -575,14 +430,9 @@ class Engine:
         self._request_stop()
         self._stop_receiver()
         self._admit_incoming()  # whatever the receiver got at the last moment
-        if self._worker is not None:
-            self._worker.stop()
-            self._worker = None
-        while self._pending:
-            self._outbox.abandon(self._pending.popleft())
-        for held in self._inflight:  # only after an error: give them back
-            self._outbox.abandon(held)
-        self._inflight.clear()
+        self._pipeline.drain()
+        self._pipeline.stop_worker()
+        self._pipeline.abandon_all()  # nothing left after a graceful stop; after an error, all
         self._flush()
         if self._settler is not None and self._settler.is_alive():
             self._settle_queue.put(None)

@@ -37,6 +37,7 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .errors import WorkerStartError
 from .java import java_runner, run_jar, set_current_dirs
 from .tasks import KIND_JAR, TaskContractError, TaskModuleCache, call_task
 
@@ -47,10 +48,6 @@ logger = logging.getLogger(__name__)
 STATUS_SKIPPED = "skipped"
 _DRAIN = b"D"
 _CRASH_TAIL = 4000
-
-
-class WorkerStartError(RuntimeError):
-    """The worker process did not come up."""
 
 
 def describe_exit(returncode: int | None) -> str:

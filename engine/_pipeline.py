@@ -1,0 +1,231 @@
+"""The engine's side of the worker: tasks queued for it, pipelined to it, and its failures.
+
+``WorkerPipeline`` owns the worker process and the tasks between admission and
+their outcome: ``pending`` (admitted, not yet sent to the worker) and
+``inflight`` (sent, answered in order; the first one is running). Small tasks
+are pipelined to the worker (within a byte budget, so that writing to its pipe
+never blocks), which is what keeps the per-task overhead low. Outcomes go to
+the ``Outbox``. It is used by the engine's main thread only.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import time
+from collections import deque
+from collections.abc import Iterator
+
+from ._outbox import Held, Outbox
+from .errors import PipelineError
+from .worker import STATUS_SKIPPED, WorkerProcess, describe_exit
+
+__all__ = ["WorkerPipeline"]
+
+logger = logging.getLogger(__name__)
+
+_PIPE_BUDGET = 32 * 1024  # bytes of not-yet-started tasks queued in the worker's pipe
+
+
+class WorkerPipeline:
+    """Feeds one warm worker process and turns what happens to it into outcomes.
+
+    Args:
+        tasks_dir, work_dir, engine_id: passed to the worker process.
+        outbox: where outcomes are recorded.
+        default_timeout: seconds a task may run when it sets no timeout.
+        wake_fd: a file descriptor that ``wait`` also watches.
+    """
+
+    def __init__(
+        self,
+        tasks_dir: str,
+        work_dir: str,
+        engine_id: str,
+        outbox: Outbox,
+        default_timeout: float | None,
+        wake_fd: int,
+    ) -> None:
+        self.tasks_dir = tasks_dir
+        self.work_dir = work_dir
+        self.engine_id = engine_id
+        self.outbox = outbox
+        self.default_timeout = default_timeout
+        self.worker: WorkerProcess | None = None
+        self.pending: deque[Held] = deque()
+        self.inflight: deque[Held] = deque()
+        self.finished = 0
+        self.accepting = True  # False while draining: nothing new goes to the worker
+        self._wake_fd = wake_fd
+        self._poller = select.poll()
+        self._unstarted_bytes = 0
+        self._head_since = 0.0  # monotonic time the worker started inflight[0]
+        self._seq = 0
+
+    # -- process ---------------------------------------------------------------------------
+    def start_worker(self) -> None:
+        """Start a worker and wait until it is warm. Raises ``WorkerStartError``."""
+        worker = WorkerProcess(self.tasks_dir, self.work_dir, self.engine_id)
+        try:
+            worker.start()
+        except BaseException:
+            worker.stop()
+            raise
+        self.worker = worker
+        self._reset_poller()
+
+    def _reset_poller(self) -> None:
+        self._poller = select.poll()
+        self._poller.register(self._wake_fd, select.POLLIN)
+        if self.worker is not None and self.worker.results is not None:
+            self._poller.register(self.worker.results.fileno(), select.POLLIN)
+
+    def stop_worker(self, timeout: float = 5.0) -> None:
+        """Stop the worker (``timeout`` 0: kill it at once, with any JVM it started)."""
+        if self.worker is not None:
+            self.worker.stop(timeout=timeout)
+            self.worker = None
+            self._reset_poller()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for worker output or the wake fd; True if woken."""
+        woken = False
+        for fd, _event in self._poller.poll(max(timeout, 0.0) * 1000.0):
+            if fd == self._wake_fd:
+                woken = True
+        return woken
+
+    # -- tasks -----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.pending) + len(self.inflight)
+
+    def held(self) -> Iterator[Held]:
+        """Every task not finished yet (for lease renewal)."""
+        yield from self.inflight
+        yield from self.pending
+
+    def timeout_of(self, held: Held) -> float | None:
+        return held.task.timeout if held.task.timeout is not None else self.default_timeout
+
+    def head_deadline(self) -> float | None:
+        """Monotonic time at which the running task times out (None: no limit or idle)."""
+        if not self.inflight:
+            return None
+        limit = self.timeout_of(self.inflight[0])
+        return None if limit is None else self._head_since + limit
+
+    def dispatch(self) -> None:
+        """Send pending tasks to the worker, in one pipe message, within the byte budget."""
+        batch = []
+        while self.pending and self.accepting and self.worker is not None:
+            held = self.pending[0]
+            if self.inflight and self._unstarted_bytes + held.size > _PIPE_BUDGET:
+                break
+            self.pending.popleft()
+            self._seq += 1
+            held.seq = self._seq
+            task = held.task
+            batch.append((held.seq, held.kind, held.path, task.args, task.kwargs, task.deadline,
+                          task.task, held.attempt))  # fmt: skip
+            if not self.inflight:
+                self._head_since = time.monotonic()
+            else:
+                self._unstarted_bytes += held.size
+            self.inflight.append(held)
+        if batch:
+            assert self.worker is not None
+            try:
+                self.worker.send(batch)
+            except OSError:
+                self._failed(timed_out=False)
+
+    def collect(self) -> None:
+        """Record every answer the worker has written; detect its death."""
+        worker = self.worker
+        if worker is None or worker.results is None:
+            return
+        while self.inflight and worker.readable():
+            try:
+                answer = worker.recv()
+            except (EOFError, OSError):
+                self._failed(timed_out=False)
+                return
+            self._record(answer)
+            if self.inflight:
+                self._head_since = time.monotonic()
+                self._unstarted_bytes -= self.inflight[0].size
+        if not self.inflight and worker.returncode is not None:
+            logger.warning("worker died idle (%s); restarting", describe_exit(worker.returncode))
+            self._failed(timed_out=False)
+
+    def _record(self, answer: tuple) -> None:
+        seq, status, value, error, started, finished = answer
+        held = self.inflight.popleft()
+        if held.seq != seq:
+            raise PipelineError(f"worker answered task #{seq}, expected #{held.seq}")
+        self.finished += 1
+        if status == STATUS_SKIPPED:
+            self.outbox.abandon(held)
+        else:
+            self.outbox.finished(held, status, value, error, started, finished)
+
+    def check_timeout(self) -> None:
+        """Kill the worker if the running task outlived its timeout."""
+        deadline = self.head_deadline()
+        if deadline is not None and time.monotonic() >= deadline:
+            self._failed(timed_out=True)
+
+    def _failed(self, *, timed_out: bool) -> None:
+        """The worker died or must die: settle the task it was running, restart it, re-queue."""
+        worker = self.worker
+        assert worker is not None
+        suspect = self.inflight[0] if self.inflight else None
+        try:  # answers written before the end belong to tasks that did finish
+            while self.inflight and worker.readable():
+                self._record(worker.recv())
+        except (EOFError, OSError, ValueError):
+            pass
+        code = worker.kill()
+        crash_report = worker.crash_report()
+        self.stop_worker(timeout=0)
+        if self.inflight:
+            if timed_out and self.inflight[0] is not suspect:
+                pass  # the slow task finished at the last moment: nobody to blame
+            elif timed_out:
+                head = self.inflight.popleft()
+                limit = self.timeout_of(head)
+                logger.warning("task %s timed out after %s s; worker killed", head.task.task, limit)
+                message = f"task exceeded its timeout of {limit} s and was killed"
+                self.outbox.error(head, "TaskTimeoutError", message)
+            else:
+                head = self.inflight.popleft()
+                cause = describe_exit(code)
+                logger.warning("worker died with %s running task %s", cause, head.task.task)
+                self.outbox.crashed(head, cause, crash_report)
+            # the others never started: run them on the next worker, or give them back
+            if self.accepting:
+                self.pending.extendleft(reversed(self.inflight))
+            else:
+                for held in self.inflight:
+                    self.outbox.abandon(held)
+            self.inflight.clear()
+        self._unstarted_bytes = 0
+        if self.accepting:
+            self.start_worker()
+
+    # -- stopping --------------------------------------------------------------------------
+    def drain(self) -> None:
+        """Stop feeding the worker; it skips the tasks it has not started."""
+        self.accepting = False
+        if self.worker is not None:
+            self.worker.drain()
+
+    def abandon_all(self) -> int:
+        """Kill the worker and give back every task still held. Returns how many."""
+        self.stop_worker(timeout=0)
+        count = len(self)
+        for held in (*self.inflight, *self.pending):
+            self.outbox.abandon(held)
+        self.inflight.clear()
+        self.pending.clear()
+        return count
