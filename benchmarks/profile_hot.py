@@ -31,6 +31,10 @@ from benchmarks.systems import make_system
 __all__ = ["main", "summarise_collapsed"]
 
 
+#: frames on every stack (entry points, thread bootstrap): left out of the inclusive list
+_BOILERPLATE = ("<frozen runpy>", "click/core.py", "threading.py:10", "__main__.py", "cli.py")
+
+
 def summarise_collapsed(path: Path, top: int = 12) -> list[str]:
     """Top functions by leaf and by inclusive samples from py-spy's collapsed stacks."""
     leaf: collections.Counter[str] = collections.Counter()
@@ -47,7 +51,8 @@ def summarise_collapsed(path: Path, top: int = 12) -> list[str]:
             continue
         leaf[frames[-1]] += count
         for frame in set(frames):
-            inclusive[frame] += count
+            if not any(b in frame for b in _BOILERPLATE):
+                inclusive[frame] += count
     if not total:
         return ["  (no samples)"]
     lines = [f"  {total} samples; own time:"]
@@ -55,6 +60,19 @@ def summarise_collapsed(path: Path, top: int = 12) -> list[str]:
     lines.append("  inclusive:")
     lines += [f"    {100 * c / total:5.1f}%  {f}" for f, c in inclusive.most_common(top)]
     return lines
+
+
+def _cpu_by_process() -> dict[str, float]:
+    """CPU seconds (user + system) of this process and each descendant, by ``pid command``."""
+    found = {}
+    for proc in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            label = f"{proc.pid} " + " ".join(proc.cmdline()[1:4])[:70]
+        except psutil.Error:
+            continue
+        found[label] = times.user + times.system
+    return found
 
 
 def _worker_side() -> list[psutil.Process]:
@@ -95,19 +113,30 @@ def main(argv: list[str] | None = None) -> int:
                     "raw",
                 ]
                 argv_ += ["--rate", str(options.rate), "--output", str(out), "--nonblocking"]
+                argv_ += ["--gil"]  # only samples holding the GIL: CPU work, not waiting
                 spy = subprocess.Popen(argv_, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 spies.append((f"pid {proc.pid} {label}", spy, out))
             time.sleep(1.0)  # let py-spy attach
-        profiler = Profiler(interval=0.0005)
+        profiler = Profiler(interval=0.001)
+        cpu_before = _cpu_by_process()
         start = time.perf_counter()
         profiler.start()
         system.run_all("noop", [()] * options.n)
         profiler.stop()
         elapsed = time.perf_counter() - start
+        cpu_after = _cpu_by_process()
         rate = options.n / elapsed
         print(
             f"{options.system}: {options.n} no-op tasks in {elapsed:.2f} s = {rate:,.0f} tasks/s\n"
         )
+        print("CPU seconds used during the run (100% = one core busy the whole run):")
+        for label, used in sorted(
+            ((k, cpu_after[k] - cpu_before.get(k, 0.0)) for k in cpu_after),
+            key=lambda item: -item[1],
+        ):
+            if used > 0.05:
+                print(f"  {used:6.2f} s  {100 * used / elapsed:5.1f}%  {label}")
+        print()
         print(profiler.output_text(unicode=True, color=False, show_all=False))
         if options.html:
             options.html.write_text(profiler.output_html())

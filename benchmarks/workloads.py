@@ -65,7 +65,7 @@ FULL = Settings("full")
 QUICK = Settings(
     "quick",
     roundtrip_n=100,
-    throughput_n=1_000,
+    throughput_n=500,
     sleep_n=100,
     payload_n={"payload-1KiB": 10, "payload-100KiB": 5, "payload-1MiB": 3},
     idle_window=0.5,
@@ -77,8 +77,8 @@ QUICK = Settings(
 
 
 def scaled(system: System, n: int) -> int:
-    """``n`` scaled by the system's ``scale`` (at least 3)."""
-    return n if system.scale == 1.0 else max(3, int(n * system.scale))
+    """``n`` scaled by the system's ``scale`` (at least 2)."""
+    return n if system.scale == 1.0 else max(2, int(n * system.scale))
 
 
 def _note(system: System, *parts: str | None) -> str | None:
