@@ -96,15 +96,16 @@ class Engine:
     ) -> None:
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
+        self.tasks_dir = os.path.realpath(tasks_dir)
+        self.work_dir = os.path.realpath(work_dir or os.getcwd())
+        for name, path in (("tasks", self.tasks_dir), ("work", self.work_dir)):
+            if not os.path.isdir(path):
+                raise EngineError(f"{name} directory {path} does not exist")
         self._owns_transport = isinstance(transport, str)
         self.transport: Transport = (
             open_transport(transport) if isinstance(transport, str) else transport
         )
         self.queue = queue
-        self.tasks_dir = os.path.realpath(tasks_dir)
-        self.work_dir = os.path.realpath(work_dir or os.getcwd())
-        if not os.path.isdir(self.tasks_dir):
-            raise EngineError(f"tasks directory {self.tasks_dir} does not exist")
         self.prefetch = prefetch
         self.engine_id = engine_id or default_engine_id()
         self.default_timeout = default_timeout
