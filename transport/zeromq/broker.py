@@ -159,7 +159,11 @@ class Broker:
         current_timeout = -2
         while not self._stopping:
             # A blocking recv with RCVTIMEO is one C call; Socket.poll builds a Poller.
-            timeout = max(1, int(self._timers(time.time()) * 1000))
+            try:
+                timeout = max(1, int(self._timers(time.time()) * 1000))
+            except Exception:
+                logger.exception("unexpected error in the broker timers; serving on")
+                timeout = int(_MAX_POLL * 1000)
             if timeout != current_timeout:
                 sock.setsockopt(zmq.RCVTIMEO, timeout)
                 current_timeout = timeout
@@ -174,6 +178,8 @@ class Broker:
                 pass
             except zmq.ContextTerminated:
                 break
+            except Exception:  # a bug must not take the broker down with it
+                logger.exception("unexpected error in the broker loop; serving on")
         logger.info("broker %s stopped", self.epoch[:8])
 
     # -- timers --------------------------------------------------------------------------------

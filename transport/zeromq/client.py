@@ -9,6 +9,9 @@ replies carry the broker's epoch, so a restarted broker is noticed: requests in
 flight are re-sent on fresh sockets and the queues this client declared are
 declared again. zmq exceptions become ``TransportError``s in ``_map_zmq_error``,
 broker error replies in ``wire.error_for``.
+
+A send re-sent after a broker restart may have reached the new broker already
+(at-least-once, like the rest of the task path: consumers drop duplicates by id).
 """
 
 from __future__ import annotations
@@ -63,8 +66,8 @@ def _map_zmq_error(exc: zmq.ZMQError, closed: bool) -> TransportError:
     """The one place where ZeroMQ exceptions become ``TransportError``s."""
     if closed or isinstance(exc, zmq.ContextTerminated) or exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
         return TransportClosedError("the transport was closed")
-    if isinstance(exc, zmq.Again):
-        return TransportTimeoutError(f"the broker did not accept the request in time: {exc}")
+    if isinstance(exc, zmq.Again):  # only sends raise it: no connection could take the request
+        return ConnectionLostError(f"no usable connection to the broker: {exc}")
     return ConnectionLostError(f"ZeroMQ error talking to the broker: {exc}")
 
 
