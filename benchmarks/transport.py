@@ -113,11 +113,13 @@ def bench_raw(n_latency: int, n_throughput: int, window: int) -> dict[str, float
         sock.send(BODY)  # warm up (waits for the worker)
         sock.recv()
         samples = []
+        cpu = _cpu_seconds(broker.pid)
         for _ in range(n_latency):
             start = time.perf_counter()
             sock.send(BODY)
             sock.recv()
             samples.append(time.perf_counter() - start)
+        broker_cpu = (_cpu_seconds(broker.pid) - cpu) / n_latency
         sent = received = 0
         start = time.perf_counter()
         while received < n_throughput:
@@ -135,7 +137,9 @@ def bench_raw(n_latency: int, n_throughput: int, window: int) -> dict[str, float
             proc.join(5)
             if proc.is_alive():
                 proc.kill()
-    return _figures(samples, n_throughput / elapsed)
+    figures = _figures(samples, n_throughput / elapsed)
+    figures["broker_cpu_us"] = broker_cpu * 1e6
+    return figures
 
 
 # -- (b) zmq:// ------------------------------------------------------------------------------
@@ -223,7 +227,9 @@ def bench_transport(n_latency: int, n_throughput: int, window: int) -> dict[str,
                 t.complete(reply)
 
             one()  # warm up (waits for the worker)
+            cpu = _cpu_seconds(broker.pid)
             samples, cycles = _sequential(t, n_latency)
+            broker_cpu = (_cpu_seconds(broker.pid) - cpu) / n_latency
             parked, _ = _sequential(t, n_latency, listener=True)
             rate = _pipelined(t, n_throughput, window)
             t.send(TASKS, Message(STOP))
@@ -234,6 +240,7 @@ def bench_transport(n_latency: int, n_throughput: int, window: int) -> dict[str,
                 worker.kill()
         stop_broker(broker)
     figures = _figures(samples, rate)
+    figures["broker_cpu_us"] = broker_cpu * 1e6
     figures["cycle_p50_us"] = statistics.median(cycles) * 1e6
     figures["parked_p50_us"] = statistics.median(parked) * 1e6
     figures["parked_p99_us"] = _figures(parked, 0)["p99_us"]
@@ -325,6 +332,12 @@ def bench_memory(count: int, size: int = 100) -> dict[str, float]:
 
 
 # -- report ----------------------------------------------------------------------------------
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (with its ZeroMQ I/O thread)."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
 def _figures(samples: list[float], rate: float) -> dict[str, float]:
     ordered = sorted(samples)
     return {
@@ -360,6 +373,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'zmq:// incl. complete':28}{ours['cycle_p50_us']:>10.0f}")
     print(
         f"{'zmq:// parked listener':28}{ours['parked_p50_us']:>10.0f}{ours['parked_p99_us']:>10.0f}"
+    )
+    print(
+        f"broker CPU per round trip: raw {raw['broker_cpu_us']:.0f} us, "
+        f"zmq:// {ours['broker_cpu_us']:.0f} us (send, receive and complete on both sides)"
     )
     p50_ratio = ours["p50_us"] / raw["p50_us"]
     rate_ratio = ours["throughput"] / raw["throughput"]
