@@ -139,7 +139,11 @@ class WorkerProcess:
         ]
         try:
             self.proc = subprocess.Popen(
-                argv, pass_fds=child_fds, cwd=self.work_dir, start_new_session=True
+                argv,
+                pass_fds=child_fds,
+                cwd=self.work_dir,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         except BaseException:
             for fd in (task_r, task_w, result_r, result_w, ctrl_r, ctrl_w):
