@@ -18,9 +18,9 @@ def wait_for(path, timeout=30.0):
 
 
 def test_lease_is_renewed_while_a_task_outlives_the_lock(harness):
-    engine = harness.engine(lock_duration=0.5, prefetch=2)
-    # 1.5 s is three lock durations: without renewal both tasks would be redelivered
-    first = harness.submit("sleep.py", 1.5)
+    engine = harness.engine(lock_duration=1.0, prefetch=2)
+    # over two lock durations: without renewal both tasks would be redelivered
+    first = harness.submit("sleep.py", 2.2)
     second = harness.submit("noop.py", "queued behind")
     results = harness.results(2)
     assert results[first].ok and results[first].attempt == 1
