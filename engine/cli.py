@@ -105,8 +105,10 @@ def engine(
             stream=sys.stderr,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
-    else:
-        root.setLevel(level.upper())
+    elif log_level:
+        root.setLevel(log_level.upper())
+    else:  # configured by ``rtbatch -v``: an engine logs at least its INFO lines
+        root.setLevel(min(root.level, logging.getLevelName(level.upper())))
 
     # The main loop, the receiver and the settler threads hand work to each other; a short
     # GIL switch interval keeps one from waiting on another's Python work (5 ms default).
