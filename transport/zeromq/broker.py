@@ -25,7 +25,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -33,8 +33,10 @@ from ..base import DEFAULT_MAX_MESSAGE_SIZE, QueueOptions
 from ..errors import LockLostError, QueueNotFoundError
 from ..store import Grant, QueueStore
 from . import wire
-from .curve import BrokerCurve
-from .journal import SqliteJournal
+
+if TYPE_CHECKING:  # imported by the CLI only when durable mode or CURVE is asked for
+    from .curve import BrokerCurve
+    from .journal import SqliteJournal
 
 __all__ = ["DEFAULT_HEARTBEAT_INTERVAL", "DEFAULT_HEARTBEAT_LIVENESS", "Broker"]
 

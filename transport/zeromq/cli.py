@@ -14,8 +14,7 @@ import click
 
 from ..base import DEFAULT_MAX_MESSAGE_SIZE
 from .broker import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_LIVENESS, Broker
-from .curve import BrokerCurve, generate_keys, is_loopback_endpoint
-from .journal import SqliteJournal
+from .curve import is_loopback_endpoint
 
 __all__ = ["broker", "keys"]
 
@@ -103,8 +102,15 @@ def broker(
             "read and inject tasks. Pass --curve-secret-key (see 'rtbatch keys generate'), "
             "bind a loopback address, or add --insecure."
         )
-    curve = None if curve_secret_key is None else BrokerCurve(curve_secret_key, authorized_keys)
-    journal = SqliteJournal(data_dir) if data_dir is not None else None
+    curve = journal = None
+    if curve_secret_key is not None:
+        from .curve import BrokerCurve
+
+        curve = BrokerCurve(curve_secret_key, authorized_keys)
+    if data_dir is not None:
+        from .journal import SqliteJournal
+
+        journal = SqliteJournal(data_dir)
     server = Broker(
         bind,
         max_message_size=max_message_size,
@@ -159,6 +165,8 @@ def generate(directory: Path, name: str) -> None:
     for path in (directory / f"{name}.key", directory / f"{name}.key_secret"):
         if path.exists():
             raise click.ClickException(f"{path} exists; not overwriting a key")
+    from .curve import generate_keys
+
     public, secret = generate_keys(directory, name)
     click.echo(f"public key: {public}")
     click.echo(f"secret key: {secret} (mode 600)")

@@ -15,11 +15,10 @@ from __future__ import annotations
 import ipaddress
 import logging
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import zmq
-import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 
 __all__ = [
     "BrokerCurve",
@@ -35,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 def generate_keys(directory: str | Path, name: str) -> tuple[Path, Path]:
     """Write a new key pair ``NAME.key`` / ``NAME.key_secret`` into ``directory``."""
+    import zmq.auth
+
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
     public, secret = zmq.auth.create_certificates(target, name)
@@ -44,6 +45,8 @@ def generate_keys(directory: str | Path, name: str) -> tuple[Path, Path]:
 
 def load_secret_key(path: str | Path) -> tuple[bytes, bytes]:
     """Return ``(public, secret)`` from a ``.key_secret`` file."""
+    import zmq.auth
+
     public, secret = zmq.auth.load_certificate(path)
     if not secret:
         raise ValueError(f"{path} holds no secret key (use the .key_secret file)")
@@ -56,6 +59,8 @@ def load_public_key(value: str | bytes | Path) -> bytes:
         value = value.decode()
     if isinstance(value, str) and len(value) == 40 and not Path(value).exists():
         return value.encode()
+    import zmq.auth
+
     public, _secret = zmq.auth.load_certificate(value)
     return public
 
@@ -97,10 +102,13 @@ class BrokerCurve:
     def __init__(self, secret_key_file: str | Path, authorized_keys: str | Path | None) -> None:
         self.public, self.secret = load_secret_key(secret_key_file)
         self.authorized_keys = authorized_keys
-        self._authenticator: ThreadAuthenticator | None = None
+        self._authenticator: Any = None
 
     def apply(self, context: zmq.Context, sock: zmq.Socket) -> None:
         """Start the authenticator and make ``sock`` a CURVE server (before binding)."""
+        import zmq.auth
+        from zmq.auth.thread import ThreadAuthenticator
+
         self._authenticator = ThreadAuthenticator(context)
         self._authenticator.start()
         location = (
