@@ -108,7 +108,8 @@ def engine(
     elif log_level:
         root.setLevel(log_level.upper())
     else:  # configured by ``rtbatch -v``: an engine logs at least its INFO lines
-        root.setLevel(min(root.level, logging.getLevelName(level.upper())))
+        wanted = logging.getLevelName(level.upper())
+        root.setLevel(min(root.level, wanted if isinstance(wanted, int) else logging.INFO))
 
     # The main loop, the receiver and the settler threads hand work to each other; a short
     # GIL switch interval keeps one from waiting on another's Python work (5 ms default).
