@@ -97,19 +97,19 @@ def engine(
     from ..transport.errors import TransportError
     from .engine import Engine, EngineError
 
-    level = log_level or os.environ.get("RTBATCH_LOG_LEVEL") or "INFO"
+    name = (log_level or os.environ.get("RTBATCH_LOG_LEVEL") or "INFO").upper()
+    level = logging.getLevelName(name)
+    if not isinstance(level, int):
+        level = logging.INFO
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(
-            level=level.upper(),
-            stream=sys.stderr,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
     elif log_level:
-        root.setLevel(log_level.upper())
+        root.setLevel(level)
     else:  # configured by ``rtbatch -v``: an engine logs at least its INFO lines
-        wanted = logging.getLevelName(level.upper())
-        root.setLevel(min(root.level, wanted if isinstance(wanted, int) else logging.INFO))
+        root.setLevel(min(root.level, level))
 
     # The main loop, the receiver and the settler threads hand work to each other; a short
     # GIL switch interval keeps one from waiting on another's Python work (5 ms default).
