@@ -274,8 +274,20 @@ def _run_one(item: tuple[Any, ...], cache: Any, context: TaskContext) -> tuple[A
             value = call_task(cache.load(path), context, args, kwargs)
         return (seq, "ok", value, None, started, time.time())
     except BaseException as exc:  # the task's failure is its result
-        error = (type(exc).__name__, str(exc), traceback.format_exc())
-        return (seq, "error", None, error, started, time.time())
+        return (seq, "error", None, _describe(exc), started, time.time())
+
+
+def _describe(exc: BaseException) -> tuple[str, str, str]:
+    """``(type name, message, traceback)``, even for exceptions whose ``__str__`` fails."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<{type(exc).__name__} whose str() failed>"
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:
+        text = ""
+    return type(exc).__name__, message, text
 
 
 def _serve(tasks: Connection, results: Connection, ctrl_fd: int, context: TaskContext) -> None:
@@ -320,8 +332,9 @@ def main(argv: list[str] | None = None) -> None:
     faulthandler.enable(file=crash, all_threads=True)
     task_fd, result_fd, ctrl_fd = (int(x) for x in opts.fds.split(","))
     os.set_blocking(ctrl_fd, False)
+    level = logging.getLevelName(os.environ.get("RTBATCH_LOG_LEVEL", "WARNING").upper())
     logging.basicConfig(
-        level=os.environ.get("RTBATCH_LOG_LEVEL", "WARNING"),
+        level=level if isinstance(level, int) else logging.WARNING,
         format="%(asctime)s %(levelname)s worker %(name)s: %(message)s",
     )
     tasks_dir, work_dir = os.path.realpath(opts.tasks_dir), os.path.realpath(opts.work_dir)

@@ -143,3 +143,13 @@ def test_deadline_passed_means_expired_not_run(harness):
 def test_missing_tasks_dir_is_rejected(harness, tmp_path):
     with pytest.raises(EngineError, match="does not exist"):
         Engine(harness.transport, "tasks", tmp_path / "nope")
+
+
+def test_exception_with_a_broken_str_is_still_reported(harness):
+    engine = harness.engine()
+    pid = engine.worker_pid
+    harness.submit("bad_str.py")
+    result = harness.result()
+    assert result.error.type == "Weird"
+    assert "str() failed" in result.error.message
+    assert engine.worker_pid == pid  # not a crash
