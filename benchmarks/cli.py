@@ -26,7 +26,7 @@ from benchmarks.report import add_ratios, markdown_report, ratio_lines, write_ch
 from benchmarks.report import write_docs as write_docs_file
 from benchmarks.workloads import FULL, QUICK
 
-__all__ = ["bench", "run_benchmarks"]
+__all__ = ["bench", "merge_results", "run_benchmarks"]
 
 DOC = ROOT / "docs" / "benchmarks.md"
 CHART = ROOT / "docs" / "img" / "benchmarks.png"
@@ -149,6 +149,30 @@ def run_benchmarks(
     }
 
 
+def merge_results(earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """``earlier`` with the records of the systems in ``now`` replaced (ratios recomputed)."""
+    if earlier.get("mode") != now["mode"]:
+        raise click.UsageError(f"cannot merge a {now['mode']} run into a {earlier.get('mode')} run")
+    rerun = {r["system"] for r in now["records"]}
+    records = [
+        {k: v for k, v in r.items() if not k.startswith(("ratio_", "best_peer"))}
+        for r in earlier["records"]
+        if r["system"] not in rerun
+    ]
+    records += now["records"]
+    add_ratios(records)
+    merged = dict(earlier)
+    merged.update(
+        records=records,
+        versions={**earlier.get("versions", {}), **now["versions"]},
+        command=f"{earlier.get('command')}; then {now['command']}",
+        elapsed_s=earlier.get("elapsed_s", 0.0) + now["elapsed_s"],
+        finished_at=now["finished_at"],
+        load_average_end=now["load_average_end"],
+    )
+    return merged
+
+
 @click.command(name="bench")
 @click.option("--quick", is_flag=True, help="Small counts, for checking (under 3 minutes).")
 @click.option(
@@ -182,6 +206,7 @@ def bench(
     systems: str | None,
     workloads: str | None,
     write_docs: bool | None,
+    merge_path: Path | None,
     install: bool,
     log_dir: Path,
 ) -> None:
@@ -196,6 +221,8 @@ def bench(
 
         ensure_bench_extra()
     result = run_benchmarks(mode=mode, systems=chosen, workloads=loads, log_dir=log_dir)
+    if merge_path is not None:
+        result = merge_results(json.loads(merge_path.read_text()), result)
     ratios = ratio_lines(result["records"])
     if ratios:
         click.echo("\nrealtime-batch against the floor (raw-zmq) and the best peer:")

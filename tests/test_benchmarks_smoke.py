@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from benchmarks import SYSTEMS, WORKLOADS
-from benchmarks.cli import bench
+from benchmarks.cli import bench, merge_results
 from benchmarks.report import add_ratios, markdown_report, ratio_lines
 from benchmarks.runner import run_system
 from benchmarks.workloads import Settings
@@ -157,3 +158,28 @@ def test_cli_json(tmp_path, no_leaked_processes):
     for record in document["records"]:
         check_shape(record)
         assert record["status"] == "ok"
+
+
+def test_merge_replaces_only_rerun_systems():
+    def rec(system, p50):
+        return {"system": system, "workload": "roundtrip", "status": "ok", "p50_us": p50}
+
+    base = {"mode": "full", "versions": {"a": "1"}, "command": "c1", "elapsed_s": 10.0}
+    earlier = {**base, "records": [rec("raw-zmq", 100.0), rec("rtbatch-zmq", 400.0)]}
+    add_ratios(earlier["records"])
+    now = {
+        **base,
+        "command": "c2",
+        "versions": {"b": "2"},
+        "records": [rec("rtbatch-zmq", 200.0)],
+        "finished_at": "later",
+        "load_average_end": [1, 1, 1],
+    }
+    merged = merge_results(earlier, now)
+    by_system = {r["system"]: r for r in merged["records"]}
+    assert by_system["raw-zmq"]["p50_us"] == 100.0
+    assert by_system["rtbatch-zmq"]["p50_us"] == 200.0
+    assert by_system["rtbatch-zmq"]["ratio_to_raw"] == pytest.approx(2.0)
+    assert merged["versions"] == {"a": "1", "b": "2"}
+    with pytest.raises(click.UsageError):
+        merge_results(earlier, {**now, "mode": "quick"})
