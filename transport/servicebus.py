@@ -98,7 +98,23 @@ class _Handler:
         self.handler = handler
         self.presettled = presettled  # receive-and-delete: nothing left to settle
         self.lock = threading.Lock()
-        self.broken = False
+        self.waiting = 0  # threads queued for the lock (a receive loop lets them go first)
+        self._count_lock = threading.Lock()
+        self.broken = False  # the connection failed: replace this handler on next use
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        with self._count_lock:
+            self.waiting += 1
+        try:
+            self.lock.acquire()
+        finally:
+            with self._count_lock:
+                self.waiting -= 1
+        try:
+            yield
+        finally:
+            self.lock.release()
 
     def close(self) -> None:
         acquired = self.lock.acquire(timeout=5)
@@ -135,6 +151,10 @@ class ServiceBusTransport(Transport):
         receive_slice: longest single SDK receive; longer waits are cut into slices so that
             settlements from other threads and ``close()`` are not held up.
         retry_total: SDK retries on transient faults.
+        batch_gap: once a receive has its first message, how long the SDK keeps
+            collecting more (its default is 0.2 s, a latency floor for every
+            ``max_messages > 1`` receive that finds fewer messages): the receivers'
+            ``socket_timeout``, and the SDK's further-pull wait where it has one.
         group_receive_mode: ``"peek_lock"`` (default, the contract) or
             ``"receive_and_delete"`` for ``receive(..., group=...)``: mailbox messages are
             removed on delivery, so ``complete`` costs no round trip; ``abandon``,
@@ -150,9 +170,10 @@ class ServiceBusTransport(Transport):
         prefetch: int = 0,
         credential: Any = None,
         manage: bool = True,
-        poll_wait: float = 0.25,
-        receive_slice: float = 1.0,
+        poll_wait: float = 0.1,
+        receive_slice: float = 0.5,
         retry_total: int = 3,
+        batch_gap: float = 0.02,
         group_receive_mode: str = "peek_lock",
         **_options: Any,
     ) -> None:
@@ -165,6 +186,7 @@ class ServiceBusTransport(Transport):
         self.manage = manage
         self.poll_wait = poll_wait
         self.receive_slice = receive_slice
+        self.batch_gap = batch_gap
         self._connection_string = url if url.strip().lower().startswith("endpoint=") else None
         self.emulator = bool(
             self._connection_string
@@ -214,7 +236,12 @@ class ServiceBusTransport(Transport):
             entry = self._receivers.get(key)
             if entry is not None and not entry.broken:
                 return entry
-            options: dict[str, Any] = {"prefetch_count": self.prefetch}
+            # The socket timeout bounds each read of the SDK's receive loop, so it also
+            # bounds how long a batch waits after its first message (SDK default 0.2 s).
+            options: dict[str, Any] = {
+                "prefetch_count": self.prefetch,
+                "socket_timeout": self.batch_gap,
+            }
             name = queue
             if is_dead_letter_queue(queue):
                 name = queue[: -len(DEAD_LETTER_SUFFIX)]
@@ -228,6 +255,8 @@ class ServiceBusTransport(Transport):
             with map_servicebus_errors(f"opening a receiver on {queue!r}"):
                 receiver = self.client.get_queue_receiver(name, **options)
                 receiver.__enter__()  # attach now, with the SDK's own open timeout
+            if hasattr(receiver, "_further_pull_receive_timeout"):
+                receiver._further_pull_receive_timeout = self.batch_gap
             entry = _Handler(receiver, presettled)
             self._receivers[key] = entry
             return entry
@@ -235,7 +264,7 @@ class ServiceBusTransport(Transport):
     @contextlib.contextmanager
     def _using(self, entry: _Handler, what: str) -> Iterator[Any]:
         """Serialise use of one SDK handler; a dropped connection is reopened next time."""
-        with entry.lock, map_servicebus_errors(what):
+        with entry.held(), map_servicebus_errors(what):
             self._check_open()
             try:
                 yield entry.handler
@@ -370,6 +399,10 @@ class ServiceBusTransport(Transport):
     def _receive_slice(
         self, entry: _Handler, queue: str, max_messages: int, wait: float
     ) -> list[Delivery]:
+        for _ in range(100):  # let queued settlements through first (the lock is not fair)
+            if not entry.waiting:
+                break
+            time.sleep(0.001)
         with self._using(entry, f"receive from {queue!r}") as receiver:
             session = receiver.session if receiver._session else None
             if session is not None:
