@@ -14,7 +14,7 @@ with pickled tuples, which costs a few microseconds per task:
 A third pipe carries control bytes (``D``: drain, skip every task not started
 yet). The worker runs in its own session (so the engine can kill it together
 with any JVM it started), dies with its parent (``PR_SET_PDEATHSIG``), sends its
-``print`` output to stderr, and writes a Python stack dump to a crash file on
+``print`` output to stderr, and writes a Python stack dump to a fourth pipe on
 fatal signals (``faulthandler``), which the engine puts in the error result.
 """
 
@@ -31,7 +31,6 @@ import select
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from multiprocessing.connection import Connection
@@ -116,8 +115,8 @@ class WorkerProcess:
         self._tasks: Connection | None = None
         self._ctrl_w: int | None = None
         self._result_poll: Any = None
-        fd, self.crash_file = tempfile.mkstemp(prefix="rtbatch-worker-", suffix=".crash")
-        os.close(fd)
+        self._crash_r: int | None = None
+        self._crash_text = ""
 
     @property
     def pid(self) -> int | None:
@@ -128,14 +127,15 @@ class WorkerProcess:
         task_r, task_w = os.pipe()
         result_r, result_w = os.pipe()
         ctrl_r, ctrl_w = os.pipe()
-        child_fds = (task_r, result_w, ctrl_r)
+        crash_r, crash_w = os.pipe()
+        child_fds = (task_r, result_w, ctrl_r, crash_w)
         argv = [
             sys.executable,
             "-m",
             "realtime_batch.engine.worker",
-            *("--fds", f"{task_r},{result_w},{ctrl_r}"),
+            *("--fds", ",".join(map(str, child_fds))),
             *("--tasks-dir", self.tasks_dir, "--work-dir", self.work_dir),
-            *("--engine-id", self.engine_id, "--crash-file", self.crash_file),
+            *("--engine-id", self.engine_id),
         ]
         try:
             self.proc = subprocess.Popen(
@@ -146,7 +146,7 @@ class WorkerProcess:
                 start_new_session=True,
             )
         except BaseException:
-            for fd in (task_r, task_w, result_r, result_w, ctrl_r, ctrl_w):
+            for fd in (*child_fds, task_w, result_r, ctrl_w, crash_r):
                 os.close(fd)
             raise
         for fd in child_fds:
@@ -156,6 +156,8 @@ class WorkerProcess:
         self._result_poll = select.poll()
         self._result_poll.register(result_r, select.POLLIN)
         self._ctrl_w = ctrl_w
+        os.set_blocking(crash_r, False)
+        self._crash_r = crash_r
         try:
             ready = self.results.poll(timeout) and pickle.loads(self.results.recv_bytes())
         except (EOFError, OSError):
@@ -194,11 +196,17 @@ class WorkerProcess:
 
     def crash_report(self) -> str:
         """What ``faulthandler`` wrote on a fatal signal (the tail), or ``""``."""
-        try:
-            with open(self.crash_file, encoding="utf-8", errors="replace") as fh:
-                return fh.read()[-_CRASH_TAIL:]
-        except OSError:
-            return ""
+        chunks = [self._crash_text]
+        while self._crash_r is not None:
+            try:
+                data = os.read(self._crash_r, 65536)
+            except (BlockingIOError, OSError):
+                break
+            if not data:
+                break
+            chunks.append(data.decode("utf-8", errors="replace"))
+        self._crash_text = "".join(chunks)[-_CRASH_TAIL:]
+        return self._crash_text
 
     def kill(self) -> int | None:
         """Kill the worker and everything in its session (e.g. a JVM); return its exit status."""
@@ -237,8 +245,10 @@ class WorkerProcess:
             except (OSError, subprocess.TimeoutExpired):
                 pass
         self.kill()
-        with contextlib.suppress(OSError):
-            os.unlink(self.crash_file)
+        if self._crash_r is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._crash_r)
+            self._crash_r = None
 
 
 # -- worker side ------------------------------------------------------------------------
@@ -323,15 +333,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks-dir", required=True)
     parser.add_argument("--work-dir", required=True)
     parser.add_argument("--engine-id", required=True)
-    parser.add_argument("--crash-file", required=True)
     opts = parser.parse_args(argv)
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the engine decides when to stop
     os.dup2(2, 1)  # task print() output goes to the engine's log, not its stdout
-    crash = open(opts.crash_file, "w")  # noqa: SIM115 - kept open for faulthandler
-    faulthandler.enable(file=crash, all_threads=True)
-    task_fd, result_fd, ctrl_fd = (int(x) for x in opts.fds.split(","))
+    task_fd, result_fd, ctrl_fd, crash_fd = (int(x) for x in opts.fds.split(","))
     os.set_blocking(ctrl_fd, False)
+    os.set_blocking(crash_fd, False)  # a dying worker must never block on a full pipe
+    faulthandler.enable(file=crash_fd, all_threads=True)
     level = logging.getLevelName(os.environ.get("RTBATCH_LOG_LEVEL", "WARNING").upper())
     logging.basicConfig(
         level=level if isinstance(level, int) else logging.WARNING,
