@@ -173,6 +173,7 @@ class LocalPool(Pool):
         self._lock = threading.RLock()
         self._closed = False
         self._broker: _Proc | None = None
+        self._broker_args = list(broker_args)
         self._engines: list[Any] = []  # _Proc, or an in-process Engine (memory://)
         self._memory_transports: list[Any] = []
         self._next_node = 0
@@ -181,7 +182,7 @@ class LocalPool(Pool):
         self._monitor: threading.Thread | None = None
         try:
             if self._scheme == "zmq" and start_broker:
-                self._start_broker(list(broker_args))
+                self._start_broker(self._broker_args)
             self._target = engines
             self._start_engines(engines)
             if restart_dead and self._scheme != "memory":
@@ -239,6 +240,25 @@ class LocalPool(Pool):
         endpoint = line.split()[1]  # READY tcp://127.0.0.1:PORT
         self._url = "zmq://" + endpoint.removeprefix("tcp://")
         log.info("broker %d ready at %s", self._broker.pid, self._url)
+
+    def restart_broker(self, signum: int = signal.SIGKILL) -> int:
+        """Stop the broker with ``signum`` and start it again on the same port (fault tests).
+
+        The new broker gets the same arguments (a ``--data-dir`` broker restores its
+        journal); engines and sessions reconnect by themselves. Returns its pid.
+        """
+        with self._lock:
+            self._check_open()
+            old = self._broker
+        if old is None:
+            raise PoolStateError("this pool did not start a broker")
+        old.signal(signum)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            old.popen.wait(_STOP_GRACE)
+        old.stop(0)
+        self._start_broker(self._broker_args)
+        assert self._broker is not None
+        return self._broker.pid
 
     # ------------------------------------------------------------------ staging
     def _node_dir(self, index: int) -> Path:
