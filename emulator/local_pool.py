@@ -128,7 +128,9 @@ class LocalPool(Pool):
         queue: the task queue the engines pull from.
         root: where node directories are made (a temporary directory by default,
             removed on close).
-        prefetch / lock_duration / max_delivery_count / default_timeout: engine settings.
+        prefetch: tasks each engine holds ahead (16: enough to hide broker round trips
+            for tiny tasks, small enough to keep long tasks spread over the engines).
+        lock_duration / max_delivery_count / default_timeout: engine settings.
         restart_dead: restart an engine that exits unexpectedly.
         broker_args: extra command-line arguments for the broker (e.g. ``["--data-dir", d]``).
         start_broker: start a broker for a ``zmq://`` URL with an explicit port.
@@ -144,7 +146,7 @@ class LocalPool(Pool):
         job: str | None = None,
         queue: str = "tasks",
         root: StrPath | None = None,
-        prefetch: int = 2,
+        prefetch: int = 16,
         lock_duration: float = 30.0,
         max_delivery_count: int = 10,
         default_timeout: float | None = None,
