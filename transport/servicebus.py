@@ -408,7 +408,25 @@ class ServiceBusTransport(Transport):
             if session is not None:
                 self._keep_session(session, wait)
             received = receiver.receive_messages(max_message_count=max_messages, max_wait_time=wait)
+            if len(received) < max_messages and self.prefetch == 0:
+                self._withdraw_credit(receiver)
             return [self._delivery(entry, queue, m, session) for m in received]
+
+    @staticmethod
+    def _withdraw_credit(receiver: Any) -> None:
+        """Set the link credit left by a short receive back to 0.
+
+        Otherwise messages keep arriving after ``receive`` returned; the SDK releases
+        those (they come back later), which costs transfers and dispositions for nothing.
+        Uses the SDK's internal handler; skipped if that is not there.
+        """
+        handler = getattr(receiver, "_handler", None)
+        link = getattr(handler, "_link", None)
+        if link is not None and getattr(link, "current_link_credit", 0) > 0:
+            try:
+                receiver._amqp_transport.reset_link_credit(handler, 0)
+            except Exception:  # an optimisation only
+                log.debug("withdrawing link credit failed", exc_info=True)
 
     @staticmethod
     def _keep_session(session: Any, wait: float) -> None:
