@@ -25,12 +25,13 @@ from ..protocol import (
 from ..transport import Delivery, Message, Transport
 from ..transport.base import MAX_DELIVERY_REASON
 from ..transport.errors import LockLostError, QueueNotFoundError, TransportError
+from .control import notice_message
 
 __all__ = ["Held", "Outbox"]
 
 logger = logging.getLogger(__name__)
 
-_COMPLETE, _ABANDON, _DEAD_LETTER = "complete", "abandon", "dead_letter"
+_COMPLETE, _ABANDON, _DEAD_LETTER, _NOTICE = "complete", "abandon", "dead_letter", "notice"
 _MIN_RENEW_INTERVAL = 0.05
 
 
@@ -39,9 +40,12 @@ class Held:
 
     __slots__ = (
         "attempt",
+        "cancelled_at",
         "delivery",
+        "due",
         "kind",
         "lock_lost",
+        "noticed",
         "path",
         "renew_at",
         "seq",
@@ -59,6 +63,14 @@ class Held:
         self.seq = 0
         self.renew_at = float("inf")
         self.lock_lost = False
+        self.cancelled_at: float | None = None  # monotonic time the client cancelled it
+        self.noticed = False  # a running notice was sent
+        self.due = 0.0  # monotonic time a retry may start (backing off until then)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """``(session, task id)``: what cancel requests name."""
+        return (self.task.session, self.task.task)
 
     def schedule_renewal(self, now: float) -> None:
         """Plan the next renewal at a third of the remaining lease."""
@@ -79,16 +91,17 @@ class Held:
 
 
 class _Entry:
-    __slots__ = ("action", "delivery", "description", "reason", "record", "reply_to")
+    __slots__ = ("action", "delivery", "description", "message", "reason", "record", "reply_to")
 
     def __init__(
         self,
-        delivery: Delivery,
+        delivery: Delivery | None,
         action: str,
         record: ResultRecord | None = None,
         reply_to: ReplyTo | None = None,
         reason: str = "",
         description: str = "",
+        message: Message | None = None,
     ) -> None:
         self.delivery = delivery
         self.action = action
@@ -96,6 +109,7 @@ class _Entry:
         self.reply_to = reply_to
         self.reason = reason
         self.description = description
+        self.message = message  # a notice: sent as is, nothing to settle
 
 
 class Outbox:
@@ -113,6 +127,7 @@ class Outbox:
         self.max_delivery_count = max_delivery_count
         self.ttl = ttl
         self._entries: list[_Entry] = []
+        self._notices = 0  # entries that are notices, not deliveries
 
     # -- outcomes --------------------------------------------------------------------------
     def _result(
@@ -149,7 +164,19 @@ class Outbox:
 
     def expired(self, held: Held) -> None:
         """The deadline passed before the task started: ``expired`` result, not run."""
-        self._reply(held, self._result(held, "expired"))
+        info = ErrorInfo("TaskExpiredError", "the task's deadline passed before it started")
+        self._reply(held, self._result(held, "expired", error=info))
+
+    def cancelled(self, held: Held, message: str = "cancelled by the client") -> None:
+        """The client cancelled the task: ``cancelled`` result, delivery completed."""
+        info = ErrorInfo("TaskCancelledError", message)
+        self._reply(held, self._result(held, "cancelled", error=info))
+
+    def notice(self, kind: str, reply_to: ReplyTo, task_ids: list[str]) -> None:
+        """Queue an ``engine``/``running`` notice for a session's mailbox."""
+        message = notice_message(kind, self.engine_id, task_ids, reply_to.group, self.ttl)
+        self._entries.append(_Entry(None, _NOTICE, reply_to=reply_to, message=message))
+        self._notices += 1
 
     def engine_lost(self, held: Held) -> None:
         """Refuse a delivery whose previous attempts all died with their engine."""
@@ -189,9 +216,6 @@ class Outbox:
             )
             return
         type_, message, traceback = error
-        if type_ in held.task.retry_on and held.attempt <= held.task.max_retries:
-            self._retry(held, type_, message, traceback)
-            return
         info = ErrorInfo(type_, message, traceback)
         self._reply(
             held, self._result(held, "error", error=info, started=started, finished=finished)
@@ -245,6 +269,8 @@ class Outbox:
 
     # -- sending and settling --------------------------------------------------------------
     def _encode(self, entry: _Entry) -> Message:
+        if entry.message is not None:
+            return entry.message
         record = entry.record
         assert record is not None and entry.reply_to is not None
         try:
@@ -266,14 +292,19 @@ class Outbox:
             )
         return Message(body, group=entry.reply_to.group, correlation_id=record.task, ttl=self.ttl)
 
-    def take(self) -> list[Any]:
-        """Hand over everything recorded so far (for ``settle``, possibly in another thread)."""
+    def take(self) -> tuple[list[Any], int]:
+        """Hand over everything recorded so far (for ``settle``, possibly in another thread).
+
+        Returns the entries and how many of them are deliveries (the rest are notices).
+        """
         entries, self._entries = self._entries, []
-        return entries
+        deliveries = len(entries) - self._notices
+        self._notices = 0
+        return entries, deliveries
 
     def flush(self) -> int:
-        """Send pending results, then settle, in this thread. Returns deliveries settled."""
-        return self.settle(self.take())
+        """Send pending results, then settle, in this thread. Returns entries handled."""
+        return self.settle(self.take()[0])
 
     def settle(self, entries: list[Any]) -> int:
         """Send the entries' results (batched per queue), then settle their deliveries.
@@ -284,7 +315,7 @@ class Outbox:
             return 0
         batches: dict[str, list[tuple[_Entry, Message]]] = {}
         for entry in entries:
-            if entry.record is not None:
+            if entry.record is not None or entry.message is not None:
                 batches.setdefault(entry.reply_to.queue, []).append((entry, self._encode(entry)))  # type: ignore[union-attr]
         for queue, batch in batches.items():
             try:
@@ -292,12 +323,14 @@ class Outbox:
             except QueueNotFoundError as exc:
                 logger.error("results queue %r does not exist (%s); dead-lettering", queue, exc)
                 for entry, _ in batch:
-                    entry.action, entry.reason = _DEAD_LETTER, "ReplyQueueNotFound"
-                    entry.description = f"results queue {queue!r} does not exist"
+                    if entry.action != _NOTICE:
+                        entry.action, entry.reason = _DEAD_LETTER, "ReplyQueueNotFound"
+                        entry.description = f"results queue {queue!r} does not exist"
             except TransportError as exc:
                 logger.error("could not send %d result(s) to %r: %s", len(batch), queue, exc)
                 for entry, _ in batch:
-                    entry.action = _ABANDON
+                    if entry.action != _NOTICE:
+                        entry.action = _ABANDON
         completes = [entry.delivery for entry in entries if entry.action == _COMPLETE]
         if completes:
             try:
@@ -307,12 +340,13 @@ class Outbox:
             except TransportError as exc:
                 logger.error("could not complete %d deliveries: %s", len(completes), exc)
         for entry in entries:
-            if entry.action != _COMPLETE:
+            if entry.action != _COMPLETE and entry.action != _NOTICE:
                 self._settle_one(entry)
         return len(entries)
 
     def _settle_one(self, entry: _Entry) -> None:
         delivery = entry.delivery
+        assert delivery is not None
         try:
             if entry.action == _ABANDON:
                 self.transport.abandon(delivery)

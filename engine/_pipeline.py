@@ -1,30 +1,49 @@
 """The engine's side of the worker: tasks queued for it, pipelined to it, and its failures.
 
 ``WorkerPipeline`` owns the worker process and the tasks between admission and
-their outcome: ``pending`` (admitted, not yet sent to the worker) and
-``inflight`` (sent, answered in order; the first one is running). Small tasks
-are pipelined to the worker (within a byte budget, so that writing to its pipe
-never blocks), which is what keeps the per-task overhead low. Outcomes go to
-the ``Outbox``. It is used by the engine's main thread only.
+their outcome: ``pending`` (admitted, not yet sent to the worker), ``inflight``
+(sent, answered in order; the first one is running) and ``delayed`` (a failed
+attempt whose exception is in ``retry_on``, backing off before it runs again on
+this engine; its delivery stays leased, so nothing is lost if the engine dies).
+Small tasks are pipelined to the worker (within a byte budget, so that writing
+to its pipe never blocks), which is what keeps the per-task overhead low.
+Outcomes go to the ``Outbox``. It is used by the engine's main thread only.
+
+Cancelled tasks are dropped from ``pending``/``delayed``; those already sent to
+the worker are marked, the worker is told not to start them, and if one is
+running (the head) the worker is killed and restarted, like on a timeout.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import select
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 
 from ._outbox import Held, Outbox
+from .control import KIND_RUNNING, NOTIFY, RUNNING_NOTICE_AFTER
 from .errors import PipelineError
-from .worker import STATUS_SKIPPED, WorkerProcess, describe_exit
+from .worker import STATUS_CANCELLED, STATUS_SKIPPED, WorkerProcess, describe_exit
 
 __all__ = ["WorkerPipeline"]
 
 logger = logging.getLogger(__name__)
 
 _PIPE_BUDGET = 32 * 1024  # bytes of not-yet-started tasks queued in the worker's pipe
+_CANCEL_GRACE = 0.1  # seconds a cancelled task sent to the worker has to be skipped
+DEFAULT_RETRY_BACKOFF = 0.1
+DEFAULT_RETRY_BACKOFF_MAX = 30.0
+
+
+def retry_delay(attempt: int, base: float, cap: float) -> float:
+    """Seconds to wait before the attempt after ``attempt``: exponential, capped, jittered.
+
+    ``base * 2 ** (attempt - 1)``, at most ``cap``, times a random factor in [0.5, 1].
+    """
+    return min(base * 2.0 ** (attempt - 1), cap) * random.uniform(0.5, 1.0)
 
 
 class WorkerPipeline:
@@ -35,6 +54,7 @@ class WorkerPipeline:
         outbox: where outcomes are recorded.
         default_timeout: seconds a task may run when it sets no timeout.
         wake_fd: a file descriptor that ``wait`` also watches.
+        retry_backoff / retry_backoff_max: first and largest delay before a retry.
     """
 
     def __init__(
@@ -45,6 +65,8 @@ class WorkerPipeline:
         outbox: Outbox,
         default_timeout: float | None,
         wake_fd: int,
+        retry_backoff: float = DEFAULT_RETRY_BACKOFF,
+        retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
     ) -> None:
         self.tasks_dir = tasks_dir
         self.work_dir = work_dir
@@ -54,6 +76,9 @@ class WorkerPipeline:
         self.worker: WorkerProcess | None = None
         self.pending: deque[Held] = deque()
         self.inflight: deque[Held] = deque()
+        self.delayed: list[Held] = []
+        self.retry_backoff = retry_backoff
+        self.retry_backoff_max = retry_backoff_max
         self.finished = 0
         self.accepting = True  # False while draining: nothing new goes to the worker
         self._wake_fd = wake_fd
@@ -97,12 +122,13 @@ class WorkerPipeline:
 
     # -- tasks -----------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self.pending) + len(self.inflight)
+        return len(self.pending) + len(self.inflight) + len(self.delayed)
 
     def held(self) -> Iterator[Held]:
         """Every task not finished yet (for lease renewal)."""
         yield from self.inflight
         yield from self.pending
+        yield from self.delayed
 
     def timeout_of(self, held: Held) -> float | None:
         return held.task.timeout if held.task.timeout is not None else self.default_timeout
@@ -113,6 +139,24 @@ class WorkerPipeline:
             return None
         limit = self.timeout_of(self.inflight[0])
         return None if limit is None else self._head_since + limit
+
+    def wake_at(self) -> float | None:
+        """Monotonic time of the next thing to do without outside input (None: nothing).
+
+        The running task's timeout, its running notice, killing it once cancelled, and
+        the end of a retry's backoff.
+        """
+        times = [held.due for held in self.delayed]
+        if self.inflight:
+            head = self.inflight[0]
+            limit = self.timeout_of(head)
+            if limit is not None:
+                times.append(self._head_since + limit)
+            if not head.noticed:
+                times.append(self._head_since + RUNNING_NOTICE_AFTER)
+            if head.cancelled_at is not None:
+                times.append(max(head.cancelled_at, self._head_since) + _CANCEL_GRACE)
+        return min(times) if times else None
 
     def dispatch(self) -> None:
         """Send pending tasks to the worker, in one pipe message, within the byte budget."""
@@ -166,16 +210,84 @@ class WorkerPipeline:
         self.finished += 1
         if status == STATUS_SKIPPED:
             self.outbox.abandon(held)
+        elif status == STATUS_CANCELLED or (held.cancelled_at is not None and error is not None):
+            self.outbox.cancelled(held)
+        elif error is not None and error[0] in held.task.retry_on and self._retry(held):
+            pass
         else:
             self.outbox.finished(held, status, value, error, started, finished)
 
-    def check_timeout(self) -> None:
-        """Kill the worker if the running task outlived its timeout."""
-        deadline = self.head_deadline()
-        if deadline is not None and time.monotonic() >= deadline:
-            self._failed(timed_out=True)
+    def _retry(self, held: Held) -> bool:
+        """Back off, then run ``held`` again here, if it has retries left. True if so."""
+        if held.attempt > held.task.max_retries:
+            return False
+        delay = retry_delay(held.attempt, self.retry_backoff, self.retry_backoff_max)
+        logger.info("task %s attempt %d failed; retrying in %.2f s", held.task.task,
+                    held.attempt, delay)  # fmt: skip
+        held.attempt += 1
+        held.due = time.monotonic() + delay
+        self.delayed.append(held)
+        return True
 
-    def _failed(self, *, timed_out: bool) -> None:
+    def release_due(self) -> None:
+        """Move retries whose backoff ended to the front of ``pending``."""
+        if not self.delayed:
+            return
+        now = time.monotonic()
+        due = [held for held in self.delayed if held.due <= now]
+        if due:
+            self.delayed = [held for held in self.delayed if held.due > now]
+            self.pending.extendleft(reversed(due))
+
+    def cancel(self, cancelled: Container[tuple[str, str]]) -> None:
+        """Drop the tasks whose ``(session, task)`` key is in ``cancelled``.
+
+        Tasks not sent to the worker get a ``cancelled`` result at once; the worker is
+        told to skip those it has queued, and the running one is killed (``check_head``).
+        """
+        for queue_name in ("pending", "delayed"):
+            queue = getattr(self, queue_name)
+            if any(held.key in cancelled for held in queue):
+                kept = [held for held in queue if held.key not in cancelled]
+                for held in queue:
+                    if held.key in cancelled:
+                        self.outbox.cancelled(held)
+                setattr(self, queue_name, deque(kept) if queue_name == "pending" else kept)
+        now = time.monotonic()
+        skip = []
+        for held in self.inflight:
+            if held.cancelled_at is None and held.key in cancelled:
+                held.cancelled_at = now
+                skip.append(held.seq)
+        if skip and self.worker is not None:
+            logger.info("cancelling %d task(s) sent to the worker", len(skip))
+            self.worker.cancel(skip)
+
+    def check_head(self) -> None:
+        """Act on the running task: timeout or cancellation (kill the worker), notice."""
+        if not self.inflight:
+            return
+        now = time.monotonic()
+        head = self.inflight[0]
+        if head.cancelled_at is not None and now >= max(head.cancelled_at, self._head_since) + (
+            _CANCEL_GRACE
+        ):
+            self._failed(timed_out=False, cancelled=True)
+            return
+        deadline = self.head_deadline()
+        if deadline is not None and now >= deadline:
+            self._failed(timed_out=True)
+            return
+        if not head.noticed and now >= self._head_since + RUNNING_NOTICE_AFTER:
+            head.noticed = True
+            if head.delivery.message.properties.get(NOTIFY):
+                self.outbox.notice(KIND_RUNNING, head.task.reply_to, [head.task.task])
+
+    def check_timeout(self) -> None:
+        """Kill the worker if the running task outlived its timeout (see ``check_head``)."""
+        self.check_head()
+
+    def _failed(self, *, timed_out: bool, cancelled: bool = False) -> None:
         """The worker died or must die: settle the task it was running, restart it, re-queue."""
         worker = self.worker
         assert worker is not None
@@ -189,24 +301,33 @@ class WorkerPipeline:
         crash_report = worker.crash_report()
         self.stop_worker(timeout=0)
         if self.inflight:
-            if timed_out and self.inflight[0] is not suspect:
-                pass  # the slow task finished at the last moment: nobody to blame
+            if (timed_out or cancelled) and self.inflight[0] is not suspect:
+                pass  # the task finished at the last moment: nothing to blame or stop
+            elif cancelled or self.inflight[0].cancelled_at is not None:
+                head = self.inflight.popleft()
+                logger.info("task %s cancelled while running; worker killed", head.task.task)
+                self.outbox.cancelled(head, "cancelled by the client while running; stopped")
             elif timed_out:
                 head = self.inflight.popleft()
                 limit = self.timeout_of(head)
                 logger.warning("task %s timed out after %s s; worker killed", head.task.task, limit)
-                message = f"task exceeded its timeout of {limit} s and was killed"
-                self.outbox.error(head, "TaskTimeoutError", message)
+                if "TaskTimeoutError" not in head.task.retry_on or not self._retry(head):
+                    message = f"task exceeded its timeout of {limit} s and was killed"
+                    self.outbox.error(head, "TaskTimeoutError", message)
             else:
                 head = self.inflight.popleft()
                 cause = describe_exit(code)
                 logger.warning("worker died with %s running task %s", cause, head.task.task)
                 self.outbox.crashed(head, cause, crash_report)
             # the others never started: run them on the next worker, or give them back
+            for held in self.inflight:
+                if held.cancelled_at is not None:
+                    self.outbox.cancelled(held)
+            rest = [held for held in self.inflight if held.cancelled_at is None]
             if self.accepting:
-                self.pending.extendleft(reversed(self.inflight))
+                self.pending.extendleft(reversed(rest))
             else:
-                for held in self.inflight:
+                for held in rest:
                     self.outbox.abandon(held)
             self.inflight.clear()
         self._unstarted_bytes = 0
@@ -224,8 +345,9 @@ class WorkerPipeline:
         """Kill the worker and give back every task still held. Returns how many."""
         self.stop_worker(timeout=0)
         count = len(self)
-        for held in (*self.inflight, *self.pending):
+        for held in (*self.inflight, *self.pending, *self.delayed):
             self.outbox.abandon(held)
         self.inflight.clear()
         self.pending.clear()
+        self.delayed.clear()
         return count

@@ -13,14 +13,23 @@ renewed at a third of the lock duration.
 Failure rules:
 
 * the task raises -> ``error`` result, not retried (unless its type is in
-  ``task.retry_on`` and retries remain: abandoned for another attempt);
+  ``task.retry_on`` and ``attempt <= max_retries``: the delivery stays leased while
+  the engine backs off, ``retry_backoff * 2**(attempt-1)`` capped and jittered, then
+  runs it again with ``attempt + 1``);
 * the worker dies -> infrastructure fault: abandoned for another attempt while
   ``attempt <= max_retries``, then a ``WorkerCrashedError`` result;
 * the task outlives its timeout -> worker killed and restarted,
-  ``TaskTimeoutError`` result;
+  ``TaskTimeoutError`` result (retried like an exception if named in ``retry_on``);
 * a delivery seen more than ``max_retries + 1`` times (engines died holding it)
   -> ``EngineLostError`` result without running it;
 * a malformed body -> dead-lettered (``MalformedTask``), answered if the sender is known.
+
+Cancellation: a control thread receives cancel requests from the grouped control
+queue (group = the engine id) into a bounded, expiring set of ``(session, task)``
+keys. A cancelled task that comes up is not run (``cancelled`` result); one already
+queued in the worker is skipped; a running one has its worker killed and restarted.
+Tasks whose message asks for notices (see ``control``) make the engine tell the
+session's mailbox once that it holds its tasks, and when one has run for 0.25 s.
 """
 
 from __future__ import annotations
@@ -41,7 +50,8 @@ from ..transport import Delivery, Transport, open_transport
 from ..transport.base import DEFAULT_LOCK_DURATION, DEFAULT_MAX_DELIVERY_COUNT
 from ..transport.errors import TransportClosedError, TransportError
 from ._outbox import Held, Outbox
-from ._pipeline import WorkerPipeline
+from ._pipeline import DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX, WorkerPipeline
+from .control import CONTROL_QUEUE, KIND, KIND_CANCEL, KIND_ENGINE, NOTIFY, decode_control
 from .errors import EngineError
 from .tasks import CommandError, resolve_command
 
@@ -51,6 +61,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_RESULT_TTL = 86400.0
 _POLL = 0.5
+_CANCELLED_KEEP = 3600.0  # seconds a cancel request is remembered
+_CANCELLED_MAX = 100_000  # cancel requests remembered at most (the oldest are forgotten)
+_MAILBOXES_MAX = 10_000  # session mailboxes told about this engine, remembered at most
 
 
 def default_engine_id() -> str:
@@ -76,6 +89,10 @@ class Engine:
         result_ttl: time-to-live of result messages, in seconds.
         grace: seconds a running task may take to finish after ``stop``.
         on_ready: called once connected and the worker is warm.
+        control_queue: grouped queue of cancel requests (this engine reads its own group).
+        retry_backoff: seconds before the first retry of a ``retry_on`` failure (doubles
+            per attempt, jittered).
+        retry_backoff_max: the largest delay before a retry.
     """
 
     def __init__(
@@ -93,6 +110,9 @@ class Engine:
         result_ttl: float | None = DEFAULT_RESULT_TTL,
         grace: float = 10.0,
         on_ready: Callable[[Engine], None] | None = None,
+        control_queue: str = CONTROL_QUEUE,
+        retry_backoff: float = DEFAULT_RETRY_BACKOFF,
+        retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
     ) -> None:
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
@@ -133,8 +153,14 @@ class Engine:
         os.set_blocking(self._wake_w, False)
         self._pipeline = WorkerPipeline(
             self.tasks_dir, self.work_dir, self.engine_id, self._outbox, default_timeout,
-            self._wake_r,
+            self._wake_r, retry_backoff, retry_backoff_max,
         )  # fmt: skip
+        self.control_queue = control_queue
+        self._control: threading.Thread | None = None
+        # (session, task) -> monotonic time of the request; written by the control thread
+        self._cancelled: dict[tuple[str, str], float] = {}
+        self._cancel_arrived = False
+        self._mailboxes: set[str | None] = set()  # told that this engine holds their tasks
         self._stop_requested = False
         self._force = False
         self._thread: threading.Thread | None = None
@@ -187,6 +213,7 @@ class Engine:
                 lock_duration=self.lock_duration,
                 max_delivery_count=self.max_delivery_count,
             )
+            self.transport.declare_queue(self.control_queue, grouped=True)
             self._pipeline.start_worker()
             self._settler = threading.Thread(
                 target=self._settle_loop, name=f"{self!r}-settler", daemon=True
@@ -197,6 +224,10 @@ class Engine:
             )
             self._receiving.set()
             self._receiver.start()
+            self._control = threading.Thread(
+                target=self._control_loop, name=f"{self!r}-control", daemon=True
+            )
+            self._control.start()
             self.ready.set()
             logger.info("engine %s ready on queue %r", self.engine_id, self.queue)
             if self.on_ready is not None:
@@ -282,11 +313,71 @@ class Engine:
             if deliveries:
                 self._wake()
 
+    # -- cancellation ----------------------------------------------------------------------
+    def _control_loop(self) -> None:
+        """Receive cancel requests addressed to this engine until it stops receiving."""
+        backoff = 0.1
+        while self._receiving.is_set():
+            try:
+                deliveries = self.transport.receive(
+                    self.control_queue, max_messages=64, timeout=_POLL, group=self.engine_id
+                )
+                backoff = 0.1
+            except TransportClosedError:
+                return
+            except TransportError as exc:
+                logger.warning("engine %s: control receive failed (%s)", self.engine_id, exc)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            for delivery in deliveries:
+                self._on_control(delivery)
+                try:
+                    self.transport.complete(delivery)
+                except TransportError as exc:
+                    logger.debug("completing a control message failed: %s", exc)
+
+    def _on_control(self, delivery: Delivery) -> None:
+        message = delivery.message
+        data = decode_control(message.body)
+        session = None if data is None else data.get("session")
+        if message.properties.get(KIND) != KIND_CANCEL or not isinstance(session, str):
+            logger.warning("engine %s: ignoring a control message that is not a cancel request",
+                           self.engine_id)  # fmt: skip
+            return
+        assert data is not None
+        now = time.monotonic()
+        cancelled = self._cancelled
+        for task_id in data["tasks"]:
+            cancelled[(session, task_id)] = now
+        logger.info("engine %s: %d task(s) of session %s cancelled", self.engine_id,
+                    len(data["tasks"]), session)  # fmt: skip
+        self._forget_old_cancels(now)
+        self._cancel_arrived = True
+        self._wake()
+
+    def _forget_old_cancels(self, now: float) -> None:
+        """Keep the cancel set bounded: drop expired and, beyond the limit, the oldest."""
+        cancelled = self._cancelled
+        excess = len(cancelled) - _CANCELLED_MAX
+        stale = []
+        for key, at in cancelled.items():  # insertion order: oldest first
+            if excess <= 0 and at > now - _CANCELLED_KEEP:
+                break
+            stale.append(key)
+            excess -= 1
+        for key in stale:
+            cancelled.pop(key, None)
+
+    def is_cancelled(self, session: str, task_id: str) -> bool:
+        """True if a cancel request for this task reached the engine (and is remembered)."""
+        return (session, task_id) in self._cancelled
+
     # -- the main loop ---------------------------------------------------------------------
     def _step(self, until: float) -> None:
         """One turn: wait for worker output or new deliveries, then act on everything ready."""
         pipeline = self._pipeline
-        deadline = pipeline.head_deadline()
+        deadline = pipeline.wake_at()
         if deadline is not None:
             until = min(until, deadline)
         woken = pipeline.wait(min(until - time.monotonic(), self._renew_check_at - time.time()))
@@ -296,7 +387,11 @@ class Engine:
             except BlockingIOError:
                 pass
         pipeline.collect()
-        pipeline.check_timeout()
+        if self._cancel_arrived:
+            self._cancel_arrived = False
+            pipeline.cancel(self._cancelled)
+        pipeline.check_head()
+        pipeline.release_due()
         self._flush()
         self._admit_incoming()
         pipeline.dispatch()
@@ -306,10 +401,10 @@ class Engine:
 
     def _flush(self) -> None:
         """Pass finished deliveries to the settler thread and release their credit."""
-        entries = self._outbox.take()
+        entries, deliveries = self._outbox.take()
         if entries:
             with self._cond:
-                self._held -= len(entries)
+                self._held -= deliveries
                 self._unsettled += len(entries)
                 self._cond.notify_all()
             self._settle_queue.put(entries)
@@ -358,6 +453,12 @@ class Engine:
             self._outbox.malformed(delivery, exc)
             return
         held = Held(delivery, task, task.attempt - 1 + delivery.delivery_count)
+        group = task.reply_to.group
+        if group not in self._mailboxes:
+            self._new_mailbox(held)
+        if self._cancelled and (task.session, task.task) in self._cancelled:
+            self._outbox.cancelled(held)
+            return
         if held.attempt > task.max_retries + 1:
             self._outbox.engine_lost(held)
             return
@@ -373,6 +474,14 @@ class Engine:
         held.schedule_renewal(time.time())
         self._renew_check_at = min(self._renew_check_at, held.renew_at)
         self._pipeline.pending.append(held)
+
+    def _new_mailbox(self, held: Held) -> None:
+        """First task from a mailbox: tell the session (if it asks) that we hold its tasks."""
+        if len(self._mailboxes) >= _MAILBOXES_MAX:
+            self._mailboxes.clear()  # at worst a session hears from us twice
+        self._mailboxes.add(held.task.reply_to.group)
+        if held.delivery.message.properties.get(NOTIFY):
+            self._outbox.notice(KIND_ENGINE, held.task.reply_to, [held.task.task])
 
     def _resolve(self, command: str) -> tuple[str, str]:
         cached = self._commands.get(command)
@@ -407,6 +516,8 @@ class Engine:
         self._admit_incoming()
         while pipeline.pending:
             self._outbox.abandon(pipeline.pending.popleft())
+        while pipeline.delayed:
+            self._outbox.abandon(pipeline.delayed.pop())
         grace_end = time.monotonic() + self.grace
         while pipeline.inflight and not self._force and time.monotonic() < grace_end:
             self._step(min(grace_end, time.monotonic() + _POLL))
@@ -422,10 +533,12 @@ class Engine:
         self._receiving.clear()
         with self._cond:
             self._cond.notify_all()
-        if self._receiver is not None and self._receiver is not threading.current_thread():
-            self._receiver.join(_POLL * 4 + 1.0)
-            if self._receiver.is_alive():
-                logger.warning("engine %s: the receiver thread did not stop", self.engine_id)
+        for thread in (self._receiver, self._control):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(_POLL * 4 + 1.0)
+                if thread.is_alive():
+                    logger.warning("engine %s: thread %s did not stop", self.engine_id,
+                                   thread.name)  # fmt: skip
 
     def _shutdown(self) -> None:
         self._request_stop()

@@ -9,10 +9,11 @@ with pickled tuples, which costs a few microseconds per task:
   or ``None`` to stop;
 * worker -> engine: ``("ready", pid)`` once, then ``(seq, status, value, error,
   started_at, finished_at)`` per task, in order, with status ``ok``, ``error``,
-  ``expired`` or ``skipped`` (not started because the engine is draining).
+  ``expired``, ``cancelled`` or ``skipped`` (not started because the engine is draining).
 
 A third pipe carries control bytes (``D``: drain, skip every task not started
-yet). The worker runs in its own session (so the engine can kill it together
+yet; ``C<seq>;``: task ``seq`` was cancelled, answer ``cancelled`` instead of
+starting it). The worker runs in its own session (so the engine can kill it together
 with any JVM it started), dies with its parent (``PR_SET_PDEATHSIG``), sends its
 ``print`` output to stderr, and writes a Python stack dump to a fourth pipe on
 fatal signals (``faulthandler``), which the engine puts in the error result.
@@ -45,7 +46,9 @@ __all__ = ["TaskContext", "WorkerProcess", "WorkerStartError", "describe_exit"]
 logger = logging.getLogger(__name__)
 
 STATUS_SKIPPED = "skipped"
+STATUS_CANCELLED = "cancelled"
 _DRAIN = b"D"
+_CANCEL = b"C"
 _CRASH_TAIL = 4000
 
 
@@ -186,9 +189,16 @@ class WorkerProcess:
 
     def drain(self) -> None:
         """Tell the worker to skip every task it has not started yet."""
-        if self._ctrl_w is not None:
+        self._control(_DRAIN)
+
+    def cancel(self, seqs: list[int]) -> None:
+        """Tell the worker not to start tasks ``seqs`` (it answers them ``cancelled``)."""
+        self._control(b"".join(b"%s%d;" % (_CANCEL, seq) for seq in seqs))
+
+    def _control(self, data: bytes) -> None:
+        if self._ctrl_w is not None and data:
             with contextlib.suppress(OSError):
-                os.write(self._ctrl_w, _DRAIN)
+                os.write(self._ctrl_w, data)
 
     @property
     def returncode(self) -> int | None:
@@ -260,12 +270,32 @@ def _die_with_parent() -> None:
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _drain_requested(ctrl_fd: int) -> bool:
-    try:
-        data = os.read(ctrl_fd, 64)
-    except BlockingIOError:
-        return False
-    return bool(data) and _DRAIN in data
+class _Control:
+    """What the engine said on the control pipe: drain, and the tasks cancelled."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.draining = False
+        self.cancelled: set[int] = set()
+        self._partial = b""
+
+    def poll(self) -> None:
+        """Read whatever the engine wrote (one non-blocking read, as before each task)."""
+        try:
+            data = os.read(self.fd, 4096)
+        except BlockingIOError:
+            return
+        if not data:
+            return
+        if _DRAIN in data:
+            self.draining = True
+            data = data.replace(_DRAIN, b"")
+        if self._partial or _CANCEL in data:
+            data, self._partial = self._partial + data, b""
+            *complete, self._partial = data.split(b";")
+            for token in complete:
+                if token.startswith(_CANCEL) and token[1:].isdigit():
+                    self.cancelled.add(int(token[1:]))
 
 
 def _run_one(item: tuple[Any, ...], cache: Any, context: TaskContext) -> tuple[Any, ...]:
@@ -302,7 +332,7 @@ def _describe(exc: BaseException) -> tuple[str, str, str]:
 
 def _serve(tasks: Connection, results: Connection, ctrl_fd: int, context: TaskContext) -> None:
     cache = TaskModuleCache()
-    draining = False
+    control = _Control(ctrl_fd)
     results.send_bytes(pickle.dumps(("ready", os.getpid())))
     while True:
         try:
@@ -312,10 +342,12 @@ def _serve(tasks: Connection, results: Connection, ctrl_fd: int, context: TaskCo
         if batch is None:
             return
         for item in batch:
-            draining = draining or _drain_requested(ctrl_fd)
-            if draining:
+            control.poll()
+            if control.draining or item[0] in control.cancelled:
                 now = time.time()
-                out = (item[0], STATUS_SKIPPED, None, None, now, now)
+                status = STATUS_CANCELLED if item[0] in control.cancelled else STATUS_SKIPPED
+                control.cancelled.discard(item[0])
+                out = (item[0], status, None, None, now, now)
             else:
                 out = _run_one(item, cache, context)
             try:

@@ -1,0 +1,101 @@
+"""Control traffic between sessions and engines: cancel requests and engine notices.
+
+Neither travels as a protocol record; both are small JSON bodies told apart from
+tasks and results by the message property ``kind``, so that readers that know
+only tasks and results are not affected:
+
+* **cancel** (session -> engine): sent to the grouped ``control`` queue, group =
+  the engine id; body ``{"session": id, "tasks": [task ids]}``. The engine skips
+  such tasks when they come up and kills its worker if one is running.
+* **engine** / **running** (engine -> session): sent to the task's ``reply_to``
+  mailbox when the task message asks for notices (property ``notify``):
+  ``engine`` once per mailbox when an engine first receives a task of it,
+  ``running`` when a task has been running for ``RUNNING_NOTICE_AFTER`` seconds.
+  Body ``{"engine": id, "tasks": [task ids]}``. Short tasks never cost a notice.
+
+This module imports nothing from the client or the engine, so both sides use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import orjson
+
+from ..transport import Message
+
+__all__ = [
+    "CONTROL_QUEUE",
+    "KIND",
+    "KIND_CANCEL",
+    "KIND_ENGINE",
+    "KIND_RUNNING",
+    "NOTIFY",
+    "NOTIFY_PROPERTIES",
+    "RUNNING_NOTICE_AFTER",
+    "cancel_messages",
+    "decode_control",
+    "notice_message",
+]
+
+#: Default name of the grouped queue engines receive control messages from (group: engine id).
+CONTROL_QUEUE = "control"
+#: Message property naming the kind of a control message or notice.
+KIND = "kind"
+KIND_CANCEL = "cancel"
+KIND_ENGINE = "engine"
+KIND_RUNNING = "running"
+#: Task message property: the sender wants ``engine``/``running`` notices in its mailbox.
+NOTIFY = "notify"
+NOTIFY_PROPERTIES: dict[str, Any] = {NOTIFY: "1"}
+#: Seconds a task runs before its engine tells the session where it runs.
+RUNNING_NOTICE_AFTER = 0.25
+#: Time-to-live of a cancel request (an engine that died never reads it).
+CANCEL_TTL = 600.0
+_IDS_PER_MESSAGE = 2000
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def cancel_messages(session: str, engine: str, task_ids: Iterable[str]) -> list[Message]:
+    """Cancel requests for ``task_ids`` of ``session``, addressed to ``engine``."""
+    ids = list(task_ids)
+    return [
+        Message(
+            orjson.dumps({"session": session, "tasks": chunk}),
+            group=engine,
+            properties={KIND: KIND_CANCEL},
+            ttl=CANCEL_TTL,
+        )
+        for chunk in _chunks(ids, _IDS_PER_MESSAGE)
+    ]
+
+
+def notice_message(
+    kind: str, engine: str, task_ids: list[str], group: str | None, ttl: float | None
+) -> Message:
+    """An ``engine`` or ``running`` notice for a session's mailbox ``group``."""
+    return Message(
+        orjson.dumps({"engine": engine, "tasks": task_ids}),
+        group=group,
+        properties={KIND: kind},
+        ttl=ttl,
+    )
+
+
+def decode_control(body: bytes) -> dict[str, Any] | None:
+    """The JSON object of a control message or notice (None if it is not one)."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    tasks = data.get("tasks")
+    if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+        return None
+    return data
