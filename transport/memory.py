@@ -35,6 +35,7 @@ class _SharedBroker:
 
     def __init__(self) -> None:
         self.store = QueueStore()
+        self.next_purge = 0.0  # time.time() of the next sweep of expired messages
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
 
@@ -101,7 +102,11 @@ class MemoryTransport(Transport):
             if len(message.body) > self.max_message_size:
                 raise MessageTooLargeError(len(message.body), self.max_message_size)
         with self._broker.changed:
-            self._broker.store.put(queue, batch, time.time())
+            now = time.time()
+            if now >= self._broker.next_purge:  # unread mailboxes must not grow forever
+                self._broker.store.purge_expired(now)
+                self._broker.next_purge = now + 1.0
+            self._broker.store.put(queue, batch, now)
             self._broker.store.ready.clear()
             self._broker.changed.notify_all()
 

@@ -238,6 +238,30 @@ class QueueStore:
         heapq.heappush(self._lease_heap, (lease.locked_until, token))
         return lease.locked_until
 
+    def purge_expired(self, now: float) -> int:
+        """Drop the expired messages at the head of every group; return how many.
+
+        ``take`` skips expired messages, but a mailbox nobody reads (its client died)
+        is never taken from: its owner calls this now and then so that such a group
+        empties once its messages' TTL has passed. A group is FIFO and usually holds
+        messages of one TTL, so looking at its head is enough; a message behind a
+        longer-lived one goes when that one does.
+        """
+        purged = 0
+        for q in self._queues.values():
+            stale = [key for key, heap in q.groups.items() if heap[0][1].expired(now)]
+            for key in stale:
+                heap = q.groups[key]
+                while heap and heap[0][1].expired(now):
+                    entry = heapq.heappop(heap)[1]
+                    q.size -= 1
+                    self._removed(q, entry)
+                    purged += 1
+                if not heap:
+                    del q.groups[key]
+        self.expired_count += purged
+        return purged
+
     def lease_owner(self, token: str) -> Any:
         lease = self._leases.get(token)
         return None if lease is None else lease.owner

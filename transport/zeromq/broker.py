@@ -51,6 +51,7 @@ _RECV_BATCH = 512
 _NOBLOCK = int(zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
 _EVENTS = int(zmq.EVENTS)  # requests handled per wake-up before timers run again
+_PURGE_INTERVAL = 1.0  # seconds between sweeps of expired messages nobody receives
 
 
 class _Waiter:
@@ -135,6 +136,7 @@ class Broker:
         self._last_seen: dict[bytes, float] = {}
         self._owner_interval: dict[bytes, float] = {}
         self._next_owner_check = 0.0
+        self._next_purge = 0.0
         self.requests_handled = 0
         self.bad_requests = 0
 
@@ -198,6 +200,11 @@ class Broker:
         if now >= self._next_owner_check:
             self._check_owners(now)
             self._next_owner_check = now + self.heartbeat_interval / 2
+        if now >= self._next_purge:  # e.g. the mailbox of a client that died
+            purged = store.purge_expired(now)
+            if purged:
+                logger.debug("dropped %d expired message(s)", purged)
+            self._next_purge = now + _PURGE_INTERVAL
         if store.ready:
             self._serve_ready(now)
         if self.journal is not None:
