@@ -1,0 +1,48 @@
+"""Helpers of the fault-injection suite (imported by its test modules and conftest)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FAULT_TASKS", "REPORT_ENV", "TASK_FILES", "FaultReport", "wait_until"]
+
+FAULT_TASKS = Path(__file__).resolve().parent / "tasks"
+TASK_FILES = [FAULT_TASKS / "work.py", FAULT_TASKS / "poison.py"]
+#: Environment variable naming the JSON file the scenarios write their figures into.
+REPORT_ENV = "RTBATCH_FAULT_REPORT"
+
+
+class FaultReport:
+    """Figures recorded by the scenarios of one pytest run, by scenario name."""
+
+    def __init__(self) -> None:
+        self.scenarios: dict[str, dict[str, Any]] = {}
+
+    def record(self, scenario: str, **figures: Any) -> None:
+        self.scenarios.setdefault(scenario, {}).update(figures)
+
+    def write(self, path: Path) -> None:
+        """Merge into ``path`` (several pytest runs may add to one report)."""
+        data: dict[str, Any] = {}
+        if path.exists():
+            data = json.loads(path.read_text())
+        data.setdefault("scenarios", {}).update(self.scenarios)
+        data["written_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        data["machine"] = f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs"
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.1) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds passed."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())

@@ -1,0 +1,136 @@
+"""(a) Engines SIGKILLed at random while tasks run: every result reaches the client once.
+
+Engines die holding leased tasks (some already run, their result sent but the
+delivery not completed); the broker notices the silent client and gives the
+leases back, ``LocalPool`` restarts the engine, another engine runs the task
+again. The session drops the second result, so the user sees each task once.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+import uuid
+
+import pytest
+from faultkit import TASK_FILES
+
+import realtime_batch as rb
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(300),
+    pytest.mark.usefixtures("no_leaked_processes"),
+]
+
+#: (tasks, engines, seconds between kills) per backend. The Service Bus stand-in is a
+#: single-threaded Python AMQP server: a smaller run keeps the suite within its budget.
+SIZES = {"zmq": (2000, 3, 0.5), "servicebus": (300, 2, 1.0)}
+
+
+class EngineKiller(threading.Thread):
+    """SIGKILLs a random engine of ``pool`` every ~``interval`` seconds until stopped.
+
+    Only engines seen for at least ``min_age`` seconds are shot: an engine still
+    starting holds no task, and killing it would test nothing but slow the run.
+    """
+
+    def __init__(
+        self, pool: rb.LocalPool, interval: float, seed: int, min_age: float = 1.0
+    ) -> None:
+        super().__init__(name="engine-killer", daemon=True)
+        self.pool = pool
+        self.interval = interval
+        self.min_age = min_age
+        self.random = random.Random(seed)
+        self.killed: list[int] = []  # a killed pid stays listed until the pool reaps it
+        self.halt = threading.Event()
+        self._first_seen: dict[int, float] = {}
+
+    def run(self) -> None:
+        while not self.halt.wait(self.random.uniform(0.5, 1.5) * self.interval):
+            now = time.monotonic()
+            pids = self.pool.engine_pids()
+            for pid in pids:
+                self._first_seen.setdefault(pid, now)
+            pids = [
+                p
+                for p in pids
+                if now - self._first_seen[p] >= self.min_age and p not in self.killed
+            ]
+            if not pids:
+                continue
+            pid = self.random.choice(pids)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue  # gone and reaped in the meantime
+            self.killed.append(pid)
+
+
+def test_results_arrive_exactly_once_while_engines_are_killed(backend, tmp_path, fault_report):
+    tasks, engines, interval = SIZES[backend.name]
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    queue = f"tasks-{uuid.uuid4().hex[:8]}"
+    seed = int(os.environ.get("RTBATCH_FAULT_SEED", "0")) or random.randrange(1, 2**31)
+    started = time.monotonic()
+    with rb.LocalPool(
+        engines=engines,
+        transport=backend.url,
+        task_files=TASK_FILES,
+        queue=queue,
+        lock_duration=10,
+        max_delivery_count=100,
+        restart_dead=True,
+    ) as pool:
+        # Enough retries that no task runs out of them by bad luck: every task must succeed.
+        with rb.Session(
+            pool,
+            task_queue=queue,
+            results_queue=f"results-{uuid.uuid4().hex[:8]}",
+            max_retries=50,
+        ) as session:
+            killer = EngineKiller(pool, interval, seed)
+            killer.start()
+            try:
+                futures = [
+                    session.submit("work.py", i, runs_dir=str(runs_dir), task_id=f"t{i}")
+                    for i in range(tasks)
+                ]
+                values = [f.result(timeout=240) for f in futures]
+            finally:
+                killer.halt.set()
+                killer.join(10)
+            results = session.results()
+            duplicates = session.duplicates_dropped
+        restarts = pool.restarts
+    elapsed = time.monotonic() - started
+
+    assert values == list(range(tasks)), f"seed {seed}"
+    ids = [r.task_id for r in results]
+    assert sorted(ids) == sorted(f"t{i}" for i in range(tasks)), "a result is missing or twice"
+    assert len(ids) == len(set(ids)) == tasks
+    assert all(r.ok for r in results)
+    assert killer.killed, "no engine was killed: the scenario did not happen"
+    runs = len(os.listdir(runs_dir))
+    assert runs >= tasks  # at-least-once: a killed engine's task may have run already
+    fault_report.record(
+        f"a_engine_kills_{backend.name}",
+        backend=backend.name,
+        tasks=tasks,
+        engines=engines,
+        task_runs=runs,
+        engines_killed=len(killer.killed),
+        engine_restarts=restarts,
+        results_received=len(ids),
+        lost=tasks - len(set(ids)),
+        duplicates_seen_by_user=len(ids) - len(set(ids)),
+        duplicates_dropped_by_session=duplicates,
+        retried_attempts=sum(r.attempt > 1 for r in results),
+        seconds=round(elapsed, 1),
+        seed=seed,
+    )
