@@ -26,7 +26,13 @@ from collections.abc import Container, Iterator
 from ._outbox import Held, Outbox
 from .control import KIND_RUNNING, NOTIFY, RUNNING_NOTICE_AFTER
 from .errors import PipelineError
-from .worker import STATUS_CANCELLED, STATUS_SKIPPED, WorkerProcess, describe_exit
+from .worker import (
+    STATUS_CANCELLED,
+    STATUS_EXPIRED,
+    STATUS_SKIPPED,
+    WorkerProcess,
+    describe_exit,
+)
 
 __all__ = ["WorkerPipeline"]
 
@@ -212,6 +218,8 @@ class WorkerPipeline:
             self.outbox.abandon(held)
         elif status == STATUS_CANCELLED or (held.cancelled_at is not None and error is not None):
             self.outbox.cancelled(held)
+        elif status == STATUS_EXPIRED:
+            self.outbox.expired(held)
         elif error is not None and error[0] in held.task.retry_on and self._retry(held):
             pass
         else:

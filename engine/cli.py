@@ -74,6 +74,19 @@ READY_LINE = "ENGINE READY"
     help="Seconds the running task may take to finish on SIGTERM/SIGINT.",
 )
 @click.option(
+    "--retry-backoff",
+    type=click.FloatRange(min=0),
+    default=0.1,
+    show_default=True,
+    help="Seconds before retrying a retry_on failure (doubles per attempt, jittered).",
+)
+@click.option(
+    "--control-queue",
+    default="control",
+    show_default=True,
+    help="Grouped queue of cancel requests; the engine reads the group named by its id.",
+)
+@click.option(
     "--log-level", default=None, help="Logging level (default: env RTBATCH_LOG_LEVEL or INFO)."
 )
 def engine(
@@ -87,6 +100,8 @@ def engine(
     max_delivery_count: int,
     default_timeout: float | None,
     grace: float,
+    retry_backoff: float,
+    control_queue: str,
     log_level: str | None,
 ) -> None:
     """Run an engine that pulls tasks from QUEUE and runs them.
@@ -132,6 +147,8 @@ def engine(
             max_delivery_count=max_delivery_count,
             grace=grace,
             on_ready=announce,
+            retry_backoff=retry_backoff,
+            control_queue=control_queue,
         )
         eng.run()
     except (EngineError, TransportError) as exc:

@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 STATUS_SKIPPED = "skipped"
 STATUS_CANCELLED = "cancelled"
+STATUS_EXPIRED = "expired"
 _DRAIN = b"D"
 _CANCEL = b"C"
 _CRASH_TAIL = 4000
@@ -302,7 +303,7 @@ def _run_one(item: tuple[Any, ...], cache: Any, context: TaskContext) -> tuple[A
     seq, kind, path, args, kwargs, deadline, task_id, attempt = item
     started = time.time()
     if deadline is not None and started > deadline:
-        return (seq, "expired", None, None, started, started)
+        return (seq, STATUS_EXPIRED, None, None, started, started)
     context.task_id, context.attempt = task_id, attempt
     try:
         if kind == KIND_JAR:

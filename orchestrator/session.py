@@ -4,11 +4,19 @@ A ``Session`` owns one mailbox (a group on the shared results queue) and two
 threads: a *sender* that batches submitted tasks into as few transport sends as
 possible, and a *listener* that receives results, drops duplicates and resolves
 the matching ``concurrent.futures.Future``.
+
+Cancellation: a cancelled task's future is cancelled at once and any later result
+for it is dropped. The session also asks engines to stop the task: its tasks ask
+engines for notices (``engine``: an engine holds tasks of this session; ``running``:
+a task has run for 0.25 s there), so a cancel request goes to the engine running
+the task, or else to every engine the session has heard from (and to any engine it
+hears from later, for a while), through the grouped control queue.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import heapq
 import itertools
 import logging
 import os
@@ -22,8 +30,17 @@ from typing import Any
 
 import attrs
 
+from realtime_batch.engine.control import (
+    CONTROL_QUEUE,
+    KIND,
+    KIND_RUNNING,
+    NOTIFY_PROPERTIES,
+    cancel_messages,
+    decode_control,
+)
 from realtime_batch.protocol import (
     STATUS_CANCELLED,
+    STATUS_EXPIRED,
     STATUS_OK,
     ErrorInfo,
     ProtocolError,
@@ -53,10 +70,12 @@ log = logging.getLogger(__name__)
 DEFAULT_TASK_QUEUE = "tasks"
 DEFAULT_RESULTS_QUEUE = "results"
 #: ``submit`` keywords that are task options, not task arguments.
-RESERVED_OPTIONS = ("task_id", "timeout", "max_retries", "deadline", "retry_on")
+RESERVED_OPTIONS = ("task_id", "timeout", "max_retries", "deadline", "retry_on", "priority")
 _SEND_BATCH = 1000
 _RECEIVE_BATCH = 512
 _POLL = 0.2  # listener poll interval: bounds how long close() waits for it
+_EXPIRY_SLACK = 1.0  # seconds after a deadline before an unanswered task counts as expired
+_CANCEL_REPLAY = 600.0  # seconds cancels of not-yet-located tasks go to newly heard engines
 
 
 class TaskError(Exception):
@@ -133,11 +152,17 @@ class TaskFuture(concurrent.futures.Future):
         self._session = session
 
     def cancel(self) -> bool:
-        """Cancel the task: it will not be reported as a result to this session."""
-        cancelled = super().cancel()
-        if cancelled:
-            self._session._forget(self.task_id)
-        return cancelled
+        """Cancel the task, pending or running (see ``Session.cancel``).
+
+        Returns False if the task already finished, True once it is cancelled.
+        """
+        if self.done():
+            return self.cancelled()
+        self._session.cancel([self.task_id])
+        return self.cancelled() or self._cancel_locally()
+
+    def _cancel_locally(self) -> bool:
+        return concurrent.futures.Future.cancel(self)
 
     def __repr__(self) -> str:
         return f"<TaskFuture {self.task_id!r} {self._state.lower()}>"
@@ -158,9 +183,12 @@ class Session:
         task_queue: queue the engines pull from.
         results_queue: shared results queue; this session reads only its own group.
         timeout: default per-task run timeout in seconds (None: the engine's default).
-        max_retries: default retries after infrastructure faults (engine or worker death).
+        max_retries: default retries after infrastructure faults (engine or worker death)
+            and after the exceptions named in ``retry_on``.
+        retry_on: default exception types (or names) whose tasks are retried.
         keep_results: keep every result for :meth:`results` (the seed's ``get_results``).
         transport_options: passed to ``open_transport``.
+        control_queue: the engines' grouped queue of cancel requests.
     """
 
     def __init__(
@@ -173,8 +201,10 @@ class Session:
         results_queue: str = DEFAULT_RESULTS_QUEUE,
         timeout: float | None = None,
         max_retries: int = 3,
+        retry_on: Iterable[type[BaseException] | str] = (),
         keep_results: bool = True,
         transport_options: dict[str, Any] | None = None,
+        control_queue: str = CONTROL_QUEUE,
     ) -> None:
         self.name = name or _default_name()
         self.id = f"{self.name}-{uuid.uuid4().hex[:8]}"
@@ -182,14 +212,22 @@ class Session:
         self.results_queue = results_queue
         self.default_timeout = timeout
         self.default_max_retries = max_retries
+        self.default_retry_on = _type_names(retry_on)
         self.keep_results = keep_results
+        self.control_queue = control_queue
         self._transport, self._owns_transport, pool_job = self._connect(
             pool_or_url, transport_options or {}
         )
         self.job = job or pool_job or "default"
         self._transport.declare_queue(task_queue)
         self._transport.declare_queue(results_queue, grouped=True)
+        self._transport.declare_queue(control_queue, grouped=True)
         self._reply_to = ReplyTo(results_queue, self.id)
+        # cancellation: engines heard from, where long tasks run, cancels not yet located
+        self._engines: dict[str, float] = {}
+        self._running_on: dict[str, str] = {}
+        self._cancel_unlocated: dict[str, float] = {}
+        self._deadlines: list[tuple[float, str]] = []  # heap of (deadline, task id)
 
         self._lock = threading.Lock()
         self._futures: dict[str, TaskFuture] = {}
@@ -235,7 +273,8 @@ class Session:
         timeout: float | None = None,
         max_retries: int | None = None,
         deadline: float | None = None,
-        retry_on: Iterable[type[BaseException] | str] = (),
+        retry_on: Iterable[type[BaseException] | str] | None = None,
+        priority: int | None = None,
         **kwargs: Any,
     ) -> TaskFuture:
         """Submit one task; return a future for its value.
@@ -245,10 +284,14 @@ class Session:
             *args: positional arguments for the task (JSON-serialisable).
             task_id: unique id within the session (generated when omitted).
             timeout: seconds the task may run before it is stopped (error result).
-            max_retries: retries after infrastructure faults (default: session's).
+            max_retries: retries after infrastructure faults and ``retry_on`` exceptions
+                (default: the session's).
             deadline: ``time.time()`` after which the task must not start (it comes
                 back with status ``"expired"``).
-            retry_on: exception types (or names) raised by the task that are retried.
+            retry_on: exception types (or names) raised by the task that are retried,
+                with exponential backoff (default: the session's).
+            priority: not supported by any transport (raises ``ValueError`` if given):
+                use a separate task queue and session for urgent work.
             **kwargs: keyword arguments for the task (every non-reserved keyword).
 
         Returns:
@@ -257,6 +300,11 @@ class Session:
         """
         if self._closed.is_set():
             raise SessionClosedError(f"session {self.id!r} is closed")
+        if priority is not None:
+            raise ValueError(
+                "task priority is not supported by the transports (memory, zmq, Service Bus "
+                "queues are FIFO): submit urgent tasks to another task_queue instead"
+            )
         task_id = str(next(self._ids)) if task_id is None else str(task_id)
         record = TaskRecord(
             session=self.id,
@@ -269,12 +317,13 @@ class Session:
             max_retries=self.default_max_retries if max_retries is None else max_retries,
             timeout=self.default_timeout if timeout is None else timeout,
             deadline=deadline,
-            retry_on=[r if isinstance(r, str) else r.__name__ for r in retry_on],
+            retry_on=self.default_retry_on if retry_on is None else _type_names(retry_on),
         )
         body = encode_task(record)  # raises ProtocolError for non-JSON arguments
         message = Message(
             body,
             correlation_id=task_id,
+            properties=NOTIFY_PROPERTIES,
             ttl=None if deadline is None else max(deadline - time.time(), 0.001),
         )
         if len(body) > self._transport.max_message_size:
@@ -287,6 +336,8 @@ class Session:
             if task_id in self._futures or task_id in self._finished_ids:
                 raise ValueError(f"task id {task_id!r} was already used in this session")
             self._futures[task_id] = future
+            if deadline is not None:
+                heapq.heappush(self._deadlines, (deadline, task_id))
         with self._outbox_ready:
             self._outbox.append((future, message))
             self._outbox_ready.notify()
@@ -336,6 +387,10 @@ class Session:
                 self._closed.wait(0.5)
                 continue
             for delivery in batch:
+                if delivery.message.properties and KIND in delivery.message.properties:
+                    self._settle(transport.complete, delivery)
+                    self._on_notice(delivery.message)
+                    continue
                 try:
                     record = decode_result(delivery.message.body)
                 except ProtocolError as exc:
@@ -344,6 +399,8 @@ class Session:
                     continue
                 self._settle(transport.complete, delivery)
                 self._deliver(record)
+            if self._deadlines and self._deadlines[0][0] + _EXPIRY_SLACK < time.time():
+                self._expire_overdue()
 
     @staticmethod
     def _settle(action: Callable[..., None], delivery: Any, *args: Any) -> None:
@@ -354,12 +411,15 @@ class Session:
 
     def _deliver(self, record: ResultRecord) -> None:
         now = time.time()
+        if record.engine and record.engine not in self._engines:
+            self._heard_from(record.engine)
         with self._lock:
             future = self._futures.pop(record.task, None)
             if future is None:
                 self._duplicates += 1
                 return  # duplicate, cancelled, or not ours
             self._finished_ids.add(record.task)
+            self._running_on.pop(record.task, None)
             self._received += 1
             result = Result(
                 task_id=record.task,
@@ -381,10 +441,18 @@ class Session:
         if record.status == STATUS_OK:
             future.set_result(record.value)
         elif record.status == STATUS_CANCELLED:
-            future.cancel()
+            future._cancel_locally()
         else:
-            error = record.error or ErrorInfo("TaskError", record.status)
+            error = record.error or (
+                ErrorInfo("TaskExpiredError", "the task's deadline passed before it started")
+                if record.status == STATUS_EXPIRED
+                else ErrorInfo("TaskError", record.status)
+            )
             future.set_exception(TaskError(record.task, error, record.engine, record.attempt))
+        self._run_callbacks(callbacks, result)
+
+    @staticmethod
+    def _run_callbacks(callbacks: list[Callable[[Result], None]], result: Result) -> None:
         for callback in callbacks:
             try:
                 callback(result)
@@ -396,6 +464,149 @@ class Session:
             if self._futures.pop(task_id, None) is not None:
                 self._finished_ids.add(task_id)
                 self._arrived.notify_all()
+
+    # ------------------------------------------------------------------ notices, expiry
+    def _on_notice(self, message: Message) -> None:
+        """An engine says it holds tasks of this session (``engine``) or runs one (``running``)."""
+        data = decode_control(message.body)
+        engine = None if data is None else data.get("engine")
+        if data is None or not isinstance(engine, str):
+            log.debug("dropping a malformed notice")
+            return
+        if message.properties.get(KIND) == KIND_RUNNING:
+            with self._lock:
+                for task_id in data["tasks"]:
+                    if task_id in self._futures:
+                        self._running_on[task_id] = engine
+        if engine not in self._engines:
+            self._heard_from(engine)
+
+    def _heard_from(self, engine: str) -> None:
+        """A new engine: remember it, and pass it the cancels not located yet."""
+        now = time.time()
+        with self._lock:
+            self._engines[engine] = now
+            horizon = now - _CANCEL_REPLAY
+            for task_id in [t for t, at in self._cancel_unlocated.items() if at < horizon]:
+                del self._cancel_unlocated[task_id]
+            replay = list(self._cancel_unlocated)
+        if replay:
+            self._send_cancels({engine: replay})
+
+    def _expire_overdue(self) -> None:
+        """Report as expired the tasks still unanswered after their deadline (+ slack).
+
+        Their message expired in the queue (TTL) before any engine took it, so no
+        engine will answer. Tasks known to be running are left alone.
+        """
+        now = time.time()
+        expired: list[tuple[TaskFuture, Result]] = []
+        with self._lock:
+            while self._deadlines and self._deadlines[0][0] + _EXPIRY_SLACK < now:
+                _, task_id = heapq.heappop(self._deadlines)
+                if task_id in self._running_on or task_id not in self._futures:
+                    continue
+                future = self._futures.pop(task_id)
+                self._finished_ids.add(task_id)
+                result = self._local_result(future, STATUS_EXPIRED, now)
+                if self.keep_results:
+                    self._unread.append(result)
+                expired.append((future, result))
+            if expired:
+                self._arrived.notify_all()
+            callbacks = list(self._callbacks)
+        for future, result in expired:
+            error = ErrorInfo("TaskExpiredError", "the task's deadline passed before it started")
+            future.set_exception(TaskError(future.task_id, error))
+            self._run_callbacks(callbacks, result)
+
+    @staticmethod
+    def _local_result(future: TaskFuture, status: str, now: float) -> Result:
+        return Result(
+            task_id=future.task_id,
+            ok=False,
+            value=None,
+            error=None,
+            engine="",
+            attempt=0,
+            status=status,
+            submitted_at=getattr(future, "submitted_at", None),
+            received_at=now,
+        )
+
+    # ------------------------------------------------------------------ cancelling
+    def cancel(self, task_ids: str | Iterable[str | concurrent.futures.Future]) -> int:
+        """Cancel tasks, pending or running; return how many were cancelled here.
+
+        Each future is cancelled at once (``CancelledError``), a ``Result`` with status
+        ``"cancelled"`` is added to :meth:`results`, and any later result for the task
+        is dropped. Engines are asked to skip the task if it has not started and to
+        stop it (kill its worker) if it runs. Tasks that already finished are left
+        alone.
+        """
+        if isinstance(task_ids, str):
+            task_ids = [task_ids]
+        ids = [str(getattr(t, "task_id", t)) for t in task_ids]
+        now = time.time()
+        cancelled: list[tuple[TaskFuture, Result]] = []
+        located: dict[str, list[str]] = {}
+        unlocated: list[str] = []
+        with self._lock:
+            for task_id in ids:
+                future = self._futures.pop(task_id, None)
+                if future is None:
+                    continue
+                self._finished_ids.add(task_id)
+                engine = self._running_on.pop(task_id, None)
+                if engine is None:
+                    unlocated.append(task_id)
+                    self._cancel_unlocated[task_id] = now
+                else:
+                    located.setdefault(engine, []).append(task_id)
+                result = self._local_result(future, STATUS_CANCELLED, now)
+                if self.keep_results:
+                    self._unread.append(result)
+                cancelled.append((future, result))
+            if cancelled:
+                self._arrived.notify_all()
+            engines = list(self._engines)
+            callbacks = list(self._callbacks)
+        if not cancelled:
+            return 0
+        self._withdraw_unsent({future.task_id for future, _ in cancelled})
+        for future, result in cancelled:
+            future._cancel_locally()
+            self._run_callbacks(callbacks, result)
+        for engine in engines:
+            if unlocated:
+                located.setdefault(engine, []).extend(unlocated)
+        self._send_cancels(located)
+        return len(cancelled)
+
+    def cancel_all(self) -> int:
+        """Cancel every task that has no result yet; return how many."""
+        with self._lock:
+            ids = list(self._futures)
+        return self.cancel(ids)
+
+    def _withdraw_unsent(self, task_ids: set[str]) -> None:
+        """Take cancelled tasks out of the sender's queue if they were not sent yet."""
+        with self._outbox_ready:
+            if self._outbox:
+                self._outbox = [(f, m) for f, m in self._outbox if f.task_id not in task_ids]
+
+    def _send_cancels(self, by_engine: dict[str, list[str]]) -> None:
+        messages = [
+            message
+            for engine, ids in by_engine.items()
+            for message in cancel_messages(self.id, engine, ids)
+        ]
+        if not messages or self._closed.is_set():
+            return
+        try:
+            self._transport.send(self.control_queue, messages)
+        except TransportError as exc:  # the futures are cancelled anyway
+            log.warning("could not send %d cancel request(s): %s", len(messages), exc)
 
     # ------------------------------------------------------------------ results
     def results(self) -> list[Result]:
@@ -473,7 +684,7 @@ class Session:
             self._futures.clear()
             self._arrived.notify_all()
         for future in pending:
-            future.cancel()
+            future._cancel_locally()
         if self._owns_transport:
             self._transport.close()
 
@@ -515,6 +726,13 @@ class JobManager(Session):
     def close_job(self) -> None:
         """Seed: stop listening (which now works) and release the connection."""
         self.close()
+
+
+def _type_names(types: Iterable[type[BaseException] | str]) -> list[str]:
+    """Exception type names, as engines compare them with the task's exception."""
+    if isinstance(types, (str, type)):
+        types = [types]
+    return [t if isinstance(t, str) else t.__name__ for t in types]
 
 
 def _configured_transport_url() -> str:
