@@ -39,6 +39,7 @@ class Held:
     """A delivery the engine holds, with its decoded task and lease bookkeeping."""
 
     __slots__ = (
+        "answered",
         "attempt",
         "cancelled_at",
         "delivery",
@@ -64,6 +65,7 @@ class Held:
         self.renew_at = float("inf")
         self.lock_lost = False
         self.cancelled_at: float | None = None  # monotonic time the client cancelled it
+        self.answered = False  # its outcome was recorded while the worker still holds it
         self.noticed = False  # a running notice was sent
         self.due = 0.0  # monotonic time a retry may start (backing off until then)
 

@@ -132,7 +132,9 @@ class WorkerPipeline:
 
     def held(self) -> Iterator[Held]:
         """Every task not finished yet (for lease renewal)."""
-        yield from self.inflight
+        for held in self.inflight:
+            if not held.answered:
+                yield held
         yield from self.pending
         yield from self.delayed
 
@@ -214,7 +216,9 @@ class WorkerPipeline:
         if held.seq != seq:
             raise PipelineError(f"worker answered task #{seq}, expected #{held.seq}")
         self.finished += 1
-        if status == STATUS_SKIPPED:
+        if held.answered:
+            pass  # cancelled while queued in the worker, and answered then
+        elif status == STATUS_SKIPPED:
             self.outbox.abandon(held)
         elif status == STATUS_CANCELLED or (held.cancelled_at is not None and error is not None):
             self.outbox.cancelled(held)
@@ -263,10 +267,13 @@ class WorkerPipeline:
                 setattr(self, queue_name, deque(kept) if queue_name == "pending" else kept)
         now = time.monotonic()
         skip = []
-        for held in self.inflight:
+        for index, held in enumerate(self.inflight):
             if held.cancelled_at is None and held.key in cancelled:
                 held.cancelled_at = now
                 skip.append(held.seq)
+                if index > 0:  # queued behind the running task: answer now, skip later
+                    held.answered = True
+                    self.outbox.cancelled(held)
         if skip and self.worker is not None:
             logger.info("cancelling %d task(s) sent to the worker", len(skip))
             self.worker.cancel(skip)
@@ -314,7 +321,8 @@ class WorkerPipeline:
             elif cancelled or self.inflight[0].cancelled_at is not None:
                 head = self.inflight.popleft()
                 logger.info("task %s cancelled while running; worker killed", head.task.task)
-                self.outbox.cancelled(head, "cancelled by the client while running; stopped")
+                if not head.answered:
+                    self.outbox.cancelled(head, "cancelled by the client while running; stopped")
             elif timed_out:
                 head = self.inflight.popleft()
                 limit = self.timeout_of(head)
@@ -329,7 +337,7 @@ class WorkerPipeline:
                 self.outbox.crashed(head, cause, crash_report)
             # the others never started: run them on the next worker, or give them back
             for held in self.inflight:
-                if held.cancelled_at is not None:
+                if held.cancelled_at is not None and not held.answered:
                     self.outbox.cancelled(held)
             rest = [held for held in self.inflight if held.cancelled_at is None]
             if self.accepting:
@@ -354,7 +362,8 @@ class WorkerPipeline:
         self.stop_worker(timeout=0)
         count = len(self)
         for held in (*self.inflight, *self.pending, *self.delayed):
-            self.outbox.abandon(held)
+            if not held.answered:
+                self.outbox.abandon(held)
         self.inflight.clear()
         self.pending.clear()
         self.delayed.clear()
