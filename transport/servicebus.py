@@ -101,6 +101,15 @@ class _Handler:
         self.waiting = 0  # threads queued for the lock (a receive loop lets them go first)
         self._count_lock = threading.Lock()
         self.broken = False  # the connection failed: replace this handler on next use
+        self.unsettled: dict[str, float] = {}  # lock token -> lease end, handed out
+
+    def expects_settlements(self) -> bool:
+        """True while deliveries from this receiver may still be settled by another thread."""
+        now = time.time()
+        for token, until in list(self.unsettled.items()):  # a copy: other threads settle
+            if until <= now:
+                self.unsettled.pop(token, None)
+        return bool(self.unsettled)
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
@@ -150,6 +159,8 @@ class ServiceBusTransport(Transport):
         poll_wait: seconds a ``timeout=0`` receive waits for the service's answer.
         receive_slice: longest single SDK receive; longer waits are cut into slices so that
             settlements from other threads and ``close()`` are not held up.
+        settle_slice: the slice used instead while deliveries from the same receiver are
+            still unsettled (an engine settling on another thread waits at most this).
         retry_total: SDK retries on transient faults.
         batch_gap: once a receive has its first message, how long the SDK keeps
             collecting more (its default is 0.2 s, a latency floor for every
@@ -172,6 +183,7 @@ class ServiceBusTransport(Transport):
         manage: bool = True,
         poll_wait: float = 0.1,
         receive_slice: float = 0.5,
+        settle_slice: float = 0.02,
         retry_total: int = 3,
         batch_gap: float = 0.02,
         group_receive_mode: str = "peek_lock",
@@ -186,6 +198,7 @@ class ServiceBusTransport(Transport):
         self.manage = manage
         self.poll_wait = poll_wait
         self.receive_slice = receive_slice
+        self.settle_slice = settle_slice
         self.batch_gap = batch_gap
         self._connection_string = url if url.strip().lower().startswith("endpoint=") else None
         self.emulator = bool(
@@ -377,27 +390,31 @@ class ServiceBusTransport(Transport):
             raise ValueError("max_messages must be at least 1")
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            wait = self.receive_slice if remaining is None else min(self.receive_slice, remaining)
-            if timeout == 0:
-                wait = self.poll_wait
             try:
                 entry = self._receiver(queue, group)
             except TransportError as exc:
                 if not isinstance(exc.__cause__, sb_errors.SessionCannotBeLockedError):
                     raise
                 entry = None  # another receiver holds the session: wait for it
+            longest = self.receive_slice
+            if entry is not None and entry.expects_settlements():
+                longest = self.settle_slice
+            remaining = None if deadline is None else deadline - time.monotonic()
+            wait = longest if remaining is None else min(longest, remaining)
+            if timeout == 0:
+                wait = self.poll_wait
+            final = timeout == 0 or (remaining is not None and wait >= remaining)
             if entry is None:
                 time.sleep(min(max(wait, 0.01), 0.5))
             else:
-                got = self._receive_slice(entry, queue, max_messages, max(wait, 0.01))
+                got = self._receive_slice(entry, queue, max_messages, max(wait, 0.01), final)
                 if got:
                     return got
             if timeout == 0 or (deadline is not None and time.monotonic() >= deadline):
                 return []
 
     def _receive_slice(
-        self, entry: _Handler, queue: str, max_messages: int, wait: float
+        self, entry: _Handler, queue: str, max_messages: int, wait: float, final: bool
     ) -> list[Delivery]:
         for _ in range(100):  # let queued settlements through first (the lock is not fair)
             if not entry.waiting:
@@ -408,9 +425,13 @@ class ServiceBusTransport(Transport):
             if session is not None:
                 self._keep_session(session, wait)
             received = receiver.receive_messages(max_message_count=max_messages, max_wait_time=wait)
-            if len(received) < max_messages and self.prefetch == 0:
+            if len(received) < max_messages and (received or final) and self.prefetch == 0:
                 self._withdraw_credit(receiver)
-            return [self._delivery(entry, queue, m, session) for m in received]
+            deliveries = [self._delivery(entry, queue, m, session) for m in received]
+            if not entry.presettled:
+                for d in deliveries:
+                    entry.unsettled[d.lock_token] = d.locked_until
+            return deliveries
 
     @staticmethod
     def _withdraw_credit(receiver: Any) -> None:
@@ -471,21 +492,28 @@ class ServiceBusTransport(Transport):
             )
         return entry, msg
 
+    @contextlib.contextmanager
+    def _settling(self, delivery: Delivery, what: str) -> Iterator[Any]:
+        entry, msg = self._settle(delivery, what)
+        try:
+            with self._using(entry, what) as receiver:
+                yield receiver, msg
+        finally:
+            entry.unsettled.pop(delivery.lock_token, None)
+
     def complete(self, delivery: Delivery) -> None:
-        entry, msg = self._settle(delivery, "complete")
+        entry, _ = self._settle(delivery, "complete")
         if entry.presettled:
             return
-        with self._using(entry, "complete") as receiver:
+        with self._settling(delivery, "complete") as (receiver, msg):
             receiver.complete_message(msg)
 
     def abandon(self, delivery: Delivery) -> None:
-        entry, msg = self._settle(delivery, "abandon")
-        with self._using(entry, "abandon") as receiver:
+        with self._settling(delivery, "abandon") as (receiver, msg):
             receiver.abandon_message(msg)
 
     def dead_letter(self, delivery: Delivery, reason: str, description: str = "") -> None:
-        entry, msg = self._settle(delivery, "dead_letter")
-        with self._using(entry, "dead_letter") as receiver:
+        with self._settling(delivery, "dead_letter") as (receiver, msg):
             receiver.dead_letter_message(msg, reason=reason, error_description=description)
 
     def renew_lock(self, delivery: Delivery) -> float:
@@ -496,6 +524,8 @@ class ServiceBusTransport(Transport):
             else:
                 until = receiver.renew_message_lock(msg)
         delivery.locked_until = _timestamp(until, time.time())
+        if delivery.lock_token in entry.unsettled:
+            entry.unsettled[delivery.lock_token] = delivery.locked_until
         return delivery.locked_until
 
     def close(self) -> None:
