@@ -226,3 +226,15 @@ def test_deadline_passed_comes_back_expired_and_does_not_run(pool, tmp_path):
 def test_priority_is_refused_with_a_reason(pool):
     with rb.Session(pool) as s, pytest.raises(ValueError, match="priority"):
         s.submit("touch.py", "x", priority=5)
+
+
+def test_deadline_in_the_past_expires_in_the_queue(pool, tmp_path):
+    """The message's TTL ends in the queue, no engine answers: the session reports it."""
+    with rb.Session(pool) as s:
+        future = s.submit("touch.py", str(tmp_path / "never"), deadline=time.time() - 1)
+        with pytest.raises(rb.TaskError) as info:
+            future.result(timeout=30)
+        [result] = s.results()
+        assert s.submit("touch.py", str(tmp_path / "after")).result(timeout=30)
+    assert info.value.remote_type == "TaskExpiredError" and result.status == "expired"
+    assert not (tmp_path / "never").exists()
