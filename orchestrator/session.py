@@ -76,6 +76,8 @@ _RECEIVE_BATCH = 512
 _POLL = 0.2  # listener poll interval: bounds how long close() waits for it
 _EXPIRY_SLACK = 1.0  # seconds after a deadline before an unanswered task counts as expired
 _CANCEL_REPLAY = 600.0  # seconds cancels of not-yet-located tasks go to newly heard engines
+_ENGINE_REFRESH = 60.0  # an engine's last-heard time is updated at most this often per result
+_ENGINE_FORGET = 3600.0  # engines not heard from for this long get no cancel requests
 
 
 class TaskError(Exception):
@@ -411,8 +413,12 @@ class Session:
 
     def _deliver(self, record: ResultRecord) -> None:
         now = time.time()
-        if record.engine and record.engine not in self._engines:
-            self._heard_from(record.engine)
+        if record.engine:
+            heard = self._engines.get(record.engine)
+            if heard is None:
+                self._heard_from(record.engine)
+            elif now - heard > _ENGINE_REFRESH:
+                self._engines[record.engine] = now
         with self._lock:
             future = self._futures.pop(record.task, None)
             if future is None:
@@ -480,6 +486,8 @@ class Session:
                         self._running_on[task_id] = engine
         if engine not in self._engines:
             self._heard_from(engine)
+        else:
+            self._engines[engine] = time.time()
 
     def _heard_from(self, engine: str) -> None:
         """A new engine: remember it, and pass it the cancels not located yet."""
@@ -569,7 +577,8 @@ class Session:
                 cancelled.append((future, result))
             if cancelled:
                 self._arrived.notify_all()
-            engines = list(self._engines)
+            horizon = now - _ENGINE_FORGET
+            engines = [engine for engine, heard in self._engines.items() if heard > horizon]
             callbacks = list(self._callbacks)
         if not cancelled:
             return 0
