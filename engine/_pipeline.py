@@ -21,7 +21,7 @@ import random
 import select
 import time
 from collections import deque
-from collections.abc import Container, Iterator
+from collections.abc import Container, Iterable, Iterator
 
 from ._outbox import Held, Outbox
 from .control import KIND_RUNNING, NOTIFY, RUNNING_NOTICE_AFTER
@@ -257,14 +257,10 @@ class WorkerPipeline:
         Tasks not sent to the worker get a ``cancelled`` result at once; the worker is
         told to skip those it has queued, and the running one is killed (``check_head``).
         """
-        for queue_name in ("pending", "delayed"):
-            queue = getattr(self, queue_name)
-            if any(held.key in cancelled for held in queue):
-                kept = [held for held in queue if held.key not in cancelled]
-                for held in queue:
-                    if held.key in cancelled:
-                        self.outbox.cancelled(held)
-                setattr(self, queue_name, deque(kept) if queue_name == "pending" else kept)
+        if any(held.key in cancelled for held in self.pending):
+            self.pending = deque(self._drop_cancelled(self.pending, cancelled))
+        if any(held.key in cancelled for held in self.delayed):
+            self.delayed = self._drop_cancelled(self.delayed, cancelled)
         now = time.monotonic()
         skip = []
         for index, held in enumerate(self.inflight):
@@ -277,6 +273,18 @@ class WorkerPipeline:
         if skip and self.worker is not None:
             logger.info("cancelling %d task(s) sent to the worker", len(skip))
             self.worker.cancel(skip)
+
+    def _drop_cancelled(
+        self, queue: Iterable[Held], cancelled: Container[tuple[str, str]]
+    ) -> list[Held]:
+        """Answer the cancelled tasks of ``queue``; return the others."""
+        kept = []
+        for held in queue:
+            if held.key in cancelled:
+                self.outbox.cancelled(held)
+            else:
+                kept.append(held)
+        return kept
 
     def check_head(self) -> None:
         """Act on the running task: timeout or cancellation (kill the worker), notice."""
