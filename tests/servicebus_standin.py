@@ -435,6 +435,9 @@ class ServiceBusStandIn(MessagingHandler):
 
     def pump(self) -> None:
         for out in list(self.outs.values()):
+            if out.link.connection.transport is None:  # the peer died without closing
+                self._drop_connection(out.link.connection)
+                continue
             if out.link.credit > 0:
                 self._dispatch(out)
             out.link.drained()
