@@ -49,9 +49,10 @@ from ..protocol import ProtocolError, decode_task
 from ..transport import Delivery, Transport, open_transport
 from ..transport.base import DEFAULT_LOCK_DURATION, DEFAULT_MAX_DELIVERY_COUNT
 from ..transport.errors import TransportClosedError, TransportError
+from ._cancels import CancelRequests, receive_cancels
 from ._outbox import Held, Outbox
 from ._pipeline import DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX, WorkerPipeline
-from .control import CONTROL_QUEUE, KIND, KIND_CANCEL, KIND_ENGINE, NOTIFY, decode_control
+from .control import CONTROL_QUEUE, KIND_ENGINE, NOTIFY
 from .errors import EngineError
 from .tasks import CommandError, resolve_command
 
@@ -61,8 +62,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_RESULT_TTL = 86400.0
 _POLL = 0.5
-_CANCELLED_KEEP = 3600.0  # seconds a cancel request is remembered
-_CANCELLED_MAX = 100_000  # cancel requests remembered at most (the oldest are forgotten)
 _MAILBOXES_MAX = 10_000  # session mailboxes told about this engine, remembered at most
 
 
@@ -157,9 +156,8 @@ class Engine:
         )  # fmt: skip
         self.control_queue = control_queue
         self._control: threading.Thread | None = None
-        # (session, task) -> monotonic time of the request; written by the control thread
-        self._cancelled: dict[tuple[str, str], float] = {}
-        self._cancel_arrived = False
+        self._cancels = CancelRequests()
+        self._cancelled = self._cancels.keys  # (session, task) -> arrival; the hot-path lookup
         self._mailboxes: set[str | None] = set()  # told that this engine holds their tasks
         self._stop_requested = False
         self._force = False
@@ -225,8 +223,12 @@ class Engine:
             self._receiving.set()
             self._receiver.start()
             self._control = threading.Thread(
-                target=self._control_loop, name=f"{self!r}-control", daemon=True
-            )
+                target=receive_cancels,
+                args=(self.transport, self.control_queue, self.engine_id, self._cancels,
+                      self._receiving, self._wake),
+                name=f"{self!r}-control",
+                daemon=True,
+            )  # fmt: skip
             self._control.start()
             self.ready.set()
             logger.info("engine %s ready on queue %r", self.engine_id, self.queue)
@@ -314,61 +316,6 @@ class Engine:
                 self._wake()
 
     # -- cancellation ----------------------------------------------------------------------
-    def _control_loop(self) -> None:
-        """Receive cancel requests addressed to this engine until it stops receiving."""
-        backoff = 0.1
-        while self._receiving.is_set():
-            try:
-                deliveries = self.transport.receive(
-                    self.control_queue, max_messages=64, timeout=_POLL, group=self.engine_id
-                )
-                backoff = 0.1
-            except TransportClosedError:
-                return
-            except TransportError as exc:
-                logger.warning("engine %s: control receive failed (%s)", self.engine_id, exc)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            for delivery in deliveries:
-                self._on_control(delivery)
-                try:
-                    self.transport.complete(delivery)
-                except TransportError as exc:
-                    logger.debug("completing a control message failed: %s", exc)
-
-    def _on_control(self, delivery: Delivery) -> None:
-        message = delivery.message
-        data = decode_control(message.body)
-        session = None if data is None else data.get("session")
-        if message.properties.get(KIND) != KIND_CANCEL or not isinstance(session, str):
-            logger.warning("engine %s: ignoring a control message that is not a cancel request",
-                           self.engine_id)  # fmt: skip
-            return
-        assert data is not None
-        now = time.monotonic()
-        cancelled = self._cancelled
-        for task_id in data["tasks"]:
-            cancelled[(session, task_id)] = now
-        logger.info("engine %s: %d task(s) of session %s cancelled", self.engine_id,
-                    len(data["tasks"]), session)  # fmt: skip
-        self._forget_old_cancels(now)
-        self._cancel_arrived = True
-        self._wake()
-
-    def _forget_old_cancels(self, now: float) -> None:
-        """Keep the cancel set bounded: drop expired and, beyond the limit, the oldest."""
-        cancelled = self._cancelled
-        excess = len(cancelled) - _CANCELLED_MAX
-        stale = []
-        for key, at in cancelled.items():  # insertion order: oldest first
-            if excess <= 0 and at > now - _CANCELLED_KEEP:
-                break
-            stale.append(key)
-            excess -= 1
-        for key in stale:
-            cancelled.pop(key, None)
-
     def is_cancelled(self, session: str, task_id: str) -> bool:
         """True if a cancel request for this task reached the engine (and is remembered)."""
         return (session, task_id) in self._cancelled
@@ -387,8 +334,8 @@ class Engine:
             except BlockingIOError:
                 pass
         pipeline.collect()
-        if self._cancel_arrived:
-            self._cancel_arrived = False
+        if self._cancels.arrived:
+            self._cancels.arrived = False
             pipeline.cancel(self._cancelled)
         pipeline.check_head()
         pipeline.release_due()

@@ -142,9 +142,9 @@ def test_no_notices_unless_the_task_asks(harness):
 
 
 def test_the_cancel_set_is_bounded(harness, monkeypatch):
-    from realtime_batch.engine import engine as engine_module
+    from realtime_batch.engine import _cancels
 
-    monkeypatch.setattr(engine_module, "_CANCELLED_MAX", 5)
+    monkeypatch.setattr(_cancels, "CANCELLED_MAX", 5)
     engine = harness.engine()
     cancel(harness, engine, *[f"t{i}" for i in range(8)])
     wait_for(lambda: engine.is_cancelled("s1", "t7"))
