@@ -189,6 +189,12 @@ def merge_results(earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, Any
     help="Write docs/benchmarks.md and docs/img/benchmarks.png (default: in full mode).",
 )
 @click.option(
+    "--merge",
+    "merge_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Start from this earlier JSON and replace only the systems run now.",
+)
+@click.option(
     "--install/--no-install",
     default=True,
     help="Install the bench extra when its imports are missing (default: yes).",

@@ -158,6 +158,13 @@ def test_cli_json(tmp_path, no_leaked_processes):
     for record in document["records"]:
         check_shape(record)
         assert record["status"] == "ok"
+    merged_path = tmp_path / "merged.json"
+    args = ["--quick", "--systems", "raw-zmq", "--workloads", "roundtrip", "--no-install"]
+    args += ["--no-docs", "--merge", str(out), "--json", str(merged_path)]
+    result = CliRunner().invoke(bench, args)
+    assert result.exit_code == 0, result.output
+    merged = json.loads(merged_path.read_text())
+    assert sorted(r["workload"] for r in merged["records"]) == ["roundtrip"]
 
 
 def test_merge_replaces_only_rerun_systems():

@@ -116,8 +116,8 @@ class RtbatchServiceBus(RtbatchSystem):
     name = "rtbatch-servicebus"
     description = "LocalPool, Service Bus backend against tests/servicebus_standin.py"
     standin = ROOT / "tests" / "servicebus_standin.py"
-    scale = 0.2
-    scale_reason = "counts x0.2: the AMQP stand-in path is much slower than the others"
+    scale = 0.1
+    scale_reason = "counts x0.1: the AMQP stand-in path is much slower than the others"
 
     def __init__(self) -> None:
         super().__init__()
