@@ -50,7 +50,13 @@ from realtime_batch.protocol import (
     decode_result,
     encode_task,
 )
-from realtime_batch.transport import Message, Transport, TransportError, open_transport
+from realtime_batch.transport import (
+    Delivery,
+    Message,
+    Transport,
+    TransportError,
+    open_transport,
+)
 
 __all__ = [
     "DEFAULT_RESULTS_QUEUE",
@@ -388,18 +394,23 @@ class Session:
                 log.warning("receiving results failed (retrying): %s", exc)
                 self._closed.wait(0.5)
                 continue
+            done: list[Delivery] = []
+            records: list[ResultRecord] = []
             for delivery in batch:
                 if delivery.message.properties and KIND in delivery.message.properties:
-                    self._settle(transport.complete, delivery)
+                    done.append(delivery)
                     self._on_notice(delivery.message)
                     continue
                 try:
-                    record = decode_result(delivery.message.body)
+                    records.append(decode_result(delivery.message.body))
                 except ProtocolError as exc:
                     log.warning("dropping a malformed result message: %s", exc)
                     self._settle(transport.dead_letter, delivery, "MalformedResult", str(exc))
                     continue
-                self._settle(transport.complete, delivery)
+                done.append(delivery)
+            if done:  # one round trip for the whole batch; a lost lock means a duplicate later
+                self._settle(transport.complete_many, done)
+            for record in records:
                 self._deliver(record)
             if self._deadlines and self._deadlines[0][0] + _EXPIRY_SLACK < time.time():
                 self._expire_overdue()
