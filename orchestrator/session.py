@@ -78,6 +78,9 @@ DEFAULT_RESULTS_QUEUE = "results"
 #: ``submit`` keywords that are task options, not task arguments.
 RESERVED_OPTIONS = ("task_id", "timeout", "max_retries", "deadline", "retry_on", "priority")
 _SEND_BATCH = 1000
+#: Tasks submitted but not yet handed to the transport before ``submit`` blocks: bounds
+#: client memory when tasks are submitted faster than the transport takes them.
+_OUTBOX_LIMIT = 10_000
 _RECEIVE_BATCH = 512
 _POLL = 0.2  # listener poll interval: bounds how long close() waits for it
 _EXPIRY_SLACK = 1.0  # seconds after a deadline before an unanswered task counts as expired
@@ -151,13 +154,33 @@ class Result:
         return self.received_at - self.submitted_at
 
 
+_PENDING = concurrent.futures._base.PENDING
+_CONDITION_LOCK = threading.Lock()
+
+
 class TaskFuture(concurrent.futures.Future):
     """A ``concurrent.futures.Future`` for one task, carrying its ``task_id``."""
 
     def __init__(self, session: Session, task_id: str) -> None:
-        super().__init__()
+        # Future.__init__ minus its eager Condition (over half of a future's memory):
+        # a session may hold 100,000 outstanding futures, and most are never waited on
+        # one by one. The condition is made on first use, under a lock (__getattr__).
+        self._state = _PENDING
+        self._result = None
+        self._exception = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Any] = []
         self.task_id = task_id
         self._session = session
+
+    def __getattr__(self, name: str) -> Any:
+        if name != "_condition":
+            raise AttributeError(name)
+        with _CONDITION_LOCK:
+            condition = self.__dict__.get("_condition")
+            if condition is None:
+                condition = self.__dict__["_condition"] = threading.Condition()
+        return condition
 
     def cancel(self) -> bool:
         """Cancel the task, pending or running (see ``Session.cancel``).
@@ -347,8 +370,10 @@ class Session:
             if deadline is not None:
                 heapq.heappush(self._deadlines, (deadline, task_id))
         with self._outbox_ready:
+            while len(self._outbox) >= _OUTBOX_LIMIT and not self._closed.is_set():
+                self._outbox_ready.wait(_POLL)
             self._outbox.append((future, message))
-            self._outbox_ready.notify()
+            self._outbox_ready.notify_all()
         return future
 
     def map(self, command: str, *iterables: Iterable[Any], **options: Any) -> list[TaskFuture]:
@@ -371,6 +396,7 @@ class Session:
                     return
                 batch = self._outbox[:_SEND_BATCH]
                 del self._outbox[:_SEND_BATCH]
+                self._outbox_ready.notify_all()  # room for submitters waiting on the limit
             try:
                 self._transport.send(self.task_queue, [m for _, m in batch])
             except Exception as exc:  # a failed send fails exactly those tasks
@@ -408,10 +434,12 @@ class Session:
                     self._settle(transport.dead_letter, delivery, "MalformedResult", str(exc))
                     continue
                 done.append(delivery)
-            if done:  # one round trip for the whole batch; a lost lock means a duplicate later
-                self._settle(transport.complete_many, done)
+            # Resolve the futures first (latency), then settle the whole batch in one round
+            # trip; a lease lost meanwhile only means a redelivery, dropped as a duplicate.
             for record in records:
                 self._deliver(record)
+            if done:
+                self._settle(transport.complete_many, done)
             if self._deadlines and self._deadlines[0][0] + _EXPIRY_SLACK < time.time():
                 self._expire_overdue()
 
