@@ -319,9 +319,13 @@ class Outbox:
         for entry in entries:
             if entry.record is not None or entry.message is not None:
                 batches.setdefault(entry.reply_to.queue, []).append((entry, self._encode(entry)))  # type: ignore[union-attr]
+        combined = False
         for queue, batch in batches.items():
             try:
-                self.transport.send(queue, [message for _, message in batch])
+                if len(batches) == 1:  # the usual case: replies and leases in one round trip
+                    combined = self._send_and_complete(queue, batch, entries)
+                else:
+                    self.transport.send(queue, [message for _, message in batch])
             except QueueNotFoundError as exc:
                 logger.error("results queue %r does not exist (%s); dead-lettering", queue, exc)
                 for entry, _ in batch:
@@ -334,7 +338,7 @@ class Outbox:
                     if entry.action != _NOTICE:
                         entry.action = _ABANDON
         completes = [entry.delivery for entry in entries if entry.action == _COMPLETE]
-        if completes:
+        if completes and not combined:
             try:
                 self.transport.complete_many(completes)  # one round trip where possible
             except LockLostError as exc:
@@ -345,6 +349,17 @@ class Outbox:
             if entry.action != _COMPLETE and entry.action != _NOTICE:
                 self._settle_one(entry)
         return len(entries)
+
+    def _send_and_complete(
+        self, queue: str, batch: list[tuple[_Entry, Message]], entries: list[Any]
+    ) -> bool:
+        """Send one queue's replies and complete the leases in one call; True if done."""
+        completes = [entry.delivery for entry in entries if entry.action == _COMPLETE]
+        try:
+            self.transport.send_and_complete(queue, [m for _, m in batch], completes)
+        except LockLostError as exc:  # sent; the other leases were completed
+            logger.warning("could not complete every delivery: %s", exc)
+        return True
 
     def _settle_one(self, entry: _Entry) -> None:
         delivery = entry.delivery

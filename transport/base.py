@@ -188,6 +188,18 @@ class Transport(ABC):
         if lost is not None:
             raise lost
 
+    def send_and_complete(
+        self, queue: str, messages: Message | Iterable[Message], deliveries: Iterable[Delivery]
+    ) -> None:
+        """Send ``messages``, then complete ``deliveries``: an engine's replies and the
+        leases of the tasks they answer, in one round trip where the backend can.
+
+        Nothing is completed if the send fails. Lost leases raise ``LockLostError``
+        after the others are completed.
+        """
+        self.send(queue, messages)
+        self.complete_many(deliveries)
+
     @abstractmethod
     def abandon(self, delivery: Delivery) -> None:
         """Give the message back for redelivery (``delivery_count + 1``)."""

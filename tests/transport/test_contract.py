@@ -361,3 +361,30 @@ def test_one_transport_shared_by_threads(open_t, queue):
     got = drain(t, queue, 100, deadline=20)
     assert len(got) == 100
     assert len({d.message.body for d in got}) == 100
+
+
+def test_send_and_complete_replies_and_settles_together(open_t, queue):
+    t = open_t()
+    replies = f"{queue}-replies"
+    t.declare_queue(queue)
+    t.declare_queue(replies)
+    t.send(queue, [Message(b"task-1"), Message(b"task-2")])
+    leased = t.receive(queue, max_messages=2, timeout=5)
+    while len(leased) < 2:
+        leased += t.receive(queue, max_messages=1, timeout=5)
+    t.send_and_complete(replies, [Message(b"r1"), Message(b"r2")], leased)
+    assert t.receive(queue, timeout=0.3) == []  # both tasks completed
+    assert bodies(drain(t, replies, 2)) == [b"r1", b"r2"]
+    with pytest.raises(LockLostError):  # settled already
+        t.send_and_complete(replies, [Message(b"r3")], leased[:1])
+    assert bodies(drain(t, replies, 1)) == [b"r3"]  # the send still happened
+
+
+def test_send_and_complete_to_unknown_queue_completes_nothing(open_t, queue):
+    t = open_t()
+    t.declare_queue(queue)
+    t.send(queue, Message(b"task"))
+    [d] = t.receive(queue, timeout=5)
+    with pytest.raises(QueueNotFoundError):
+        t.send_and_complete(f"{queue}-missing", [Message(b"r")], [d])
+    t.complete(d)  # still leased to us: the failed call completed nothing

@@ -314,13 +314,10 @@ class Broker:
                 self.journal.on_declare(name, options)
             return wire.encode_reply(rid, created)
         if command == wire.COMPLETE_MANY:
-            lost = []
-            for index, token in enumerate(args):
-                try:
-                    store.complete(token, now)
-                except LockLostError:
-                    lost.append(index)
-            return wire.encode_reply(rid, lost)
+            return wire.encode_reply(rid, self._complete_many(args, now))
+        if command == wire.SEND_COMPLETE:
+            store.put(args[0], request.messages, now)  # raises before completing anything
+            return wire.encode_reply(rid, self._complete_many(args[2], now))
         if command == wire.RELEASE:
             for token in args:
                 try:
@@ -332,6 +329,16 @@ class Broker:
             self._forget_owner(owner)
             return None
         raise AssertionError(f"unhandled command {command}")  # decode_request prevents this
+
+    def _complete_many(self, tokens: list[str], now: float) -> list[int]:
+        """Complete each lease; return the indexes of those already lost."""
+        lost = []
+        for index, token in enumerate(tokens):
+            try:
+                self.store.complete(token, now)
+            except LockLostError:
+                lost.append(index)
+        return lost
 
     def _receive(
         self, identity: bytes, owner: bytes, rid: int, args: list[Any], now: float

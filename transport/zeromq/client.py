@@ -374,15 +374,32 @@ class ZmqTransport(Transport):
         self._call(wire.DECLARE, [name, float(lock_duration), int(max_delivery_count)])
         self._declared.setdefault(name, (float(lock_duration), int(max_delivery_count)))
 
-    def send(self, queue: str, messages: Message | Iterable[Message]) -> None:
-        batch = as_message_list(messages)
+    def _payload(self, batch: list[Message]) -> list[Any]:
         limit = self.max_message_size
         payload: list[Any] = []
         for message in batch:
             if len(message.body) > limit:
                 raise MessageTooLargeError(len(message.body), limit)
             payload.extend(wire.encode_message(message))
-        self._call(wire.SEND, [queue, len(batch)], payload, queue=queue)
+        return payload
+
+    def send(self, queue: str, messages: Message | Iterable[Message]) -> None:
+        batch = as_message_list(messages)
+        self._call(wire.SEND, [queue, len(batch)], self._payload(batch), queue=queue)
+
+    def send_and_complete(
+        self, queue: str, messages: Message | Iterable[Message], deliveries: Iterable[Delivery]
+    ) -> None:
+        """Send and complete in one round trip (see ``Transport.send_and_complete``)."""
+        batch = as_message_list(messages)
+        settled = list(deliveries)
+        header, _frames = self._call(
+            wire.SEND_COMPLETE,
+            [queue, len(batch), [d.lock_token for d in settled]],
+            self._payload(batch),
+            queue=queue,
+        )
+        _raise_lost(header[2], settled)
 
     def receive(
         self,
@@ -412,12 +429,7 @@ class ZmqTransport(Transport):
         if not batch:
             return
         header, _frames = self._call(wire.COMPLETE_MANY, [d.lock_token for d in batch])
-        lost = header[2]
-        if lost:
-            raise LockLostError(
-                f"the lock was lost for {len(lost)} of {len(batch)} deliveries "
-                f"(first: message {batch[lost[0]].message.id})"
-            )
+        _raise_lost(header[2], batch)
 
     def abandon(self, delivery: Delivery) -> None:
         self._call(wire.ABANDON, [delivery.lock_token])
@@ -448,3 +460,11 @@ class ZmqTransport(Transport):
         self._heartbeat_thread.join(5)
         # Wakes every thread blocked on one of our sockets with ETERM (-> closed).
         self._context.term()
+
+
+def _raise_lost(lost: list[int], batch: list[Delivery]) -> None:
+    if lost:
+        raise LockLostError(
+            f"the lock was lost for {len(lost)} of {len(batch)} deliveries "
+            f"(first: message {batch[lost[0]].message.id})"
+        )

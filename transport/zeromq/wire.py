@@ -86,6 +86,9 @@ RENEW = 8  # args: [token]                         -> [locked_until]
 RELEASE = 9  # args: [token, ...]: abandon leases nobody will settle; never answered
 BYE = 10  # args: []: the client is closing; never answered
 COMPLETE_MANY = 11  # args: [token, ...]            -> [[index of each lost lease, ...]]
+# args: [queue, count, [token, ...]] + 2*count frames -> [[index of each lost lease, ...]]
+# (send, then complete: an engine's results and the leases of their tasks in one round trip)
+SEND_COMPLETE = 12
 
 COMMAND_NAMES = {
     HEARTBEAT: "heartbeat",
@@ -99,6 +102,7 @@ COMMAND_NAMES = {
     RELEASE: "release",
     BYE: "bye",
     COMPLETE_MANY: "complete_many",
+    SEND_COMPLETE: "send_complete",
 }
 
 # -- reply status ---------------------------------------------------------------------------
@@ -159,6 +163,10 @@ def _is_opt_number(value: Any) -> bool:
     return value is None or _is_number(value)
 
 
+def _is_token_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(token, str) for token in value)
+
+
 def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
@@ -168,6 +176,7 @@ _ARG_RULES: dict[int, tuple[Any, ...]] = {
     HEARTBEAT: (_is_number,),
     DECLARE: (_is_str, _is_number, _is_count),
     SEND: (_is_str, _is_count),
+    SEND_COMPLETE: (_is_str, _is_count, _is_token_list),
     RECEIVE: (_is_str, _is_count, _is_opt_number, _is_opt_str),
     COMPLETE: (_is_str,),
     ABANDON: (_is_str,),
@@ -288,7 +297,7 @@ def _decode_body(
         if not rule(arg):
             raise FrameError(f"bad arguments for {COMMAND_NAMES[command]}")
     request = Request(command, request_id, args)
-    if command == SEND:
+    if command in (SEND, SEND_COMPLETE):
         count = args[1]
         if len(payload) != 2 * count:
             raise FrameError(f"send of {count} messages needs {2 * count} frames")
