@@ -81,6 +81,7 @@ _SEND_BATCH = 1000
 #: Tasks submitted but not yet handed to the transport before ``submit`` blocks: bounds
 #: client memory when tasks are submitted faster than the transport takes them.
 _OUTBOX_LIMIT = 10_000
+_IDLE_GAP = 0.001  # seconds without a submission after which one is sent inline
 _RECEIVE_BATCH = 512
 _POLL = 0.2  # listener poll interval: bounds how long close() waits for it
 _EXPIRY_SLACK = 1.0  # seconds after a deadline before an unanswered task counts as expired
@@ -267,6 +268,8 @@ class Session:
         self._arrived = threading.Condition(self._lock)
         self._outbox: list[tuple[TaskFuture, Message]] = []
         self._outbox_ready = threading.Condition(threading.Lock())
+        self._sending = False
+        self._last_submit = 0.0
         self._ids = itertools.count(1)
         self._received = 0
         self._duplicates = 0
@@ -369,12 +372,33 @@ class Session:
             self._futures[task_id] = future
             if deadline is not None:
                 heapq.heappush(self._deadlines, (deadline, task_id))
+        self._enqueue(future, message)
+        return future
+
+    def _enqueue(self, future: TaskFuture, message: Message) -> None:
+        """Hand a task to the sender thread, or send it at once when the session is idle.
+
+        A lone submission (nothing queued, nothing being sent, no submission in the last
+        millisecond) is sent from the caller's thread, saving a thread hand-off on the
+        interactive path; bursts go through the sender thread, which batches them.
+        """
+        now = time.monotonic()
         with self._outbox_ready:
             while len(self._outbox) >= _OUTBOX_LIMIT and not self._closed.is_set():
                 self._outbox_ready.wait(_POLL)
-            self._outbox.append((future, message))
-            self._outbox_ready.notify_all()
-        return future
+            idle = now - self._last_submit > _IDLE_GAP
+            self._last_submit = now
+            if not idle or self._sending or self._outbox:
+                self._outbox.append((future, message))
+                self._outbox_ready.notify_all()
+                return
+            self._sending = True
+        try:
+            self._send_batch([(future, message)])
+        finally:
+            with self._outbox_ready:
+                self._sending = False
+                self._outbox_ready.notify_all()
 
     def map(self, command: str, *iterables: Iterable[Any], **options: Any) -> list[TaskFuture]:
         """Submit ``command(*items)`` for each tuple of items; return the futures in order."""
@@ -390,21 +414,30 @@ class Session:
     def _send_loop(self) -> None:
         while True:
             with self._outbox_ready:
-                while not self._outbox and not self._closed.is_set():
-                    self._outbox_ready.wait()
-                if not self._outbox:
-                    return
+                # One send at a time (the caller's or this thread's) keeps tasks in order.
+                while not self._outbox or self._sending:
+                    if self._closed.is_set() and not self._outbox:
+                        return
+                    self._outbox_ready.wait(_POLL)
                 batch = self._outbox[:_SEND_BATCH]
                 del self._outbox[:_SEND_BATCH]
+                self._sending = True
                 self._outbox_ready.notify_all()  # room for submitters waiting on the limit
             try:
-                self._transport.send(self.task_queue, [m for _, m in batch])
-            except Exception as exc:  # a failed send fails exactly those tasks
-                log.warning("sending %d tasks failed: %s", len(batch), exc)
-                for future, _ in batch:
-                    self._forget(future.task_id)
-                    if not future.done():
-                        future.set_exception(exc)
+                self._send_batch(batch)
+            finally:
+                with self._outbox_ready:
+                    self._sending = False
+
+    def _send_batch(self, batch: list[tuple[TaskFuture, Message]]) -> None:
+        try:
+            self._transport.send(self.task_queue, [m for _, m in batch])
+        except Exception as exc:  # a failed send fails exactly those tasks
+            log.warning("sending %d tasks failed: %s", len(batch), exc)
+            for future, _ in batch:
+                self._forget(future.task_id)
+                if not future.done():
+                    future.set_exception(exc)
 
     # ------------------------------------------------------------------ receiving
     def _listen_loop(self) -> None:
