@@ -97,6 +97,9 @@ def test_an_engine_heard_from_later_gets_the_earlier_cancels(transport):
 def test_a_task_cancelled_before_it_was_sent_is_never_sent(transport, monkeypatch):
     sent: list = []
     monkeypatch.setattr(rb.Session, "_send_loop", lambda self: sent.append("sender off"))
+    from realtime_batch.orchestrator import session as session_module
+
+    monkeypatch.setattr(session_module, "_IDLE_GAP", float("inf"))  # no inline first send
     with rb.Session(transport) as s:
         futures = [s.submit("hold.py") for _ in range(5)]
         assert s.cancel(futures[1:]) == 4
