@@ -87,6 +87,14 @@ READY_LINE = "ENGINE READY"
     help="Grouped queue of cancel requests; the engine reads the group named by its id.",
 )
 @click.option(
+    "--result-ttl",
+    type=click.FloatRange(min=0.001),
+    default=86400.0,
+    show_default=True,
+    envvar="RTBATCH_RESULT_TTL",
+    help="Seconds a result waits in a mailbox before it expires (a dead client's results).",
+)
+@click.option(
     "--log-level", default=None, help="Logging level (default: env RTBATCH_LOG_LEVEL or INFO)."
 )
 def engine(
@@ -102,6 +110,7 @@ def engine(
     grace: float,
     retry_backoff: float,
     control_queue: str,
+    result_ttl: float,
     log_level: str | None,
 ) -> None:
     """Run an engine that pulls tasks from QUEUE and runs them.
@@ -149,6 +158,7 @@ def engine(
             on_ready=announce,
             retry_backoff=retry_backoff,
             control_queue=control_queue,
+            result_ttl=result_ttl,
         )
         eng.run()
     except (EngineError, TransportError) as exc:

@@ -126,3 +126,16 @@ def test_rtbatch_engine_uses_the_same_command(zmq_broker, tmp_path):
 
     assert main.get_command(None, "engine") is engine
     assert Path(sys.executable).exists()
+
+
+def test_result_ttl_option_lets_unread_results_expire(zmq_broker, engine_process):
+    queue, group = f"q-{uuid.uuid4().hex[:8]}", "nobody-reads-this"
+    engine_process(queue, "--result-ttl", "0.5")
+    with open_transport(zmq_broker.url) as t:
+        t.declare_queue("results", grouped=True)
+        t.send(queue, Message(encode_task(_task("noop.py", reply_group=group))))
+        [first] = t.receive("results", timeout=30, group=group)  # the result arrived...
+        assert first.message.ttl == pytest.approx(0.5)
+        t.abandon(first)
+        time.sleep(1.0)
+        assert t.receive("results", timeout=0.2, group=group) == []  # ...and expired unread
