@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import attrs
+import tenacity
 
 from realtime_batch.engine.control import (
     CONTROL_QUEUE,
@@ -51,10 +52,12 @@ from realtime_batch.protocol import (
     encode_task,
 )
 from realtime_batch.transport import (
+    ConnectionLostError,
     Delivery,
     Message,
     Transport,
     TransportError,
+    TransportTimeoutError,
     open_transport,
 )
 
@@ -82,6 +85,10 @@ _SEND_BATCH = 1000
 #: client memory when tasks are submitted faster than the transport takes them.
 _OUTBOX_LIMIT = 10_000
 _IDLE_GAP = 0.001  # seconds without a submission after which one is sent inline
+_SEND_RETRY_FOR = 30.0  # seconds a batch is retried while the transport is unreachable
+_TRANSIENT = (ConnectionLostError, TransportTimeoutError)
+
+
 _RECEIVE_BATCH = 512
 _POLL = 0.2  # listener poll interval: bounds how long close() waits for it
 _EXPIRY_SLACK = 1.0  # seconds after a deadline before an unanswered task counts as expired
@@ -394,7 +401,7 @@ class Session:
                 return
             self._sending = True
         try:
-            self._send_batch([(future, message)])
+            self._send_batch([(future, message)], retry=False)
         finally:
             with self._outbox_ready:
                 self._sending = False
@@ -429,15 +436,43 @@ class Session:
                 with self._outbox_ready:
                     self._sending = False
 
-    def _send_batch(self, batch: list[tuple[TaskFuture, Message]]) -> None:
+    def _send_batch(self, batch: list[tuple[TaskFuture, Message]], *, retry: bool = True) -> None:
+        """Send a batch; transient faults (a broker restarting) are retried with backoff.
+
+        Without ``retry`` (the caller's inline send) a transient fault puts the batch back
+        at the head of the outbox for the sender thread to retry.
+        """
+        messages = [m for _, m in batch]
         try:
-            self._transport.send(self.task_queue, [m for _, m in batch])
+            if retry:
+                for attempt in tenacity.Retrying(
+                    retry=tenacity.retry_if_exception_type(_TRANSIENT),
+                    stop=tenacity.stop_after_delay(_SEND_RETRY_FOR)
+                    | tenacity.stop_when_event_set(self._closed),
+                    wait=tenacity.wait_exponential(multiplier=0.1, max=2.0),
+                    reraise=True,
+                ):
+                    with attempt:
+                        self._transport.send(self.task_queue, messages)
+            else:
+                self._transport.send(self.task_queue, messages)
+        except _TRANSIENT as exc:
+            if not retry and not self._closed.is_set():
+                log.info("send failed (%s); the sender thread retries", exc)
+                with self._outbox_ready:
+                    self._outbox[:0] = batch
+                    self._outbox_ready.notify_all()
+                return
+            self._fail_batch(batch, exc)
         except Exception as exc:  # a failed send fails exactly those tasks
-            log.warning("sending %d tasks failed: %s", len(batch), exc)
-            for future, _ in batch:
-                self._forget(future.task_id)
-                if not future.done():
-                    future.set_exception(exc)
+            self._fail_batch(batch, exc)
+
+    def _fail_batch(self, batch: list[tuple[TaskFuture, Message]], exc: Exception) -> None:
+        log.warning("sending %d tasks failed: %s", len(batch), exc)
+        for future, _ in batch:
+            self._forget(future.task_id)
+            if not future.done():
+                future.set_exception(exc)
 
     # ------------------------------------------------------------------ receiving
     def _listen_loop(self) -> None:
