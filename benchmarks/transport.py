@@ -144,46 +144,25 @@ def bench_raw(n_latency: int, n_throughput: int, window: int) -> dict[str, float
 
 # -- (b) zmq:// ------------------------------------------------------------------------------
 def zmq_worker(url: str) -> None:
-    """Receive tasks and send each reply to its sender's mailbox; a second thread completes.
+    """Receive tasks, send each reply to its sender's mailbox and complete the tasks.
 
-    Completing off the receive loop (result first, then complete, as an engine does)
-    keeps the next receive parked at the broker while the previous batch is settled.
+    Replies and completions go in one round trip (``send_and_complete``), as an engine
+    settles its results.
     """
-    done: queue.SimpleQueue[list | None] = queue.SimpleQueue()
     with open_transport(url) as t:
-
-        def completer() -> None:
-            while (batch := done.get()) is not None:
-                while True:  # gather what queued up meanwhile: one round trip for all
-                    try:
-                        more = done.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is None:
-                        t.complete_many(batch)
-                        return
-                    batch += more
-                t.complete_many(batch)
-
-        thread = threading.Thread(target=completer)
-        thread.start()
-        try:
-            while True:
-                deliveries = t.receive(TASKS, max_messages=256, timeout=5)
-                replies = [
-                    Message(d.message.body, group=d.message.group, correlation_id=d.message.id)
-                    for d in deliveries
-                    if d.message.body != STOP
-                ]
-                if replies:
-                    t.send(RESULTS, replies)
-                if deliveries:
-                    done.put(deliveries)
-                if len(replies) < len(deliveries):
-                    return
-        finally:
-            done.put(None)
-            thread.join()
+        while True:
+            deliveries = t.receive(TASKS, max_messages=256, timeout=5)
+            replies = [
+                Message(d.message.body, group=d.message.group, correlation_id=d.message.id)
+                for d in deliveries
+                if d.message.body != STOP
+            ]
+            if replies:
+                t.send_and_complete(RESULTS, replies, deliveries)
+            elif deliveries:
+                t.complete_many(deliveries)
+            if len(replies) < len(deliveries):
+                return
 
 
 def start_broker(*args: str) -> tuple[subprocess.Popen[str], str]:
