@@ -465,4 +465,7 @@ class LocalPool(Pool):
         return self
 
     def __repr__(self) -> str:
-        return f"<LocalPool {self._url} job={self._job!r} engines={self.engines}>"
+        from realtime_batch.config import redact
+
+        url = redact("transport.url", self._url)  # a connection string carries its key
+        return f"<LocalPool {url} job={self._job!r} engines={self.engines}>"

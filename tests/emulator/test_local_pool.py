@@ -219,3 +219,14 @@ def test_missing_task_file_is_a_clear_error(tmp_path):
 
     with pytest.raises(OrchestratorError, match="no such file"):
         rb.LocalPool(engines=1, task_files=[tmp_path / "absent.py"])
+
+
+def test_repr_does_not_show_a_connection_string_key():
+    pool = rb.LocalPool.__new__(rb.LocalPool)  # repr only needs these fields
+    pool._url = "Endpoint=sb://127.0.0.1:5672;SharedAccessKeyName=k;SharedAccessKey=s3cr3t"
+    pool._job = "j"
+    pool._engines = []
+    import threading
+
+    pool._lock = threading.RLock()
+    assert "s3cr3t" not in repr(pool) and "SharedAccessKeyName=k" in repr(pool)
