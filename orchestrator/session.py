@@ -28,7 +28,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import attrs
 import tenacity
 
 from realtime_batch.engine.control import (
@@ -60,6 +59,8 @@ from realtime_batch.transport import (
     TransportTimeoutError,
     open_transport,
 )
+
+from .results import Result, SessionClosedError, TaskCancelledError, TaskError, TaskFuture
 
 __all__ = [
     "DEFAULT_RESULTS_QUEUE",
@@ -95,116 +96,6 @@ _EXPIRY_SLACK = 1.0  # seconds after a deadline before an unanswered task counts
 _CANCEL_REPLAY = 600.0  # seconds cancels of not-yet-located tasks go to newly heard engines
 _ENGINE_REFRESH = 60.0  # an engine's last-heard time is updated at most this often per result
 _ENGINE_FORGET = 3600.0  # engines not heard from for this long get no cancel requests
-
-
-class TaskError(Exception):
-    """A task failed on its engine (or could not be run).
-
-    Attributes:
-        task_id: the task's id.
-        remote_type: the exception type name raised remotely (e.g. ``"ValueError"``).
-        remote_message: its message.
-        remote_traceback: the remote traceback text.
-        engine: id of the engine that reported the failure.
-        attempt: the attempt number that failed.
-    """
-
-    def __init__(self, task_id: str, error: ErrorInfo, engine: str = "", attempt: int = 1):
-        super().__init__(f"{error.type}: {error.message} (task {task_id!r}, engine {engine!r})")
-        self.task_id = task_id
-        self.remote_type = error.type
-        self.remote_message = error.message
-        self.remote_traceback = error.traceback
-        self.engine = engine
-        self.attempt = attempt
-
-
-class TaskCancelledError(concurrent.futures.CancelledError):
-    """The task was cancelled before it produced a result."""
-
-
-class SessionClosedError(RuntimeError):
-    """The session is closed; no more tasks can be submitted."""
-
-
-@attrs.frozen
-class Result:
-    """A task's outcome as received by the client.
-
-    Attributes:
-        task_id: the task's id.
-        ok: True when the task returned a value.
-        value: the returned value (None on failure).
-        error: remote type, message and traceback on failure.
-        engine: the engine (host + pid) that ran the task.
-        attempt: which attempt produced the result (1 = first).
-        status: ``"ok"``, ``"error"``, ``"expired"`` or ``"cancelled"``.
-        submitted_at / started_at / finished_at / received_at: ``time.time()`` stamps.
-    """
-
-    task_id: str
-    ok: bool
-    value: Any
-    error: ErrorInfo | None
-    engine: str
-    attempt: int
-    status: str
-    submitted_at: float | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    received_at: float | None = None
-
-    @property
-    def latency(self) -> float | None:
-        """Seconds from submission to the result's arrival at the client."""
-        if self.submitted_at is None or self.received_at is None:
-            return None
-        return self.received_at - self.submitted_at
-
-
-_PENDING = concurrent.futures._base.PENDING
-_CONDITION_LOCK = threading.Lock()
-
-
-class TaskFuture(concurrent.futures.Future):
-    """A ``concurrent.futures.Future`` for one task, carrying its ``task_id``."""
-
-    def __init__(self, session: Session, task_id: str) -> None:
-        # Future.__init__ minus its eager Condition (over half of a future's memory):
-        # a session may hold 100,000 outstanding futures, and most are never waited on
-        # one by one. The condition is made on first use, under a lock (__getattr__).
-        self._state = _PENDING
-        self._result = None
-        self._exception = None
-        self._waiters: list[Any] = []
-        self._done_callbacks: list[Any] = []
-        self.task_id = task_id
-        self._session = session
-
-    def __getattr__(self, name: str) -> Any:
-        if name != "_condition":
-            raise AttributeError(name)
-        with _CONDITION_LOCK:
-            condition = self.__dict__.get("_condition")
-            if condition is None:
-                condition = self.__dict__["_condition"] = threading.Condition()
-        return condition
-
-    def cancel(self) -> bool:
-        """Cancel the task, pending or running (see ``Session.cancel``).
-
-        Returns False if the task already finished, True once it is cancelled.
-        """
-        if self.done():
-            return self.cancelled()
-        self._session.cancel([self.task_id])
-        return self.cancelled() or self._cancel_locally()
-
-    def _cancel_locally(self) -> bool:
-        return concurrent.futures.Future.cancel(self)
-
-    def __repr__(self) -> str:
-        return f"<TaskFuture {self.task_id!r} {self._state.lower()}>"
 
 
 def _default_name() -> str:
