@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TASK_QUEUE = "tasks"
 DEFAULT_RESULTS_QUEUE = "results"
+DEFAULT_CONTROL_QUEUE = "control"
+#: Cancel requests and engine notices are only useful for a while.
+CONTROL_TTL = 3600.0
 
 
 def queue_settings(
@@ -64,6 +67,7 @@ def emulator_config(
     max_delivery_count: int = 10,
     results_lock_duration: float = 60.0,
     extra_queues: tuple[str, ...] = (),
+    control_queue: str = DEFAULT_CONTROL_QUEUE,
 ) -> dict[str, Any]:
     """The official Service Bus emulator's ``Config.json`` for our entities."""
 
@@ -84,6 +88,7 @@ def emulator_config(
         }
 
     queues = [
+        queue(control_queue, lock_duration, True, max_delivery_count),
         queue(task_queue, lock_duration, False, max_delivery_count),
         queue(results_queue, results_lock_duration, True, max_delivery_count),
         *(queue(name, lock_duration, False, max_delivery_count) for name in extra_queues),
@@ -153,6 +158,12 @@ def servicebus() -> None:
 @click.option("--lock-duration", type=click.FloatRange(5, 300), default=30.0, show_default=True)
 @click.option("--max-delivery-count", type=click.IntRange(1, 2000), default=10, show_default=True)
 @click.option("--results-lock-duration", type=click.FloatRange(5, 300), default=60.0)
+@click.option(
+    "--control-queue",
+    default=DEFAULT_CONTROL_QUEUE,
+    show_default=True,
+    help="Session-enabled queue of cancel requests (one session per engine).",
+)
 @click.option("--ttl", type=float, default=None, help="Default message time to live (seconds).")
 @click.option(
     "--extra-queue",
@@ -167,11 +178,13 @@ def provision(
     lock_duration: float,
     max_delivery_count: int,
     results_lock_duration: float,
+    control_queue: str,
     ttl: float | None,
     extra_queue: tuple[str, ...],
     print_config: bool,
 ) -> None:
-    """Create or update the task queue and the session-enabled results queue."""
+    """Create or update the task queue, the session-enabled results queue and the
+    session-enabled control queue (cancel requests)."""
     if print_config:
         config = emulator_config(
             task_queue,
@@ -180,6 +193,7 @@ def provision(
             max_delivery_count=max_delivery_count,
             results_lock_duration=results_lock_duration,
             extra_queues=extra_queue,
+            control_queue=control_queue,
         )
         click.echo(json.dumps(config, indent=2))
         return
@@ -189,10 +203,14 @@ def provision(
             "give --namespace (or RTBATCH_SERVICEBUS, or a Service Bus [transport] url in "
             "rtbatch.toml), or use --print-config"
         )
-    if len({task_queue, results_queue, *extra_queue}) != 2 + len(extra_queue):
+    names = {task_queue, results_queue, control_queue, *extra_queue}
+    if len(names) != 3 + len(extra_queue):
         raise click.UsageError("queue names must all differ")
     task_settings = queue_settings(lock_duration, max_delivery_count, sessions=False, ttl=ttl)
     plan = {
+        control_queue: queue_settings(
+            lock_duration, max_delivery_count, sessions=True, ttl=CONTROL_TTL
+        ),
         task_queue: task_settings,
         **{name: task_settings for name in extra_queue},
         results_queue: queue_settings(

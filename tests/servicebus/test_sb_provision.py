@@ -69,6 +69,7 @@ def test_print_config_is_the_emulator_config_json():
     assert queues["tasks"]["DeadLetteringOnMessageExpiration"] is True
     assert queues["results"]["RequiresSession"] is True
     assert queues["results"]["LockDuration"] == "PT1M"
+    assert queues["control"]["RequiresSession"] is True
 
 
 def test_iso_durations():
@@ -108,6 +109,8 @@ def test_creates_the_task_queue_and_the_session_enabled_results_queue(fake_admin
     assert calls["tasks"]["requires_session"] is False
     assert calls["tasks"]["dead_lettering_on_message_expiration"] is True
     assert calls["results"]["requires_session"] is True
+    assert calls["control"]["requires_session"] is True
+    assert calls["control"]["default_message_time_to_live"] == datetime.timedelta(hours=1)
 
 
 def test_existing_queues_are_updated(fake_admin):
