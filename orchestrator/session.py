@@ -284,13 +284,19 @@ class Session:
         with self._outbox_ready:
             while len(self._outbox) >= _OUTBOX_LIMIT and not self._closed.is_set():
                 self._outbox_ready.wait(_POLL)
+            closed = self._closed.is_set()  # while waiting for room: nothing will send it
             idle = now - self._last_submit > _IDLE_GAP
             self._last_submit = now
-            if not idle or self._sending or self._outbox:
+            if not closed and (not idle or self._sending or self._outbox):
                 self._outbox.append((future, message))
                 self._outbox_ready.notify_all()
                 return
-            self._sending = True
+            if not closed:
+                self._sending = True
+        if closed:
+            self._forget(future.task_id)
+            future._cancel_locally()
+            raise SessionClosedError(f"session {self.id!r} is closed")
         try:
             self._send_batch([(future, message)], retry=False)
         finally:

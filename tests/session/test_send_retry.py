@@ -55,3 +55,32 @@ def test_a_send_that_keeps_failing_fails_its_futures(monkeypatch):
             with pytest.raises(ConnectionLostError):
                 f.result(timeout=10)
     flaky.close()
+
+
+def test_submit_waiting_for_room_fails_cleanly_when_the_session_closes(monkeypatch):
+    import threading
+
+    from realtime_batch.orchestrator import session as session_module
+    from realtime_batch.orchestrator.session import SessionClosedError
+
+    monkeypatch.setattr(session_module, "_OUTBOX_LIMIT", 2)
+    monkeypatch.setattr(rb.Session, "_send_loop", lambda self: None)  # nothing drains
+    monkeypatch.setattr(session_module, "_IDLE_GAP", float("inf"))  # no inline sends
+    s = rb.Session(f"memory://room-{uuid.uuid4().hex}")
+    first = [s.submit("x.py") for _ in range(2)]
+    outcome = []
+
+    def blocked_submit():
+        try:
+            s.submit("x.py")
+        except SessionClosedError as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=blocked_submit)
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive()  # blocked: the outbox is full
+    s.close()
+    waiter.join(5)
+    assert len(outcome) == 1 and s.outstanding == 0
+    assert all(f.cancelled() for f in first)
