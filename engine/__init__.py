@@ -8,8 +8,7 @@ that the worker process stays small.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from realtime_batch._lazy import lazy_exports
 
 _LAZY: dict[str, str] = {
     "Engine": "realtime_batch.engine.engine:Engine",
@@ -30,15 +29,4 @@ _LAZY: dict[str, str] = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    target = _LAZY.get(name)
-    if target is None:
-        raise AttributeError(f"module 'realtime_batch.engine' has no attribute {name!r}")
-    module_name, _, attr = target.partition(":")
-    value = getattr(importlib.import_module(module_name), attr)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

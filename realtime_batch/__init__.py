@@ -11,8 +11,7 @@ module (the wire protocol, a transport) does not pull in the client side.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from realtime_batch._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -32,15 +31,4 @@ _LAZY: dict[str, str] = {
 __all__ = ["__version__", *sorted(_LAZY)]
 
 
-def __getattr__(name: str) -> Any:
-    target = _LAZY.get(name)
-    if target is None:
-        raise AttributeError(f"module 'realtime_batch' has no attribute {name!r}")
-    module_name, _, attr = target.partition(":")
-    value = getattr(importlib.import_module(module_name), attr)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
