@@ -228,6 +228,12 @@ class Transport(ABC):
         self.close()
 
 
+def check_max_messages(max_messages: int) -> None:
+    """Reject a ``receive`` batch size below one (the same error on every backend)."""
+    if max_messages < 1:
+        raise ValueError("max_messages must be at least 1")
+
+
 def as_message_list(messages: Message | Iterable[Message]) -> list[Message]:
     """Normalise the ``send`` argument to a list of ``Message``."""
     if isinstance(messages, Message):

@@ -23,6 +23,7 @@ from .base import (
     QueueOptions,
     Transport,
     as_message_list,
+    check_max_messages,
 )
 from .errors import MessageTooLargeError, TransportClosedError
 from .store import QueueStore
@@ -119,8 +120,7 @@ class MemoryTransport(Transport):
         group: str | None = None,
     ) -> list[Delivery]:
         self._check_open()
-        if max_messages < 1:
-            raise ValueError("max_messages must be at least 1")
+        check_max_messages(max_messages)
         give_up = None if timeout is None else time.monotonic() + timeout
         broker = self._broker
         with broker.changed:

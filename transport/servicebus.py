@@ -43,6 +43,7 @@ from .base import (
     Message,
     Transport,
     as_message_list,
+    check_max_messages,
     is_dead_letter_queue,
 )
 from .errors import (
@@ -386,8 +387,7 @@ class ServiceBusTransport(Transport):
         group: str | None = None,
     ) -> list[Delivery]:
         self._check_open()
-        if max_messages < 1:
-            raise ValueError("max_messages must be at least 1")
+        check_max_messages(max_messages)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:

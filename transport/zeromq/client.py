@@ -36,6 +36,7 @@ from ..base import (
     Message,
     Transport,
     as_message_list,
+    check_max_messages,
 )
 from ..errors import (
     ConnectionLostError,
@@ -409,8 +410,7 @@ class ZmqTransport(Transport):
         timeout: float | None = None,
         group: str | None = None,
     ) -> list[Delivery]:
-        if max_messages < 1:
-            raise ValueError("max_messages must be at least 1")
+        check_max_messages(max_messages)
         wait = None if timeout is None else max(0.0, float(timeout))
         _header, frames = self._call(
             wire.RECEIVE, [queue, max_messages, wait, group], wait=wait, queue=queue
