@@ -183,11 +183,20 @@ class Outbox:
     def engine_lost(self, held: Held) -> None:
         """Refuse a delivery whose previous attempts all died with their engine."""
         count = held.delivery.delivery_count
-        message = (
-            f"task delivered {count} times (attempt {held.attempt}, max_retries="
-            f"{held.task.max_retries}); previous attempts never finished: the engine "
-            "running them died or lost its lease"
-        )
+        if count >= self.max_delivery_count:
+            message = (
+                f"task delivered {count} times, the queue's max_delivery_count (attempt "
+                f"{held.attempt}, max_retries={held.task.max_retries}); earlier deliveries "
+                "never finished (their engine died, lost its lease or gave them back "
+                "when stopping); this last one was not run so that the failure is "
+                "reported rather than lost"
+            )
+        else:
+            message = (
+                f"task delivered {count} times (attempt {held.attempt}, max_retries="
+                f"{held.task.max_retries}); previous attempts never finished: the engine "
+                "running them died or lost its lease"
+            )
         self._fail_for_good(held, "EngineLostError", message)
 
     def crashed(self, held: Held, cause: str, crash_report: str) -> None:
@@ -224,16 +233,23 @@ class Outbox:
         )
 
     def _retry(self, held: Held, type_: str, message: str, traceback: str = "") -> None:
-        if held.delivery.delivery_count >= self.max_delivery_count:
-            self._fail_for_good(held, type_, message, traceback)
+        # The queue's last delivery is kept for answering a task whose engine died
+        # (the engine's admission refuses it): a crash retry never goes into it.
+        if held.delivery.delivery_count >= self.max_delivery_count - 1:
+            self._fail_for_good(held, type_, message, traceback, at_limit=True)
             return
         logger.info("task %s: %s; abandoned for another attempt", held.task.task, message)
         self._entries.append(_Entry(held.delivery, _ABANDON))
 
-    def _fail_for_good(self, held: Held, type_: str, message: str, traceback: str = "") -> None:
-        """Send an error result; dead-letter the delivery if it reached the delivery limit."""
+    def _fail_for_good(
+        self, held: Held, type_: str, message: str, traceback: str = "", *, at_limit: bool = False
+    ) -> None:
+        """Send an error result; dead-letter the delivery if it reached the delivery limit.
+
+        ``at_limit``: it could not be retried because of the queue's ``max_delivery_count``.
+        """
         count = held.delivery.delivery_count
-        if count >= self.max_delivery_count:
+        if at_limit or count >= self.max_delivery_count:
             description = f"delivered {count} times (max_delivery_count={self.max_delivery_count})"
             message += f"; dead-lettered ({MAX_DELIVERY_REASON}: {description})"
             record = self._result(held, "error", error=ErrorInfo(type_, message, traceback))

@@ -20,8 +20,10 @@ Failure rules:
   ``attempt <= max_retries``, then a ``WorkerCrashedError`` result;
 * the task outlives its timeout -> worker killed and restarted,
   ``TaskTimeoutError`` result (retried like an exception if named in ``retry_on``);
-* a delivery seen more than ``max_retries + 1`` times (engines died holding it)
-  -> ``EngineLostError`` result without running it;
+* a delivery seen more than ``max_retries + 1`` times (engines died holding it), or
+  for the queue's last time (``max_delivery_count``) after an earlier delivery
+  -> ``EngineLostError`` result without running it (dead-lettered in the second case),
+  so a task that kills every engine still gets an answer;
 * a malformed body -> dead-lettered (``MalformedTask``), answered if the sender is known.
 
 Cancellation: a control thread receives cancel requests from the grouped control
@@ -406,7 +408,11 @@ class Engine:
         if self._cancelled and (task.session, task.task) in self._cancelled:
             self._outbox.cancelled(held)
             return
-        if held.attempt > task.max_retries + 1:
+        count = delivery.delivery_count
+        if held.attempt > task.max_retries + 1 or (count > 1 and count >= self.max_delivery_count):
+            # The second test: the broker's last delivery of a task whose earlier ones
+            # never finished. Had it killed this engine too, the broker would
+            # dead-letter it with nobody left to tell the client, so refuse it here.
             self._outbox.engine_lost(held)
             return
         if task.deadline is not None and time.time() > task.deadline:

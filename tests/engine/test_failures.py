@@ -79,11 +79,29 @@ def test_delivery_seen_too_often_is_refused_as_engine_lost(harness):
     assert not (harness.work_dir / "ran.txt").exists()
 
 
+def test_last_delivery_after_a_lost_engine_is_refused_not_run(harness):
+    """max_retries above the queue's limit: the broker's last delivery still answers."""
+    harness.transport.declare_queue("tasks", max_delivery_count=3)
+    harness.submit("marker_sleep.py", "ran.txt", 0, max_retries=10)
+    for _ in range(2):  # two "engines" leased it and died
+        [delivery] = harness.transport.receive("tasks", timeout=5)
+        harness.transport.abandon(delivery)
+    harness.engine(max_delivery_count=3)
+    result = harness.result()
+    assert result.error.type == "EngineLostError"
+    assert "delivered 3 times" in result.error.message
+    assert not (harness.work_dir / "ran.txt").exists()
+    [dead] = harness.transport.receive(dead_letter_queue("tasks"), timeout=5)
+    assert dead.message.properties["DeadLetterReason"] == "MaxDeliveryCountExceeded"
+
+
 def test_max_delivery_count_dead_letters_with_an_error_result(harness):
     harness.engine(max_delivery_count=2)
     task_id = harness.submit("crash.py", "exit", 5, max_retries=5)
     result = harness.result()
+    # the first delivery crashed its worker; the second, the queue's last, is not used
     assert result.error.type == "WorkerCrashedError"
+    assert result.attempt == 1
     assert "MaxDeliveryCountExceeded" in result.error.message
     [dead] = harness.transport.receive(dead_letter_queue("tasks"), timeout=5)
     assert orjson.loads(dead.message.body)["task"] == task_id

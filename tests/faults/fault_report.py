@@ -72,7 +72,10 @@ def _other_rows(scenarios: dict[str, dict[str, Any]]) -> list[str]:
         elif key.startswith("c_engine_killer"):
             outcome = (
                 f"{figures['error_type']} result after {figures['engines_killed_by_task']} "
-                f"engines died ({figures['engine_restarts']} restarts)"
+                f"engines died ({figures['engine_restarts']} restarts; "
+                f"max_retries={figures.get('max_retries', '?')}, "
+                f"max_delivery_count={figures.get('max_delivery_count', '?')}, "
+                f"{figures.get('dead_lettered', 0)} message in the DLQ)"
             )
         elif key.startswith("d_dead_client"):
             outcome = (
