@@ -291,8 +291,10 @@ class Engine:
         backoff = 0.1
         while self._receiving.is_set():
             with self._cond:
+                # Waiting for the main thread to take what came last keeps this thread
+                # from competing with it for the GIL while it starts those tasks.
                 while self._receiving.is_set() and (
-                    self._held >= self.prefetch or self._settle_backlog_full()
+                    self._held >= self.prefetch or self._settle_backlog_full() or self._incoming
                 ):
                     self._cond.wait(_POLL)
                 if not self._receiving.is_set():
@@ -342,21 +344,43 @@ class Engine:
         pipeline.check_head()
         pipeline.release_due()
         self._flush()
-        self._admit_incoming()
-        pipeline.dispatch()
+        if self._admit_incoming():
+            pipeline.dispatch()
+            with self._cond:
+                self._cond.notify_all()  # the receiver waits for its last batch to be taken
+        else:
+            pipeline.dispatch()
         if time.time() >= self._renew_check_at:
             self._renew_due()
         self._flush()
 
     def _flush(self) -> None:
-        """Pass finished deliveries to the settler thread and release their credit."""
+        """Pass finished deliveries to the settler thread and release their credit.
+
+        When nothing else is going on (the settler idle, no task held), the main thread
+        settles them itself: a lone task's result then skips a thread hand-off, and
+        there is nothing for the main thread to do while the broker answers.
+        """
         entries, deliveries = self._outbox.take()
-        if entries:
-            with self._cond:
-                self._held -= deliveries
+        if not entries:
+            return
+        with self._cond:
+            self._held -= deliveries
+            inline = self._unsettled == 0 and not self._incoming and not len(self._pipeline)
+            if not inline:
                 self._unsettled += len(entries)
-                self._cond.notify_all()
+            self._cond.notify_all()
+        if inline:
+            self._settle(entries)
+        else:
             self._settle_queue.put(entries)
+
+    def _settle(self, entries: list[Any]) -> None:
+        try:
+            self._outbox.settle(entries)
+        except Exception:
+            logger.exception("engine %s: settling %d deliveries failed", self.engine_id,
+                             len(entries))  # fmt: skip
 
     def _settle_loop(self) -> None:
         """Send results and settle deliveries off the main thread, merging waiting batches."""
@@ -374,11 +398,7 @@ class Engine:
                     running = False
                     break
                 entries.extend(more)
-            try:
-                self._outbox.settle(entries)
-            except Exception:
-                logger.exception("engine %s: settling %d deliveries failed", self.engine_id,
-                                 len(entries))  # fmt: skip
+            self._settle(entries)
             with self._cond:
                 self._unsettled -= len(entries)
                 self._cond.notify_all()
@@ -386,13 +406,16 @@ class Engine:
     def _settle_backlog_full(self) -> bool:
         return self._unsettled >= self._settle_backlog
 
-    def _admit_incoming(self) -> None:
+    def _admit_incoming(self) -> bool:
+        """Admit what the receiver got; True if there was anything."""
+        admitted = False
         while True:
             with self._cond:
                 if not self._incoming:
-                    return
+                    return admitted
                 delivery = self._incoming.popleft()
             self._admit(delivery)
+            admitted = True
 
     def _admit(self, delivery: Delivery) -> None:
         body = delivery.message.body

@@ -85,7 +85,7 @@ _SEND_BATCH = 1000
 #: Tasks submitted but not yet handed to the transport before ``submit`` blocks: bounds
 #: client memory when tasks are submitted faster than the transport takes them.
 _OUTBOX_LIMIT = 10_000
-_IDLE_GAP = 0.001  # seconds without a submission after which one is sent inline
+_IDLE_GAP = 0.0003  # seconds without a submission after which one is sent inline
 _SEND_RETRY_FOR = 30.0  # seconds a batch is retried while the transport is unreachable
 _TRANSIENT = (ConnectionLostError, TransportTimeoutError)
 
