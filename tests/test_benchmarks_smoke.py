@@ -190,3 +190,12 @@ def test_merge_replaces_only_rerun_systems():
     assert merged["versions"] == {"a": "1", "b": "2"}
     with pytest.raises(click.UsageError):
         merge_results(earlier, {**now, "mode": "quick"})
+
+
+def test_idle_engine_figures(no_leaked_processes):
+    from benchmarks.session import idle_engine
+
+    figures = idle_engine(window=0.5)
+    assert figures["processes"] == 2  # the engine and its warm task worker
+    assert 5 < figures["engine_rss_mb"] < figures["with_worker_rss_mb"]
+    assert 0 <= figures["engine_cpu_pct"] <= figures["with_worker_cpu_pct"]
