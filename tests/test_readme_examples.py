@@ -119,12 +119,23 @@ def test_python_api_example_prints_what_its_comments_promise(
 # --- "Writing a task" ----------------------------------------------------------------
 
 
+def _python_blocks(heading: str) -> list[str]:
+    """Every ```python fenced block of a README section, in order."""
+    return re.findall(r"^```python[ \t]*\n(.*?)^```", _section(heading), re.M | re.S)
+
+
+def _task_block(name: str) -> str:
+    """The "Writing a task" block that starts with ``# name``."""
+    blocks = [b for b in _python_blocks("Writing a task") if b.startswith(f"# {name}")]
+    assert len(blocks) == 1, f"README 'Writing a task' has {len(blocks)} blocks for {name}"
+    return blocks[0]
+
+
 @pytest.fixture
-def hello_dir(tmp_path) -> Path:
-    """The README's hello.py block, written unchanged to a tasks directory."""
-    code = _python_block("Writing a task")
-    assert code.startswith("# hello.py\n"), code[:40]
-    (tmp_path / "hello.py").write_text(code, encoding="utf-8")
+def tasks_dir(tmp_path) -> Path:
+    """The README's task modules, written unchanged to a tasks directory."""
+    for name in ("hello.py", "pi_action.py"):
+        (tmp_path / name).write_text(_task_block(name), encoding="utf-8")
     return tmp_path
 
 
@@ -136,66 +147,40 @@ def _memory_session(task_files):
         yield s
 
 
-@pytest.fixture
-def hello_session(hello_dir):
-    with _memory_session([hello_dir / "hello.py"]) as session:
-        yield session
-
-
-def test_hello_block_defines_both_styles(hello_dir):
-    namespace: dict = {}
-    exec((hello_dir / "hello.py").read_text(encoding="utf-8"), namespace)
-    assert callable(namespace["do_action"])
-    # the run() function itself does what its comment says, when called directly
-    assert namespace["run"]("Ada") == "hello, Ada"
-    assert namespace["run"]("Ada", greeting="hi") == "hi, Ada"
-
-
-_BOTH_STYLES = (
-    "README 'Writing a task' shows run() and do_action() in ONE hello.py ('Either style "
-    "works'), but docs/tasks.md says a module defining both is called through do_action, so "
-    "run() is never reached: the engine runs pi.jar with the arguments instead"
-)
-
-
-@pytest.mark.xfail(strict=True, raises=rb.TaskError, reason=_BOTH_STYLES)
 @pytest.mark.timeout(60)
-def test_hello_run_style_via_session(hello_session):
-    assert hello_session.submit("hello.py", "Ada").result(timeout=30) == "hello, Ada"
-
-
-@pytest.mark.xfail(
-    strict=True, raises=rb.TaskError, reason=_BOTH_STYLES + " (and do_action refuses keywords)"
-)
-@pytest.mark.timeout(60)
-def test_hello_run_style_keyword_via_session(hello_session):
-    future = hello_session.submit("hello.py", "Ada", greeting="hi")
-    assert future.result(timeout=30) == "hi, Ada"
-
-
-@pytest.mark.timeout(60)
-def test_hello_with_both_styles_is_dispatched_to_do_action(hello_session):
-    """What docs/tasks.md promises: do_action wins, and it takes positional arguments only."""
-    with pytest.raises(rb.TaskError) as info:
-        hello_session.submit("hello.py", "Ada", greeting="hi").result(timeout=30)
-    assert info.value.remote_type == "TaskContractError"
-    assert "keyword" in info.value.remote_message
+def test_hello_run_style_via_session(tasks_dir):
+    """hello.py does what its comment says, through a session, keyword included."""
+    with _memory_session([tasks_dir / "hello.py"]) as session:
+        assert session.submit("hello.py", "Ada").result(timeout=30) == "hello, Ada"
+        assert session.submit("hello.py", "Ada", greeting="hi").result(timeout=30) == "hi, Ada"
 
 
 @pytest.mark.java
 @pytest.mark.skipif(not HAS_JDK, reason="no JDK (javac, java, jar) on PATH")
 @pytest.mark.timeout(90)
-def test_hello_do_action_runs_the_jar(hello_dir):
-    """hello.py's do_action runs the staged pi.jar with the task's arguments."""
+def test_pi_action_do_action_runs_the_jar(tasks_dir):
+    """pi_action.py's do_action runs the staged pi.jar with the task's arguments."""
     from realtime_batch.engine import build_jar, java_runner
 
-    jar = build_jar(PI / "Pi.java", hello_dir / "pi.jar")
-    with _memory_session([hello_dir / "hello.py", jar]) as session:
-        value = session.submit("hello.py", 2000, 7).result(timeout=60)
-    expected = java_runner("pi.jar", 2000, 7, tasks_dir=hello_dir)  # seeded: same output
+    jar = build_jar(PI / "Pi.java", tasks_dir / "pi.jar")
+    with _memory_session([tasks_dir / "pi_action.py", jar]) as session:
+        value = session.submit("pi_action.py", 2000, 7).result(timeout=60)
+    expected = java_runner("pi.jar", 2000, 7, tasks_dir=tasks_dir)  # seeded: same output
     assert value == expected
     hits, samples = map(int, value.split())
     assert samples == 2000 and 0 <= hits <= samples
+
+
+@pytest.mark.timeout(60)
+def test_module_with_both_styles_is_called_through_do_action(tasks_dir):
+    """The README's last sentence of the section (and docs/tasks.md)."""
+    both = tasks_dir / "both.py"
+    both.write_text(
+        _task_block("hello.py") + "\n\ndef do_action(engine, args):\n    return 'action', None\n",
+        encoding="utf-8",
+    )
+    with _memory_session([both]) as session:
+        assert session.submit("both.py", "Ada").result(timeout=30) == "action"
 
 
 # --- "Command line" ------------------------------------------------------------------
