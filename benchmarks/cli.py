@@ -3,6 +3,9 @@
 Runs each selected system in its own ``benchmarks.runner`` process (with a time
 limit), collects the records, prints the table and realtime-batch's ratios to the
 floor and the best peer, and writes the JSON, the chart and ``docs/benchmarks.md``.
+
+SIGTERM or SIGINT (Ctrl-C) stops the running system's process (which stops the
+processes it started) and exits with 128 + the signal number.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 import click
 
 from benchmarks import ROOT, SYSTEMS, WORKLOADS
-from benchmarks.procs import child_env
+from benchmarks.procs import Interrupted, child_env, die_with_parent, interruptible, stop_process
 from benchmarks.report import add_ratios, markdown_report, ratio_lines, write_chart
 from benchmarks.report import write_docs as write_docs_file
 from benchmarks.workloads import FULL, QUICK
@@ -33,6 +36,8 @@ CHART = ROOT / "docs" / "img" / "benchmarks.png"
 NEEDS_EXTRA = {"ray", "dask", "celery"}
 #: seconds one system's process may take before it is stopped
 TIME_LIMIT = {"quick": 150.0, "full": 1500.0}
+#: seconds a system's process has to stop what it started, after SIGTERM, before SIGKILL
+STOP_GRACE = 5.0
 
 
 def _split(value: str | None, allowed: tuple[str, ...], what: str) -> list[str]:
@@ -62,6 +67,7 @@ def _run_one(system: str, mode: str, workloads: list[str], log: Path) -> tuple[l
             env=child_env(),
             cwd=ROOT,
             process_group=0,
+            preexec_fn=die_with_parent,
         )
         timer = threading.Timer(TIME_LIMIT[mode], _kill_group, (proc.pid,))
         timer.start()
@@ -78,6 +84,8 @@ def _run_one(system: str, mode: str, workloads: list[str], log: Path) -> tuple[l
             code = proc.wait()
         finally:
             timer.cancel()
+            # interrupted (or a failure here): the runner stops its system on SIGTERM
+            stop_process(proc, STOP_GRACE, group=True)
     done = {r["workload"] for r in records}
     missing = [w for w in workloads if w not in done]
     if missing:
@@ -217,6 +225,24 @@ def bench(
     log_dir: Path,
 ) -> None:
     """Run realtime-batch side by side with raw pyzmq, Ray, Dask and Celery."""
+    try:
+        with interruptible():
+            _bench(quick, json_path, systems, workloads, write_docs, merge_path, install, log_dir)
+    except Interrupted as exc:
+        click.echo(f"\n{exc}: stopped the benchmark processes", err=True)
+        sys.exit(exc.exit_code)
+
+
+def _bench(
+    quick: bool,
+    json_path: Path | None,
+    systems: str | None,
+    workloads: str | None,
+    write_docs: bool | None,
+    merge_path: Path | None,
+    install: bool,
+    log_dir: Path,
+) -> None:
     chosen = _split(systems, SYSTEMS, "systems")
     loads = _split(workloads, WORKLOADS, "workloads")
     mode = "quick" if quick else "full"

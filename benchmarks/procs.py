@@ -2,6 +2,10 @@
 
 Every process started here is in its own process group, dies with its parent
 (``PR_SET_PDEATHSIG`` on Linux) and is stopped by PID, never by name.
+
+:func:`interruptible` turns SIGTERM and SIGINT into :class:`Interrupted` in the main
+thread, so the ``finally`` blocks that stop the children run before the process exits
+(the default actions end the process at once and leave its children running).
 """
 
 from __future__ import annotations
@@ -15,18 +19,95 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import psutil
 
 from benchmarks import ROOT
 
-__all__ = ["Child", "child_env", "free_port", "tree_usage"]
+__all__ = [
+    "Child",
+    "Interrupted",
+    "child_env",
+    "die_with_parent",
+    "free_port",
+    "interruptible",
+    "stop_process",
+    "tree_usage",
+]
 
 
-def _die_with_parent() -> None:  # between fork and exec
+def die_with_parent() -> None:
+    """``preexec_fn``: SIGTERM this child when the thread that started it ends (Linux)."""
     if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Interrupted(BaseException):  # like KeyboardInterrupt: "except Exception" lets it by
+    """SIGTERM or SIGINT arrived (raised by :func:`interruptible`)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's code for a process ended by this signal (128 + the number)."""
+        return 128 + self.signum
+
+
+@contextlib.contextmanager
+def interruptible(signums: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
+    """Raise :class:`Interrupted` in the main thread on the first of ``signums``.
+
+    Later signals are ignored until the block ends, so the cleanup the exception runs
+    (stopping children, each with a bounded grace) is not cut short. Outside the main
+    thread (where handlers cannot be set) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def ignore(signum: int, frame: object) -> None:  # not SIG_IGN: children would inherit it
+        pass
+
+    def interrupt(signum: int, frame: object) -> None:
+        for other in signums:
+            signal.signal(other, ignore)
+        raise Interrupted(signum)
+
+    previous = {signum: signal.getsignal(signum) for signum in signums}
+    for signum in signums:
+        signal.signal(signum, interrupt)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def stop_process(popen: subprocess.Popen, grace: float = 3.0, *, group: bool = False) -> None:
+    """SIGTERM ``popen`` (its process group if ``group``), SIGKILL after ``grace`` s; reap it.
+
+    With ``group``, whatever is left in the group is SIGKILLed even when the leader
+    exited in time. Idempotent.
+    """
+
+    def send(signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(popen.pid, signum)
+            elif popen.poll() is None:
+                popen.send_signal(signum)
+
+    if popen.poll() is None:
+        send(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            popen.wait(grace)
+    if group or popen.poll() is None:
+        send(signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        popen.wait(5)
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -73,7 +154,7 @@ class Child:
             env=env or child_env(),
             cwd=cwd,
             process_group=0,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         self._prefix = ready_prefix
         self._contains = ready_contains
@@ -112,17 +193,7 @@ class Child:
 
     def stop(self, grace: float = 3.0) -> None:
         """SIGTERM the process group, SIGKILL after ``grace`` seconds. Idempotent."""
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(grace)
-            except subprocess.TimeoutExpired:
-                pass
-        with contextlib.suppress(ProcessLookupError):  # anything left in its group
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(5)
+        stop_process(self.popen, grace, group=True)
         self._reader.join(2)
 
 

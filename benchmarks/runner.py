@@ -6,6 +6,10 @@
 in that system's process. ``--fresh N`` measures one cold start and then the
 client's RSS growth with N outstanding tasks, and prints ``FRESH {json}`` (a fresh
 process per repetition, so the growth is not hidden by memory freed earlier).
+
+SIGTERM or SIGINT stops the system (and a running fresh process) and exits with
+128 + the signal number; the processes started here also die with this one
+(``PR_SET_PDEATHSIG``) if it is killed outright.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks import WORKLOADS
-from benchmarks.procs import child_env
+from benchmarks.procs import Interrupted, child_env, die_with_parent, interruptible, stop_process
 from benchmarks.systems import NotApplicableError, System, SystemUnavailableError, make_system
 from benchmarks.workloads import (
     FULL,
@@ -44,6 +48,11 @@ from benchmarks.workloads import (
 __all__ = ["fresh_records", "fresh_runs", "main", "run_system"]
 
 log = logging.getLogger(__name__)
+
+#: seconds one fresh process may take
+FRESH_TIMEOUT = 900.0
+#: seconds a fresh process has to stop its system, after SIGTERM, before SIGKILL
+FRESH_STOP_GRACE = 4.0
 
 #: workloads that share one started system, in the order they run (idle first: fresh workers)
 RUNNING = ("idle", "roundtrip", *PAYLOADS, "throughput", "sleep-10ms")
@@ -69,15 +78,39 @@ def fresh_runs(name: str, settings: Settings, outstanding: int) -> list[dict[str
     samples = []
     for _ in range(settings.start_reps):
         argv = [sys.executable, "-m", "benchmarks.runner", name, "--fresh", str(outstanding)]
-        done = subprocess.run(
-            argv, capture_output=True, text=True, env=child_env(), timeout=900, check=False
-        )
-        lines = [ln for ln in done.stdout.splitlines() if ln.startswith("FRESH ")]
+        stdout, stderr, code = _run_fresh(argv)
+        lines = [ln for ln in stdout.splitlines() if ln.startswith("FRESH ")]
         if not lines:
-            tail = (done.stderr or done.stdout)[-1500:]
-            raise RuntimeError(f"the fresh run exited {done.returncode}: {tail}")
+            tail = (stderr or stdout)[-1500:]
+            raise RuntimeError(f"the fresh run exited {code}: {tail}")
         samples.append(json.loads(lines[-1].split(" ", 1)[1]))
     return samples
+
+
+def _run_fresh(argv: list[str]) -> tuple[str, str, int]:
+    """Run one fresh process; stop it with SIGTERM (so it stops its system) if interrupted.
+
+    It stays in this process's group, so a SIGTERM to the group reaches it too.
+    """
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=child_env(),
+        preexec_fn=die_with_parent,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=FRESH_TIMEOUT)
+    except BaseException:
+        stop_process(proc, FRESH_STOP_GRACE)
+        raise
+    finally:
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    return stdout, stderr, proc.returncode
 
 
 def _start_records(
@@ -141,6 +174,9 @@ def run_system(name: str, settings: Settings, workloads: list[str]) -> list[dict
         log.error("%s did not start:\n%s", name, traceback.format_exc())
         system.stop()
         return [error_record(name, w, "error", f"start failed: {exc}") for w in workloads]
+    except BaseException:  # Interrupted: stop what started so far
+        system.stop()
+        raise
     try:
         _emit("VERSIONS", {"system": name, "versions": system.versions()})
         runs: dict[str, Callable[[], dict]] = {
@@ -190,6 +226,15 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    try:
+        with interruptible():
+            return _main(options)
+    except Interrupted as exc:
+        log.warning("%s: stopped the system", exc)
+        return exc.exit_code
+
+
+def _main(options: argparse.Namespace) -> int:
     settings = QUICK if options.mode == "quick" else FULL
     if options.fresh is not None:
         try:

@@ -218,8 +218,8 @@ def fresh_once(system: System, n: int) -> dict[str, float]:
     :func:`outstanding_growth` (skipped when ``n`` is 0).
     """
     start = time.perf_counter()
-    system.start()
-    try:
+    try:  # stop() also when start() fails or is interrupted part way
+        system.start()
         system.call("noop")
         figures: dict[str, float] = {"seconds": time.perf_counter() - start}
         if n > 0:

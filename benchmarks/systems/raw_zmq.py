@@ -7,13 +7,15 @@ ZeroMQ guide. Frames are raw bytes: ``[task_id, task, arg]`` out, ``[task_id, va
 back. This is the cost of the network path alone, what realtime-batch's ``zmq://``
 adds its reliability on top of.
 
-``python -m benchmarks.systems.raw_zmq broker|worker ...`` runs the two halves.
+``python -m benchmarks.systems.raw_zmq broker|worker ...`` runs the two halves. Both
+exit at once on SIGTERM, and within a second of their parent's end even without it.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import signal
 import sys
 import time
@@ -29,6 +31,8 @@ __all__ = ["RawZmqSystem", "main"]
 
 PREFETCH = 2
 READY = b"READY"
+#: milliseconds an idle broker or worker waits before it checks that its parent is there
+ORPHAN_CHECK_MS = 1000
 
 
 def _socket(ctx: zmq.Context, kind: int) -> zmq.Socket:
@@ -39,21 +43,39 @@ def _socket(ctx: zmq.Context, kind: int) -> zmq.Socket:
     return sock
 
 
-def run_broker() -> None:
-    """Bind both sides on free loopback ports, print ``READY front back`` and route forever."""
+def _orphaned(parent: int) -> bool:
+    """Whether the process that started this one has ended (we were re-parented)."""
+    return os.getppid() != parent
+
+
+def run_broker(parent: int) -> None:
+    """Bind both sides on free loopback ports, print ``READY front back`` and route.
+
+    Routes until SIGTERM or until ``parent`` (the pid that started it) is gone.
+    """
     ctx = zmq.Context()
-    front = _socket(ctx, zmq.ROUTER)
-    back = _socket(ctx, zmq.ROUTER)
-    front_port = front.bind_to_random_port("tcp://127.0.0.1")
-    back_port = back.bind_to_random_port("tcp://127.0.0.1")
-    print(f"READY tcp://127.0.0.1:{front_port} tcp://127.0.0.1:{back_port}", flush=True)
+    try:
+        front = _socket(ctx, zmq.ROUTER)
+        back = _socket(ctx, zmq.ROUTER)
+        front_port = front.bind_to_random_port("tcp://127.0.0.1")
+        back_port = back.bind_to_random_port("tcp://127.0.0.1")
+        print(f"READY tcp://127.0.0.1:{front_port} tcp://127.0.0.1:{back_port}", flush=True)
+        _route(front, back, parent)
+    finally:  # close explicitly: a Context left to __del__ at exit can hang in zmq_ctx_term
+        ctx.destroy(linger=0)
+
+
+def _route(front: zmq.Socket, back: zmq.Socket, parent: int) -> None:
     credits: deque[bytes] = deque()
     pending: deque[list[bytes]] = deque()
     poller = zmq.Poller()
     poller.register(front, zmq.POLLIN)
     poller.register(back, zmq.POLLIN)
     while True:
-        for sock, _ in poller.poll():
+        events = poller.poll(ORPHAN_CHECK_MS)
+        if not events and _orphaned(parent):
+            return
+        for sock, _ in events:
             if sock is back:
                 while True:
                     try:
@@ -84,17 +106,29 @@ def _execute(task: bytes, arg: bytes) -> bytes:
     raise ValueError(f"unknown task {task!r}")
 
 
-def run_worker(backend: str) -> None:
-    """Connect to the broker's backend, give it credit, run tasks forever."""
+def run_worker(backend: str, parent: int) -> None:
+    """Connect to the broker's backend, give it credit, run tasks.
+
+    Runs until SIGTERM or until ``parent`` (the pid that started it) is gone.
+    """
     ctx = zmq.Context()
-    sock = _socket(ctx, zmq.DEALER)
-    sock.connect(backend)
-    for _ in range(PREFETCH):
-        sock.send(READY)
-    print("WORKER READY", flush=True)
-    while True:
-        client, task_id, task, arg = sock.recv_multipart()
-        sock.send_multipart([client, task_id, _execute(task, arg)])
+    try:
+        sock = _socket(ctx, zmq.DEALER)
+        sock.setsockopt(zmq.RCVTIMEO, ORPHAN_CHECK_MS)
+        sock.connect(backend)
+        for _ in range(PREFETCH):
+            sock.send(READY)
+        print("WORKER READY", flush=True)
+        while True:
+            try:
+                client, task_id, task, arg = sock.recv_multipart()
+            except zmq.Again:
+                if _orphaned(parent):
+                    return
+                continue
+            sock.send_multipart([client, task_id, _execute(task, arg)])
+    finally:  # close explicitly: a Context left to __del__ at exit can hang in zmq_ctx_term
+        ctx.destroy(linger=0)
 
 
 def _arg(args: tuple[Any, ...]) -> bytes:
@@ -174,11 +208,16 @@ def main(argv: list[str] | None = None) -> None:
     worker = sub.add_parser("worker")
     worker.add_argument("backend")
     options = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    parent = os.getppid()
+    # Exit at once, skipping the interpreter's teardown: there pyzmq's Context.__del__
+    # could block in zmq_ctx_term on a socket not closed yet, and a broker stopped that
+    # way (by PR_SET_PDEATHSIG when its runner died) outlived the run. These processes
+    # keep no state, so there is nothing to flush.
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     if options.role == "broker":
-        run_broker()
+        run_broker(parent)
     else:
-        run_worker(options.backend)
+        run_worker(options.backend, parent)
 
 
 if __name__ == "__main__":
