@@ -100,8 +100,11 @@ def _execute(task: bytes, arg: bytes) -> bytes:
         return b""
     if task == b"echo":
         return arg
-    if task in (b"sleep", b"block"):
+    if task == b"sleep":
         time.sleep(float(arg))
+        return b""
+    if task == b"block":  # client-memory: holds the worker like the peers' 10-minute task
+        time.sleep(600.0)
         return b""
     raise ValueError(f"unknown task {task!r}")
 
