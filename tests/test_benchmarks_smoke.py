@@ -199,3 +199,22 @@ def test_idle_engine_figures(no_leaked_processes):
     assert figures["processes"] == 2  # the engine and its warm task worker
     assert 5 < figures["engine_rss_mb"] < figures["with_worker_rss_mb"]
     assert 0 <= figures["engine_cpu_pct"] <= figures["with_worker_cpu_pct"]
+
+
+def test_transport_timeline_segments(no_leaked_processes):
+    from benchmarks.timeline import transport_timeline
+
+    figures = transport_timeline(20)
+    total = figures.pop("total: send -> reply received")
+    figures.pop("client: send's ack")
+    assert all(0 < value < total for value in figures.values()), figures
+    assert sum(figures.values()) <= total * 1.5  # medians of the parts: close to the total
+
+
+def test_session_timeline_segments(no_leaked_processes):
+    from benchmarks.timeline import session_timeline
+
+    figures = session_timeline(15)
+    total = figures.pop("total round trip")
+    assert all(0 <= value < total for value in figures.values()), figures
+    assert sum(figures.values()) <= total * 1.5

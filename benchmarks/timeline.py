@@ -1,0 +1,356 @@
+"""Where a no-op round trip spends its time: stamps at each step, median per segment.
+
+    python -m benchmarks.timeline transport [-n 2000]
+    python -m benchmarks.timeline session [-n 1000]
+
+``transport``: this process sends a small message to a task queue of an ``rtbatch
+broker`` subprocess; a worker subprocess receives it and answers with
+``send_and_complete`` into this process's mailbox (a group of the results queue),
+which this process receives, as in ``benchmarks.transport``. The broker stamps
+each request when its dispatch starts and when its handling (replies included)
+ends; the worker stamps receive and send. Stamps are ``time.monotonic()``, which
+is one system-wide clock on Linux, so stamps of different processes compare.
+
+``session``: no-op tasks one at a time through ``Session`` and ``LocalPool(engines=2)``
+over ``zmq://``. The engine processes are started with a ``sitecustomize`` module
+(on ``PYTHONPATH``) that wraps five of the engine's steps with ``time.time()``
+stamps: the receiver thread got the delivery, the main thread admitted it, handed
+it to the task worker, recorded the worker's answer, and settled it (result sent
+and lease completed). With the task's own ``submitted/started/finished/received``
+stamps this splits the round trip into its hops.
+
+Stamping costs a few microseconds per step, so the totals are a little above the
+plain benchmarks'. Figures only, no asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import glob
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the checkout importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import ROOT
+
+__all__ = ["main", "session_timeline", "transport_timeline"]
+
+TASKS, RESULTS, MAILBOX = "timeline-tasks", "timeline-results", "timeline-client"
+STOP = b"__stop__"
+_ENV_DIR = "RTBATCH_TIMELINE_DIR"
+
+
+def _median_us(values: list[float]) -> float:
+    return statistics.median(values) * 1e6 if values else float("nan")
+
+
+def _print(rows: dict[str, list[float]], title: str) -> dict[str, float]:
+    figures = {name: _median_us(values) for name, values in rows.items()}
+    print(title)
+    for name, value in figures.items():
+        print(f"  {name:44}{value:8.0f} us   (n={len(rows[name])})")
+    return figures
+
+
+# -- transport ------------------------------------------------------------------------------
+def _broker_role(out: str) -> None:
+    from realtime_batch.transport.zeromq import broker as broker_module
+
+    log: list[tuple[float, str, int]] = []
+    current = [-1]
+    Broker = broker_module.Broker
+    dispatch, handle = Broker._dispatch, Broker._handle
+
+    def stamped_dispatch(self: Any, request: Any, *args: Any) -> Any:
+        current[0] = request.command
+        log.append((time.monotonic(), "start", request.command))
+        return dispatch(self, request, *args)
+
+    def stamped_handle(self: Any, frames: list[bytes]) -> None:
+        handle(self, frames)
+        log.append((time.monotonic(), "end", current[0]))
+
+    Broker._dispatch, Broker._handle = stamped_dispatch, stamped_handle
+    broker = Broker("tcp://127.0.0.1:0")
+    signal.signal(signal.SIGTERM, lambda *_: broker.stop())
+    print(broker.endpoint, flush=True)
+    try:
+        broker.run()
+    finally:
+        broker.close()
+        Path(out).write_text(json.dumps(log))
+
+
+def _worker_role(url: str, out: str) -> None:
+    from realtime_batch.transport import Message, open_transport
+
+    log: list[tuple[float, str]] = []
+    with open_transport(url) as transport:
+        while True:
+            deliveries = transport.receive(TASKS, max_messages=16, timeout=5)
+            log.append((time.monotonic(), "received"))
+            if any(d.message.body == STOP for d in deliveries):
+                transport.complete_many(deliveries)
+                break
+            replies = [
+                Message(d.message.body, group=d.message.group, correlation_id=d.message.id)
+                for d in deliveries
+            ]
+            log.append((time.monotonic(), "sending"))
+            if deliveries:
+                transport.send_and_complete(RESULTS, replies, deliveries)
+    Path(out).write_text(json.dumps(log))
+
+
+def transport_timeline(count: int) -> dict[str, float]:
+    """Run ``count`` sequential round trips over ``zmq://``; return median segment times."""
+    from realtime_batch.transport import Message, open_transport
+    from realtime_batch.transport.zeromq import wire
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with tempfile.TemporaryDirectory() as tmp:
+        broker_log, worker_log = Path(tmp, "broker.json"), Path(tmp, "worker.json")
+        me = [sys.executable, "-m", "benchmarks.timeline"]
+        broker = subprocess.Popen(
+            [*me, "_broker", str(broker_log)], stdout=subprocess.PIPE, text=True, env=env
+        )
+        worker = None
+        stamps: list[tuple[float, float, float]] = []
+        try:
+            url = "zmq://" + broker.stdout.readline().strip().removeprefix("tcp://")
+            with open_transport(url) as transport:
+                transport.declare_queue(TASKS)
+                transport.declare_queue(RESULTS, grouped=True)
+                worker = subprocess.Popen([*me, "_worker", url, str(worker_log)], env=env)
+                for index in range(count + 20):  # the first 20 warm up
+                    start = time.monotonic()
+                    transport.send(TASKS, Message(b"x" * 32, group=MAILBOX))
+                    acked = time.monotonic()
+                    [reply] = transport.receive(RESULTS, timeout=30, group=MAILBOX)
+                    got = time.monotonic()
+                    transport.complete(reply)
+                    if index >= 20:
+                        stamps.append((start, acked, got))
+                transport.send(TASKS, Message(STOP))
+                worker.wait(30)
+        finally:
+            for proc in (worker, broker):
+                if proc is not None and proc.poll() is None:
+                    proc.terminate()
+                    try:
+                        proc.wait(10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+        blog = json.loads(broker_log.read_text())
+        wlog = json.loads(worker_log.read_text())
+
+    btimes = [event[0] for event in blog]
+    wtimes = [event[0] for event in wlog]
+    rows: dict[str, list[float]] = {
+        name: []
+        for name in (
+            "client send -> broker SEND start",
+            "broker handles SEND (grant, ack)",
+            "broker SEND end -> worker received",
+            "worker: build reply",
+            "worker sends -> broker SEND_COMPLETE start",
+            "broker handles SEND_COMPLETE",
+            "broker SEND_COMPLETE end -> client got it",
+            "total: send -> reply received",
+            "client: send's ack",
+        )
+    }
+
+    def first(events: list[Any], kind: str, command: int) -> float:
+        return next(e[0] for e in events if e[1] == kind and e[2] == command)
+
+    for start, acked, got in stamps:
+        window = blog[bisect.bisect_left(btimes, start) : bisect.bisect_right(btimes, got)]
+        wevents = wlog[bisect.bisect_left(wtimes, start) :]
+        try:
+            send_start, send_end = (
+                first(window, "start", wire.SEND),
+                first(window, "end", wire.SEND),
+            )
+            sc_start = first(window, "start", wire.SEND_COMPLETE)
+            sc_end = first(window, "end", wire.SEND_COMPLETE)
+            received = next(e[0] for e in wevents if e[1] == "received")
+            sending = next(e[0] for e in wevents if e[1] == "sending")
+        except StopIteration:
+            continue  # a heartbeat or a late stamp split this one: skip it
+        for name, value in zip(
+            rows,
+            (
+                send_start - start,
+                send_end - send_start,
+                received - send_end,
+                sending - received,
+                sc_start - sending,
+                sc_end - sc_start,
+                got - sc_end,
+                got - start,
+                acked - start,
+            ),
+            strict=True,
+        ):
+            rows[name].append(value)
+    return _print(rows, f"zmq:// round trip, {len(rows['total: send -> reply received'])} samples")
+
+
+# -- session --------------------------------------------------------------------------------
+_SITECUSTOMIZE = """
+import os
+if os.environ.get("RTBATCH_TIMELINE_DIR"):
+    import atexit, builtins, json, time
+    _log = []
+    _out = os.environ["RTBATCH_TIMELINE_DIR"]
+    atexit.register(lambda: open(f"{_out}/engine-{os.getpid()}.json", "w").write(json.dumps(_log)))
+
+    def _patch():
+        from realtime_batch.engine import _outbox, _pipeline, engine
+        from realtime_batch.transport.zeromq import client
+
+        def wrap(cls, name, before=None, after=None):
+            original = getattr(cls, name)
+            def wrapper(self, *args, **kwargs):
+                keys = before(self, *args) if before else None
+                result = original(self, *args, **kwargs)
+                now = time.time()
+                for key in (after(self, result, keys) if after else keys) or ():
+                    _log.append((key[0], key[1], now))
+                return result
+            setattr(cls, name, wrapper)
+
+        wrap(client.ZmqTransport, "receive",
+             after=lambda s, r, k: [("received", d.message.id) for d in r])
+        wrap(engine.Engine, "_admit",
+             before=lambda s, d: _log.append(("admitted", d.message.id, time.time())))
+        wrap(_pipeline.WorkerPipeline, "dispatch",
+             before=lambda s: [("dispatched", h.delivery.message.id) for h in s.pending])
+        wrap(_pipeline.WorkerPipeline, "_record",
+             before=lambda s, a: _log.append(
+                 ("recorded", s.inflight[0].delivery.message.id, time.time())))
+        wrap(_outbox.Outbox, "settle",
+             before=lambda s, e: [_log.append(("settling", x.delivery.message.id, time.time()))
+                                  for x in e if x.delivery is not None],
+             after=lambda s, r, k: None)
+
+    _import = builtins.__import__
+    _done = []
+    def _hook(name, *args, **kwargs):
+        module = _import(name, *args, **kwargs)
+        if not _done and name.startswith("realtime_batch.engine"):
+            _done.append(True)
+            _patch()
+        return module
+    builtins.__import__ = _hook
+"""
+
+
+def session_timeline(count: int, engines: int = 2) -> dict[str, float]:
+    """Run ``count`` sequential no-op tasks through a session; return median segment times."""
+    import realtime_batch as rb
+
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "sitecustomize.py").write_text(_SITECUSTOMIZE)
+        task = Path(tmp, "noop_timeline.py")
+        task.write_text("def run(*args, **kwargs):\n    return None\n")
+        paths = [tmp, str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        env = {_ENV_DIR: tmp, "PYTHONPATH": os.pathsep.join(paths)}
+        pool = rb.LocalPool(
+            engines=engines, transport="zmq://127.0.0.1:0", task_files=[task], env=env
+        )
+        totals: list[float] = []
+        with pool, rb.Session(pool) as session:
+            for _ in range(50):  # warm up
+                session.submit("noop_timeline.py").result(timeout=60)
+            session.results()
+            for _ in range(count):
+                start = time.time()
+                session.submit("noop_timeline.py").result(timeout=60)
+                totals.append(time.time() - start)
+            results = session.results()
+        events: dict[str, dict[str, float]] = {}
+        for path in glob.glob(os.path.join(tmp, "engine-*.json")):
+            for kind, message_id, stamp in json.loads(Path(path).read_text()):
+                events.setdefault(message_id, {})[kind] = stamp
+
+    steps = ("received", "admitted", "dispatched", "recorded", "settling")
+    by_dispatch = sorted(
+        (e["dispatched"], e) for e in events.values() if all(step in e for step in steps)
+    )
+    keys = [key for key, _ in by_dispatch]
+    rows: dict[str, list[float]] = {
+        name: []
+        for name in (
+            "submit -> engine received (broker hop x2)",
+            "receiver thread -> main thread",
+            "main: admit, hand to task worker",
+            "task worker starts it",
+            "task runs (no-op)",
+            "answer back in the engine",
+            "engine: recorded -> settling",
+            "settling -> client has it (broker hop x2)",
+            "client listener -> caller's result()",
+            "total round trip",
+        )
+    }
+    for result, total in zip(results, totals, strict=False):
+        index = bisect.bisect_right(keys, result.started_at) - 1
+        if index < 0:
+            continue
+        e = by_dispatch[index][1]
+        if not e["admitted"] <= result.started_at <= e["recorded"]:
+            continue
+        values = (
+            e["received"] - result.submitted_at,
+            e["admitted"] - e["received"],
+            e["dispatched"] - e["admitted"],
+            result.started_at - e["dispatched"],
+            result.finished_at - result.started_at,
+            e["recorded"] - result.finished_at,
+            e["settling"] - e["recorded"],
+            result.received_at - e["settling"],
+            result.submitted_at + total - result.received_at,
+            total,
+        )
+        for name, value in zip(rows, values, strict=True):
+            rows[name].append(value)
+    return _print(rows, f"session round trip, {len(rows['total round trip'])} matched samples")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    for name, default in (("transport", 2000), ("session", 1000)):
+        p = sub.add_parser(name)
+        p.add_argument("-n", type=int, default=default, help="round trips")
+    broker = sub.add_parser("_broker")  # internal roles of the transport timeline
+    broker.add_argument("out")
+    worker = sub.add_parser("_worker")
+    worker.add_argument("url")
+    worker.add_argument("out")
+    args = parser.parse_args(argv)
+    if args.what == "_broker":
+        _broker_role(args.out)
+    elif args.what == "_worker":
+        _worker_role(args.url, args.out)
+    elif args.what == "transport":
+        transport_timeline(args.n)
+    else:
+        session_timeline(args.n)
+
+
+if __name__ == "__main__":
+    main()
