@@ -2,6 +2,7 @@
 
     python -m benchmarks.timeline transport [-n 2000]
     python -m benchmarks.timeline session [-n 1000]
+    python -m benchmarks.timeline pattern [-n 3000]
 
 ``transport``: this process sends a small message to a task queue of an ``rtbatch
 broker`` subprocess; a worker subprocess receives it and answers with
@@ -18,6 +19,12 @@ stamps: the receiver thread got the delivery, the main thread admitted it, hande
 it to the task worker, recorded the worker's answer, and settled it (result sent
 and lease completed). With the task's own ``submitted/started/finished/received``
 stamps this splits the round trip into its hops.
+
+``pattern``: the raw pyzmq 3-hop round trip (a Python ROUTER broker that only forwards,
+one worker), first bare, then with the extra messages of the ``zmq://`` protocol added
+one kind at a time (the broker's ack of a send, the ack of the worker's reply and the
+worker's next receive request, the client's complete and its ack): what the message
+pattern alone costs on this machine, without queue state or JSON.
 
 Stamping costs a few microseconds per step, so the totals are a little above the
 plain benchmarks'. Figures only, no asserts.
@@ -44,7 +51,7 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
 
 from benchmarks import ROOT
 
-__all__ = ["main", "session_timeline", "transport_timeline"]
+__all__ = ["main", "pattern_timeline", "session_timeline", "transport_timeline"]
 
 TASKS, RESULTS, MAILBOX = "timeline-tasks", "timeline-results", "timeline-client"
 STOP = b"__stop__"
@@ -330,10 +337,128 @@ def session_timeline(count: int, engines: int = 2) -> dict[str, float]:
     return _print(rows, f"session round trip, {len(rows['total round trip'])} matched samples")
 
 
+# -- message pattern ------------------------------------------------------------------------
+_PATTERNS = {
+    "bare 3-hop (the floor)": "",
+    "+ ack of the client's send": "S",
+    "+ ack of the reply, worker's next receive": "RW",
+    "+ client's complete and its ack": "C",
+    "all of them (the zmq:// pattern)": "SRWC",
+}
+
+
+def _pattern_broker(endpoint_out: Any, flags: str) -> None:
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.bind("tcp://127.0.0.1:*")
+    endpoint_out.send(sock.LAST_ENDPOINT.decode())
+    worker = client = None
+    try:
+        while True:
+            frames = sock.recv_multipart()
+            sender, kind = frames[0], frames[1]
+            if kind == b"W":  # worker: ready / next receive
+                worker = sender
+            elif kind == b"T":  # client: a task
+                client = sender
+                sock.send_multipart([worker, b"T", frames[2]])
+                if "S" in flags:
+                    sock.send_multipart([sender, b"A"])
+            elif kind == b"R":  # worker: the reply
+                sock.send_multipart([client, b"R", frames[2]])
+                if "R" in flags:
+                    sock.send_multipart([sender, b"A"])
+            elif kind == b"C":  # client: complete
+                sock.send_multipart([sender, b"A"])
+            elif kind == b"Q":
+                return
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+def _pattern_worker(endpoint: str, flags: str) -> None:
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.connect(endpoint)
+    sock.send(b"W")
+    try:
+        while True:
+            frames = sock.recv_multipart()
+            if frames[0] == b"A":
+                continue
+            if frames[1] == STOP:
+                return
+            sock.send_multipart([b"R", frames[1]])
+            if "R" in flags:
+                while sock.recv_multipart()[0] != b"A":
+                    pass
+            if "W" in flags:
+                sock.send(b"W")
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+def pattern_timeline(count: int) -> dict[str, float]:
+    """Median raw pyzmq round trip, bare and with each kind of extra message."""
+    import multiprocessing
+
+    import zmq
+
+    spawn = multiprocessing.get_context("spawn")
+    figures: dict[str, float] = {}
+    for label, flags in _PATTERNS.items():
+        parent, child = spawn.Pipe()
+        broker = spawn.Process(target=_pattern_broker, args=(child, flags), daemon=True)
+        broker.start()
+        endpoint = parent.recv()
+        worker = spawn.Process(target=_pattern_worker, args=(endpoint, flags), daemon=True)
+        worker.start()
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        samples = []
+        try:
+            time.sleep(0.3)  # the worker's first receive
+            for index in range(count + 100):
+                start = time.perf_counter()
+                sock.send_multipart([b"T", b"x" * 32])
+                while sock.recv_multipart()[0] != b"R":
+                    pass
+                if index >= 100:
+                    samples.append(time.perf_counter() - start)
+                if "C" in flags:
+                    sock.send(b"C")
+                    while sock.recv_multipart()[0] != b"A":
+                        pass
+            sock.send_multipart([b"T", STOP])
+            time.sleep(0.05)
+            sock.send(b"Q")
+        finally:
+            sock.close(0)
+            ctx.term()
+            for proc in (worker, broker):
+                proc.join(5)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join()
+        figures[label] = _median_us(samples)
+    print(f"raw pyzmq round trip p50 ({count} samples each)")
+    for label, value in figures.items():
+        print(f"  {label:44}{value:8.0f} us")
+    return figures
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
-    for name, default in (("transport", 2000), ("session", 1000)):
+    for name, default in (("transport", 2000), ("session", 1000), ("pattern", 3000)):
         p = sub.add_parser(name)
         p.add_argument("-n", type=int, default=default, help="round trips")
     broker = sub.add_parser("_broker")  # internal roles of the transport timeline
@@ -348,6 +473,8 @@ def main(argv: list[str] | None = None) -> None:
         _worker_role(args.url, args.out)
     elif args.what == "transport":
         transport_timeline(args.n)
+    elif args.what == "pattern":
+        pattern_timeline(args.n)
     else:
         session_timeline(args.n)
 

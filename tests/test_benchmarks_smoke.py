@@ -218,3 +218,11 @@ def test_session_timeline_segments(no_leaked_processes):
     total = figures.pop("total round trip")
     assert all(0 <= value < total for value in figures.values()), figures
     assert sum(figures.values()) <= total * 1.5
+
+
+def test_pattern_timeline_runs_every_pattern(no_leaked_processes):
+    from benchmarks.timeline import _PATTERNS, pattern_timeline
+
+    figures = pattern_timeline(30)
+    assert list(figures) == list(_PATTERNS)
+    assert all(value > 0 for value in figures.values()), figures
