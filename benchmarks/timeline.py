@@ -347,13 +347,13 @@ _PATTERNS = {
 }
 
 
-def _pattern_broker(endpoint_out: Any, flags: str) -> None:
+def _pattern_broker(flags: str) -> None:
     import zmq
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.bind("tcp://127.0.0.1:*")
-    endpoint_out.send(sock.LAST_ENDPOINT.decode())
+    print(sock.LAST_ENDPOINT.decode(), flush=True)
     worker = client = None
     try:
         while True:
@@ -406,19 +406,17 @@ def _pattern_worker(endpoint: str, flags: str) -> None:
 
 def pattern_timeline(count: int) -> dict[str, float]:
     """Median raw pyzmq round trip, bare and with each kind of extra message."""
-    import multiprocessing
-
     import zmq
 
-    spawn = multiprocessing.get_context("spawn")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    me = [sys.executable, "-m", "benchmarks.timeline"]
     figures: dict[str, float] = {}
     for label, flags in _PATTERNS.items():
-        parent, child = spawn.Pipe()
-        broker = spawn.Process(target=_pattern_broker, args=(child, flags), daemon=True)
-        broker.start()
-        endpoint = parent.recv()
-        worker = spawn.Process(target=_pattern_worker, args=(endpoint, flags), daemon=True)
-        worker.start()
+        broker = subprocess.Popen(
+            [*me, "_pbroker", flags or "-"], stdout=subprocess.PIPE, text=True, env=env
+        )
+        endpoint = broker.stdout.readline().strip()
+        worker = subprocess.Popen([*me, "_pworker", endpoint, flags or "-"], env=env)
         ctx = zmq.Context()
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -444,10 +442,12 @@ def pattern_timeline(count: int) -> dict[str, float]:
             sock.close(0)
             ctx.term()
             for proc in (worker, broker):
-                proc.join(5)
-                if proc.is_alive():
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
                     proc.kill()
-                    proc.join()
+                    proc.wait()
+            broker.stdout.close()
         figures[label] = _median_us(samples)
     print(f"raw pyzmq round trip p50 ({count} samples each)")
     for label, value in figures.items():
@@ -466,9 +466,18 @@ def main(argv: list[str] | None = None) -> None:
     worker = sub.add_parser("_worker")
     worker.add_argument("url")
     worker.add_argument("out")
+    pbroker = sub.add_parser("_pbroker")  # internal roles of the pattern timeline
+    pbroker.add_argument("flags")
+    pworker = sub.add_parser("_pworker")
+    pworker.add_argument("endpoint")
+    pworker.add_argument("flags")
     args = parser.parse_args(argv)
     if args.what == "_broker":
         _broker_role(args.out)
+    elif args.what == "_pbroker":
+        _pattern_broker(args.flags.strip("-"))
+    elif args.what == "_pworker":
+        _pattern_worker(args.endpoint, args.flags.strip("-"))
     elif args.what == "_worker":
         _worker_role(args.url, args.out)
     elif args.what == "transport":
