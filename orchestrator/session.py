@@ -277,8 +277,10 @@ class Session:
         """Hand a task to the sender thread, or send it at once when the session is idle.
 
         A lone submission (nothing queued, nothing being sent, no submission in the last
-        millisecond) is sent from the caller's thread, saving a thread hand-off on the
-        interactive path; bursts go through the sender thread, which batches them.
+        0.3 ms) is sent from the caller's thread, saving a thread hand-off on the
+        interactive path, where submissions are a round trip apart; bursts (a loop of
+        ``submit`` calls, tens of microseconds apart) go through the sender thread,
+        which batches them.
         """
         now = time.monotonic()
         with self._outbox_ready:
