@@ -214,20 +214,11 @@ def merge_results(earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, Any
     show_default=True,
     help="Where each system's stderr goes.",
 )
-def bench(
-    quick: bool,
-    json_path: Path | None,
-    systems: str | None,
-    workloads: str | None,
-    write_docs: bool | None,
-    merge_path: Path | None,
-    install: bool,
-    log_dir: Path,
-) -> None:
+def bench(**options: Any) -> None:
     """Run realtime-batch side by side with raw pyzmq, Ray, Dask and Celery."""
     try:
         with interruptible():
-            _bench(quick, json_path, systems, workloads, write_docs, merge_path, install, log_dir)
+            _bench(**options)
     except Interrupted as exc:
         click.echo(f"\n{exc}: stopped the benchmark processes", err=True)
         sys.exit(exc.exit_code)

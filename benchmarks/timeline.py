@@ -62,6 +62,11 @@ def _median_us(values: list[float]) -> float:
     return statistics.median(values) * 1e6 if values else float("nan")
 
 
+def _rows(*names: str) -> dict[str, list[float]]:
+    """One empty sample list per segment name, in order."""
+    return {name: [] for name in names}
+
+
 def _print(rows: dict[str, list[float]], title: str) -> dict[str, float]:
     figures = {name: _median_us(values) for name, values in rows.items()}
     print(title)
@@ -164,20 +169,17 @@ def transport_timeline(count: int) -> dict[str, float]:
 
     btimes = [event[0] for event in blog]
     wtimes = [event[0] for event in wlog]
-    rows: dict[str, list[float]] = {
-        name: []
-        for name in (
-            "client send -> broker SEND start",
-            "broker handles SEND (grant, ack)",
-            "broker SEND end -> worker received",
-            "worker: build reply",
-            "worker sends -> broker SEND_COMPLETE start",
-            "broker handles SEND_COMPLETE",
-            "broker SEND_COMPLETE end -> client got it",
-            "total: send -> reply received",
-            "client: send's ack",
-        )
-    }
+    rows = _rows(
+        "client send -> broker SEND start",
+        "broker handles SEND (grant, ack)",
+        "broker SEND end -> worker received",
+        "worker: build reply",
+        "worker sends -> broker SEND_COMPLETE start",
+        "broker handles SEND_COMPLETE",
+        "broker SEND_COMPLETE end -> client got it",
+        "total: send -> reply received",
+        "client: send's ack",
+    )
 
     def first(events: list[Any], kind: str, command: int) -> float:
         return next(e[0] for e in events if e[1] == kind and e[2] == command)
@@ -298,21 +300,18 @@ def session_timeline(count: int, engines: int = 2) -> dict[str, float]:
         (e["dispatched"], e) for e in events.values() if all(step in e for step in steps)
     )
     keys = [key for key, _ in by_dispatch]
-    rows: dict[str, list[float]] = {
-        name: []
-        for name in (
-            "submit -> engine received (broker hop x2)",
-            "receiver thread -> main thread",
-            "main: admit, hand to task worker",
-            "task worker starts it",
-            "task runs (no-op)",
-            "answer back in the engine",
-            "engine: recorded -> settling",
-            "settling -> client has it (broker hop x2)",
-            "client listener -> caller's result()",
-            "total round trip",
-        )
-    }
+    rows = _rows(
+        "submit -> engine received (broker hop x2)",
+        "receiver thread -> main thread",
+        "main: admit, hand to task worker",
+        "task worker starts it",
+        "task runs (no-op)",
+        "answer back in the engine",
+        "engine: recorded -> settling",
+        "settling -> client has it (broker hop x2)",
+        "client listener -> caller's result()",
+        "total round trip",
+    )
     for result, total in zip(results, totals, strict=False):
         index = bisect.bisect_right(keys, result.started_at) - 1
         if index < 0:
