@@ -5,11 +5,11 @@ and decides about every leased delivery; a receiver thread fetches deliveries
 (at most ``prefetch`` unfinished at a time) and a settler thread sends results
 and completes deliveries, so that broker round trips overlap task execution
 (an engine with nothing else to do settles a lone result on its main thread, one
-thread hand-off less). Per delivery the engine decodes the task, checks its attempt count, deadline
-and command, pipelines it to the worker, and once the worker answers sends the
-result to ``task.reply_to`` *then* completes the delivery (at-least-once;
-clients drop duplicate results by task id). Leases of held deliveries are
-renewed at a third of the lock duration.
+thread hand-off less). Per delivery the engine decodes the task, checks its
+attempt count, deadline and command, pipelines it to the worker, and once the
+worker answers sends the result to ``task.reply_to`` *then* completes the
+delivery (at-least-once; clients drop duplicate results by task id). Leases of
+held deliveries are renewed at a third of the lock duration.
 
 Failure rules:
 
