@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
 import glob
 import json
 import os
@@ -50,11 +51,11 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import ROOT
+from benchmarks.procs import stop_process
+from benchmarks.transport import MAILBOX, RESULTS, STOP, TASKS
 
 __all__ = ["main", "pattern_timeline", "session_timeline", "transport_timeline"]
 
-TASKS, RESULTS, MAILBOX = "timeline-tasks", "timeline-results", "timeline-client"
-STOP = b"__stop__"
 _ENV_DIR = "RTBATCH_TIMELINE_DIR"
 
 
@@ -105,23 +106,10 @@ def _broker_role(out: str) -> None:
 
 
 def _worker_role(url: str, out: str) -> None:
-    from realtime_batch.transport import Message, open_transport
+    from benchmarks.transport import zmq_worker
 
     log: list[tuple[float, str]] = []
-    with open_transport(url) as transport:
-        while True:
-            deliveries = transport.receive(TASKS, max_messages=16, timeout=5)
-            log.append((time.monotonic(), "received"))
-            if any(d.message.body == STOP for d in deliveries):
-                transport.complete_many(deliveries)
-                break
-            replies = [
-                Message(d.message.body, group=d.message.group, correlation_id=d.message.id)
-                for d in deliveries
-            ]
-            log.append((time.monotonic(), "sending"))
-            if deliveries:
-                transport.send_and_complete(RESULTS, replies, deliveries)
+    zmq_worker(url, stamp=lambda kind: log.append((time.monotonic(), kind)))
     Path(out).write_text(json.dumps(log))
 
 
@@ -158,12 +146,8 @@ def transport_timeline(count: int) -> dict[str, float]:
                 worker.wait(30)
         finally:
             for proc in (worker, broker):
-                if proc is not None and proc.poll() is None:
-                    proc.terminate()
-                    try:
-                        proc.wait(10)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
+                if proc is not None:
+                    stop_process(proc, 10.0)
         blog = json.loads(broker_log.read_text())
         wlog = json.loads(worker_log.read_text())
 
@@ -441,11 +425,9 @@ def pattern_timeline(count: int) -> dict[str, float]:
             sock.close(0)
             ctx.term()
             for proc in (worker, broker):
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(5)  # both end after the STOP / Q messages
+                stop_process(proc, 1.0)
             broker.stdout.close()
         figures[label] = _median_us(samples)
     print(f"raw pyzmq round trip p50 ({count} samples each)")

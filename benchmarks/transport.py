@@ -143,21 +143,26 @@ def bench_raw(n_latency: int, n_throughput: int, window: int) -> dict[str, float
 
 
 # -- (b) zmq:// ------------------------------------------------------------------------------
-def zmq_worker(url: str) -> None:
+def zmq_worker(url: str, stamp: Callable[[str], None] | None = None) -> None:
     """Receive tasks, send each reply to its sender's mailbox and complete the tasks.
 
     Replies and completions go in one round trip (``send_and_complete``), as an engine
-    settles its results.
+    settles its results. ``stamp`` (``benchmarks.timeline``) is called with
+    ``"received"`` after each receive and ``"sending"`` before each reply.
     """
     with open_transport(url) as t:
         while True:
             deliveries = t.receive(TASKS, max_messages=256, timeout=5)
+            if stamp is not None:
+                stamp("received")
             replies = [
                 Message(d.message.body, group=d.message.group, correlation_id=d.message.id)
                 for d in deliveries
                 if d.message.body != STOP
             ]
             if replies:
+                if stamp is not None:
+                    stamp("sending")
                 t.send_and_complete(RESULTS, replies, deliveries)
             elif deliveries:
                 t.complete_many(deliveries)

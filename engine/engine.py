@@ -345,12 +345,11 @@ class Engine:
         pipeline.check_head()
         pipeline.release_due()
         self._flush()
-        if self._admit_incoming():
-            pipeline.dispatch()
+        admitted = self._admit_incoming()
+        pipeline.dispatch()
+        if admitted:
             with self._cond:
                 self._cond.notify_all()  # the receiver waits for its last batch to be taken
-        else:
-            pipeline.dispatch()
         if time.time() >= self._renew_check_at:
             self._renew_due()
         self._flush()

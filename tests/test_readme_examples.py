@@ -45,9 +45,14 @@ def _section(heading: str) -> str:
 
 def _python_block(heading: str) -> str:
     """The first ```python fenced block of a README section."""
-    match = re.search(r"^```python[ \t]*\n(.*?)^```", _section(heading), re.M | re.S)
-    assert match, f"README.md section '{heading}' has no ```python block"
-    return match.group(1)
+    blocks = _python_blocks(heading)
+    assert blocks, f"README.md section '{heading}' has no ```python block"
+    return blocks[0]
+
+
+def _python_blocks(heading: str) -> list[str]:
+    """Every ```python fenced block of a README section, in order."""
+    return re.findall(r"^```python[ \t]*\n(.*?)^```", _section(heading), re.M | re.S)
 
 
 def _command_table_verbs() -> list[str]:
@@ -117,11 +122,6 @@ def test_python_api_example_prints_what_its_comments_promise(
 
 
 # --- "Writing a task" ----------------------------------------------------------------
-
-
-def _python_blocks(heading: str) -> list[str]:
-    """Every ```python fenced block of a README section, in order."""
-    return re.findall(r"^```python[ \t]*\n(.*?)^```", _section(heading), re.M | re.S)
 
 
 def _task_block(name: str) -> str:
