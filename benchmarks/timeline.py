@@ -26,6 +26,11 @@ one kind at a time (the broker's ack of a send, the ack of the worker's reply an
 worker's next receive request, the client's complete and its ack): what the message
 pattern alone costs on this machine, without queue state or JSON.
 
+``wakeups``: what waking a blocked thread or process costs on this machine, the unit
+every hop above is made of: a one-byte ping-pong between two processes over pipes
+(free to run on any CPU, then both pinned to one CPU), and between two threads of
+one process over ``queue.SimpleQueue``.
+
 Stamping costs a few microseconds per step, so the totals are a little above the
 plain benchmarks'. Figures only, no asserts.
 """
@@ -54,7 +59,7 @@ from benchmarks import ROOT
 from benchmarks.procs import stop_process
 from benchmarks.transport import MAILBOX, RESULTS, STOP, TASKS
 
-__all__ = ["main", "pattern_timeline", "session_timeline", "transport_timeline"]
+__all__ = ["main", "pattern_timeline", "session_timeline", "transport_timeline", "wakeups"]
 
 _ENV_DIR = "RTBATCH_TIMELINE_DIR"
 
@@ -436,10 +441,77 @@ def pattern_timeline(count: int) -> dict[str, float]:
     return figures
 
 
+# -- wake-ups ---------------------------------------------------------------------------------
+def _pipe_ping_pong(count: int, cpu: int | None) -> list[float]:
+    """Round trips of one byte to a forked child and back (both pinned to ``cpu``)."""
+    to_child, from_parent = os.pipe()
+    to_parent, from_child = os.pipe()
+    previous = os.sched_getaffinity(0)
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    pid = os.fork()
+    if pid == 0:  # the child: echo until told to stop
+        try:
+            while (byte := os.read(to_child, 1)) != b"q":
+                os.write(from_child, byte)
+        finally:
+            os._exit(0)
+    samples = []
+    try:
+        for _ in range(count):
+            start = time.perf_counter()
+            os.write(from_parent, b"x")
+            os.read(to_parent, 1)
+            samples.append(time.perf_counter() - start)
+    finally:
+        os.write(from_parent, b"q")
+        os.waitpid(pid, 0)
+        for fd in (to_child, from_parent, to_parent, from_child):
+            os.close(fd)
+        os.sched_setaffinity(0, previous)
+    return samples
+
+
+def _thread_ping_pong(count: int) -> list[float]:
+    import queue
+    import threading
+
+    there: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+    back: queue.SimpleQueue[int] = queue.SimpleQueue()
+
+    def echo() -> None:
+        while (item := there.get()) is not None:
+            back.put(item)
+
+    thread = threading.Thread(target=echo)
+    thread.start()
+    samples = []
+    try:
+        for _ in range(count):
+            start = time.perf_counter()
+            there.put(1)
+            back.get()
+            samples.append(time.perf_counter() - start)
+    finally:
+        there.put(None)
+        thread.join()
+    return samples
+
+
+def wakeups(count: int) -> dict[str, float]:
+    """Median ping-pong round trips (two wake-ups each) between processes and threads."""
+    cpus = sorted(os.sched_getaffinity(0))
+    rows = {"processes, any CPU (pipes)": _pipe_ping_pong(count, None)}
+    rows["processes, one CPU (pipes)"] = _pipe_ping_pong(count, cpus[0])
+    rows["threads of one process (SimpleQueue)"] = _thread_ping_pong(count)
+    return _print(rows, f"ping-pong round trips (two wake-ups each), {len(cpus)} CPUs")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
-    for name, default in (("transport", 2000), ("session", 1000), ("pattern", 3000)):
+    defaults = (("transport", 2000), ("session", 1000), ("pattern", 3000), ("wakeups", 5000))
+    for name, default in defaults:
         p = sub.add_parser(name)
         p.add_argument("-n", type=int, default=default, help="round trips")
     broker = sub.add_parser("_broker")  # internal roles of the transport timeline
@@ -465,6 +537,8 @@ def main(argv: list[str] | None = None) -> None:
         transport_timeline(args.n)
     elif args.what == "pattern":
         pattern_timeline(args.n)
+    elif args.what == "wakeups":
+        wakeups(args.n)
     else:
         session_timeline(args.n)
 

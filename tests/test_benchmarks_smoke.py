@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import click
 import pytest
@@ -226,3 +227,13 @@ def test_pattern_timeline_runs_every_pattern(no_leaked_processes):
     figures = pattern_timeline(30)
     assert list(figures) == list(_PATTERNS)
     assert all(value > 0 for value in figures.values()), figures
+
+
+def test_wakeups_measures_three_ping_pongs_and_restores_affinity(no_leaked_processes):
+    from benchmarks.timeline import wakeups
+
+    before = os.sched_getaffinity(0)
+    figures = wakeups(50)
+    assert os.sched_getaffinity(0) == before  # the one-CPU run must not pin the caller
+    assert len(figures) == 3
+    assert all(0 < value < 1e6 for value in figures.values()), figures
