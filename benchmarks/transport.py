@@ -6,7 +6,8 @@
 (b) the same path through ``zmq://`` and the ``rtbatch broker`` process: the
     client sends a task, a worker process receives it, sends the reply to the
     client's mailbox (a group on the results queue) and completes the task; the
-    client receives the reply and completes it.
+    client receives the reply and completes it; run twice, with the broker's default
+    busy-polling (``--spin-us``) and without it (``--spin-us 0``).
 
 For each: round-trip p50/p99 (one message in flight) and the pipelined throughput
 of 20,000 small messages. Then the broker's RSS with 100,000 queued 100-byte
@@ -194,8 +195,10 @@ def stop_broker(proc: subprocess.Popen[str]) -> None:
         proc.wait()
 
 
-def bench_transport(n_latency: int, n_throughput: int, window: int) -> dict[str, float]:
-    broker, url = start_broker()
+def bench_transport(
+    n_latency: int, n_throughput: int, window: int, *broker_args: str
+) -> dict[str, float]:
+    broker, url = start_broker(*broker_args)
     spawn = mp.get_context("spawn")
     worker = None
     try:
@@ -348,11 +351,20 @@ def main(argv: list[str] | None = None) -> None:
 
     raw = _timed("raw pyzmq", lambda: bench_raw(n_latency, n_throughput, args.window))
     ours = _timed("zmq://", lambda: bench_transport(n_latency, n_throughput, args.window))
+    still = _timed(
+        "zmq://, broker --spin-us 0",
+        lambda: bench_transport(n_latency, n_throughput, args.window, "--spin-us", "0"),
+    )
     memory = _timed("broker memory", lambda: bench_memory(queued))
 
     print(f"round trip ({n_latency} samples), pipelined throughput ({n_throughput} messages)")
     print(f"{'':28}{'p50 us':>10}{'p99 us':>10}{'msg/s':>10}")
-    for name, fig in (("raw pyzmq 3-hop", raw), ("zmq:// send->reply", ours)):
+    rows = (
+        ("raw pyzmq 3-hop", raw),
+        ("zmq:// send->reply", ours),
+        ("  same, broker not polling", still),
+    )
+    for name, fig in rows:
         print(f"{name:28}{fig['p50_us']:>10.0f}{fig['p99_us']:>10.0f}{fig['throughput']:>10.0f}")
     print(f"{'zmq:// incl. complete':28}{ours['cycle_p50_us']:>10.0f}")
     print(
@@ -360,7 +372,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         f"broker CPU per round trip: raw {raw['broker_cpu_us']:.0f} us, "
-        f"zmq:// {ours['broker_cpu_us']:.0f} us (send, receive and complete on both sides)"
+        f"zmq:// {ours['broker_cpu_us']:.0f} us (send, receive and complete on both sides; "
+        f"{still['broker_cpu_us']:.0f} us not polling)"
     )
     p50_ratio = ours["p50_us"] / raw["p50_us"]
     rate_ratio = ours["throughput"] / raw["throughput"]

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import socket
+import subprocess
+import sys
 import time
 import uuid
 
 import orjson
+import psutil
 import pytest
 import zmq
 
 from realtime_batch.transport import Message, MessageTooLargeError, open_transport
 from realtime_batch.transport.zeromq import wire
+from realtime_batch.transport.zeromq.broker import Broker
 
 
 def serves_a_normal_client(url: str) -> bool:
@@ -163,3 +168,48 @@ def test_broker_survives_a_peer_that_vanishes_mid_receive(zmq_broker_factory, ra
         assert [d.message.body for d in deliveries] == [b"for someone else"]
         t.complete(deliveries[0])
     assert broker.proc.poll() is None
+
+
+# -- busy-polling ---------------------------------------------------------------------------
+def test_a_polling_broker_sleeps_once_traffic_stops(zmq_broker_factory):
+    broker = zmq_broker_factory("--spin-us", "2000")  # a long poll, so that a leak would show
+    process = psutil.Process(broker.proc.pid)
+    for _ in range(20):
+        assert serves_a_normal_client(broker.url)
+    time.sleep(0.2)  # the last client's BYE handled
+    before = sum(process.cpu_times()[:2])
+    time.sleep(1.0)
+    idle_cpu = sum(process.cpu_times()[:2]) - before
+    assert idle_cpu < 0.2, f"the broker used {idle_cpu:.2f} s of CPU in 1 s with no traffic"
+
+
+def test_spin_must_not_be_negative(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "realtime_batch.transport.zeromq", "--spin-us", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--spin-us" in result.stderr
+    with pytest.raises(ValueError, match="spin"):
+        Broker("tcp://127.0.0.1:0", spin=-1.0)
+
+
+def test_no_polling_on_a_single_cpu():
+    context = zmq.Context()
+    previous = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(previous)})
+        single = Broker("tcp://127.0.0.1:0", spin=1e-4, context=context)
+        os.sched_setaffinity(0, previous)
+        several = Broker("tcp://127.0.0.1:0", spin=1e-4, context=context)
+    finally:
+        os.sched_setaffinity(0, previous)
+    try:
+        assert single.spin == 0.0
+        assert several.spin == (1e-4 if len(previous) > 1 else 0.0)
+    finally:
+        single.close()
+        several.close()
+        context.term()

@@ -13,7 +13,7 @@ from types import FrameType
 import click
 
 from ..base import DEFAULT_MAX_MESSAGE_SIZE
-from .broker import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_LIVENESS, Broker
+from .broker import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_LIVENESS, DEFAULT_SPIN, Broker
 from .curve import is_loopback_endpoint
 
 __all__ = ["broker", "keys"]
@@ -71,6 +71,15 @@ logger = logging.getLogger(__name__)
     "without it any client knowing the broker's public key may connect).",
 )
 @click.option(
+    "--spin-us",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_SPIN * 1e6,
+    show_default=True,
+    help="Microseconds to keep polling for the next request after handling some, before "
+    "sleeping: lower latency for up to that much CPU per burst of traffic (0: off; always "
+    "off on a single CPU).",
+)
+@click.option(
     "--insecure",
     is_flag=True,
     help="Allow a non-loopback --bind without CURVE keys (plain, unauthenticated TCP).",
@@ -83,6 +92,7 @@ def broker(
     data_dir: Path | None,
     curve_secret_key: Path | None,
     authorized_keys: Path | None,
+    spin_us: float,
     insecure: bool,
 ) -> None:
     """Run the ZeroMQ broker serving zmq:// transports until SIGTERM or Ctrl-C.
@@ -118,6 +128,7 @@ def broker(
         heartbeat_liveness=heartbeat_liveness,
         journal=journal,
         curve=curve,
+        spin=spin_us / 1e6,
     )
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
