@@ -36,6 +36,7 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
 import psutil
 import zmq
 
+from benchmarks.procs import die_with_parent
 from realtime_batch.transport import Message, open_transport
 
 __all__ = ["main"]
@@ -178,6 +179,7 @@ def start_broker(*args: str) -> tuple[subprocess.Popen[str], str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        preexec_fn=die_with_parent,  # a benchmark that dies takes its broker with it
     )
     line = proc.stdout.readline()
     if not line.startswith("READY "):
@@ -221,11 +223,13 @@ def bench_transport(
             rate = _pipelined(t, n_throughput, window)
             t.send(TASKS, Message(STOP))
     finally:
-        if worker is not None:
-            worker.join(10)
-            if worker.is_alive():
-                worker.kill()
-        stop_broker(broker)
+        try:
+            if worker is not None and worker.pid is not None:  # started
+                worker.join(10)
+                if worker.is_alive():
+                    worker.kill()
+        finally:
+            stop_broker(broker)
     figures = _figures(samples, rate)
     figures["broker_cpu_us"] = broker_cpu * 1e6
     figures["cycle_p50_us"] = statistics.median(cycles) * 1e6

@@ -127,3 +127,29 @@ def test_interrupt_leaves_nothing_behind(tmp_path, target, signum, no_leaked_pro
                 pass
         top.kill()
         top.communicate(timeout=10)
+
+
+def test_a_killed_transport_benchmark_takes_its_broker_with_it(no_leaked_processes):
+    """``benchmarks.transport.start_broker``: the broker dies with the process that started it."""
+    script = (
+        "import sys, time; from benchmarks.transport import start_broker\n"
+        "proc, url = start_broker(); print(proc.pid, flush=True); time.sleep(600)\n"
+    )
+    starter = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    broker = None
+    try:
+        broker = psutil.Process(int(starter.stdout.readline()))
+        assert broker.is_running()
+        starter.kill()  # no cleanup code runs: only the parent-death signal can help
+        starter.wait(10)
+        broker.wait(GONE_WITHIN)  # raises psutil.TimeoutExpired if it stays
+    finally:
+        if starter.poll() is None:
+            starter.kill()
+            starter.wait(10)
+        starter.stdout.close()
+        if broker is not None and broker.is_running():  # the test failed: clean up
+            broker.kill()
+            broker.wait(10)
