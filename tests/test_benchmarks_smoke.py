@@ -237,3 +237,23 @@ def test_wakeups_measures_three_ping_pongs_and_restores_affinity(no_leaked_proce
     assert os.sched_getaffinity(0) == before  # the one-CPU run must not pin the caller
     assert len(figures) == 3
     assert all(0 < value < 1e6 for value in figures.values()), figures
+
+
+@pytest.fixture
+def resource_tracker():
+    """multiprocessing's resource tracker, started before the leak check looks.
+
+    It is started once per process on first use of the ``spawn`` context and lives
+    as long as this process: not a leak of the test that happens to start it.
+    """
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+
+
+def test_direct_worker_sizing_runs_all_three(resource_tracker, no_leaked_processes):
+    from benchmarks.direct_worker import main
+
+    figures = main(["-n", "20"])
+    assert len(figures) == 3
+    assert all(0 < value < 1e6 for value in figures.values()), figures
