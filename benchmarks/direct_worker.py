@@ -31,7 +31,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.transport import bench_raw, start_broker, stop_broker
+from benchmarks.transport import bench_raw, join_spawned, start_broker, stop_broker
 
 __all__ = ["direct_worker", "main", "session_round_trips"]
 
@@ -96,11 +96,7 @@ def bench_direct(count: int, workers: int = 2) -> float:
                 session.submit(STOP)
     finally:
         try:
-            for proc in procs:
-                if proc.pid is not None:
-                    proc.join(10)
-                    if proc.is_alive():
-                        proc.kill()
+            join_spawned(procs)
         finally:
             stop_broker(broker)
     return p50

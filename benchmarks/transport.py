@@ -36,14 +36,23 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
 import psutil
 import zmq
 
-from benchmarks.procs import die_with_parent
+from benchmarks.procs import die_with_parent, stop_process
 from realtime_batch.transport import Message, open_transport
 
-__all__ = ["main"]
+__all__ = ["join_spawned", "main"]
 
 BODY = b"x" * 32
 TASKS, RESULTS, MAILBOX = "bench-tasks", "bench-results", "bench-client"
 STOP = b"__stop__"
+
+
+def join_spawned(procs: list[mp.process.BaseProcess], timeout: float = 10.0) -> None:
+    """Wait for the ``multiprocessing`` children that were started; kill any still alive."""
+    for proc in procs:
+        if proc.pid is not None:  # started
+            proc.join(timeout)
+            if proc.is_alive():
+                proc.kill()
 
 
 # -- (a) raw pyzmq ---------------------------------------------------------------------------
@@ -135,10 +144,7 @@ def bench_raw(n_latency: int, n_throughput: int, window: int) -> dict[str, float
     finally:
         sock.close(0)
         ctx.term()
-        for proc in (broker, worker):
-            proc.join(5)
-            if proc.is_alive():
-                proc.kill()
+        join_spawned([broker, worker], 5)
     figures = _figures(samples, n_throughput / elapsed)
     figures["broker_cpu_us"] = broker_cpu * 1e6
     return figures
@@ -189,12 +195,7 @@ def start_broker(*args: str) -> tuple[subprocess.Popen[str], str]:
 
 
 def stop_broker(proc: subprocess.Popen[str]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc, grace=10.0)
 
 
 def bench_transport(
@@ -224,10 +225,7 @@ def bench_transport(
             t.send(TASKS, Message(STOP))
     finally:
         try:
-            if worker is not None and worker.pid is not None:  # started
-                worker.join(10)
-                if worker.is_alive():
-                    worker.kill()
+            join_spawned([worker] if worker is not None else [])
         finally:
             stop_broker(broker)
     figures = _figures(samples, rate)
