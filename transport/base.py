@@ -204,6 +204,15 @@ class Transport(ABC):
     def abandon(self, delivery: Delivery) -> None:
         """Give the message back for redelivery (``delivery_count + 1``)."""
 
+    def give_back(self, delivery: Delivery) -> None:
+        """Give back a message nobody acted on, without counting the delivery.
+
+        For deliveries that were received but never started (e.g. held by a task
+        worker that was killed), so that being near a failure does not use up a
+        task's retries. Backends that cannot uncount a delivery abandon it.
+        """
+        self.abandon(delivery)
+
     @abstractmethod
     def dead_letter(self, delivery: Delivery, reason: str, description: str = "") -> None:
         """Move the message to the dead-letter queue, recording ``reason``."""

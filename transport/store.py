@@ -227,6 +227,12 @@ class QueueStore:
         lease = self._lease(token, now)
         self._release(lease, now)
 
+    def give_back(self, token: str, now: float) -> None:
+        """Abandon a delivery that was never acted on: it does not count as a delivery."""
+        lease = self._lease(token, now)
+        lease.entry.delivery_count = max(0, lease.entry.delivery_count - 1)
+        self._release(lease, now)
+
     def dead_letter(self, token: str, reason: str, description: str, now: float) -> None:
         lease = self._lease(token, now)
         del self._leases[token]

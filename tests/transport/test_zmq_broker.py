@@ -16,7 +16,7 @@ import psutil
 import pytest
 import zmq
 
-from realtime_batch.transport import Message, MessageTooLargeError, open_transport
+from realtime_batch.transport import LockLostError, Message, MessageTooLargeError, open_transport
 from realtime_batch.transport.zeromq import wire
 from realtime_batch.transport.zeromq.broker import Broker
 
@@ -213,3 +213,34 @@ def test_no_polling_on_a_single_cpu():
         single.close()
         several.close()
         context.term()
+
+
+def test_give_back_does_not_count_the_delivery(zmq_broker_factory, queue):
+    """A delivery given back (held, never started) comes back with the same count;
+    one abandoned comes back with the count raised, and a lost lease cannot be given back."""
+    broker = zmq_broker_factory()
+    with open_transport(broker.url) as t:
+        t.declare_queue(queue, max_delivery_count=3)
+        t.send(queue, Message(b"task"))
+        for _ in range(5):  # more than max_delivery_count: never dead-lettered
+            [d] = t.receive(queue, timeout=10)
+            assert d.delivery_count == 1
+            t.give_back(d)
+        [d] = t.receive(queue, timeout=10)
+        t.abandon(d)
+        [d] = t.receive(queue, timeout=10)
+        assert d.delivery_count == 2
+        t.complete(d)
+        with pytest.raises(LockLostError):
+            t.give_back(d)
+        assert t.receive(queue, timeout=0.2) == []
+
+
+def test_give_back_abandons_where_a_backend_cannot_uncount(queue):
+    with open_transport(f"memory://give-back-{uuid.uuid4().hex}") as t:
+        t.declare_queue(queue)
+        t.send(queue, Message(b"task"))
+        [d] = t.receive(queue, timeout=10)
+        t.give_back(d)
+        [d] = t.receive(queue, timeout=10)
+        assert d.delivery_count == 2

@@ -319,6 +319,9 @@ class Broker:
         if command == wire.ABANDON:
             store.abandon(args[0], now)
             return wire.encode_reply(rid)
+        if command == wire.GIVE_BACK:
+            store.give_back(args[0], now)
+            return wire.encode_reply(rid)
         if command == wire.RENEW:
             return wire.encode_reply(rid, store.renew(args[0], now))
         if command == wire.DEAD_LETTER:

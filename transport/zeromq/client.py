@@ -434,6 +434,9 @@ class ZmqTransport(Transport):
     def abandon(self, delivery: Delivery) -> None:
         self._call(wire.ABANDON, [delivery.lock_token])
 
+    def give_back(self, delivery: Delivery) -> None:
+        self._call(wire.GIVE_BACK, [delivery.lock_token])
+
     def dead_letter(self, delivery: Delivery, reason: str, description: str = "") -> None:
         self._call(wire.DEAD_LETTER, [delivery.lock_token, str(reason), str(description)])
 

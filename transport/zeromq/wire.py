@@ -89,6 +89,7 @@ COMPLETE_MANY = 11  # args: [token, ...]            -> [[index of each lost leas
 # args: [queue, count, [token, ...]] + 2*count frames -> [[index of each lost lease, ...]]
 # (send, then complete: an engine's results and the leases of their tasks in one round trip)
 SEND_COMPLETE = 12
+GIVE_BACK = 13  # args: [token]                    -> []  (abandon, not counted as a delivery)
 
 COMMAND_NAMES = {
     HEARTBEAT: "heartbeat",
@@ -97,6 +98,7 @@ COMMAND_NAMES = {
     RECEIVE: "receive",
     COMPLETE: "complete",
     ABANDON: "abandon",
+    GIVE_BACK: "give_back",
     DEAD_LETTER: "dead_letter",
     RENEW: "renew",
     RELEASE: "release",
@@ -180,6 +182,7 @@ _ARG_RULES: dict[int, tuple[Any, ...]] = {
     RECEIVE: (_is_str, _is_count, _is_opt_number, _is_opt_str),
     COMPLETE: (_is_str,),
     ABANDON: (_is_str,),
+    GIVE_BACK: (_is_str,),
     DEAD_LETTER: (_is_str, _is_str, _is_str),
     RENEW: (_is_str,),
     BYE: (),
