@@ -132,6 +132,9 @@ class LocalPool(Pool):
             for tiny tasks, small enough to keep long tasks spread over the engines).
         lock_duration / max_delivery_count / default_timeout: engine settings.
         restart_dead: restart an engine that exits unexpectedly.
+        worker_mode: ``auto`` (default), ``direct`` or ``relay``: whether the engines'
+            task workers take tasks from the broker themselves (direct, the default
+            on ``zmq://``) or through their engine (relay); see docs/engine.md.
         broker_args: extra command-line arguments for the broker (e.g. ``["--data-dir", d]``).
         start_broker: start a broker for a ``zmq://`` URL with an explicit port.
     """
@@ -154,9 +157,13 @@ class LocalPool(Pool):
         broker_args: Sequence[str] = (),
         start_broker: bool = True,
         env: dict[str, str] | None = None,
+        worker_mode: str = "auto",
     ) -> None:
         if engines < 0:
             raise ValueError("engines must be >= 0")
+        if worker_mode not in ("auto", "direct", "relay"):
+            raise ValueError(f"worker_mode must be auto, direct or relay, not {worker_mode!r}")
+        self.worker_mode = worker_mode
         self._scheme = transport_scheme(transport)
         self._url = transport
         self._job = job or f"job-{uuid.uuid4().hex[:8]}"
@@ -308,6 +315,8 @@ class LocalPool(Pool):
         ]
         if self.default_timeout is not None:
             argv += ["--default-timeout", str(self.default_timeout)]
+        if self.worker_mode != "auto":
+            argv += ["--worker-mode", self.worker_mode]
         return argv
 
     def _spawn(self) -> Any:
@@ -341,6 +350,7 @@ class LocalPool(Pool):
             prefetch=self.prefetch,
             engine_id=engine_id,
             default_timeout=self.default_timeout,
+            direct=False if self.worker_mode == "auto" else self.worker_mode == "direct",
         )
         return engine.start()
 

@@ -32,6 +32,7 @@ __all__ = ["Held", "Outbox"]
 logger = logging.getLogger(__name__)
 
 _COMPLETE, _ABANDON, _DEAD_LETTER, _NOTICE = "complete", "abandon", "dead_letter", "notice"
+_GIVE_BACK = "give_back"
 _MIN_RENEW_INTERVAL = 0.05
 
 
@@ -131,6 +132,10 @@ class Outbox:
         self._entries: list[_Entry] = []
         self._notices = 0  # entries that are notices, not deliveries
 
+    def __len__(self) -> int:
+        """Entries recorded and not taken yet."""
+        return len(self._entries)
+
     # -- outcomes --------------------------------------------------------------------------
     def _result(
         self,
@@ -210,6 +215,10 @@ class Outbox:
     def abandon(self, held: Held) -> None:
         """Give the delivery back untouched (engine stopping)."""
         self._entries.append(_Entry(held.delivery, _ABANDON))
+
+    def give_back(self, delivery: Delivery) -> None:
+        """Give back a delivery that never started, not counted as a delivery."""
+        self._entries.append(_Entry(delivery, _GIVE_BACK))
 
     def finished(
         self,
@@ -383,6 +392,8 @@ class Outbox:
         try:
             if entry.action == _ABANDON:
                 self.transport.abandon(delivery)
+            elif entry.action == _GIVE_BACK:
+                self.transport.give_back(delivery)
             else:
                 self.transport.dead_letter(delivery, entry.reason, entry.description)
         except LockLostError as exc:

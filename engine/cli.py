@@ -95,6 +95,15 @@ READY_LINE = "ENGINE READY"
     help="Seconds a result waits in a mailbox before it expires (a dead client's results).",
 )
 @click.option(
+    "--worker-mode",
+    type=click.Choice(["auto", "direct", "relay"]),
+    default="auto",
+    show_default=True,
+    help="direct: the task worker takes tasks from the broker and answers them itself "
+    "(zmq:// only; the shorter path); relay: the engine passes each task to it; "
+    "auto: direct on zmq://, relay otherwise.",
+)
+@click.option(
     "--log-level", default=None, help="Logging level (default: env RTBATCH_LOG_LEVEL or INFO)."
 )
 def engine(
@@ -111,6 +120,7 @@ def engine(
     retry_backoff: float,
     control_queue: str,
     result_ttl: float,
+    worker_mode: str,
     log_level: str | None,
 ) -> None:
     """Run an engine that pulls tasks from QUEUE and runs them.
@@ -159,6 +169,7 @@ def engine(
             retry_backoff=retry_backoff,
             control_queue=control_queue,
             result_ttl=result_ttl,
+            direct={"auto": None, "direct": True, "relay": False}[worker_mode],
         )
         eng.run()
     except (EngineError, TransportError) as exc:

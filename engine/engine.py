@@ -48,16 +48,16 @@ from collections.abc import Callable
 from queue import Empty, SimpleQueue
 from typing import Any
 
-from ..protocol import ProtocolError, decode_task
 from ..transport import Delivery, Transport, open_transport
 from ..transport.base import DEFAULT_LOCK_DURATION, DEFAULT_MAX_DELIVERY_COUNT
 from ..transport.errors import TransportClosedError, TransportError
+from ._admit import Admission
 from ._cancels import CancelRequests, receive_cancels
-from ._outbox import Held, Outbox
+from ._direct import DirectWorker, supports_direct
+from ._outbox import Outbox
 from ._pipeline import DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX, WorkerPipeline
-from .control import CONTROL_QUEUE, KIND_ENGINE, NOTIFY
+from .control import CONTROL_QUEUE
 from .errors import EngineError
-from .tasks import CommandError, resolve_command
 
 __all__ = ["DEFAULT_RESULT_TTL", "Engine", "EngineError", "default_engine_id"]
 
@@ -65,7 +65,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_RESULT_TTL = 86400.0
 _POLL = 0.5
-_MAILBOXES_MAX = 10_000  # session mailboxes told about this engine, remembered at most
 
 
 def default_engine_id() -> str:
@@ -95,6 +94,10 @@ class Engine:
         retry_backoff: seconds before the first retry of a ``retry_on`` failure (doubles
             per attempt, jittered).
         retry_backoff_max: the largest delay before a retry.
+        direct: let the task worker take tasks from the broker and answer them itself,
+            the engine supervising beside it (``engine._direct``): a shorter path per
+            task. None (default): when ``transport`` is a ``zmq://`` URL, the only
+            transport whose leases another connection can settle.
     """
 
     def __init__(
@@ -115,9 +118,18 @@ class Engine:
         control_queue: str = CONTROL_QUEUE,
         retry_backoff: float = DEFAULT_RETRY_BACKOFF,
         retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
+        direct: bool | None = None,
     ) -> None:
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
+        url = transport if isinstance(transport, str) else None
+        if direct is None:
+            direct = url is not None and supports_direct(url)
+        elif direct and (url is None or not supports_direct(url)):
+            raise EngineError("direct mode needs a zmq:// transport URL")
+        self._url = url
+        self.direct = direct
+        self._direct: DirectWorker | None = None
         self.tasks_dir = os.path.realpath(tasks_dir)
         self.work_dir = os.path.realpath(work_dir or os.getcwd())
         for name, path in (("tasks", self.tasks_dir), ("work", self.work_dir)):
@@ -140,7 +152,6 @@ class Engine:
         self.error: BaseException | None = None
 
         self._outbox = Outbox(self.transport, self.engine_id, self.max_delivery_count, result_ttl)
-        self._commands: dict[str, tuple[str, str]] = {}
         self._renew_check_at = float("inf")
 
         self._incoming: deque[Delivery] = deque()
@@ -161,7 +172,9 @@ class Engine:
         self._control: threading.Thread | None = None
         self._cancels = CancelRequests()
         self._cancelled = self._cancels.keys  # (session, task) -> arrival; the hot-path lookup
-        self._mailboxes: set[str | None] = set()  # told that this engine holds their tasks
+        self._admission = Admission(
+            self._outbox, self.tasks_dir, self.max_delivery_count, self._cancelled
+        )
         self._stop_requested = False
         self._force = False
         self._thread: threading.Thread | None = None
@@ -174,12 +187,14 @@ class Engine:
     @property
     def worker_pid(self) -> int | None:
         """PID of the current worker process (None while none runs)."""
-        worker = self._pipeline.worker
+        worker = self._direct.worker if self._direct is not None else self._pipeline.worker
         return None if worker is None else worker.pid
 
     @property
     def tasks_done(self) -> int:
         """Tasks the worker has answered so far."""
+        if self._direct is not None:
+            return self._direct.finished
         return self._pipeline.finished
 
     # -- public control --------------------------------------------------------------------
@@ -215,6 +230,9 @@ class Engine:
                 max_delivery_count=self.max_delivery_count,
             )
             self.transport.declare_queue(self.control_queue, grouped=True)
+            if self.direct:
+                self._run_direct()
+                return
             self._pipeline.start_worker()
             self._settler = threading.Thread(
                 target=self._settle_loop, name=f"{self!r}-settler", daemon=True
@@ -225,14 +243,7 @@ class Engine:
             )
             self._receiving.set()
             self._receiver.start()
-            self._control = threading.Thread(
-                target=receive_cancels,
-                args=(self.transport, self.control_queue, self.engine_id, self._cancels,
-                      self._receiving, self._wake),
-                name=f"{self!r}-control",
-                daemon=True,
-            )  # fmt: skip
-            self._control.start()
+            self._start_control()
             self.ready.set()
             logger.info("engine %s ready on queue %r", self.engine_id, self.queue)
             if self.on_ready is not None:
@@ -243,6 +254,48 @@ class Engine:
         finally:
             self._shutdown()
             restore()
+
+    def _run_direct(self) -> None:
+        """Supervise a direct worker (see ``engine._direct``) until stopped."""
+        assert self._url is not None
+        options = {
+            "max_delivery_count": self.max_delivery_count,
+            "result_ttl": self._outbox.ttl,
+            "default_timeout": self.default_timeout,
+            "retry_backoff": self._pipeline.retry_backoff,
+            "retry_backoff_max": self._pipeline.retry_backoff_max,
+        }
+        self._direct = direct = DirectWorker(
+            self.tasks_dir, self.work_dir, self.engine_id, self._url, self.queue, self.prefetch,
+            options, self.transport, self._outbox, self._wake_r, self._wake_w,
+            self.transport.max_message_size, min(_POLL / 2, self.lock_duration / 6), self._cancels,
+        )  # fmt: skip
+        try:
+            direct.start()
+            self._start_control()
+            self.ready.set()
+            logger.info("engine %s ready on queue %r (direct worker)", self.engine_id, self.queue)
+            if self.on_ready is not None:
+                self.on_ready(self)
+            while not self._stop_requested:
+                direct.step(time.monotonic() + _POLL)
+            logger.info("engine %s draining", self.engine_id)
+            direct.drain(self.grace, lambda: self._force)
+        finally:
+            self._receiving.clear()
+            self._stop_receiver()
+            direct.close()
+
+    def _start_control(self) -> None:
+        self._control = threading.Thread(
+            target=receive_cancels,
+            args=(self.transport, self.control_queue, self.engine_id, self._cancels,
+                  self._receiving, self._wake),
+            name=f"{self!r}-control",
+            daemon=True,
+        )  # fmt: skip
+        self._receiving.set()
+        self._control.start()
 
     # -- threads and signals ---------------------------------------------------------------
     def _run_thread(self) -> None:
@@ -418,53 +471,13 @@ class Engine:
             admitted = True
 
     def _admit(self, delivery: Delivery) -> None:
-        body = delivery.message.body
-        try:
-            task = decode_task(body)
-        except ProtocolError as exc:
-            self._outbox.malformed(delivery, exc)
+        now = time.time()
+        held = self._admission.admit(delivery, now)
+        if held is None:
             return
-        held = Held(delivery, task, task.attempt - 1 + delivery.delivery_count)
-        group = task.reply_to.group
-        if group not in self._mailboxes:
-            self._new_mailbox(held)
-        if self._cancelled and (task.session, task.task) in self._cancelled:
-            self._outbox.cancelled(held)
-            return
-        count = delivery.delivery_count
-        if held.attempt > task.max_retries + 1 or (count > 1 and count >= self.max_delivery_count):
-            # The second test: the broker's last delivery of a task whose earlier ones
-            # never finished. Had it killed this engine too, the broker would
-            # dead-letter it with nobody left to tell the client, so refuse it here.
-            self._outbox.engine_lost(held)
-            return
-        if task.deadline is not None and time.time() > task.deadline:
-            self._outbox.expired(held)
-            return
-        try:
-            held.kind, held.path = self._resolve(task.command)
-        except CommandError as exc:
-            self._outbox.error(held, type(exc).__name__, str(exc))
-            return
-        held.size = len(body)
-        held.schedule_renewal(time.time())
+        held.schedule_renewal(now)
         self._renew_check_at = min(self._renew_check_at, held.renew_at)
         self._pipeline.pending.append(held)
-
-    def _new_mailbox(self, held: Held) -> None:
-        """First task from a mailbox: tell the session (if it asks) that we hold its tasks."""
-        if len(self._mailboxes) >= _MAILBOXES_MAX:
-            self._mailboxes.clear()  # at worst a session hears from us twice
-        self._mailboxes.add(held.task.reply_to.group)
-        if held.delivery.message.properties.get(NOTIFY):
-            self._outbox.notice(KIND_ENGINE, held.task.reply_to, [held.task.task])
-
-    def _resolve(self, command: str) -> tuple[str, str]:
-        cached = self._commands.get(command)
-        if cached is None:
-            kind, path = resolve_command(command, self.tasks_dir)
-            cached = self._commands[command] = (kind, str(path))
-        return cached
 
     # -- leases ----------------------------------------------------------------------------
     def _renew_due(self) -> None:

@@ -25,6 +25,8 @@ import argparse
 import contextlib
 import ctypes
 import faulthandler
+import fcntl
+import json
 import logging
 import os
 import pickle
@@ -126,8 +128,12 @@ class WorkerProcess:
     def pid(self) -> int | None:
         return None if self.proc is None else self.proc.pid
 
-    def start(self, timeout: float = 60.0) -> None:
-        """Start the process and wait until it has imported everything and said ready."""
+    def start(self, timeout: float = 60.0, *, direct: tuple[str, int, int] | None = None) -> None:
+        """Start the process and wait until it has imported everything and said ready.
+
+        ``direct``: ``(options JSON, ledger fd, wake fd)`` for a direct-mode worker
+        (``engine._direct``), which takes its tasks from the broker itself.
+        """
         task_r, task_w = os.pipe()
         result_r, result_w = os.pipe()
         ctrl_r, ctrl_w = os.pipe()
@@ -141,10 +147,15 @@ class WorkerProcess:
             *("--tasks-dir", self.tasks_dir, "--work-dir", self.work_dir),
             *("--engine-id", self.engine_id),
         ]
+        shared_fds: tuple[int, ...] = ()
+        if direct is not None:
+            options, ledger_fd, wake_fd = direct
+            argv += ["--direct", options, "--shared-fds", f"{ledger_fd},{wake_fd}"]
+            shared_fds = (ledger_fd, wake_fd)
         try:
             self.proc = subprocess.Popen(
                 argv,
-                pass_fds=child_fds,
+                pass_fds=child_fds + shared_fds,
                 cwd=self.work_dir,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
@@ -160,6 +171,9 @@ class WorkerProcess:
         self._result_poll = select.poll()
         self._result_poll.register(result_r, select.POLLIN)
         self._ctrl_w = ctrl_w
+        if direct is not None and hasattr(fcntl, "F_SETPIPE_SZ"):
+            with contextlib.suppress(OSError):  # room for many cancel requests at once
+                fcntl.fcntl(ctrl_w, fcntl.F_SETPIPE_SZ, 1 << 20)
         os.set_blocking(crash_r, False)
         self._crash_r = crash_r
         try:
@@ -195,6 +209,10 @@ class WorkerProcess:
     def cancel(self, seqs: list[int]) -> None:
         """Tell the worker not to start tasks ``seqs`` (it answers them ``cancelled``)."""
         self._control(b"".join(b"%s%d;" % (_CANCEL, seq) for seq in seqs))
+
+    def write_control(self, data: bytes) -> None:
+        """Write raw bytes to the worker's control pipe (direct mode's line protocol)."""
+        self._control(data)
 
     def _control(self, data: bytes) -> None:
         if self._ctrl_w is not None and data:
@@ -366,6 +384,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks-dir", required=True)
     parser.add_argument("--work-dir", required=True)
     parser.add_argument("--engine-id", required=True)
+    parser.add_argument("--direct", default=None, help="direct mode: options as JSON")
+    parser.add_argument("--shared-fds", default=None, help="direct mode: ledger fd, wake fd")
     opts = parser.parse_args(argv)
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the engine decides when to stop
@@ -386,9 +406,34 @@ def main(argv: list[str] | None = None) -> None:
     tasks = Connection(task_fd, writable=False)
     results = Connection(result_fd, readable=False)
     try:
-        _serve(tasks, results, ctrl_fd, context)
+        if opts.direct is not None:
+            _serve_direct(json.loads(opts.direct), opts.shared_fds, results, ctrl_fd, context)
+        else:
+            _serve(tasks, results, ctrl_fd, context)
     except (BrokenPipeError, EOFError):
         pass  # the engine went away
+
+
+def _serve_direct(
+    options: dict[str, Any], shared_fds: str, results: Connection, ctrl_fd: int,
+    context: TaskContext,
+) -> None:  # fmt: skip
+    """Direct mode: take tasks from the broker, run them, answer them (see ``_direct``)."""
+    from ..transport import open_transport
+    from ._direct import DirectControl, DirectRunner, Ledger
+
+    ledger_fd, wake_fd = (int(x) for x in shared_fds.split(","))
+    os.set_blocking(wake_fd, False)
+    transport = open_transport(options["url"])
+    try:
+        ledger = Ledger(options["slots"], options["body_size"], fd=ledger_fd)
+        control = DirectControl(ctrl_fd)
+        runner = DirectRunner(transport, ledger, control, context, options, wake_fd)
+        results.send_bytes(pickle.dumps(("ready", os.getpid())))
+        control.wait_go(60.0)
+        runner.serve(TaskModuleCache(), _run_one)
+    finally:
+        transport.close()
 
 
 if __name__ == "__main__":

@@ -25,12 +25,24 @@ INPUTS = [TASKS / "input.txt"]
 pytestmark = pytest.mark.usefixtures("no_leaked_processes")
 
 
-@pytest.fixture(scope="module")
-def zmq_pool():
+@pytest.fixture(scope="module", params=["direct", "relay"])
+def zmq_pool(request):
+    """Two engine processes over zmq://, their task workers in direct (the default) or
+    relay mode."""
     with rb.LocalPool(
-        engines=2, task_files=TASK_FILES, input_files=INPUTS, lock_duration=5
-    ) as pool:
+        engines=2, task_files=TASK_FILES, input_files=INPUTS, lock_duration=5,
+        worker_mode=request.param,
+    ) as pool:  # fmt: skip
         yield pool
+
+
+def test_engines_run_their_workers_in_the_mode_asked_for(zmq_pool):
+    with rb.Session(zmq_pool) as s:
+        assert s.submit("echo.py", 1).result(timeout=30)["args"] == [1]
+    logs = [p.read_text() for p in sorted(zmq_pool.root.glob("node-*/engine.log"))]
+    assert len(logs) == 2
+    for log in logs:
+        assert ("(direct worker)" in log) == (zmq_pool.worker_mode == "direct"), log
 
 
 def test_many_tasks_each_result_exactly_once(zmq_pool):

@@ -9,15 +9,21 @@ import pytest
 from engine_helpers import ROOT, TASKS, Broker, Harness
 
 
-@pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Harness]:
+@pytest.fixture(params=["relay", "direct"])
+def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    """Engines in relay mode over memory://, or in direct mode over a zmq:// broker."""
     work = tmp_path / "wd"
     work.mkdir()
-    h = Harness(TASKS, work)
+    broker = Broker() if request.param == "direct" else None
     try:
-        yield h
+        h = Harness(TASKS, work, None if broker is None else broker.url)
+        try:
+            yield h
+        finally:
+            h.close()
     finally:
-        h.close()
+        if broker is not None:
+            broker.stop()
 
 
 @pytest.fixture

@@ -21,10 +21,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class Harness:
-    """One memory:// namespace, a results mailbox, and engines started on it."""
+    """A transport, a results mailbox, and engines started on it.
 
-    def __init__(self, tasks_dir: Path, work_dir: Path) -> None:
-        self.url = f"memory://engine-test-{uuid.uuid4().hex}"
+    Relay mode (``url`` None): one memory:// namespace, engines given the open transport.
+    Direct mode: a ``zmq://`` broker's URL, engines given the URL (so their task
+    workers take tasks from the broker themselves).
+    """
+
+    def __init__(self, tasks_dir: Path, work_dir: Path, url: str | None = None) -> None:
+        self.direct = url is not None
+        self.url = url or f"memory://engine-test-{uuid.uuid4().hex}"
         self.transport = open_transport(self.url)
         self.tasks_dir = tasks_dir
         self.work_dir = work_dir
@@ -38,7 +44,8 @@ class Harness:
         options.setdefault("tasks_dir", self.tasks_dir)
         options.setdefault("work_dir", self.work_dir)
         tasks_dir = options.pop("tasks_dir")
-        engine = Engine(self.transport, self.queue, tasks_dir, **options)
+        transport = self.url if self.direct else self.transport
+        engine = Engine(transport, self.queue, tasks_dir, **options)
         self.engines.append(engine)
         return engine.start()
 

@@ -1,0 +1,76 @@
+"""Direct mode specifics: the shared ledger, who may use the mode, and that tasks held
+next to a crash are not charged an attempt (checked in both modes)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from engine_helpers import Harness
+
+from realtime_batch.emulator import LocalPool
+from realtime_batch.engine import Engine, EngineError
+from realtime_batch.engine._direct import Ledger, supports_direct
+from realtime_batch.transport import Delivery, Message
+
+
+def delivery(token: str, *, notify: bool = False, count: int = 1) -> Delivery:
+    properties = {"notify": True} if notify else {}
+    return Delivery(Message(b"body-" + token.encode(), properties=properties), "q", count,
+                    1000.0, token)  # fmt: skip
+
+
+def test_the_ledger_shows_the_engine_what_the_worker_holds_and_runs():
+    engine_side = Ledger(3, 4096)
+    worker_side = Ledger(3, 4096, fd=os.dup(engine_side.fd))
+    try:
+        assert worker_side.room() == 3
+        slots = worker_side.hold([delivery("t1"), delivery("t2", notify=True, count=2)])
+        view = engine_side.snapshot()
+        assert view.running == -1
+        assert {s: v[:3] for s, v in view.held.items()} == {
+            slots[0]: ("t1", 1, 0),
+            slots[1]: ("t2", 2, 1),
+        }
+        worker_side.start(slots[1], b"the task", 123.5, 4)
+        view = engine_side.snapshot(body=True)
+        assert (view.running, view.run_seq, view.deadline, view.attempt, view.body) == (
+            slots[1], 1, 123.5, 4, b"the task"
+        )  # fmt: skip
+        worker_side.stop()
+        worker_side.release([slots[1]])
+        view = engine_side.snapshot()
+        assert view.running == -1 and view.finished == 1 and list(view.held) == [slots[0]]
+        assert worker_side.room() == 2
+        with pytest.raises(ValueError, match="too long"):
+            worker_side.hold([delivery("x" * 500)])
+        engine_side.reset()  # for the next worker
+        assert engine_side.snapshot().held == {}
+    finally:
+        worker_side.close()
+        engine_side.close()
+
+
+def test_direct_mode_needs_a_zmq_url(harness: Harness, tmp_path):
+    assert supports_direct("zmq://127.0.0.1:5555") and not supports_direct("memory://x")
+    with pytest.raises(EngineError, match="zmq://"):
+        Engine(f"memory://direct-{os.getpid()}", "tasks", harness.tasks_dir, direct=True)
+    with pytest.raises(EngineError, match="zmq://"):
+        Engine(harness.transport, "tasks", harness.tasks_dir, direct=True)
+    # auto: direct for a zmq:// URL only; an open transport object is always relayed
+    assert Engine(harness.transport, "tasks", harness.tasks_dir).direct is False
+    with pytest.raises(ValueError, match="worker_mode"):
+        LocalPool(engines=0, worker_mode="fast")
+
+
+def test_tasks_held_next_to_a_crash_are_not_charged_an_attempt(harness: Harness):
+    """The worker dies running one task while holding three more: those run once, as
+    attempt 1, and the crashed one is answered as such (no retries asked for)."""
+    harness.transport.declare_queue(harness.queue)
+    crash = harness.submit("crash.py", max_retries=0)
+    others = [harness.submit("noop.py", i, max_retries=0) for i in range(3)]
+    harness.engine(prefetch=4)
+    results = harness.results(4)
+    assert results[crash].error.type == "WorkerCrashedError"
+    for task in others:
+        assert results[task].status == "ok" and results[task].attempt == 1, results[task]
