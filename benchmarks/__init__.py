@@ -19,6 +19,7 @@ SYSTEMS = (
     "raw-zmq",
     "rtbatch-memory",
     "rtbatch-zmq",
+    "rtbatch-zmq-relay",
     "rtbatch-servicebus",
     "ray",
     "dask",

@@ -4,8 +4,10 @@ The issue-5 benchmark: a no-op task's round trip (p50/p99) through ``Session`` a
 two-engine ``LocalPool``, the throughput of 20,000 no-op tasks submitted at once, and
 the wall time of 2,000 tasks of 10 ms against the ideal (2,000 x 10 ms / 2 engines =
 10 s), beside the raw pyzmq brokered round trip (client -> broker -> worker -> broker
--> client). It is the side-by-side harness (``python -m benchmarks``) restricted to
-those two systems and workloads, followed by the idle engine: one engine of a
+-> client), and beside the same pool with its engines in relay mode (each task
+passing through the engine; direct mode, the default, lets the task workers take
+tasks from the broker). It is the side-by-side harness (``python -m benchmarks``)
+restricted to those systems and workloads, followed by the idle engine: one engine of a
 ``LocalPool`` over ``zmq://`` after it ran a task, its RSS and CPU (with its warm
 task worker) over a few seconds::
 
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     bench.main(
         [
             "--systems",
-            "raw-zmq,rtbatch-zmq",
+            "raw-zmq,rtbatch-zmq,rtbatch-zmq-relay",
             "--workloads",
             "roundtrip,throughput,sleep-10ms",
             "--no-docs",

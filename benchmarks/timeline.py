@@ -12,13 +12,15 @@ each request when its dispatch starts and when its handling (replies included)
 ends; the worker stamps receive and send. Stamps are ``time.monotonic()``, which
 is one system-wide clock on Linux, so stamps of different processes compare.
 
-``session``: no-op tasks one at a time through ``Session`` and ``LocalPool(engines=2)``
-over ``zmq://``. The engine processes are started with a ``sitecustomize`` module
-(on ``PYTHONPATH``) that wraps five of the engine's steps with ``time.time()``
-stamps: the receiver thread got the delivery, the main thread admitted it, handed
-it to the task worker, recorded the worker's answer, and settled it (result sent
-and lease completed). With the task's own ``submitted/started/finished/received``
-stamps this splits the round trip into its hops.
+``session [--relay]``: no-op tasks one at a time through ``Session`` and
+``LocalPool(engines=2)`` over ``zmq://``. The engine processes (and their task
+workers) are started with a ``sitecustomize`` module (on ``PYTHONPATH``) that wraps
+steps with ``time.time()`` stamps: the delivery was received, admitted, handed to
+the task worker and its answer recorded (relay mode only), and settled (result
+sent and lease completed). With the task's own ``submitted/started/finished/
+received`` stamps this splits the round trip into its hops. Direct mode (the
+default) has no engine on the path: the task worker's receive, admission and
+settling are stamped.
 
 ``pattern``: the raw pyzmq 3-hop round trip (a Python ROUTER broker that only forwards,
 one worker), first bare, then with the extra messages of the ``zmq://`` protocol added
@@ -210,13 +212,13 @@ def transport_timeline(count: int) -> dict[str, float]:
 _SITECUSTOMIZE = """
 import os
 if os.environ.get("RTBATCH_TIMELINE_DIR"):
-    import atexit, builtins, json, time
+    import atexit, builtins, json, sys, time
     _log = []
     _out = os.environ["RTBATCH_TIMELINE_DIR"]
     atexit.register(lambda: open(f"{_out}/engine-{os.getpid()}.json", "w").write(json.dumps(_log)))
 
     def _patch():
-        from realtime_batch.engine import _outbox, _pipeline, engine
+        from realtime_batch.engine import _admit, _outbox, _pipeline
         from realtime_batch.transport.zeromq import client
 
         def wrap(cls, name, before=None, after=None):
@@ -232,8 +234,8 @@ if os.environ.get("RTBATCH_TIMELINE_DIR"):
 
         wrap(client.ZmqTransport, "receive",
              after=lambda s, r, k: [("received", d.message.id) for d in r])
-        wrap(engine.Engine, "_admit",
-             before=lambda s, d: _log.append(("admitted", d.message.id, time.time())))
+        wrap(_admit.Admission, "admit",
+             before=lambda s, d, now: _log.append(("admitted", d.message.id, time.time())))
         wrap(_pipeline.WorkerPipeline, "dispatch",
              before=lambda s: [("dispatched", h.delivery.message.id) for h in s.pending])
         wrap(_pipeline.WorkerPipeline, "_record",
@@ -248,7 +250,7 @@ if os.environ.get("RTBATCH_TIMELINE_DIR"):
     _done = []
     def _hook(name, *args, **kwargs):
         module = _import(name, *args, **kwargs)
-        if not _done and name.startswith("realtime_batch.engine"):
+        if not _done and "realtime_batch.engine" in sys.modules:
             _done.append(True)
             _patch()
         return module
@@ -256,7 +258,7 @@ if os.environ.get("RTBATCH_TIMELINE_DIR"):
 """
 
 
-def session_timeline(count: int, engines: int = 2) -> dict[str, float]:
+def session_timeline(count: int, engines: int = 2, worker_mode: str = "direct") -> dict[str, float]:
     """Run ``count`` sequential no-op tasks through a session; return median segment times."""
     import realtime_batch as rb
 
@@ -267,8 +269,9 @@ def session_timeline(count: int, engines: int = 2) -> dict[str, float]:
         paths = [tmp, str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
         env = {_ENV_DIR: tmp, "PYTHONPATH": os.pathsep.join(paths)}
         pool = rb.LocalPool(
-            engines=engines, transport="zmq://127.0.0.1:0", task_files=[task], env=env
-        )
+            engines=engines, transport="zmq://127.0.0.1:0", task_files=[task], env=env,
+            worker_mode=worker_mode,
+        )  # fmt: skip
         totals: list[float] = []
         with pool, rb.Session(pool) as session:
             for _ in range(50):  # warm up
@@ -284,6 +287,8 @@ def session_timeline(count: int, engines: int = 2) -> dict[str, float]:
             for kind, message_id, stamp in json.loads(Path(path).read_text()):
                 events.setdefault(message_id, {})[kind] = stamp
 
+    if worker_mode == "direct":
+        return _direct_rows(events, results, totals)
     steps = ("received", "admitted", "dispatched", "recorded", "settling")
     by_dispatch = sorted(
         (e["dispatched"], e) for e in events.values() if all(step in e for step in steps)
@@ -323,6 +328,46 @@ def session_timeline(count: int, engines: int = 2) -> dict[str, float]:
         for name, value in zip(rows, values, strict=True):
             rows[name].append(value)
     return _print(rows, f"session round trip, {len(rows['total round trip'])} matched samples")
+
+
+def _direct_rows(
+    events: dict[str, dict[str, float]], results: list[Any], totals: list[float]
+) -> dict[str, float]:
+    """Segments of a direct-mode round trip: the task worker receives, runs and settles."""
+    steps = ("received", "admitted", "settling")
+    by_admit = sorted(
+        (e["admitted"], e) for e in events.values() if all(step in e for step in steps)
+    )
+    keys = [key for key, _ in by_admit]
+    rows = _rows(
+        "submit -> task worker received (broker hop x2)",
+        "worker: admit, start",
+        "task runs (no-op)",
+        "worker: result recorded -> settling",
+        "settling -> client has it (broker hop x2)",
+        "client listener -> caller's result()",
+        "total round trip",
+    )
+    for result, total in zip(results, totals, strict=False):
+        index = bisect.bisect_right(keys, result.started_at) - 1
+        if index < 0:
+            continue
+        e = by_admit[index][1]
+        if not e["received"] <= result.started_at <= result.finished_at <= e["settling"]:
+            continue
+        values = (
+            e["received"] - result.submitted_at,
+            result.started_at - e["received"],
+            result.finished_at - result.started_at,
+            e["settling"] - result.finished_at,
+            result.received_at - e["settling"],
+            result.submitted_at + total - result.received_at,
+            total,
+        )
+        for name, value in zip(rows, values, strict=True):
+            rows[name].append(value)
+    return _print(rows, f"session round trip (direct workers), {len(rows['total round trip'])} "
+                  "matched samples")  # fmt: skip
 
 
 # -- message pattern ------------------------------------------------------------------------
@@ -514,6 +559,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, default in defaults:
         p = sub.add_parser(name)
         p.add_argument("-n", type=int, default=default, help="round trips")
+        if name == "session":
+            p.add_argument("--relay", action="store_true", help="engines in relay mode")
     broker = sub.add_parser("_broker")  # internal roles of the transport timeline
     broker.add_argument("out")
     worker = sub.add_parser("_worker")
@@ -540,7 +587,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.what == "wakeups":
         wakeups(args.n)
     else:
-        session_timeline(args.n)
+        session_timeline(args.n, worker_mode="relay" if args.relay else "direct")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ class RtbatchSystem(System):
     """A LocalPool with two engines on ``url`` and a Session on it."""
 
     url = ""
+    worker_mode = "auto"
 
     def __init__(self) -> None:
         self.pool: Any = None
@@ -45,8 +46,9 @@ class RtbatchSystem(System):
         from realtime_batch.orchestrator.session import Session
 
         self.pool = LocalPool(
-            engines=WORKERS, transport=self.transport_url(), task_files=TASK_FILES
-        )
+            engines=WORKERS, transport=self.transport_url(), task_files=TASK_FILES,
+            worker_mode=self.worker_mode,
+        )  # fmt: skip
         self.session = Session(self.pool, keep_results=False)
 
     def _submit(self, task: str, args: tuple[Any, ...]) -> concurrent.futures.Future:
@@ -108,6 +110,14 @@ class RtbatchZmq(RtbatchSystem):
         import zmq
 
         return {**super().versions(), "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()}
+
+
+class RtbatchZmqRelay(RtbatchZmq):
+    """``zmq://`` with the engines relaying each task to their task workers."""
+
+    name = "rtbatch-zmq-relay"
+    description = "as rtbatch-zmq, engines in relay mode (each task passes through the engine)"
+    worker_mode = "relay"
 
 
 class RtbatchServiceBus(RtbatchSystem):
