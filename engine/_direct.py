@@ -61,6 +61,7 @@ logger = logging.getLogger(__name__)
 _HEADER = struct.Struct("<QqQddQIH")  # gen, running slot, run seq, started, deadline,
 #                                        finished, body length, running attempt
 _HEADER_SIZE = 64
+_GEN = struct.Struct("<Q")
 _SLOT = struct.Struct("<BBIddH")  # state, flags, delivery count, received, locked until,
 #                                     token length (wall-clock times)
 _SLOT_SIZE = 192
@@ -68,6 +69,7 @@ _TOKEN_MAX = _SLOT_SIZE - _SLOT.size
 _FLAG_NOTIFY = 1
 _CANCEL_GRACE = 0.1  # seconds a cancelled running task has to finish before its worker dies
 _RECEIVE_WAIT = 0.5  # seconds the worker's receive waits at the broker
+_IDLE_POLL = 0.05  # seconds between looks at the control pipe when no task is waiting
 _FLUSH_EVERY = 16  # results the worker sends at once at most when tasks are queued
 _WAKE = b"\1"
 
@@ -100,10 +102,11 @@ class Ledger:
 
     A header (running slot, run sequence, start and deadline on the monotonic clock,
     tasks finished, the running task's attempt and message length), ``slots`` slots
-    of held deliveries, then the running task's message body. The worker writes
-    under a sequence counter (odd while writing), so the engine's reads are
-    consistent; after the worker died the engine reads whatever is there, and a
-    slot is marked held only once complete.
+    of held deliveries, then the running task's message body. The worker writes the
+    header and body under a sequence counter (odd while writing), so the engine's
+    reads of them are consistent; a slot's first byte, written last when it is
+    filled and first when it is freed, says whether it holds a delivery. After the
+    worker died the engine reads whatever is there.
 
     Args:
         slots: deliveries held at once at most (the prefetch).
@@ -135,11 +138,9 @@ class Ledger:
     # -- the worker's side ------------------------------------------------------------------
     def _begin(self) -> None:
         self._gen += 1
-        struct.pack_into("<Q", self.mem, 0, self._gen)
+        _GEN.pack_into(self.mem, 0, self._gen)
 
-    def _end(self) -> None:
-        self._gen += 1
-        struct.pack_into("<Q", self.mem, 0, self._gen)
+    _end = _begin
 
     def room(self) -> int:
         """Slots free."""
@@ -148,8 +149,7 @@ class Ledger:
     def hold(self, deliveries: list[Delivery]) -> list[int]:
         """Record deliveries just received; return their slots."""
         slots = []
-        self._begin()
-        for delivery in deliveries:
+        for delivery in deliveries:  # the state byte, written last, makes a slot visible
             token = delivery.lock_token.encode()
             if len(token) > _TOKEN_MAX:
                 raise ValueError(f"lock token of {len(token)} bytes: too long for the ledger")
@@ -161,16 +161,13 @@ class Ledger:
                             delivery.locked_until, len(token))  # fmt: skip
             self.mem[offset] = 1  # held: written last
             slots.append(slot)
-        self._end()
         return slots
 
     def release(self, slots: list[int]) -> None:
         """The deliveries in ``slots`` are settled."""
-        self._begin()
         for slot in slots:
-            self.mem[_HEADER_SIZE + slot * _SLOT_SIZE] = 0
+            self.mem[_HEADER_SIZE + slot * _SLOT_SIZE] = 0  # one byte: no torn state
             self._free.append(slot)
-        self._end()
 
     def start(self, slot: int, body: bytes, deadline: float, attempt: int) -> None:
         """The task in ``slot`` starts (``deadline``: monotonic, 0 for none)."""
@@ -301,9 +298,14 @@ class DirectRunner:
     def serve(self, cache: Any, run_one: Any) -> None:
         """Serve tasks until the engine says drain (or goes away), then give back the rest."""
         backoff = 0.1
+        polled = 0.0
         while True:
-            if self.control.poll() and self.delayed:
-                self._drop_cancelled()
+            # Look for cancel requests before each task; while idle, at least every 50 ms
+            # (a receive returns within 0.5 s), so that a drain is seen.
+            if self.pending or time.monotonic() - polled > _IDLE_POLL:
+                polled = time.monotonic()
+                if self.control.poll() and self.delayed:
+                    self._drop_cancelled()
             if self.control.draining:
                 break
             if self.delayed:

@@ -15,7 +15,7 @@ The semantics are those of Service Bus peek-lock, the strictest of the backends:
 
 from __future__ import annotations
 
-import uuid
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from types import TracebackType
@@ -60,7 +60,8 @@ def is_dead_letter_queue(queue: str) -> bool:
 
 
 def _new_id(value: str | None) -> str:
-    return value if value else uuid.uuid4().hex
+    # 128 random bits as 32 hex digits, like uuid4().hex without building a UUID (3x faster)
+    return value if value else os.urandom(16).hex()
 
 
 def _freeze_properties(value: Mapping[str, Any] | None) -> dict[str, Any]:
