@@ -71,6 +71,7 @@ _CANCEL_GRACE = 0.1  # seconds a cancelled running task has to finish before its
 _RECEIVE_WAIT = 0.5  # seconds the worker's receive waits at the broker
 _IDLE_POLL = 0.05  # seconds between looks at the control pipe when no task is waiting
 _FLUSH_EVERY = 16  # results the worker sends at once at most when tasks are queued
+_SHORT_TASK = 0.0005  # seconds: results of tasks shorter than this may wait to go together
 _WAKE = b"\1"
 
 
@@ -170,8 +171,15 @@ class Ledger:
             self._free.append(slot)
 
     def start(self, slot: int, body: bytes, deadline: float, attempt: int) -> None:
-        """The task in ``slot`` starts (``deadline``: monotonic, 0 for none)."""
+        """The task in ``slot`` starts (``deadline``: monotonic, 0 for none).
+
+        A body larger than the ledger's room (a broker allowing larger messages than
+        this engine's transport) is left out: the engine then cannot name the task,
+        and gives it back counted if the worker dies running it.
+        """
         self._run_seq += 1
+        if len(body) > self.size - self.body_offset:
+            body = b""
         self._begin()
         self.mem[self.body_offset : self.body_offset + len(body)] = body
         _HEADER.pack_into(self.mem, 0, self._gen, slot, self._run_seq, time.monotonic(),
@@ -299,6 +307,7 @@ class DirectRunner:
         """Serve tasks until the engine says drain (or goes away), then give back the rest."""
         backoff = 0.1
         polled = 0.0
+        unsent_since: float | None = None  # monotonic time of the oldest result not sent
         while True:
             # Look for cancel requests before each task; while idle, at least every 50 ms
             # (a receive returns within 0.5 s), so that a drain is seen.
@@ -311,11 +320,24 @@ class DirectRunner:
             if self.delayed:
                 self._release_due()
             if self.pending:
+                started = time.monotonic()
                 self._run(self.pending.popleft(), cache, run_one)
-                if not self.pending or len(self.outbox) >= _FLUSH_EVERY:
+                now = time.monotonic()
+                if unsent_since is None:
+                    unsent_since = started
+                # Results of tiny tasks go out together (one broker request for many);
+                # a task that took a while, or results waiting a millisecond, go now.
+                if (
+                    not self.pending
+                    or len(self.outbox) >= _FLUSH_EVERY
+                    or now - started > _SHORT_TASK
+                    or now - unsent_since > _SHORT_TASK * 2
+                ):
                     self._flush()
+                    unsent_since = None
                 continue
             self._flush()
+            unsent_since = None
             wait = _RECEIVE_WAIT
             if self.delayed:
                 wait = max(0.0, min(wait, min(h.due for h in self.delayed) - time.monotonic()))
@@ -619,8 +641,8 @@ class DirectWorker:
         running = view.held.pop(view.running, None) if view.running >= 0 else None
         if running is not None:
             held = _held(self.queue, running, view.body, view.attempt)
-            if held is None:  # not a task after all: cannot happen short of a corrupt ledger
-                self.outbox.give_back(_delivery(self.queue, running[0], running[1]))
+            if held is None:  # its message was too large for the ledger: counted, so bounded
+                self.outbox.abandon(Held(_delivery(self.queue, running[0], running[1]), None, 0))  # type: ignore[arg-type]
             elif why is not None and view.run_seq != run_seq:
                 self.outbox.give_back(held.delivery)  # it started just before the kill
             elif self.draining:

@@ -27,6 +27,7 @@ _TITLES = {
     "c_engine_killer": "(c) task that kills its engine",
     "d_dead_client": "(d) client SIGKILLed, tasks outstanding",
     "e_lease_renewal": "(e) 3 s task, 1 s lock",
+    "f_worker_kills": "(f) task workers SIGKILLed at random (direct mode)",
 }
 
 
@@ -37,9 +38,10 @@ def _get(figures: dict[str, Any], key: str, default: str = "") -> str:
 
 def _throughput_rows(scenarios: dict[str, dict[str, Any]]) -> list[str]:
     rows = [
-        "| scenario | backend | tasks | task runs | engines killed | broker restarts "
-        "| lost | duplicates seen by the user | duplicates dropped by the session | seconds |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | backend | tasks | task runs | engines killed | task workers killed "
+        "| broker restarts | lost | duplicates seen by the user "
+        "| duplicates dropped by the session | seconds |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key in sorted(scenarios):
         figures = scenarios[key]
@@ -49,6 +51,7 @@ def _throughput_rows(scenarios: dict[str, dict[str, Any]]) -> list[str]:
         rows.append(
             f"| {title} | {_get(figures, 'backend')} | {_get(figures, 'tasks')} "
             f"| {_get(figures, 'task_runs')} | {_get(figures, 'engines_killed', '0')} "
+            f"| {_get(figures, 'workers_killed', '0')} "
             f"| {_get(figures, 'broker_restarts', '0')} | {_get(figures, 'lost')} "
             f"| {_get(figures, 'duplicates_seen_by_user')} "
             f"| {_get(figures, 'duplicates_dropped_by_session')} | {_get(figures, 'seconds')} |"

@@ -1,0 +1,129 @@
+"""(f) Task workers SIGKILLed at random under load, engines in direct mode (zmq only).
+
+In direct mode a task worker holds the leases of the tasks it took from the broker.
+When it dies, its engine reads their shared ledger: the running task is retried (an
+infrastructure fault), the ones it held but had not started are given back without
+counting a delivery, and a new worker starts. Every task must succeed once for the
+user; only tasks that were running at a kill are charged an attempt.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+import uuid
+
+import psutil
+import pytest
+from faultkit import TASK_FILES, wait_until
+from test_fault_engine_kills import EngineKiller
+
+import realtime_batch as rb
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(300),
+    pytest.mark.usefixtures("no_leaked_processes"),
+]
+
+TASKS, ENGINES, INTERVAL, SECONDS = 1000, 2, 0.4, 0.02
+
+
+class WorkerKiller(EngineKiller):
+    """SIGKILLs a random task worker (a child of an engine process) every ~interval."""
+
+    def __init__(self, pool: rb.LocalPool, interval: float, seed: int) -> None:
+        super().__init__(pool, interval, seed, min_age=0.5)
+        self.name = "worker-killer"
+
+    def _workers(self) -> list[int]:
+        pids = []
+        for engine in self.pool.engine_pids():
+            try:
+                pids += [child.pid for child in psutil.Process(engine).children()]
+            except psutil.NoSuchProcess:
+                continue
+        return pids
+
+    def run(self) -> None:
+        while not self.halt.wait(self.random.uniform(0.5, 1.5) * self.interval):
+            now = time.monotonic()
+            pids = self._workers()
+            for pid in pids:
+                self._first_seen.setdefault(pid, now)
+            pids = [p for p in pids if now - self._first_seen[p] >= self.min_age]
+            if pids:
+                pid = self.random.choice(pids)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    self.killed.append(pid)
+                except ProcessLookupError:
+                    pass
+
+
+def test_results_arrive_exactly_once_while_task_workers_are_killed(tmp_path, fault_report):
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    queue = f"tasks-{uuid.uuid4().hex[:8]}"
+    seed = int(os.environ.get("RTBATCH_FAULT_SEED", "0")) or random.randrange(1, 2**31)
+    started = time.monotonic()
+    with rb.LocalPool(
+        engines=ENGINES, task_files=TASK_FILES, queue=queue, worker_mode="direct",
+        max_delivery_count=100,
+    ) as pool:  # fmt: skip
+        with rb.Session(
+            pool, task_queue=queue, results_queue=f"results-{uuid.uuid4().hex[:8]}",
+            max_retries=50,
+        ) as session:  # fmt: skip
+            killer = WorkerKiller(pool, INTERVAL, seed)
+            killer.start()
+            try:
+
+                def submit(numbers: range) -> list:
+                    return [
+                        session.submit(
+                            "work.py", i, SECONDS, runs_dir=str(runs_dir), task_id=f"t{i}"
+                        )
+                        for i in numbers
+                    ]
+
+                futures = submit(range(TASKS // 2))
+                assert wait_until(lambda: killer.killed, 60), "the killer never fired"
+                futures += submit(range(TASKS // 2, TASKS))
+                values = [f.result(timeout=240) for f in futures]
+            finally:
+                killer.halt.set()
+                killer.join(10)
+            results = session.results()
+            duplicates = session.duplicates_dropped
+        engine_restarts = pool.restarts
+    elapsed = time.monotonic() - started
+
+    assert values == list(range(TASKS)), f"seed {seed}"
+    ids = [r.task_id for r in results]
+    assert sorted(ids) == sorted(f"t{i}" for i in range(TASKS)), "a result is missing or twice"
+    assert all(r.ok for r in results)
+    assert engine_restarts == 0, "an engine died with its worker"
+    retried = sum(r.attempt > 1 for r in results)
+    # Only a task running at a kill is charged an attempt; the others it held are not.
+    assert retried <= len(killer.killed), (retried, len(killer.killed), f"seed {seed}")
+    runs = len(os.listdir(runs_dir))
+    assert runs >= TASKS
+    fault_report.record(
+        "f_worker_kills_zmq",
+        backend="zmq (direct mode)",
+        tasks=TASKS,
+        engines=ENGINES,
+        task_runs=runs,
+        workers_killed=len(killer.killed),
+        engine_restarts=engine_restarts,
+        results_received=len(ids),
+        lost=TASKS - len(set(ids)),
+        duplicates_seen_by_user=len(ids) - len(set(ids)),
+        duplicates_dropped_by_session=duplicates,
+        retried_attempts=retried,
+        seconds=round(elapsed, 1),
+        seed=seed,
+    )
