@@ -39,8 +39,10 @@ import random
 import select
 import struct
 import subprocess
+import threading
 import time
 from collections import deque
+from queue import Empty, SimpleQueue
 from typing import Any
 
 import orjson
@@ -70,8 +72,8 @@ _FLAG_NOTIFY = 1
 _CANCEL_GRACE = 0.1  # seconds a cancelled running task has to finish before its worker dies
 _RECEIVE_WAIT = 0.5  # seconds the worker's receive waits at the broker
 _IDLE_POLL = 0.05  # seconds between looks at the control pipe when no task is waiting
-_FLUSH_EVERY = 16  # results the worker sends at once at most when tasks are queued
-_SHORT_TASK = 0.0005  # seconds: results of tasks shorter than this may wait to go together
+_SHORT_TASK = 0.0005  # seconds: results of tasks this short may wait to go out together
+_BATCH = 16  # results of short tasks sent in one request at most
 _WAKE = b"\1"
 
 
@@ -302,12 +304,18 @@ class DirectRunner:
         self.slots: dict[str, int] = {}  # lock token -> ledger slot
         self.wake_fd = wake_fd
         self._seq = 0
+        # Results are sent by a settler thread while the next task runs (see ``_flush``).
+        self._settle_queue: SimpleQueue[list[Any] | None] = SimpleQueue()
+        self._settle_lock = threading.Condition()
+        self._unsettled = 0  # entries handed to the settler thread, not settled yet
+        self._settler = threading.Thread(target=self._settle_loop, name="settler", daemon=True)
 
     def serve(self, cache: Any, run_one: Any) -> None:
         """Serve tasks until the engine says drain (or goes away), then give back the rest."""
         backoff = 0.1
         polled = 0.0
-        unsent_since: float | None = None  # monotonic time of the oldest result not sent
+        unsent_since: float | None = None  # monotonic time the oldest unsent result's task began
+        self._settler.start()
         while True:
             # Look for cancel requests before each task; while idle, at least every 50 ms
             # (a receive returns within 0.5 s), so that a drain is seen.
@@ -325,24 +333,26 @@ class DirectRunner:
                 now = time.monotonic()
                 if unsent_since is None:
                     unsent_since = started
-                # Results of tiny tasks go out together (one broker request for many);
-                # a task that took a while, or results waiting a millisecond, go now.
-                if (
-                    not self.pending
-                    or len(self.outbox) >= _FLUSH_EVERY
-                    or now - started > _SHORT_TASK
-                    or now - unsent_since > _SHORT_TASK * 2
-                ):
-                    self._flush()
-                    unsent_since = None
+                if not self.pending:  # the last one: from here unless the settler is busy
+                    self._flush(inline=True)
+                elif now - started > _SHORT_TASK:  # sent while the next task runs
+                    self._flush(inline=False)
+                elif len(self.outbox) >= _BATCH or now - unsent_since > 2 * _SHORT_TASK:
+                    self._flush(inline=True)  # tiny tasks: many results per request
+                else:
+                    continue
+                unsent_since = None
                 continue
-            self._flush()
-            unsent_since = None
+            self._flush(inline=True)
             wait = _RECEIVE_WAIT
             if self.delayed:
                 wait = max(0.0, min(wait, min(h.due for h in self.delayed) - time.monotonic()))
             room = self.ledger.room()
-            if room <= 0:  # every slot is a retry backing off
+            if room <= 0:  # every slot is being settled, or a retry backing off
+                with self._settle_lock:
+                    if self._unsettled:
+                        self._settle_lock.wait(wait)  # the settler frees slots
+                        continue
                 time.sleep(wait)
                 continue
             try:
@@ -366,7 +376,9 @@ class DirectRunner:
             self.outbox.abandon(held)
         self.pending.clear()
         self.delayed.clear()
-        self._flush()
+        self._flush(inline=False)
+        self._settle_queue.put(None)
+        self._settler.join(60.0)
 
     def _admit(self, deliveries: list[Delivery]) -> None:
         for delivery, slot in zip(deliveries, self.ledger.hold(deliveries), strict=True):
@@ -424,17 +436,56 @@ class DirectRunner:
             self.delayed = [held for held in self.delayed if held.due > now]
             self.pending.extendleft(reversed(due))
 
-    def _flush(self) -> None:
+    def _flush(self, *, inline: bool) -> None:
+        """Send the results recorded so far and settle their deliveries.
+
+        ``inline``: in this thread when the settler thread has nothing under way (a lone
+        result skips a thread hand-off); otherwise, or without ``inline``, the settler
+        thread does it.
+        """
         entries, _ = self.outbox.take()
         if not entries:
             return
+        with self._settle_lock:
+            inline = inline and self._unsettled == 0
+            if not inline:
+                self._unsettled += len(entries)
+        if inline:
+            self._settle(entries)
+        else:
+            self._settle_queue.put(entries)
+
+    def _settle(self, entries: list[Any]) -> None:
         try:
             self.outbox.settle(entries)
+        except Exception:
+            logger.exception("worker: settling %d deliveries failed", len(entries))
         finally:
             slots = [self.slots.pop(e.delivery.lock_token) for e in entries
                      if e.delivery is not None and e.delivery.lock_token in self.slots]  # fmt: skip
             if slots:
                 self.ledger.release(slots)
+
+    def _settle_loop(self) -> None:
+        """The settler thread: settle what the main thread hands over, merging batches."""
+        running = True
+        while running:
+            entries = self._settle_queue.get()
+            if entries is None:
+                return
+            while True:
+                try:
+                    more = self._settle_queue.get_nowait()
+                except Empty:
+                    break
+                if more is None:
+                    running = False
+                    break
+                entries.extend(more)
+            self._settle(entries)
+            with self._settle_lock:
+                self._unsettled -= len(entries)
+                self._settle_lock.notify_all()
 
 
 # -- the engine's side ------------------------------------------------------------------------
