@@ -74,3 +74,19 @@ def test_tasks_held_next_to_a_crash_are_not_charged_an_attempt(harness: Harness)
     assert results[crash].error.type == "WorkerCrashedError"
     for task in others:
         assert results[task].status == "ok" and results[task].attempt == 1, results[task]
+
+
+def test_a_body_too_large_for_the_ledger_is_left_out():
+    engine_side = Ledger(1, 16)
+    worker_side = Ledger(1, 16, fd=os.dup(engine_side.fd))
+    try:
+        [slot] = worker_side.hold([delivery("t1")])
+        worker_side.start(slot, b"x" * 17, 0.0, 1)
+        view = engine_side.snapshot(body=True)
+        assert view.running == slot and view.body == b""
+        worker_side.stop()
+        worker_side.start(slot, b"y" * 16, 0.0, 1)
+        assert engine_side.snapshot(body=True).body == b"y" * 16
+    finally:
+        worker_side.close()
+        engine_side.close()
