@@ -42,7 +42,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from queue import Empty, SimpleQueue
+from queue import SimpleQueue
 from typing import Any
 
 import orjson
@@ -52,7 +52,7 @@ from ..transport import Delivery, Message, Transport
 from ..transport.errors import TransportClosedError, TransportError
 from ._admit import Admission
 from ._cancels import CancelRequests
-from ._outbox import Held, Outbox
+from ._outbox import Held, Outbox, settle_loop
 from .control import KIND_RUNNING, NOTIFY, RUNNING_NOTICE_AFTER
 from .worker import STATUS_EXPIRED, WorkerProcess, describe_exit
 
@@ -468,24 +468,10 @@ class DirectRunner:
 
     def _settle_loop(self) -> None:
         """The settler thread: settle what the main thread hands over, merging batches."""
-        running = True
-        while running:
-            entries = self._settle_queue.get()
-            if entries is None:
-                return
-            while True:
-                try:
-                    more = self._settle_queue.get_nowait()
-                except Empty:
-                    break
-                if more is None:
-                    running = False
-                    break
-                entries.extend(more)
-            self._settle(entries)
-            with self._settle_lock:
-                self._unsettled -= len(entries)
-                self._settle_lock.notify_all()
+        settle_loop(self._settle_queue, self._settle, self._settle_lock, self._count_settled)
+
+    def _count_settled(self, count: int) -> None:
+        self._unsettled -= count
 
 
 # -- the engine's side ------------------------------------------------------------------------

@@ -10,7 +10,10 @@ deliveries. Sending before settling gives at-least-once results; completions go 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
+from queue import Empty, SimpleQueue
 from typing import Any
 
 from ..protocol import (
@@ -27,7 +30,7 @@ from ..transport.base import MAX_DELIVERY_REASON
 from ..transport.errors import LockLostError, QueueNotFoundError, TransportError
 from .control import notice_message
 
-__all__ = ["Held", "Outbox"]
+__all__ = ["Held", "Outbox", "settle_loop"]
 
 logger = logging.getLogger(__name__)
 
@@ -400,6 +403,38 @@ class Outbox:
             logger.warning("could not %s message %s: %s", entry.action, delivery.message.id, exc)
         except TransportError as exc:
             logger.error("could not %s message %s: %s", entry.action, delivery.message.id, exc)
+
+
+def settle_loop(
+    queue: SimpleQueue[list[Any] | None],
+    settle: Callable[[list[Any]], None],
+    cond: threading.Condition,
+    settled: Callable[[int], None],
+) -> None:
+    """A settler thread's loop: settle the entry lists put on ``queue`` until ``None``.
+
+    Lists waiting together are merged into one ``settle`` call (one broker request
+    for many results); after each, ``settled(count)`` runs under ``cond``, which is
+    then notified.
+    """
+    running = True
+    while running:
+        entries = queue.get()
+        if entries is None:
+            return
+        while True:
+            try:
+                more = queue.get_nowait()
+            except Empty:
+                break
+            if more is None:
+                running = False
+                break
+            entries.extend(more)
+        settle(entries)
+        with cond:
+            settled(len(entries))
+            cond.notify_all()
 
 
 def _replace_error(record: ResultRecord, type_: str, message: str) -> ResultRecord:

@@ -45,7 +45,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from queue import Empty, SimpleQueue
+from queue import SimpleQueue
 from typing import Any
 
 from ..transport import Delivery, Transport, open_transport
@@ -54,7 +54,7 @@ from ..transport.errors import TransportClosedError, TransportError
 from ._admit import Admission
 from ._cancels import CancelRequests, receive_cancels
 from ._direct import DirectWorker, supports_direct
-from ._outbox import Outbox
+from ._outbox import Outbox, settle_loop
 from ._pipeline import DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX, WorkerPipeline
 from .control import CONTROL_QUEUE
 from .errors import EngineError
@@ -437,24 +437,10 @@ class Engine:
 
     def _settle_loop(self) -> None:
         """Send results and settle deliveries off the main thread, merging waiting batches."""
-        running = True
-        while running:
-            entries = self._settle_queue.get()
-            if entries is None:
-                break
-            while True:
-                try:
-                    more = self._settle_queue.get_nowait()
-                except Empty:
-                    break
-                if more is None:
-                    running = False
-                    break
-                entries.extend(more)
-            self._settle(entries)
-            with self._cond:
-                self._unsettled -= len(entries)
-                self._cond.notify_all()
+        settle_loop(self._settle_queue, self._settle, self._cond, self._count_settled)
+
+    def _count_settled(self, count: int) -> None:
+        self._unsettled -= count
 
     def _settle_backlog_full(self) -> bool:
         return self._unsettled >= self._settle_backlog

@@ -46,3 +46,28 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+def run_under_fire(session: Any, killer: Any, tasks: int, seconds: float, runs_dir: Path) -> list:
+    """Run ``tasks`` ``work.py`` tasks (ids ``t0``...) while ``killer`` (a thread with
+    ``killed``, ``halt``) shoots; return their values in order.
+
+    The second half is submitted after the first kill, so the scenario happens however
+    fast the first half goes; the killer is stopped on the way out, even on failure.
+    """
+
+    def submit(numbers: range) -> list:
+        return [
+            session.submit("work.py", i, seconds, runs_dir=str(runs_dir), task_id=f"t{i}")
+            for i in numbers
+        ]
+
+    killer.start()
+    try:
+        futures = submit(range(tasks // 2))
+        assert wait_until(lambda: killer.killed, 60), "the killer never fired"
+        futures += submit(range(tasks // 2, tasks))
+        return [f.result(timeout=240) for f in futures]
+    finally:
+        killer.halt.set()
+        killer.join(10)

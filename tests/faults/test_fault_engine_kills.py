@@ -16,7 +16,7 @@ import time
 import uuid
 
 import pytest
-from faultkit import TASK_FILES, wait_until
+from faultkit import TASK_FILES, run_under_fire
 
 import realtime_batch as rb
 
@@ -97,26 +97,7 @@ def test_results_arrive_exactly_once_while_engines_are_killed(backend, tmp_path,
             max_retries=50,
         ) as session:
             killer = EngineKiller(pool, interval, seed)
-            killer.start()
-            try:
-
-                def submit(numbers: range) -> list:
-                    return [
-                        session.submit(
-                            "work.py", i, seconds, runs_dir=str(runs_dir), task_id=f"t{i}"
-                        )
-                        for i in numbers
-                    ]
-
-                # The second half waits for the first kill, so the scenario happens however
-                # fast the engines get through the first half.
-                futures = submit(range(tasks // 2))
-                assert wait_until(lambda: killer.killed, 60), "the killer never fired"
-                futures += submit(range(tasks // 2, tasks))
-                values = [f.result(timeout=240) for f in futures]
-            finally:
-                killer.halt.set()
-                killer.join(10)
+            values = run_under_fire(session, killer, tasks, seconds, runs_dir)
             results = session.results()
             duplicates = session.duplicates_dropped
         restarts = pool.restarts

@@ -17,7 +17,7 @@ import uuid
 
 import psutil
 import pytest
-from faultkit import TASK_FILES, wait_until
+from faultkit import TASK_FILES, run_under_fire
 from test_fault_engine_kills import EngineKiller
 
 import realtime_batch as rb
@@ -78,24 +78,7 @@ def test_results_arrive_exactly_once_while_task_workers_are_killed(tmp_path, fau
             max_retries=50,
         ) as session:  # fmt: skip
             killer = WorkerKiller(pool, INTERVAL, seed)
-            killer.start()
-            try:
-
-                def submit(numbers: range) -> list:
-                    return [
-                        session.submit(
-                            "work.py", i, SECONDS, runs_dir=str(runs_dir), task_id=f"t{i}"
-                        )
-                        for i in numbers
-                    ]
-
-                futures = submit(range(TASKS // 2))
-                assert wait_until(lambda: killer.killed, 60), "the killer never fired"
-                futures += submit(range(TASKS // 2, TASKS))
-                values = [f.result(timeout=240) for f in futures]
-            finally:
-                killer.halt.set()
-                killer.join(10)
+            values = run_under_fire(session, killer, TASKS, SECONDS, runs_dir)
             results = session.results()
             duplicates = session.duplicates_dropped
         engine_restarts = pool.restarts
