@@ -215,10 +215,13 @@ if os.environ.get("RTBATCH_TIMELINE_DIR"):
     import atexit, builtins, json, sys, time
     _log = []
     _out = os.environ["RTBATCH_TIMELINE_DIR"]
-    atexit.register(lambda: open(f"{_out}/engine-{os.getpid()}.json", "w").write(json.dumps(_log)))
+    def _dump():
+        with open(f"{_out}/engine-{os.getpid()}.json", "w") as f:
+            f.write(json.dumps(_log))
+    atexit.register(_dump)
 
     def _patch():
-        from realtime_batch.engine import _admit, _outbox, _pipeline
+        from realtime_batch.engine import _admit, _direct, _outbox, _pipeline
         from realtime_batch.transport.zeromq import client
 
         def wrap(cls, name, before=None, after=None):
@@ -234,6 +237,9 @@ if os.environ.get("RTBATCH_TIMELINE_DIR"):
 
         wrap(client.ZmqTransport, "receive",
              after=lambda s, r, k: [("received", d.message.id) for d in r])
+        # a direct worker also writes its stamps as soon as it has drained, in case it
+        # is killed before its interpreter exits
+        wrap(_direct.DirectRunner, "serve", after=lambda s, r, k: _dump())
         wrap(_admit.Admission, "admit",
              before=lambda s, d, now: _log.append(("admitted", d.message.id, time.time())))
         wrap(_pipeline.WorkerPipeline, "dispatch",

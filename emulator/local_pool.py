@@ -58,6 +58,7 @@ class _Proc:
         self.log_path = log_path
         self.ready = threading.Event()
         self.ready_line = ""
+        self._terminated = False
         self._log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
             argv,
@@ -96,12 +97,17 @@ class _Proc:
         return self.ready_line
 
     def signal(self, signum: int) -> None:
+        if signum == signal.SIGTERM:
+            self._terminated = True
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signum)
 
     def stop(self, grace: float = _STOP_GRACE) -> None:
         if self.alive():
-            self.signal(signal.SIGTERM)
+            # Once only: an engine takes a second SIGTERM as "stop now" and gives its
+            # running task back instead of letting it finish.
+            if not self._terminated:
+                self.signal(signal.SIGTERM)
             try:
                 self.popen.wait(grace)
             except subprocess.TimeoutExpired:

@@ -242,3 +242,63 @@ def test_repr_does_not_show_a_connection_string_key():
 
     pool._lock = threading.RLock()
     assert "s3cr3t" not in repr(pool) and "SharedAccessKeyName=k" in repr(pool)
+
+
+def test_a_stopping_process_gets_one_sigterm(tmp_path):
+    """close() signals every engine, then waits on each with stop(): an engine takes a
+    second SIGTERM as "stop now, give the running task back", so stop() must not
+    send another one."""
+    from realtime_batch.emulator.local_pool import _Proc
+
+    script = tmp_path / "count_terms.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import signal, sys, time
+        count = []
+        def handler(signum, frame):
+            count.append(signum)
+            open({str(tmp_path / "terms")!r}, "w").write(str(len(count)))
+        signal.signal(signal.SIGTERM, handler)
+        print("READY", flush=True)
+        while not count:
+            time.sleep(0.01)
+        time.sleep(1.0)  # a graceful stop takes a moment; a second SIGTERM would land here
+        sys.exit(0)
+        """)
+    )
+    proc = _Proc([sys.executable, str(script)], cwd=tmp_path, log_path=tmp_path / "log",
+                 ready_prefix="READY", env=dict(os.environ))  # fmt: skip
+    proc.wait_ready(30, "the script")
+    proc.signal(signal.SIGTERM)
+    time.sleep(0.3)  # as when close() waits on another engine first
+    proc.stop(5)
+    assert (tmp_path / "terms").read_text() == "1"
+
+
+@pytest.mark.parametrize("worker_mode", ["direct", "relay"])
+def test_close_lets_a_running_task_finish(tmp_path, worker_mode):
+    """close() stops engines gracefully (one SIGTERM: a second one means "now")."""
+    task = tmp_path / "finish.py"
+    task.write_text(
+        textwrap.dedent("""
+        import time
+        from pathlib import Path
+
+        def run(folder):
+            Path(folder, "started").touch()
+            time.sleep(1.0)
+            Path(folder, "finished").touch()
+        """)
+    )
+    pool = rb.LocalPool(engines=1, task_files=[task], worker_mode=worker_mode)
+    try:
+        session = rb.Session(pool)
+        session.submit("finish.py", str(tmp_path))
+        end = time.monotonic() + 30
+        while not (tmp_path / "started").exists():
+            assert time.monotonic() < end, "the task never started"
+            time.sleep(0.02)
+        session.close()
+    finally:
+        pool.close()
+    assert (tmp_path / "finished").exists(), "the running task was stopped, not let finish"
