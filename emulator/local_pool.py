@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from realtime_batch.engine import WORKER_MODES
 from realtime_batch.orchestrator.pool import OrchestratorError, Pool, PoolStateError, StrPath
 from realtime_batch.transport import transport_scheme
 
@@ -167,8 +168,10 @@ class LocalPool(Pool):
     ) -> None:
         if engines < 0:
             raise ValueError("engines must be >= 0")
-        if worker_mode not in ("auto", "direct", "relay"):
-            raise ValueError(f"worker_mode must be auto, direct or relay, not {worker_mode!r}")
+        if worker_mode not in WORKER_MODES:
+            raise ValueError(
+                f"worker_mode must be one of {list(WORKER_MODES)}, not {worker_mode!r}"
+            )
         self.worker_mode = worker_mode
         self._scheme = transport_scheme(transport)
         self._url = transport
@@ -356,7 +359,7 @@ class LocalPool(Pool):
             prefetch=self.prefetch,
             engine_id=engine_id,
             default_timeout=self.default_timeout,
-            direct=False if self.worker_mode == "auto" else self.worker_mode == "direct",
+            direct=WORKER_MODES[self.worker_mode],
         )
         return engine.start()
 

@@ -53,7 +53,7 @@ class Admission:
         except ProtocolError as exc:
             self.outbox.malformed(delivery, exc)
             return None
-        held = Held(delivery, task, task.attempt - 1 + delivery.delivery_count)
+        held = Held.received(delivery, task)
         if task.reply_to.group not in self._mailboxes:
             self._new_mailbox(held)
         if self.cancelled and held.key in self.cancelled:

@@ -35,7 +35,6 @@ import json
 import logging
 import mmap
 import os
-import random
 import select
 import struct
 import subprocess
@@ -52,7 +51,8 @@ from ..transport import Delivery, Message, Transport
 from ..transport.errors import TransportClosedError, TransportError
 from ._admit import Admission
 from ._cancels import CancelRequests
-from ._outbox import Held, Outbox, settle_loop
+from ._outbox import Held, Outbox, delivery_attempt, settle_loop
+from ._pipeline import retry_delay
 from .control import KIND_RUNNING, NOTIFY, RUNNING_NOTICE_AFTER
 from .worker import STATUS_EXPIRED, WorkerProcess, describe_exit
 
@@ -368,7 +368,7 @@ class DirectRunner:
             if deliveries:
                 self._admit(deliveries)
         for held in self.pending:  # never started here: not counted as a delivery
-            if held.attempt > held.task.attempt - 1 + held.delivery.delivery_count:
+            if held.attempt > delivery_attempt(held.delivery, held.task):
                 self.outbox.abandon(held)  # retried here already
             else:
                 self.outbox.give_back(held.delivery)
@@ -412,8 +412,7 @@ class DirectRunner:
         if status == STATUS_EXPIRED:
             self.outbox.expired(held)
         elif error is not None and error[0] in task.retry_on and held.attempt <= task.max_retries:
-            delay = min(self.retry_backoff * 2.0 ** (held.attempt - 1), self.retry_backoff_max)
-            delay *= random.uniform(0.5, 1.0)
+            delay = retry_delay(held.attempt, self.retry_backoff, self.retry_backoff_max)
             logger.info("task %s attempt %d failed; retrying in %.2f s", task.task, held.attempt,
                         delay)  # fmt: skip
             held.attempt += 1
@@ -522,7 +521,6 @@ class DirectWorker:
         self.ledger = Ledger(prefetch, body_size)
         self.worker: WorkerProcess | None = None
         self.draining = False
-        self.restarts = 0
         self._poller = select.poll()
         self._renew_at: dict[str, float] = {}  # lock token -> wall-clock time to renew it
         self._sent_cancels: set[tuple[str, str]] = set()
@@ -573,8 +571,8 @@ class DirectWorker:
         self._check()
 
     def _check(self) -> float:
-        cancels = self.cancels
         """Act on the worker's state; return the monotonic time of the next thing due."""
+        cancels = self.cancels
         worker = self.worker
         if worker is None:
             return time.monotonic() + self.poll_interval
@@ -686,7 +684,7 @@ class DirectWorker:
                 self.outbox.abandon(held)  # still running when the grace period ended
             elif why == "cancelled":
                 logger.info("task %s cancelled while running; worker killed", held.task.task)
-                self.outbox.cancelled(held, "cancelled by the client while running; stopped")
+                self.outbox.stopped_running(held)
             elif why == "timeout":
                 limit = held.task.timeout
                 if limit is None:
@@ -698,8 +696,7 @@ class DirectWorker:
                 ):
                     self.outbox.abandon(held)
                 else:
-                    message = f"task exceeded its timeout of {limit} s and was killed"
-                    self.outbox.error(held, "TaskTimeoutError", message)
+                    self.outbox.timed_out(held, limit)
             else:
                 cause = describe_exit(code)
                 logger.warning("worker died with %s running task %s", cause, held.task.task)
@@ -710,7 +707,6 @@ class DirectWorker:
             self.outbox.give_back(_delivery(self.queue, token, count))
         self._flush()
         if not self.draining:
-            self.restarts += 1
             self.start()
 
     def _flush(self) -> None:
@@ -765,4 +761,4 @@ def _held(queue: str, slot: tuple[str, int, int, float, float], body: bytes,
         task = decode_task(body)
     except ProtocolError:
         return None
-    return Held(delivery, task, attempt or task.attempt - 1 + count)
+    return Held(delivery, task, attempt) if attempt else Held.received(delivery, task)

@@ -39,6 +39,11 @@ _GIVE_BACK = "give_back"
 _MIN_RENEW_INTERVAL = 0.05
 
 
+def delivery_attempt(delivery: Delivery, task: TaskRecord) -> int:
+    """The attempt a delivery is: the sender's attempt plus the broker's redeliveries."""
+    return task.attempt - 1 + delivery.delivery_count
+
+
 class Held:
     """A delivery the engine holds, with its decoded task and lease bookkeeping."""
 
@@ -57,6 +62,11 @@ class Held:
         "size",
         "task",
     )
+
+    @classmethod
+    def received(cls, delivery: Delivery, task: TaskRecord) -> Held:
+        """A task as delivered: its attempt counts the broker's redeliveries."""
+        return cls(delivery, task, delivery_attempt(delivery, task))
 
     def __init__(self, delivery: Delivery, task: TaskRecord, attempt: int) -> None:
         self.delivery = delivery
@@ -181,6 +191,15 @@ class Outbox:
         """The client cancelled the task: ``cancelled`` result, delivery completed."""
         info = ErrorInfo("TaskCancelledError", message)
         self._reply(held, self._result(held, "cancelled", error=info))
+
+    def stopped_running(self, held: Held) -> None:
+        """A cancelled task was running: its worker was killed; ``cancelled`` result."""
+        self.cancelled(held, "cancelled by the client while running; stopped")
+
+    def timed_out(self, held: Held, limit: float | None) -> None:
+        """The task ran past its timeout of ``limit`` s and its worker was killed."""
+        message = f"task exceeded its timeout of {limit} s and was killed"
+        self.error(held, "TaskTimeoutError", message)
 
     def notice(self, kind: str, reply_to: ReplyTo, task_ids: list[str]) -> None:
         """Queue an ``engine``/``running`` notice for a session's mailbox."""

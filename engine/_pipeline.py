@@ -330,14 +330,13 @@ class WorkerPipeline:
                 head = self.inflight.popleft()
                 logger.info("task %s cancelled while running; worker killed", head.task.task)
                 if not head.answered:
-                    self.outbox.cancelled(head, "cancelled by the client while running; stopped")
+                    self.outbox.stopped_running(head)
             elif timed_out:
                 head = self.inflight.popleft()
                 limit = self.timeout_of(head)
                 logger.warning("task %s timed out after %s s; worker killed", head.task.task, limit)
                 if "TaskTimeoutError" not in head.task.retry_on or not self._retry(head):
-                    message = f"task exceeded its timeout of {limit} s and was killed"
-                    self.outbox.error(head, "TaskTimeoutError", message)
+                    self.outbox.timed_out(head, limit)
             else:
                 head = self.inflight.popleft()
                 cause = describe_exit(code)

@@ -9,6 +9,7 @@ import sys
 import click
 
 from ..transport.base import DEFAULT_LOCK_DURATION, DEFAULT_MAX_DELIVERY_COUNT
+from . import WORKER_MODES
 
 __all__ = ["engine"]
 
@@ -96,7 +97,7 @@ READY_LINE = "ENGINE READY"
 )
 @click.option(
     "--worker-mode",
-    type=click.Choice(["auto", "direct", "relay"]),
+    type=click.Choice(list(WORKER_MODES)),
     default="auto",
     show_default=True,
     help="direct: the task worker takes tasks from the broker and answers them itself "
@@ -169,7 +170,7 @@ def engine(
             retry_backoff=retry_backoff,
             control_queue=control_queue,
             result_ttl=result_ttl,
-            direct={"auto": None, "direct": True, "relay": False}[worker_mode],
+            direct=WORKER_MODES[worker_mode],
         )
         eng.run()
     except (EngineError, TransportError) as exc:

@@ -282,7 +282,6 @@ class Engine:
             logger.info("engine %s draining", self.engine_id)
             direct.drain(self.grace, lambda: self._force)
         finally:
-            self._receiving.clear()
             self._stop_receiver()
             direct.close()
 
