@@ -237,6 +237,8 @@ if os.environ.get("RTBATCH_TIMELINE_DIR"):
 
         wrap(client.ZmqTransport, "receive",
              after=lambda s, r, k: [("received", d.message.id) for d in r])
+        wrap(client.ZmqTransport, "settle_and_receive",
+             after=lambda s, r, k: [("received", d.message.id) for d in r[0]])
         # a direct worker also writes its stamps as soon as it has drained, in case it
         # is killed before its interpreter exits
         wrap(_direct.DirectRunner, "serve", after=lambda s, r, k: _dump())
@@ -250,6 +252,11 @@ if os.environ.get("RTBATCH_TIMELINE_DIR"):
         wrap(_outbox.Outbox, "settle",
              before=lambda s, e: [_log.append(("settling", x.delivery.message.id, time.time()))
                                   for x in e if x.delivery is not None],
+             after=lambda s, r, k: None)
+        wrap(_outbox.Outbox, "settle_and_receive",
+             before=lambda s, e, *a: [_log.append(("settling", x.delivery.message.id,
+                                                   time.time()))
+                                      for x in e if x.delivery is not None],
              after=lambda s, r, k: None)
 
     _import = builtins.__import__

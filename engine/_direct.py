@@ -309,6 +309,8 @@ class DirectRunner:
         self._settle_lock = threading.Condition()
         self._unsettled = 0  # entries handed to the settler thread, not settled yet
         self._settler = threading.Thread(target=self._settle_loop, name="settler", daemon=True)
+        # results sent with the next receive in one request (zmq: SETTLE_RECEIVE)
+        self._merge = hasattr(transport, "settle_and_receive")
 
     def serve(self, cache: Any, run_one: Any) -> None:
         """Serve tasks until the engine says drain (or goes away), then give back the rest."""
@@ -333,8 +335,9 @@ class DirectRunner:
                 now = time.monotonic()
                 if unsent_since is None:
                     unsent_since = started
-                if not self.pending:  # the last one: from here unless the settler is busy
-                    self._flush(inline=True)
+                if not self.pending:  # the last one: sent with the next receive (below)
+                    if self.delayed:  # unless a retry may run first
+                        self._flush(inline=True)
                 elif now - started > _SHORT_TASK:  # sent while the next task runs
                     self._flush(inline=False)
                 elif len(self.outbox) >= _BATCH or now - unsent_since > 2 * _SHORT_TASK:
@@ -343,12 +346,22 @@ class DirectRunner:
                     continue
                 unsent_since = None
                 continue
-            self._flush(inline=True)
+            # Results not sent yet go with the next receive, in one request where the
+            # transport can (the settler thread takes them instead while it has some
+            # under way, to keep their order).
+            entries = self._take_inline()
+            if entries and not self._merge:
+                self._settle(entries)
+                entries = []
             wait = _RECEIVE_WAIT
             if self.delayed:
                 wait = max(0.0, min(wait, min(h.due for h in self.delayed) - time.monotonic()))
-            room = self.ledger.room()
+            room = self.ledger.room() + sum(
+                1 for e in entries if e.delivery is not None and e.delivery.lock_token in self.slots
+            )
             if room <= 0:  # every slot is being settled, or a retry backing off
+                if entries:  # notices only
+                    self._settle(entries)
                 with self._settle_lock:
                     if self._unsettled:
                         self._settle_lock.wait(wait)  # the settler frees slots
@@ -356,7 +369,10 @@ class DirectRunner:
                 time.sleep(wait)
                 continue
             try:
-                deliveries = self.transport.receive(self.queue, max_messages=room, timeout=wait)
+                if entries:
+                    deliveries = self._settle_and_receive(entries, room, wait)
+                else:
+                    deliveries = self.transport.receive(self.queue, max_messages=room, timeout=wait)
                 backoff = 0.1
             except TransportClosedError:
                 break
@@ -442,17 +458,38 @@ class DirectRunner:
         result skips a thread hand-off); otherwise, or without ``inline``, the settler
         thread does it.
         """
-        entries, _ = self.outbox.take()
-        if not entries:
-            return
-        with self._settle_lock:
-            inline = inline and self._unsettled == 0
-            if not inline:
-                self._unsettled += len(entries)
-        if inline:
+        entries = self._take_inline() if inline else self._hand_over(self.outbox.take()[0])
+        if entries:
             self._settle(entries)
-        else:
+
+    def _take_inline(self) -> list[Any]:
+        """What the outbox holds, for this thread to settle (e.g. with its next receive).
+
+        Handed to the settler thread instead (and ``[]`` returned) while that thread
+        has results under way: sent after them, in order.
+        """
+        entries, _ = self.outbox.take()
+        with self._settle_lock:
+            if not entries or self._unsettled == 0:
+                return entries
+        return self._hand_over(entries)
+
+    def _hand_over(self, entries: list[Any]) -> list[Any]:
+        """Give ``entries`` to the settler thread; returns ``[]``."""
+        if entries:
+            with self._settle_lock:
+                self._unsettled += len(entries)
             self._settle_queue.put(entries)
+        return []
+
+    def _settle_and_receive(self, entries: list[Any], room: int, wait: float) -> list[Delivery]:
+        """Settle ``entries`` and receive up to ``room`` tasks, in one request."""
+        try:
+            return self.outbox.settle_and_receive(
+                entries, self.queue, max_messages=room, timeout=wait
+            )
+        finally:
+            self._release_slots(entries)
 
     def _settle(self, entries: list[Any]) -> None:
         try:
@@ -460,10 +497,13 @@ class DirectRunner:
         except Exception:
             logger.exception("worker: settling %d deliveries failed", len(entries))
         finally:
-            slots = [self.slots.pop(e.delivery.lock_token) for e in entries
-                     if e.delivery is not None and e.delivery.lock_token in self.slots]  # fmt: skip
-            if slots:
-                self.ledger.release(slots)
+            self._release_slots(entries)
+
+    def _release_slots(self, entries: list[Any]) -> None:
+        slots = [self.slots.pop(e.delivery.lock_token) for e in entries
+                 if e.delivery is not None and e.delivery.lock_token in self.slots]  # fmt: skip
+        if slots:
+            self.ledger.release(slots)
 
     def _settle_loop(self) -> None:
         """The settler thread: settle what the main thread hands over, merging batches."""

@@ -397,6 +397,43 @@ class Outbox:
                 self._settle_one(entry)
         return len(entries)
 
+    def settle_and_receive(
+        self, entries: list[Any], queue: str, *, max_messages: int, timeout: float | None
+    ) -> list[Delivery]:
+        """``settle(entries)``, then receive from ``queue``: one request where possible.
+
+        One request when the transport has ``settle_and_receive`` and the entries are the
+        usual case (results and notices to one queue, their deliveries completed). If
+        that request fails, the entries are settled the ordinary way (a result may then
+        be sent twice; the client drops the copy) and the error is raised.
+        """
+        combined = getattr(self.transport, "settle_and_receive", None)
+        encoded = [
+            (e, self._encode(e)) for e in entries if e.record is not None or e.message is not None
+        ]
+        queues = {entry.reply_to.queue for entry, _ in encoded}
+        if (
+            combined is None
+            or len(queues) != 1
+            or any(e.action != _COMPLETE and e.action != _NOTICE for e in entries)
+        ):
+            self.settle(entries)
+            return self.transport.receive(queue, max_messages=max_messages, timeout=timeout)
+        completes = [entry.delivery for entry in entries if entry.action == _COMPLETE]
+        try:
+            received, lost = combined(
+                queues.pop(), [message for _, message in encoded], completes, queue,
+                max_messages=max_messages, timeout=timeout,
+            )  # fmt: skip
+        except TransportError as exc:
+            logger.warning("settling with the next receive failed (%s); settling alone", exc)
+            self.settle(entries)
+            raise
+        if lost:
+            logger.warning("could not complete %d of %d deliveries (lease lost)", len(lost),
+                           len(completes))  # fmt: skip
+        return received
+
     def _send_and_complete(
         self, queue: str, batch: list[tuple[_Entry, Message]], entries: list[Any]
     ) -> bool:

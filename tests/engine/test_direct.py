@@ -4,6 +4,7 @@ next to a crash are not charged an attempt (checked in both modes)."""
 from __future__ import annotations
 
 import os
+import uuid
 
 import pytest
 from engine_helpers import Harness
@@ -11,7 +12,15 @@ from engine_helpers import Harness
 from realtime_batch.emulator import LocalPool
 from realtime_batch.engine import Engine, EngineError
 from realtime_batch.engine._direct import Ledger, supports_direct
-from realtime_batch.transport import Delivery, Message
+from realtime_batch.engine._outbox import Held, Outbox
+from realtime_batch.protocol import ReplyTo, TaskRecord, decode_result, encode_task
+from realtime_batch.transport import (
+    ConnectionLostError,
+    Delivery,
+    LockLostError,
+    Message,
+    open_transport,
+)
 
 
 def delivery(token: str, *, notify: bool = False, count: int = 1) -> Delivery:
@@ -90,3 +99,45 @@ def test_a_body_too_large_for_the_ledger_is_left_out():
     finally:
         worker_side.close()
         engine_side.close()
+
+
+class _MergingTransport:
+    """A memory transport that also offers ``settle_and_receive``, which fails."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def settle_and_receive(self, *args, **kwargs):
+        raise ConnectionLostError("simulated: the broker went away mid-request")
+
+
+@pytest.mark.parametrize("merging", [False, True], ids=["two-requests", "merged-fails"])
+def test_results_sent_with_the_next_receive_are_never_lost(merging, tmp_path):
+    """``Outbox.settle_and_receive``: without a one-request operation the results are
+    settled, then the receive runs; when the one request fails they are settled the
+    ordinary way and the error reaches the caller (the worker's loop retries)."""
+    url = f"memory://merge-{uuid.uuid4().hex}"
+    with open_transport(url) as t:
+        for name in ("tasks", "results"):
+            t.declare_queue(name)
+        record = TaskRecord(session="s", job="j", task="t1", command="noop.py",
+                            reply_to=ReplyTo("results", "s"))  # fmt: skip
+        t.send("tasks", [Message(encode_task(record)), Message(b"next")])
+        [d] = t.receive("tasks", timeout=5)
+        transport = _MergingTransport(t) if merging else t
+        outbox = Outbox(transport, "engine-1", 10, None)
+        outbox.finished(Held.received(d, record), "ok", 42, None, 1.0, 2.0)
+        entries, _ = outbox.take()
+        if merging:
+            with pytest.raises(ConnectionLostError):
+                outbox.settle_and_receive(entries, "tasks", max_messages=5, timeout=1)
+        else:
+            got = outbox.settle_and_receive(entries, "tasks", max_messages=5, timeout=1)
+            assert [x.message.body for x in got] == [b"next"]
+        [reply] = t.receive("results", group="s", timeout=5)
+        assert decode_result(reply.message.body).value == 42
+        with pytest.raises(LockLostError):
+            t.complete(d)  # completed with the result

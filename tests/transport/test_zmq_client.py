@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
-from realtime_batch.transport import LockLostError, Message, open_transport
+from realtime_batch.transport import LockLostError, Message, QueueNotFoundError, open_transport
 from realtime_batch.transport.zeromq.client import broker_endpoint
 
 
@@ -65,3 +66,86 @@ def test_many_threads_share_one_client(zmq_transport_url, queue):
         for th in threads:
             th.join(60)
         assert sorted(received) == sorted(b"%d-%d" % (k, i) for k in range(4) for i in range(50))
+
+
+# -- settle_and_receive: a task worker's results, leases and next receive in one request ---
+def _leased(t, queue: str, count: int) -> list:
+    t.send(queue, [Message(b"task %d" % i) for i in range(count)])
+    deliveries = []
+    while len(deliveries) < count:
+        deliveries += t.receive(queue, max_messages=count, timeout=5)
+    return deliveries
+
+
+def test_settle_and_receive_sends_completes_and_receives(zmq_transport_url, queue):
+    replies, tasks = f"{queue}-replies", f"{queue}-tasks"
+    with open_transport(zmq_transport_url) as t:
+        for name in (queue, replies, tasks):
+            t.declare_queue(name)
+        leased = _leased(t, queue, 2)
+        t.send(tasks, Message(b"next"))
+        received, lost = t.settle_and_receive(
+            replies, [Message(b"r1"), Message(b"r2")], leased, tasks, max_messages=5, timeout=5
+        )
+        assert [d.message.body for d in received] == [b"next"]
+        assert received[0].queue == tasks and received[0].delivery_count == 1
+        assert lost == []
+        t.complete(received[0])
+        assert t.receive(queue, timeout=0.3) == []  # both leases were completed
+        got = t.receive(replies, max_messages=5, timeout=5)
+        assert [d.message.body for d in got] == [b"r1", b"r2"]
+
+
+def test_settle_and_receive_waits_for_a_task_after_the_results_went_out(zmq_transport_url, queue):
+    """With no task queued the request parks like a receive; the results reach their
+    receiver meanwhile, not when the next task comes."""
+    replies, tasks = f"{queue}-replies", f"{queue}-tasks"
+    with open_transport(zmq_transport_url) as worker, open_transport(zmq_transport_url) as client:
+        for name in (queue, replies, tasks):
+            worker.declare_queue(name)
+        leased = _leased(worker, queue, 1)
+        outcome: dict = {}
+
+        def settle() -> None:
+            outcome["result"] = worker.settle_and_receive(
+                replies, [Message(b"result")], leased, tasks, max_messages=1, timeout=10
+            )
+
+        thread = threading.Thread(target=settle)
+        thread.start()
+        got = client.receive(replies, timeout=5)
+        assert [d.message.body for d in got] == [b"result"]
+        assert thread.is_alive()  # still waiting for a task
+        client.send(tasks, Message(b"next"))
+        thread.join(10)
+        received, lost = outcome["result"]
+        assert [d.message.body for d in received] == [b"next"] and lost == []
+
+
+def test_settle_and_receive_times_out_and_reports_lost_leases(zmq_transport_url, queue):
+    replies, tasks = f"{queue}-replies", f"{queue}-tasks"
+    with open_transport(zmq_transport_url) as t:
+        for name in (queue, replies, tasks):
+            t.declare_queue(name)
+        leased = _leased(t, queue, 3)
+        t.complete(leased[1])  # settled already: its lease is gone
+        start = time.monotonic()
+        received, lost = t.settle_and_receive(
+            replies, [Message(b"r")], leased, tasks, max_messages=1, timeout=0.3
+        )
+        assert received == [] and lost == [1]
+        assert 0.25 < time.monotonic() - start < 5
+        assert t.receive(queue, timeout=0.3) == []  # the other two were completed
+        assert [d.message.body for d in t.receive(replies, timeout=5)] == [b"r"]
+
+
+def test_settle_and_receive_from_an_unknown_queue_does_nothing(zmq_transport_url, queue):
+    replies = f"{queue}-replies"
+    with open_transport(zmq_transport_url) as t:
+        t.declare_queue(queue)
+        t.declare_queue(replies)
+        [d] = _leased(t, queue, 1)
+        with pytest.raises(QueueNotFoundError):
+            t.settle_and_receive(replies, [Message(b"r")], [d], f"{queue}-missing", timeout=1)
+        assert t.receive(replies, timeout=0.3) == []  # nothing sent
+        t.complete(d)  # and the lease still held

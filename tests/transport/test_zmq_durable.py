@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from realtime_batch.transport import Message, dead_letter_queue, open_transport
+import threading
+import time
+
+from realtime_batch.transport import Message, TransportError, dead_letter_queue, open_transport
 from realtime_batch.transport.base import QueueOptions
 from realtime_batch.transport.store import QueueStore
 from realtime_batch.transport.zeromq.journal import SqliteJournal
@@ -53,3 +56,42 @@ def test_sigkilled_durable_broker_loses_no_accepted_message(zmq_broker_factory, 
         assert [counts[i] for i in (2, 3, 4)] == [2, 2, 2]  # were leased at the crash
         assert counts[10] == 1
         assert t.receive(queue, timeout=0.3) == []
+
+
+def test_results_of_a_parked_settle_and_receive_survive_a_sigkill(
+    zmq_broker_factory, tmp_path, queue
+):
+    """A task worker's results and completions are journalled when the broker takes them,
+    though its request is still parked, waiting for a task, when the broker dies."""
+    replies, tasks = f"{queue}-replies", f"{queue}-tasks"
+    broker = zmq_broker_factory("--data-dir", str(tmp_path))
+    worker = open_transport(broker.url, heartbeat_interval=0.2)
+    for name in (queue, replies, tasks):
+        worker.declare_queue(name)
+    worker.send(queue, [Message(b"a"), Message(b"b")])
+    leased = worker.receive(queue, max_messages=2, timeout=10)
+    assert len(leased) == 2
+    outcome: list[BaseException] = []
+
+    def settle() -> None:
+        try:
+            worker.settle_and_receive(
+                replies, [Message(b"ra"), Message(b"rb")], leased, tasks, timeout=30
+            )
+        except TransportError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=settle)
+    thread.start()
+    time.sleep(0.5)  # parked at the broker
+    broker.kill()
+    worker.close()  # before it could send the request again to a new broker
+    thread.join(10)
+    assert not thread.is_alive() and len(outcome) == 1
+    broker.start()
+
+    with open_transport(broker.url, heartbeat_interval=0.2) as t:
+        got = t.receive(replies, max_messages=5, timeout=10)
+        assert sorted(d.message.body for d in got) == [b"ra", b"rb"]
+        t.complete_many(got)
+        assert t.receive(queue, timeout=0.3) == []  # the tasks stayed completed

@@ -66,6 +66,10 @@ def test_delivery_roundtrip():
         [wire.encode_request(wire.SEND, 1, "q", 1), b"[1,2]", b"x"],  # short meta
         [wire.encode_request(wire.SEND, 1, "q", 1), b'["", null, null, null, null]', b"x"],
         [wire.encode_request(wire.RECEIVE, 1, "q", True, None, None)],  # bool is no count
+        [wire.encode_request(wire.SETTLE_RECEIVE, 1, "r", 1, [], "t", 1, None, None), b"[]"],
+        [wire.encode_request(wire.SETTLE_RECEIVE, 1, "r", 0, ["x"], "t", 1, None)],  # no group
+        [wire.encode_request(wire.SETTLE_RECEIVE, 1, "r", 0, [1], "t", 1, None, None)],  # token
+        [wire.encode_request(wire.SETTLE_RECEIVE, 1, "r", 0, [], "t", 1, None, 5)],  # group
         [b"[" * 100_000],  # header above MAX_META_SIZE
     ],
 )

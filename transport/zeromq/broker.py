@@ -66,7 +66,9 @@ DEFAULT_SPIN = 100e-6
 class _Waiter:
     """A long-polling RECEIVE parked at the broker."""
 
-    __slots__ = ("deadline", "done", "group", "identity", "max_messages", "owner", "queue", "rid")
+    __slots__ = (
+        "deadline", "done", "group", "identity", "lost", "max_messages", "owner", "queue", "rid",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -77,8 +79,10 @@ class _Waiter:
         group: str | None,
         max_messages: int,
         deadline: float | None,
+        lost: list[int] | None = None,
     ) -> None:
         self.identity = identity
+        self.lost = lost  # a SETTLE_RECEIVE's lost leases, answered with its grants
         self.owner = owner
         self.rid = rid
         self.queue = queue
@@ -220,7 +224,7 @@ class Broker:
             waiter = heapq.heappop(deadlines)[2]
             if not waiter.done:
                 self._drop_waiter(waiter)
-                self._reply(waiter.identity, wire.encode_reply(waiter.rid, 0))
+                self._send_grants(waiter.identity, waiter.rid, [], now, waiter.lost)
         if now >= self._next_owner_check:
             self._check_owners(now)
             self._next_owner_check = now + self.heartbeat_interval / 2
@@ -345,6 +349,15 @@ class Broker:
         if command == wire.SEND_COMPLETE:
             store.put(args[0], request.messages, now)  # raises before completing anything
             return wire.encode_reply(rid, self._complete_many(args[2], now))
+        if command == wire.SETTLE_RECEIVE:
+            store.queue(args[3])  # an unknown queue raises here, before anything is done
+            store.put(args[0], request.messages, now)  # raises before completing anything
+            lost = self._complete_many(args[2], now)
+            if self.journal is not None:
+                self.journal.flush()  # the reply acknowledges the send
+            if store.ready:  # the results first: their receivers wait on the critical path
+                self._serve_ready(now)
+            return self._receive(identity, owner, rid, args[3:], now, lost)
         if command == wire.RELEASE:
             for token in args:
                 try:
@@ -368,7 +381,13 @@ class Broker:
         return lost
 
     def _receive(
-        self, identity: bytes, owner: bytes, rid: int, args: list[Any], now: float
+        self,
+        identity: bytes,
+        owner: bytes,
+        rid: int,
+        args: list[Any],
+        now: float,
+        lost: list[int] | None = None,
     ) -> bytes | None:
         queue, max_messages, timeout, group = args
         max_messages = max(1, max_messages)
@@ -376,10 +395,10 @@ class Broker:
             queue, max_messages=max_messages, now=now, group=group, owner=owner
         )
         if grants or timeout == 0:
-            self._send_grants(identity, rid, grants, now)
+            self._send_grants(identity, rid, grants, now, lost)
             return None
         deadline = None if timeout is None else now + max(0.0, timeout)
-        waiter = _Waiter(identity, owner, rid, queue, group, max_messages, deadline)
+        waiter = _Waiter(identity, owner, rid, queue, group, max_messages, deadline, lost)
         self._waiting.setdefault(queue, deque()).append(waiter)
         if deadline is not None:
             heapq.heappush(self._deadlines, (deadline, next(self._seq), waiter))
@@ -406,7 +425,7 @@ class Broker:
                     break
                 waiters.popleft()
                 waiter.done = True
-                self._send_grants(waiter.identity, waiter.rid, grants, now)
+                self._send_grants(waiter.identity, waiter.rid, grants, now, waiter.lost)
             if waiters and store.depth(name):
                 # Messages left that the head waiter's group does not match: try the others.
                 for waiter in list(waiters):
@@ -420,7 +439,7 @@ class Broker:
                     if grants:
                         waiters.remove(waiter)
                         waiter.done = True
-                        self._send_grants(waiter.identity, waiter.rid, grants, now)
+                        self._send_grants(waiter.identity, waiter.rid, grants, now, waiter.lost)
             if not waiters:
                 self._waiting.pop(name, None)
 
@@ -436,8 +455,16 @@ class Broker:
                 del self._waiting[waiter.queue]
 
     # -- replies -------------------------------------------------------------------------------
-    def _send_grants(self, identity: bytes, rid: int, grants: list[Grant], now: float) -> None:
-        frames = [identity, wire.encode_reply(rid, len(grants))]
+    def _send_grants(
+        self,
+        identity: bytes,
+        rid: int,
+        grants: list[Grant],
+        now: float,
+        lost: list[int] | None = None,
+    ) -> None:
+        header = wire.encode_reply(rid, len(grants), *(() if lost is None else (lost,)))
+        frames = [identity, header]
         encode = wire.encode_delivery
         for grant in grants:
             frames.append(

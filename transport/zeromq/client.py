@@ -402,6 +402,44 @@ class ZmqTransport(Transport):
         )
         _raise_lost(header[2], settled)
 
+    def settle_and_receive(
+        self,
+        queue: str,
+        messages: Message | Iterable[Message],
+        deliveries: Iterable[Delivery],
+        receive_queue: str,
+        *,
+        max_messages: int = 1,
+        timeout: float | None = None,
+        group: str | None = None,
+    ) -> tuple[list[Delivery], list[int]]:
+        """``send_and_complete``, then ``receive(receive_queue, group=group)``, in one
+        round trip.
+
+        A task worker's results, the leases of their tasks and its next receive; or a
+        session's completions (no message) and its next receive. The broker answers
+        when the receive would. Returns the deliveries received and the indexes of
+        ``deliveries`` whose lease was already lost (those were not completed; the
+        messages were sent all the same).
+        """
+        check_max_messages(max_messages)
+        batch = as_message_list(messages)
+        settled = list(deliveries)
+        wait = None if timeout is None else max(0.0, float(timeout))
+        header, frames = self._call(
+            wire.SETTLE_RECEIVE,
+            [queue, len(batch), [d.lock_token for d in settled], receive_queue, max_messages,
+             wait, group],
+            self._payload(batch),
+            wait=wait,
+            queue=queue,
+        )  # fmt: skip
+        received = [
+            Delivery(message, receive_queue, count, locked_until, token)
+            for message, count, locked_until, token in wire.decode_deliveries(frames)
+        ]
+        return received, list(header[3]) if len(header) > 3 else []
+
     def receive(
         self,
         queue: str,

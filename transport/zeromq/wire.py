@@ -55,6 +55,7 @@ __all__ = [
     "RELEASE",
     "RENEW",
     "SEND",
+    "SETTLE_RECEIVE",
     "VERSION",
     "BrokerError",
     "FrameError",
@@ -90,6 +91,11 @@ COMPLETE_MANY = 11  # args: [token, ...]            -> [[index of each lost leas
 # (send, then complete: an engine's results and the leases of their tasks in one round trip)
 SEND_COMPLETE = 12
 GIVE_BACK = 13  # args: [token]                    -> []  (abandon, not counted as a delivery)
+# args: [queue, count, [token, ...], receive_queue, max_messages, timeout|null, group|null]
+# + 2*count frames -> [count, [index of each lost lease, ...]] + 2*count: SEND_COMPLETE, then
+# a RECEIVE (a task worker's results, their tasks' leases and its next receive in one
+# request; a session's completions and its next receive, with no message)
+SETTLE_RECEIVE = 14
 
 COMMAND_NAMES = {
     HEARTBEAT: "heartbeat",
@@ -105,6 +111,7 @@ COMMAND_NAMES = {
     BYE: "bye",
     COMPLETE_MANY: "complete_many",
     SEND_COMPLETE: "send_complete",
+    SETTLE_RECEIVE: "settle_receive",
 }
 
 # -- reply status ---------------------------------------------------------------------------
@@ -173,13 +180,17 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+_SEND_COMPLETE_ARGS = (_is_str, _is_count, _is_token_list)  # queue, count, tokens
+_RECEIVE_ARGS = (_is_str, _is_count, _is_opt_number, _is_opt_str)  # queue, max, timeout, group
+
 # command -> validators of its header arguments
 _ARG_RULES: dict[int, tuple[Any, ...]] = {
     HEARTBEAT: (_is_number,),
     DECLARE: (_is_str, _is_number, _is_count),
     SEND: (_is_str, _is_count),
-    SEND_COMPLETE: (_is_str, _is_count, _is_token_list),
-    RECEIVE: (_is_str, _is_count, _is_opt_number, _is_opt_str),
+    SEND_COMPLETE: _SEND_COMPLETE_ARGS,
+    SETTLE_RECEIVE: (*_SEND_COMPLETE_ARGS, *_RECEIVE_ARGS),
+    RECEIVE: _RECEIVE_ARGS,
     COMPLETE: (_is_str,),
     ABANDON: (_is_str,),
     GIVE_BACK: (_is_str,),
@@ -300,7 +311,7 @@ def _decode_body(
         if not rule(arg):
             raise FrameError(f"bad arguments for {COMMAND_NAMES[command]}")
     request = Request(command, request_id, args)
-    if command in (SEND, SEND_COMPLETE):
+    if command in (SEND, SEND_COMPLETE, SETTLE_RECEIVE):
         count = args[1]
         if len(payload) != 2 * count:
             raise FrameError(f"send of {count} messages needs {2 * count} frames")
