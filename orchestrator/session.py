@@ -376,39 +376,60 @@ class Session:
     # ------------------------------------------------------------------ receiving
     def _listen_loop(self) -> None:
         transport = self._transport
+        # zmq: the deliveries of a batch are completed by the request that receives the
+        # next one (one request per batch instead of two)
+        settle_and_receive = getattr(transport, "settle_and_receive", None)
+        done: list[Delivery] = []
         while not self._closed.is_set():
             try:
-                batch = transport.receive(
-                    self.results_queue, max_messages=_RECEIVE_BATCH, timeout=_POLL, group=self.id
-                )
+                if done and settle_and_receive is not None:
+                    batch, _lost = settle_and_receive(
+                        self.results_queue, [], done, self.results_queue,
+                        max_messages=_RECEIVE_BATCH, timeout=_POLL, group=self.id,
+                    )  # fmt: skip
+                else:
+                    batch = transport.receive(
+                        self.results_queue, max_messages=_RECEIVE_BATCH, timeout=_POLL,
+                        group=self.id,
+                    )  # fmt: skip
+                done = []
             except TransportError as exc:
                 if self._closed.is_set():
-                    return
+                    break
                 log.warning("receiving results failed (retrying): %s", exc)
+                done = []  # their leases lapse: a redelivery is dropped as a duplicate
                 self._closed.wait(0.5)
                 continue
-            done: list[Delivery] = []
-            records: list[ResultRecord] = []
-            for delivery in batch:
-                if delivery.message.properties and KIND in delivery.message.properties:
-                    done.append(delivery)
-                    self._on_notice(delivery.message)
-                    continue
-                try:
-                    records.append(decode_result(delivery.message.body))
-                except ProtocolError as exc:
-                    log.warning("dropping a malformed result message: %s", exc)
-                    self._settle(transport.dead_letter, delivery, "MalformedResult", str(exc))
-                    continue
-                done.append(delivery)
-            # Resolve the futures first (latency), then settle the whole batch in one round
-            # trip; a lease lost meanwhile only means a redelivery, dropped as a duplicate.
-            for record in records:
-                self._deliver(record)
-            if done:
+            done = self._take_batch(batch)
+            # Settle after the futures are resolved (latency), in one round trip; a
+            # lease lost meanwhile only means a redelivery, dropped as a duplicate.
+            if done and settle_and_receive is None:
                 self._settle(transport.complete_many, done)
+                done = []
             if self._deadlines and self._deadlines[0][0] + _EXPIRY_SLACK < time.time():
                 self._expire_overdue()
+        if done:
+            self._settle(transport.complete_many, done)
+
+    def _take_batch(self, batch: list[Delivery]) -> list[Delivery]:
+        """Resolve the futures of a batch of results; return the deliveries to complete."""
+        done: list[Delivery] = []
+        records: list[ResultRecord] = []
+        for delivery in batch:
+            if delivery.message.properties and KIND in delivery.message.properties:
+                done.append(delivery)
+                self._on_notice(delivery.message)
+                continue
+            try:
+                records.append(decode_result(delivery.message.body))
+            except ProtocolError as exc:
+                log.warning("dropping a malformed result message: %s", exc)
+                self._settle(self._transport.dead_letter, delivery, "MalformedResult", str(exc))
+                continue
+            done.append(delivery)
+        for record in records:
+            self._deliver(record)
+        return done
 
     @staticmethod
     def _settle(action: Callable[..., None], delivery: Any, *args: Any) -> None:

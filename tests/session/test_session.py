@@ -227,3 +227,33 @@ def test_job_manager_reads_transport_from_environment(url, responder, monkeypatc
 def test_session_rejects_unknown_target():
     with pytest.raises(TypeError, match="Pool, a transport URL or a Transport"):
         rb.Session(42)
+
+
+@pytest.fixture(params=["memory", "zmq"])
+def any_url(request):
+    """A memory:// namespace, or the broker of an engine-less LocalPool (zmq://)."""
+    if request.param == "memory":
+        yield f"memory://session-{uuid.uuid4().hex}"
+        return
+    with rb.LocalPool(engines=0, transport="zmq://127.0.0.1:0") as pool:
+        yield pool.transport_url
+
+
+def test_received_results_are_completed(any_url):
+    """The listener completes what it received (zmq: with its next receive, in one
+    request). With a short lock on the results queue, a result left unsettled would
+    come back and be counted as a duplicate."""
+    with open_transport(any_url) as admin:
+        admin.declare_queue("results", lock_duration=0.5, grouped=True)
+    responder = Responder(any_url)
+    try:
+        with rb.Session(any_url) as session:
+            for i in range(10):
+                assert session.submit("echo.py", i).result(timeout=30)["args"] == [i]
+            futures = [session.submit("echo.py", i) for i in range(50)]
+            concurrent.futures.wait(futures, timeout=30)
+            time.sleep(1.5)  # past the lock: anything not completed is delivered again
+            assert session.received == 60
+            assert session.duplicates_dropped == 0
+    finally:
+        responder.close()

@@ -149,3 +149,22 @@ def test_settle_and_receive_from_an_unknown_queue_does_nothing(zmq_transport_url
             t.settle_and_receive(replies, [Message(b"r")], [d], f"{queue}-missing", timeout=1)
         assert t.receive(replies, timeout=0.3) == []  # nothing sent
         t.complete(d)  # and the lease still held
+
+
+def test_settle_and_receive_with_no_message_completes_and_receives_one_group(
+    zmq_transport_url, queue
+):
+    """A session's listener: completions of the results it took, then its next receive
+    from its own mailbox only."""
+    with open_transport(zmq_transport_url) as t:
+        t.declare_queue(queue)
+        t.send(queue, [Message(b"mine 1", group="me"), Message(b"other", group="you")])
+        taken = t.receive(queue, timeout=5, group="me")
+        t.send(queue, Message(b"mine 2", group="me"))
+        received, lost = t.settle_and_receive(
+            queue, [], taken, queue, max_messages=10, timeout=5, group="me"
+        )
+        assert [d.message.body for d in received] == [b"mine 2"] and lost == []
+        t.complete_many(received)
+        assert t.receive(queue, timeout=0.3, group="me") == []  # "mine 1" was completed
+        assert [d.message.body for d in t.receive(queue, timeout=5, group="you")] == [b"other"]
