@@ -12,7 +12,8 @@ In the spirit of the ZeroMQ guide's reliable request-reply patterns:
 * **hostile input** is decoded by ``wire.decode_request`` only and answered with
   an error; frames above the size limit are cut by ``ZMQ_MAXMSGSIZE``;
 * **busy-polling**: after handling requests the loop keeps polling the socket for
-  ``spin`` seconds (100 µs by default) before it goes to sleep, so a request that
+  ``spin`` seconds (300 µs by default: longer than a no-op task's trip from the
+  broker to a task worker and back) before it goes to sleep, so a request that
   follows soon, like the next step of a round trip, is picked up without waking
   the loop's thread, which on a virtual machine costs tens of microseconds. It
   costs up to ``spin`` of CPU after each burst of traffic and nothing while idle;
@@ -60,7 +61,7 @@ _POLLIN = int(zmq.POLLIN)
 _EVENTS = int(zmq.EVENTS)  # requests handled per wake-up before timers run again
 _PURGE_INTERVAL = 1.0  # seconds between sweeps of expired messages nobody receives
 #: Seconds the loop keeps polling for the next request before sleeping (see above).
-DEFAULT_SPIN = 100e-6
+DEFAULT_SPIN = 300e-6
 
 
 class _Waiter:
