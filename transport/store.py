@@ -230,7 +230,10 @@ class QueueStore:
     def give_back(self, token: str, now: float) -> None:
         """Abandon a delivery that was never acted on: it does not count as a delivery."""
         lease = self._lease(token, now)
-        lease.entry.delivery_count = max(0, lease.entry.delivery_count - 1)
+        entry = lease.entry
+        entry.delivery_count = max(0, entry.delivery_count - 1)
+        if self._listener is not None:  # a durable broker's journal keeps the lower count
+            self._listener.on_delivery(lease.queue.name, entry.seq, entry.delivery_count)
         self._release(lease, now)
 
     def dead_letter(self, token: str, reason: str, description: str, now: float) -> None:

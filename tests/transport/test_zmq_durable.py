@@ -32,6 +32,23 @@ def test_journal_restores_queues_and_messages(tmp_path):
                                        "DeadLetterErrorDescription": "why"}  # fmt: skip
 
 
+def test_journal_keeps_the_count_of_a_delivery_given_back(tmp_path):
+    """``give_back`` does not count the delivery, after a restart either."""
+    journal = SqliteJournal(tmp_path)
+    store = QueueStore(listener=journal)
+    store.declare("q", QueueOptions(5.0, 3))
+    journal.on_declare("q", QueueOptions(5.0, 3))
+    store.put("q", [Message(b"task")], now=1.0)
+    [grant] = store.take("q", max_messages=1, now=2.0)
+    store.give_back(grant.token, now=2.0)
+    journal.close()
+
+    restored = QueueStore()
+    assert SqliteJournal(tmp_path).restore(restored) == 1
+    [again] = restored.take("q", max_messages=1, now=3.0)
+    assert again.delivery_count == 1  # as if the given-back delivery never happened
+
+
 def test_sigkilled_durable_broker_loses_no_accepted_message(zmq_broker_factory, tmp_path, queue):
     broker = zmq_broker_factory("--data-dir", str(tmp_path))
     with open_transport(broker.url, heartbeat_interval=0.2) as t:
