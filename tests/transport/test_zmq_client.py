@@ -69,6 +69,14 @@ def test_many_threads_share_one_client(zmq_transport_url, queue):
 
 
 # -- settle_and_receive: a task worker's results, leases and next receive in one request ---
+def _worker_queues(t, queue: str) -> tuple[str, str]:
+    """Declare ``queue`` (tasks taken), a replies queue and a next-tasks queue."""
+    replies, tasks = f"{queue}-replies", f"{queue}-tasks"
+    for name in (queue, replies, tasks):
+        t.declare_queue(name)
+    return replies, tasks
+
+
 def _leased(t, queue: str, count: int) -> list:
     t.send(queue, [Message(b"task %d" % i) for i in range(count)])
     deliveries = []
@@ -78,10 +86,8 @@ def _leased(t, queue: str, count: int) -> list:
 
 
 def test_settle_and_receive_sends_completes_and_receives(zmq_transport_url, queue):
-    replies, tasks = f"{queue}-replies", f"{queue}-tasks"
     with open_transport(zmq_transport_url) as t:
-        for name in (queue, replies, tasks):
-            t.declare_queue(name)
+        replies, tasks = _worker_queues(t, queue)
         leased = _leased(t, queue, 2)
         t.send(tasks, Message(b"next"))
         received, lost = t.settle_and_receive(
@@ -99,10 +105,8 @@ def test_settle_and_receive_sends_completes_and_receives(zmq_transport_url, queu
 def test_settle_and_receive_waits_for_a_task_after_the_results_went_out(zmq_transport_url, queue):
     """With no task queued the request parks like a receive; the results reach their
     receiver meanwhile, not when the next task comes."""
-    replies, tasks = f"{queue}-replies", f"{queue}-tasks"
     with open_transport(zmq_transport_url) as worker, open_transport(zmq_transport_url) as client:
-        for name in (queue, replies, tasks):
-            worker.declare_queue(name)
+        replies, tasks = _worker_queues(worker, queue)
         leased = _leased(worker, queue, 1)
         outcome: dict = {}
 
@@ -123,10 +127,8 @@ def test_settle_and_receive_waits_for_a_task_after_the_results_went_out(zmq_tran
 
 
 def test_settle_and_receive_times_out_and_reports_lost_leases(zmq_transport_url, queue):
-    replies, tasks = f"{queue}-replies", f"{queue}-tasks"
     with open_transport(zmq_transport_url) as t:
-        for name in (queue, replies, tasks):
-            t.declare_queue(name)
+        replies, tasks = _worker_queues(t, queue)
         leased = _leased(t, queue, 3)
         t.complete(leased[1])  # settled already: its lease is gone
         start = time.monotonic()
