@@ -257,3 +257,20 @@ def test_direct_worker_sizing_runs_all_three(resource_tracker, no_leaked_process
     figures = main(["-n", "20"])
     assert len(figures) == 3
     assert all(0 < value < 1e6 for value in figures.values()), figures
+
+
+def test_ab_alternates_pools_that_differ_in_one_setting(no_leaked_processes):
+    from benchmarks.ab import _variants, run
+
+    variants = _variants(["0", "300"], ["direct"])
+    assert variants == [
+        {"spin_us": "0", "worker_mode": "direct"},
+        {"spin_us": "300", "worker_mode": "direct"},
+    ]
+    figures = run(variants, blocks=2, per_block=5)
+    assert list(figures) == ["spin 0 µs, direct", "spin 300 µs, direct"]
+    for fig in figures.values():
+        assert fig["n"] == 10
+        assert 0 < fig["p50_us"] <= fig["p90_us"] < 1e6
+    with pytest.raises(SystemExit, match="one value or 3"):
+        _variants(["0", "100", "300"], ["direct", "relay"])
