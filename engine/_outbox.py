@@ -408,10 +408,8 @@ class Outbox:
         be sent twice; the client drops the copy) and the error is raised.
         """
         combined = getattr(self.transport, "settle_and_receive", None)
-        encoded = [
-            (e, self._encode(e)) for e in entries if e.record is not None or e.message is not None
-        ]
-        queues = {entry.reply_to.queue for entry, _ in encoded}
+        replies = [e for e in entries if e.record is not None or e.message is not None]
+        queues = {entry.reply_to.queue for entry in replies}
         if (
             combined is None
             or len(queues) != 1
@@ -419,10 +417,11 @@ class Outbox:
         ):
             self.settle(entries)
             return self.transport.receive(queue, max_messages=max_messages, timeout=timeout)
+        messages = [self._encode(entry) for entry in replies]
         completes = [entry.delivery for entry in entries if entry.action == _COMPLETE]
         try:
             received, lost = combined(
-                queues.pop(), [message for _, message in encoded], completes, queue,
+                queues.pop(), messages, completes, queue,
                 max_messages=max_messages, timeout=timeout,
             )  # fmt: skip
         except TransportError as exc:
