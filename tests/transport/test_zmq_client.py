@@ -170,3 +170,27 @@ def test_settle_and_receive_with_no_message_completes_and_receives_one_group(
         t.complete_many(received)
         assert t.receive(queue, timeout=0.3, group="me") == []  # "mine 1" was completed
         assert [d.message.body for d in t.receive(queue, timeout=5, group="you")] == [b"other"]
+
+
+def test_settle_and_receive_without_timeout_waits_past_the_request_timeout(
+    zmq_transport_url, queue
+):
+    """Like ``receive(timeout=None)``: only a silent broker ends the wait."""
+    with open_transport(zmq_transport_url, request_timeout=1.0) as t:
+        replies, tasks = _worker_queues(t, queue)
+        leased = _leased(t, queue, 1)
+        outcome: dict = {}
+
+        def settle() -> None:
+            try:
+                outcome["result"] = t.settle_and_receive(replies, [], leased, tasks)
+            except Exception as exc:  # recorded for the assertion
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=settle)
+        thread.start()
+        time.sleep(2.5)  # past request_timeout
+        t.send(tasks, Message(b"late"))
+        thread.join(10)
+        assert "error" not in outcome, outcome
+        assert [d.message.body for d in outcome["result"][0]] == [b"late"]

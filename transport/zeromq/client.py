@@ -224,7 +224,8 @@ class ZmqTransport(Transport):
         wait: float | None,
     ) -> tuple[list[Any], list[bytes]]:
         start = time.monotonic()
-        give_up = None if wait is None and command == wire.RECEIVE else start + (wait or 0.0)
+        receives = command == wire.RECEIVE or command == wire.SETTLE_RECEIVE
+        give_up = None if wait is None and receives else start + (wait or 0.0)
         while True:
             try:
                 return self._attempt(conn.sock, command, args, payload, give_up)
