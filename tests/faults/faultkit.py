@@ -71,3 +71,27 @@ def run_under_fire(session: Any, killer: Any, tasks: int, seconds: float, runs_d
     finally:
         killer.halt.set()
         killer.join(10)
+
+
+def check_each_task_once(
+    values: list, results: list, tasks: int, runs_dir: Path, context: str = ""
+) -> dict[str, int]:
+    """The end state every scenario must reach, asserted: task ``t<i>`` returned ``i``,
+    each task id is in ``results`` exactly once and succeeded, and each task ran at
+    least once (at-least-once: a task hit by a fault may have run already).
+
+    Returns the counts the report records for the scenario.
+    """
+    assert values == list(range(tasks)), context
+    ids = [r.task_id for r in results]
+    assert sorted(ids) == sorted(f"t{i}" for i in range(tasks)), "a result is missing or twice"
+    assert all(r.ok for r in results)
+    runs = len(os.listdir(runs_dir))
+    assert runs >= tasks
+    return {
+        "task_runs": runs,
+        "results_received": len(ids),
+        "lost": tasks - len(set(ids)),
+        "duplicates_seen_by_user": len(ids) - len(set(ids)),
+        "retried_attempts": sum(r.attempt > 1 for r in results),
+    }

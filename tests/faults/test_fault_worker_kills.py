@@ -17,7 +17,7 @@ import uuid
 
 import psutil
 import pytest
-from faultkit import TASK_FILES, run_under_fire
+from faultkit import TASK_FILES, check_each_task_once, run_under_fire
 from test_fault_engine_kills import EngineKiller
 
 import realtime_batch as rb
@@ -84,29 +84,20 @@ def test_results_arrive_exactly_once_while_task_workers_are_killed(tmp_path, fau
         engine_restarts = pool.restarts
     elapsed = time.monotonic() - started
 
-    assert values == list(range(TASKS)), f"seed {seed}"
-    ids = [r.task_id for r in results]
-    assert sorted(ids) == sorted(f"t{i}" for i in range(TASKS)), "a result is missing or twice"
-    assert all(r.ok for r in results)
+    counts = check_each_task_once(values, results, TASKS, runs_dir, f"seed {seed}")
     assert engine_restarts == 0, "an engine died with its worker"
-    retried = sum(r.attempt > 1 for r in results)
+    retried = counts["retried_attempts"]
     # Only a task running at a kill is charged an attempt; the others it held are not.
     assert retried <= len(killer.killed), (retried, len(killer.killed), f"seed {seed}")
-    runs = len(os.listdir(runs_dir))
-    assert runs >= TASKS
     fault_report.record(
         "f_worker_kills_zmq",
         backend="zmq (direct mode)",
         tasks=TASKS,
         engines=ENGINES,
-        task_runs=runs,
         workers_killed=len(killer.killed),
         engine_restarts=engine_restarts,
-        results_received=len(ids),
-        lost=TASKS - len(set(ids)),
-        duplicates_seen_by_user=len(ids) - len(set(ids)),
         duplicates_dropped_by_session=duplicates,
-        retried_attempts=retried,
         seconds=round(elapsed, 1),
+        **counts,
         seed=seed,
     )
