@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,29 +49,40 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
     return bool(predicate())
 
 
-def run_under_fire(session: Any, killer: Any, tasks: int, seconds: float, runs_dir: Path) -> list:
-    """Run ``tasks`` ``work.py`` tasks (ids ``t0``...) while ``killer`` (a thread with
-    ``killed``, ``halt``) shoots; return their values in order.
+def run_under_fire(
+    pool: Any, queue: str, killer: Any, tasks: int, seconds: float, runs_dir: Path
+) -> tuple[list, list, int]:
+    """Run ``tasks`` ``work.py`` tasks (ids ``t0``...) on ``pool``'s ``queue`` while
+    ``killer`` (a thread with ``killed``, ``halt``) shoots.
 
-    The second half is submitted after the first kill, so the scenario happens however
-    fast the first half goes; the killer is stopped on the way out, even on failure.
+    One session, on a results queue of its own, with enough retries that no task runs
+    out of them by bad luck: every task must succeed. The second half is submitted
+    after the first kill, so the scenario happens however fast the first half goes;
+    the killer is stopped on the way out, even on failure. Returns the values in task
+    order, the session's ``results()`` and its ``duplicates_dropped``.
     """
+    import realtime_batch as rb
 
-    def submit(numbers: range) -> list:
-        return [
-            session.submit("work.py", i, seconds, runs_dir=str(runs_dir), task_id=f"t{i}")
-            for i in numbers
-        ]
+    with rb.Session(
+        pool, task_queue=queue, results_queue=f"results-{uuid.uuid4().hex[:8]}", max_retries=50
+    ) as session:
 
-    killer.start()
-    try:
-        futures = submit(range(tasks // 2))
-        assert wait_until(lambda: killer.killed, 60), "the killer never fired"
-        futures += submit(range(tasks // 2, tasks))
-        return [f.result(timeout=240) for f in futures]
-    finally:
-        killer.halt.set()
-        killer.join(10)
+        def submit(numbers: range) -> list:
+            return [
+                session.submit("work.py", i, seconds, runs_dir=str(runs_dir), task_id=f"t{i}")
+                for i in numbers
+            ]
+
+        killer.start()
+        try:
+            futures = submit(range(tasks // 2))
+            assert wait_until(lambda: killer.killed, 60), "the killer never fired"
+            futures += submit(range(tasks // 2, tasks))
+            values = [f.result(timeout=240) for f in futures]
+        finally:
+            killer.halt.set()
+            killer.join(10)
+        return values, session.results(), session.duplicates_dropped
 
 
 def check_each_task_once(

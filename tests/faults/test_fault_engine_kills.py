@@ -89,17 +89,8 @@ def test_results_arrive_exactly_once_while_engines_are_killed(backend, tmp_path,
         max_delivery_count=100,
         restart_dead=True,
     ) as pool:
-        # Enough retries that no task runs out of them by bad luck: every task must succeed.
-        with rb.Session(
-            pool,
-            task_queue=queue,
-            results_queue=f"results-{uuid.uuid4().hex[:8]}",
-            max_retries=50,
-        ) as session:
-            killer = EngineKiller(pool, interval, seed)
-            values = run_under_fire(session, killer, tasks, seconds, runs_dir)
-            results = session.results()
-            duplicates = session.duplicates_dropped
+        killer = EngineKiller(pool, interval, seed)
+        values, results, duplicates = run_under_fire(pool, queue, killer, tasks, seconds, runs_dir)
         restarts = pool.restarts
     elapsed = time.monotonic() - started
 

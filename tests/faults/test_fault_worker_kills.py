@@ -73,14 +73,8 @@ def test_results_arrive_exactly_once_while_task_workers_are_killed(tmp_path, fau
         engines=ENGINES, task_files=TASK_FILES, queue=queue, worker_mode="direct",
         max_delivery_count=100,
     ) as pool:  # fmt: skip
-        with rb.Session(
-            pool, task_queue=queue, results_queue=f"results-{uuid.uuid4().hex[:8]}",
-            max_retries=50,
-        ) as session:  # fmt: skip
-            killer = WorkerKiller(pool, INTERVAL, seed)
-            values = run_under_fire(session, killer, TASKS, SECONDS, runs_dir)
-            results = session.results()
-            duplicates = session.duplicates_dropped
+        killer = WorkerKiller(pool, INTERVAL, seed)
+        values, results, duplicates = run_under_fire(pool, queue, killer, TASKS, SECONDS, runs_dir)
         engine_restarts = pool.restarts
     elapsed = time.monotonic() - started
 
