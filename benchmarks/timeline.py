@@ -249,15 +249,13 @@ if os.environ.get("RTBATCH_TIMELINE_DIR"):
         wrap(_pipeline.WorkerPipeline, "_record",
              before=lambda s, a: _log.append(
                  ("recorded", s.inflight[0].delivery.message.id, time.time())))
-        wrap(_outbox.Outbox, "settle",
-             before=lambda s, e: [_log.append(("settling", x.delivery.message.id, time.time()))
-                                  for x in e if x.delivery is not None],
-             after=lambda s, r, k: None)
-        wrap(_outbox.Outbox, "settle_and_receive",
-             before=lambda s, e, *a: [_log.append(("settling", x.delivery.message.id,
-                                                   time.time()))
-                                      for x in e if x.delivery is not None],
-             after=lambda s, r, k: None)
+        def settling(s, entries, *args):
+            now = time.time()
+            _log.extend(("settling", x.delivery.message.id, now)
+                        for x in entries if x.delivery is not None)
+
+        for name in ("settle", "settle_and_receive"):
+            wrap(_outbox.Outbox, name, before=settling, after=lambda s, r, k: None)
 
     _import = builtins.__import__
     _done = []
