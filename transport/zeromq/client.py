@@ -435,11 +435,8 @@ class ZmqTransport(Transport):
             wait=wait,
             queue=queue,
         )  # fmt: skip
-        received = [
-            Delivery(message, receive_queue, count, locked_until, token)
-            for message, count, locked_until, token in wire.decode_deliveries(frames)
-        ]
-        return received, list(header[3]) if len(header) > 3 else []
+        lost = list(header[3]) if len(header) > 3 else []
+        return _deliveries(receive_queue, frames), lost
 
     def receive(
         self,
@@ -454,10 +451,7 @@ class ZmqTransport(Transport):
         _header, frames = self._call(
             wire.RECEIVE, [queue, max_messages, wait, group], wait=wait, queue=queue
         )
-        return [
-            Delivery(message, queue, count, locked_until, token)
-            for message, count, locked_until, token in wire.decode_deliveries(frames)
-        ]
+        return _deliveries(queue, frames)
 
     def complete(self, delivery: Delivery) -> None:
         self._call(wire.COMPLETE, [delivery.lock_token])
@@ -502,6 +496,14 @@ class ZmqTransport(Transport):
         self._heartbeat_thread.join(5)
         # Wakes every thread blocked on one of our sockets with ETERM (-> closed).
         self._context.term()
+
+
+def _deliveries(queue: str, frames: list[bytes]) -> list[Delivery]:
+    """The deliveries of a receive reply's payload."""
+    return [
+        Delivery(message, queue, count, locked_until, token)
+        for message, count, locked_until, token in wire.decode_deliveries(frames)
+    ]
 
 
 def _raise_lost(lost: list[int], batch: list[Delivery]) -> None:
