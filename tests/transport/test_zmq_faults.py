@@ -134,6 +134,27 @@ def test_broker_restart_client_reconnects(zmq_broker_factory, queue):
         t.close()
 
 
+def test_a_request_in_flight_when_the_first_epoch_arrives_is_not_sent_again(
+    zmq_broker_factory, queue
+):
+    """Learning the broker's epoch for the first time is no restart: a parked request
+    (here one that also sends) must not be re-sent then, or its messages go twice."""
+    broker = zmq_broker_factory()
+    with open_transport(broker.url, heartbeat_interval=0.3) as t:
+        t.declare_queue(queue)
+        t.declare_queue(queue + "-tasks")
+        t.send(queue, Message(b"task"))
+        [leased] = t.receive(queue, timeout=10)
+        t.epoch = None  # as if the first heartbeat reply had not come yet
+        received, lost = t.settle_and_receive(
+            queue, [Message(b"result")], [leased], queue + "-tasks", timeout=1.0
+        )
+        assert received == [] and lost == []
+        assert t.epoch is not None  # a heartbeat reply came while the request waited
+        got = t.receive(queue, max_messages=5, timeout=1)
+        assert [d.message.body for d in got] == [b"result"]
+
+
 def test_dead_broker_raises_connection_lost(zmq_broker_factory, queue):
     broker = zmq_broker_factory()
     t = open_transport(broker.url, heartbeat_interval=0.1, request_timeout=5)

@@ -361,8 +361,10 @@ class ZmqTransport(Transport):
                     wire.DECLARE, 0, name, lock_duration, max_delivery_count
                 )
                 sock.send(header, zmq.NOBLOCK)  # it just answered: the pipe has room
+            self._generation += 1  # requests in flight went to the old broker: re-send
+        # The first epoch learnt is no restart: a request in flight when it arrives was
+        # taken by this very broker, and re-sending it would send it twice.
         self.epoch = epoch
-        self._generation += 1
 
     # -- Transport API ----------------------------------------------------------------------
     def declare_queue(
