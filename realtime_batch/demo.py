@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import math
 import shutil
+import signal
+import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 import click
 from rich.console import Console
@@ -70,10 +75,69 @@ def jdk_available() -> bool:
     return bool(shutil.which("javac") and shutil.which("java") and shutil.which("jar"))
 
 
+def check_transport_url(url: str) -> None:
+    """Refuse a transport URL no backend handles, before anything starts.
+
+    Raises:
+        click.BadParameter: one line naming the known schemes.
+    """
+    from realtime_batch.transport import TRANSPORTS, TransportError, transport_scheme
+
+    try:
+        scheme = transport_scheme(url)
+    except TransportError as exc:
+        raise click.BadParameter(str(exc), param_hint="--transport") from None
+    if scheme not in TRANSPORTS:
+        raise click.BadParameter(
+            f"unknown transport scheme {scheme!r}; use one of "
+            f"{', '.join(sorted(TRANSPORTS))} (e.g. zmq://127.0.0.1:0) "
+            "or a Service Bus connection string",
+            param_hint="--transport",
+        )
+
+
+@contextmanager
+def terminate_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into ``SystemExit`` while the demo runs, so its pool is closed.
+
+    Without it ``kill -TERM`` ends the process at once: the ``with`` blocks never
+    run their exits, and engines and the pool directory are left behind.
+    """
+
+    def _exit(signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def median_ms(values: list[float | None]) -> str:
+    """The median of ``values`` (seconds, ``None`` ignored) as milliseconds text."""
+    known = [v for v in values if v is not None]
+    return f"{statistics.median(known) * 1000:.1f} ms" if known else "n/a"
+
+
 @click.command()
-@click.option("--tasks", default=100, show_default=True, help="Number of tasks.")
-@click.option("--samples", default=200_000, show_default=True, help="Samples per task.")
-@click.option("--engines", default=2, show_default=True, help="Engines in the local pool.")
+@click.option(
+    "--tasks", default=100, show_default=True, type=click.IntRange(min=1), help="Number of tasks."
+)
+@click.option(
+    "--samples",
+    default=200_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Samples per task.",
+)
+@click.option(
+    "--engines",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Engines in the local pool (at least 1: with none, no task would ever run).",
+)
 @click.option(
     "--transport",
     default="zmq://127.0.0.1:0",
@@ -86,6 +150,7 @@ def demo(tasks: int, samples: int, engines: int, transport: str, force_python: b
     from realtime_batch.emulator import LocalPool
     from realtime_batch.orchestrator.session import Session
 
+    check_transport_url(transport)
     console = Console()
     use_java = jdk_available() and not force_python
     if use_java:
@@ -98,6 +163,7 @@ def demo(tasks: int, samples: int, engines: int, transport: str, force_python: b
     console.print(f"starting a local pool: {engines} engines over {shown}")
     started = time.perf_counter()
     with (
+        terminate_as_exit(),
         LocalPool(engines=engines, transport=transport, task_files=files) as pool,
         Session(pool, name="pi-demo") as session,
     ):
@@ -124,4 +190,12 @@ def demo(tasks: int, samples: int, engines: int, transport: str, force_python: b
     console.print(
         f"{tasks} tasks in {elapsed:.2f} s = {tasks / elapsed:,.0f} tasks/s "
         f"(pool start {ready - started:.2f} s); engines used: {', '.join(used)}"
+    )
+    run_times = [
+        r.finished_at - r.started_at if r.started_at and r.finished_at else None for r in results
+    ]
+    console.print(
+        f"per task, p50: {median_ms(run_times)} running on its engine, "
+        f"{median_ms([r.latency for r in results])} from submit to result "
+        "(all tasks were submitted at once, so this includes waiting in the queue)"
     )
