@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 from realtime_batch.engine import WORKER_MODES
 from realtime_batch.orchestrator.pool import OrchestratorError, Pool, PoolStateError, StrPath
-from realtime_batch.transport import transport_scheme
+from realtime_batch.transport import registered_scheme
 
 __all__ = ["LocalPool"]
 
@@ -121,6 +121,24 @@ class _Proc:
         self._log_file.close()
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse to start a broker on a port something already listens on.
+
+    Raises:
+        OrchestratorError: the port is taken, with what to do instead.
+    """
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ZeroMQ binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise OrchestratorError(
+                f"cannot start a broker on {host}:{port}: the port is in use ({exc.strerror}). "
+                "If a broker already runs there, use it with LocalPool(..., "
+                "start_broker=False); otherwise choose another port, or port 0 for a free one"
+            ) from None
+
+
 class LocalPool(Pool):
     """An emulated pool of engines on this machine.
 
@@ -173,7 +191,7 @@ class LocalPool(Pool):
                 f"worker_mode must be one of {list(WORKER_MODES)}, not {worker_mode!r}"
             )
         self.worker_mode = worker_mode
-        self._scheme = transport_scheme(transport)
+        self._scheme = registered_scheme(transport)
         self._url = transport
         self._job = job or f"job-{uuid.uuid4().hex[:8]}"
         self.queue = queue
@@ -239,6 +257,8 @@ class LocalPool(Pool):
     def _start_broker(self, extra: list[str]) -> None:
         parts = urlsplit(self._url)
         host, port = parts.hostname or "127.0.0.1", parts.port or 0
+        if port and self._broker is None:  # a restart binds the port its own broker held
+            _check_port_free(host, port)
         argv = [
             sys.executable,
             "-m",

@@ -55,6 +55,7 @@ __all__ = [
     "is_dead_letter_queue",
     "open_transport",
     "register_transport",
+    "registered_scheme",
     "transport_scheme",
 ]
 
@@ -85,6 +86,23 @@ def transport_scheme(url: str) -> str:
     return scheme.lower()
 
 
+def registered_scheme(url: str) -> str:
+    """Return ``url``'s registry key, checking that a backend is registered for it.
+
+    Nothing is imported or connected: callers use it to refuse a bad URL before they
+    start anything.
+
+    Raises:
+        UnknownTransportError: not a URL, or no backend for its scheme.
+    """
+    scheme = transport_scheme(url)
+    if scheme not in TRANSPORTS:
+        raise UnknownTransportError(
+            f"unknown transport scheme {scheme!r}; known schemes: {', '.join(sorted(TRANSPORTS))}"
+        )
+    return scheme
+
+
 def open_transport(url: str, **options: Any) -> Transport:
     """Open the transport named by ``url``.
 
@@ -96,13 +114,8 @@ def open_transport(url: str, **options: Any) -> Transport:
     Raises:
         UnknownTransportError: no backend is registered for the URL's scheme.
     """
-    scheme = transport_scheme(url)
-    target = TRANSPORTS.get(scheme)
-    if target is None:
-        raise UnknownTransportError(
-            f"unknown transport scheme {scheme!r}; known schemes: {', '.join(sorted(TRANSPORTS))}"
-        )
-    module_name, _, class_name = target.partition(":")
+    scheme = registered_scheme(url)
+    module_name, _, class_name = TRANSPORTS[scheme].partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
