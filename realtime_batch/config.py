@@ -18,6 +18,7 @@ Secrets (keys, connection strings, SAS signatures) are redacted in every
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -36,6 +37,7 @@ import tomli_w
 __all__ = [
     "CREDENTIALS_KEYS",
     "DEFAULTS",
+    "OTHER_VARIABLES",
     "SECRET_KEYS",
     "Config",
     "ConfigError",
@@ -106,6 +108,8 @@ CREDENTIALS_KEYS: dict[str, str] = {
 }
 
 _ENV_ALIASES = {"RTBATCH_TRANSPORT": "transport.url", "RTBATCH_BACKEND": "pool.backend"}
+#: RTBATCH_* variables read elsewhere that look like settings but are not ones.
+OTHER_VARIABLES = frozenset({"RTBATCH_TRANSPORT_FILE"})
 # key=value pairs in connection strings and SAS query strings that are secret
 _SECRET_PARTS = re.compile(
     r"((?:SharedAccessKey|AccountKey|SharedAccessSignature|sig|curve_secret_?key)=)([^;&\s]+)",
@@ -242,15 +246,36 @@ class Config:
         for key, value in file_values.items():
             config.set(key, value, f"file:{file.name}")
         for name, value in env.items():
-            key = _ENV_ALIASES.get(name)
-            if key is None and name.startswith("RTBATCH_"):
-                section, _, rest = name[8:].lower().partition("_")
-                key = (
-                    f"{section}.{rest}" if rest and f"{section}.{rest}" in config._values else None
-                )
+            key = _env_setting(name, config._values)
             if key is not None:
                 config.set(key, value, f"env:{name}")
         return config
+
+
+def _env_setting(name: str, known: Mapping[str, Any]) -> str | None:
+    """The setting an ``RTBATCH_*`` variable overrides, or None if it is not one.
+
+    A variable that names a config section but no setting of it (a typo such as
+    ``RTBATCH_POOL_ENGINESS``) is an error, like an unknown key in the file.
+
+    Raises:
+        ConfigError: a misspelt setting, with the closest known ones.
+    """
+    if name in _ENV_ALIASES:
+        return _ENV_ALIASES[name]
+    if not name.startswith("RTBATCH_") or name in OTHER_VARIABLES:
+        return None
+    section, _, rest = name[len("RTBATCH_") :].lower().partition("_")
+    if section not in DEFAULTS:
+        return None
+    key = f"{section}.{rest}"
+    if rest and key in known:
+        return key
+    spelt = [f"RTBATCH_{k.replace('.', '_').upper()}" for k in known if k.startswith(section + ".")]
+    close = difflib.get_close_matches(name, spelt, n=3) or spelt
+    raise ConfigError(
+        f"unknown setting in the environment: {name}; did you mean {', '.join(close)}?"
+    )
 
 
 def read_toml(path: Path) -> dict[str, Any]:
