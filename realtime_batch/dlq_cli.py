@@ -8,7 +8,7 @@ message and removes it from the dead-letter queue; ``purge`` removes them.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import click
@@ -25,7 +25,7 @@ from realtime_batch.transport import (
 )
 from realtime_batch.transport.base import DEAD_LETTER_DESCRIPTION, DEAD_LETTER_REASON
 
-__all__ = ["dead_letters", "dlq", "replay_dead_letters"]
+__all__ = ["dead_letters", "dlq", "find_dead_letter", "replay_dead_letters"]
 
 _BATCH = 100
 
@@ -135,7 +135,50 @@ def _open(ctx: click.Context) -> Transport:
     return open_transport(_transport_url(ctx.obj["url"]))
 
 
+def _remember(key: str) -> Callable[[click.Context, click.Parameter, str | None], None]:
+    def callback(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+        if value is not None:
+            ctx.ensure_object(dict)[key] = value
+
+    return callback
+
+
+def _connection_options(command: click.Command) -> click.Command:
+    """Accept ``--transport``/``--queue`` after the sub-command too (``dlq list --transport U``)."""
+    command = click.option(
+        "--transport",
+        help="Transport URL (same as before the sub-command).",
+        expose_value=False,
+        callback=_remember("url"),
+    )(command)
+    return click.option(
+        "--queue",
+        help="Queue whose DLQ to use (same as before the sub-command).",
+        expose_value=False,
+        callback=_remember("queue"),
+    )(command)
+
+
+def find_dead_letter(leased: list[Delivery], message_id: str) -> Delivery:
+    """The dead letter whose id is ``message_id`` or starts with it (as ``list`` may cut ids).
+
+    Raises:
+        click.ClickException: no such id, or a prefix shared by several.
+    """
+    exact = [d for d in leased if d.message.id == message_id]
+    matches = exact or [d for d in leased if d.message.id.startswith(message_id)]
+    if not matches:
+        raise click.ClickException(f"no dead letter with id {message_id!r}")
+    if len(matches) > 1:
+        ids = ", ".join(d.message.id for d in matches[:5])
+        raise click.ClickException(
+            f"{len(matches)} dead letters start with {message_id!r} ({ids}...): give more of the id"
+        )
+    return matches[0]
+
+
 @dlq.command("list")
+@_connection_options
 @click.option("--limit", default=1000, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 @click.pass_context
@@ -167,20 +210,20 @@ def list_(ctx: click.Context, limit: int, as_json: bool) -> None:
 
 
 @dlq.command()
+@_connection_options
 @click.argument("message_id")
 @click.pass_context
 def show(ctx: click.Context, message_id: str) -> None:
-    """Print one dead letter's properties and body."""
+    """Print one dead letter's properties and body (MESSAGE_ID: the id or a unique prefix)."""
     with _open(ctx) as transport, dead_letters(transport, ctx.obj["queue"]) as leased:
-        found = next((d for d in leased if d.message.id == message_id), None)
-        if found is None:
-            raise click.ClickException(f"no dead letter with id {message_id!r}")
+        found = find_dead_letter(leased, message_id)
         click.echo(json.dumps(_describe(found), indent=2))
         click.echo(json.dumps(dict(found.message.properties), indent=2, default=str))
         click.echo(found.message.body.decode(errors="replace"))
 
 
 @dlq.command()
+@_connection_options
 @click.option("--limit", type=int, default=None, help="Replay at most this many.")
 @click.pass_context
 def replay(ctx: click.Context, limit: int | None) -> None:
@@ -191,6 +234,7 @@ def replay(ctx: click.Context, limit: int | None) -> None:
 
 
 @dlq.command()
+@_connection_options
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_context
 def purge(ctx: click.Context, yes: bool) -> None:
