@@ -109,7 +109,7 @@ CREDENTIALS_KEYS: dict[str, str] = {
 
 _ENV_ALIASES = {"RTBATCH_TRANSPORT": "transport.url", "RTBATCH_BACKEND": "pool.backend"}
 #: RTBATCH_* variables read elsewhere that look like settings but are not ones.
-OTHER_VARIABLES = frozenset({"RTBATCH_TRANSPORT_FILE"})
+OTHER_VARIABLES: frozenset[str] = frozenset()
 # key=value pairs in connection strings and SAS query strings that are secret
 _SECRET_PARTS = re.compile(
     r"((?:SharedAccessKey|AccountKey|SharedAccessSignature|sig|curve_secret_?key)=)([^;&\s]+)",
@@ -255,8 +255,8 @@ class Config:
 def _env_setting(name: str, known: Mapping[str, Any]) -> str | None:
     """The setting an ``RTBATCH_*`` variable overrides, or None if it is not one.
 
-    A variable that names a config section but no setting of it (a typo such as
-    ``RTBATCH_POOL_ENGINESS``) is an error, like an unknown key in the file.
+    A variable that names a config section but no setting of it (a misspelt
+    ``pool.engines``, say) is an error, like an unknown key in the file.
 
     Raises:
         ConfigError: a misspelt setting, with the closest known ones.

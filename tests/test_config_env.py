@@ -17,7 +17,6 @@ def test_settings_aliases_and_unrelated_variables_still_load(tmp_path):
         "RTBATCH_POOL_ENGINES": "8",
         "RTBATCH_TRANSPORT": "memory://x",
         "RTBATCH_LOG_LEVEL": "DEBUG",  # not a config section: someone else's variable
-        "RTBATCH_TRANSPORT_FILE": "/run/secret",  # read by the engine, not a setting
         "PATH": "/bin",
     }
     config = Config.load(tmp_path / "none.toml", env=env)

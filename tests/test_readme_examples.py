@@ -134,7 +134,7 @@ def _task_block(name: str) -> str:
 @pytest.fixture
 def tasks_dir(tmp_path) -> Path:
     """The README's task modules, written unchanged to a tasks directory."""
-    for name in ("hello.py", "pi_action.py"):
+    for name in ("greet.py", "pi_action.py"):
         (tmp_path / name).write_text(_task_block(name), encoding="utf-8")
     return tmp_path
 
@@ -147,12 +147,18 @@ def _memory_session(task_files):
         yield s
 
 
+def test_greet_block_is_the_example_file():
+    """The README's run-style task is examples/hello/greet.py, word for word."""
+    example = (ROOT / "examples" / "hello" / "greet.py").read_text(encoding="utf-8")
+    assert _task_block("greet.py") == example
+
+
 @pytest.mark.timeout(60)
-def test_hello_run_style_via_session(tasks_dir):
-    """hello.py does what its comment says, through a session, keyword included."""
-    with _memory_session([tasks_dir / "hello.py"]) as session:
-        assert session.submit("hello.py", "Ada").result(timeout=30) == "hello, Ada"
-        assert session.submit("hello.py", "Ada", greeting="hi").result(timeout=30) == "hi, Ada"
+def test_greet_run_style_via_session(tasks_dir):
+    """greet.py does what its comment says, through a session, keyword included."""
+    with _memory_session([tasks_dir / "greet.py"]) as session:
+        assert session.submit("greet.py", "Ada").result(timeout=30) == "hello, Ada"
+        assert session.submit("greet.py", "Ada", greeting="hi").result(timeout=30) == "hi, Ada"
 
 
 @pytest.mark.java
@@ -176,7 +182,7 @@ def test_module_with_both_styles_is_called_through_do_action(tasks_dir):
     """The README's last sentence of the section (and docs/tasks.md)."""
     both = tasks_dir / "both.py"
     both.write_text(
-        _task_block("hello.py") + "\n\ndef do_action(engine, args):\n    return 'action', None\n",
+        _task_block("greet.py") + "\n\ndef do_action(engine, args):\n    return 'action', None\n",
         encoding="utf-8",
     )
     with _memory_session([both]) as session:
