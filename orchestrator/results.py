@@ -122,5 +122,33 @@ class TaskFuture(concurrent.futures.Future):
     def _cancel_locally(self) -> bool:
         return concurrent.futures.Future.cancel(self)
 
+    def result(self, timeout: float | None = None) -> Any:
+        """The task's value, as ``Future.result``; waits at most ``timeout`` seconds.
+
+        Raises:
+            TimeoutError: no result within ``timeout``; the message says which task
+                and what the session knows (e.g. that no engine has taken any task).
+            TaskError: the task failed on its engine.
+            TaskCancelledError: the task was cancelled.
+        """
+        try:
+            return super().result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(self._timeout_message(timeout)) from None
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """As ``Future.exception``, with the same ``TimeoutError`` message as :meth:`result`."""
+        try:
+            return super().exception(timeout)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(self._timeout_message(timeout)) from None
+
+    def _timeout_message(self, timeout: float | None) -> str:
+        try:
+            health = self._session.health().message
+        except Exception:  # the session is closing: its state is not worth a second error
+            health = "the session's state is unknown"
+        return f"no result for task {self.task_id!r} within {timeout} s: {health}"
+
     def __repr__(self) -> str:
         return f"<TaskFuture {self.task_id!r} {self._state.lower()}>"

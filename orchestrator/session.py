@@ -30,6 +30,7 @@ from typing import Any
 
 import tenacity
 
+from realtime_batch.config import redact
 from realtime_batch.engine.control import (
     CONTROL_QUEUE,
     KIND,
@@ -60,11 +61,13 @@ from realtime_batch.transport import (
     open_transport,
 )
 
+from .health import STATE_NO_ENGINE, SessionHealth, assess
 from .results import Result, SessionClosedError, TaskCancelledError, TaskError, TaskFuture
 
 __all__ = [
     "DEFAULT_RESULTS_QUEUE",
     "DEFAULT_TASK_QUEUE",
+    "DEFAULT_WARN_AFTER",
     "RESERVED_OPTIONS",
     "JobManager",
     "Result",
@@ -96,6 +99,8 @@ _EXPIRY_SLACK = 1.0  # seconds after a deadline before an unanswered task counts
 _CANCEL_REPLAY = 600.0  # seconds cancels of not-yet-located tasks go to newly heard engines
 _ENGINE_REFRESH = 60.0  # an engine's last-heard time is updated at most this often per result
 _ENGINE_FORGET = 3600.0  # engines not heard from for this long get no cancel requests
+#: Seconds tasks may wait with no engine taking any before the session warns.
+DEFAULT_WARN_AFTER = 30.0
 
 
 def _default_name() -> str:
@@ -119,6 +124,8 @@ class Session:
         keep_results: keep every result for :meth:`results` (the seed's ``get_results``).
         transport_options: passed to ``open_transport``.
         control_queue: the engines' grouped queue of cancel requests.
+        warn_after: seconds tasks may wait with no engine taking any before the session
+            logs a warning and :meth:`health` reports ``"no-engine"``.
     """
 
     def __init__(
@@ -135,6 +142,7 @@ class Session:
         keep_results: bool = True,
         transport_options: dict[str, Any] | None = None,
         control_queue: str = CONTROL_QUEUE,
+        warn_after: float = DEFAULT_WARN_AFTER,
     ) -> None:
         self.name = name or _default_name()
         self.id = f"{self.name}-{uuid.uuid4().hex[:8]}"
@@ -158,6 +166,10 @@ class Session:
         self._running_on: dict[str, str] = {}
         self._cancel_unlocated: dict[str, float] = {}
         self._deadlines: list[tuple[float, str]] = []  # heap of (deadline, task id)
+        # health: when the first task no engine has answered for was sent
+        self.warn_after = warn_after
+        self._unserved_since: float | None = None
+        self._warned = False
 
         self._lock = threading.Lock()
         self._futures: dict[str, TaskFuture] = {}
@@ -268,6 +280,8 @@ class Session:
             if task_id in self._futures or task_id in self._finished_ids:
                 raise ValueError(f"task id {task_id!r} was already used in this session")
             self._futures[task_id] = future
+            if self._unserved_since is None and not self._engines:
+                self._unserved_since = record.submitted_at
             if deadline is not None:
                 heapq.heappush(self._deadlines, (deadline, task_id))
         self._enqueue(future, message)
@@ -408,6 +422,8 @@ class Session:
                 done = []
             if self._deadlines and self._deadlines[0][0] + _EXPIRY_SLACK < time.time():
                 self._expire_overdue()
+            if self._unserved_since is not None and not self._warned:
+                self._warn_if_unserved()
         if done:
             self._settle(transport.complete_many, done)
 
@@ -521,6 +537,7 @@ class Session:
         now = time.time()
         with self._lock:
             self._engines[engine] = now
+            self._unserved_since = None
             horizon = now - _CANCEL_REPLAY
             for task_id in [t for t, at in self._cancel_unlocated.items() if at < horizon]:
                 del self._cancel_unlocated[task_id]
@@ -643,6 +660,44 @@ class Session:
             self._transport.send(self.control_queue, messages)
         except TransportError as exc:  # the futures are cancelled anyway
             log.warning("could not send %d cancel request(s): %s", len(messages), exc)
+
+    # ------------------------------------------------------------------ health
+    def health(self) -> SessionHealth:
+        """What this session knows of its progress: outstanding tasks, engines heard from.
+
+        ``state`` is ``"no-engine"`` when tasks have waited ``warn_after`` seconds and no
+        engine has taken any (then ``message`` says what to check), ``"served"`` once
+        engines answer, ``"waiting"`` before that, ``"idle"`` with nothing outstanding.
+        """
+        with self._lock:
+            outstanding = len(self._futures)
+            engines = dict(self._engines)
+            unserved_since = self._unserved_since
+        return assess(
+            outstanding=outstanding,
+            received=self._received,
+            unserved_since=unserved_since,
+            engines=engines,
+            warn_after=self.warn_after,
+            task_queue=self.task_queue,
+            transport=self._transport_label,
+        )
+
+    def _warn_if_unserved(self) -> None:
+        since = self._unserved_since
+        if since is None or time.time() - since < self.warn_after:
+            return
+        health = self.health()
+        if health.state == STATE_NO_ENGINE:
+            self._warned = True
+            log.warning("session %s: %s", self.id, health.message)
+
+    @property
+    def _transport_label(self) -> str:
+        url = getattr(self._transport, "url", None)
+        if isinstance(url, str):
+            return str(redact("transport.url", url))
+        return type(self._transport).__name__
 
     # ------------------------------------------------------------------ results
     def results(self) -> list[Result]:
