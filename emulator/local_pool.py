@@ -50,10 +50,21 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 class _Proc:
-    """A child process whose stdout is scanned for a readiness line."""
+    """A child process whose stdout is scanned for a readiness line.
+
+    ``stdin_text`` is written to its standard input, which is then closed (how an
+    engine gets its transport URL: never on its command line, see ``--transport-file``).
+    """
 
     def __init__(
-        self, argv: list[str], *, cwd: Path, log_path: Path, ready_prefix: str, env: dict[str, str]
+        self,
+        argv: list[str],
+        *,
+        cwd: Path,
+        log_path: Path,
+        ready_prefix: str,
+        env: dict[str, str],
+        stdin_text: str | None = None,
     ) -> None:
         self.argv = argv
         self.log_path = log_path
@@ -67,10 +78,15 @@ class _Proc:
             env=env,
             stdout=subprocess.PIPE,
             stderr=self._log_file,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if stdin_text is None else subprocess.PIPE,
             process_group=0,
             preexec_fn=_die_with_parent,
         )
+        if self.popen.stdin is not None:
+            with contextlib.suppress(BrokenPipeError):  # it died at once: wait_ready says so
+                self.popen.stdin.write(stdin_text.encode())
+            with contextlib.suppress(BrokenPipeError):
+                self.popen.stdin.close()
         self._reader = threading.Thread(target=self._read, args=(ready_prefix,), daemon=True)
         self._reader.start()
 
@@ -307,8 +323,8 @@ class LocalPool(Pool):
             sys.executable,
             "-m",
             "realtime_batch.engine",
-            "--transport",
-            self._url,
+            "--transport-file",
+            "-",  # the URL (a connection string holds a key) comes on stdin
             "--queue",
             self.queue,
             "--tasks-dir",
@@ -343,6 +359,7 @@ class LocalPool(Pool):
             log_path=node / "engine.log",
             ready_prefix="ENGINE READY",
             env=self._env,
+            stdin_text=self._url,
         )
 
     def _spawn_thread(self, node: Path, engine_id: str) -> Any:
