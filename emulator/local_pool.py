@@ -160,6 +160,9 @@ class LocalPool(Pool):
             on ``zmq://``) or through their engine (relay); see docs/engine.md.
         broker_args: extra command-line arguments for the broker (e.g. ``["--data-dir", d]``).
         start_broker: start a broker for a ``zmq://`` URL with an explicit port.
+        env: environment variables of the engine processes, on top of this process's.
+        pass_env: names of variables the engines' task processes get besides the
+            allowlist (``rtbatch engine --pass-env``; credential-like names are refused).
     """
 
     def __init__(
@@ -181,7 +184,10 @@ class LocalPool(Pool):
         start_broker: bool = True,
         env: dict[str, str] | None = None,
         worker_mode: str = "auto",
+        pass_env: Sequence[str] = (),
     ) -> None:
+        from realtime_batch.engine.credentials import check_pass_env
+
         if engines < 0:
             raise ValueError("engines must be >= 0")
         if worker_mode not in WORKER_MODES:
@@ -189,6 +195,7 @@ class LocalPool(Pool):
                 f"worker_mode must be one of {list(WORKER_MODES)}, not {worker_mode!r}"
             )
         self.worker_mode = worker_mode
+        self.pass_env = check_pass_env(pass_env)
         self._scheme = transport_scheme(transport)
         self._url = transport
         self._job = job or f"job-{uuid.uuid4().hex[:8]}"
@@ -342,6 +349,8 @@ class LocalPool(Pool):
             argv += ["--default-timeout", str(self.default_timeout)]
         if self.worker_mode != "auto":
             argv += ["--worker-mode", self.worker_mode]
+        for name in self.pass_env:
+            argv += ["--pass-env", name]
         return argv
 
     def _spawn(self) -> Any:
@@ -377,6 +386,7 @@ class LocalPool(Pool):
             engine_id=engine_id,
             default_timeout=self.default_timeout,
             direct=WORKER_MODES[self.worker_mode],
+            pass_env=self.pass_env,
         )
         return engine.start()
 

@@ -153,10 +153,15 @@ def test_memory_relay_worker_and_jvm_get_a_scrubbed_environment(probe_tasks, tmp
     secret = _secret()
     for name, value in _decoy_env(secret, tmp_path).items():
         monkeypatch.setenv(name, value)  # memory:// engines run in this process
+    monkeypatch.setenv("MY_TASK_SETTING", "forty-two")
     url = f"memory://sec-{uuid.uuid4().hex[:8]}"
-    with rb.LocalPool(engines=1, transport=url, task_files=_task_files(probe_tasks)) as pool:
+    files = _task_files(probe_tasks)
+    with rb.LocalPool(
+        engines=1, transport=url, task_files=files, pass_env=["MY_TASK_SETTING"]
+    ) as pool:
         with rb.Session(pool) as session:
             seen = _assert_task_sees_no_secret(session, [secret])
+        assert seen["environ"]["MY_TASK_SETTING"] == "forty-two"
         worker = psutil.Process(seen["pid"])
         assert worker.ppid() == os.getpid()
         assert _assert_children_clean(psutil.Process(os.getpid()), [secret]) >= 1
@@ -173,10 +178,12 @@ def test_zmq_direct_engine_gets_its_password_url_outside_argv(probe_tasks, tmp_p
             start_broker=False,
             worker_mode="direct",
             task_files=_task_files(probe_tasks),
-            env=_decoy_env(secret, tmp_path),
+            env={**_decoy_env(secret, tmp_path), "MY_TASK_SETTING": "seven"},
+            pass_env=["MY_TASK_SETTING"],
         ) as pool:
             with rb.Session(plain, pool.job) as session:
-                _assert_task_sees_no_secret(session, [secret, password], password)
+                seen = _assert_task_sees_no_secret(session, [secret, password], password)
+            assert seen["environ"]["MY_TASK_SETTING"] == "seven"
             [pid] = pool.engine_pids()
             engine = psutil.Process(pid)
             assert password not in " ".join(engine.cmdline())
@@ -353,6 +360,16 @@ def test_pass_env_refuses_credential_names(name):
 
     with pytest.raises(CredentialError, match="--pass-env"):
         check_pass_env([name])
+
+
+def test_local_pool_refuses_a_credential_name_in_pass_env(tmp_path):
+    from realtime_batch.engine.credentials import CredentialError
+
+    with pytest.raises(CredentialError, match="AZURE_CLIENT_SECRET"):
+        rb.LocalPool(
+            engines=1, transport="memory://x", root=tmp_path, pass_env=["AZURE_CLIENT_SECRET"]
+        )
+    assert not any(tmp_path.iterdir())  # refused before anything was made
 
 
 def test_pass_env_option_refusal_is_a_usage_error(tmp_path):
