@@ -82,7 +82,7 @@ class _Proc:
             process_group=0,
             preexec_fn=_die_with_parent,
         )
-        if self.popen.stdin is not None:
+        if stdin_text is not None and self.popen.stdin is not None:
             with contextlib.suppress(BrokenPipeError):  # it died at once: wait_ready says so
                 self.popen.stdin.write(stdin_text.encode())
             with contextlib.suppress(BrokenPipeError):
