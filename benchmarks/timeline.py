@@ -63,7 +63,7 @@ from benchmarks.transport import MAILBOX, RESULTS, STOP, TASKS
 
 __all__ = ["main", "pattern_timeline", "session_timeline", "transport_timeline", "wakeups"]
 
-_ENV_DIR = "RTBATCH_TIMELINE_DIR"
+_ENV_DIR = "BENCH_TIMELINE_DIR"  # passed to the task workers too (pass_env)
 
 
 def _median_us(values: list[float]) -> float:
@@ -211,10 +211,10 @@ def transport_timeline(count: int) -> dict[str, float]:
 # -- session --------------------------------------------------------------------------------
 _SITECUSTOMIZE = """
 import os
-if os.environ.get("RTBATCH_TIMELINE_DIR"):
+if os.environ.get("BENCH_TIMELINE_DIR"):
     import atexit, builtins, json, sys, time
     _log = []
-    _out = os.environ["RTBATCH_TIMELINE_DIR"]
+    _out = os.environ["BENCH_TIMELINE_DIR"]
     def _dump():
         with open(f"{_out}/engine-{os.getpid()}.json", "w") as f:
             f.write(json.dumps(_log))
@@ -281,7 +281,7 @@ def session_timeline(count: int, engines: int = 2, worker_mode: str = "direct") 
         env = {_ENV_DIR: tmp, "PYTHONPATH": os.pathsep.join(paths)}
         pool = rb.LocalPool(
             engines=engines, transport="zmq://127.0.0.1:0", task_files=[task], env=env,
-            worker_mode=worker_mode,
+            worker_mode=worker_mode, pass_env=[_ENV_DIR],
         )  # fmt: skip
         totals: list[float] = []
         with pool, rb.Session(pool) as session:

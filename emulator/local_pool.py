@@ -50,10 +50,21 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 class _Proc:
-    """A child process whose stdout is scanned for a readiness line."""
+    """A child process whose stdout is scanned for a readiness line.
+
+    ``stdin_text`` is written to its standard input, which is then closed (how an
+    engine gets its transport URL: never on its command line, see ``--transport-file``).
+    """
 
     def __init__(
-        self, argv: list[str], *, cwd: Path, log_path: Path, ready_prefix: str, env: dict[str, str]
+        self,
+        argv: list[str],
+        *,
+        cwd: Path,
+        log_path: Path,
+        ready_prefix: str,
+        env: dict[str, str],
+        stdin_text: str | None = None,
     ) -> None:
         self.argv = argv
         self.log_path = log_path
@@ -67,10 +78,15 @@ class _Proc:
             env=env,
             stdout=subprocess.PIPE,
             stderr=self._log_file,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if stdin_text is None else subprocess.PIPE,
             process_group=0,
             preexec_fn=_die_with_parent,
         )
+        if stdin_text is not None and self.popen.stdin is not None:
+            with contextlib.suppress(BrokenPipeError):  # it died at once: wait_ready says so
+                self.popen.stdin.write(stdin_text.encode())
+            with contextlib.suppress(BrokenPipeError):
+                self.popen.stdin.close()
         self._reader = threading.Thread(target=self._read, args=(ready_prefix,), daemon=True)
         self._reader.start()
 
@@ -162,6 +178,9 @@ class LocalPool(Pool):
             on ``zmq://``) or through their engine (relay); see docs/engine.md.
         broker_args: extra command-line arguments for the broker (e.g. ``["--data-dir", d]``).
         start_broker: start a broker for a ``zmq://`` URL with an explicit port.
+        env: environment variables of the engine processes, on top of this process's.
+        pass_env: names of variables the engines' task processes get besides the
+            allowlist (``rtbatch engine --pass-env``; credential-like names are refused).
     """
 
     def __init__(
@@ -183,7 +202,10 @@ class LocalPool(Pool):
         start_broker: bool = True,
         env: dict[str, str] | None = None,
         worker_mode: str = "auto",
+        pass_env: Sequence[str] = (),
     ) -> None:
+        from realtime_batch.engine.credentials import check_pass_env
+
         if engines < 0:
             raise ValueError("engines must be >= 0")
         if worker_mode not in WORKER_MODES:
@@ -191,6 +213,7 @@ class LocalPool(Pool):
                 f"worker_mode must be one of {list(WORKER_MODES)}, not {worker_mode!r}"
             )
         self.worker_mode = worker_mode
+        self.pass_env = check_pass_env(pass_env)
         self._scheme = registered_scheme(transport)
         self._url = transport
         self._job = job or f"job-{uuid.uuid4().hex[:8]}"
@@ -327,8 +350,8 @@ class LocalPool(Pool):
             sys.executable,
             "-m",
             "realtime_batch.engine",
-            "--transport",
-            self._url,
+            "--transport-file",
+            "-",  # the URL (a connection string holds a key) comes on stdin
             "--queue",
             self.queue,
             "--tasks-dir",
@@ -346,6 +369,8 @@ class LocalPool(Pool):
             argv += ["--default-timeout", str(self.default_timeout)]
         if self.worker_mode != "auto":
             argv += ["--worker-mode", self.worker_mode]
+        for name in self.pass_env:
+            argv += ["--pass-env", name]
         return argv
 
     def _spawn(self) -> Any:
@@ -363,6 +388,7 @@ class LocalPool(Pool):
             log_path=node / "engine.log",
             ready_prefix="ENGINE READY",
             env=self._env,
+            stdin_text=self._url,
         )
 
     def _spawn_thread(self, node: Path, engine_id: str) -> Any:
@@ -380,6 +406,7 @@ class LocalPool(Pool):
             engine_id=engine_id,
             default_timeout=self.default_timeout,
             direct=WORKER_MODES[self.worker_mode],
+            pass_env=self.pass_env,
         )
         return engine.start()
 

@@ -546,6 +546,8 @@ class DirectWorker:
         body_size: int,
         poll: float,
         cancels: CancelRequests,
+        *,
+        pass_env: tuple[str, ...] = (),
     ) -> None:
         self.tasks_dir = tasks_dir
         self.work_dir = work_dir
@@ -558,6 +560,7 @@ class DirectWorker:
         self.wake_w = wake_w
         self.poll_interval = poll
         self.cancels = cancels
+        self.pass_env = pass_env
         self.ledger = Ledger(prefetch, body_size)
         self.worker: WorkerProcess | None = None
         self.draining = False
@@ -583,7 +586,7 @@ class DirectWorker:
         self._running = (0, None)  # run sequence numbers start again with each worker
         self._cancel_seen.clear()
         self._noticed = 0
-        worker = WorkerProcess(self.tasks_dir, self.work_dir, self.engine_id)
+        worker = WorkerProcess(self.tasks_dir, self.work_dir, self.engine_id, self.pass_env)
         try:
             worker.start(direct=(json.dumps(self.options), self.ledger.fd, self.wake_w))
         except BaseException:

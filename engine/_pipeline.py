@@ -21,7 +21,7 @@ import random
 import select
 import time
 from collections import deque
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator, Sequence
 
 from ._outbox import Held, Outbox
 from .control import KIND_RUNNING, NOTIFY, RUNNING_NOTICE_AFTER
@@ -73,12 +73,15 @@ class WorkerPipeline:
         wake_fd: int,
         retry_backoff: float = DEFAULT_RETRY_BACKOFF,
         retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
+        *,
+        pass_env: Sequence[str] = (),
     ) -> None:
         self.tasks_dir = tasks_dir
         self.work_dir = work_dir
         self.engine_id = engine_id
         self.outbox = outbox
         self.default_timeout = default_timeout
+        self.pass_env = tuple(pass_env)
         self.worker: WorkerProcess | None = None
         self.pending: deque[Held] = deque()
         self.inflight: deque[Held] = deque()
@@ -96,7 +99,7 @@ class WorkerPipeline:
     # -- process ---------------------------------------------------------------------------
     def start_worker(self) -> None:
         """Start a worker and wait until it is warm. Raises ``WorkerStartError``."""
-        worker = WorkerProcess(self.tasks_dir, self.work_dir, self.engine_id)
+        worker = WorkerProcess(self.tasks_dir, self.work_dir, self.engine_id, self.pass_env)
         try:
             worker.start()
         except BaseException:

@@ -22,9 +22,24 @@ READY_LINE = "ENGINE READY"
 @click.option(
     "--transport",
     "transport_url",
-    required=True,
-    envvar="RTBATCH_TRANSPORT",
-    help="Transport URL, e.g. zmq://127.0.0.1:5555 (env RTBATCH_TRANSPORT).",
+    default=None,
+    help="Transport URL without a secret, e.g. zmq://127.0.0.1:5555. A credential "
+    "(connection string with a key, URL with a password) goes in --transport-file or "
+    "env RTBATCH_TRANSPORT instead.",
+)
+@click.option(
+    "--transport-file",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default=None,
+    help="File holding the transport URL or connection string (mode 0600; - reads stdin).",
+)
+@click.option(
+    "--pass-env",
+    "pass_env",
+    multiple=True,
+    metavar="NAME",
+    help="Give task processes this environment variable too (repeatable; names that look "
+    "like credentials are refused). See docs/engine.md for the default allowlist.",
 )
 @click.option("--queue", required=True, help="Task queue to pull from (declared if missing).")
 @click.option(
@@ -108,7 +123,9 @@ READY_LINE = "ENGINE READY"
     "--log-level", default=None, help="Logging level (default: env RTBATCH_LOG_LEVEL or INFO)."
 )
 def engine(
-    transport_url: str,
+    transport_url: str | None,
+    transport_file: str | None,
+    pass_env: tuple[str, ...],
     queue: str,
     tasks_dir: str,
     work_dir: str | None,
@@ -130,8 +147,15 @@ def engine(
     stderr. SIGTERM/SIGINT stop it gracefully (exit code 0).
     """
     from ..transport.errors import TransportError
+    from .credentials import check_pass_env, deny_tracing
     from .engine import Engine, EngineError
 
+    try:
+        pass_env = check_pass_env(pass_env)
+    except EngineError as exc:
+        raise click.BadParameter(str(exc), param_hint="--pass-env") from None
+    url = _transport_credential(transport_url, transport_file)
+    deny_tracing()  # tasks run as this user: keep them out of this process's memory
     name = (log_level or os.environ.get("RTBATCH_LOG_LEVEL") or "INFO").upper()
     level = logging.getLevelName(name)
     if not isinstance(level, int):
@@ -156,7 +180,7 @@ def engine(
 
     try:
         eng = Engine(
-            transport_url,
+            url,
             queue,
             tasks_dir,
             work_dir=work_dir,
@@ -171,7 +195,47 @@ def engine(
             control_queue=control_queue,
             result_ttl=result_ttl,
             direct=WORKER_MODES[worker_mode],
+            pass_env=pass_env,
         )
         eng.run()
     except (EngineError, TransportError) as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _transport_credential(transport_url: str | None, transport_file: str | None) -> str:
+    """The transport URL from ``--transport``, ``--transport-file`` or ``RTBATCH_TRANSPORT``.
+
+    The variables of ``CREDENTIAL_ENV`` are removed from the environment in every case,
+    so no worker or JVM inherits them. A secret on the command line is refused.
+    """
+    from ..config import contains_secret
+    from .credentials import (
+        CREDENTIAL_ENV,
+        CredentialError,
+        forget_environment_variables,
+        read_credential_file,
+    )
+
+    from_env = forget_environment_variables(CREDENTIAL_ENV).get("RTBATCH_TRANSPORT")
+    if transport_url is not None and transport_file is not None:
+        raise click.UsageError("give --transport or --transport-file, not both")
+    if transport_url is not None:
+        if contains_secret(transport_url):
+            raise click.BadParameter(
+                "this URL carries a secret (a key, a SAS signature or a password), and a "
+                "command line is readable by every user of the machine: put it in a file "
+                "of mode 0600 given with --transport-file, or in env RTBATCH_TRANSPORT",
+                param_hint="--transport",
+            )
+        return transport_url
+    if transport_file is not None:
+        try:
+            return read_credential_file(transport_file)
+        except CredentialError as exc:
+            raise click.ClickException(f"CredentialError: {exc}") from None
+    if from_env:
+        return from_env
+    raise click.UsageError(
+        "no transport: give --transport URL (no secret), --transport-file PATH, "
+        "or env RTBATCH_TRANSPORT"
+    )

@@ -44,7 +44,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from queue import SimpleQueue
 from typing import Any
 
@@ -57,6 +57,7 @@ from ._direct import DirectWorker, supports_direct
 from ._outbox import Outbox, settle_loop
 from ._pipeline import DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX, WorkerPipeline
 from .control import CONTROL_QUEUE
+from .credentials import check_pass_env
 from .errors import EngineError
 
 __all__ = ["DEFAULT_RESULT_TTL", "Engine", "EngineError", "default_engine_id"]
@@ -98,6 +99,8 @@ class Engine:
             the engine supervising beside it (``engine._direct``): a shorter path per
             task. None (default): when ``transport`` is a ``zmq://`` URL, the only
             transport whose leases another connection can settle.
+        pass_env: names of environment variables task processes get besides the
+            allowlist of ``engine.credentials.TASK_ENV_NAMES`` (``--pass-env``).
     """
 
     def __init__(
@@ -119,6 +122,7 @@ class Engine:
         retry_backoff: float = DEFAULT_RETRY_BACKOFF,
         retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
         direct: bool | None = None,
+        pass_env: Sequence[str] = (),
     ) -> None:
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
@@ -164,9 +168,10 @@ class Engine:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        self.pass_env = check_pass_env(pass_env)
         self._pipeline = WorkerPipeline(
             self.tasks_dir, self.work_dir, self.engine_id, self._outbox, default_timeout,
-            self._wake_r, retry_backoff, retry_backoff_max,
+            self._wake_r, retry_backoff, retry_backoff_max, pass_env=self.pass_env,
         )  # fmt: skip
         self.control_queue = control_queue
         self._control: threading.Thread | None = None
@@ -269,6 +274,7 @@ class Engine:
             self.tasks_dir, self.work_dir, self.engine_id, self._url, self.queue, self.prefetch,
             options, self.transport, self._outbox, self._wake_r, self._wake_w,
             self.transport.max_message_size, min(_POLL / 2, self.lock_duration / 6), self._cancels,
+            pass_env=self.pass_env,
         )  # fmt: skip
         try:
             direct.start()

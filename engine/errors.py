@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["EngineError", "PipelineError", "WorkerStartError"]
+__all__ = ["CredentialError", "EngineError", "PipelineError", "WorkerStartError"]
 
 
 class EngineError(RuntimeError):
@@ -15,3 +15,8 @@ class WorkerStartError(EngineError):
 
 class PipelineError(EngineError):
     """The worker answered out of order (a broken pipe protocol)."""
+
+
+class CredentialError(EngineError):
+    """A credential cannot be used as given (a secret on the command line, a credential
+    file others can read, a credential-like name passed to tasks)."""

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .credentials import task_environment
 from .tasks import resolve_in_dir
 
 __all__ = [
@@ -131,6 +132,7 @@ def run_jar(
             errors="replace",
             timeout=timeout,
             preexec_fn=_preexec(),
+            env=task_environment(),  # never the worker's credentials (there are none left)
         )
     except subprocess.TimeoutExpired as exc:
         stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""

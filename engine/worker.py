@@ -36,9 +36,11 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .credentials import scrub_environ, task_environment
 from .errors import WorkerStartError
 from .java import java_runner, run_jar, set_current_dirs
 from .tasks import KIND_JAR, TaskContractError, TaskModuleCache, call_task
@@ -110,12 +112,17 @@ class WorkerProcess:
         tasks_dir: directory holding the task modules and jars.
         work_dir: the worker's current directory.
         engine_id: passed to task code as ``engine.engine_id``.
+        pass_env: environment variables the worker gets besides the allowlist
+            (``engine.credentials.task_environment``).
     """
 
-    def __init__(self, tasks_dir: str, work_dir: str, engine_id: str) -> None:
+    def __init__(
+        self, tasks_dir: str, work_dir: str, engine_id: str, pass_env: Sequence[str] = ()
+    ) -> None:
         self.tasks_dir = tasks_dir
         self.work_dir = work_dir
         self.engine_id = engine_id
+        self.pass_env = tuple(pass_env)
         self.proc: subprocess.Popen[bytes] | None = None
         self.results: Connection | None = None
         self._tasks: Connection | None = None
@@ -132,7 +139,9 @@ class WorkerProcess:
         """Start the process and wait until it has imported everything and said ready.
 
         ``direct``: ``(options JSON, ledger fd, wake fd)`` for a direct-mode worker
-        (``engine._direct``), which takes its tasks from the broker itself.
+        (``engine._direct``), which takes its tasks from the broker itself. The options
+        hold the transport URL, a credential: they go through the task pipe, never the
+        command line, and the worker's environment is the allowlisted one.
         """
         task_r, task_w = os.pipe()
         result_r, result_w = os.pipe()
@@ -147,15 +156,18 @@ class WorkerProcess:
             *("--tasks-dir", self.tasks_dir, "--work-dir", self.work_dir),
             *("--engine-id", self.engine_id),
         ]
+        if self.pass_env:
+            argv += ["--pass-env", ",".join(self.pass_env)]
         shared_fds: tuple[int, ...] = ()
         if direct is not None:
-            options, ledger_fd, wake_fd = direct
-            argv += ["--direct", options, "--shared-fds", f"{ledger_fd},{wake_fd}"]
+            _options, ledger_fd, wake_fd = direct
+            argv += ["--direct", "--shared-fds", f"{ledger_fd},{wake_fd}"]
             shared_fds = (ledger_fd, wake_fd)
         try:
             self.proc = subprocess.Popen(
                 argv,
                 pass_fds=child_fds + shared_fds,
+                env=task_environment(pass_env=self.pass_env),
                 cwd=self.work_dir,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
@@ -167,6 +179,8 @@ class WorkerProcess:
         for fd in child_fds:
             os.close(fd)
         self._tasks = Connection(task_w, readable=False)
+        if direct is not None:  # read first by the worker; far below a pipe's capacity
+            self._tasks.send_bytes(direct[0].encode())
         self.results = Connection(result_r, writable=False)
         self._result_poll = select.poll()
         self._result_poll.register(result_r, select.POLLIN)
@@ -384,9 +398,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks-dir", required=True)
     parser.add_argument("--work-dir", required=True)
     parser.add_argument("--engine-id", required=True)
-    parser.add_argument("--direct", default=None, help="direct mode: options as JSON")
+    parser.add_argument(
+        "--direct", action="store_true", help="direct mode (options come on the task pipe)"
+    )
     parser.add_argument("--shared-fds", default=None, help="direct mode: ledger fd, wake fd")
+    parser.add_argument("--pass-env", default="", help="variables kept besides the allowlist")
     opts = parser.parse_args(argv)
+    scrub_environ([name for name in opts.pass_env.split(",") if name])
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the engine decides when to stop
     os.dup2(2, 1)  # task print() output goes to the engine's log, not its stdout
@@ -406,8 +424,9 @@ def main(argv: list[str] | None = None) -> None:
     tasks = Connection(task_fd, writable=False)
     results = Connection(result_fd, readable=False)
     try:
-        if opts.direct is not None:
-            _serve_direct(json.loads(opts.direct), opts.shared_fds, results, ctrl_fd, context)
+        if opts.direct:
+            options = json.loads(tasks.recv_bytes())
+            _serve_direct(options, opts.shared_fds, results, ctrl_fd, context)
         else:
             _serve(tasks, results, ctrl_fd, context)
     except (BrokenPipeError, EOFError):
@@ -424,7 +443,7 @@ def _serve_direct(
 
     ledger_fd, wake_fd = (int(x) for x in shared_fds.split(","))
     os.set_blocking(wake_fd, False)
-    transport = open_transport(options["url"])
+    transport = open_transport(options.pop("url"))  # not left where task code looks
     try:
         ledger = Ledger(options["slots"], options["body_size"], fd=ledger_fd)
         control = DirectControl(ctrl_fd)

@@ -95,15 +95,21 @@ def engine_command(*, queue: str, prefetch: int) -> str:
     """One engine: runs until stopped, in the task's own working directory.
 
     The transport URL comes from the task's environment (``RTBATCH_ENGINE_TRANSPORT``),
-    never from the command line stored in the job.
+    never from the command line stored in the job. The script takes it out of the
+    environment and hands it to the engine on stdin (``--transport-file -``): it is in
+    neither the engine's command line (readable by every user of the node) nor its
+    environment, so no worker or JVM inherits it.
     """
     return _bash(
         [
             f'job="{NODE_ROOT}/jobs/$AZ_BATCH_JOB_ID"',
             'cp -a "$job/inputs/." "$AZ_BATCH_TASK_WORKING_DIR/"',
+            f'transport="${ENGINE_TRANSPORT_ENV}"',
+            f"unset {ENGINE_TRANSPORT_ENV}",
             f'exec "{NODE_ROOT}/venv/bin/python" -m realtime_batch.engine'
-            f' --transport "${ENGINE_TRANSPORT_ENV}" --queue {shlex.quote(queue)}'
+            f" --transport-file - --queue {shlex.quote(queue)}"
             ' --tasks-dir "$job/tasks" --work-dir "$AZ_BATCH_TASK_WORKING_DIR"'
-            f' --prefetch {int(prefetch)} --engine-id "$AZ_BATCH_NODE_ID/$AZ_BATCH_TASK_ID"',
+            f' --prefetch {int(prefetch)} --engine-id "$AZ_BATCH_NODE_ID/$AZ_BATCH_TASK_ID"'
+            ' <<<"$transport"',
         ]
     )

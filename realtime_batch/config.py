@@ -42,6 +42,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "config_path",
+    "contains_secret",
     "redact",
 ]
 
@@ -115,6 +116,8 @@ _SECRET_PARTS = re.compile(
     r"((?:SharedAccessKey|AccountKey|SharedAccessSignature|sig|curve_secret_?key)=)([^;&\s]+)",
     re.IGNORECASE,
 )
+# the password of a URL (scheme://user:PASSWORD@host)
+_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^/@:]*:)([^/@]+)(@)", re.IGNORECASE)
 
 
 class ConfigError(ValueError):
@@ -129,11 +132,17 @@ def redact(key: str, value: Any) -> Any:
     """
     if not isinstance(value, str) or not value:
         return value
-    if _SECRET_PARTS.search(value):
+    if contains_secret(value):
+        value = _URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + m.group(3), value)
         return _SECRET_PARTS.sub(lambda m: m.group(1) + REDACTED, value)
     if key.endswith(("_key", ".key", "password", "secret")):
         return REDACTED
     return value
+
+
+def contains_secret(value: str) -> bool:
+    """True if ``value`` carries a secret: a key, a SAS signature or a URL's password."""
+    return bool(_SECRET_PARTS.search(value) or _URL_PASSWORD.search(value))
 
 
 def config_path(path: str | os.PathLike[str] | None = None) -> Path:
