@@ -41,7 +41,12 @@ READY_LINE = "ENGINE READY"
     help="Give task processes this environment variable too (repeatable; names that look "
     "like credentials are refused). See docs/engine.md for the default allowlist.",
 )
-@click.option("--queue", required=True, help="Task queue to pull from (declared if missing).")
+@click.option(
+    "--queue",
+    default=None,
+    help="Task queue to pull from (declared if missing). Default: transport.queue of "
+    "rtbatch.toml / RTBATCH_TRANSPORT_QUEUE, else 'tasks'.",
+)
 @click.option(
     "--tasks-dir",
     required=True,
@@ -126,7 +131,7 @@ def engine(
     transport_url: str | None,
     transport_file: str | None,
     pass_env: tuple[str, ...],
-    queue: str,
+    queue: str | None,
     tasks_dir: str,
     work_dir: str | None,
     prefetch: int,
@@ -155,6 +160,7 @@ def engine(
     except EngineError as exc:
         raise click.BadParameter(str(exc), param_hint="--pass-env") from None
     url = _transport_credential(transport_url, transport_file)
+    queue = queue or str(_config_value("transport.queue") or "tasks")
     deny_tracing()  # tasks run as this user: keep them out of this process's memory
     name = (log_level or os.environ.get("RTBATCH_LOG_LEVEL") or "INFO").upper()
     level = logging.getLevelName(name)
@@ -203,7 +209,7 @@ def engine(
 
 
 def _transport_credential(transport_url: str | None, transport_file: str | None) -> str:
-    """The transport URL from ``--transport``, ``--transport-file`` or ``RTBATCH_TRANSPORT``.
+    """The transport URL: ``--transport``, ``--transport-file``, ``RTBATCH_TRANSPORT``, config.
 
     The variables of ``CREDENTIAL_ENV`` are removed from the environment in every case,
     so no worker or JVM inherits them. A secret on the command line is refused.
@@ -235,7 +241,21 @@ def _transport_credential(transport_url: str | None, transport_file: str | None)
             raise click.ClickException(f"CredentialError: {exc}") from None
     if from_env:
         return from_env
+    configured = _config_value("transport.engine_url") or _config_value("transport.url")
+    if configured and not str(configured).rstrip("/").endswith(":0"):
+        return str(configured)
     raise click.UsageError(
         "no transport: give --transport URL (no secret), --transport-file PATH, "
-        "or env RTBATCH_TRANSPORT"
+        "env RTBATCH_TRANSPORT, or transport.url in rtbatch.toml (not port 0: an engine "
+        "connects to a broker that runs already)"
     )
+
+
+def _config_value(key: str) -> object:
+    """A setting of rtbatch.toml (``RTBATCH_CONFIG``) and its ``RTBATCH_*`` overrides."""
+    from ..config import Config, ConfigError
+
+    try:
+        return Config.load()[key]
+    except ConfigError as exc:
+        raise click.ClickException(f"ConfigError: {exc}") from None
