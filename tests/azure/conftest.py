@@ -107,7 +107,7 @@ def batch_fake():
     """The Batch REST fake over HTTP (shared key); yields (fake, endpoint)."""
     from batch_fake import BatchFake
 
-    fake = BatchFake()
+    fake = BatchFake(auto_storage=AZURITE_ACCOUNT)  # staging account linked as auto-storage
     url = fake.start()
     try:
         yield fake, url
@@ -169,3 +169,6 @@ def batch_fake_https(tmp_path: Path):
         yield fake, url, token
     finally:
         fake.stop()
+
+
+from azure_fixtures import files, make_pool  # noqa: E402,F401  (fixtures for every module here)
