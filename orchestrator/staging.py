@@ -3,30 +3,32 @@
 Each pool gets one container (``<prefix>-<pool id>``) holding the realtime-batch
 wheel, the task files and the input files; a second container (``…-logs``) receives
 engine logs. Files are uploaded only when their content changed (SHA-256 kept in the
-blob's metadata). Nodes never see an account key: they get
-
-* a **read-only**, short-lived SAS scoped to the staging container (resource files);
-* a **create/write-only** SAS scoped to the logs container (output files).
+blob's metadata). Nodes never see an account key: they download the staged files
+through Batch (auto-storage or a pool identity, see ``AzureBatchPool``), and get a
+**create/write-only** SAS scoped to the logs container (output files).
 
 With an account key the SAS is signed with it (it never leaves the client); with
-Entra ID (``DefaultAzureCredential``) it is a user delegation SAS.
+Entra ID (``DefaultAzureCredential``) it is a user delegation SAS, whose key Storage
+grants for 7 days at most (:data:`MAX_DELEGATION`). Every storage failure surfaces
+as :class:`StagingError`.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import attrs
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import (
     BlobServiceClient,
     ContainerSasPermissions,
@@ -52,10 +54,30 @@ HASH_METADATA_KEY = "sha256"
 #: SAS validity starts this long in the past (clock skew between client and service).
 CLOCK_SKEW = timedelta(minutes=5)
 _CHUNK = 1 << 20
+#: the longest validity Storage grants a user delegation key
+MAX_DELEGATION = timedelta(days=7)
 
 
 class StagingError(OrchestratorError):
     """Staging files in Blob storage failed."""
+
+
+def _storage_errors(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Map azure-core errors of a ``BlobStaging`` method into :class:`StagingError`."""
+
+    @functools.wraps(method)
+    def mapped(self: BlobStaging, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except StagingError:
+            raise
+        except AzureError as exc:
+            what = method.__name__.strip("_").replace("_", " ")
+            raise StagingError(
+                f"storage account {self.service.account_name}: {what} failed: {exc.message}"
+            ) from exc
+
+    return mapped
 
 
 @attrs.frozen
@@ -175,6 +197,7 @@ class BlobStaging:
         return f"BlobStaging(account={self.service.account_name!r}, container={self.container!r})"
 
     # ------------------------------------------------------------------ upload
+    @_storage_errors
     def ensure_containers(self) -> None:
         """Create the staging and logs containers (private access) if missing."""
         for name in (self.container, self.logs_container):
@@ -184,6 +207,7 @@ class BlobStaging:
             except ResourceExistsError:
                 pass
 
+    @_storage_errors
     def upload(self, files: Iterable[StrPath], folder: str) -> list[StagedFile]:
         """Upload files under ``folder/`` unless an identical blob is already there.
 
@@ -223,6 +247,7 @@ class BlobStaging:
             staged.append(StagedFile(blob_name, digest, path.stat().st_size, uploaded))
         return staged
 
+    @_storage_errors
     def prune(self, folder: str, keep: Iterable[str]) -> list[str]:
         """Delete blobs under ``folder/`` whose names are not in ``keep``; return them."""
         keep_set = set(keep)
@@ -234,6 +259,7 @@ class BlobStaging:
                 removed.append(blob.name)
         return removed
 
+    @_storage_errors
     def delete(self, *, keep_logs: bool = True) -> None:
         """Delete the staging container (and the logs container unless ``keep_logs``)."""
         names = [self.container] if keep_logs else [self.container, self.logs_container]
@@ -244,6 +270,7 @@ class BlobStaging:
                 pass
 
     # --------------------------------------------------------------------- SAS
+    @_storage_errors
     def _sign(
         self, container: str, permission: ContainerSasPermissions, lifetime: timedelta
     ) -> str:
@@ -260,9 +287,11 @@ class BlobStaging:
                 start=start,
                 expiry=expiry,
             )
+        # a user delegation key lasts 7 days at most, and a SAS no longer than its key
+        expiry = min(expiry, start + MAX_DELEGATION)
         key = self._delegation_key
         if key is None or datetime.fromisoformat(key.signed_expiry.replace("Z", "+00:00")) < expiry:
-            key = self.service.get_user_delegation_key(start, expiry + timedelta(hours=1))
+            key = self.service.get_user_delegation_key(start, start + MAX_DELEGATION)
             self._delegation_key = key
         return generate_container_sas(
             self.service.account_name,
@@ -276,6 +305,10 @@ class BlobStaging:
     def read_sas(self) -> str:
         """A read-only SAS token scoped to the staging container."""
         return self._sign(self.container, ContainerSasPermissions(read=True), self.sas_lifetime)
+
+    def container_url(self) -> str:
+        """URL of the staging container (no SAS: for a pool identity)."""
+        return self.service.get_container_client(self.container).url
 
     def blob_url(self, blob_name: str, sas: str | None = None) -> str:
         """URL of a staged blob; with ``sas`` appended when given."""
@@ -293,6 +326,7 @@ class BlobStaging:
         return f"{url}?{sas}"
 
     # ------------------------------------------------------------------- logs
+    @_storage_errors
     def list_logs(self, prefix: str = "") -> list[str]:
         """Names of the log blobs under ``prefix``."""
         container = self.service.get_container_client(self.logs_container)
@@ -301,6 +335,7 @@ class BlobStaging:
         except ResourceNotFoundError:
             return []
 
+    @_storage_errors
     def download_logs(self, dest: StrPath, prefix: str = "") -> list[Path]:
         """Download log blobs under ``prefix`` into ``dest`` (keeping their paths)."""
         container = self.service.get_container_client(self.logs_container)

@@ -78,6 +78,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "image_sku": "server",
         "node_agent_sku": "batch.node.ubuntu 24.04",
         "subnet_id": "",
+        "node_identity": "",  # empty: downloads signed by Batch from its auto-storage account
         "autoscale_formula": "",
         "wheel": "",  # empty: built from the source tree
         "poll_interval": 5.0,

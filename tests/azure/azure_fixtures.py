@@ -46,7 +46,7 @@ def make_pool(batch_fake, azurite, files, request):
             transport_url="zmq://127.0.0.1:5555",
             wheel=files / "realtime_batch-0.1.0-py3-none-any.whl",
             poll_interval=0.01,
-            **options,
+            **{"drain_timeout": 0.2, **options},
         )
         made.append(pool)
         return pool

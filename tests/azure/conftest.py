@@ -163,7 +163,7 @@ def batch_fake_https(tmp_path: Path):
     from batch_fake import BatchFake
 
     token = "fake-entra-token"
-    fake = BatchFake(token=token)
+    fake = BatchFake(token=token, auto_storage=AZURITE_ACCOUNT)
     url = fake.start(ssl_context=self_signed_context(tmp_path))
     try:
         yield fake, url, token

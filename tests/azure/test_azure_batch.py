@@ -6,7 +6,6 @@ import json
 from datetime import timedelta
 
 import pytest
-import requests
 from azure.core.credentials import AccessToken
 from azure.storage.blob import BlobServiceClient
 from azure_fixtures import ENGINE_URL
@@ -46,12 +45,12 @@ def test_create_sends_image_slots_and_start_task(make_pool, batch_fake):
     )
     assert "sleep" not in cmd
     assert "openjdk" not in cmd  # no jar staged
-    [resource] = start["resourceFiles"]
-    assert resource["filePath"] == "wheels/realtime_batch-0.1.0-py3-none-any.whl"
-    assert "sp=r&" in resource["httpUrl"] and "sig=" in resource["httpUrl"]
-    # the node can fetch the wheel with that SAS URL (Azurite enforces it)
-    got = requests.get(resource["httpUrl"], timeout=10)
-    assert got.status_code == 200 and got.content == b"PK\x03\x04 stand-in wheel"
+    # Batch itself signs the download from the staging (auto-storage) container
+    assert start["resourceFiles"] == [
+        {"autoStorageContainerName": pool.staging.container, "blobPrefix": "wheels/"}
+    ]
+    blobs = pool.staging.service.get_container_client(pool.staging.container).list_blobs("wheels/")
+    assert [b.name for b in blobs] == ["wheels/realtime_batch-0.1.0-py3-none-any.whl"]
     assert pool.list()[0]["id"] == pool.pool_id
     assert pool.engines == 6
 
@@ -71,9 +70,7 @@ def test_start_engines_one_task_per_slot(make_pool, batch_fake):
     [body] = fake.bodies("POST", "/jobs")
     assert body["poolInfo"]["poolId"] == pool.pool_id
     prep = body["jobPreparationTask"]
-    assert {r["filePath"] for r in prep["resourceFiles"]} == {"tasks/hello.py", "inputs/data.csv"}
-    for resource in prep["resourceFiles"]:
-        assert requests.get(resource["httpUrl"], timeout=10).status_code == 200
+    assert {r["blobPrefix"] for r in prep["resourceFiles"]} == {"tasks/", "inputs/"}
     assert body["commonEnvironmentSettings"] == [
         {"name": "RTBATCH_ENGINE_TRANSPORT", "value": ENGINE_URL}
     ]
@@ -129,10 +126,10 @@ def test_resize_adds_and_removes_engines(make_pool, batch_fake):
     assert sorted(fake.tasks[job]) == [f"engine-{i:04d}-r0" for i in range(6)]
     [resize] = fake.bodies("POST", r"/pools/.*/resize")
     assert resize["targetDedicatedNodes"] == 3
-    # new nodes get a freshly signed start task
-    assert fake.bodies("POST", r"/pools/.*/updateproperties")[0]["startTask"]["resourceFiles"]
     pool.resize(2)
-    assert sorted(fake.tasks[job]) == ["engine-0000-r0", "engine-0001-r0"]
+    [node] = fake.nodes[pool.pool_id]
+    assert len(fake.tasks[job]) == 2
+    assert {t["nodeInfo"]["nodeId"] for t in fake.tasks[job].values()} == {node["id"]}
 
 
 def test_autoscale(make_pool, batch_fake):

@@ -51,11 +51,13 @@ def test_shrink_drains_the_leaving_engines_through_the_transport(make_pool, batc
     job = pool.start_engines()
     pool.wait_ready()
     before = _engine_tasks(fake, job)
-    pool.resize(2)
-    kept = _engine_tasks(fake, job)
-    assert len(kept) == 2 and len({t["nodeInfo"]["nodeId"] for t in kept.values()}) == 1
-    gone = [t for tid, t in before.items() if tid not in kept]
-    with open_transport(url) as transport:
+    with open_transport(url) as transport:  # an engine's view of the control queue
+        transport.declare_queue("control", grouped=True)
+        pool.resize(2)
+        kept = _engine_tasks(fake, job)
+        assert len(kept) == 2 and len({t["nodeInfo"]["nodeId"] for t in kept.values()}) == 1
+        gone = [t for tid, t in before.items() if tid not in kept]
+        assert len(gone) == 2
         for task in gone:
             engine_id = f"{task['nodeInfo']['nodeId']}/{task['id']}"
             [stop] = transport.receive("control", max_messages=5, timeout=1, group=engine_id)

@@ -40,9 +40,9 @@ def broker():
 
 
 @pytest.fixture
-def simulated_batch(tmp_path):
-    sim = NodeSimulator(tmp_path / "nodes")
-    fake = BatchFake(on_task=sim)
+def simulated_batch(tmp_path, azurite):
+    sim = NodeSimulator(tmp_path / "nodes", auto_storage=azurite)
+    fake = BatchFake(on_task=sim, auto_storage="devstoreaccount1")
     url = fake.start()
     try:
         yield fake, url, sim
@@ -71,15 +71,18 @@ def test_pool_to_results_offline(no_leaked_processes, simulated_batch, broker, a
     try:
         pool.create()
         job = pool.start_engines()
+        pool.wait_ready()
         with Session(pool) as session:
             futures = [session.submit("hello_task.py", f"n{i}") for i in range(6)]
             values = [f.result(timeout=60) for f in futures]
         assert not sim.errors, sim.errors
         assert [v.split(" from ")[0] for v in values] == [f"hello n{i}" for i in range(6)]
         engines = {v.split(" from ")[1] for v in values}
-        assert engines <= {f"node-0/engine-000{i}-r0" for i in range(2)}
+        [node] = fake.nodes[pool.pool_id]
+        assert engines <= {f"{node['id']}/engine-000{i}-r0" for i in range(2)}
         # engines were run from the staged files: the input file landed in their work dir
-        assert (tmp_path / f"nodes/node-0/workitems/{job}/engine-0000-r0/wd/data.txt").is_file()
+        wd = tmp_path / f"nodes/{node['id']}/workitems/{job}/engine-0000-r0/wd"
+        assert (wd / "data.txt").is_file()
         sim.stop()  # the engines end (SIGTERM): their logs go to Blob as output files
         assert not sim.errors, sim.errors
         assert {t["state"] for t in fake.tasks[job].values()} == {"completed"}
