@@ -551,8 +551,57 @@ class AzureBatchPool(Pool):
                 pass
         self._report("engines drained", len(ids), len(ids))
 
-    def autoscale(self, formula: str, interval: timedelta = timedelta(minutes=5)) -> None:
-        """Switch the pool to an autoscale formula (``$TargetDedicatedNodes = ...``)."""
+    @property
+    def slots_per_node(self) -> int:
+        """Engines (task slots) per node."""
+        return self._slots_per_node
+
+    def node_targets(self) -> tuple[int, int]:
+        """The pool's target dedicated and spot node counts."""
+        with _batch_errors(f"get pool {self.pool_id}"):
+            pool = self.batch.get_pool(self.pool_id)
+        return pool.target_dedicated_nodes or 0, pool.target_low_priority_nodes or 0
+
+    def autoscale(
+        self,
+        min_nodes: int,
+        max_nodes: int,
+        *,
+        tasks_per_engine: float = 1.0,
+        idle_after: float = 600.0,
+        interval: float = 30.0,
+        spot: bool = False,
+        rounds: int | None = None,
+        counts: Callable[[], Any] | None = None,
+    ) -> None:
+        """Run the autoscale controller (see :mod:`.autoscale`) until interrupted.
+
+        Args:
+            min_nodes / max_nodes: node count bounds.
+            tasks_per_engine: queued or running tasks per engine wanted.
+            idle_after: seconds of an empty queue before shrinking.
+            interval: seconds between looks at the queue.
+            spot: grow with spot nodes.
+            rounds: stop after that many steps (None: until KeyboardInterrupt).
+            counts: the queue's counts (default: ``queue_counts`` of the pool's transport).
+        """
+        from .autoscale import AutoscalePolicy, Autoscaler
+
+        policy = AutoscalePolicy(min_nodes, max_nodes, tasks_per_engine, idle_after, interval, spot)
+        if counts is not None:
+            Autoscaler(self, policy, counts).run(rounds)
+            return
+        from realtime_batch.transport import open_transport
+
+        with open_transport(self._transport_url) as transport:
+            Autoscaler(self, policy, lambda: transport.queue_counts(self.queue)).run(rounds)
+
+    def autoscale_formula(self, formula: str, interval: timedelta = timedelta(minutes=5)) -> None:
+        """Switch the pool to a Batch autoscale formula (``$TargetDedicatedNodes = ...``).
+
+        A formula sees Batch tasks, not the queue: engines never end, so use it for
+        schedules (e.g. nodes during office hours), and :meth:`autoscale` for load.
+        """
         options = bm.BatchPoolEnableAutoScaleOptions(
             auto_scale_formula=formula, auto_scale_evaluation_interval=interval
         )

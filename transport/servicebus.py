@@ -41,6 +41,7 @@ from .base import (
     DEFAULT_MAX_DELIVERY_COUNT,
     Delivery,
     Message,
+    QueueCounts,
     Transport,
     as_message_list,
     check_max_messages,
@@ -511,6 +512,23 @@ class ServiceBusTransport(Transport):
     def abandon(self, delivery: Delivery) -> None:
         with self._settling(delivery, "abandon") as (receiver, msg):
             receiver.abandon_message(msg)
+
+    def queue_counts(self, queue: str) -> QueueCounts:
+        """Active messages of ``queue`` (needs Manage, or the Data Owner role keyless)."""
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+        from .servicebus_cli import admin_client
+
+        self._check_open()
+        target = self._connection_string or self.namespace
+        try:
+            with admin_client(target, self._credential) as admin:
+                properties = admin.get_queue_runtime_properties(queue)
+        except ResourceNotFoundError as exc:
+            raise QueueNotFoundError(f"queue_counts: no queue {queue!r}") from exc
+        except AzureError as exc:
+            raise TransportError(f"queue_counts of {queue!r}: {exc}") from exc
+        return QueueCounts(int(properties.active_message_count or 0))
 
     def dead_letter(self, delivery: Delivery, reason: str, description: str = "") -> None:
         with self._settling(delivery, "dead_letter") as (receiver, msg):

@@ -135,7 +135,7 @@ def test_resize_adds_and_removes_engines(make_pool, batch_fake):
 def test_autoscale(make_pool, batch_fake):
     fake, _ = batch_fake
     pool = make_pool().create()
-    pool.autoscale("$TargetDedicatedNodes = 2;", timedelta(minutes=10))
+    pool.autoscale_formula("$TargetDedicatedNodes = 2;", timedelta(minutes=10))
     [body] = fake.bodies("POST", r"/pools/.*/enableautoscale")
     assert body["autoScaleFormula"] == "$TargetDedicatedNodes = 2;"
     assert body["autoScaleEvaluationInterval"] in ("PT10M", "PT10M00S")
