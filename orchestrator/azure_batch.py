@@ -110,6 +110,8 @@ class AzureBatchPool(Pool):
         task_files / input_files: staged for the engines.
         wheel: the realtime-batch wheel to install on nodes (built when None).
         queue: task queue the engines pull from.
+        queue_lock_duration / queue_max_delivery_count: that queue's settings, given to
+            the engines (a crashing task's last delivery then gets an error result).
         prefetch: engine prefetch.
         engine_retries: Batch retries of an engine task that exits non-zero.
         poll_interval: first interval when polling Batch state (grows to 30 s).
@@ -135,6 +137,8 @@ class AzureBatchPool(Pool):
         input_files: Sequence[StrPath] = (),
         wheel: StrPath | None = None,
         queue: str = "tasks",
+        queue_lock_duration: float = 30.0,
+        queue_max_delivery_count: int = 10,
         prefetch: int = 1,
         engine_retries: int = 3,
         poll_interval: float = 5.0,
@@ -159,6 +163,10 @@ class AzureBatchPool(Pool):
         self.input_files = [Path(f) for f in input_files]
         self.wheel = Path(wheel) if wheel else None
         self.queue = queue
+        self.queue_settings = {
+            "RTBATCH_LOCK_DURATION": str(float(queue_lock_duration)),
+            "RTBATCH_MAX_DELIVERY_COUNT": str(int(queue_max_delivery_count)),
+        }
         self.prefetch = prefetch
         self.engine_retries = engine_retries
         self.poll_interval = poll_interval
@@ -198,6 +206,8 @@ class AzureBatchPool(Pool):
             "input_files": config["pool.input_files"],
             "wheel": config["batch.wheel"] or None,
             "queue": config["transport.queue"],
+            "queue_lock_duration": config["transport.lock_duration"],
+            "queue_max_delivery_count": config["transport.max_delivery_count"],
             "poll_interval": config["batch.poll_interval"],
             "container_prefix": config["storage.container_prefix"],
             "sas_lifetime": timedelta(hours=config["storage.sas_hours"]),
@@ -760,6 +770,10 @@ class AzureBatchPool(Pool):
             display_name=f"realtime-batch engine {slot}",
             command_line=scripts.engine_command(queue=self.queue, prefetch=self.prefetch),
             user_identity=_auto_user(admin=False),
+            # the queue's settings (not secrets): read by the engine's CLI options
+            environment_settings=[
+                bm.EnvironmentSetting(name=k, value=v) for k, v in self.queue_settings.items()
+            ],
             constraints=bm.BatchTaskConstraints(max_task_retry_count=self.engine_retries),
             output_files=outputs,
             required_slots=1,

@@ -58,6 +58,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "url": "zmq://127.0.0.1:0",  # port 0: the local pool picks a free port
         "engine_url": "",  # what engines get (Listen on tasks, Send on results)
         "queue": "tasks",
+        # the task queue's settings (rtbatch servicebus provision): engines must know them
+        "lock_duration": 30.0,
+        "max_delivery_count": 10,
     },
     "storage": {
         "connection_string": "",

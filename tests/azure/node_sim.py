@@ -94,7 +94,9 @@ class NodeSimulator:
             return node
 
     @staticmethod
-    def _env(node: Path, job: dict[str, Any], task_id: str, wd: Path) -> dict[str, str]:
+    def _env(
+        node: Path, job: dict[str, Any], task_id: str, wd: Path, task: dict[str, Any] | None = None
+    ) -> dict[str, str]:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(node)}
         env.update(
             AZ_BATCH_NODE_SHARED_DIR=str(node / "shared"),
@@ -104,6 +106,8 @@ class NodeSimulator:
             AZ_BATCH_TASK_WORKING_DIR=str(wd),
         )
         for setting in job.get("commonEnvironmentSettings", []):
+            env[setting["name"]] = setting["value"]
+        for setting in (task or {}).get("environmentSettings", []):
             env[setting["name"]] = setting["value"]
         return env
 
@@ -142,7 +146,7 @@ class NodeSimulator:
                 proc = subprocess.Popen(
                     shlex.split(task["commandLine"]),
                     cwd=wd,
-                    env=self._env(node, job, task["id"], wd),
+                    env=self._env(node, job, task["id"], wd, task),
                     stdout=out,
                     stderr=err,
                 )

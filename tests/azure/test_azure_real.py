@@ -184,3 +184,34 @@ def test_storage_errors_are_orchestrator_errors(make_pool, files):
     )
     with pytest.raises(StagingError, match="storage"):
         pool.create()
+
+
+def test_engines_get_the_queue_settings(make_pool, batch_fake, monkeypatch):
+    from click.testing import CliRunner
+
+    from realtime_batch.engine import cli as engine_cli
+
+    fake, _ = batch_fake
+    pool = make_pool(spec=ONE_NODE, queue_lock_duration=60, queue_max_delivery_count=5).create()
+    job = pool.start_engines()
+    envs = [
+        {e["name"]: e["value"] for e in t["environmentSettings"]} for t in fake.tasks[job].values()
+    ]
+    assert envs == [{"RTBATCH_LOCK_DURATION": "60.0", "RTBATCH_MAX_DELIVERY_COUNT": "5"}] * 2
+    seen = {}
+
+    class Captured:
+        def __init__(self, *args, **options):
+            seen.update(options)
+
+        def run(self):
+            pass
+
+    monkeypatch.setattr("realtime_batch.engine.engine.Engine", Captured)
+    result = CliRunner().invoke(
+        engine_cli.engine,
+        ["--transport", "memory://x", "--queue", "tasks", "--tasks-dir", "."],
+        env=envs[0],
+    )
+    assert result.exit_code == 0, result.output
+    assert (seen["lock_duration"], seen["max_delivery_count"]) == (60.0, 5)
