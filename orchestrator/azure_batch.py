@@ -209,6 +209,7 @@ class AzureBatchPool(Pool):
             "queue_lock_duration": config["transport.lock_duration"],
             "queue_max_delivery_count": config["transport.max_delivery_count"],
             "poll_interval": config["batch.poll_interval"],
+            "drain_timeout": config["batch.drain_timeout"],
             "container_prefix": config["storage.container_prefix"],
             "sas_lifetime": timedelta(hours=config["storage.sas_hours"]),
             "node_identity": config["batch.node_identity"] or None,

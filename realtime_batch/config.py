@@ -85,6 +85,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "autoscale_formula": "",
         "wheel": "",  # empty: built from the source tree
         "poll_interval": 5.0,
+        "drain_timeout": 30.0,  # seconds engines of leaving nodes get to stop
     },
     "azure": {
         "credentials_file": "",  # the seed's credentials.json
