@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -109,6 +110,9 @@ class AzureBatchPool(Pool):
         spec: pool shape used by :meth:`create`.
         task_files / input_files: staged for the engines.
         wheel: the realtime-batch wheel to install on nodes (built when None).
+        wheelhouse: a directory of the wheel's dependency wheels for the nodes
+            (Linux x86-64, CPython 3.12); downloaded with ``pip download`` when None.
+            Staged with the wheel and a constraints file: nodes install offline.
         queue: task queue the engines pull from.
         queue_lock_duration / queue_max_delivery_count: that queue's settings, given to
             the engines (a crashing task's last delivery then gets an error result).
@@ -136,6 +140,7 @@ class AzureBatchPool(Pool):
         task_files: Sequence[StrPath] = (),
         input_files: Sequence[StrPath] = (),
         wheel: StrPath | None = None,
+        wheelhouse: StrPath | None = None,
         queue: str = "tasks",
         queue_lock_duration: float = 30.0,
         queue_max_delivery_count: int = 10,
@@ -162,6 +167,7 @@ class AzureBatchPool(Pool):
         self.task_files = [Path(f) for f in task_files]
         self.input_files = [Path(f) for f in input_files]
         self.wheel = Path(wheel) if wheel else None
+        self.wheelhouse = Path(wheelhouse) if wheelhouse else None
         self.queue = queue
         self.queue_settings = {
             "RTBATCH_LOCK_DURATION": str(float(queue_lock_duration)),
@@ -205,6 +211,7 @@ class AzureBatchPool(Pool):
             "task_files": config["pool.task_files"],
             "input_files": config["pool.input_files"],
             "wheel": config["batch.wheel"] or None,
+            "wheelhouse": config["batch.wheelhouse"] or None,
             "queue": config["transport.queue"],
             "queue_lock_duration": config["transport.lock_duration"],
             "queue_max_delivery_count": config["transport.max_delivery_count"],
@@ -261,13 +268,26 @@ class AzureBatchPool(Pool):
         return tasks + inputs
 
     def _stage_wheel(self) -> StagedFile:
-        if self.wheel is None:
-            from .staging import build_wheel
+        """Stage the wheel, its dependency wheels and their constraints under ``wheels/``."""
+        from .staging import build_wheel, build_wheelhouse, constraints_for
 
+        if self.wheel is None:
+            logger.info("no [batch] wheel set: building one from the source tree")
             self.wheel = build_wheel()
-        [staged] = self.staging.upload([self.wheel], "wheels")
-        self.staging.prune("wheels", [staged.blob_name])
-        return staged
+        if self.wheelhouse is None:
+            logger.info("no [batch] wheelhouse set: downloading the nodes' dependency wheels")
+            self.wheelhouse = build_wheelhouse(self.wheel)
+        if not self.wheelhouse.is_dir():
+            raise OrchestratorError(f"[batch] wheelhouse {self.wheelhouse} is not a directory")
+        deps = sorted(
+            p for p in self.wheelhouse.glob("*.whl") if not p.name.startswith("realtime_batch-")
+        )
+        with tempfile.TemporaryDirectory(prefix="rtbatch-constraints-") as tmp:
+            constraints = Path(tmp) / "constraints.txt"
+            constraints.write_text(constraints_for([self.wheel, *deps]))
+            staged = self.staging.upload([self.wheel, *deps, constraints], "wheels")
+        self.staging.prune("wheels", [f.blob_name for f in staged])
+        return staged[0]
 
     @property
     def _needs_java(self) -> bool:

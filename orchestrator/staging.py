@@ -40,10 +40,13 @@ from azure.storage.blob import (
 from .pool import OrchestratorError, StrPath
 
 __all__ = [
+    "NODE_PLATFORM",
     "BlobStaging",
     "StagedFile",
     "StagingError",
     "build_wheel",
+    "build_wheelhouse",
+    "constraints_for",
     "container_name",
     "file_sha256",
 ]
@@ -54,6 +57,8 @@ HASH_METADATA_KEY = "sha256"
 #: SAS validity starts this long in the past (clock skew between client and service).
 CLOCK_SKEW = timedelta(minutes=5)
 _CHUNK = 1 << 20
+#: what pool nodes run (Ubuntu 24.04: CPython 3.12 on x86-64): the wheelhouse is for it
+NODE_PLATFORM = {"platform": "manylinux2014_x86_64", "python_version": "3.12"}
 #: the longest validity Storage grants a user delegation key
 MAX_DELEGATION = timedelta(days=7)
 
@@ -150,12 +155,59 @@ def build_wheel(source_dir: StrPath | None = None, out_dir: StrPath | None = Non
         [*cmd, str(source_dir)], capture_output=True, text=True, check=False, timeout=600
     )
     if proc.returncode != 0:
-        raise StagingError(f"building the wheel failed:\n{proc.stderr.strip()[-2000:]}")
+        raise StagingError(
+            f"building the wheel from {source_dir} failed (set [batch] wheel = "
+            f"'path/to/realtime_batch-*.whl' to use a built one):\n{proc.stderr.strip()[-2000:]}"
+        )
     wheels = sorted(out.glob("realtime_batch-*.whl"), key=lambda p: p.stat().st_mtime)
     if not wheels:
         raise StagingError(f"pip wheel produced no realtime_batch wheel in {out}")
     logger.info("built %s", wheels[-1].name)
     return wheels[-1]
+
+
+def build_wheelhouse(wheel: StrPath, out_dir: StrPath | None = None, extras: str = "azure") -> Path:
+    """Download the wheels ``wheel[extras]`` needs on a node (``pip download``).
+
+    For :data:`NODE_PLATFORM`, binary wheels only: nodes then install with
+    ``pip --no-index`` from what was staged, so every node, also one joining weeks
+    later or in a subnet without internet, gets the same versions.
+
+    Raises:
+        StagingError: pip failed (no index reachable, no wheel for the platform).
+    """
+    out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="rtbatch-wheelhouse-"))
+    spec = f"{Path(wheel).resolve()}[{extras}]" if extras else str(Path(wheel).resolve())
+    cmd = [
+        sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
+        "--platform", NODE_PLATFORM["platform"], "--python-version",
+        NODE_PLATFORM["python_version"], "-d", str(out), spec,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=900)
+    if proc.returncode != 0:
+        raise StagingError(
+            "downloading the nodes' dependency wheels failed (make a wheelhouse with "
+            "`pip download --only-binary=:all: --platform manylinux2014_x86_64 "
+            "--python-version 3.12 -d wheelhouse 'realtime_batch-*.whl[azure]'` and set "
+            f"[batch] wheelhouse = 'wheelhouse'):\n{proc.stderr.strip()[-2000:]}"
+        )
+    return out
+
+
+def constraints_for(wheels: Iterable[StrPath]) -> str:
+    """A pip constraints file pinning every wheel given (``name==version`` lines)."""
+    from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+    pins = {}
+    for wheel in wheels:
+        try:
+            name, version, _, _ = parse_wheel_filename(Path(wheel).name)
+        except InvalidWheelFilename as exc:
+            raise StagingError(f"not a wheel file name: {Path(wheel).name}") from exc
+        if pins.get(name, str(version)) != str(version):
+            raise StagingError(f"two versions of {name} in the wheelhouse")
+        pins[name] = str(version)
+    return "".join(f"{name}=={version}\n" for name, version in sorted(pins.items()))
 
 
 class BlobStaging:

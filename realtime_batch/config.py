@@ -84,6 +84,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "node_identity": "",  # empty: downloads signed by Batch from its auto-storage account
         "autoscale_formula": "",
         "wheel": "",  # empty: built from the source tree
+        "wheelhouse": "",  # empty: pip download of the wheel's dependencies for the nodes
         "poll_interval": 5.0,
         "drain_timeout": 30.0,  # seconds engines of leaving nodes get to stop
     },

@@ -21,6 +21,9 @@ def files(tmp_path):
     (tmp_path / "pi.jar").write_bytes(b"PK\x03\x04 not really a jar")
     wheel = tmp_path / "realtime_batch-0.1.0-py3-none-any.whl"
     wheel.write_bytes(b"PK\x03\x04 stand-in wheel")
+    (tmp_path / "wheelhouse").mkdir()
+    dep = tmp_path / "wheelhouse/orjson-3.10.0-cp312-cp312-manylinux_2_17_x86_64.whl"
+    dep.write_bytes(b"PK\x03\x04 stand-in dependency")
     return tmp_path
 
 
@@ -38,6 +41,7 @@ def make_pool(batch_fake, azurite, files, request):
         options.setdefault("task_files", [files / "hello.py"])
         options.setdefault("input_files", [files / "data.csv"])
         options.setdefault("engine_transport_url", ENGINE_URL)
+        options.setdefault("wheelhouse", files / "wheelhouse")
         options.setdefault("spec", PoolSpec(dedicated_nodes=2, spot_nodes=1, engines_per_node=2))
         pool = AzureBatchPool(
             batch,

@@ -49,8 +49,16 @@ def test_create_sends_image_slots_and_start_task(make_pool, batch_fake):
     assert start["resourceFiles"] == [
         {"autoStorageContainerName": pool.staging.container, "blobPrefix": "wheels/"}
     ]
-    blobs = pool.staging.service.get_container_client(pool.staging.container).list_blobs("wheels/")
-    assert [b.name for b in blobs] == ["wheels/realtime_batch-0.1.0-py3-none-any.whl"]
+    container = pool.staging.service.get_container_client(pool.staging.container)
+    assert sorted(b.name for b in container.list_blobs("wheels/")) == [
+        "wheels/constraints.txt",
+        "wheels/orjson-3.10.0-cp312-cp312-manylinux_2_17_x86_64.whl",
+        "wheels/realtime_batch-0.1.0-py3-none-any.whl",
+    ]
+    pins = container.download_blob("wheels/constraints.txt").readall().decode()
+    assert pins == "orjson==3.10.0\nrealtime-batch==0.1.0\n"
+    # pinned and offline: only the staged wheels, nothing from an index
+    assert "--no-index --find-links wheels --constraint wheels/constraints.txt" in cmd
     assert pool.list()[0]["id"] == pool.pool_id
     assert pool.engines == 6
 

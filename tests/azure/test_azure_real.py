@@ -215,3 +215,10 @@ def test_engines_get_the_queue_settings(make_pool, batch_fake, monkeypatch):
     )
     assert result.exit_code == 0, result.output
     assert (seen["lock_duration"], seen["max_delivery_count"]) == (60.0, 5)
+
+
+def test_a_missing_wheelhouse_is_refused(make_pool, files, batch_fake):
+    fake, _ = batch_fake
+    with pytest.raises(OrchestratorError, match=r"wheelhouse .* is not a directory"):
+        make_pool(wheelhouse=files / "no-such-dir").create()
+    assert fake.bodies("POST", "/pools") == []

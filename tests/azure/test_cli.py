@@ -27,6 +27,7 @@ def env(batch_fake, azurite, tmp_path):
         "RTBATCH_BATCH_ACCOUNT_NAME": DEFAULT_ACCOUNT,
         "RTBATCH_BATCH_ACCOUNT_KEY": DEFAULT_KEY,
         "RTBATCH_BATCH_WHEEL": str(wheel),
+        "RTBATCH_BATCH_WHEELHOUSE": str(tmp_path),
         "RTBATCH_BATCH_POLL_INTERVAL": "0.01",
         "RTBATCH_BATCH_DRAIN_TIMEOUT": "0.2",
         "RTBATCH_STORAGE_CONNECTION_STRING": azurite,

@@ -66,6 +66,7 @@ def test_pool_to_results_offline(no_leaked_processes, simulated_batch, broker, a
         task_files=[tmp_path / "hello_task.py"],
         input_files=[tmp_path / "data.txt"],
         wheel=wheel,
+        wheelhouse=tmp_path,  # no dependency wheels: the simulated node skips pip
         poll_interval=0.01,
     )
     try:
