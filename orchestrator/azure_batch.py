@@ -20,7 +20,6 @@ import itertools
 import logging
 import math
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -38,7 +37,14 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
 )
 from azure.storage.blob import BlobServiceClient
-from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_exponential
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_result,
+    stop_after_delay,
+    wait_exponential,
+    wait_fixed,
+)
 
 from . import batch_scripts as scripts
 from .pool import OrchestratorError, Pool, PoolNotFoundError, PoolStateError, StrPath
@@ -409,6 +415,10 @@ class AzureBatchPool(Pool):
             PoolStateError: resize errors, a failed start task or job preparation, or
                 the timeout.
         """
+        self._poll_until(self._ready, timeout, "ready")
+
+    def _poll_until(self, check: Callable[[], Any], timeout: float, what: str) -> Any:
+        """Call ``check`` with exponential backoff until it returns something true."""
         retrying = Retrying(
             retry=retry_if_result(lambda ok: not ok),
             wait=wait_exponential(multiplier=self.poll_interval, max=30),
@@ -416,9 +426,9 @@ class AzureBatchPool(Pool):
             reraise=True,
         )
         try:
-            retrying(self._ready)
+            return retrying(check)
         except RetryError as exc:
-            raise PoolStateError(f"pool {self.pool_id} not ready after {timeout:.0f} s") from exc
+            raise PoolStateError(f"pool {self.pool_id} not {what} after {timeout:.0f} s") from exc
 
     def _ready(self) -> bool:
         with _batch_errors(f"get pool {self.pool_id}"):
@@ -467,17 +477,13 @@ class AzureBatchPool(Pool):
 
     def _wait_steady(self, timeout: float = 1800.0) -> bm.BatchPool:
         """The pool once its allocation is steady (Batch refuses a resize while resizing)."""
-        deadline = time.monotonic() + timeout
-        delay = self.poll_interval
-        while True:
+
+        def steady() -> bm.BatchPool | None:
             with _batch_errors(f"get pool {self.pool_id}"):
                 pool = self.batch.get_pool(self.pool_id)
-            if _state(pool.allocation_state) == "steady":
-                return pool
-            if time.monotonic() > deadline:
-                raise PoolStateError(f"pool {self.pool_id} still resizing after {timeout:.0f} s")
-            time.sleep(delay)  # polling Batch: backoff as in wait_ready
-            delay = min(delay * 2, 30.0)
+            return pool if _state(pool.allocation_state) == "steady" else None
+
+        return self._poll_until(steady, timeout, "steady")
 
     def resize(self, engines: int) -> None:
         """Resize to ``ceil(engines / engines_per_node)`` nodes (spot nodes kept first)."""
@@ -565,15 +571,20 @@ class AzureBatchPool(Pool):
                 )
         except TransportError as exc:  # the engines then stop when their tasks are deleted
             logger.warning("could not ask %d engine(s) to stop: %s", len(tasks), exc)
-        deadline = time.monotonic() + self.drain_timeout
         ids = {t.id for t in tasks}
-        while time.monotonic() < deadline:
-            running = [
-                t for t in self._engine_tasks(job) if t.id in ids and _state(t.state) != "completed"
-            ]
-            if not running:
-                break
-            time.sleep(min(self.poll_interval, 1.0))  # engines finish their task and exit
+
+        def stopped() -> bool:
+            return all(
+                _state(t.state) == "completed" for t in self._engine_tasks(job) if t.id in ids
+            )
+
+        # engines finish their running task and exit; past the timeout they are killed
+        Retrying(
+            retry=retry_if_result(lambda ok: not ok),
+            wait=wait_fixed(min(self.poll_interval, 1.0)),
+            stop=stop_after_delay(self.drain_timeout),
+            retry_error_callback=lambda state: False,
+        )(stopped)
         for task_id in sorted(ids):
             try:
                 with _batch_errors(f"delete task {task_id}"):
