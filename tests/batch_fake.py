@@ -762,13 +762,14 @@ def main(argv: list[str] | None = None) -> None:
     fake = BatchFake(args.account, args.key, record=args.record, auto_storage=args.auto_storage)
     url = fake.start(args.port)
     print(f"Batch fake on {url} (account {args.account}, key {args.key}); Ctrl-C stops", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:
-        threading.Event().wait()
+        stopping.wait()
     except KeyboardInterrupt:
         pass
     finally:
-        fake.stop()
+        fake.stop()  # closes the record file
 
 
 if __name__ == "__main__":

@@ -14,6 +14,15 @@ from realtime_batch.orchestrator.azure_batch import AzureBatchPool, PoolSpec
 ENGINE_URL = "zmq://10.0.0.10:5555"
 
 
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture
 def files(tmp_path):
     (tmp_path / "hello.py").write_text("def do_action(engine, args):\n    return args, None\n")

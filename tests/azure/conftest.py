@@ -19,13 +19,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # The published Azurite development account (public, documented test key).
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = (
@@ -171,4 +164,4 @@ def batch_fake_https(tmp_path: Path):
         fake.stop()
 
 
-from azure_fixtures import files, make_pool  # noqa: E402,F401  (fixtures for every module here)
+from azure_fixtures import files, free_port, make_pool  # noqa: E402,F401  (shared here)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from azure.batch import BatchClient
@@ -277,3 +278,26 @@ def test_record_file_has_every_request(tmp_path):
     lines = [json.loads(line) for line in record.read_text().splitlines()]
     assert [(r["method"], r["path"]) for r in lines] == [("POST", "/pools"), ("GET", "/pools/p")]
     assert lines[0]["body"]["id"] == "p" and set(lines[0]) == {"method", "path", "query", "body"}
+
+
+def test_record_option_of_the_standalone_fake(no_leaked_processes, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from azure_fixtures import free_port
+
+    record, port = tmp_path / "run.jsonl", free_port()
+    script = Path(__file__).resolve().parents[1] / "batch_fake.py"
+    cmd = [sys.executable, str(script), "--port", str(port), "--record", str(record)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout.readline().startswith("Batch fake on http://127.0.0.1:")
+        url = f"http://127.0.0.1:{port}"
+        with BatchClient(url, AzureNamedKeyCredential(DEFAULT_ACCOUNT, DEFAULT_KEY)) as client:
+            _pool(client, "recorded")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    [line] = [json.loads(x) for x in record.read_text().splitlines()]
+    assert (line["method"], line["path"], line["body"]["id"]) == ("POST", "/pools", "recorded")
