@@ -222,3 +222,18 @@ def test_a_missing_wheelhouse_is_refused(make_pool, files, batch_fake):
     with pytest.raises(OrchestratorError, match=r"wheelhouse .* is not a directory"):
         make_pool(wheelhouse=files / "no-such-dir").create()
     assert fake.bodies("POST", "/pools") == []
+
+
+def test_nodes_can_download_with_a_pool_identity(make_pool, batch_fake):
+    fake, _ = batch_fake
+    identity = "/subscriptions/s/resourceGroups/g/providers/x/userAssignedIdentities/nodes"
+    fake.auto_storage = None  # no auto-storage: the identity is the only way in
+    pool = make_pool(spec=ONE_NODE, node_identity=identity).create(wait=False)
+    # attached through ARM (the Batch data plane cannot set a pool identity)
+    fake.pools[pool.pool_id]["identity"] = {"userAssignedIdentities": [{"resourceId": identity}]}
+    pool.start_engines()
+    pool.wait_ready(timeout=30)
+    files = _resource_files(fake)
+    assert files and all(r["identityReference"] == {"resourceId": identity} for r in files)
+    assert all(r["storageContainerUrl"].endswith(pool.staging.container) for r in files)
+    assert all("sig=" not in json.dumps(r) for r in files)
