@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from ..transport import Delivery, Transport
 from ..transport.errors import TransportClosedError, TransportError
-from .control import KIND, KIND_CANCEL, decode_control
+from .control import KIND, KIND_CANCEL, KIND_STOP, decode_control
 
 __all__ = ["CANCELLED_KEEP", "CANCELLED_MAX", "CancelRequests", "receive_cancels"]
 
@@ -69,8 +69,12 @@ def receive_cancels(
     running: threading.Event,
     wake: Callable[[], None],
     poll: float = 0.5,
+    stop: Callable[[], None] | None = None,
 ) -> None:
-    """Receive cancel requests for ``engine_id`` while ``running`` is set; ``wake`` on each."""
+    """Receive cancel requests for ``engine_id`` while ``running`` is set; ``wake`` on each.
+
+    A ``stop`` message calls ``stop`` (the engine's graceful stop).
+    """
     backoff = 0.1
     while running.is_set():
         try:
@@ -84,7 +88,11 @@ def receive_cancels(
             backoff = min(backoff * 2, 5.0)
             continue
         for delivery in deliveries:
-            if _record(delivery, engine_id, requests):
+            if stop is not None and delivery.message.properties.get(KIND) == KIND_STOP:
+                logger.info("engine %s: asked to stop", engine_id)
+                stop()
+                wake()
+            elif _record(delivery, engine_id, requests):
                 wake()
             try:
                 transport.complete(delivery)

@@ -72,14 +72,18 @@ READY_LINE = "ENGINE READY"
     type=float,
     default=DEFAULT_LOCK_DURATION,
     show_default=True,
-    help="Lease in seconds of the task queue, when this engine creates it.",
+    envvar="RTBATCH_LOCK_DURATION",
+    help="Lease in seconds of the task queue: the queue's setting (it is renewed well "
+    "before), and what the engine creates it with.",
 )
 @click.option(
     "--max-delivery-count",
     type=click.IntRange(min=1),
     default=DEFAULT_MAX_DELIVERY_COUNT,
     show_default=True,
-    help="Deliveries before a task is dead-lettered, when this engine creates the queue.",
+    envvar="RTBATCH_MAX_DELIVERY_COUNT",
+    help="Deliveries before a task is dead-lettered: the queue's setting (the last delivery "
+    "of a crashing task gets an error result), and what the engine creates it with.",
 )
 @click.option(
     "--default-timeout",

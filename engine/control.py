@@ -7,6 +7,9 @@ only tasks and results are not affected:
 * **cancel** (session -> engine): sent to the grouped ``control`` queue, group =
   the engine id; body ``{"session": id, "tasks": [task ids]}``. The engine skips
   such tasks when they come up and kills its worker if one is running.
+* **stop** (orchestrator -> engine): same queue and group; body ``{"tasks": []}``. The
+  engine stops as on SIGTERM: it takes no more tasks, gives back what it holds and
+  exits 0 (a pool drains the engines of nodes it is about to remove).
 * **engine** / **running** (engine -> session): sent to the task's ``reply_to``
   mailbox when the task message asks for notices (property ``notify``):
   ``engine`` once per mailbox when an engine first receives a task of it,
@@ -31,12 +34,14 @@ __all__ = [
     "KIND_CANCEL",
     "KIND_ENGINE",
     "KIND_RUNNING",
+    "KIND_STOP",
     "NOTIFY",
     "NOTIFY_PROPERTIES",
     "RUNNING_NOTICE_AFTER",
     "cancel_messages",
     "decode_control",
     "notice_message",
+    "stop_message",
 ]
 
 #: Default name of the grouped queue engines receive control messages from (group: engine id).
@@ -46,6 +51,7 @@ KIND = "kind"
 KIND_CANCEL = "cancel"
 KIND_ENGINE = "engine"
 KIND_RUNNING = "running"
+KIND_STOP = "stop"
 #: Task message property: the sender wants ``engine``/``running`` notices in its mailbox.
 NOTIFY = "notify"
 NOTIFY_PROPERTIES: dict[str, Any] = {NOTIFY: "1"}
@@ -73,6 +79,13 @@ def cancel_messages(session: str, engine: str, task_ids: Iterable[str]) -> list[
         )
         for chunk in _chunks(ids, _IDS_PER_MESSAGE)
     ]
+
+
+def stop_message(engine: str) -> Message:
+    """Ask ``engine`` to stop gracefully (its held tasks go back to the queue)."""
+    return Message(
+        orjson.dumps({"tasks": []}), group=engine, properties={KIND: KIND_STOP}, ttl=CANCEL_TTL
+    )
 
 
 def notice_message(

@@ -296,6 +296,7 @@ class Engine:
             target=receive_cancels,
             args=(self.transport, self.control_queue, self.engine_id, self._cancels,
                   self._receiving, self._wake),
+            kwargs={"stop": self._request_stop},
             name=f"{self!r}-control",
             daemon=True,
         )  # fmt: skip

@@ -16,8 +16,10 @@ before running any task of the job.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
+import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -28,13 +30,21 @@ from typing import Any
 import attrs
 from azure.batch import BatchClient
 from azure.batch import models as bm
+from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.exceptions import (
     AzureError,
     ResourceExistsError,
     ResourceNotFoundError,
 )
 from azure.storage.blob import BlobServiceClient
-from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_exponential
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_result,
+    stop_after_delay,
+    wait_exponential,
+    wait_fixed,
+)
 
 from . import batch_scripts as scripts
 from .pool import OrchestratorError, Pool, PoolNotFoundError, PoolStateError, StrPath
@@ -51,6 +61,10 @@ ENGINE_PREFIX = "engine-"
 Progress = Callable[[str, int, int], None]
 _BAD_NODE_STATES = {"starttaskfailed", "unusable", "unknown"}
 _READY_NODE_STATES = {"idle", "running"}
+#: spot nodes taken back by Azure: they come back on their own, nothing to wait for
+_GONE_NODE_STATES = {"preempted"}
+#: Batch removes at most this many nodes per request
+_REMOVE_BATCH = 100
 
 
 def is_root_servicebus_key(url: str) -> bool:
@@ -102,10 +116,21 @@ class AzureBatchPool(Pool):
         spec: pool shape used by :meth:`create`.
         task_files / input_files: staged for the engines.
         wheel: the realtime-batch wheel to install on nodes (built when None).
+        wheelhouse: a directory of the wheel's dependency wheels for the nodes
+            (Linux x86-64, CPython 3.12); downloaded with ``pip download`` when None.
+            Staged with the wheel and a constraints file: nodes install offline.
         queue: task queue the engines pull from.
+        queue_lock_duration / queue_max_delivery_count: that queue's settings, given to
+            the engines (a crashing task's last delivery then gets an error result).
         prefetch: engine prefetch.
         engine_retries: Batch retries of an engine task that exits non-zero.
         poll_interval: first interval when polling Batch state (grows to 30 s).
+        node_identity: resource id of a user-assigned managed identity attached to the
+            pool (through ARM) with read access to the staging container: nodes then
+            download with it. None: Batch signs the downloads itself from the Batch
+            account's auto-storage account (the staging storage account must be it).
+            Either way no SAS is stored in the pool or the job.
+        drain_timeout: seconds to wait for engines asked to stop before a shrink.
         progress: optional callback for long steps.
     """
 
@@ -121,12 +146,17 @@ class AzureBatchPool(Pool):
         task_files: Sequence[StrPath] = (),
         input_files: Sequence[StrPath] = (),
         wheel: StrPath | None = None,
+        wheelhouse: StrPath | None = None,
         queue: str = "tasks",
+        queue_lock_duration: float = 30.0,
+        queue_max_delivery_count: int = 10,
         prefetch: int = 1,
         engine_retries: int = 3,
         poll_interval: float = 5.0,
         container_prefix: str = "rtbatch",
         sas_lifetime: timedelta = timedelta(hours=2),
+        node_identity: str | None = None,
+        drain_timeout: float = 30.0,
         progress: Progress | None = None,
     ) -> None:
         engine_url = engine_transport_url or transport_url
@@ -143,11 +173,18 @@ class AzureBatchPool(Pool):
         self.task_files = [Path(f) for f in task_files]
         self.input_files = [Path(f) for f in input_files]
         self.wheel = Path(wheel) if wheel else None
+        self.wheelhouse = Path(wheelhouse) if wheelhouse else None
         self.queue = queue
+        self.queue_settings = {
+            "RTBATCH_LOCK_DURATION": str(float(queue_lock_duration)),
+            "RTBATCH_MAX_DELIVERY_COUNT": str(int(queue_max_delivery_count)),
+        }
         self.prefetch = prefetch
         self.engine_retries = engine_retries
         self.poll_interval = poll_interval
         self.progress = progress
+        self.node_identity = node_identity
+        self.drain_timeout = drain_timeout
         self._transport_url = transport_url
         self._engine_url = engine_url
         self._staging_options = {"prefix": container_prefix, "sas_lifetime": sas_lifetime}
@@ -180,10 +217,15 @@ class AzureBatchPool(Pool):
             "task_files": config["pool.task_files"],
             "input_files": config["pool.input_files"],
             "wheel": config["batch.wheel"] or None,
+            "wheelhouse": config["batch.wheelhouse"] or None,
             "queue": config["transport.queue"],
+            "queue_lock_duration": config["transport.lock_duration"],
+            "queue_max_delivery_count": config["transport.max_delivery_count"],
             "poll_interval": config["batch.poll_interval"],
+            "drain_timeout": config["batch.drain_timeout"],
             "container_prefix": config["storage.container_prefix"],
             "sas_lifetime": timedelta(hours=config["storage.sas_hours"]),
+            "node_identity": config["batch.node_identity"] or None,
         }
         defaults.update(options)
         pool_id = defaults.pop("pool_id", config["pool.id"])
@@ -232,29 +274,56 @@ class AzureBatchPool(Pool):
         return tasks + inputs
 
     def _stage_wheel(self) -> StagedFile:
-        if self.wheel is None:
-            from .staging import build_wheel
+        """Stage the wheel, its dependency wheels and their constraints under ``wheels/``."""
+        from .staging import build_wheel, build_wheelhouse, constraints_for
 
+        if self.wheel is None:
+            logger.info("no [batch] wheel set: building one from the source tree")
             self.wheel = build_wheel()
-        [staged] = self.staging.upload([self.wheel], "wheels")
-        self.staging.prune("wheels", [staged.blob_name])
-        return staged
+        if self.wheelhouse is None:
+            logger.info("no [batch] wheelhouse set: downloading the nodes' dependency wheels")
+            self.wheelhouse = build_wheelhouse(self.wheel)
+        if not self.wheelhouse.is_dir():
+            raise OrchestratorError(f"[batch] wheelhouse {self.wheelhouse} is not a directory")
+        deps = sorted(
+            p for p in self.wheelhouse.glob("*.whl") if not p.name.startswith("realtime_batch-")
+        )
+        with tempfile.TemporaryDirectory(prefix="rtbatch-constraints-") as tmp:
+            constraints = Path(tmp) / "constraints.txt"
+            constraints.write_text(constraints_for([self.wheel, *deps]))
+            staged = self.staging.upload([self.wheel, *deps, constraints], "wheels")
+        self.staging.prune("wheels", [f.blob_name for f in staged])
+        return staged[0]
 
     @property
     def _needs_java(self) -> bool:
         return any(f.suffix == ".jar" for f in self.task_files)
 
-    def _resource_files(self, staged: Iterable[StagedFile]) -> list[bm.ResourceFile]:
-        sas = self.staging.read_sas()
+    def _resource_files(self, folders: Iterable[str]) -> list[bm.ResourceFile]:
+        """Folders of the staging container, downloaded by the node when it needs them.
+
+        Nothing here expires: Batch signs auto-storage downloads itself at download
+        time, and a pool identity asks for its own token. A node that reboots or joins
+        weeks later downloads the files the container holds then.
+        """
+        if self.node_identity:
+            identity = bm.BatchNodeIdentityReference(resource_id=self.node_identity)
+            url = self.staging.container_url()
+            return [
+                bm.ResourceFile(
+                    storage_container_url=url, blob_prefix=f"{f}/", identity_reference=identity
+                )
+                for f in folders
+            ]
         return [
-            bm.ResourceFile(http_url=self.staging.blob_url(f.blob_name, sas), file_path=f.blob_name)
-            for f in staged
+            bm.ResourceFile(auto_storage_container_name=self.staging.container, blob_prefix=f"{f}/")
+            for f in folders
         ]
 
     def _start_task(self, wheel: StagedFile) -> bm.BatchStartTask:
         return bm.BatchStartTask(
             command_line=scripts.start_task_command(wheel.file_name, java=self._needs_java),
-            resource_files=self._resource_files([wheel]),
+            resource_files=self._resource_files(["wheels"]),
             user_identity=_auto_user(admin=True),
             max_task_retry_count=2,
             wait_for_success=True,
@@ -270,9 +339,15 @@ class AzureBatchPool(Pool):
         Raises:
             PoolStateError: a pool with this id already exists (``use_existing`` it).
         """
+        spec = self.spec
+        if spec.subnet_id and isinstance(self.batch._config.credential, AzureNamedKeyCredential):
+            raise OrchestratorError(
+                "a pool in a virtual network ([batch] subnet_id) needs Microsoft Entra ID "
+                "authentication for Batch: leave batch.account_key empty and sign in "
+                "(DefaultAzureCredential), see docs/azure.md"
+            )
         wheel = self._stage_wheel()
         self._stage_tasks()
-        spec = self.spec
         config = bm.VirtualMachineConfiguration(
             image_reference=bm.BatchVmImageReference(
                 publisher=spec.image_publisher,
@@ -330,31 +405,20 @@ class AzureBatchPool(Pool):
         return self
 
     def wait_ready(self, timeout: float = 1800.0) -> None:
-        """Poll (with backoff) until allocation is steady and every node is ready.
+        """Poll (with backoff) until allocation is steady, every node is ready and, when a
+        job runs, every engine that has a usable slot is running.
+
+        Preempted spot nodes are not waited for (Azure brings them back when it can);
+        their engines wait in the job until then.
 
         Raises:
-            PoolStateError: resize errors, a failed start task, or the timeout.
+            PoolStateError: resize errors, a failed start task or job preparation, or
+                the timeout.
         """
+        self._poll_until(self._ready, timeout, "ready")
 
-        def check() -> bool:
-            with _batch_errors(f"get pool {self.pool_id}"):
-                pool = self.batch.get_pool(self.pool_id)
-                nodes = list(self.batch.list_nodes(self.pool_id))
-            if pool.resize_errors:
-                errors = "; ".join(f"{e.code}: {e.message}" for e in pool.resize_errors)
-                raise PoolStateError(f"pool {self.pool_id} could not allocate nodes: {errors}")
-            bad = [n for n in nodes if _state(n.state) in _BAD_NODE_STATES]
-            if bad:
-                raise PoolStateError(
-                    f"nodes not usable: {', '.join(f'{n.id} ({_state(n.state)})' for n in bad)}; "
-                    "their start task output is in the Batch portal (startup/stderr.txt)"
-                )
-            target = (pool.target_dedicated_nodes or 0) + (pool.target_low_priority_nodes or 0)
-            ready = sum(_state(n.state) in _READY_NODE_STATES for n in nodes)
-            steady = _state(pool.allocation_state) == "steady"
-            self._report("nodes ready", ready, target)
-            return steady and len(nodes) == target and ready == target
-
+    def _poll_until(self, check: Callable[[], Any], timeout: float, what: str) -> Any:
+        """Call ``check`` with exponential backoff until it returns something true."""
         retrying = Retrying(
             retry=retry_if_result(lambda ok: not ok),
             wait=wait_exponential(multiplier=self.poll_interval, max=30),
@@ -362,9 +426,64 @@ class AzureBatchPool(Pool):
             reraise=True,
         )
         try:
-            retrying(check)
+            return retrying(check)
         except RetryError as exc:
-            raise PoolStateError(f"pool {self.pool_id} not ready after {timeout:.0f} s") from exc
+            raise PoolStateError(f"pool {self.pool_id} not {what} after {timeout:.0f} s") from exc
+
+    def _ready(self) -> bool:
+        with _batch_errors(f"get pool {self.pool_id}"):
+            pool = self.batch.get_pool(self.pool_id)
+            nodes = list(self.batch.list_nodes(self.pool_id))
+        if pool.resize_errors:
+            errors = "; ".join(f"{e.code}: {e.message}" for e in pool.resize_errors)
+            raise PoolStateError(f"pool {self.pool_id} could not allocate nodes: {errors}")
+        bad = [n for n in nodes if _state(n.state) in _BAD_NODE_STATES]
+        if bad:
+            raise PoolStateError(
+                f"nodes not usable: {', '.join(f'{n.id} ({_state(n.state)})' for n in bad)}; "
+                "their start task output is in the Batch portal (startup/stderr.txt)"
+            )
+        target = (pool.target_dedicated_nodes or 0) + (pool.target_low_priority_nodes or 0)
+        ready = sum(_state(n.state) in _READY_NODE_STATES for n in nodes)
+        gone = sum(_state(n.state) in _GONE_NODE_STATES for n in nodes)
+        steady = _state(pool.allocation_state) == "steady"
+        self._report("nodes ready", ready, target - gone)
+        if not (steady and len(nodes) == target and ready + gone == target):
+            return False
+        return self._job is None or self._engines_ready(gone * (pool.task_slots_per_node or 1))
+
+    def _engines_ready(self, lost_slots: int) -> bool:
+        """Engines of the job run, except those waiting for preempted nodes' slots."""
+        job = self._job
+        assert job is not None
+        with _batch_errors(f"job preparation status of {job}"):
+            preps = list(self.batch.list_job_preparation_and_release_task_status(job))
+        infos = [(p.node_id, p.job_preparation_task_execution_info) for p in preps]
+        failed = [(n, i) for n, i in infos if i is not None and _state(i.result) == "failure"]
+        if failed:
+            reasons = "; ".join(f"{n}: {getattr(i.failure_info, 'message', '')}" for n, i in failed)
+            raise PoolStateError(
+                f"the job preparation of {job} failed, engines cannot start: {reasons}"
+            )
+        engines = self._engine_tasks(job)
+        pending = sum(_state(t.state) == "active" for t in engines)
+        running = sum(_state(t.state) == "running" for t in engines)
+        self._report("engines running", running, len(engines))
+        return pending <= lost_slots
+
+    def _engine_tasks(self, job: str) -> list[bm.BatchTask]:
+        with _batch_errors(f"list tasks of {job}"):
+            return [t for t in self.batch.list_tasks(job) if t.id.startswith(ENGINE_PREFIX)]
+
+    def _wait_steady(self, timeout: float = 1800.0) -> bm.BatchPool:
+        """The pool once its allocation is steady (Batch refuses a resize while resizing)."""
+
+        def steady() -> bm.BatchPool | None:
+            with _batch_errors(f"get pool {self.pool_id}"):
+                pool = self.batch.get_pool(self.pool_id)
+            return pool if _state(pool.allocation_state) == "steady" else None
+
+        return self._poll_until(steady, timeout, "steady")
 
     def resize(self, engines: int) -> None:
         """Resize to ``ceil(engines / engines_per_node)`` nodes (spot nodes kept first)."""
@@ -374,23 +493,157 @@ class AzureBatchPool(Pool):
         self.resize_nodes(nodes - spot, spot)
 
     def resize_nodes(self, dedicated: int, spot: int = 0, *, wait: bool = True) -> None:
-        """Set the dedicated and spot node counts; engines follow the new slot count."""
-        self._refresh_start_task()  # new nodes must get a SAS that is still valid
-        options = bm.BatchPoolResizeOptions(
-            target_dedicated_nodes=dedicated,
-            target_low_priority_nodes=spot,
-            node_deallocation_option="taskcompletion",
-        )
-        with _batch_errors(f"resize pool {self.pool_id}"):
-            # the poller's thread follows the resize; wait_ready() reports progress
-            self.batch.begin_resize_pool(self.pool_id, options, polling_interval=self._poll_int)
+        """Set the dedicated and spot node counts; engines follow the new slot count.
+
+        Shrinking first drains the nodes chosen to leave: their engines are asked to
+        stop through the transport (their leases go back to the queue), their tasks
+        are deleted, then exactly those nodes are removed (``requeue``: Batch does
+        not wait for tasks that never end).
+        """
+        pool = self._wait_steady()
+        have_dedicated = pool.target_dedicated_nodes or 0
+        have_spot = pool.target_low_priority_nodes or 0
+        if dedicated < have_dedicated or spot < have_spot:
+            leaving = self._choose_leaving(have_dedicated - dedicated, have_spot - spot)
+            self._drain(leaving)
+            for start in range(0, len(leaving), _REMOVE_BATCH):
+                options = bm.BatchNodeRemoveOptions(
+                    node_ids=leaving[start : start + _REMOVE_BATCH],
+                    node_deallocation_option="requeue",
+                )
+                with _batch_errors(f"remove nodes from {self.pool_id}"):
+                    self.batch.begin_remove_nodes(
+                        self.pool_id, options, polling_interval=self._poll_int
+                    )
+                pool = self._wait_steady()
+        if (pool.target_dedicated_nodes or 0, pool.target_low_priority_nodes or 0) != (
+            dedicated,
+            spot,
+        ):
+            options = bm.BatchPoolResizeOptions(
+                target_dedicated_nodes=dedicated,
+                target_low_priority_nodes=spot,
+                node_deallocation_option="requeue",
+            )
+            with _batch_errors(f"resize pool {self.pool_id}"):
+                # the poller's thread follows the resize; wait_ready() reports progress
+                self.batch.begin_resize_pool(self.pool_id, options, polling_interval=self._poll_int)
         if wait:
             self.wait_ready()
             if self._job:
                 self.ensure_engines(self._job)
+                self.wait_ready()
 
-    def autoscale(self, formula: str, interval: timedelta = timedelta(minutes=5)) -> None:
-        """Switch the pool to an autoscale formula (``$TargetDedicatedNodes = ...``)."""
+    def _choose_leaving(self, dedicated: int, spot: int) -> list[str]:
+        """Nodes to remove: broken or preempted ones first, then idle, then the newest."""
+        with _batch_errors(f"list nodes of {self.pool_id}"):
+            nodes = list(self.batch.list_nodes(self.pool_id))
+        order = {**dict.fromkeys(_BAD_NODE_STATES | _GONE_NODE_STATES, 0), "idle": 1}
+        chosen: list[str] = []
+        for is_dedicated, count in ((True, dedicated), (False, spot)):
+            kind = [n for n in reversed(nodes) if bool(n.is_dedicated) is is_dedicated]
+            kind.sort(key=lambda n: order.get(_state(n.state), 2))
+            chosen += [n.id for n in kind[: max(count, 0)]]
+        return chosen
+
+    def _drain(self, node_ids: list[str]) -> None:
+        """Stop the engines on ``node_ids`` through the transport, then delete their tasks."""
+        job = self._job
+        if not job or not node_ids:
+            return
+        leaving = set(node_ids)
+        tasks = [
+            t
+            for t in self._engine_tasks(job)
+            if t.node_info is not None and t.node_info.node_id in leaving
+        ]
+        if not tasks:
+            return
+        from realtime_batch.engine.control import CONTROL_QUEUE, stop_message
+        from realtime_batch.transport import open_transport
+        from realtime_batch.transport.errors import TransportError
+
+        try:
+            with open_transport(self._transport_url) as transport:
+                transport.declare_queue(CONTROL_QUEUE, grouped=True)  # as a Session does
+                transport.send(
+                    CONTROL_QUEUE, [stop_message(f"{t.node_info.node_id}/{t.id}") for t in tasks]
+                )
+        except TransportError as exc:  # the engines then stop when their tasks are deleted
+            logger.warning("could not ask %d engine(s) to stop: %s", len(tasks), exc)
+        ids = {t.id for t in tasks}
+
+        def stopped() -> bool:
+            return all(
+                _state(t.state) == "completed" for t in self._engine_tasks(job) if t.id in ids
+            )
+
+        # engines finish their running task and exit; past the timeout they are killed
+        Retrying(
+            retry=retry_if_result(lambda ok: not ok),
+            wait=wait_fixed(min(self.poll_interval, 1.0)),
+            stop=stop_after_delay(self.drain_timeout),
+            retry_error_callback=lambda state: False,
+        )(stopped)
+        for task_id in sorted(ids):
+            try:
+                with _batch_errors(f"delete task {task_id}"):
+                    self.batch.delete_task(job, task_id)
+            except PoolNotFoundError:
+                pass
+        self._report("engines drained", len(ids), len(ids))
+
+    @property
+    def slots_per_node(self) -> int:
+        """Engines (task slots) per node."""
+        return self._slots_per_node
+
+    def node_targets(self) -> tuple[int, int]:
+        """The pool's target dedicated and spot node counts."""
+        with _batch_errors(f"get pool {self.pool_id}"):
+            pool = self.batch.get_pool(self.pool_id)
+        return pool.target_dedicated_nodes or 0, pool.target_low_priority_nodes or 0
+
+    def autoscale(
+        self,
+        min_nodes: int,
+        max_nodes: int,
+        *,
+        tasks_per_engine: float = 1.0,
+        idle_after: float = 600.0,
+        interval: float = 30.0,
+        spot: bool = False,
+        rounds: int | None = None,
+        counts: Callable[[], Any] | None = None,
+    ) -> None:
+        """Run the autoscale controller (see :mod:`.autoscale`) until interrupted.
+
+        Args:
+            min_nodes / max_nodes: node count bounds.
+            tasks_per_engine: queued or running tasks per engine wanted.
+            idle_after: seconds of an empty queue before shrinking.
+            interval: seconds between looks at the queue.
+            spot: grow with spot nodes.
+            rounds: stop after that many steps (None: until KeyboardInterrupt).
+            counts: the queue's counts (default: ``queue_counts`` of the pool's transport).
+        """
+        from .autoscale import AutoscalePolicy, Autoscaler
+
+        policy = AutoscalePolicy(min_nodes, max_nodes, tasks_per_engine, idle_after, interval, spot)
+        if counts is not None:
+            Autoscaler(self, policy, counts).run(rounds)
+            return
+        from realtime_batch.transport import open_transport
+
+        with open_transport(self._transport_url) as transport:
+            Autoscaler(self, policy, lambda: transport.queue_counts(self.queue)).run(rounds)
+
+    def autoscale_formula(self, formula: str, interval: timedelta = timedelta(minutes=5)) -> None:
+        """Switch the pool to a Batch autoscale formula (``$TargetDedicatedNodes = ...``).
+
+        A formula sees Batch tasks, not the queue: engines never end, so use it for
+        schedules (e.g. nodes during office hours), and :meth:`autoscale` for load.
+        """
         options = bm.BatchPoolEnableAutoScaleOptions(
             auto_scale_formula=formula, auto_scale_evaluation_interval=interval
         )
@@ -474,7 +727,8 @@ class AzureBatchPool(Pool):
         ours = [
             j
             for j in jobs
-            if any(
+            if _state(j.state) not in ("deleting", "completed")
+            and any(
                 m.name == TAG_POOL and (all_pools or m.value == self.pool_id)
                 for m in j.metadata or []
             )
@@ -494,12 +748,12 @@ class AzureBatchPool(Pool):
     # ---------------------------------------------------------------- engines
     def start_engines(self, job: str | None = None) -> str:
         """Create a job on the pool and one engine task per task slot; return its id."""
-        staged = self._stage_tasks()
+        self._stage_tasks()
         job_id = job or f"rtbatch-{self.pool_id}-{datetime.now(timezone.utc):%Y%m%d%H%M%S}"
         job_id += "" if job else f"-{uuid.uuid4().hex[:4]}"
         prep = bm.BatchJobPreparationTask(
             command_line=scripts.job_prep_command(java=self._needs_java),
-            resource_files=self._resource_files(staged),
+            resource_files=self._resource_files(["tasks", "inputs"]),
             user_identity=_auto_user(admin=True),
             wait_for_success=True,
             rerun_on_node_reboot_after_success=True,
@@ -548,6 +802,10 @@ class AzureBatchPool(Pool):
             display_name=f"realtime-batch engine {slot}",
             command_line=scripts.engine_command(queue=self.queue, prefetch=self.prefetch),
             user_identity=_auto_user(admin=False),
+            # the queue's settings (not secrets): read by the engine's CLI options
+            environment_settings=[
+                bm.EnvironmentSetting(name=k, value=v) for k, v in self.queue_settings.items()
+            ],
             constraints=bm.BatchTaskConstraints(max_task_retry_count=self.engine_retries),
             output_files=outputs,
             required_slots=1,
@@ -564,26 +822,26 @@ class AzureBatchPool(Pool):
             raise PoolStateError("no job: call start_engines() first")
         slots = self._slots()
         latest: dict[int, tuple[int, bm.BatchTask]] = {}
-        with _batch_errors(f"list tasks of {job}"):
-            tasks = list(self.batch.list_tasks(job))
-        for task in tasks:
-            if not task.id.startswith(ENGINE_PREFIX):
-                continue
+        for task in self._engine_tasks(job):
             slot_text, _, gen_text = task.id[len(ENGINE_PREFIX) :].partition("-r")
             slot, gen = int(slot_text), int(gen_text or 0)
             if slot not in latest or gen > latest[slot][0]:
                 latest[slot] = (gen, task)
+        live = {k: t for k, (_, t) in latest.items() if _state(t.state) != "completed"}
+        room = slots - len(live)
         new = []
-        for slot in range(slots):
-            if slot not in latest:
-                new.append(self._engine_task(job, slot, 0))
-            elif _state(latest[slot][1].state) == "completed":
-                logger.warning("engine %s exited; starting it again", latest[slot][1].id)
-                new.append(self._engine_task(job, slot, latest[slot][0] + 1))
-        for slot, (_, task) in latest.items():  # shrunk pool: drop surplus engines
-            if slot >= slots and _state(task.state) != "completed":
-                with _batch_errors(f"delete task {task.id}"):
-                    self.batch.delete_task(job, task.id)
+        for slot, (gen, task) in sorted(latest.items()):
+            if slot not in live and room > 0:
+                logger.warning("engine %s exited; starting it again", task.id)
+                new.append(self._engine_task(job, slot, gen + 1))
+                room -= 1
+        unused = (i for i in itertools.count() if i not in latest)
+        new += [self._engine_task(job, next(unused), 0) for _ in range(max(room, 0))]
+        # more engines than slots (a shrink not drained by us): drop pending ones first
+        surplus = sorted(live.items(), key=lambda kv: (_state(kv[1].state) != "active", -kv[0]))
+        for _, task in surplus[: max(-room, 0)]:
+            with _batch_errors(f"delete task {task.id}"):
+                self.batch.delete_task(job, task.id)
         if new:
             with _batch_errors(f"add engine tasks to {job}"):
                 result = self.batch.create_tasks(job, new)

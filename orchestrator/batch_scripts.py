@@ -50,8 +50,11 @@ def start_task_command(wheel_name: str, *, java: bool, extras: str = "azure") ->
     """Start task: a venv with the realtime-batch wheel (+ a JRE when jars are staged).
 
     Runs as the pool's admin auto-user at every node boot, with ``waitForSuccess``:
-    Batch schedules no engine on a node before it exits 0. The wheel was downloaded
-    by Batch into ``wheels/`` of the start task's working directory.
+    Batch schedules no engine on a node before it exits 0. Batch downloaded the
+    staged wheelhouse into ``wheels/`` of the start task's working directory: the
+    wheel, every dependency wheel and ``constraints.txt`` pinning them. pip installs
+    from there only (``--no-index``), so every node gets the same versions, also
+    one that joins weeks later, and a subnet without internet access works.
     """
     packages = "python3-venv" + (f" {JRE_PACKAGE}" if java else "")
     wheel = shlex.quote(f"wheels/{wheel_name}")
@@ -64,8 +67,8 @@ def start_task_command(wheel_name: str, *, java: bool, extras: str = "azure") ->
             f'root="{NODE_ROOT}"',
             'mkdir -p "$root/jobs"',
             'python3 -m venv --clear "$root/venv"',
-            '"$root/venv/bin/python" -m pip install --quiet --no-cache-dir --upgrade pip',
-            f'"$root/venv/bin/python" -m pip install --quiet --no-cache-dir {spec}',
+            '"$root/venv/bin/python" -m pip install --quiet --no-cache-dir --no-index'
+            f" --find-links wheels --constraint wheels/constraints.txt {spec}",
             'chmod -R a+rX "$root"',
             '"$root/venv/bin/python" -c "import realtime_batch; print(realtime_batch.__version__)"',
         ]

@@ -120,6 +120,7 @@ def create(
         p.wait_ready()
         if start:
             job_id = p.start_engines()
+            p.wait_ready()  # every engine running, or the reason why not
             click.echo(f"pool {p.pool_id} ready; engines running under job {job_id}")
         else:
             click.echo(f"pool {p.pool_id} ready")
@@ -181,12 +182,53 @@ def resize(
     with _azure_pool(config_file) as p:
         p.use_existing(p.pool_id)
         if formula:
-            p.autoscale(formula)
+            p.autoscale_formula(formula)
         elif engines is not None:
             p.resize(engines)
         else:
             p.resize_nodes(nodes or 0, spot)
         click.echo(f"pool {p.pool_id}: {p.engines} engine slots")
+
+
+@pool.command()
+@_config_option
+@click.option("--min", "min_nodes", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--max", "max_nodes", type=click.IntRange(min=0), required=True, help="Most nodes.")
+@click.option(
+    "--tasks-per-engine", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
+    help="Queued or running tasks per engine wanted.",
+)  # fmt: skip
+@click.option(
+    "--idle-after", type=click.FloatRange(min=0), default=600.0, show_default=True,
+    help="Seconds of an empty queue before the pool shrinks.",
+)  # fmt: skip
+@click.option("--interval", type=click.FloatRange(min=1), default=30.0, show_default=True)
+@click.option("--spot", is_flag=True, help="Grow with spot nodes.")
+@click.option("--rounds", type=click.IntRange(min=1), default=None, help="Stop after N looks.")
+def autoscale(
+    config_file: Path | None,
+    min_nodes: int,
+    max_nodes: int,
+    tasks_per_engine: float,
+    idle_after: float,
+    interval: float,
+    spot: bool,
+    rounds: int | None,
+) -> None:
+    """Size the pool from the task queue until Ctrl-C (one engine per slot on every node)."""
+    if min_nodes > max_nodes:
+        raise click.BadParameter(f"--min {min_nodes} is above --max {max_nodes}")
+    with _azure_pool(config_file) as p:
+        p.use_existing(p.pool_id)
+        click.echo(f"pool {p.pool_id}: autoscaling {min_nodes}..{max_nodes} node(s); Ctrl-C stops")
+        try:
+            p.autoscale(
+                min_nodes, max_nodes, tasks_per_engine=tasks_per_engine, idle_after=idle_after,
+                interval=interval, spot=spot, rounds=rounds,
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            pass
+        click.echo(f"pool {p.pool_id}: autoscale stopped at {sum(p.node_targets())} node(s)")
 
 
 @pool.command()

@@ -3,30 +3,32 @@
 Each pool gets one container (``<prefix>-<pool id>``) holding the realtime-batch
 wheel, the task files and the input files; a second container (``…-logs``) receives
 engine logs. Files are uploaded only when their content changed (SHA-256 kept in the
-blob's metadata). Nodes never see an account key: they get
-
-* a **read-only**, short-lived SAS scoped to the staging container (resource files);
-* a **create/write-only** SAS scoped to the logs container (output files).
+blob's metadata). Nodes never see an account key: they download the staged files
+through Batch (auto-storage or a pool identity, see ``AzureBatchPool``), and get a
+**create/write-only** SAS scoped to the logs container (output files).
 
 With an account key the SAS is signed with it (it never leaves the client); with
-Entra ID (``DefaultAzureCredential``) it is a user delegation SAS.
+Entra ID (``DefaultAzureCredential``) it is a user delegation SAS, whose key Storage
+grants for 7 days at most (:data:`MAX_DELEGATION`). Every storage failure surfaces
+as :class:`StagingError`.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import attrs
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import (
     BlobServiceClient,
     ContainerSasPermissions,
@@ -38,10 +40,13 @@ from azure.storage.blob import (
 from .pool import OrchestratorError, StrPath
 
 __all__ = [
+    "NODE_PLATFORM",
     "BlobStaging",
     "StagedFile",
     "StagingError",
     "build_wheel",
+    "build_wheelhouse",
+    "constraints_for",
     "container_name",
     "file_sha256",
 ]
@@ -52,10 +57,32 @@ HASH_METADATA_KEY = "sha256"
 #: SAS validity starts this long in the past (clock skew between client and service).
 CLOCK_SKEW = timedelta(minutes=5)
 _CHUNK = 1 << 20
+#: what pool nodes run (Ubuntu 24.04: CPython 3.12 on x86-64): the wheelhouse is for it
+NODE_PLATFORM = {"platform": "manylinux2014_x86_64", "python_version": "3.12"}
+#: the longest validity Storage grants a user delegation key
+MAX_DELEGATION = timedelta(days=7)
 
 
 class StagingError(OrchestratorError):
     """Staging files in Blob storage failed."""
+
+
+def _storage_errors(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Map azure-core errors of a ``BlobStaging`` method into :class:`StagingError`."""
+
+    @functools.wraps(method)
+    def mapped(self: BlobStaging, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except StagingError:
+            raise
+        except AzureError as exc:
+            what = method.__name__.strip("_").replace("_", " ")
+            raise StagingError(
+                f"storage account {self.service.account_name}: {what} failed: {exc.message}"
+            ) from exc
+
+    return mapped
 
 
 @attrs.frozen
@@ -128,12 +155,59 @@ def build_wheel(source_dir: StrPath | None = None, out_dir: StrPath | None = Non
         [*cmd, str(source_dir)], capture_output=True, text=True, check=False, timeout=600
     )
     if proc.returncode != 0:
-        raise StagingError(f"building the wheel failed:\n{proc.stderr.strip()[-2000:]}")
+        raise StagingError(
+            f"building the wheel from {source_dir} failed (set [batch] wheel = "
+            f"'path/to/realtime_batch-*.whl' to use a built one):\n{proc.stderr.strip()[-2000:]}"
+        )
     wheels = sorted(out.glob("realtime_batch-*.whl"), key=lambda p: p.stat().st_mtime)
     if not wheels:
         raise StagingError(f"pip wheel produced no realtime_batch wheel in {out}")
     logger.info("built %s", wheels[-1].name)
     return wheels[-1]
+
+
+def build_wheelhouse(wheel: StrPath, out_dir: StrPath | None = None, extras: str = "azure") -> Path:
+    """Download the wheels ``wheel[extras]`` needs on a node (``pip download``).
+
+    For :data:`NODE_PLATFORM`, binary wheels only: nodes then install with
+    ``pip --no-index`` from what was staged, so every node, also one joining weeks
+    later or in a subnet without internet, gets the same versions.
+
+    Raises:
+        StagingError: pip failed (no index reachable, no wheel for the platform).
+    """
+    out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="rtbatch-wheelhouse-"))
+    spec = f"{Path(wheel).resolve()}[{extras}]" if extras else str(Path(wheel).resolve())
+    cmd = [
+        sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
+        "--platform", NODE_PLATFORM["platform"], "--python-version",
+        NODE_PLATFORM["python_version"], "-d", str(out), spec,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=900)
+    if proc.returncode != 0:
+        raise StagingError(
+            "downloading the nodes' dependency wheels failed (make a wheelhouse with "
+            "`pip download --only-binary=:all: --platform manylinux2014_x86_64 "
+            "--python-version 3.12 -d wheelhouse 'realtime_batch-*.whl[azure]'` and set "
+            f"[batch] wheelhouse = 'wheelhouse'):\n{proc.stderr.strip()[-2000:]}"
+        )
+    return out
+
+
+def constraints_for(wheels: Iterable[StrPath]) -> str:
+    """A pip constraints file pinning every wheel given (``name==version`` lines)."""
+    from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+    pins = {}
+    for wheel in wheels:
+        try:
+            name, version, _, _ = parse_wheel_filename(Path(wheel).name)
+        except InvalidWheelFilename as exc:
+            raise StagingError(f"not a wheel file name: {Path(wheel).name}") from exc
+        if pins.get(name, str(version)) != str(version):
+            raise StagingError(f"two versions of {name} in the wheelhouse")
+        pins[name] = str(version)
+    return "".join(f"{name}=={version}\n" for name, version in sorted(pins.items()))
 
 
 class BlobStaging:
@@ -175,6 +249,7 @@ class BlobStaging:
         return f"BlobStaging(account={self.service.account_name!r}, container={self.container!r})"
 
     # ------------------------------------------------------------------ upload
+    @_storage_errors
     def ensure_containers(self) -> None:
         """Create the staging and logs containers (private access) if missing."""
         for name in (self.container, self.logs_container):
@@ -184,6 +259,7 @@ class BlobStaging:
             except ResourceExistsError:
                 pass
 
+    @_storage_errors
     def upload(self, files: Iterable[StrPath], folder: str) -> list[StagedFile]:
         """Upload files under ``folder/`` unless an identical blob is already there.
 
@@ -223,6 +299,7 @@ class BlobStaging:
             staged.append(StagedFile(blob_name, digest, path.stat().st_size, uploaded))
         return staged
 
+    @_storage_errors
     def prune(self, folder: str, keep: Iterable[str]) -> list[str]:
         """Delete blobs under ``folder/`` whose names are not in ``keep``; return them."""
         keep_set = set(keep)
@@ -234,6 +311,7 @@ class BlobStaging:
                 removed.append(blob.name)
         return removed
 
+    @_storage_errors
     def delete(self, *, keep_logs: bool = True) -> None:
         """Delete the staging container (and the logs container unless ``keep_logs``)."""
         names = [self.container] if keep_logs else [self.container, self.logs_container]
@@ -244,6 +322,7 @@ class BlobStaging:
                 pass
 
     # --------------------------------------------------------------------- SAS
+    @_storage_errors
     def _sign(
         self, container: str, permission: ContainerSasPermissions, lifetime: timedelta
     ) -> str:
@@ -260,9 +339,11 @@ class BlobStaging:
                 start=start,
                 expiry=expiry,
             )
+        # a user delegation key lasts 7 days at most, and a SAS no longer than its key
+        expiry = min(expiry, start + MAX_DELEGATION)
         key = self._delegation_key
         if key is None or datetime.fromisoformat(key.signed_expiry.replace("Z", "+00:00")) < expiry:
-            key = self.service.get_user_delegation_key(start, expiry + timedelta(hours=1))
+            key = self.service.get_user_delegation_key(start, start + MAX_DELEGATION)
             self._delegation_key = key
         return generate_container_sas(
             self.service.account_name,
@@ -276,6 +357,10 @@ class BlobStaging:
     def read_sas(self) -> str:
         """A read-only SAS token scoped to the staging container."""
         return self._sign(self.container, ContainerSasPermissions(read=True), self.sas_lifetime)
+
+    def container_url(self) -> str:
+        """URL of the staging container (no SAS: for a pool identity)."""
+        return self.service.get_container_client(self.container).url
 
     def blob_url(self, blob_name: str, sas: str | None = None) -> str:
         """URL of a staged blob; with ``sas`` appended when given."""
@@ -293,6 +378,7 @@ class BlobStaging:
         return f"{url}?{sas}"
 
     # ------------------------------------------------------------------- logs
+    @_storage_errors
     def list_logs(self, prefix: str = "") -> list[str]:
         """Names of the log blobs under ``prefix``."""
         container = self.service.get_container_client(self.logs_container)
@@ -301,6 +387,7 @@ class BlobStaging:
         except ResourceNotFoundError:
             return []
 
+    @_storage_errors
     def download_logs(self, dest: StrPath, prefix: str = "") -> list[Path]:
         """Download log blobs under ``prefix`` into ``dest`` (keeping their paths)."""
         container = self.service.get_container_client(self.logs_container)

@@ -61,6 +61,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "url": "zmq://127.0.0.1:0",  # port 0: the local pool picks a free port
         "engine_url": "",  # what engines get (Listen on tasks, Send on results)
         "queue": "tasks",
+        # the task queue's settings (rtbatch servicebus provision): engines must know them
+        "lock_duration": 30.0,
+        "max_delivery_count": 10,
     },
     "storage": {
         "connection_string": "",
@@ -81,9 +84,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "image_sku": "server",
         "node_agent_sku": "batch.node.ubuntu 24.04",
         "subnet_id": "",
+        "node_identity": "",  # empty: downloads signed by Batch from its auto-storage account
         "autoscale_formula": "",
         "wheel": "",  # empty: built from the source tree
+        "wheelhouse": "",  # empty: pip download of the wheel's dependencies for the nodes
         "poll_interval": 5.0,
+        "drain_timeout": 30.0,  # seconds engines of leaving nodes get to stop
     },
     "azure": {
         "credentials_file": "",  # the seed's credentials.json

@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "Delivery",
     "Message",
+    "QueueCounts",
     "QueueOptions",
     "Transport",
     "dead_letter_queue",
@@ -124,6 +125,22 @@ class QueueOptions:
 
     lock_duration: float = DEFAULT_LOCK_DURATION
     max_delivery_count: int = DEFAULT_MAX_DELIVERY_COUNT
+
+
+@attrs.frozen
+class QueueCounts:
+    """How busy a queue is: messages ``waiting`` for a receiver and ``leased`` ones.
+
+    Service Bus reports one figure (active messages, locked or not) as ``waiting``
+    with ``leased`` 0.
+    """
+
+    waiting: int
+    leased: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.waiting + self.leased
 
 
 class Transport(ABC):
@@ -221,6 +238,16 @@ class Transport(ABC):
     @abstractmethod
     def renew_lock(self, delivery: Delivery) -> float:
         """Extend the lease by the lock duration; updates and returns ``locked_until``."""
+
+    def queue_counts(self, queue: str) -> QueueCounts:
+        """Messages waiting in and leased from ``queue`` (what an autoscaler sizes by).
+
+        Raises:
+            TransportError: the backend cannot tell (the default).
+        """
+        from .errors import TransportError
+
+        raise TransportError(f"{type(self).__name__} does not report queue counts")
 
     @abstractmethod
     def close(self) -> None:

@@ -20,6 +20,7 @@ from .base import (
     DEFAULT_MAX_MESSAGE_SIZE,
     Delivery,
     Message,
+    QueueCounts,
     QueueOptions,
     Transport,
     as_message_list,
@@ -161,6 +162,11 @@ class MemoryTransport(Transport):
 
     def abandon(self, delivery: Delivery) -> None:
         self._settle("abandon", delivery)
+
+    def queue_counts(self, queue: str) -> QueueCounts:
+        self._check_open()
+        with self._broker.lock:
+            return QueueCounts(*self._broker.store.counts(queue))
 
     def dead_letter(self, delivery: Delivery, reason: str, description: str = "") -> None:
         self._settle("dead_letter", delivery, reason, description)

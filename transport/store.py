@@ -149,6 +149,11 @@ class QueueStore:
         """Messages waiting (not leased) in ``name``."""
         return self.queue(name).size
 
+    def counts(self, name: str) -> tuple[int, int]:
+        """``(waiting, leased)`` messages of ``name``."""
+        q = self.queue(name)
+        return q.size, sum(lease.queue is q for lease in self._leases.values())
+
     def queue_names(self) -> list[str]:
         return list(self._queues)
 

@@ -19,13 +19,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # The published Azurite development account (public, documented test key).
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = (
@@ -107,7 +100,7 @@ def batch_fake():
     """The Batch REST fake over HTTP (shared key); yields (fake, endpoint)."""
     from batch_fake import BatchFake
 
-    fake = BatchFake()
+    fake = BatchFake(auto_storage=AZURITE_ACCOUNT)  # staging account linked as auto-storage
     url = fake.start()
     try:
         yield fake, url
@@ -163,9 +156,12 @@ def batch_fake_https(tmp_path: Path):
     from batch_fake import BatchFake
 
     token = "fake-entra-token"
-    fake = BatchFake(token=token)
+    fake = BatchFake(token=token, auto_storage=AZURITE_ACCOUNT)
     url = fake.start(ssl_context=self_signed_context(tmp_path))
     try:
         yield fake, url, token
     finally:
         fake.stop()
+
+
+from azure_fixtures import files, free_port, make_pool  # noqa: E402,F401  (shared here)

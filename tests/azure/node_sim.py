@@ -3,7 +3,8 @@
 For each engine task the fake receives, the simulator does on a "node" directory
 what a Batch node does, with the files the orchestrator staged:
 
-* start task: downloads its resource files (the wheel) through their SAS URLs; the
+* start task: downloads its resource files (the wheel) as Batch would: through their
+  SAS URLs, or from the linked auto-storage account (``autoStorageContainerName``); the
   script itself (apt, venv, pip) is not run: ``venv/bin/python`` is a wrapper around
   this test interpreter, which has realtime-batch installed;
 * job preparation (once per node and job): downloads the task and input files via
@@ -29,10 +30,17 @@ __all__ = ["NodeSimulator"]
 
 
 class NodeSimulator:
-    """Attach with ``BatchFake(on_task=sim)``; call :meth:`stop` at teardown."""
+    """Attach with ``BatchFake(on_task=sim)``; call :meth:`stop` at teardown.
 
-    def __init__(self, root: Path) -> None:
+    Args:
+        root: directory holding one sub-directory per node.
+        auto_storage: connection string of the storage account linked to the Batch
+            account (what ``autoStorageContainerName`` resource files come from).
+    """
+
+    def __init__(self, root: Path, auto_storage: str | None = None) -> None:
         self.root = root
+        self.auto_storage = auto_storage
         self.procs: list[subprocess.Popen] = []
         self.threads: list[threading.Thread] = []
         self.prepared: set[tuple[str, str]] = set()
@@ -47,17 +55,32 @@ class NodeSimulator:
         thread.start()
 
     # ----------------------------------------------------------------- steps
-    @staticmethod
-    def _download(resources: list[dict[str, Any]], wd: Path) -> None:
+    def _download(self, resources: list[dict[str, Any]], wd: Path) -> None:
         for resource in resources:
+            if resource.get("autoStorageContainerName"):
+                self._download_container(resource, wd)
+                continue
             got = requests.get(resource["httpUrl"], timeout=30)
             got.raise_for_status()
             target = wd / resource["filePath"]
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(got.content)
 
-    def _node(self, pool: dict[str, Any], slot: int) -> Path:
-        node = self.root / f"node-{slot // pool.get('taskSlotsPerNode', 1)}"
+    def _download_container(self, resource: dict[str, Any], wd: Path) -> None:
+        from azure.storage.blob import BlobServiceClient
+
+        if not self.auto_storage:
+            raise RuntimeError("no auto-storage account linked to the Batch account")
+        service = BlobServiceClient.from_connection_string(self.auto_storage)
+        container = service.get_container_client(resource["autoStorageContainerName"])
+        base = wd / resource.get("filePath", "")
+        for blob in container.list_blobs(name_starts_with=resource.get("blobPrefix") or None):
+            target = base / blob.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(container.download_blob(blob.name).readall())
+
+    def _node(self, pool: dict[str, Any], node_id: str) -> Path:
+        node = self.root / node_id
         venv_python = node / "shared/rtbatch/venv/bin/python"
         with self._lock:
             if venv_python.exists():
@@ -71,7 +94,9 @@ class NodeSimulator:
             return node
 
     @staticmethod
-    def _env(node: Path, job: dict[str, Any], task_id: str, wd: Path) -> dict[str, str]:
+    def _env(
+        node: Path, job: dict[str, Any], task_id: str, wd: Path, task: dict[str, Any] | None = None
+    ) -> dict[str, str]:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(node)}
         env.update(
             AZ_BATCH_NODE_SHARED_DIR=str(node / "shared"),
@@ -81,6 +106,8 @@ class NodeSimulator:
             AZ_BATCH_TASK_WORKING_DIR=str(wd),
         )
         for setting in job.get("commonEnvironmentSettings", []):
+            env[setting["name"]] = setting["value"]
+        for setting in (task or {}).get("environmentSettings", []):
             env[setting["name"]] = setting["value"]
         return env
 
@@ -107,8 +134,7 @@ class NodeSimulator:
 
     def _run(self, fake: Any, pool: dict[str, Any], job: dict[str, Any], task: dict) -> None:
         try:
-            slot = int(task["id"].split("-")[1])
-            node = self._node(pool, slot)
+            node = self._node(pool, task["nodeInfo"]["nodeId"])
             self._prepare(node, job)
             task_dir = node / "workitems" / job["id"] / task["id"]
             wd = task_dir / "wd"
@@ -120,7 +146,7 @@ class NodeSimulator:
                 proc = subprocess.Popen(
                     shlex.split(task["commandLine"]),
                     cwd=wd,
-                    env=self._env(node, job, task["id"], wd),
+                    env=self._env(node, job, task["id"], wd, task),
                     stdout=out,
                     stderr=err,
                 )

@@ -6,67 +6,17 @@ import json
 from datetime import timedelta
 
 import pytest
-import requests
-from azure.batch import BatchClient
-from azure.core.credentials import AccessToken, AzureNamedKeyCredential
+from azure.core.credentials import AccessToken
 from azure.storage.blob import BlobServiceClient
-from batch_fake import DEFAULT_ACCOUNT, DEFAULT_KEY
+from azure_fixtures import ENGINE_URL
+from batch_fake import DEFAULT_KEY
 
-from realtime_batch.orchestrator.azure_batch import AzureBatchPool, PoolSpec
+from realtime_batch.orchestrator.azure_batch import PoolSpec
 from realtime_batch.orchestrator.pool import (
     OrchestratorError,
     PoolNotFoundError,
     PoolStateError,
 )
-
-ENGINE_URL = "zmq://10.0.0.10:5555"
-
-
-@pytest.fixture
-def files(tmp_path):
-    (tmp_path / "hello.py").write_text("def do_action(engine, args):\n    return args, None\n")
-    (tmp_path / "data.csv").write_text("a,b\n1,2\n")
-    (tmp_path / "pi.jar").write_bytes(b"PK\x03\x04 not really a jar")
-    wheel = tmp_path / "realtime_batch-0.1.0-py3-none-any.whl"
-    wheel.write_bytes(b"PK\x03\x04 stand-in wheel")
-    return tmp_path
-
-
-@pytest.fixture
-def make_pool(batch_fake, azurite, files, request):
-    _, url = batch_fake
-    made = []
-
-    def make(pool_id: str = "p1", *, credential=None, endpoint=None, **options):
-        batch = BatchClient(
-            endpoint=endpoint or url,
-            credential=credential or AzureNamedKeyCredential(DEFAULT_ACCOUNT, DEFAULT_KEY),
-            **({"connection_verify": False} if endpoint else {}),
-        )
-        options.setdefault("task_files", [files / "hello.py"])
-        options.setdefault("input_files", [files / "data.csv"])
-        options.setdefault("engine_transport_url", ENGINE_URL)
-        options.setdefault("spec", PoolSpec(dedicated_nodes=2, spot_nodes=1, engines_per_node=2))
-        pool = AzureBatchPool(
-            batch,
-            BlobServiceClient.from_connection_string(azurite),
-            f"{pool_id}-{request.node.name[5:30]}".lower().replace("_", "-"),
-            transport_url="zmq://127.0.0.1:5555",
-            wheel=files / "realtime_batch-0.1.0-py3-none-any.whl",
-            poll_interval=0.01,
-            **options,
-        )
-        made.append(pool)
-        return pool
-
-    yield make
-    for pool in made:
-        pool.close()
-        service = BlobServiceClient.from_connection_string(azurite)
-        for name in (pool.staging.container, pool.staging.logs_container):
-            container = service.get_container_client(name)
-            if container.exists():
-                container.delete_container()
 
 
 def _all_bodies(fake) -> str:
@@ -95,12 +45,20 @@ def test_create_sends_image_slots_and_start_task(make_pool, batch_fake):
     )
     assert "sleep" not in cmd
     assert "openjdk" not in cmd  # no jar staged
-    [resource] = start["resourceFiles"]
-    assert resource["filePath"] == "wheels/realtime_batch-0.1.0-py3-none-any.whl"
-    assert "sp=r&" in resource["httpUrl"] and "sig=" in resource["httpUrl"]
-    # the node can fetch the wheel with that SAS URL (Azurite enforces it)
-    got = requests.get(resource["httpUrl"], timeout=10)
-    assert got.status_code == 200 and got.content == b"PK\x03\x04 stand-in wheel"
+    # Batch itself signs the download from the staging (auto-storage) container
+    assert start["resourceFiles"] == [
+        {"autoStorageContainerName": pool.staging.container, "blobPrefix": "wheels/"}
+    ]
+    container = pool.staging.service.get_container_client(pool.staging.container)
+    assert sorted(b.name for b in container.list_blobs("wheels/")) == [
+        "wheels/constraints.txt",
+        "wheels/orjson-3.10.0-cp312-cp312-manylinux_2_17_x86_64.whl",
+        "wheels/realtime_batch-0.1.0-py3-none-any.whl",
+    ]
+    pins = container.download_blob("wheels/constraints.txt").readall().decode()
+    assert pins == "orjson==3.10.0\nrealtime-batch==0.1.0\n"
+    # pinned and offline: only the staged wheels, nothing from an index
+    assert "--no-index --find-links wheels --constraint wheels/constraints.txt" in cmd
     assert pool.list()[0]["id"] == pool.pool_id
     assert pool.engines == 6
 
@@ -120,9 +78,7 @@ def test_start_engines_one_task_per_slot(make_pool, batch_fake):
     [body] = fake.bodies("POST", "/jobs")
     assert body["poolInfo"]["poolId"] == pool.pool_id
     prep = body["jobPreparationTask"]
-    assert {r["filePath"] for r in prep["resourceFiles"]} == {"tasks/hello.py", "inputs/data.csv"}
-    for resource in prep["resourceFiles"]:
-        assert requests.get(resource["httpUrl"], timeout=10).status_code == 200
+    assert {r["blobPrefix"] for r in prep["resourceFiles"]} == {"tasks/", "inputs/"}
     assert body["commonEnvironmentSettings"] == [
         {"name": "RTBATCH_ENGINE_TRANSPORT", "value": ENGINE_URL}
     ]
@@ -178,16 +134,16 @@ def test_resize_adds_and_removes_engines(make_pool, batch_fake):
     assert sorted(fake.tasks[job]) == [f"engine-{i:04d}-r0" for i in range(6)]
     [resize] = fake.bodies("POST", r"/pools/.*/resize")
     assert resize["targetDedicatedNodes"] == 3
-    # new nodes get a freshly signed start task
-    assert fake.bodies("POST", r"/pools/.*/updateproperties")[0]["startTask"]["resourceFiles"]
     pool.resize(2)
-    assert sorted(fake.tasks[job]) == ["engine-0000-r0", "engine-0001-r0"]
+    [node] = fake.nodes[pool.pool_id]
+    assert len(fake.tasks[job]) == 2
+    assert {t["nodeInfo"]["nodeId"] for t in fake.tasks[job].values()} == {node["id"]}
 
 
 def test_autoscale(make_pool, batch_fake):
     fake, _ = batch_fake
     pool = make_pool().create()
-    pool.autoscale("$TargetDedicatedNodes = 2;", timedelta(minutes=10))
+    pool.autoscale_formula("$TargetDedicatedNodes = 2;", timedelta(minutes=10))
     [body] = fake.bodies("POST", r"/pools/.*/enableautoscale")
     assert body["autoScaleFormula"] == "$TargetDedicatedNodes = 2;"
     assert body["autoScaleEvaluationInterval"] in ("PT10M", "PT10M00S")

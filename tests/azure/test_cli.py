@@ -27,7 +27,9 @@ def env(batch_fake, azurite, tmp_path):
         "RTBATCH_BATCH_ACCOUNT_NAME": DEFAULT_ACCOUNT,
         "RTBATCH_BATCH_ACCOUNT_KEY": DEFAULT_KEY,
         "RTBATCH_BATCH_WHEEL": str(wheel),
+        "RTBATCH_BATCH_WHEELHOUSE": str(tmp_path),
         "RTBATCH_BATCH_POLL_INTERVAL": "0.01",
+        "RTBATCH_BATCH_DRAIN_TIMEOUT": "0.2",
         "RTBATCH_STORAGE_CONNECTION_STRING": azurite,
         "RTBATCH_TRANSPORT_ENGINE_URL": "zmq://10.0.0.10:5555",
     }
@@ -79,3 +81,14 @@ def test_usage_errors(env):
     assert result.exit_code == 2
     result = CliRunner().invoke(main, ["pool", "use", "nope"], env=env)
     assert result.exit_code == 1 and "nope" in result.output
+
+
+@pytest.mark.timeout(120)
+def test_resize_to_zero_engines_finishes(env, batch_fake):
+    fake, _ = batch_fake
+    run(env, "pool", "create", "--nodes", "2", "--engines-per-node", "2")
+    [job_id] = run(env, "job", "list").split()
+    assert "0 engine slots" in run(env, "pool", "resize", "--engines", "0")
+    assert fake.nodes["clipool"] == []
+    assert [t for t in fake.tasks[job_id].values() if t["state"] != "completed"] == []
+    run(env, "pool", "delete", "--yes")

@@ -40,9 +40,9 @@ def broker():
 
 
 @pytest.fixture
-def simulated_batch(tmp_path):
-    sim = NodeSimulator(tmp_path / "nodes")
-    fake = BatchFake(on_task=sim)
+def simulated_batch(tmp_path, azurite):
+    sim = NodeSimulator(tmp_path / "nodes", auto_storage=azurite)
+    fake = BatchFake(on_task=sim, auto_storage="devstoreaccount1")
     url = fake.start()
     try:
         yield fake, url, sim
@@ -66,20 +66,24 @@ def test_pool_to_results_offline(no_leaked_processes, simulated_batch, broker, a
         task_files=[tmp_path / "hello_task.py"],
         input_files=[tmp_path / "data.txt"],
         wheel=wheel,
+        wheelhouse=tmp_path,  # no dependency wheels: the simulated node skips pip
         poll_interval=0.01,
     )
     try:
         pool.create()
         job = pool.start_engines()
+        pool.wait_ready()
         with Session(pool) as session:
             futures = [session.submit("hello_task.py", f"n{i}") for i in range(6)]
             values = [f.result(timeout=60) for f in futures]
         assert not sim.errors, sim.errors
         assert [v.split(" from ")[0] for v in values] == [f"hello n{i}" for i in range(6)]
         engines = {v.split(" from ")[1] for v in values}
-        assert engines <= {f"node-0/engine-000{i}-r0" for i in range(2)}
+        [node] = fake.nodes[pool.pool_id]
+        assert engines <= {f"{node['id']}/engine-000{i}-r0" for i in range(2)}
         # engines were run from the staged files: the input file landed in their work dir
-        assert (tmp_path / f"nodes/node-0/workitems/{job}/engine-0000-r0/wd/data.txt").is_file()
+        wd = tmp_path / f"nodes/{node['id']}/workitems/{job}/engine-0000-r0/wd"
+        assert (wd / "data.txt").is_file()
         sim.stop()  # the engines end (SIGTERM): their logs go to Blob as output files
         assert not sim.errors, sim.errors
         assert {t["state"] for t in fake.tasks[job].values()} == {"completed"}
@@ -89,5 +93,47 @@ def test_pool_to_results_offline(no_leaked_processes, simulated_batch, broker, a
         assert {p.name for p in logs} == {"stdout.txt", "stderr.txt"}
         assert len(logs) == 4
     finally:
+        pool.staging.delete(keep_logs=False)
+        pool.close()
+
+
+def test_shrink_stops_the_leaving_engine_through_the_broker(
+    no_leaked_processes, simulated_batch, broker, azurite, tmp_path
+):
+    fake, url, sim = simulated_batch
+    (tmp_path / "hello_task.py").write_text(HELLO)
+    wheel = tmp_path / "realtime_batch-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"stand-in wheel: the simulated node uses the test interpreter")
+    pool = AzureBatchPool(
+        BatchClient(endpoint=url, credential=AzureNamedKeyCredential(DEFAULT_ACCOUNT, DEFAULT_KEY)),
+        BlobServiceClient.from_connection_string(azurite),
+        "e2e-shrink",
+        transport_url=broker,
+        spec=PoolSpec(dedicated_nodes=2, engines_per_node=1),
+        task_files=[tmp_path / "hello_task.py"],
+        wheel=wheel,
+        wheelhouse=tmp_path,
+        poll_interval=0.01,
+        drain_timeout=30,
+    )
+    try:
+        pool.create()
+        job = pool.start_engines()
+        pool.wait_ready()
+        with Session(pool) as session:
+            assert session.submit("hello_task.py", "a").result(timeout=60).startswith("hello a")
+            before = {t["id"]: t["nodeInfo"]["nodeId"] for t in fake.tasks[job].values()}
+            pool.resize(1)
+            [kept] = fake.tasks[job]
+            [(gone, node)] = [(t, n) for t, n in before.items() if t != kept]
+            # the leaving engine was asked to stop through the broker and exited on its own
+            log = tmp_path / f"nodes/{node}/workitems/{job}/{gone}/stderr.txt"
+            assert "asked to stop" in log.read_text()
+            assert [n["id"] for n in fake.nodes[pool.pool_id]] == [before[kept]]
+            value = session.submit("hello_task.py", "b").result(timeout=60)
+            assert value == f"hello b from {before[kept]}/{kept}"
+        assert not sim.errors, sim.errors
+    finally:
+        sim.stop()
         pool.staging.delete(keep_logs=False)
         pool.close()

@@ -142,3 +142,23 @@ def test_build_wheel_from_the_source_tree(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "realtime_batch/orchestrator/azure_batch.py" in names
     assert "realtime_batch/engine/__init__.py" in names
+
+
+def test_wheel_build_failure_says_what_to_set(tmp_path):
+    from realtime_batch.orchestrator.staging import StagingError, build_wheel
+
+    (tmp_path / "pyproject.toml").write_text("not toml [")
+    with pytest.raises(StagingError, match=r"set \[batch\] wheel = "):
+        build_wheel(source_dir=tmp_path, out_dir=tmp_path / "out")
+
+
+def test_constraints_pin_every_wheel_once():
+    from realtime_batch.orchestrator.staging import StagingError, constraints_for
+
+    assert constraints_for(["a/Foo_Bar-1.2-py3-none-any.whl", "zz-0.1-py3-none-any.whl"]) == (
+        "foo-bar==1.2\nzz==0.1\n"
+    )
+    with pytest.raises(StagingError, match="two versions of zz"):
+        constraints_for(["zz-0.1-py3-none-any.whl", "zz-0.2-py3-none-any.whl"])
+    with pytest.raises(StagingError, match="not a wheel"):
+        constraints_for(["notes.txt"])

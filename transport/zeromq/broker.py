@@ -327,6 +327,8 @@ class Broker:
         if command == wire.GIVE_BACK:
             store.give_back(args[0], now)
             return wire.encode_reply(rid)
+        if command == wire.QUEUE_COUNTS:
+            return wire.encode_reply(rid, *store.counts(args[0]))
         if command == wire.RENEW:
             return wire.encode_reply(rid, store.renew(args[0], now))
         if command == wire.DEAD_LETTER:

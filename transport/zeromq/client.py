@@ -34,6 +34,7 @@ from ..base import (
     DEFAULT_MAX_MESSAGE_SIZE,
     Delivery,
     Message,
+    QueueCounts,
     Transport,
     as_message_list,
     check_max_messages,
@@ -471,6 +472,10 @@ class ZmqTransport(Transport):
 
     def give_back(self, delivery: Delivery) -> None:
         self._call(wire.GIVE_BACK, [delivery.lock_token])
+
+    def queue_counts(self, queue: str) -> QueueCounts:
+        header, _ = self._call(wire.QUEUE_COUNTS, [queue], queue=queue)
+        return QueueCounts(int(header[2]), int(header[3]))
 
     def dead_letter(self, delivery: Delivery, reason: str, description: str = "") -> None:
         self._call(wire.DEAD_LETTER, [delivery.lock_token, str(reason), str(description)])

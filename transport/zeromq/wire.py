@@ -97,6 +97,8 @@ GIVE_BACK = 13  # args: [token]                    -> []  (abandon, not counted 
 # request; a session's completions and its next receive, with no message)
 SETTLE_RECEIVE = 14
 
+QUEUE_COUNTS = 15  # args: [queue]                  -> [waiting, leased]
+
 COMMAND_NAMES = {
     HEARTBEAT: "heartbeat",
     DECLARE: "declare",
@@ -112,6 +114,7 @@ COMMAND_NAMES = {
     COMPLETE_MANY: "complete_many",
     SEND_COMPLETE: "send_complete",
     SETTLE_RECEIVE: "settle_receive",
+    QUEUE_COUNTS: "queue_counts",
 }
 
 # -- reply status ---------------------------------------------------------------------------
@@ -196,6 +199,7 @@ _ARG_RULES: dict[int, tuple[Any, ...]] = {
     GIVE_BACK: (_is_str,),
     DEAD_LETTER: (_is_str, _is_str, _is_str),
     RENEW: (_is_str,),
+    QUEUE_COUNTS: (_is_str,),
     BYE: (),
 }
 
