@@ -1,0 +1,141 @@
+"""One client cannot stall, slow down or fill up the ZeroMQ broker (issue 15)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+import zmq
+
+from realtime_batch.transport.zeromq import wire
+from realtime_batch.transport.zeromq.broker import Broker
+
+
+@pytest.fixture
+def dealers():
+    """Raw DEALER sockets connected to a broker; closed at teardown."""
+    context = zmq.Context()
+    sockets: list[zmq.Socket] = []
+
+    def _connect(url: str, routing_id: bytes | None = None) -> zmq.Socket:
+        sock = context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        if routing_id is not None:
+            sock.setsockopt(zmq.ROUTING_ID, routing_id)
+        sock.connect(url.replace("zmq://", "tcp://"))
+        sockets.append(sock)
+        return sock
+
+    try:
+        yield _connect
+    finally:
+        for sock in sockets:
+            sock.close(0)
+        context.term()
+
+
+def request(sock: zmq.Socket, command: int, rid: int, *args) -> list:
+    """Send one request and return its decoded reply header (10 s at most)."""
+    sock.send(wire.encode_request(command, rid, *args))
+    assert sock.poll(10_000), f"no answer to {wire.COMMAND_NAMES[command]} within 10 s"
+    return orjson.loads(sock.recv_multipart()[0])
+
+
+def answers_a_heartbeat_within_10_s(sock: zmq.Socket, rid: int) -> bool:
+    sock.send(wire.encode_request(wire.HEARTBEAT, rid, 1.0))
+    if not sock.poll(10_000):
+        return False
+    return orjson.loads(sock.recv_multipart()[0])[:2] == [rid, wire.OK]
+
+
+# -- parked receives ---------------------------------------------------------------------------
+@pytest.mark.parametrize("cap", [None, 200_000], ids=["default-cap", "raised-cap"])
+def test_heartbeat_is_answered_while_many_receives_expire_in_reverse_order(
+    zmq_broker_factory, dealers, cap
+):
+    """150,000 long polls whose timeouts end in the reverse of their arrival order.
+
+    With the default cap most are refused at once; with a raised cap all are parked
+    and expire together, which took the old broker seconds of ``deque.remove`` scans.
+    """
+    extra = () if cap is None else ("--max-parked-receives", str(cap))
+    broker = zmq_broker_factory(*extra)
+    control = dealers(broker.url)
+    assert request(control, wire.DECLARE, 1, "q", 30.0, 10)[:2] == [1, wire.OK]
+    flood = dealers(broker.url)
+    count = 150_000
+    for i in range(count):  # deadline = arrival + 5 s - i * 30 µs: the last parked ends first
+        flood.send(wire.encode_request(wire.RECEIVE, i + 1, "q", 1, 5.0 - i * 30e-6, None))
+    replies = 0
+    while replies < count and flood.poll(20_000):  # every receive is answered, empty
+        flood.recv_multipart()
+        replies += 1
+        if replies % 10_000 == 0:
+            assert answers_a_heartbeat_within_10_s(control, 100 + replies)
+    assert replies == count
+    assert answers_a_heartbeat_within_10_s(control, 99)
+
+
+def test_parked_receives_per_client_are_capped_with_a_clear_error(zmq_broker_factory, dealers):
+    broker = zmq_broker_factory("--max-parked-receives", "50")
+    sock = dealers(broker.url)
+    assert request(sock, wire.DECLARE, 1, "q", 30.0, 10)[:2] == [1, wire.OK]
+    for i in range(50):
+        sock.send(wire.encode_request(wire.RECEIVE, 10 + i, "q", 1, 30.0, f"g{i}"))
+    refused = request(sock, wire.RECEIVE, 99, "q", 1, 30.0, "one-too-many")
+    assert refused[:2] == [99, wire.ERR_BAD_REQUEST]
+    assert "parked receives" in refused[2] and "50" in refused[2]
+    other = dealers(broker.url)  # another client still parks and is served
+    other.send(wire.encode_request(wire.RECEIVE, 5, "q", 1, 30.0, "mine"))
+    frames = [wire.encode_request(wire.SEND, 6, "q", 1), *wire.encode_message(_msg("mine"))]
+    other.send_multipart(frames)
+    got = {}
+    for _ in range(2):
+        assert other.poll(10_000)
+        reply = other.recv_multipart()
+        got[orjson.loads(reply[0])[0]] = reply
+    assert orjson.loads(got[5][0])[:3] == [5, wire.OK, 1] and got[5][2] == b"for mine"
+
+
+def _msg(group: str):
+    from realtime_batch.transport import Message
+
+    return Message(b"for " + group.encode(), group=group)
+
+
+class _CountingStore:
+    """Wraps a store's ``take`` to count calls."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.calls = 0
+        take = broker.store.take
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return take(*args, **kwargs)
+
+        broker.store.take = counted  # type: ignore[method-assign]
+
+
+def test_a_message_is_matched_to_its_group_without_scanning_other_parked_receives():
+    """20,000 receives parked on unused groups: serving one message looks at its group only."""
+    broker = Broker("tcp://127.0.0.1:0")
+    sent: list[list] = []
+    broker._send = lambda frames: sent.append(frames) or True  # no peers: record the replies
+    try:
+        broker._handle([b"c", wire.encode_request(wire.DECLARE, 1, "results", 30.0, 10)])
+        for i in range(20_000):
+            owner = b"idle-%05d" % i
+            request = wire.encode_request(wire.RECEIVE, 1, "results", 1, 60.0, f"idle-{i}")
+            broker._handle([owner, request])
+        target = wire.encode_request(wire.RECEIVE, 2, "results", 1, 60.0, "target")
+        broker._handle([b"target", target])
+        sent.clear()
+        counter = _CountingStore(broker)
+        message = wire.encode_message(_msg("target"))
+        broker._handle([b"sender", wire.encode_request(wire.SEND, 3, "results", 1), *message])
+        assert counter.calls <= 2
+        assert [frames[0] for frames in sent] == [b"target", b"sender"]
+    finally:
+        broker.close()
