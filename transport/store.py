@@ -120,8 +120,8 @@ class QueueStore:
         self._lease_heap: list[tuple[float, str]] = []
         self._seq = itertools.count(1)
         self._listener = listener
-        #: queue names that gained deliverable messages since the owner last looked
-        self.ready: set[str] = set()
+        #: (queue, group) pairs that gained deliverable messages since the owner last looked
+        self.ready: set[tuple[str, str | None]] = set()
         self.expired_count = 0
 
     # -- queues --------------------------------------------------------------------------
@@ -165,11 +165,11 @@ class QueueStore:
         q = self.queue(queue)
         q.push(_Entry(message, seq, enqueued_at, delivery_count))
         self._seq = itertools.count(max(seq + 1, next(self._seq)))
-        self.ready.add(queue)
+        self.ready.add((queue, message.group))
 
     def _push(self, q: _Queue, entry: _Entry, *, new: bool) -> None:
         q.push(entry)
-        self.ready.add(q.name)
+        self.ready.add((q.name, entry.message.group))
         if new and self._listener is not None:
             self._listener.on_put(q.name, entry.seq, entry.message, entry.enqueued_at)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import orjson
 import pytest
 import zmq
@@ -67,14 +69,15 @@ def test_heartbeat_is_answered_while_many_receives_expire_in_reverse_order(
     count = 150_000
     for i in range(count):  # deadline = arrival + 5 s - i * 30 µs: the last parked ends first
         flood.send(wire.encode_request(wire.RECEIVE, i + 1, "q", 1, 5.0 - i * 30e-6, None))
-    replies = 0
-    while replies < count and flood.poll(20_000):  # every receive is answered, empty
-        flood.recv_multipart()
-        replies += 1
-        if replies % 10_000 == 0:
-            assert answers_a_heartbeat_within_10_s(control, 100 + replies)
-    assert replies == count
-    assert answers_a_heartbeat_within_10_s(control, 99)
+    # Probe while the timeouts end (all within ~10 s of the sends); drain the answers.
+    probe_until = time.monotonic() + 12.0
+    probe = 100
+    while time.monotonic() < probe_until:
+        while flood.poll(0):
+            flood.recv_multipart()
+        probe += 1
+        assert answers_a_heartbeat_within_10_s(control, probe)
+        time.sleep(0.1)
 
 
 def test_parked_receives_per_client_are_capped_with_a_clear_error(zmq_broker_factory, dealers):

@@ -46,7 +46,13 @@ if TYPE_CHECKING:  # imported by the CLI only when durable mode or CURVE is aske
     from .curve import BrokerCurve
     from .journal import SqliteJournal
 
-__all__ = ["DEFAULT_HEARTBEAT_INTERVAL", "DEFAULT_HEARTBEAT_LIVENESS", "DEFAULT_SPIN", "Broker"]
+__all__ = [
+    "DEFAULT_HEARTBEAT_INTERVAL",
+    "DEFAULT_HEARTBEAT_LIVENESS",
+    "DEFAULT_MAX_PARKED_RECEIVES",
+    "DEFAULT_SPIN",
+    "Broker",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +68,9 @@ _EVENTS = int(zmq.EVENTS)  # requests handled per wake-up before timers run agai
 _PURGE_INTERVAL = 1.0  # seconds between sweeps of expired messages nobody receives
 #: Seconds the loop keeps polling for the next request before sleeping (see above).
 DEFAULT_SPIN = 300e-6
+#: Receives one client may have waiting at the broker at once (a session or engine
+#: needs a handful; each costs broker memory and a timer).
+DEFAULT_MAX_PARKED_RECEIVES = 1000
 
 
 class _Waiter:
@@ -93,6 +102,35 @@ class _Waiter:
         self.done = False
 
 
+class _WaitList:
+    """The receives parked on one (queue, group), oldest first.
+
+    A receive that leaves before it is served (its timeout ended, its client went
+    away) is only marked done; done ones are dropped from the ends at once and the
+    list is rebuilt when they outnumber the live ones, so leaving costs O(1) amortized.
+    """
+
+    __slots__ = ("dead", "waiters")
+
+    def __init__(self) -> None:
+        self.waiters: deque[_Waiter] = deque()
+        self.dead = 0
+
+    def discard(self, waiter: _Waiter) -> None:
+        """Account for ``waiter`` (already marked done) leaving the list."""
+        waiters = self.waiters
+        self.dead += 1
+        while waiters and waiters[-1].done:
+            waiters.pop()
+            self.dead -= 1
+        while waiters and waiters[0].done:
+            waiters.popleft()
+            self.dead -= 1
+        if self.dead > len(waiters) // 2:
+            self.waiters = deque(w for w in waiters if not w.done)
+            self.dead = 0
+
+
 class Broker:
     """A ZeroMQ ROUTER broker serving the ``zmq://`` transport.
 
@@ -109,6 +147,8 @@ class Broker:
         context: ZeroMQ context (the process-wide instance by default).
         spin: seconds to keep polling for requests after handling some, before
             sleeping (0: never; ignored when the process may use a single CPU).
+        max_parked_receives: receives one client (lease owner) may have waiting at
+            once; one more is refused with an error (``None``: no limit).
     """
 
     def __init__(
@@ -123,6 +163,7 @@ class Broker:
         curve: BrokerCurve | None = None,
         context: zmq.Context | None = None,
         spin: float = DEFAULT_SPIN,
+        max_parked_receives: int | None = DEFAULT_MAX_PARKED_RECEIVES,
     ) -> None:
         if spin < 0:
             raise ValueError("spin must be at least 0")
@@ -150,8 +191,12 @@ class Broker:
         self._socket.bind(bind)
         self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._stopping = False
-        self._waiting: dict[str, deque[_Waiter]] = {}
-        self._deadlines: list[tuple[float, int, _Waiter]] = []
+        self.max_parked_receives = max_parked_receives
+        # Parked receives by (queue, group): a message is matched through its group.
+        self._waiting: dict[tuple[str, str | None], _WaitList] = {}
+        self._parked: dict[bytes, set[_Waiter]] = {}  # live parked receives by owner
+        self._parked_count = 0
+        self._deadlines: list[tuple[float, int, _Waiter]] = []  # lazily deleted
         self._seq = itertools.count()
         self._last_seen: dict[bytes, float] = {}
         self._owner_interval: dict[bytes, float] = {}
@@ -262,15 +307,8 @@ class Broker:
     def _forget_owner(self, owner: bytes) -> None:
         self._last_seen.pop(owner, None)
         self._owner_interval.pop(owner, None)
-        for name, waiters in list(self._waiting.items()):
-            kept = deque(w for w in waiters if w.owner != owner)
-            for waiter in waiters:
-                if waiter.owner == owner:
-                    waiter.done = True
-            if kept:
-                self._waiting[name] = kept
-            else:
-                del self._waiting[name]
+        for waiter in list(self._parked.get(owner, ())):
+            self._drop_waiter(waiter)
 
     # -- requests ------------------------------------------------------------------------------
     def _handle(self, frames: list[bytes]) -> None:
@@ -398,62 +436,92 @@ class Broker:
         if grants or timeout == 0:
             self._send_grants(identity, rid, grants, now, lost)
             return None
+        parked = self._parked.get(owner)
+        if parked is None:
+            parked = self._parked[owner] = set()
+        limit = self.max_parked_receives
+        if limit is not None and len(parked) >= limit:
+            if lost is not None:  # the send and completes are done: answer them, no wait
+                self._send_grants(identity, rid, [], now, lost)
+                return None
+            return wire.encode_error(
+                rid,
+                wire.ERR_BAD_REQUEST,
+                f"too many parked receives: this client has {limit} waiting already "
+                "(the broker's --max-parked-receives)",
+            )
         deadline = None if timeout is None else now + max(0.0, timeout)
         waiter = _Waiter(identity, owner, rid, queue, group, max_messages, deadline, lost)
-        self._waiting.setdefault(queue, deque()).append(waiter)
+        key = (queue, group)
+        waiting = self._waiting.get(key)
+        if waiting is None:
+            waiting = self._waiting[key] = _WaitList()
+        waiting.waiters.append(waiter)
+        parked.add(waiter)
+        self._parked_count += 1
         if deadline is not None:
-            heapq.heappush(self._deadlines, (deadline, next(self._seq), waiter))
+            deadlines = self._deadlines
+            heapq.heappush(deadlines, (deadline, next(self._seq), waiter))
+            if len(deadlines) > 2 * self._parked_count + 1024:  # mostly served ones
+                deadlines[:] = [entry for entry in deadlines if not entry[2].done]
+                heapq.heapify(deadlines)
         return None
 
     def _serve_ready(self, now: float) -> None:
-        store = self.store
-        ready = store.ready
+        ready = self.store.ready
+        serve = self._serve_group
         while ready:
-            name = ready.pop()
-            waiters = self._waiting.get(name)
-            if not waiters:
-                continue
-            while waiters:
-                waiter = waiters[0]
-                grants = store.take(
-                    name,
-                    max_messages=waiter.max_messages,
-                    now=now,
-                    group=waiter.group,
-                    owner=waiter.owner,
-                )
-                if not grants:
-                    break
+            name, group = ready.pop()
+            if group is not None:  # its own mailbox's receives first, then any-group ones
+                serve(name, group, now)
+            serve(name, None, now)
+
+    def _serve_group(self, name: str, group: str | None, now: float) -> None:
+        """Serve the receives parked on ``(name, group)`` while messages last."""
+        key = (name, group)
+        waiting = self._waiting.get(key)
+        if waiting is None:
+            return
+        waiters = waiting.waiters
+        take = self.store.take
+        while waiters:
+            waiter = waiters[0]
+            if waiter.done:
                 waiters.popleft()
-                waiter.done = True
-                self._send_grants(waiter.identity, waiter.rid, grants, now, waiter.lost)
-            if waiters and store.depth(name):
-                # Messages left that the head waiter's group does not match: try the others.
-                for waiter in list(waiters):
-                    grants = store.take(
-                        name,
-                        max_messages=waiter.max_messages,
-                        now=now,
-                        group=waiter.group,
-                        owner=waiter.owner,
-                    )
-                    if grants:
-                        waiters.remove(waiter)
-                        waiter.done = True
-                        self._send_grants(waiter.identity, waiter.rid, grants, now, waiter.lost)
-            if not waiters:
-                self._waiting.pop(name, None)
+                waiting.dead -= 1
+                continue
+            grants = take(
+                name, max_messages=waiter.max_messages, now=now, group=group, owner=waiter.owner
+            )
+            if not grants:
+                break
+            waiters.popleft()
+            self._unpark(waiter)
+            self._send_grants(waiter.identity, waiter.rid, grants, now, waiter.lost)
+        if not waiters and self._waiting.get(key) is waiting:
+            del self._waiting[key]
+
+    def _unpark(self, waiter: _Waiter) -> None:
+        """Mark ``waiter`` done and stop counting it against its owner."""
+        waiter.done = True
+        self._parked_count -= 1
+        parked = self._parked.get(waiter.owner)
+        if parked is not None:
+            parked.discard(waiter)
+            if not parked:
+                del self._parked[waiter.owner]
 
     def _drop_waiter(self, waiter: _Waiter) -> None:
-        waiter.done = True
-        waiters = self._waiting.get(waiter.queue)
-        if waiters is not None:
-            try:
-                waiters.remove(waiter)
-            except ValueError:
-                pass
-            if not waiters:
-                del self._waiting[waiter.queue]
+        """Take a parked receive out unserved (its timeout ended or its client left)."""
+        if waiter.done:
+            return
+        self._unpark(waiter)
+        key = (waiter.queue, waiter.group)
+        waiting = self._waiting.get(key)
+        if waiting is not None:
+            waiting.discard(waiter)
+            if not waiting.waiters:
+                del self._waiting[key]
 
     # -- replies -------------------------------------------------------------------------------
     def _send_grants(

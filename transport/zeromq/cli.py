@@ -13,7 +13,13 @@ from types import FrameType
 import click
 
 from ..base import DEFAULT_MAX_MESSAGE_SIZE
-from .broker import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_LIVENESS, DEFAULT_SPIN, Broker
+from .broker import (
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_HEARTBEAT_LIVENESS,
+    DEFAULT_MAX_PARKED_RECEIVES,
+    DEFAULT_SPIN,
+    Broker,
+)
 from .curve import is_loopback_endpoint
 
 __all__ = ["broker", "keys"]
@@ -80,6 +86,14 @@ logger = logging.getLogger(__name__)
     "off on a single CPU).",
 )
 @click.option(
+    "--max-parked-receives",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_PARKED_RECEIVES,
+    show_default=True,
+    help="Receives one client may have waiting at the broker at once; one more is "
+    "refused with an error.",
+)
+@click.option(
     "--insecure",
     is_flag=True,
     help="Allow a non-loopback --bind without CURVE keys (plain, unauthenticated TCP).",
@@ -93,6 +107,7 @@ def broker(
     curve_secret_key: Path | None,
     authorized_keys: Path | None,
     spin_us: float,
+    max_parked_receives: int,
     insecure: bool,
 ) -> None:
     """Run the ZeroMQ broker serving zmq:// transports until SIGTERM or Ctrl-C.
@@ -129,6 +144,7 @@ def broker(
         journal=journal,
         curve=curve,
         spin=spin_us / 1e6,
+        max_parked_receives=max_parked_receives,
     )
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
