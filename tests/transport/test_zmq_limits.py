@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import orjson
@@ -142,3 +143,67 @@ def test_a_message_is_matched_to_its_group_without_scanning_other_parked_receive
         assert [frames[0] for frames in sent] == [b"target", b"sender"]
     finally:
         broker.close()
+
+
+# -- bounded memory ----------------------------------------------------------------------------
+def test_sends_past_the_brokers_byte_limit_get_queue_full_until_room_is_made(zmq_broker_factory):
+    from realtime_batch.transport import Message, QueueFullError, open_transport
+
+    broker = zmq_broker_factory("--max-queued-bytes", "20000")
+    with open_transport(broker.url, send_timeout=0.5) as t:
+        t.declare_queue("a")
+        t.declare_queue("b")
+        t.send("a", [Message(b"x" * 1000) for _ in range(10)])
+        with pytest.raises(QueueFullError, match="20000"):
+            t.send("b", [Message(b"y" * 1000) for _ in range(10)])  # the limit is broker-wide
+        leased = t.receive("a", max_messages=10, timeout=5)
+        t.complete_many(leased)
+        t.send("b", [Message(b"y" * 1000) for _ in range(10)])
+        assert len(t.receive("b", max_messages=10, timeout=5)) == 10
+
+
+def test_a_send_to_a_full_queue_waits_for_room(zmq_broker_factory):
+    """Flow control: the send blocks (retrying) and goes through once a consumer makes room."""
+    from realtime_batch.transport import Message, open_transport
+
+    broker = zmq_broker_factory()
+    with open_transport(broker.url, send_timeout=30) as producer:
+        producer.declare_queue("q", max_length=1)
+        producer.send("q", Message(b"first"))
+        done = threading.Event()
+        sender = threading.Thread(
+            target=lambda: (producer.send("q", Message(b"second")), done.set())
+        )
+        sender.start()
+        try:
+            assert not done.wait(0.5)  # still waiting for room
+            with open_transport(broker.url) as consumer:
+                [first] = consumer.receive("q", timeout=10)
+                consumer.complete(first)
+                assert done.wait(10)
+                [second] = consumer.receive("q", timeout=10)
+                assert second.message.body == b"second"
+        finally:
+            sender.join(30)
+
+
+def test_the_number_of_declared_queues_is_bounded(zmq_broker_factory):
+    from realtime_batch.transport import QueueFullError, open_transport
+
+    broker = zmq_broker_factory("--max-queues", "3")
+    with open_transport(broker.url) as t:
+        for name in ("q1", "q2", "q3"):
+            t.declare_queue(name)
+        t.declare_queue("q1")  # declaring an existing queue again is fine
+        with pytest.raises(QueueFullError, match="3 queues"):
+            t.declare_queue("q4")
+
+
+def test_broker_help_lists_the_limits():
+    from click.testing import CliRunner
+
+    from realtime_batch.transport.zeromq.cli import broker
+
+    text = CliRunner().invoke(broker, ["--help"]).output
+    for option in ("--max-queued-bytes", "--max-queues", "--max-parked-receives"):
+        assert option in text
