@@ -10,6 +10,7 @@ __all__ = [
     "ConnectionLostError",
     "LockLostError",
     "MessageTooLargeError",
+    "QueueFullError",
     "QueueNotFoundError",
     "TransportClosedError",
     "TransportError",
@@ -49,6 +50,13 @@ class ConnectionLostError(TransportError):
 
 class QueueNotFoundError(TransportError, LookupError):
     """The named queue was not declared (or does not exist on the service)."""
+
+
+class QueueFullError(TransportError):
+    """A send or declare was refused for lack of room: the queue is at its
+    ``max_length``, or the broker at its byte or queue-count limit (like RabbitMQ's
+    flow control or Service Bus's QuotaExceeded). Nothing of the refused request was
+    stored; try again once consumers have made room."""
 
 
 class TransportTimeoutError(TransportError, TimeoutError):

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from ..base import DEFAULT_MAX_MESSAGE_SIZE, QueueOptions
-from ..errors import LockLostError, QueueNotFoundError
+from ..errors import LockLostError, QueueFullError, QueueNotFoundError
 from ..store import Grant, QueueStore
 from . import wire
 
@@ -50,6 +50,8 @@ __all__ = [
     "DEFAULT_HEARTBEAT_INTERVAL",
     "DEFAULT_HEARTBEAT_LIVENESS",
     "DEFAULT_MAX_PARKED_RECEIVES",
+    "DEFAULT_MAX_QUEUED_BYTES",
+    "DEFAULT_MAX_QUEUES",
     "DEFAULT_SPIN",
     "Broker",
 ]
@@ -71,6 +73,10 @@ DEFAULT_SPIN = 300e-6
 #: Receives one client may have waiting at the broker at once (a session or engine
 #: needs a handful; each costs broker memory and a timer).
 DEFAULT_MAX_PARKED_RECEIVES = 1000
+#: Bytes of messages the broker holds before it refuses sends (``QueueStore.max_bytes``).
+DEFAULT_MAX_QUEUED_BYTES = 1024**3
+#: Queues that may be declared (dead-letter queues not counted).
+DEFAULT_MAX_QUEUES = 10_000
 
 
 class _Waiter:
@@ -149,6 +155,9 @@ class Broker:
             sleeping (0: never; ignored when the process may use a single CPU).
         max_parked_receives: receives one client (lease owner) may have waiting at
             once; one more is refused with an error (``None``: no limit).
+        max_queued_bytes: bytes of messages held (bodies plus a per-message
+            overhead) past which a send gets ``QueueFullError`` (``None``: no limit).
+        max_queues: queues that may be declared; one more gets ``QueueFullError``.
     """
 
     def __init__(
@@ -164,6 +173,8 @@ class Broker:
         context: zmq.Context | None = None,
         spin: float = DEFAULT_SPIN,
         max_parked_receives: int | None = DEFAULT_MAX_PARKED_RECEIVES,
+        max_queued_bytes: int | None = DEFAULT_MAX_QUEUED_BYTES,
+        max_queues: int | None = DEFAULT_MAX_QUEUES,
     ) -> None:
         if spin < 0:
             raise ValueError("spin must be at least 0")
@@ -176,6 +187,9 @@ class Broker:
             store = QueueStore(listener=journal)
         self.store = store
         self.restored = journal.restore(store) if journal is not None else 0
+        # Set after the restore: what the journal held is never refused.
+        store.max_bytes = max_queued_bytes
+        store.max_queues = max_queues
         self.epoch = uuid.uuid4().hex
         self._context = context or zmq.Context.instance()
         self._socket = self._context.socket(zmq.ROUTER)
@@ -338,6 +352,8 @@ class Broker:
             reply = wire.encode_error(rid, wire.ERR_QUEUE_NOT_FOUND, str(exc))
         except LockLostError as exc:
             reply = wire.encode_error(rid, wire.ERR_LOCK_LOST, str(exc))
+        except QueueFullError as exc:
+            reply = wire.encode_error(rid, wire.ERR_QUEUE_FULL, str(exc))
         except Exception as exc:
             logger.exception("internal error on %s", wire.COMMAND_NAMES.get(request.command))
             reply = wire.encode_error(rid, wire.ERR_INTERNAL, repr(exc)[:200])
@@ -375,10 +391,10 @@ class Broker:
             self._owner_interval[owner] = interval
             return wire.encode_reply(rid, self.epoch, self.max_message_size)
         if command == wire.DECLARE:
-            name, lock_duration, max_delivery_count = args
-            if lock_duration <= 0 or max_delivery_count < 1:
+            name, lock_duration, max_delivery_count, max_length = args
+            if lock_duration <= 0 or max_delivery_count < 1 or max_length == 0:
                 raise QueueNotFoundError(f"bad settings for queue {name!r}")
-            options = QueueOptions(float(lock_duration), max_delivery_count)
+            options = QueueOptions(float(lock_duration), max_delivery_count, max_length)
             created = store.declare(name, options)
             if created and self.journal is not None:
                 self.journal.on_declare(name, options)

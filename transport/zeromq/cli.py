@@ -17,6 +17,8 @@ from .broker import (
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_HEARTBEAT_LIVENESS,
     DEFAULT_MAX_PARKED_RECEIVES,
+    DEFAULT_MAX_QUEUED_BYTES,
+    DEFAULT_MAX_QUEUES,
     DEFAULT_SPIN,
     Broker,
 )
@@ -94,6 +96,23 @@ logger = logging.getLogger(__name__)
     "refused with an error.",
 )
 @click.option(
+    "--max-queued-bytes",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_QUEUED_BYTES,
+    show_default=True,
+    help="Memory high-water mark: bytes of messages the broker holds (bodies plus 256 "
+    "bytes each) past which sends are refused with QueueFullError; clients retry them "
+    "until their send timeout.",
+)
+@click.option(
+    "--max-queues",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_QUEUES,
+    show_default=True,
+    help="Queues that may be declared (dead-letter queues not counted); one more is "
+    "refused with QueueFullError. Per-queue limits: declare_queue(max_length=...).",
+)
+@click.option(
     "--insecure",
     is_flag=True,
     help="Allow a non-loopback --bind without CURVE keys (plain, unauthenticated TCP).",
@@ -108,6 +127,8 @@ def broker(
     authorized_keys: Path | None,
     spin_us: float,
     max_parked_receives: int,
+    max_queued_bytes: int,
+    max_queues: int,
     insecure: bool,
 ) -> None:
     """Run the ZeroMQ broker serving zmq:// transports until SIGTERM or Ctrl-C.
@@ -145,6 +166,8 @@ def broker(
         curve=curve,
         spin=spin_us / 1e6,
         max_parked_receives=max_parked_receives,
+        max_queued_bytes=max_queued_bytes,
+        max_queues=max_queues,
     )
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
