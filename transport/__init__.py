@@ -27,6 +27,7 @@ from .base import (
 )
 from .errors import (
     ConnectionLostError,
+    JournalError,
     LockLostError,
     MessageTooLargeError,
     QueueFullError,
@@ -42,6 +43,7 @@ __all__ = [
     "TRANSPORTS",
     "ConnectionLostError",
     "Delivery",
+    "JournalError",
     "LockLostError",
     "Message",
     "MessageTooLargeError",

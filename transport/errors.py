@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConnectionLostError",
+    "JournalError",
     "LockLostError",
     "MessageTooLargeError",
     "QueueFullError",
@@ -50,6 +51,19 @@ class ConnectionLostError(TransportError):
 
 class QueueNotFoundError(TransportError, LookupError):
     """The named queue was not declared (or does not exist on the service)."""
+
+
+class JournalError(TransportError):
+    """The durable broker's journal lost data or cannot be read: the broker refuses to
+    start on it rather than serve an empty or partial state.
+
+    Attributes:
+        lost: messages lost if the journal is set aside (``None`` when unknown).
+    """
+
+    def __init__(self, text: str, lost: int | None = None) -> None:
+        super().__init__(text)
+        self.lost = lost
 
 
 class QueueFullError(TransportError):

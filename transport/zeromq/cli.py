@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
@@ -23,6 +24,9 @@ from .broker import (
     Broker,
 )
 from .curve import is_loopback_endpoint
+
+if TYPE_CHECKING:
+    from .journal import SqliteJournal
 
 __all__ = ["broker", "keys"]
 
@@ -62,7 +66,15 @@ logger = logging.getLogger(__name__)
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Make the broker durable: journal accepted messages in DIR (SQLite, WAL) and "
-    "restore them on start. Without it the broker keeps everything in memory.",
+    "restore them on start. Without it the broker keeps everything in memory. A journal "
+    "that lost data or cannot be read stops the broker (see --recover).",
+)
+@click.option(
+    "--recover",
+    is_flag=True,
+    help="With --data-dir: if the journal lost data or cannot be read, move its files "
+    "aside (broker.sqlite3.damaged-TIME) and start with an empty one, saying how many "
+    "messages were lost.",
 )
 @click.option(
     "--curve-secret-key",
@@ -123,6 +135,7 @@ def broker(
     heartbeat_interval: float,
     heartbeat_liveness: int,
     data_dir: Path | None,
+    recover: bool,
     curve_secret_key: Path | None,
     authorized_keys: Path | None,
     spin_us: float,
@@ -153,10 +166,10 @@ def broker(
         from .curve import BrokerCurve
 
         curve = BrokerCurve(curve_secret_key, authorized_keys)
+    if recover and data_dir is None:
+        raise click.UsageError("--recover needs --data-dir")
     if data_dir is not None:
-        from .journal import SqliteJournal
-
-        journal = SqliteJournal(data_dir)
+        journal = _open_journal(data_dir, recover)
     server = Broker(
         bind,
         max_message_size=max_message_size,
@@ -186,6 +199,12 @@ def broker(
         mode = "in-memory: queued messages are lost when the broker stops"
     else:
         mode = f"durable: journal {journal.path}, {server.restored} message(s) restored"
+        if journal.moved_to is not None:
+            lost = "an unknown number of" if journal.lost is None else str(journal.lost)
+            mode += (
+                f"; RECOVERED: the damaged journal was moved to {journal.moved_to}, "
+                f"{lost} message(s) lost"
+            )
     if curve is not None:
         mode += f"; CURVE, public key {curve.public.decode()}"
     click.echo(f"broker listening on {server.endpoint} ({mode})", err=True)
@@ -193,6 +212,17 @@ def broker(
         server.run()
     finally:
         server.close()
+
+
+def _open_journal(data_dir: Path, recover: bool) -> SqliteJournal:
+    """Open the journal; a damaged one ends the command with its one-line reason."""
+    from ..errors import JournalError
+    from .journal import SqliteJournal
+
+    try:
+        return SqliteJournal(data_dir, recover=recover)
+    except (JournalError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @click.group()
