@@ -41,6 +41,7 @@ from ..base import DEFAULT_MAX_MESSAGE_SIZE, QueueOptions
 from ..errors import LockLostError, QueueFullError, QueueNotFoundError
 from ..store import Grant, QueueStore
 from . import wire
+from .connections import ConnectionGuard, default_max_connections
 
 if TYPE_CHECKING:  # imported by the CLI only when durable mode or CURVE is asked for
     from .curve import BrokerCurve
@@ -67,6 +68,7 @@ _RECV_BATCH = 512
 _NOBLOCK = int(zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
 _EVENTS = int(zmq.EVENTS)  # requests handled per wake-up before timers run again
+_PRESSURE_POLL = 0.005  # seconds between connection checks while near the cap
 _PURGE_INTERVAL = 1.0  # seconds between sweeps of expired messages nobody receives
 #: Seconds the loop keeps polling for the next request before sleeping (see above).
 DEFAULT_SPIN = 300e-6
@@ -158,6 +160,8 @@ class Broker:
         max_queued_bytes: bytes of messages held (bodies plus a per-message
             overhead) past which a send gets ``QueueFullError`` (``None``: no limit).
         max_queues: queues that may be declared; one more gets ``QueueFullError``.
+        max_connections: client connections kept at once; past it the most silent
+            are closed (default: the open-file limit less ``FD_RESERVE``).
     """
 
     def __init__(
@@ -175,6 +179,7 @@ class Broker:
         max_parked_receives: int | None = DEFAULT_MAX_PARKED_RECEIVES,
         max_queued_bytes: int | None = DEFAULT_MAX_QUEUED_BYTES,
         max_queues: int | None = DEFAULT_MAX_QUEUES,
+        max_connections: int | None = None,
     ) -> None:
         if spin < 0:
             raise ValueError("spin must be at least 0")
@@ -202,6 +207,9 @@ class Broker:
         self.curve = curve
         if curve is not None:
             curve.apply(self._context, self._socket)
+        if max_connections is None:
+            max_connections = default_max_connections()
+        self._guard = ConnectionGuard(self._socket, max_connections)
         self._socket.bind(bind)
         self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._stopping = False
@@ -226,6 +234,7 @@ class Broker:
 
     def close(self) -> None:
         """Close the socket and the journal (after ``run`` returned)."""
+        self._guard.close()
         self._socket.close(linger=0)
         if self.curve is not None:
             self.curve.stop()
@@ -234,7 +243,12 @@ class Broker:
 
     def run(self) -> None:
         """Serve until ``stop()``."""
-        logger.info("broker %s listening on %s", self.epoch[:8], self.endpoint)
+        logger.info(
+            "broker %s listening on %s (at most %d connections)",
+            self.epoch[:8],
+            self.endpoint,
+            self._guard.max_connections,
+        )
         sock = self._socket
         recv = functools.partial(wire.recv_frames, sock)
         handle = self._handle
@@ -278,6 +292,7 @@ class Broker:
     def _timers(self, now: float) -> float:
         """Run due timers; return seconds until the next one (capped)."""
         store = self.store
+        self._guard.check(now)
         next_lease = store.expire(now)
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
@@ -302,6 +317,8 @@ class Broker:
             wake = min(wake, next_lease)
         if deadlines:
             wake = min(wake, deadlines[0][0])
+        if self._guard.under_pressure:  # close surplus connections before fds run out
+            wake = min(wake, now + _PRESSURE_POLL)
         return max(0.0, min(wake - now, _MAX_POLL))
 
     def _check_owners(self, now: float) -> None:

@@ -23,6 +23,7 @@ from .broker import (
     DEFAULT_SPIN,
     Broker,
 )
+from .connections import raise_fd_limit
 from .curve import is_loopback_endpoint
 
 if TYPE_CHECKING:
@@ -125,6 +126,13 @@ logger = logging.getLogger(__name__)
     "refused with QueueFullError. Per-queue limits: declare_queue(max_length=...).",
 )
 @click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Client connections kept at once; past it the most silent are closed, with a "
+    "warning. Default: the open-file limit (raised to its hard limit first) less 64.",
+)
+@click.option(
     "--insecure",
     is_flag=True,
     help="Allow a non-loopback --bind without CURVE keys (plain, unauthenticated TCP).",
@@ -142,6 +150,7 @@ def broker(
     max_parked_receives: int,
     max_queued_bytes: int,
     max_queues: int,
+    max_connections: int | None,
     insecure: bool,
 ) -> None:
     """Run the ZeroMQ broker serving zmq:// transports until SIGTERM or Ctrl-C.
@@ -166,6 +175,7 @@ def broker(
         from .curve import BrokerCurve
 
         curve = BrokerCurve(curve_secret_key, authorized_keys)
+    raise_fd_limit()
     if recover and data_dir is None:
         raise click.UsageError("--recover needs --data-dir")
     if data_dir is not None:
@@ -181,6 +191,7 @@ def broker(
         max_parked_receives=max_parked_receives,
         max_queued_bytes=max_queued_bytes,
         max_queues=max_queues,
+        max_connections=max_connections,
     )
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
