@@ -7,35 +7,13 @@ import time
 
 import orjson
 import pytest
+import test_zmq_broker
 import zmq
 
 from realtime_batch.transport.zeromq import wire
 from realtime_batch.transport.zeromq.broker import Broker
 
-
-@pytest.fixture
-def dealers():
-    """Raw DEALER sockets connected to a broker; closed at teardown."""
-    context = zmq.Context()
-    sockets: list[zmq.Socket] = []
-
-    def _connect(url: str, routing_id: bytes | None = None) -> zmq.Socket:
-        sock = context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
-        if routing_id is not None:
-            sock.setsockopt(zmq.ROUTING_ID, routing_id)
-        sock.connect(url.replace("zmq://", "tcp://"))
-        sockets.append(sock)
-        return sock
-
-    try:
-        yield _connect
-    finally:
-        for sock in sockets:
-            sock.close(0)
-        context.term()
+raw_dealer = test_zmq_broker.raw_dealer  # the fixture, shared
 
 
 def request(sock: zmq.Socket, command: int, rid: int, *args) -> list:
@@ -55,7 +33,7 @@ def answers_a_heartbeat_within_10_s(sock: zmq.Socket, rid: int) -> bool:
 # -- parked receives ---------------------------------------------------------------------------
 @pytest.mark.parametrize("cap", [None, 200_000], ids=["default-cap", "raised-cap"])
 def test_heartbeat_is_answered_while_many_receives_expire_in_reverse_order(
-    zmq_broker_factory, dealers, cap
+    zmq_broker_factory, raw_dealer, cap
 ):
     """150,000 long polls whose timeouts end in the reverse of their arrival order.
 
@@ -64,9 +42,9 @@ def test_heartbeat_is_answered_while_many_receives_expire_in_reverse_order(
     """
     extra = () if cap is None else ("--max-parked-receives", str(cap))
     broker = zmq_broker_factory(*extra)
-    control = dealers(broker.url)
+    control = raw_dealer(broker.url)
     assert request(control, wire.DECLARE, 1, "q", 30.0, 10)[:2] == [1, wire.OK]
-    flood = dealers(broker.url)
+    flood = raw_dealer(broker.url)
     count = 150_000
     for i in range(count):  # deadline = arrival + 5 s - i * 30 µs: the last parked ends first
         flood.send(wire.encode_request(wire.RECEIVE, i + 1, "q", 1, 5.0 - i * 30e-6, None))
@@ -81,16 +59,16 @@ def test_heartbeat_is_answered_while_many_receives_expire_in_reverse_order(
         time.sleep(0.1)
 
 
-def test_parked_receives_per_client_are_capped_with_a_clear_error(zmq_broker_factory, dealers):
+def test_parked_receives_per_client_are_capped_with_a_clear_error(zmq_broker_factory, raw_dealer):
     broker = zmq_broker_factory("--max-parked-receives", "50")
-    sock = dealers(broker.url)
+    sock = raw_dealer(broker.url)
     assert request(sock, wire.DECLARE, 1, "q", 30.0, 10)[:2] == [1, wire.OK]
     for i in range(50):
         sock.send(wire.encode_request(wire.RECEIVE, 10 + i, "q", 1, 30.0, f"g{i}"))
     refused = request(sock, wire.RECEIVE, 99, "q", 1, 30.0, "one-too-many")
     assert refused[:2] == [99, wire.ERR_BAD_REQUEST]
     assert "parked receives" in refused[2] and "50" in refused[2]
-    other = dealers(broker.url)  # another client still parks and is served
+    other = raw_dealer(broker.url)  # another client still parks and is served
     other.send(wire.encode_request(wire.RECEIVE, 5, "q", 1, 30.0, "mine"))
     frames = [wire.encode_request(wire.SEND, 6, "q", 1), *wire.encode_message(_msg("mine"))]
     other.send_multipart(frames)
