@@ -185,3 +185,24 @@ def test_broker_help_lists_the_limits():
     text = CliRunner().invoke(broker, ["--help"]).output
     for option in ("--max-queued-bytes", "--max-queues", "--max-parked-receives"):
         assert option in text
+
+
+def test_parked_receives_leave_no_bookkeeping_behind():
+    """Served, expired and forgotten receives are all gone from every index."""
+    from realtime_batch.transport.zeromq.parking import Parking, Waiter
+
+    parking = Parking(max_per_owner=None)
+    for i in range(5000):
+        owner = b"owner-%d" % (i % 7)
+        parking.park(Waiter(b"id", owner, i, "q", f"g{i % 100}", 1, float(i % 13)))
+    assert len(parking) == 5000
+    for g in range(0, 100, 2):  # every even group is served
+        while (waiter := parking.first("q", f"g{g}")) is not None:
+            parking.served(waiter)
+    assert len(parking) == 2500
+    expired = list(parking.expire(5.0))
+    assert expired and all(w.deadline <= 5.0 and int(w.group[1:]) % 2 for w in expired)
+    parking.forget(b"owner-1")
+    assert all(w.owner != b"owner-1" for w in parking.expire(100.0))
+    assert len(parking) == 0 and parking.next_deadline() is None
+    assert not parking._lists and not parking._by_owner  # nothing left per group or owner

@@ -26,13 +26,10 @@ thread or a signal handler.
 from __future__ import annotations
 
 import functools
-import heapq
-import itertools
 import logging
 import os
 import time
 import uuid
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -42,6 +39,7 @@ from ..errors import LockLostError, QueueFullError, QueueNotFoundError
 from ..store import Grant, QueueStore
 from . import wire
 from .connections import ConnectionGuard, default_max_connections
+from .parking import Parking, Waiter
 
 if TYPE_CHECKING:  # imported by the CLI only when durable mode or CURVE is asked for
     from .curve import BrokerCurve
@@ -79,64 +77,6 @@ DEFAULT_MAX_PARKED_RECEIVES = 1000
 DEFAULT_MAX_QUEUED_BYTES = 1024**3
 #: Queues that may be declared (dead-letter queues not counted).
 DEFAULT_MAX_QUEUES = 10_000
-
-
-class _Waiter:
-    """A long-polling RECEIVE parked at the broker."""
-
-    __slots__ = (
-        "deadline", "done", "group", "identity", "lost", "max_messages", "owner", "queue", "rid",
-    )  # fmt: skip
-
-    def __init__(
-        self,
-        identity: bytes,
-        owner: bytes,
-        rid: int,
-        queue: str,
-        group: str | None,
-        max_messages: int,
-        deadline: float | None,
-        lost: list[int] | None = None,
-    ) -> None:
-        self.identity = identity
-        self.lost = lost  # a SETTLE_RECEIVE's lost leases, answered with its grants
-        self.owner = owner
-        self.rid = rid
-        self.queue = queue
-        self.group = group
-        self.max_messages = max_messages
-        self.deadline = deadline
-        self.done = False
-
-
-class _WaitList:
-    """The receives parked on one (queue, group), oldest first.
-
-    A receive that leaves before it is served (its timeout ended, its client went
-    away) is only marked done; done ones are dropped from the ends at once and the
-    list is rebuilt when they outnumber the live ones, so leaving costs O(1) amortized.
-    """
-
-    __slots__ = ("dead", "waiters")
-
-    def __init__(self) -> None:
-        self.waiters: deque[_Waiter] = deque()
-        self.dead = 0
-
-    def discard(self, waiter: _Waiter) -> None:
-        """Account for ``waiter`` (already marked done) leaving the list."""
-        waiters = self.waiters
-        self.dead += 1
-        while waiters and waiters[-1].done:
-            waiters.pop()
-            self.dead -= 1
-        while waiters and waiters[0].done:
-            waiters.popleft()
-            self.dead -= 1
-        if self.dead > len(waiters) // 2:
-            self.waiters = deque(w for w in waiters if not w.done)
-            self.dead = 0
 
 
 class Broker:
@@ -214,12 +154,7 @@ class Broker:
         self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._stopping = False
         self.max_parked_receives = max_parked_receives
-        # Parked receives by (queue, group): a message is matched through its group.
-        self._waiting: dict[tuple[str, str | None], _WaitList] = {}
-        self._parked: dict[bytes, set[_Waiter]] = {}  # live parked receives by owner
-        self._parked_count = 0
-        self._deadlines: list[tuple[float, int, _Waiter]] = []  # lazily deleted
-        self._seq = itertools.count()
+        self._parking = Parking(max_parked_receives)
         self._last_seen: dict[bytes, float] = {}
         self._owner_interval: dict[bytes, float] = {}
         self._next_owner_check = 0.0
@@ -294,12 +229,8 @@ class Broker:
         store = self.store
         self._guard.check(now)
         next_lease = store.expire(now)
-        deadlines = self._deadlines
-        while deadlines and deadlines[0][0] <= now:
-            waiter = heapq.heappop(deadlines)[2]
-            if not waiter.done:
-                self._drop_waiter(waiter)
-                self._send_grants(waiter.identity, waiter.rid, [], now, waiter.lost)
+        for waiter in self._parking.expire(now):
+            self._send_grants(waiter.identity, waiter.rid, [], now, waiter.lost)
         if now >= self._next_owner_check:
             self._check_owners(now)
             self._next_owner_check = now + self.heartbeat_interval / 2
@@ -315,8 +246,9 @@ class Broker:
         wake = self._next_owner_check
         if next_lease is not None:
             wake = min(wake, next_lease)
-        if deadlines:
-            wake = min(wake, deadlines[0][0])
+        next_deadline = self._parking.next_deadline()
+        if next_deadline is not None:
+            wake = min(wake, next_deadline)
         if self._guard.under_pressure:  # close surplus connections before fds run out
             wake = min(wake, now + _PRESSURE_POLL)
         return max(0.0, min(wake - now, _MAX_POLL))
@@ -338,8 +270,7 @@ class Broker:
     def _forget_owner(self, owner: bytes) -> None:
         self._last_seen.pop(owner, None)
         self._owner_interval.pop(owner, None)
-        for waiter in list(self._parked.get(owner, ())):
-            self._drop_waiter(waiter)
+        self._parking.forget(owner)
 
     # -- requests ------------------------------------------------------------------------------
     def _handle(self, frames: list[bytes]) -> None:
@@ -469,35 +400,19 @@ class Broker:
         if grants or timeout == 0:
             self._send_grants(identity, rid, grants, now, lost)
             return None
-        parked = self._parked.get(owner)
-        if parked is None:
-            parked = self._parked[owner] = set()
-        limit = self.max_parked_receives
-        if limit is not None and len(parked) >= limit:
+        parking = self._parking
+        if parking.full(owner):
             if lost is not None:  # the send and completes are done: answer them, no wait
                 self._send_grants(identity, rid, [], now, lost)
                 return None
             return wire.encode_error(
                 rid,
                 wire.ERR_BAD_REQUEST,
-                f"too many parked receives: this client has {limit} waiting already "
-                "(the broker's --max-parked-receives)",
+                f"too many parked receives: this client has {self.max_parked_receives} "
+                "waiting already (the broker's --max-parked-receives)",
             )
         deadline = None if timeout is None else now + max(0.0, timeout)
-        waiter = _Waiter(identity, owner, rid, queue, group, max_messages, deadline, lost)
-        key = (queue, group)
-        waiting = self._waiting.get(key)
-        if waiting is None:
-            waiting = self._waiting[key] = _WaitList()
-        waiting.waiters.append(waiter)
-        parked.add(waiter)
-        self._parked_count += 1
-        if deadline is not None:
-            deadlines = self._deadlines
-            heapq.heappush(deadlines, (deadline, next(self._seq), waiter))
-            if len(deadlines) > 2 * self._parked_count + 1024:  # mostly served ones
-                deadlines[:] = [entry for entry in deadlines if not entry[2].done]
-                heapq.heapify(deadlines)
+        parking.park(Waiter(identity, owner, rid, queue, group, max_messages, deadline, lost))
         return None
 
     def _serve_ready(self, now: float) -> None:
@@ -511,50 +426,15 @@ class Broker:
 
     def _serve_group(self, name: str, group: str | None, now: float) -> None:
         """Serve the receives parked on ``(name, group)`` while messages last."""
-        key = (name, group)
-        waiting = self._waiting.get(key)
-        if waiting is None:
-            return
-        waiters = waiting.waiters
-        take = self.store.take
-        while waiters:
-            waiter = waiters[0]
-            if waiter.done:
-                waiters.popleft()
-                waiting.dead -= 1
-                continue
+        parking, take = self._parking, self.store.take
+        while (waiter := parking.first(name, group)) is not None:
             grants = take(
                 name, max_messages=waiter.max_messages, now=now, group=group, owner=waiter.owner
             )
             if not grants:
                 break
-            waiters.popleft()
-            self._unpark(waiter)
+            parking.served(waiter)
             self._send_grants(waiter.identity, waiter.rid, grants, now, waiter.lost)
-        if not waiters and self._waiting.get(key) is waiting:
-            del self._waiting[key]
-
-    def _unpark(self, waiter: _Waiter) -> None:
-        """Mark ``waiter`` done and stop counting it against its owner."""
-        waiter.done = True
-        self._parked_count -= 1
-        parked = self._parked.get(waiter.owner)
-        if parked is not None:
-            parked.discard(waiter)
-            if not parked:
-                del self._parked[waiter.owner]
-
-    def _drop_waiter(self, waiter: _Waiter) -> None:
-        """Take a parked receive out unserved (its timeout ended or its client left)."""
-        if waiter.done:
-            return
-        self._unpark(waiter)
-        key = (waiter.queue, waiter.group)
-        waiting = self._waiting.get(key)
-        if waiting is not None:
-            waiting.discard(waiter)
-            if not waiting.waiters:
-                del self._waiting[key]
 
     # -- replies -------------------------------------------------------------------------------
     def _send_grants(
