@@ -14,11 +14,17 @@ of 20,000 small messages. Then the broker's RSS with 100,000 queued 100-byte
 messages. Figures only, no asserts::
 
     python -m benchmarks.transport [--quick]
+
+With ``--parked N`` it measures instead the zmq:// round trip with no receive parked
+at the broker and with N receives parked on unused mailboxes of the results queue
+(1,000 per connection, the broker's default cap per client), side by side: a message
+must be matched to its mailbox's receives without looking at the others.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import queue
 import statistics
@@ -26,18 +32,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import orjson
 import psutil
 import zmq
 
 from benchmarks.procs import die_with_parent, stop_process
 from realtime_batch.transport import Message, open_transport
+from realtime_batch.transport.zeromq import wire
 
 __all__ = ["join_spawned", "main"]
 
@@ -198,16 +206,43 @@ def stop_broker(proc: subprocess.Popen[str]) -> None:
     stop_process(proc, grace=10.0)
 
 
+@contextlib.contextmanager
+def parked_receives(url: str, count: int, per_connection: int = 1000) -> Iterator[None]:
+    """Park ``count`` receives on unused mailboxes of the results queue while in the block."""
+    ctx = zmq.Context()
+    sockets = []
+    try:
+        for first in range(0, count, per_connection):
+            sock = _raw_socket(ctx, zmq.DEALER)
+            sock.connect(url.replace("zmq://", "tcp://"))
+            sockets.append(sock)
+            for i in range(first, min(count, first + per_connection)):
+                request = wire.encode_request(wire.RECEIVE, i + 1, RESULTS, 1, 3600.0, f"idle-{i}")
+                sock.send(request)
+            sock.send(wire.encode_request(wire.HEARTBEAT, 0, 3600.0))
+        for sock in sockets:  # a connection's requests are handled in order: all parked now
+            header = orjson.loads(sock.recv_multipart()[0])
+            if header[:2] != [0, wire.OK]:
+                raise RuntimeError(f"a receive was not parked: {header}")
+        yield
+    finally:
+        for sock in sockets:
+            sock.close(0)
+        ctx.term()
+
+
 def bench_transport(
-    n_latency: int, n_throughput: int, window: int, *broker_args: str
+    n_latency: int, n_throughput: int, window: int, *broker_args: str, parked: int = 0
 ) -> dict[str, float]:
     broker, url = start_broker(*broker_args)
     spawn = mp.get_context("spawn")
     worker = None
     try:
-        with open_transport(url) as t:
+        with open_transport(url) as t, contextlib.ExitStack() as stack:
             t.declare_queue(TASKS)
             t.declare_queue(RESULTS, grouped=True)
+            if parked:
+                stack.enter_context(parked_receives(url, parked))
             worker = spawn.Process(target=zmq_worker, args=(url,), daemon=True)
             worker.start()
 
@@ -302,6 +337,26 @@ def _pipelined(t, total: int, window: int) -> float:
     return total / elapsed
 
 
+def compare_parked(n_latency: int, n_throughput: int, parked: int) -> None:
+    """Print the zmq:// figures with no receive parked and with ``parked`` ones."""
+    rows = []
+    for count in (0, parked):
+        label = f"zmq://, {count:,} receives parked"
+        figures = _timed(
+            label, lambda c=count: bench_transport(n_latency, n_throughput, 1000, parked=c)
+        )
+        rows.append((label, figures))
+    print(f"round trip ({n_latency} samples), pipelined throughput ({n_throughput} messages)")
+    print(f"{'':34}{'p50 us':>10}{'p99 us':>10}{'msg/s':>10}{'CPU us':>10}")
+    for name, fig in rows:
+        print(
+            f"{name:34}{fig['p50_us']:>10.0f}{fig['p99_us']:>10.0f}{fig['throughput']:>10.0f}"
+            f"{fig['broker_cpu_us']:>10.0f}"
+        )
+    ratio = rows[1][1]["p50_us"] / rows[0][1]["p50_us"]
+    print(f"ratio p50 with / without parked receives: {ratio:.2f}")
+
+
 # -- broker memory ---------------------------------------------------------------------------
 def bench_memory(count: int, size: int = 100) -> dict[str, float]:
     broker, url = start_broker()
@@ -346,8 +401,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
     parser.add_argument("--messages", type=int, default=20_000, help="pipelined message count")
     parser.add_argument("--window", type=int, default=1000, help="max unanswered messages")
+    parser.add_argument(
+        "--parked",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only compare the round trip with 0 and with N receives parked at the broker",
+    )
     args = parser.parse_args(argv)
     n_latency = 300 if args.quick else 3000
+    if args.parked:
+        compare_parked(n_latency, n_throughput=2000 if args.quick else 5000, parked=args.parked)
+        return
     n_throughput = 2000 if args.quick else args.messages
     queued = 10_000 if args.quick else 100_000
 

@@ -28,8 +28,10 @@ from .base import (
 )
 from .errors import (
     ConnectionLostError,
+    JournalError,
     LockLostError,
     MessageTooLargeError,
+    QueueFullError,
     QueueNotFoundError,
     TransportClosedError,
     TransportError,
@@ -42,10 +44,12 @@ __all__ = [
     "TRANSPORTS",
     "ConnectionLostError",
     "Delivery",
+    "JournalError",
     "LockLostError",
     "Message",
     "MessageTooLargeError",
     "QueueCounts",
+    "QueueFullError",
     "QueueNotFoundError",
     "QueueOptions",
     "Transport",

@@ -125,6 +125,9 @@ class QueueOptions:
 
     lock_duration: float = DEFAULT_LOCK_DURATION
     max_delivery_count: int = DEFAULT_MAX_DELIVERY_COUNT
+    #: Messages the queue may hold (waiting or leased); a send past it raises
+    #: ``QueueFullError``. ``None``: no limit of its own.
+    max_length: int | None = None
 
 
 @attrs.frozen
@@ -157,6 +160,7 @@ class Transport(ABC):
         lock_duration: float = DEFAULT_LOCK_DURATION,
         max_delivery_count: int = DEFAULT_MAX_DELIVERY_COUNT,
         grouped: bool = False,
+        max_length: int | None = None,
     ) -> None:
         """Make sure ``name`` exists (idempotent; settings of an existing queue are kept).
 
@@ -165,6 +169,9 @@ class Transport(ABC):
             max_delivery_count: deliveries after which a message is dead-lettered.
             grouped: the queue holds per-group mailboxes and is received with ``group=``
                 (a session-enabled queue on Service Bus; no effect on memory and zmq).
+            max_length: messages the queue may hold (waiting or leased); a send past it
+                raises ``QueueFullError`` (memory and zmq; Service Bus bounds a queue by
+                its size quota instead and ignores it).
         """
 
     @abstractmethod

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 __all__ = [
     "ConnectionLostError",
+    "JournalError",
     "LockLostError",
     "MessageTooLargeError",
+    "QueueFullError",
     "QueueNotFoundError",
     "TransportClosedError",
     "TransportError",
@@ -49,6 +51,26 @@ class ConnectionLostError(TransportError):
 
 class QueueNotFoundError(TransportError, LookupError):
     """The named queue was not declared (or does not exist on the service)."""
+
+
+class JournalError(TransportError):
+    """The durable broker's journal lost data or cannot be read: the broker refuses to
+    start on it rather than serve an empty or partial state.
+
+    Attributes:
+        lost: messages lost if the journal is set aside (``None`` when unknown).
+    """
+
+    def __init__(self, text: str, lost: int | None = None) -> None:
+        super().__init__(text)
+        self.lost = lost
+
+
+class QueueFullError(TransportError):
+    """A send or declare was refused for lack of room: the queue is at its
+    ``max_length``, or the broker at its byte or queue-count limit (like RabbitMQ's
+    flow control or Service Bus's QuotaExceeded). Nothing of the refused request was
+    stored; try again once consumers have made room."""
 
 
 class TransportTimeoutError(TransportError, TimeoutError):

@@ -92,10 +92,12 @@ class MemoryTransport(Transport):
         lock_duration: float = DEFAULT_LOCK_DURATION,
         max_delivery_count: int = DEFAULT_MAX_DELIVERY_COUNT,
         grouped: bool = False,
+        max_length: int | None = None,
     ) -> None:
         self._check_open()
+        options = QueueOptions(lock_duration, max_delivery_count, max_length)
         with self._broker.lock:
-            self._broker.store.declare(name, QueueOptions(lock_duration, max_delivery_count))
+            self._broker.store.declare(name, options)
 
     def send(self, queue: str, messages: Message | Iterable[Message]) -> None:
         self._check_open()

@@ -51,6 +51,7 @@ from .errors import (
     ConnectionLostError,
     LockLostError,
     MessageTooLargeError,
+    QueueFullError,
     QueueNotFoundError,
     TransportClosedError,
     TransportError,
@@ -85,6 +86,8 @@ def map_servicebus_errors(what: str = "Service Bus operation") -> Iterator[None]
         raise MessageTooLargeError(-1, -1, what=f"{what}: message ({exc})") from exc
     except sb_errors.MessagingEntityNotFoundError as exc:
         raise QueueNotFoundError(f"{what}: {exc}") from exc
+    except sb_errors.ServiceBusQuotaExceededError as exc:
+        raise QueueFullError(f"{what}: {exc}") from exc
     except sb_errors.OperationTimeoutError as exc:
         raise TransportTimeoutError(f"{what}: {exc}") from exc
     except (sb_errors.ServiceBusConnectionError, sb_errors.ServiceBusCommunicationError) as exc:
@@ -312,6 +315,7 @@ class ServiceBusTransport(Transport):
         lock_duration: float = DEFAULT_LOCK_DURATION,
         max_delivery_count: int = DEFAULT_MAX_DELIVERY_COUNT,
         grouped: bool = False,
+        max_length: int | None = None,  # not applicable: Service Bus has a size quota
     ) -> None:
         self._check_open()
         if name in self._declared:

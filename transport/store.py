@@ -24,9 +24,13 @@ from .base import (
     dead_letter_queue,
     is_dead_letter_queue,
 )
-from .errors import LockLostError, QueueNotFoundError
+from .errors import LockLostError, QueueFullError, QueueNotFoundError
 
-__all__ = ["Grant", "QueueStore", "StoreListener"]
+__all__ = ["MESSAGE_OVERHEAD", "Grant", "QueueStore", "StoreListener"]
+
+#: Bytes a held message counts for beyond its body (its record and index entries), so
+#: that a byte limit also bounds floods of tiny messages.
+MESSAGE_OVERHEAD = 256
 
 _ANY_GROUP = object()
 
@@ -49,13 +53,14 @@ class _Entry:
 
 
 class _Queue:
-    __slots__ = ("groups", "name", "options", "size")
+    __slots__ = ("groups", "held", "name", "options", "size")
 
     def __init__(self, name: str, options: QueueOptions):
         self.name = name
         self.options = options
         self.groups: dict[str | None, list[_Entry]] = {}
-        self.size = 0
+        self.size = 0  # waiting
+        self.held = 0  # waiting or leased
 
     def push(self, entry: _Entry) -> None:
         # (seq, entry) tuples: heap comparisons stay in C instead of calling _Entry.__lt__
@@ -112,7 +117,16 @@ class StoreListener(Protocol):
 
 
 class QueueStore:
-    """Queues with leases, redelivery, dead-lettering, groups and TTL."""
+    """Queues with leases, redelivery, dead-lettering, groups and TTL.
+
+    Attributes:
+        max_queues: queues (not counting dead-letter queues) that may be declared;
+            one more raises ``QueueFullError`` (``None``: no limit).
+        max_bytes: bytes of messages the store may hold, each counted as its body
+            plus ``MESSAGE_OVERHEAD``; a ``put`` past it raises ``QueueFullError``
+            (``None``: no limit). Dead-lettering never counts against it.
+        held_bytes: bytes of messages held now, counted the same way.
+    """
 
     def __init__(self, listener: StoreListener | None = None) -> None:
         self._queues: dict[str, _Queue] = {}
@@ -120,9 +134,13 @@ class QueueStore:
         self._lease_heap: list[tuple[float, str]] = []
         self._seq = itertools.count(1)
         self._listener = listener
-        #: queue names that gained deliverable messages since the owner last looked
-        self.ready: set[str] = set()
+        #: (queue, group) pairs that gained deliverable messages since the owner last looked
+        self.ready: set[tuple[str, str | None]] = set()
         self.expired_count = 0
+        self.max_queues: int | None = None
+        self.max_bytes: int | None = None
+        self.held_bytes = 0
+        self._queue_count = 0
 
     # -- queues --------------------------------------------------------------------------
     def declare(self, name: str, options: QueueOptions) -> bool:
@@ -131,6 +149,11 @@ class QueueStore:
             raise QueueNotFoundError(f"cannot declare a dead-letter queue directly: {name!r}")
         if name in self._queues:
             return False
+        if self.max_queues is not None and self._queue_count >= self.max_queues:
+            raise QueueFullError(
+                f"cannot declare {name!r}: the broker holds its limit of {self.max_queues} queues"
+            )
+        self._queue_count += 1
         self._queues[name] = _Queue(name, options)
         dlq_options = QueueOptions(options.lock_duration, max_delivery_count=2**31)
         self._queues[dead_letter_queue(name)] = _Queue(dead_letter_queue(name), dlq_options)
@@ -159,8 +182,29 @@ class QueueStore:
 
     # -- messages ------------------------------------------------------------------------
     def put(self, queue: str, messages: Iterable[Message], now: float) -> None:
+        """Enqueue ``messages``, all or none.
+
+        Raises:
+            QueueNotFoundError: ``queue`` was not declared.
+            QueueFullError: the batch would take the queue past its ``max_length`` or
+                the store past ``max_bytes``; nothing is enqueued.
+        """
         q = self.queue(queue)
-        for message in messages:
+        batch = messages if isinstance(messages, list) else list(messages)
+        max_length = q.options.max_length
+        if max_length is not None and q.held + len(batch) > max_length:
+            raise QueueFullError(
+                f"queue {queue!r} is full: it holds {q.held} message(s) of at most "
+                f"{max_length}; {len(batch)} more refused"
+            )
+        if self.max_bytes is not None:
+            size = sum(len(message.body) for message in batch) + MESSAGE_OVERHEAD * len(batch)
+            if self.held_bytes + size > self.max_bytes:
+                raise QueueFullError(
+                    f"the broker is full: it holds {self.held_bytes} bytes of messages, its "
+                    f"limit is {self.max_bytes}; {len(batch)} message(s) to {queue!r} refused"
+                )
+        for message in batch:
             self._push(q, _Entry(message, next(self._seq), now), new=True)
 
     def restore(
@@ -169,14 +213,23 @@ class QueueStore:
         """Re-insert a journaled message (durable broker recovery)."""
         q = self.queue(queue)
         q.push(_Entry(message, seq, enqueued_at, delivery_count))
+        self._held(q, message, 1)
         self._seq = itertools.count(max(seq + 1, next(self._seq)))
-        self.ready.add(queue)
+        self.ready.add((queue, message.group))
 
     def _push(self, q: _Queue, entry: _Entry, *, new: bool) -> None:
         q.push(entry)
-        self.ready.add(q.name)
-        if new and self._listener is not None:
-            self._listener.on_put(q.name, entry.seq, entry.message, entry.enqueued_at)
+        self.ready.add((q.name, entry.message.group))
+        if new:
+            q.held += 1  # _held, inlined: this is the broker's hot path
+            self.held_bytes += len(entry.message.body) + MESSAGE_OVERHEAD
+            if self._listener is not None:
+                self._listener.on_put(q.name, entry.seq, entry.message, entry.enqueued_at)
+
+    def _held(self, q: _Queue, message: Message, sign: int) -> None:
+        """Count a message in (``sign=1``) or out (``-1``) of ``q`` and the byte total."""
+        q.held += sign
+        self.held_bytes += sign * (len(message.body) + MESSAGE_OVERHEAD)
 
     def take(
         self,
@@ -332,5 +385,6 @@ class QueueStore:
             self._push(dlq, _Entry(dead, next(self._seq), now), new=True)
 
     def _removed(self, q: _Queue, entry: _Entry) -> None:
+        self._held(q, entry.message, -1)
         if self._listener is not None:
             self._listener.on_remove(q.name, entry.seq)

@@ -388,3 +388,25 @@ def test_send_and_complete_to_unknown_queue_completes_nothing(open_t, queue):
     with pytest.raises(QueueNotFoundError):
         t.send_and_complete(f"{queue}-missing", [Message(b"r")], [d])
     t.complete(d)  # still leased to us: the failed call completed nothing
+
+
+# -- limits ---------------------------------------------------------------------------------
+def test_send_past_a_queues_max_length_is_refused_and_loses_nothing(open_t, backend_name, queue):
+    if backend_name == "servicebus":
+        pytest.skip("Service Bus bounds a queue by size (its own quota), not by max_length")
+    from realtime_batch.transport import QueueFullError
+
+    t = open_t(send_timeout=0.5)  # how long a zmq:// send waits for room before it fails
+    t.declare_queue(queue, max_length=3)
+    t.send(queue, [Message(b"1"), Message(b"2")])
+    t.send(queue, Message(b"3"))
+    with pytest.raises(QueueFullError, match="full"):
+        t.send(queue, Message(b"4"))
+    with pytest.raises(QueueFullError):
+        t.send(queue, [Message(b"5"), Message(b"6")])  # a batch goes whole or not at all
+    [first] = t.receive(queue, timeout=5)
+    with pytest.raises(QueueFullError):  # a leased message still counts
+        t.send(queue, Message(b"4"))
+    t.complete(first)
+    t.send(queue, Message(b"4"))
+    assert sorted(bodies(drain(t, queue, 3))) == [b"2", b"3", b"4"]

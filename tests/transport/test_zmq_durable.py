@@ -112,3 +112,12 @@ def test_results_of_a_parked_settle_and_receive_survive_a_sigkill(
         assert sorted(d.message.body for d in got) == [b"ra", b"rb"]
         t.complete_many(got)
         assert t.receive(queue, timeout=0.3) == []  # the tasks stayed completed
+
+
+def test_journal_keeps_a_queues_max_length(tmp_path):
+    journal = SqliteJournal(tmp_path)
+    journal.on_declare("q", QueueOptions(5.0, 3, max_length=7))
+    journal.close()
+    restored = QueueStore()
+    SqliteJournal(tmp_path).restore(restored)
+    assert restored.queue("q").options == QueueOptions(5.0, 3, max_length=7)

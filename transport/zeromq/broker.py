@@ -26,27 +26,34 @@ thread or a signal handler.
 from __future__ import annotations
 
 import functools
-import heapq
-import itertools
 import logging
 import os
 import time
 import uuid
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from ..base import DEFAULT_MAX_MESSAGE_SIZE, QueueOptions
-from ..errors import LockLostError, QueueNotFoundError
+from ..errors import LockLostError, QueueFullError, QueueNotFoundError
 from ..store import Grant, QueueStore
 from . import wire
+from .connections import ConnectionGuard, default_max_connections
+from .parking import Parking, Waiter
 
 if TYPE_CHECKING:  # imported by the CLI only when durable mode or CURVE is asked for
     from .curve import BrokerCurve
     from .journal import SqliteJournal
 
-__all__ = ["DEFAULT_HEARTBEAT_INTERVAL", "DEFAULT_HEARTBEAT_LIVENESS", "DEFAULT_SPIN", "Broker"]
+__all__ = [
+    "DEFAULT_HEARTBEAT_INTERVAL",
+    "DEFAULT_HEARTBEAT_LIVENESS",
+    "DEFAULT_MAX_PARKED_RECEIVES",
+    "DEFAULT_MAX_QUEUED_BYTES",
+    "DEFAULT_MAX_QUEUES",
+    "DEFAULT_SPIN",
+    "Broker",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -59,38 +66,17 @@ _RECV_BATCH = 512
 _NOBLOCK = int(zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
 _EVENTS = int(zmq.EVENTS)  # requests handled per wake-up before timers run again
+_PRESSURE_POLL = 0.005  # seconds between connection checks while near the cap
 _PURGE_INTERVAL = 1.0  # seconds between sweeps of expired messages nobody receives
 #: Seconds the loop keeps polling for the next request before sleeping (see above).
 DEFAULT_SPIN = 300e-6
-
-
-class _Waiter:
-    """A long-polling RECEIVE parked at the broker."""
-
-    __slots__ = (
-        "deadline", "done", "group", "identity", "lost", "max_messages", "owner", "queue", "rid",
-    )  # fmt: skip
-
-    def __init__(
-        self,
-        identity: bytes,
-        owner: bytes,
-        rid: int,
-        queue: str,
-        group: str | None,
-        max_messages: int,
-        deadline: float | None,
-        lost: list[int] | None = None,
-    ) -> None:
-        self.identity = identity
-        self.lost = lost  # a SETTLE_RECEIVE's lost leases, answered with its grants
-        self.owner = owner
-        self.rid = rid
-        self.queue = queue
-        self.group = group
-        self.max_messages = max_messages
-        self.deadline = deadline
-        self.done = False
+#: Receives one client may have waiting at the broker at once (a session or engine
+#: needs a handful; each costs broker memory and a timer).
+DEFAULT_MAX_PARKED_RECEIVES = 1000
+#: Bytes of messages the broker holds before it refuses sends (``QueueStore.max_bytes``).
+DEFAULT_MAX_QUEUED_BYTES = 1024**3
+#: Queues that may be declared (dead-letter queues not counted).
+DEFAULT_MAX_QUEUES = 10_000
 
 
 class Broker:
@@ -109,6 +95,13 @@ class Broker:
         context: ZeroMQ context (the process-wide instance by default).
         spin: seconds to keep polling for requests after handling some, before
             sleeping (0: never; ignored when the process may use a single CPU).
+        max_parked_receives: receives one client (lease owner) may have waiting at
+            once; one more is refused with an error (``None``: no limit).
+        max_queued_bytes: bytes of messages held (bodies plus a per-message
+            overhead) past which a send gets ``QueueFullError`` (``None``: no limit).
+        max_queues: queues that may be declared; one more gets ``QueueFullError``.
+        max_connections: client connections kept at once; past it the most silent
+            are closed (default: the open-file limit less ``FD_RESERVE``).
     """
 
     def __init__(
@@ -123,6 +116,10 @@ class Broker:
         curve: BrokerCurve | None = None,
         context: zmq.Context | None = None,
         spin: float = DEFAULT_SPIN,
+        max_parked_receives: int | None = DEFAULT_MAX_PARKED_RECEIVES,
+        max_queued_bytes: int | None = DEFAULT_MAX_QUEUED_BYTES,
+        max_queues: int | None = DEFAULT_MAX_QUEUES,
+        max_connections: int | None = None,
     ) -> None:
         if spin < 0:
             raise ValueError("spin must be at least 0")
@@ -135,6 +132,9 @@ class Broker:
             store = QueueStore(listener=journal)
         self.store = store
         self.restored = journal.restore(store) if journal is not None else 0
+        # Set after the restore: what the journal held is never refused.
+        store.max_bytes = max_queued_bytes
+        store.max_queues = max_queues
         self.epoch = uuid.uuid4().hex
         self._context = context or zmq.Context.instance()
         self._socket = self._context.socket(zmq.ROUTER)
@@ -147,12 +147,14 @@ class Broker:
         self.curve = curve
         if curve is not None:
             curve.apply(self._context, self._socket)
+        if max_connections is None:
+            max_connections = default_max_connections()
+        self._guard = ConnectionGuard(self._socket, max_connections)
         self._socket.bind(bind)
         self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._stopping = False
-        self._waiting: dict[str, deque[_Waiter]] = {}
-        self._deadlines: list[tuple[float, int, _Waiter]] = []
-        self._seq = itertools.count()
+        self.max_parked_receives = max_parked_receives
+        self._parking = Parking(max_parked_receives)
         self._last_seen: dict[bytes, float] = {}
         self._owner_interval: dict[bytes, float] = {}
         self._next_owner_check = 0.0
@@ -167,6 +169,7 @@ class Broker:
 
     def close(self) -> None:
         """Close the socket and the journal (after ``run`` returned)."""
+        self._guard.close()
         self._socket.close(linger=0)
         if self.curve is not None:
             self.curve.stop()
@@ -175,7 +178,12 @@ class Broker:
 
     def run(self) -> None:
         """Serve until ``stop()``."""
-        logger.info("broker %s listening on %s", self.epoch[:8], self.endpoint)
+        logger.info(
+            "broker %s listening on %s (at most %d connections)",
+            self.epoch[:8],
+            self.endpoint,
+            self._guard.max_connections,
+        )
         sock = self._socket
         recv = functools.partial(wire.recv_frames, sock)
         handle = self._handle
@@ -219,13 +227,10 @@ class Broker:
     def _timers(self, now: float) -> float:
         """Run due timers; return seconds until the next one (capped)."""
         store = self.store
+        self._guard.check(now)
         next_lease = store.expire(now)
-        deadlines = self._deadlines
-        while deadlines and deadlines[0][0] <= now:
-            waiter = heapq.heappop(deadlines)[2]
-            if not waiter.done:
-                self._drop_waiter(waiter)
-                self._send_grants(waiter.identity, waiter.rid, [], now, waiter.lost)
+        for waiter in self._parking.expire(now):
+            self._send_grants(waiter.identity, waiter.rid, [], now, waiter.lost)
         if now >= self._next_owner_check:
             self._check_owners(now)
             self._next_owner_check = now + self.heartbeat_interval / 2
@@ -241,8 +246,11 @@ class Broker:
         wake = self._next_owner_check
         if next_lease is not None:
             wake = min(wake, next_lease)
-        if deadlines:
-            wake = min(wake, deadlines[0][0])
+        next_deadline = self._parking.next_deadline()
+        if next_deadline is not None:
+            wake = min(wake, next_deadline)
+        if self._guard.under_pressure:  # close surplus connections before fds run out
+            wake = min(wake, now + _PRESSURE_POLL)
         return max(0.0, min(wake - now, _MAX_POLL))
 
     def _check_owners(self, now: float) -> None:
@@ -262,15 +270,7 @@ class Broker:
     def _forget_owner(self, owner: bytes) -> None:
         self._last_seen.pop(owner, None)
         self._owner_interval.pop(owner, None)
-        for name, waiters in list(self._waiting.items()):
-            kept = deque(w for w in waiters if w.owner != owner)
-            for waiter in waiters:
-                if waiter.owner == owner:
-                    waiter.done = True
-            if kept:
-                self._waiting[name] = kept
-            else:
-                del self._waiting[name]
+        self._parking.forget(owner)
 
     # -- requests ------------------------------------------------------------------------------
     def _handle(self, frames: list[bytes]) -> None:
@@ -300,6 +300,8 @@ class Broker:
             reply = wire.encode_error(rid, wire.ERR_QUEUE_NOT_FOUND, str(exc))
         except LockLostError as exc:
             reply = wire.encode_error(rid, wire.ERR_LOCK_LOST, str(exc))
+        except QueueFullError as exc:
+            reply = wire.encode_error(rid, wire.ERR_QUEUE_FULL, str(exc))
         except Exception as exc:
             logger.exception("internal error on %s", wire.COMMAND_NAMES.get(request.command))
             reply = wire.encode_error(rid, wire.ERR_INTERNAL, repr(exc)[:200])
@@ -339,10 +341,10 @@ class Broker:
             self._owner_interval[owner] = interval
             return wire.encode_reply(rid, self.epoch, self.max_message_size)
         if command == wire.DECLARE:
-            name, lock_duration, max_delivery_count = args
-            if lock_duration <= 0 or max_delivery_count < 1:
+            name, lock_duration, max_delivery_count, max_length = args
+            if lock_duration <= 0 or max_delivery_count < 1 or max_length == 0:
                 raise QueueNotFoundError(f"bad settings for queue {name!r}")
-            options = QueueOptions(float(lock_duration), max_delivery_count)
+            options = QueueOptions(float(lock_duration), max_delivery_count, max_length)
             created = store.declare(name, options)
             if created and self.journal is not None:
                 self.journal.on_declare(name, options)
@@ -400,62 +402,41 @@ class Broker:
         if grants or timeout == 0:
             self._send_grants(identity, rid, grants, now, lost)
             return None
+        parking = self._parking
+        if parking.full(owner):
+            if lost is not None:  # the send and completes are done: answer them, no wait
+                self._send_grants(identity, rid, [], now, lost)
+                return None
+            return wire.encode_error(
+                rid,
+                wire.ERR_BAD_REQUEST,
+                f"too many parked receives: this client has {self.max_parked_receives} "
+                "waiting already (the broker's --max-parked-receives)",
+            )
         deadline = None if timeout is None else now + max(0.0, timeout)
-        waiter = _Waiter(identity, owner, rid, queue, group, max_messages, deadline, lost)
-        self._waiting.setdefault(queue, deque()).append(waiter)
-        if deadline is not None:
-            heapq.heappush(self._deadlines, (deadline, next(self._seq), waiter))
+        parking.park(Waiter(identity, owner, rid, queue, group, max_messages, deadline, lost))
         return None
 
     def _serve_ready(self, now: float) -> None:
-        store = self.store
-        ready = store.ready
+        ready = self.store.ready
+        serve = self._serve_group
         while ready:
-            name = ready.pop()
-            waiters = self._waiting.get(name)
-            if not waiters:
-                continue
-            while waiters:
-                waiter = waiters[0]
-                grants = store.take(
-                    name,
-                    max_messages=waiter.max_messages,
-                    now=now,
-                    group=waiter.group,
-                    owner=waiter.owner,
-                )
-                if not grants:
-                    break
-                waiters.popleft()
-                waiter.done = True
-                self._send_grants(waiter.identity, waiter.rid, grants, now, waiter.lost)
-            if waiters and store.depth(name):
-                # Messages left that the head waiter's group does not match: try the others.
-                for waiter in list(waiters):
-                    grants = store.take(
-                        name,
-                        max_messages=waiter.max_messages,
-                        now=now,
-                        group=waiter.group,
-                        owner=waiter.owner,
-                    )
-                    if grants:
-                        waiters.remove(waiter)
-                        waiter.done = True
-                        self._send_grants(waiter.identity, waiter.rid, grants, now, waiter.lost)
-            if not waiters:
-                self._waiting.pop(name, None)
+            name, group = ready.pop()
+            if group is not None:  # its own mailbox's receives first, then any-group ones
+                serve(name, group, now)
+            serve(name, None, now)
 
-    def _drop_waiter(self, waiter: _Waiter) -> None:
-        waiter.done = True
-        waiters = self._waiting.get(waiter.queue)
-        if waiters is not None:
-            try:
-                waiters.remove(waiter)
-            except ValueError:
-                pass
-            if not waiters:
-                del self._waiting[waiter.queue]
+    def _serve_group(self, name: str, group: str | None, now: float) -> None:
+        """Serve the receives parked on ``(name, group)`` while messages last."""
+        parking, take = self._parking, self.store.take
+        while (waiter := parking.first(name, group)) is not None:
+            grants = take(
+                name, max_messages=waiter.max_messages, now=now, group=group, owner=waiter.owner
+            )
+            if not grants:
+                break
+            parking.served(waiter)
+            self._send_grants(waiter.identity, waiter.rid, grants, now, waiter.lost)
 
     # -- replies -------------------------------------------------------------------------------
     def _send_grants(

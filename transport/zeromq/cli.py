@@ -9,12 +9,25 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
 from ..base import DEFAULT_MAX_MESSAGE_SIZE
-from .broker import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_LIVENESS, DEFAULT_SPIN, Broker
+from .broker import (
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_HEARTBEAT_LIVENESS,
+    DEFAULT_MAX_PARKED_RECEIVES,
+    DEFAULT_MAX_QUEUED_BYTES,
+    DEFAULT_MAX_QUEUES,
+    DEFAULT_SPIN,
+    Broker,
+)
+from .connections import raise_fd_limit
 from .curve import is_loopback_endpoint
+
+if TYPE_CHECKING:
+    from .journal import SqliteJournal
 
 __all__ = ["broker", "keys"]
 
@@ -54,7 +67,15 @@ logger = logging.getLogger(__name__)
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Make the broker durable: journal accepted messages in DIR (SQLite, WAL) and "
-    "restore them on start. Without it the broker keeps everything in memory.",
+    "restore them on start. Without it the broker keeps everything in memory. A journal "
+    "that lost data or cannot be read stops the broker (see --recover).",
+)
+@click.option(
+    "--recover",
+    is_flag=True,
+    help="With --data-dir: if the journal lost data or cannot be read, move its files "
+    "aside (broker.sqlite3.damaged-TIME) and start with an empty one, saying how many "
+    "messages were lost.",
 )
 @click.option(
     "--curve-secret-key",
@@ -80,6 +101,38 @@ logger = logging.getLogger(__name__)
     "off on a single CPU).",
 )
 @click.option(
+    "--max-parked-receives",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_PARKED_RECEIVES,
+    show_default=True,
+    help="Receives one client may have waiting at the broker at once; one more is "
+    "refused with an error.",
+)
+@click.option(
+    "--max-queued-bytes",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_QUEUED_BYTES,
+    show_default=True,
+    help="Memory high-water mark: bytes of messages the broker holds (bodies plus 256 "
+    "bytes each) past which sends are refused with QueueFullError; clients retry them "
+    "until their send timeout.",
+)
+@click.option(
+    "--max-queues",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_QUEUES,
+    show_default=True,
+    help="Queues that may be declared (dead-letter queues not counted); one more is "
+    "refused with QueueFullError. Per-queue limits: declare_queue(max_length=...).",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Client connections kept at once; past it the most silent are closed, with a "
+    "warning. Default: the open-file limit (raised to its hard limit first) less 64.",
+)
+@click.option(
     "--insecure",
     is_flag=True,
     help="Allow a non-loopback --bind without CURVE keys (plain, unauthenticated TCP).",
@@ -90,9 +143,14 @@ def broker(
     heartbeat_interval: float,
     heartbeat_liveness: int,
     data_dir: Path | None,
+    recover: bool,
     curve_secret_key: Path | None,
     authorized_keys: Path | None,
     spin_us: float,
+    max_parked_receives: int,
+    max_queued_bytes: int,
+    max_queues: int,
+    max_connections: int | None,
     insecure: bool,
 ) -> None:
     """Run the ZeroMQ broker serving zmq:// transports until SIGTERM or Ctrl-C.
@@ -117,10 +175,11 @@ def broker(
         from .curve import BrokerCurve
 
         curve = BrokerCurve(curve_secret_key, authorized_keys)
+    raise_fd_limit()
+    if recover and data_dir is None:
+        raise click.UsageError("--recover needs --data-dir")
     if data_dir is not None:
-        from .journal import SqliteJournal
-
-        journal = SqliteJournal(data_dir)
+        journal = _open_journal(data_dir, recover)
     server = Broker(
         bind,
         max_message_size=max_message_size,
@@ -129,6 +188,10 @@ def broker(
         journal=journal,
         curve=curve,
         spin=spin_us / 1e6,
+        max_parked_receives=max_parked_receives,
+        max_queued_bytes=max_queued_bytes,
+        max_queues=max_queues,
+        max_connections=max_connections,
     )
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -147,6 +210,12 @@ def broker(
         mode = "in-memory: queued messages are lost when the broker stops"
     else:
         mode = f"durable: journal {journal.path}, {server.restored} message(s) restored"
+        if journal.moved_to is not None:
+            lost = "an unknown number of" if journal.lost is None else str(journal.lost)
+            mode += (
+                f"; RECOVERED: the damaged journal was moved to {journal.moved_to}, "
+                f"{lost} message(s) lost"
+            )
     if curve is not None:
         mode += f"; CURVE, public key {curve.public.decode()}"
     click.echo(f"broker listening on {server.endpoint} ({mode})", err=True)
@@ -154,6 +223,17 @@ def broker(
         server.run()
     finally:
         server.close()
+
+
+def _open_journal(data_dir: Path, recover: bool) -> SqliteJournal:
+    """Open the journal; a damaged one ends the command with its one-line reason."""
+    from ..errors import JournalError
+    from .journal import SqliteJournal
+
+    try:
+        return SqliteJournal(data_dir, recover=recover)
+    except (JournalError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @click.group()

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import tenacity
 import zmq
 
 from ..base import (
@@ -43,6 +44,7 @@ from ..errors import (
     ConnectionLostError,
     LockLostError,
     MessageTooLargeError,
+    QueueFullError,
     TransportClosedError,
     TransportError,
     TransportTimeoutError,
@@ -103,6 +105,10 @@ class ZmqTransport(Transport):
             file); turns on CURVE encryption.
         curve_secret_key: this client's ``.key_secret`` file (its public key must be
             in the broker's authorized keys); a throw-away pair is used when omitted.
+        send_timeout: seconds a send refused for lack of room (a queue at its
+            ``max_length``, the broker at a limit) keeps being retried, with backoff,
+            before ``QueueFullError`` is raised (``request_timeout`` when omitted; 0
+            raises at once).
     """
 
     def __init__(
@@ -115,6 +121,7 @@ class ZmqTransport(Transport):
         request_timeout: float = 30.0,
         curve_server_key: str | bytes | Path | None = None,
         curve_secret_key: str | Path | None = None,
+        send_timeout: float | None = None,
         **_options: Any,
     ) -> None:
         self.url = url
@@ -124,6 +131,7 @@ class ZmqTransport(Transport):
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_liveness = heartbeat_liveness
         self.request_timeout = request_timeout
+        self.send_timeout = request_timeout if send_timeout is None else send_timeout
         self.client_id = b"\x01" + os.urandom(15)  # lease owner at the broker; never 0-led
         self._server_key = None if curve_server_key is None else load_public_key(curve_server_key)
         self._keypair = load_secret_key(curve_secret_key) if curve_secret_key is not None else None
@@ -135,7 +143,7 @@ class ZmqTransport(Transport):
         self._pool_lock = threading.Lock()
         self._idle: list[_Conn] = []
         self._closed = False
-        self._declared: dict[str, tuple[float, int]] = {}
+        self._declared: dict[str, tuple[float, int, int | None]] = {}
         self.epoch: str | None = None
         self._generation = 0
         self._last_reply = time.monotonic()
@@ -286,8 +294,7 @@ class ZmqTransport(Transport):
         sock.send(wire.encode_request(wire.RELEASE, 0, *tokens))
 
     def _redeclare(self, conn: _Conn, queue: str) -> None:
-        lock_duration, max_delivery_count = self._declared[queue]
-        args = [queue, lock_duration, max_delivery_count]
+        args = [queue, *self._declared[queue]]
         self._exchange(conn, wire.DECLARE, args, (), None)
 
     # -- heartbeats -------------------------------------------------------------------------
@@ -357,10 +364,8 @@ class ZmqTransport(Transport):
                 self.endpoint,
                 len(self._declared),
             )
-            for name, (lock_duration, max_delivery_count) in list(self._declared.items()):
-                header = wire.encode_request(
-                    wire.DECLARE, 0, name, lock_duration, max_delivery_count
-                )
+            for name, settings in list(self._declared.items()):
+                header = wire.encode_request(wire.DECLARE, 0, name, *settings)
                 sock.send(header, zmq.NOBLOCK)  # it just answered: the pipe has room
             self._generation += 1  # requests in flight went to the old broker: re-send
         # The first epoch learnt is no restart: a request in flight when it arrives was
@@ -375,9 +380,11 @@ class ZmqTransport(Transport):
         lock_duration: float = DEFAULT_LOCK_DURATION,
         max_delivery_count: int = DEFAULT_MAX_DELIVERY_COUNT,
         grouped: bool = False,
+        max_length: int | None = None,
     ) -> None:
-        self._call(wire.DECLARE, [name, float(lock_duration), int(max_delivery_count)])
-        self._declared.setdefault(name, (float(lock_duration), int(max_delivery_count)))
+        settings = (float(lock_duration), int(max_delivery_count), max_length)
+        self._call(wire.DECLARE, [name, *settings])
+        self._declared.setdefault(name, settings)
 
     def _payload(self, batch: list[Message]) -> list[Any]:
         limit = self.max_message_size
@@ -390,7 +397,25 @@ class ZmqTransport(Transport):
 
     def send(self, queue: str, messages: Message | Iterable[Message]) -> None:
         batch = as_message_list(messages)
-        self._call(wire.SEND, [queue, len(batch)], self._payload(batch), queue=queue)
+        self._call_sending(wire.SEND, [queue, len(batch)], self._payload(batch), queue=queue)
+
+    def _call_sending(self, *args: Any, **kwargs: Any) -> tuple[list[Any], list[bytes]]:
+        """``_call`` a request that sends messages: while the broker refuses it for lack
+        of room, retry with backoff for ``send_timeout`` seconds, then raise
+        ``QueueFullError`` (flow control; nothing of a refused request was stored)."""
+        try:
+            return self._call(*args, **kwargs)
+        except QueueFullError as exc:
+            if self.send_timeout <= 0:
+                raise
+            logger.info("%s; waiting up to %s s for room", exc, self.send_timeout)
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(QueueFullError),
+            stop=tenacity.stop_after_delay(self.send_timeout),
+            wait=tenacity.wait_exponential(multiplier=0.005, max=0.5),
+            reraise=True,
+        )
+        return retrying(self._call, *args, **kwargs)
 
     def send_and_complete(
         self, queue: str, messages: Message | Iterable[Message], deliveries: Iterable[Delivery]
@@ -398,7 +423,7 @@ class ZmqTransport(Transport):
         """Send and complete in one round trip (see ``Transport.send_and_complete``)."""
         batch = as_message_list(messages)
         settled = list(deliveries)
-        header, _frames = self._call(
+        header, _frames = self._call_sending(
             wire.SEND_COMPLETE,
             [queue, len(batch), [d.lock_token for d in settled]],
             self._payload(batch),
@@ -430,7 +455,7 @@ class ZmqTransport(Transport):
         batch = as_message_list(messages)
         settled = list(deliveries)
         wait = None if timeout is None else max(0.0, float(timeout))
-        header, frames = self._call(
+        header, frames = self._call_sending(
             wire.SETTLE_RECEIVE,
             [queue, len(batch), [d.lock_token for d in settled], receive_queue, max_messages,
              wait, group],

@@ -31,6 +31,7 @@ from ..base import Message
 from ..errors import (
     LockLostError,
     MessageTooLargeError,
+    QueueFullError,
     QueueNotFoundError,
     TransportError,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "ERR_BAD_REQUEST",
     "ERR_INTERNAL",
     "ERR_LOCK_LOST",
+    "ERR_QUEUE_FULL",
     "ERR_QUEUE_NOT_FOUND",
     "ERR_TOO_LARGE",
     "HEARTBEAT",
@@ -124,6 +126,7 @@ ERR_QUEUE_NOT_FOUND = 2
 ERR_LOCK_LOST = 3
 ERR_TOO_LARGE = 4
 ERR_INTERNAL = 5
+ERR_QUEUE_FULL = 6
 
 #: Largest accepted header or message-meta frame.
 MAX_META_SIZE = 64 * 1024
@@ -183,13 +186,17 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def _is_opt_count(value: Any) -> bool:
+    return value is None or _is_count(value)
+
+
 _SEND_COMPLETE_ARGS = (_is_str, _is_count, _is_token_list)  # queue, count, tokens
 _RECEIVE_ARGS = (_is_str, _is_count, _is_opt_number, _is_opt_str)  # queue, max, timeout, group
 
 # command -> validators of its header arguments
 _ARG_RULES: dict[int, tuple[Any, ...]] = {
     HEARTBEAT: (_is_number,),
-    DECLARE: (_is_str, _is_number, _is_count),
+    DECLARE: (_is_str, _is_number, _is_count, _is_opt_count),  # ..., max_length
     SEND: (_is_str, _is_count),
     SEND_COMPLETE: _SEND_COMPLETE_ARGS,
     SETTLE_RECEIVE: (*_SEND_COMPLETE_ARGS, *_RECEIVE_ARGS),
@@ -309,6 +316,8 @@ def _decode_body(
     rules = _ARG_RULES.get(command) if isinstance(command, int) else None
     if rules is None:
         raise FrameError(f"unknown command {command!r}")
+    if command == DECLARE and len(args) == 3:  # from a client without max_length
+        args = [*args, None]
     if len(args) != len(rules):
         raise FrameError(f"bad arguments for {COMMAND_NAMES[command]}")
     for rule, arg in zip(rules, args):  # noqa: B905 (lengths checked above)
@@ -383,6 +392,7 @@ def decode_deliveries(frames: Sequence[bytes]) -> list[tuple[Message, int, float
 _ERRORS: dict[int, type[TransportError]] = {
     ERR_QUEUE_NOT_FOUND: QueueNotFoundError,
     ERR_LOCK_LOST: LockLostError,
+    ERR_QUEUE_FULL: QueueFullError,
     ERR_BAD_REQUEST: BrokerError,
     ERR_INTERNAL: BrokerError,
 }

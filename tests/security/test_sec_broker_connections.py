@@ -1,0 +1,96 @@
+"""More connections than the broker has file descriptors for do not lock it up (issue 15).
+
+The broker runs with a limit of 256 open files; 400 idle connections are opened to
+it (ZeroMQ sockets: each one closed by the broker reconnects at once); a fresh
+client must still get an answer, and a client that was already connected keeps
+being served.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import orjson
+import pytest
+import zmq
+
+from realtime_batch.transport.zeromq import wire
+
+FD_LIMIT = 256
+
+
+def _low_fd_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+
+
+@pytest.fixture
+def low_fd_broker(no_leaked_processes):
+    """A broker process limited to 256 open files; yields (process, tcp endpoint)."""
+    cmd = [sys.executable, "-m", "realtime_batch.transport.zeromq", "--bind", "tcp://127.0.0.1:0"]
+    env = {**os.environ, "RTBATCH_LOG_LEVEL": "INFO"}
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=_low_fd_limit,
+    )
+    try:
+        assert select.select([proc.stdout], [], [], 30)[0], "the broker did not start"
+        line = proc.stdout.readline()
+        assert line.startswith("READY "), line
+        yield proc, line.split()[1]
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=20)
+
+
+def answered(sock: zmq.Socket, rid: int) -> bool:
+    """A heartbeat request on ``sock`` is answered before a 10 s timeout."""
+    sock.send(wire.encode_request(wire.HEARTBEAT, rid, 1.0))
+    if not sock.poll(10_000):
+        return False
+    return orjson.loads(sock.recv_multipart()[0])[:2] == [rid, wire.OK]
+
+
+def test_a_fresh_client_is_answered_with_more_connections_than_file_descriptors(low_fd_broker):
+    proc, endpoint = low_fd_broker
+    contexts = [zmq.Context(), zmq.Context()]  # the flood has its own I/O thread
+    for context in contexts:
+        context.setsockopt(zmq.MAX_SOCKETS, 2048)
+    client_context, flood_context = contexts
+    sockets = []
+    try:
+
+        def connect(context: zmq.Context) -> zmq.Socket:
+            sock = context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(endpoint)
+            sockets.append(sock)
+            return sock
+
+        early = connect(client_context)
+        assert answered(early, 1)
+        for _ in range(400):  # idle connections: they never send a request
+            connect(flood_context)
+        time.sleep(2.0)  # let the broker's side take (or fail to take) them all
+        fresh = connect(client_context)
+        assert answered(fresh, 2), "a fresh client got no answer"
+        assert answered(early, 3), "a client connected before the flood got no answer"
+    finally:
+        for sock in sockets:
+            sock.close(0)
+        for context in contexts:
+            context.term()
+    assert proc.poll() is None, "the broker died"
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=20)
+    assert "connection cap of" in err, err  # the operator is told why clients were dropped
