@@ -54,6 +54,7 @@ from ..transport.errors import TransportClosedError, TransportError
 from ._admit import Admission
 from ._cancels import CancelRequests, receive_cancels
 from ._direct import DirectWorker, supports_direct
+from ._observe import REPORT_INTERVAL, engine_report
 from ._outbox import Outbox, settle_loop
 from ._pipeline import DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX, WorkerPipeline
 from .control import CONTROL_QUEUE
@@ -180,6 +181,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._receiver: threading.Thread | None = None
         self._receiving = threading.Event()
+        self._next_report = 0.0  # monotonic time of the next report (``_report``)
 
     def __repr__(self) -> str:
         return f"Engine({self.engine_id!r}, queue={self.queue!r})"
@@ -250,6 +252,8 @@ class Engine:
                 self.on_ready(self)
             while not self._stop_requested:
                 self._step(time.monotonic() + _POLL)
+                self._report()
+            self._report(force=True)
             self._drain()
         finally:
             self._shutdown()
@@ -279,11 +283,37 @@ class Engine:
                 self.on_ready(self)
             while not self._stop_requested:
                 direct.step(time.monotonic() + _POLL)
+                self._report()
+            self._report(force=True)
             logger.info("engine %s draining", self.engine_id)
             direct.drain(self.grace, lambda: self._force)
         finally:
             self._stop_receiver()
             direct.close()
+
+    @property
+    def current_task(self) -> str | None:
+        """Id of the task running now, if any."""
+        if self._direct is not None:
+            return self._direct.current_task()
+        inflight = self._pipeline.inflight
+        return inflight[0].task.task if inflight else None
+
+    def _report(self, *, force: bool = False) -> None:
+        """Tell the transport who this engine is and what it does (at most once a second)."""
+        now = time.monotonic()
+        if now < self._next_report and not force:
+            return
+        self._next_report = now + REPORT_INTERVAL
+        task = self.current_task
+        state = "draining" if self._stop_requested else "busy" if task is not None else "idle"
+        try:
+            report = engine_report(self.engine_id, state, task, self.tasks_done)
+            if self._direct is None:  # the outbox here sends every result: its counts too
+                report["busy"] = round(self._outbox.observer.busy_ratio(time.time()), 4)
+            self.transport.report_engine(report)
+        except Exception:  # a report is never worth stopping the engine for
+            logger.debug("engine %s: report failed", self.engine_id, exc_info=True)
 
     def _start_control(self) -> None:
         self._control = threading.Thread(

@@ -11,6 +11,7 @@ __all__ = [
     "LockLostError",
     "MessageTooLargeError",
     "QueueNotFoundError",
+    "StatsUnavailableError",
     "TransportClosedError",
     "TransportError",
     "TransportTimeoutError",
@@ -53,3 +54,7 @@ class QueueNotFoundError(TransportError, LookupError):
 
 class TransportTimeoutError(TransportError, TimeoutError):
     """An operation on the broker or service did not complete in time."""
+
+
+class StatsUnavailableError(TransportError, NotImplementedError):
+    """The transport cannot report statistics (``Transport.stats``)."""

@@ -39,6 +39,7 @@ import zmq
 
 from ..base import DEFAULT_MAX_MESSAGE_SIZE, QueueOptions
 from ..errors import LockLostError, QueueNotFoundError
+from ..stats import EngineTable, TransportStats
 from ..store import Grant, QueueStore
 from . import wire
 
@@ -60,6 +61,7 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
 _EVENTS = int(zmq.EVENTS)  # requests handled per wake-up before timers run again
 _PURGE_INTERVAL = 1.0  # seconds between sweeps of expired messages nobody receives
+_STATS_INTERVAL = 1.0  # seconds between the snapshots kept in ``last_stats``
 #: Seconds the loop keeps polling for the next request before sleeping (see above).
 DEFAULT_SPIN = 300e-6
 
@@ -159,6 +161,12 @@ class Broker:
         self._next_purge = 0.0
         self.requests_handled = 0
         self.bad_requests = 0
+        self.started = time.time()
+        #: engines that reported themselves on their heartbeats (``stats``)
+        self.engines = EngineTable()
+        #: the last ``stats()`` taken by the loop, read by other threads (metrics)
+        self.last_stats: TransportStats | None = None
+        self._next_stats = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -215,6 +223,23 @@ class Broker:
                 logger.exception("unexpected error in the broker loop; serving on")
         logger.info("broker %s stopped", self.epoch[:8])
 
+    def stats(self, now: float | None = None) -> TransportStats:
+        """The store's queues and mailboxes, the engines that reported, and the loop's
+        counters (call on the loop's thread; other threads read ``last_stats``)."""
+        now = time.time() if now is None else now
+        queues, mailboxes = self.store.queue_stats()
+        return TransportStats(
+            transport="zmq",
+            url=self.endpoint,
+            queues=queues,
+            engines=self.engines.stats(now),
+            mailboxes=mailboxes,
+            uptime=now - self.started,
+            connections=len(self._last_seen),
+            requests=self.requests_handled,
+            taken_at=now,
+        )
+
     # -- timers --------------------------------------------------------------------------------
     def _timers(self, now: float) -> float:
         """Run due timers; return seconds until the next one (capped)."""
@@ -238,6 +263,9 @@ class Broker:
             self._serve_ready(now)
         if self.journal is not None:
             self.journal.flush()
+        if now >= self._next_stats:  # for readers on other threads (the metrics endpoint)
+            self.last_stats = self.stats(now)
+            self._next_stats = now + _STATS_INTERVAL
         wake = self._next_owner_check
         if next_lease is not None:
             wake = min(wake, next_lease)
@@ -260,6 +288,7 @@ class Broker:
                 logger.info("client %s went silent: released %d lease(s)", owner.hex(), released)
 
     def _forget_owner(self, owner: bytes) -> None:
+        self.engines.owner_gone(owner)
         self._last_seen.pop(owner, None)
         self._owner_interval.pop(owner, None)
         for name, waiters in list(self._waiting.items()):
@@ -335,7 +364,11 @@ class Broker:
         if command == wire.HEARTBEAT:
             interval = min(max(float(args[0]), 0.01), 3600.0)
             self._owner_interval[owner] = interval
+            if len(args) > 1:
+                self.engines.update(args[1], now, owner)
             return wire.encode_reply(rid, self.epoch, self.max_message_size)
+        if command == wire.STATS:  # admin-only once CURVE roles exist (see the lead's notes)
+            return wire.encode_reply(rid, self.stats(now).to_dict())
         if command == wire.DECLARE:
             name, lock_duration, max_delivery_count = args
             if lock_duration <= 0 or max_delivery_count < 1:
