@@ -162,6 +162,11 @@ class LocalPool(Pool):
             on ``zmq://``) or through their engine (relay); see docs/engine.md.
         broker_args: extra command-line arguments for the broker (e.g. ``["--data-dir", d]``).
         start_broker: start a broker for a ``zmq://`` URL with an explicit port.
+        keep_logs: keep the temporary pool directory (``root``: node-*/engine.log and
+            broker.log) after ``close`` so that ``rtbatch logs --local`` can read them;
+            a ``root`` you give is always kept.
+        metrics_port: serve Prometheus metrics: the broker on this port and engine N
+            (node-N) on ``metrics_port + 1 + N`` (0: every one on a free port, logged).
     """
 
     def __init__(
@@ -183,6 +188,8 @@ class LocalPool(Pool):
         start_broker: bool = True,
         env: dict[str, str] | None = None,
         worker_mode: str = "auto",
+        keep_logs: bool = False,
+        metrics_port: int | None = None,
     ) -> None:
         if engines < 0:
             raise ValueError("engines must be >= 0")
@@ -201,7 +208,8 @@ class LocalPool(Pool):
         self.default_timeout = default_timeout
         self.restart_dead = restart_dead
         self._env = {**os.environ, **(env or {})}
-        self._own_root = root is None
+        self._own_root = root is None and not keep_logs
+        self.metrics_port = metrics_port
         self.root = Path(tempfile.mkdtemp(prefix="rtbatch-pool-") if root is None else root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._task_files = [Path(f) for f in task_files]
@@ -210,6 +218,8 @@ class LocalPool(Pool):
         self._closed = False
         self._broker: _Proc | None = None
         self._broker_args = list(broker_args)
+        if metrics_port is not None:
+            self._broker_args += ["--metrics-port", str(metrics_port)]
         self._engines: list[Any] = []  # _Proc, or an in-process Engine (memory://)
         self._memory_transports: list[Any] = []
         self._next_node = 0
@@ -346,6 +356,10 @@ class LocalPool(Pool):
             argv += ["--default-timeout", str(self.default_timeout)]
         if self.worker_mode != "auto":
             argv += ["--worker-mode", self.worker_mode]
+        if self.metrics_port is not None:  # before the last option: argv[-1] names the engine
+            index = int(node.name.rpartition("-")[2])
+            port = self.metrics_port + 1 + index if self.metrics_port else 0
+            argv[3:3] = ["--metrics-port", str(port)]
         return argv
 
     def _spawn(self) -> Any:
@@ -499,6 +513,8 @@ class LocalPool(Pool):
             self._broker.stop()
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
+        else:
+            log.info("pool directory kept: %s (rtbatch logs --local --pool-dir it)", self.root)
 
     def __enter__(self) -> LocalPool:
         return self

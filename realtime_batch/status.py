@@ -1,0 +1,198 @@
+"""``rtbatch status`` and ``rtbatch top``: what the transport says about queues and engines.
+
+Both read ``Transport.stats()`` (``transport/stats.py``); ``status`` prints it
+once (as tables, or JSON with ``--json``), ``top`` redraws it every second with
+``rich.live`` until Ctrl-C. Rates are the differences between two snapshots.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Callable
+
+import attrs
+import click
+import orjson
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from realtime_batch.dlq_cli import _transport_url
+from realtime_batch.transport import TransportError, open_transport
+from realtime_batch.transport.stats import QueueStats, TransportStats
+
+__all__ = [
+    "QueueRates", "collect", "queue_rates", "render", "status", "top", "transport_options",
+]  # fmt: skip
+
+
+@attrs.frozen
+class QueueRates:
+    """One queue's traffic between two snapshots.
+
+    Attributes:
+        sent: messages sent per second.
+        completed: messages completed per second.
+        latency: mean seconds from enqueue to completion of those completed (None: none).
+    """
+
+    sent: float | None
+    completed: float | None
+    latency: float | None
+
+
+def _per_second(new: int | None, old: int | None, seconds: float) -> float | None:
+    if new is None or old is None or seconds <= 0:
+        return None
+    return max(0, new - old) / seconds
+
+
+def queue_rates(current: TransportStats, previous: TransportStats | None) -> dict[str, QueueRates]:
+    """Rates per queue between ``previous`` and ``current`` (since start without one)."""
+    rates = {}
+    before = {q.name: q for q in previous.queues} if previous is not None else {}
+    for queue in current.queues:
+        old = before.get(queue.name)
+        if previous is not None and old is not None:
+            seconds = current.taken_at - previous.taken_at
+        else:  # the broker's whole life
+            seconds = current.uptime or 0.0
+            old = QueueStats(queue.name, sent=0, completed=0, latency_sum=0.0)
+        done = (queue.completed or 0) - (old.completed or 0)
+        latency = (queue.latency_sum - old.latency_sum) / done if done > 0 else None
+        rates[queue.name] = QueueRates(
+            _per_second(queue.sent, old.sent, seconds),
+            _per_second(queue.completed, old.completed, seconds),
+            latency,
+        )
+    return rates
+
+
+def collect(url: str, timeout: float = 5.0) -> TransportStats:
+    """Open the transport at ``url``, take its ``stats()`` and close it.
+
+    Raises:
+        TransportError: the transport cannot report (``StatsUnavailableError``) or
+            could not be reached in ``timeout`` seconds.
+    """
+    with open_transport(url, request_timeout=timeout) as transport:
+        return transport.stats()
+
+
+def _fmt(value: float | int | None, spec: str = "") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _ago(then: float, now: float) -> str:
+    return f"{max(0.0, now - then):.1f}s ago" if then else "—"
+
+
+def _uptime(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    return str(datetime.timedelta(seconds=int(seconds)))
+
+
+def render(stats: TransportStats, previous: TransportStats | None = None) -> RenderableType:
+    """Tables of queues, engines and mailboxes, with rates since ``previous``."""
+    now = stats.taken_at
+    rates = queue_rates(stats, previous)
+    summary = Text.assemble(
+        (f"{stats.transport} ", "bold"),
+        f"{stats.url}  uptime {_uptime(stats.uptime)}",
+        f"  connections {_fmt(stats.connections)}  requests {_fmt(stats.requests)}",
+    )
+    queues = Table(title="Queues", title_justify="left", expand=False)
+    for column in ("queue", "depth", "leased", "DLQ", "mbox", "sent", "done", "sent/s",
+                   "done/s", "latency"):  # fmt: skip
+        queues.add_column(column, justify="left" if column == "queue" else "right")
+    for q in stats.queues:
+        r = rates[q.name]
+        latency = None if r.latency is None else f"{r.latency * 1000:.1f} ms"
+        queues.add_row(q.name, _fmt(q.depth), _fmt(q.leased), _fmt(q.dead_letter),
+                       _fmt(q.groups), _fmt(q.sent), _fmt(q.completed), _fmt(r.sent, ".1f"),
+                       _fmt(r.completed, ".1f"), latency or "—")  # fmt: skip
+    engines = Table(title="Engines", title_justify="left")
+    for column in ("engine", "host", "state", "task", "done", "failed", "busy", "last heartbeat"):
+        engines.add_column(column)
+    for e in stats.engines:
+        busy = None if e.busy_ratio is None else f"{e.busy_ratio:.0%}"
+        engines.add_row(e.id, e.host, e.state, e.task or "", str(e.tasks_done),
+                        str(e.tasks_failed), busy or "—", _ago(e.last_seen, now))  # fmt: skip
+    parts: list[RenderableType] = [summary, queues, engines]
+    if not stats.engines:
+        parts.append(Text("no engine has reported itself", style="dim"))
+    if stats.mailboxes:
+        mailboxes = Table(title="Mailboxes with pending results", title_justify="left")
+        for column in ("queue", "group (session)", "waiting"):
+            mailboxes.add_column(column)
+        for m in stats.mailboxes:
+            mailboxes.add_row(m.queue, m.group, str(m.depth))
+        parts.append(mailboxes)
+    parts.extend(Text(f"note: {note}", style="dim") for note in stats.notes)
+    return Group(*parts)
+
+
+def transport_options(function: Callable[..., None]) -> Callable[..., None]:
+    """The ``--transport`` and ``--timeout`` options of status, top and dashboard."""
+    function = click.option(
+        "--timeout",
+        type=click.FloatRange(min=0.1),
+        default=5.0,
+        show_default=True,
+        help="Seconds to wait for the broker or service.",
+    )(function)
+    return click.option(
+        "--transport",
+        "url",
+        default=None,
+        help="Transport URL (default: rtbatch.toml / RTBATCH_TRANSPORT).",
+    )(function)
+
+
+def _collect_or_fail(url: str, timeout: float) -> TransportStats:
+    try:
+        return collect(url, timeout)
+    except TransportError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+
+
+@click.command("status")
+@transport_options
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+def status(url: str | None, timeout: float, as_json: bool) -> None:
+    """Show queues (depth, in flight, dead letters), engines and mailboxes once."""
+    stats = _collect_or_fail(_transport_url(url), timeout)
+    if as_json:
+        click.echo(orjson.dumps(stats.to_dict(), option=orjson.OPT_INDENT_2).decode())
+        return
+    Console().print(render(stats))
+
+
+@click.command("top")
+@transport_options
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="Seconds between refreshes.")  # fmt: skip
+@click.option("--once", is_flag=True, help="Draw one frame and exit (for scripts and tests).")
+def top(url: str | None, timeout: float, interval: float, once: bool) -> None:
+    """Show the same as status, live, refreshed every second (Ctrl-C exits)."""
+    url = _transport_url(url)
+    console = Console()
+    try:
+        with open_transport(url, request_timeout=timeout) as transport:
+            previous = None
+            stats = transport.stats()
+            if once:
+                console.print(render(stats))
+                return
+            with Live(render(stats), console=console, auto_refresh=False) as live:
+                while True:
+                    time.sleep(interval)
+                    previous, stats = stats, transport.stats()
+                    live.update(render(stats, previous), refresh=True)
+    except TransportError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+    except KeyboardInterrupt:
+        pass  # Ctrl-C: Live restored the terminal on the way out
