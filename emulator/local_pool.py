@@ -91,7 +91,8 @@ class _Proc:
         return self.popen.poll() is None
 
     def wait_ready(self, timeout: float, what: str) -> str:
-        if not self.ready.wait(timeout) or (not self.alive() and not self.ready_line):
+        # no ready line: timed out, or its stdout ended (it exited, perhaps not reaped yet)
+        if not self.ready.wait(timeout) or not self.ready_line:
             tail = self.log_path.read_text(errors="replace")[-2000:]
             self.stop(0)
             raise OrchestratorError(f"{what} did not start (see {self.log_path}):\n{tail}")

@@ -67,6 +67,10 @@ function chart(svgId, history, pick, queues) {
     const color = COLORS[i % COLORS.length];
     svg.appendChild(svgEl("polyline", {points: points.join(" "), fill: "none",
                                        stroke: color, "stroke-width": 1.5}));
+    for (const point of points) {  // a lone sample (e.g. one burst) shows as a dot
+      const [x, y] = point.split(",");
+      svg.appendChild(svgEl("circle", {cx: x, cy: y, r: 2, fill: color}));
+    }
     const legend = svgEl("text", {x: W - 150, y: 12 + 12 * i, "font-size": 11, fill: color});
     legend.textContent = q;
     svg.appendChild(legend);
