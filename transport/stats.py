@@ -112,8 +112,8 @@ class EngineStats:
     Attributes:
         id: engine id.
         host: host name.
-        state: ``starting``, ``idle``, ``busy``, ``draining``, ``stopped`` or ``gone``
-            (silent: its connection ended without a goodbye).
+        state: ``idle``, ``busy``, ``draining``, ``stopped`` (its connection said
+            goodbye) or ``gone`` (its connection went silent).
         task: id of the task it runs, if any.
         tasks_done: tasks it has finished.
         tasks_failed: tasks that ended in an error.
@@ -262,12 +262,13 @@ class EngineTable:
             self._owners[owner] = engine_id
         return True
 
-    def owner_gone(self, owner: Any) -> None:
-        """The connection ``owner`` went silent: its engine, if any, is ``gone``."""
+    def owner_gone(self, owner: Any, state: str = "gone") -> None:
+        """The connection ``owner`` ended: its engine, if any, is ``gone`` (silent) or
+        ``stopped`` (it said goodbye)."""
         engine_id = self._owners.pop(owner, None)
         entry = self._engines.get(engine_id) if engine_id is not None else None
-        if entry is not None and entry.get("state") not in ("stopped",):
-            entry["state"] = "gone"
+        if entry is not None:
+            entry["state"] = state
             entry["task"] = None
 
     def stats(self, now: float) -> list[EngineStats]:

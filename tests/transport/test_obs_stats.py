@@ -139,16 +139,22 @@ def test_zmq_stats_name_the_client_url_and_count_connections(zmq_url):
     assert stats.requests >= 1
 
 
-def test_a_silent_engine_is_marked_gone(zmq_url):
-    t = open_transport(zmq_url, heartbeat_interval=0.1)
-    t.report_engine({"id": "e-gone", "state": "idle", "done": 0})
+def test_an_engine_that_closes_is_stopped_and_a_silent_one_gone(zmq_url):
+    closing = open_transport(zmq_url, heartbeat_interval=0.1)
+    closing.report_engine({"id": "e-closed", "state": "idle", "done": 0})
+    silent = open_transport(zmq_url, heartbeat_interval=0.1)
+    silent.report_engine({"id": "e-silent", "state": "busy", "task": "t1", "done": 0})
+
+    def states():
+        return {e.id: (e.state, e.task) for e in watcher.stats().engines}
+
     with open_transport(zmq_url) as watcher:
-        _wait_for(lambda: watcher.stats().engines, "the engine's report")
-        t.close()  # says goodbye: the broker forgets the connection
-        gone = _wait_for(
-            lambda: [e for e in watcher.stats().engines if e.state == "gone"], "'gone'"
-        )
-    assert gone[0].id == "e-gone"
+        _wait_for(lambda: len(watcher.stats().engines) == 2, "both reports")
+        closing.close()  # says goodbye (BYE)
+        _wait_for(lambda: states()["e-closed"][0] == "stopped", "'stopped'")
+        silent._context.destroy(linger=0)  # dies without a goodbye: heartbeats stop
+        assert _wait_for(lambda: states()["e-silent"] == ("gone", None), "'gone'")
+    silent.close()
 
 
 def test_base_transport_refuses_stats_with_a_transport_error():

@@ -287,8 +287,8 @@ class Broker:
             if released:
                 logger.info("client %s went silent: released %d lease(s)", owner.hex(), released)
 
-    def _forget_owner(self, owner: bytes) -> None:
-        self.engines.owner_gone(owner)
+    def _forget_owner(self, owner: bytes, engine_state: str = "gone") -> None:
+        self.engines.owner_gone(owner, engine_state)
         self._last_seen.pop(owner, None)
         self._owner_interval.pop(owner, None)
         for name, waiters in list(self._waiting.items()):
@@ -400,7 +400,7 @@ class Broker:
                     pass
             return None
         if command == wire.BYE:
-            self._forget_owner(owner)
+            self._forget_owner(owner, "stopped")
             return None
         raise AssertionError(f"unhandled command {command}")  # decode_request prevents this
 
