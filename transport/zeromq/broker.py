@@ -164,7 +164,9 @@ class Broker:
         self.started = time.time()
         #: engines that reported themselves on their heartbeats (``stats``)
         self.engines = EngineTable()
-        #: the last ``stats()`` taken by the loop, read by other threads (metrics)
+        #: take ``stats()`` once a second into ``last_stats`` for other threads (metrics);
+        #: off by default: it walks every queue, lease and group
+        self.keep_stats = False
         self.last_stats: TransportStats | None = None
         self._next_stats = 0.0
 
@@ -263,7 +265,7 @@ class Broker:
             self._serve_ready(now)
         if self.journal is not None:
             self.journal.flush()
-        if now >= self._next_stats:  # for readers on other threads (the metrics endpoint)
+        if self.keep_stats and now >= self._next_stats:  # for the metrics endpoint's thread
             self.last_stats = self.stats(now)
             self._next_stats = now + _STATS_INTERVAL
         wake = self._next_owner_check

@@ -149,6 +149,7 @@ def broker(
     if metrics_port is not None:
         from ..metrics import StatsCollector, serve_metrics
 
+        server.keep_stats = True
         try:
             metrics, _thread = serve_metrics(
                 metrics_port, StatsCollector(lambda: server.last_stats), metrics_host
