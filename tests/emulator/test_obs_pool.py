@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -17,7 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 from click.testing import CliRunner
-from prometheus_client.parser import text_string_to_metric_families
+from obs_helpers import scrape, wait_for
 
 import realtime_batch as rb
 from realtime_batch.cli import main
@@ -31,16 +30,6 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 METRICS_LINE = re.compile(r"metrics on (http://127\.0\.0\.1:\d+/metrics)")
 
 pytestmark = pytest.mark.usefixtures("no_leaked_processes")
-
-
-def _wait_for(predicate, what: str, timeout: float = 30.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +46,7 @@ def pool():
             assert error is not None and marker in str(error)
         with open_transport(pool.transport_url) as t:
             t.send(pool.queue, Message(b"not a task", id="garbage-1"))
-            _wait_for(lambda: _queue(t.stats(), pool.queue).dead_letter, "the dead letter")
+            wait_for(lambda: _queue(t.stats(), pool.queue).dead_letter, "the dead letter")
         pool.marker = marker
         yield pool
 
@@ -79,7 +68,7 @@ def _engines_with_failure(url: str, marker: str):
 
 
 def test_engines_report_themselves_and_their_failures(pool):
-    stats = _wait_for(lambda: _engines_with_failure(pool.transport_url, pool.marker),
+    stats = wait_for(lambda: _engines_with_failure(pool.transport_url, pool.marker),
                       "both engines and the failure")  # fmt: skip
     pids = sorted(pool.engine_pids())
     assert sorted(int(e.id.rsplit("-", 1)[1]) for e in stats.engines) == pids
@@ -97,7 +86,7 @@ def test_relay_engines_report_too(tmp_path):
     with rb.LocalPool(engines=1, task_files=[TASKS / "boom.py"], worker_mode="relay") as pool:
         with rb.Session(pool) as session:
             assert session.submit("boom.py", "relayed").exception(timeout=60) is not None
-        stats = _wait_for(lambda: _engines_with_failure_one(pool.transport_url), "the report")
+        stats = wait_for(lambda: _engines_with_failure_one(pool.transport_url), "the report")
     [engine] = stats.engines
     assert engine.tasks_done == 1 and engine.tasks_failed == 1
     assert engine.state == "idle" and engine.task is None
@@ -112,29 +101,19 @@ def _engines_with_failure_one(url):
     return stats if done else None
 
 
-def _scrape(url: str) -> dict[str, list]:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    samples: dict[str, list] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append(sample)
-    return samples
-
-
 def _metrics_urls(log: Path) -> list[str]:
     return METRICS_LINE.findall(log.read_text(errors="replace"))
 
 
 def test_broker_metrics_in_prometheus_format(pool):
-    [url] = _wait_for(lambda: _metrics_urls(pool.root / "broker.log"), "the metrics line")
+    [url] = wait_for(lambda: _metrics_urls(pool.root / "broker.log"), "the metrics line")
 
     def scraped():
-        samples = _scrape(url)
+        samples = scrape(url)
         failed = samples.get("rtbatch_engine_tasks_failed_total", [])
         return samples if sum(s.value for s in failed) >= 1 else None
 
-    samples = _wait_for(scraped, "the engines' failure count")
+    samples = wait_for(scraped, "the engines' failure count")
     by_queue = {s.labels["queue"]: s.value for s in samples["rtbatch_tasks_completed_total"]}
     assert by_queue[pool.queue] >= 21
     received = {s.labels["queue"]: s.value for s in samples["rtbatch_tasks_received_total"]}
@@ -156,11 +135,11 @@ def test_broker_metrics_in_prometheus_format(pool):
 
 def test_engine_metrics_in_prometheus_format(pool):
     logs = sorted(pool.root.glob("node-*/engine.log"))
-    urls = [_wait_for(lambda p=p: _metrics_urls(p), f"metrics in {p}")[0] for p in logs]
+    urls = [wait_for(lambda p=p: _metrics_urls(p), f"metrics in {p}")[0] for p in logs]
     assert len(urls) == 2
     done = 0.0
     for url in urls:
-        samples = _scrape(url)
+        samples = scrape(url)
         [sample] = samples["rtbatch_engine_tasks_done_total"]
         assert sample.labels["engine"]
         done += sample.value
@@ -242,14 +221,14 @@ def test_pool_log_files_and_tail(tmp_path):
 # -- the dashboard ---------------------------------------------------------------------------
 @pytest.fixture
 def dashboard(pool):
-    _wait_for(lambda: _engines_with_failure(pool.transport_url, pool.marker), "the reports")
+    wait_for(lambda: _engines_with_failure(pool.transport_url, pool.marker), "the reports")
     transport = open_transport(pool.transport_url)
     sampler = Sampler(transport, interval=0.2).start()
     server = DashboardServer(sampler, "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        _wait_for(lambda: len(sampler.view()["history"]) >= 3, "a few samples")
+        wait_for(lambda: len(sampler.view()["history"]) >= 3, "a few samples")
         yield server
     finally:
         server.shutdown()
@@ -304,7 +283,7 @@ def test_dashboard_in_headless_chromium(pool, dashboard, tmp_path):
         points = dashboard.sampler.view()["history"]
         return any((p["queues"][pool.queue]["done"] or 0) > 0 for p in points[-10:])
 
-    _wait_for(sampled_throughput, "a sample with tasks completed")
+    wait_for(sampled_throughput, "a sample with tasks completed")
     base = [
         CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -5,13 +5,12 @@ and the engine CLI's refusal of a metrics port in use."""
 from __future__ import annotations
 
 import socket
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from prometheus_client.parser import text_string_to_metric_families
+from obs_helpers import scrape
 
 import realtime_batch as rb
 from realtime_batch.cli import main
@@ -19,16 +18,6 @@ from realtime_batch.engine import Engine
 from realtime_batch.engine.metrics import serve_engine_metrics
 
 TASKS = Path(__file__).parent / "tasks"
-
-
-def _scrape(url: str) -> dict[str, list]:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    samples: dict[str, list] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append(sample)
-    return samples
 
 
 def test_engine_metrics_count_results_retries_and_durations(tmp_path):
@@ -42,7 +31,7 @@ def test_engine_metrics_count_results_retries_and_durations(tmp_path):
             assert session.submit("fail.py").exception(timeout=30) is not None
             flaky = session.submit("fail.py", "FlakyError", retry_on=["FlakyError"], max_retries=1)
             assert flaky.exception(timeout=30) is not None
-        samples = _scrape(f"http://127.0.0.1:{server.server_port}/metrics")
+        samples = scrape(f"http://127.0.0.1:{server.server_port}/metrics")
     finally:
         server.shutdown()
         thread.join(5)

@@ -4,12 +4,12 @@ reports carried by heartbeats, the STATS wire command, and refusals."""
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 
 import orjson
 import pytest
+from obs_helpers import wait_for
 
 from realtime_batch.transport import (
     Message,
@@ -55,16 +55,6 @@ def transport(request, zmq_url) -> Iterator[Transport]:
         t.close()
 
 
-def _wait_for(predicate, what: str, timeout: float = 10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_stats_counts_depth_leases_dead_letters_and_mailboxes(transport):
     transport.declare_queue("tasks", max_delivery_count=1)
     transport.declare_queue("results", grouped=True)
@@ -108,7 +98,7 @@ def test_engine_reports_reach_the_stats(transport):
         engines = transport.stats().engines
         return engines[0] if engines and engines[0].tasks_failed else None
 
-    seen = _wait_for(engine, "the engine's report")
+    seen = wait_for(engine, "the engine's report")
     assert (seen.id, seen.host, seen.state, seen.task, seen.tasks_done) == (
         "node-a-1", "node-a", "busy", "t-42", 7,
     )  # fmt: skip
@@ -123,7 +113,7 @@ def test_stats_record_round_trips_through_json(transport):
     transport.declare_queue("tasks")
     transport.send("tasks", Message(b"x", group="g"))
     transport.report_engine({"id": "e", "state": "idle", "failed": 0, "failures": []})
-    _wait_for(lambda: transport.stats().engines, "the engine's report")
+    wait_for(lambda: transport.stats().engines, "the engine's report")
     stats = transport.stats()
     again = TransportStats.from_dict(orjson.loads(orjson.dumps(stats.to_dict())))
     assert again == stats
@@ -149,11 +139,11 @@ def test_an_engine_that_closes_is_stopped_and_a_silent_one_gone(zmq_url):
         return {e.id: (e.state, e.task) for e in watcher.stats().engines}
 
     with open_transport(zmq_url) as watcher:
-        _wait_for(lambda: len(watcher.stats().engines) == 2, "both reports")
+        wait_for(lambda: len(watcher.stats().engines) == 2, "both reports")
         closing.close()  # says goodbye (BYE)
-        _wait_for(lambda: states()["e-closed"][0] == "stopped", "'stopped'")
+        wait_for(lambda: states()["e-closed"][0] == "stopped", "'stopped'")
         silent._context.destroy(linger=0)  # dies without a goodbye: heartbeats stop
-        assert _wait_for(lambda: states()["e-silent"] == ("gone", None), "'gone'")
+        assert wait_for(lambda: states()["e-silent"] == ("gone", None), "'gone'")
     silent.close()
 
 
