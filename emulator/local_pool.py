@@ -200,6 +200,12 @@ class LocalPool(Pool):
             )
         self.worker_mode = worker_mode
         self._scheme = registered_scheme(transport)
+        if metrics_port is not None and self._scheme == "memory":
+            raise ValueError(
+                "metrics_port needs engine processes (zmq:// or Service Bus); memory:// "
+                "engines are threads of this process: serve one with "
+                "realtime_batch.engine.metrics.serve_engine_metrics"
+            )
         self._url = transport
         self._job = job or f"job-{uuid.uuid4().hex[:8]}"
         self.queue = queue

@@ -190,7 +190,12 @@ def top(url: str | None, timeout: float, interval: float, once: bool) -> None:
             with Live(render(stats), console=console, auto_refresh=False) as live:
                 while True:
                     time.sleep(interval)
-                    previous, stats = stats, transport.stats()
+                    try:
+                        previous, stats = stats, transport.stats()
+                    except TransportError as exc:  # e.g. a broker restarting: try again
+                        failed = Text(f"{type(exc).__name__}: {exc} (retrying)", style="red")
+                        live.update(Group(render(stats), failed), refresh=True)
+                        continue
                     live.update(render(stats, previous), refresh=True)
     except TransportError as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc

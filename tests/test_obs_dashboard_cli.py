@@ -55,12 +55,12 @@ def test_dashboard_refuses_a_port_in_use():
 
 
 def test_dashboard_names_an_unreachable_broker():
-    from conftest import free_port
-
-    result = CliRunner().invoke(main, [
-        "dashboard", "--transport", f"zmq://127.0.0.1:{free_port()}", "--timeout", "0.5",
-        "--port", "0",
-    ])  # fmt: skip
+    with socket.socket() as reserved:  # bound, not listening: connections are refused
+        reserved.bind(("127.0.0.1", 0))
+        result = CliRunner().invoke(main, [
+            "dashboard", "--transport", f"zmq://127.0.0.1:{reserved.getsockname()[1]}",
+            "--timeout", "0.5", "--port", "0",
+        ])  # fmt: skip
     assert result.exit_code == 1
     assert "stats to the broker" in result.output
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import uuid
 
@@ -77,6 +78,29 @@ def test_top_exits_cleanly_on_ctrl_c(memory_setup, monkeypatch):
     assert "node-0-4242" in result.output
 
 
+def test_top_shows_a_failed_refresh_and_keeps_going(memory_setup, monkeypatch):
+    url, _t, _leased = memory_setup
+    from realtime_batch.transport import TransportError
+    from realtime_batch.transport.memory import MemoryTransport
+
+    real = MemoryTransport.stats
+    # the last frame drawn is what a non-terminal output keeps: the failed refresh's
+    outcomes = iter(["real", TransportError("broker away"), KeyboardInterrupt()])
+
+    def stats(self):
+        outcome = next(outcomes)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return real(self)
+
+    monkeypatch.setattr(MemoryTransport, "stats", stats)
+    monkeypatch.setattr("realtime_batch.status.time.sleep", lambda _s: None)
+    result = invoke("top", "--transport", url)
+    assert result.exit_code == 0, result.output
+    assert "TransportError: broker away (retrying)" in result.output
+    assert next(outcomes, None) is None  # it asked again after the failure
+
+
 def test_status_over_zmq_asks_the_broker():
     broker = Broker("tcp://127.0.0.1:0")
     thread = threading.Thread(target=broker.run, daemon=True)
@@ -105,10 +129,10 @@ def test_status_refuses_an_unknown_scheme_in_one_line():
 
 
 def test_status_names_an_unreachable_broker():
-    from conftest import free_port
-
-    url = f"zmq://127.0.0.1:{free_port()}"
-    result = invoke("status", "--transport", url, "--timeout", "0.5")
+    with socket.socket() as reserved:  # bound, not listening: connections are refused
+        reserved.bind(("127.0.0.1", 0))
+        url = f"zmq://127.0.0.1:{reserved.getsockname()[1]}"
+        result = invoke("status", "--transport", url, "--timeout", "0.5")
     assert result.exit_code == 1
     assert "Error:" in result.output and "stats" in result.output
 

@@ -24,6 +24,7 @@ import attrs
 __all__ = [
     "ENGINE_GONE_AFTER",
     "LATENCY_BUCKETS",
+    "MAX_ENGINES",
     "MAX_FAILURES",
     "EngineStats",
     "EngineTable",
@@ -43,6 +44,8 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 MAX_FAILURES = 10
 #: Seconds after its last report that an engine is dropped from the table.
 ENGINE_GONE_AFTER = 300.0
+#: Engines a table keeps at most (reports under further ids are dropped).
+MAX_ENGINES = 10_000
 _TRACEBACK_LIMIT = 4000
 _TEXT_LIMIT = 500
 
@@ -233,7 +236,13 @@ class EngineTable:
         if not isinstance(report, Mapping) or not isinstance(report.get("id"), str):
             return False
         engine_id = report["id"][:200]
-        entry = self._engines.setdefault(engine_id, {"id": engine_id})
+        entry = self._engines.get(engine_id)
+        if entry is None:
+            if len(self._engines) >= MAX_ENGINES:
+                self._drop_silent(now)
+                if len(self._engines) >= MAX_ENGINES:
+                    return False
+            entry = self._engines[engine_id] = {"id": engine_id}
         for key in ("host", "state"):
             if isinstance(report.get(key), str):
                 entry[key] = report[key][:200]
@@ -271,9 +280,12 @@ class EngineTable:
             entry["state"] = state
             entry["task"] = None
 
-    def stats(self, now: float) -> list[EngineStats]:
-        """The engines heard from in the last ``ENGINE_GONE_AFTER`` seconds, by id."""
+    def _drop_silent(self, now: float) -> None:
         for engine_id in [k for k, v in self._engines.items()
                           if now - v["last_seen"] > ENGINE_GONE_AFTER]:  # fmt: skip
             del self._engines[engine_id]
+
+    def stats(self, now: float) -> list[EngineStats]:
+        """The engines heard from in the last ``ENGINE_GONE_AFTER`` seconds, by id."""
+        self._drop_silent(now)
         return [_build(EngineStats, entry) for _, entry in sorted(self._engines.items())]

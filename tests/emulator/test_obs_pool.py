@@ -159,6 +159,11 @@ def test_metrics_port_in_use_is_refused_clearly(tmp_path):
             rb.LocalPool(engines=0, metrics_port=port, root=tmp_path)
 
 
+def test_metrics_port_is_refused_for_in_process_engines():
+    with pytest.raises(ValueError, match="metrics_port needs engine processes"):
+        rb.LocalPool(engines=1, transport="memory://obs-metrics", metrics_port=0)
+
+
 # -- logs --local -------------------------------------------------------------------------
 def test_keep_logs_leaves_the_logs_for_rtbatch_logs_local():
     with rb.LocalPool(engines=1, task_files=[TASKS / "echo.py"], keep_logs=True) as pool:

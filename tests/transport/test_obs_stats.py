@@ -184,6 +184,17 @@ def test_engine_table_drops_fields_of_the_wrong_type_and_cuts_long_ones():
     assert all(len(f.traceback) <= 4000 for f in engine.failures)
 
 
+def test_engine_table_keeps_a_bounded_number_of_engines(monkeypatch):
+    monkeypatch.setattr("realtime_batch.transport.stats.MAX_ENGINES", 3)
+    table = EngineTable()
+    for name in "abc":
+        assert table.update({"id": name}, 1.0)
+    assert table.update({"id": "d"}, 2.0) is False  # full: a new id is dropped
+    assert table.update({"id": "a", "state": "busy"}, 2.0)  # a known one still updates
+    assert table.update({"id": "d"}, 1000.0)  # the silent ones made room
+    assert [e.id for e in table.stats(1000.0)] == ["d"]
+
+
 def test_heartbeat_takes_a_report_and_nothing_else():
     ok = wire.decode_request([wire.encode_request(wire.HEARTBEAT, 1, 1.0, {"id": "e"})], 100)
     assert ok.args == [1.0, {"id": "e"}]
