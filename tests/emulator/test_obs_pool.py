@@ -159,6 +159,12 @@ def test_metrics_port_in_use_is_refused_clearly(tmp_path):
             rb.LocalPool(engines=0, metrics_port=port, root=tmp_path)
 
 
+def test_a_broker_that_exits_at_once_is_named_not_an_index_error(tmp_path):
+    with pytest.raises(OrchestratorError, match="the ZeroMQ broker did not start") as info:
+        rb.LocalPool(engines=0, broker_args=["--no-such-option"], root=tmp_path)
+    assert "No such option '--no-such-option'" in str(info.value)
+
+
 def test_metrics_port_is_refused_for_in_process_engines():
     with pytest.raises(ValueError, match="metrics_port needs engine processes"):
         rb.LocalPool(engines=1, transport="memory://obs-metrics", metrics_port=0)
