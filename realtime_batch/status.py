@@ -8,8 +8,10 @@ once (as tables, or JSON with ``--json``), ``top`` redraws it every second with
 from __future__ import annotations
 
 import datetime
+import functools
 import time
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 import click
@@ -20,12 +22,18 @@ from rich.table import Table
 from rich.text import Text
 
 from realtime_batch.dlq_cli import _transport_url
-from realtime_batch.transport import TransportError, open_transport
+from realtime_batch.transport import Transport, TransportError, open_transport
 from realtime_batch.transport.stats import QueueStats, TransportStats
 
 __all__ = [
-    "QueueRates", "collect", "queue_rates", "render", "status", "top", "transport_options",
-]  # fmt: skip
+    "Connection",
+    "QueueRates",
+    "queue_rates",
+    "render",
+    "status",
+    "top",
+    "transport_options",
+]
 
 
 @attrs.frozen
@@ -68,17 +76,6 @@ def queue_rates(current: TransportStats, previous: TransportStats | None) -> dic
             latency,
         )
     return rates
-
-
-def collect(url: str, timeout: float = 5.0) -> TransportStats:
-    """Open the transport at ``url``, take its ``stats()`` and close it.
-
-    Raises:
-        TransportError: the transport cannot report (``StatsUnavailableError``) or
-            could not be reached in ``timeout`` seconds.
-    """
-    with open_transport(url, request_timeout=timeout) as transport:
-        return transport.stats()
 
 
 def _fmt(value: float | int | None, spec: str = "") -> str:
@@ -135,36 +132,79 @@ def render(stats: TransportStats, previous: TransportStats | None = None) -> Ren
     return Group(*parts)
 
 
+@attrs.frozen
+class Connection:
+    """Where status, top and dashboard ask: the transport URL and how to reach it."""
+
+    url: str | None = None
+    timeout: float = 5.0
+    curve_server_key: str | None = None
+    curve_secret_key: str | None = None
+
+    def open(self) -> Transport:
+        """Open the transport (the URL from rtbatch.toml / RTBATCH_TRANSPORT when unset).
+
+        Raises:
+            click.UsageError: no URL anywhere.
+            click.ClickException: the transport or its keys could not be opened.
+        """
+        options: dict[str, Any] = {"request_timeout": self.timeout}
+        if self.curve_server_key is not None:
+            options["curve_server_key"] = self.curve_server_key
+        if self.curve_secret_key is not None:
+            options["curve_secret_key"] = self.curve_secret_key
+        url = _transport_url(self.url)
+        try:
+            return open_transport(url, **options)
+        except (TransportError, ValueError, OSError) as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+
+
 def transport_options(function: Callable[..., None]) -> Callable[..., None]:
-    """The ``--transport`` and ``--timeout`` options of status, top and dashboard."""
-    function = click.option(
-        "--timeout",
-        type=click.FloatRange(min=0.1),
-        default=5.0,
-        show_default=True,
-        help="Seconds to wait for the broker or service.",
-    )(function)
-    return click.option(
-        "--transport",
-        "url",
-        default=None,
-        help="Transport URL (default: rtbatch.toml / RTBATCH_TRANSPORT).",
-    )(function)
+    """Give a command ``--transport``, ``--timeout`` and the CURVE key options, passed to
+    it as one ``connection`` argument (a ``Connection``)."""
+
+    @functools.wraps(function)
+    def command(
+        url: str | None,
+        timeout: float,
+        curve_server_key: str | None,
+        curve_secret_key: str | None,
+        **kwargs: Any,
+    ) -> None:
+        connection = Connection(url, timeout, curve_server_key, curve_secret_key)
+        function(connection=connection, **kwargs)
+
+    options = (
+        click.option("--transport", "url", default=None,
+                     help="Transport URL (default: rtbatch.toml / RTBATCH_TRANSPORT)."),
+        click.option("--timeout", type=click.FloatRange(min=0.1), default=5.0,
+                     show_default=True, help="Seconds to wait for the broker or service."),
+        click.option("--curve-server-key", default=None,
+                     help="zmq with CURVE: the broker's public key (.key file or Z85 text)."),
+        click.option("--curve-secret-key", type=click.Path(exists=True, dir_okay=False),
+                     default=None, help="zmq with CURVE: this client's .key_secret file "
+                     "(an admin key once the broker has roles)."),
+    )  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
-def _collect_or_fail(url: str, timeout: float) -> TransportStats:
-    try:
-        return collect(url, timeout)
-    except TransportError as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+def _collect_or_fail(connection: Connection) -> TransportStats:
+    with connection.open() as transport:
+        try:
+            return transport.stats()
+        except TransportError as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
 
 
 @click.command("status")
 @transport_options
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
-def status(url: str | None, timeout: float, as_json: bool) -> None:
+def status(connection: Connection, as_json: bool) -> None:
     """Show queues (depth, in flight, dead letters), engines and mailboxes once."""
-    stats = _collect_or_fail(_transport_url(url), timeout)
+    stats = _collect_or_fail(connection)
     if as_json:
         click.echo(orjson.dumps(stats.to_dict(), option=orjson.OPT_INDENT_2).decode())
         return
@@ -176,12 +216,11 @@ def status(url: str | None, timeout: float, as_json: bool) -> None:
 @click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
               help="Seconds between refreshes.")  # fmt: skip
 @click.option("--once", is_flag=True, help="Draw one frame and exit (for scripts and tests).")
-def top(url: str | None, timeout: float, interval: float, once: bool) -> None:
+def top(connection: Connection, interval: float, once: bool) -> None:
     """Show the same as status, live, refreshed every second (Ctrl-C exits)."""
-    url = _transport_url(url)
     console = Console()
     try:
-        with open_transport(url, request_timeout=timeout) as transport:
+        with connection.open() as transport:
             previous = None
             stats = transport.stats()
             if once:

@@ -155,3 +155,34 @@ def test_rates_come_from_two_snapshots():
     assert rates.sent == pytest.approx(10.0)
     assert rates.completed == pytest.approx(5.0)
     assert rates.latency == pytest.approx(0.1)
+
+
+def test_status_on_a_curve_broker_with_keys(tmp_path):
+    from realtime_batch.transport.zeromq.curve import BrokerCurve
+
+    runner = CliRunner()
+    for name in ("broker", "admin"):
+        result = runner.invoke(main, ["keys", "generate", "--dir", str(tmp_path), "--name", name])
+        assert result.exit_code == 0, result.output
+    authorized = tmp_path / "authorized"
+    authorized.mkdir()
+    (authorized / "admin.key").write_bytes((tmp_path / "admin.key").read_bytes())
+    broker = Broker("tcp://127.0.0.1:0", curve=BrokerCurve(tmp_path / "broker.key_secret",
+                                                           authorized))  # fmt: skip
+    thread = threading.Thread(target=broker.run, daemon=True)
+    thread.start()
+    url = "zmq://" + broker.endpoint.removeprefix("tcp://")
+    try:
+        keys = ["--curve-server-key", str(tmp_path / "broker.key"),
+                "--curve-secret-key", str(tmp_path / "admin.key_secret")]  # fmt: skip
+        result = invoke("status", "--transport", url, "--json", *keys)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["transport"] == "zmq"
+        refused = invoke("status", "--transport", url, "--timeout", "0.5")  # no keys
+        assert refused.exit_code == 1 and "Error:" in refused.output
+        bad_key = invoke("status", "--transport", url, "--curve-server-key", "nonsense")
+        assert bad_key.exit_code == 1 and "Error:" in bad_key.output
+    finally:
+        broker.stop()
+        thread.join(5)
+        broker.close()

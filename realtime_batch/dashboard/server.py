@@ -15,9 +15,9 @@ import attrs
 import click
 import orjson
 
-from ..dlq_cli import _describe, _transport_url, dead_letters
-from ..status import queue_rates, transport_options
-from ..transport import Transport, TransportError, open_transport
+from ..dlq_cli import _describe, dead_letters
+from ..status import Connection, queue_rates, transport_options
+from ..transport import Transport, TransportError
 from ..transport.stats import TransportStats
 
 __all__ = ["DashboardServer", "Sampler", "dashboard"]
@@ -196,13 +196,9 @@ class DashboardServer(ThreadingHTTPServer):
               help="Port to serve on (0: any free port).")  # fmt: skip
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; the page has no login, so keep it on loopback.")  # fmt: skip
-def dashboard(url: str | None, timeout: float, port: int, host: str) -> None:
+def dashboard(connection: Connection, port: int, host: str) -> None:
     """Serve a web page of engines, queues, throughput, latency and failures (Ctrl-C stops)."""
-    url = _transport_url(url)
-    try:
-        transport = open_transport(url, request_timeout=timeout)
-    except TransportError as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+    transport = connection.open()
     sampler = Sampler(transport)
     try:
         sampler.start()
