@@ -299,15 +299,20 @@ class Engine:
         inflight = self._pipeline.inflight
         return inflight[0].task.task if inflight else None
 
-    def _report(self, *, force: bool = False) -> None:
+    def _report(self, *, force: bool = False, stopped: bool = False) -> None:
         """Tell the transport who this engine is and what it does (at most once a second)."""
         now = time.monotonic()
         if now < self._next_report and not force:
             return
         self._next_report = now + REPORT_INTERVAL
-        task = self.current_task
-        state = "draining" if self._stop_requested else "busy" if task is not None else "idle"
         try:
+            task = None if stopped else self.current_task
+            if stopped:
+                state = "stopped"
+            elif self._stop_requested:
+                state = "draining"
+            else:
+                state = "busy" if task is not None else "idle"
             report = engine_report(self.engine_id, state, task, self.tasks_done)
             if self._direct is None:  # the outbox here sends every result: its counts too
                 report["busy"] = round(self._outbox.observer.busy_ratio(time.time()), 4)
@@ -558,6 +563,7 @@ class Engine:
         else:
             while not self._settle_queue.empty():
                 self._outbox.settle(self._settle_queue.get_nowait() or [])
+        self._report(force=True, stopped=True)
         wake_fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
         for fd in wake_fds:
             os.close(fd)

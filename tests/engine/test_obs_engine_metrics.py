@@ -16,12 +16,14 @@ import realtime_batch as rb
 from realtime_batch.cli import main
 from realtime_batch.engine import Engine
 from realtime_batch.engine.metrics import serve_engine_metrics
+from realtime_batch.transport import open_transport
 
 TASKS = Path(__file__).parent / "tasks"
 
 
 def test_engine_metrics_count_results_retries_and_durations(tmp_path):
     url = f"memory://metrics-{uuid.uuid4().hex}"
+    watcher = open_transport(url)  # keeps the in-process broker alive to the end
     engine = Engine(url, "tasks", TASKS, work_dir=tmp_path, engine_id="e-metrics",
                     retry_backoff=0.01, direct=False).start()  # fmt: skip
     server, thread = serve_engine_metrics(engine, 0)
@@ -36,6 +38,10 @@ def test_engine_metrics_count_results_retries_and_durations(tmp_path):
         server.shutdown()
         thread.join(5)
         engine.stop()
+    with watcher:
+        [seen] = watcher.stats().engines
+    assert (seen.id, seen.state, seen.task, seen.tasks_done) == ("e-metrics", "stopped", None, 4)
+    assert seen.tasks_failed == 2 and len(seen.failures) == 2
 
     def value(name: str) -> float:
         [sample] = samples[name]
