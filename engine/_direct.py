@@ -317,6 +317,7 @@ class DirectRunner:
         backoff = 0.1
         polled = 0.0
         unsent_since: float | None = None  # monotonic time the oldest unsent result's task began
+        self.outbox.observer.report(time.time())  # this worker's part of the engine's report
         self._settler.start()
         while True:
             # Look for cancel requests before each task; while idle, at least every 50 ms
