@@ -107,7 +107,8 @@ class _Proc:
         return self.popen.poll() is None
 
     def wait_ready(self, timeout: float, what: str) -> str:
-        if not self.ready.wait(timeout) or (not self.alive() and not self.ready_line):
+        # no ready line: timed out, or its stdout ended (it exited, perhaps not reaped yet)
+        if not self.ready.wait(timeout) or not self.ready_line:
             tail = self.log_path.read_text(errors="replace")[-2000:]
             self.stop(0)
             raise OrchestratorError(f"{what} did not start (see {self.log_path}):\n{tail}")
@@ -181,6 +182,11 @@ class LocalPool(Pool):
         env: environment variables of the engine processes, on top of this process's.
         pass_env: names of variables the engines' task processes get besides the
             allowlist (``rtbatch engine --pass-env``; credential-like names are refused).
+        keep_logs: keep the temporary pool directory (``root``: node-*/engine.log and
+            broker.log) after ``close`` so that ``rtbatch logs --local`` can read them;
+            a ``root`` you give is always kept.
+        metrics_port: serve Prometheus metrics: the broker on this port and engine N
+            (node-N) on ``metrics_port + 1 + N`` (0: every one on a free port, logged).
     """
 
     def __init__(
@@ -203,6 +209,8 @@ class LocalPool(Pool):
         env: dict[str, str] | None = None,
         worker_mode: str = "auto",
         pass_env: Sequence[str] = (),
+        keep_logs: bool = False,
+        metrics_port: int | None = None,
     ) -> None:
         from realtime_batch.engine.credentials import check_pass_env
 
@@ -215,6 +223,12 @@ class LocalPool(Pool):
         self.worker_mode = worker_mode
         self.pass_env = check_pass_env(pass_env)
         self._scheme = registered_scheme(transport)
+        if metrics_port is not None and self._scheme == "memory":
+            raise ValueError(
+                "metrics_port needs engine processes (zmq:// or Service Bus); memory:// "
+                "engines are threads of this process: serve one with "
+                "realtime_batch.engine.metrics.serve_engine_metrics"
+            )
         self._url = transport
         self._job = job or f"job-{uuid.uuid4().hex[:8]}"
         self.queue = queue
@@ -224,7 +238,8 @@ class LocalPool(Pool):
         self.default_timeout = default_timeout
         self.restart_dead = restart_dead
         self._env = {**os.environ, **(env or {})}
-        self._own_root = root is None
+        self._own_root = root is None and not keep_logs
+        self.metrics_port = metrics_port
         self.root = Path(tempfile.mkdtemp(prefix="rtbatch-pool-") if root is None else root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._task_files = [Path(f) for f in task_files]
@@ -233,6 +248,8 @@ class LocalPool(Pool):
         self._closed = False
         self._broker: _Proc | None = None
         self._broker_args = list(broker_args)
+        if metrics_port is not None:
+            self._broker_args += ["--metrics-port", str(metrics_port)]
         self._engines: list[Any] = []  # _Proc, or an in-process Engine (memory://)
         self._memory_transports: list[Any] = []
         self._next_node = 0
@@ -371,6 +388,10 @@ class LocalPool(Pool):
             argv += ["--worker-mode", self.worker_mode]
         for name in self.pass_env:
             argv += ["--pass-env", name]
+        if self.metrics_port is not None:  # before the last option: argv[-1] names the engine
+            index = int(node.name.rpartition("-")[2])
+            port = self.metrics_port + 1 + index if self.metrics_port else 0
+            argv[3:3] = ["--metrics-port", str(port)]
         return argv
 
     def _spawn(self) -> Any:
@@ -526,6 +547,8 @@ class LocalPool(Pool):
             self._broker.stop()
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
+        else:
+            log.info("pool directory kept: %s (rtbatch logs --local --pool-dir it)", self.root)
 
     def __enter__(self) -> LocalPool:
         return self

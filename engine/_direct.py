@@ -296,7 +296,7 @@ class DirectRunner:
         self.retry_backoff: float = options["retry_backoff"]
         self.retry_backoff_max: float = options["retry_backoff_max"]
         self.outbox = Outbox(transport, context.engine_id, options["max_delivery_count"],
-                             options.get("result_ttl"))  # fmt: skip
+                             options.get("result_ttl"), source="worker")  # fmt: skip
         self.admission = Admission(self.outbox, context.tasks_dir, options["max_delivery_count"],
                                    control.cancelled)  # fmt: skip
         self.pending: deque[Held] = deque()
@@ -317,6 +317,7 @@ class DirectRunner:
         backoff = 0.1
         polled = 0.0
         unsent_since: float | None = None  # monotonic time the oldest unsent result's task began
+        self.outbox.observer.report(time.time())  # this worker's part of the engine's report
         self._settler.start()
         while True:
             # Look for cancel requests before each task; while idle, at least every 50 ms
@@ -434,6 +435,7 @@ class DirectRunner:
             held.attempt += 1
             held.due = time.monotonic() + delay
             self.delayed.append(held)
+            self.outbox.observer.retried += 1
         else:
             self.outbox.finished(held, status, value, error, started, finished)
 
@@ -638,6 +640,14 @@ class DirectWorker:
         next_at = min(next_at, self._renew(view))
         self._flush()
         return next_at
+
+    def current_task(self) -> str | None:
+        """Id of the task the worker runs now, if any."""
+        if self.worker is None:
+            return None
+        view = self.ledger.snapshot()
+        held = self._decoded(view) if view.running >= 0 else None
+        return None if held is None else held.task.task
 
     def _decoded(self, view: LedgerView) -> Held | None:
         """The running task, decoded once per run."""

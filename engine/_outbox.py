@@ -28,6 +28,7 @@ from ..protocol import (
 from ..transport import Delivery, Message, Transport
 from ..transport.base import MAX_DELIVERY_REASON
 from ..transport.errors import LockLostError, QueueNotFoundError, TransportError
+from ._observe import TaskObserver
 from .control import notice_message
 
 __all__ = ["Held", "Outbox", "settle_loop"]
@@ -137,9 +138,12 @@ class Outbox:
         engine_id: str,
         max_delivery_count: int,
         ttl: float | None,
+        source: str = "engine",
     ) -> None:
         self.transport = transport
         self.engine_id = engine_id
+        #: counts and recent failures of the results sent here (engine reports, metrics)
+        self.observer = TaskObserver(transport, engine_id, source)
         self.max_delivery_count = max_delivery_count
         self.ttl = ttl
         self._entries: list[_Entry] = []
@@ -252,6 +256,7 @@ class Outbox:
         finished: float,
     ) -> None:
         """Record what the worker reported for ``held``."""
+        self.observer.finished(held.task.task, error, started, finished)
         if error is None:
             self._reply(
                 held, self._result(held, status, value=value, started=started, finished=finished)
@@ -270,6 +275,7 @@ class Outbox:
             self._fail_for_good(held, type_, message, traceback, at_limit=True)
             return
         logger.info("task %s: %s; abandoned for another attempt", held.task.task, message)
+        self.observer.retried += 1
         self._entries.append(_Entry(held.delivery, _ABANDON))
 
     def _fail_for_good(
@@ -279,6 +285,7 @@ class Outbox:
 
         ``at_limit``: it could not be retried because of the queue's ``max_delivery_count``.
         """
+        self.observer.failed_for_good(held.task.task, type_, message, traceback)
         count = held.delivery.delivery_count
         if at_limit or count >= self.max_delivery_count:
             description = f"delivered {count} times (max_delivery_count={self.max_delivery_count})"

@@ -242,6 +242,7 @@ class WorkerPipeline:
         held.attempt += 1
         held.due = time.monotonic() + delay
         self.delayed.append(held)
+        self.outbox.observer.retried += 1
         return True
 
     def release_due(self) -> None:

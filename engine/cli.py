@@ -131,6 +131,13 @@ READY_LINE = "ENGINE READY"
 @click.option(
     "--log-level", default=None, help="Logging level (default: env RTBATCH_LOG_LEVEL or INFO)."
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve this engine's Prometheus metrics on http://127.0.0.1:PORT/metrics "
+    "(0 picks a free port, logged).",
+)
 def engine(
     transport_url: str | None,
     transport_file: str | None,
@@ -149,6 +156,7 @@ def engine(
     result_ttl: float,
     worker_mode: str,
     log_level: str | None,
+    metrics_port: int | None = None,
 ) -> None:
     """Run an engine that pulls tasks from QUEUE and runs them.
 
@@ -207,7 +215,21 @@ def engine(
             direct=WORKER_MODES[worker_mode],
             pass_env=pass_env,
         )
-        eng.run()
+        metrics = None
+        if metrics_port is not None:
+            from .metrics import serve_engine_metrics
+
+            try:
+                metrics, _thread = serve_engine_metrics(eng, metrics_port)
+            except OSError as exc:
+                raise click.ClickException(
+                    f"cannot serve metrics on port {metrics_port}: {exc.strerror}"
+                ) from exc
+        try:
+            eng.run()
+        finally:
+            if metrics is not None:
+                metrics.shutdown()
     except (EngineError, TransportError) as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
 

@@ -54,6 +54,7 @@ from ..transport.errors import TransportClosedError, TransportError
 from ._admit import Admission
 from ._cancels import CancelRequests, receive_cancels
 from ._direct import DirectWorker, supports_direct
+from ._observe import REPORT_INTERVAL, engine_report
 from ._outbox import Outbox, settle_loop
 from ._pipeline import DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX, WorkerPipeline
 from .control import CONTROL_QUEUE
@@ -185,6 +186,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._receiver: threading.Thread | None = None
         self._receiving = threading.Event()
+        self._next_report = 0.0  # monotonic time of the next report (``_report``)
 
     def __repr__(self) -> str:
         return f"Engine({self.engine_id!r}, queue={self.queue!r})"
@@ -255,6 +257,8 @@ class Engine:
                 self.on_ready(self)
             while not self._stop_requested:
                 self._step(time.monotonic() + _POLL)
+                self._report()
+            self._report(force=True)
             self._drain()
         finally:
             self._shutdown()
@@ -285,11 +289,42 @@ class Engine:
                 self.on_ready(self)
             while not self._stop_requested:
                 direct.step(time.monotonic() + _POLL)
+                self._report()
+            self._report(force=True)
             logger.info("engine %s draining", self.engine_id)
             direct.drain(self.grace, lambda: self._force)
         finally:
             self._stop_receiver()
             direct.close()
+
+    @property
+    def current_task(self) -> str | None:
+        """Id of the task running now, if any."""
+        if self._direct is not None:
+            return self._direct.current_task()
+        inflight = self._pipeline.inflight
+        return inflight[0].task.task if inflight else None
+
+    def _report(self, *, force: bool = False, stopped: bool = False) -> None:
+        """Tell the transport who this engine is and what it does (at most once a second)."""
+        now = time.monotonic()
+        if now < self._next_report and not force:
+            return
+        self._next_report = now + REPORT_INTERVAL
+        try:
+            task = None if stopped else self.current_task
+            if stopped:
+                state = "stopped"
+            elif self._stop_requested:
+                state = "draining"
+            else:
+                state = "busy" if task is not None else "idle"
+            report = engine_report(self.engine_id, state, task, self.tasks_done)
+            if self._direct is None:  # the outbox here sends every result: its counts too
+                report["busy"] = round(self._outbox.observer.busy_ratio(time.time()), 4)
+            self.transport.report_engine(report)
+        except Exception:  # a report is never worth stopping the engine for
+            logger.debug("engine %s: report failed", self.engine_id, exc_info=True)
 
     def _start_control(self) -> None:
         self._control = threading.Thread(
@@ -535,6 +570,7 @@ class Engine:
         else:
             while not self._settle_queue.empty():
                 self._outbox.settle(self._settle_queue.get_nowait() or [])
+        self._report(force=True, stopped=True)
         wake_fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
         for fd in wake_fds:
             os.close(fd)

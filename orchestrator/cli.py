@@ -308,10 +308,55 @@ def restart(config_file: Path | None, job_id: str | None) -> None:
 @click.option(
     "--dest", type=click.Path(file_okay=False, path_type=Path), default=Path("rtbatch-logs")
 )
-def logs(config_file: Path | None, job_id: str | None, dest: Path) -> None:
-    """Download engine logs (uploaded to Blob when engines end) into DEST."""
+@click.option(
+    "--local",
+    is_flag=True,
+    help="Print a LocalPool's logs (broker.log, node-*/engine.log) instead of downloading.",
+)
+@click.option(
+    "--pool-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="With --local: the pool's directory (default: the newest rtbatch-pool-* in the "
+    "temp directory).",
+)
+@click.option("--node", type=click.IntRange(min=0), default=None,
+              help="With --local: only node N's engine log.")  # fmt: skip
+@click.option("--tail", "tail_lines", type=click.IntRange(min=1), default=None,
+              help="With --local: only the last N lines of each log.")  # fmt: skip
+def logs(
+    config_file: Path | None,
+    job_id: str | None,
+    dest: Path,
+    local: bool,
+    pool_dir: Path | None,
+    node: int | None,
+    tail_lines: int | None,
+) -> None:
+    """Download engine logs (uploaded to Blob when engines end) into DEST, or with
+    --local print those of a LocalPool."""
+    if local:
+        _local_logs(pool_dir, node, tail_lines)
+        return
+    if pool_dir is not None or node is not None or tail_lines is not None:
+        raise click.UsageError("--pool-dir, --node and --tail go with --local")
     with _azure_pool(config_file) as p:
         paths = p.logs(dest, job=job_id)
     click.echo(f"downloaded {len(paths)} log file(s) into {dest}")
     for path in paths:
         click.echo(f"  {path}")
+
+
+def _local_logs(pool_dir: Path | None, node: int | None, tail_lines: int | None) -> None:
+    from realtime_batch.emulator.logs import latest_pool_dir, pool_log_files, tail
+    from realtime_batch.orchestrator.pool import OrchestratorError
+
+    try:
+        root = pool_dir if pool_dir is not None else latest_pool_dir()
+        files = pool_log_files(root, node)
+    except OrchestratorError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for path in files:
+        click.echo(f"==> {path.relative_to(root)} <==")
+        for line in tail(path, tail_lines):
+            click.echo(line)

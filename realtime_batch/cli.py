@@ -27,6 +27,9 @@ COMMANDS: dict[str, str] = {
     "dlq": "realtime_batch.dlq_cli:dlq",
     "keys": "realtime_batch.transport.zeromq.cli:keys",
     "bench": "realtime_batch.bench_cli:bench",
+    "status": "realtime_batch.status:status",
+    "top": "realtime_batch.status:top",
+    "dashboard": "realtime_batch.dashboard:dashboard",
 }
 
 _HELP: dict[str, str] = {
@@ -41,6 +44,9 @@ _HELP: dict[str, str] = {
     "dlq": "Inspect, replay and purge dead-lettered tasks.",
     "keys": "Generate CURVE key pairs for the ZeroMQ broker.",
     "bench": "Run the side-by-side benchmarks.",
+    "status": "Show queues, engines and mailboxes of a transport.",
+    "top": "Show queues and engines live in the terminal.",
+    "dashboard": "Serve a local web dashboard of queues, engines and failures.",
 }
 
 

@@ -19,11 +19,14 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .errors import LockLostError
+from .errors import LockLostError, StatsUnavailableError
+
+if TYPE_CHECKING:
+    from .stats import TransportStats
 
 __all__ = [
     "DEAD_LETTER_SUFFIX",
@@ -255,6 +258,25 @@ class Transport(ABC):
         from .errors import TransportError
 
         raise TransportError(f"{type(self).__name__} does not report queue counts")
+
+    def stats(self) -> TransportStats:
+        """What the transport can tell about its queues, engines and mailboxes.
+
+        The one place where a backend says what it knows (``transport/stats.py``);
+        what it cannot tell is left ``None`` and named in the record's ``notes``.
+
+        Raises:
+            StatsUnavailableError: the backend cannot report statistics at all.
+        """
+        raise StatsUnavailableError(f"{type(self).__name__} cannot report statistics")
+
+    def report_engine(self, report: Mapping[str, Any]) -> None:
+        """Tell the broker who this engine is and what it does (see ``stats.EngineTable``).
+
+        Cheap and never blocking: backends that carry it keep the latest report and pass
+        it on with their own traffic; the default drops it.
+        """
+        del report  # this backend cannot carry it
 
     @abstractmethod
     def close(self) -> None:

@@ -13,6 +13,7 @@ __all__ = [
     "MessageTooLargeError",
     "QueueFullError",
     "QueueNotFoundError",
+    "StatsUnavailableError",
     "TransportClosedError",
     "TransportError",
     "TransportTimeoutError",
@@ -75,3 +76,7 @@ class QueueFullError(TransportError):
 
 class TransportTimeoutError(TransportError, TimeoutError):
     """An operation on the broker or service did not complete in time."""
+
+
+class StatsUnavailableError(TransportError, NotImplementedError):
+    """The transport cannot report statistics (``Transport.stats``)."""

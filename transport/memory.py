@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,6 +27,7 @@ from .base import (
     check_max_messages,
 )
 from .errors import MessageTooLargeError, TransportClosedError
+from .stats import EngineTable, TransportStats
 from .store import QueueStore
 
 __all__ = ["MemoryTransport"]
@@ -37,6 +38,8 @@ class _SharedBroker:
 
     def __init__(self) -> None:
         self.store = QueueStore()
+        self.engines = EngineTable()
+        self.started = time.time()
         self.next_purge = 0.0  # time.time() of the next sweep of expired messages
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
@@ -176,6 +179,29 @@ class MemoryTransport(Transport):
     def renew_lock(self, delivery: Delivery) -> float:
         delivery.locked_until = self._settle("renew", delivery)
         return delivery.locked_until
+
+    def report_engine(self, report: Mapping[str, Any]) -> None:
+        with self._broker.lock:
+            self._broker.engines.update(report, time.time())
+
+    def stats(self) -> TransportStats:
+        """The shared in-process broker's queues, mailboxes and engines."""
+        self._check_open()
+        broker = self._broker
+        with broker.lock:
+            now = time.time()
+            queues, mailboxes = broker.store.queue_stats()
+            engines = broker.engines.stats(now)
+        return TransportStats(
+            transport="memory",
+            url=self.url,
+            queues=queues,
+            engines=engines,
+            mailboxes=mailboxes,
+            uptime=now - broker.started,
+            notes=("in-process broker: connections and requests are not counted",),
+            taken_at=now,
+        )
 
     def close(self) -> None:
         if self._closed:

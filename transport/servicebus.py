@@ -57,6 +57,7 @@ from .errors import (
     TransportError,
     TransportTimeoutError,
 )
+from .stats import QueueStats, TransportStats
 
 __all__ = ["DECLARE_ENTITY", "ServiceBusTransport", "map_servicebus_errors"]
 
@@ -563,6 +564,48 @@ class ServiceBusTransport(Transport):
         if delivery.lock_token in entry.unsettled:
             entry.unsettled[delivery.lock_token] = delivery.locked_until
         return delivery.locked_until
+
+    def stats(self) -> TransportStats:
+        """Queue counts from the administration API (``get_queue_runtime_properties``).
+
+        Service Bus has no broker that engines report to, and does not count locked
+        messages or sessions apart: those fields stay ``None`` and ``notes`` says so.
+        The emulators (the official one, the tests' stand-in) have no administration
+        API: there only the names of the queues this client declared are known.
+        """
+        self._check_open()
+        notes = [
+            "Service Bus counts locked (in-flight) messages among the active ones: "
+            "depth includes them, in flight is not reported",
+            "engines are not listed: they report to a broker, and Service Bus has none",
+            "per-session (mailbox) counts are not reported by the service",
+        ]
+        if self.emulator:
+            queues = [QueueStats(name) for name in sorted(self._declared)]
+            notes.insert(0, "the Service Bus emulator has no administration API: only the "
+                            "queues this client declared are listed, without counts")  # fmt: skip
+        else:
+            queues = self._runtime_queue_stats()
+        return TransportStats(transport="servicebus", url=self.namespace, queues=queues,
+                              notes=notes)  # fmt: skip
+
+    def _runtime_queue_stats(self) -> list[QueueStats]:
+        from azure.core.exceptions import AzureError
+
+        from .servicebus_cli import admin_client
+
+        try:
+            with admin_client(self._connection_string or self.namespace, self._credential) as admin:
+                return [
+                    QueueStats(
+                        name=props.name,
+                        depth=props.active_message_count,
+                        dead_letter=props.dead_letter_message_count,
+                    )
+                    for props in admin.list_queues_runtime_properties()
+                ]
+        except AzureError as exc:
+            raise TransportError(f"Service Bus administration API: {exc}") from exc
 
     def close(self) -> None:
         with self._lock:

@@ -25,6 +25,7 @@ from .base import (
     is_dead_letter_queue,
 )
 from .errors import LockLostError, QueueFullError, QueueNotFoundError
+from .stats import LATENCY_BUCKETS, MailboxStats, QueueStats, latency_bucket
 
 __all__ = ["MESSAGE_OVERHEAD", "Grant", "QueueStore", "StoreListener"]
 
@@ -53,7 +54,10 @@ class _Entry:
 
 
 class _Queue:
-    __slots__ = ("groups", "held", "name", "options", "size")
+    __slots__ = (
+        "completed", "dead_lettered", "groups", "held", "latency", "latency_sum", "name",
+        "options", "redelivered", "sent", "size",
+    )  # fmt: skip
 
     def __init__(self, name: str, options: QueueOptions):
         self.name = name
@@ -61,6 +65,13 @@ class _Queue:
         self.groups: dict[str | None, list[_Entry]] = {}
         self.size = 0  # waiting
         self.held = 0  # waiting or leased
+        # counters for Transport.stats() (transport/stats.py)
+        self.sent = 0
+        self.completed = 0
+        self.dead_lettered = 0
+        self.redelivered = 0
+        self.latency = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
 
     def push(self, entry: _Entry) -> None:
         # (seq, entry) tuples: heap comparisons stay in C instead of calling _Entry.__lt__
@@ -204,8 +215,11 @@ class QueueStore:
                     f"the broker is full: it holds {self.held_bytes} bytes of messages, its "
                     f"limit is {self.max_bytes}; {len(batch)} message(s) to {queue!r} refused"
                 )
+        sent = q.sent
         for message in batch:
             self._push(q, _Entry(message, next(self._seq), now), new=True)
+            sent += 1
+        q.sent = sent
 
     def restore(
         self, queue: str, message: Message, seq: int, enqueued_at: float, delivery_count: int
@@ -279,7 +293,12 @@ class QueueStore:
     def complete(self, token: str, now: float) -> None:
         lease = self._lease(token, now)
         del self._leases[token]
-        self._removed(lease.queue, lease.entry)
+        q = lease.queue
+        q.completed += 1
+        waited = now - lease.entry.enqueued_at
+        q.latency_sum += waited
+        q.latency[latency_bucket(waited)] += 1
+        self._removed(q, lease.entry)
 
     def abandon(self, token: str, now: float) -> None:
         lease = self._lease(token, now)
@@ -359,9 +378,41 @@ class QueueStore:
     def lease_count(self) -> int:
         return len(self._leases)
 
+    # -- statistics -----------------------------------------------------------------------
+    def queue_stats(self) -> tuple[list[QueueStats], list[MailboxStats]]:
+        """Every queue's counts (dead-letter queues folded into their queue's record) and
+        the groups holding messages. O(queues + leases + groups): for status requests."""
+        leased: dict[str, int] = {}
+        for lease in self._leases.values():
+            leased[lease.queue.name] = leased.get(lease.queue.name, 0) + 1
+        queues, mailboxes = [], []
+        for name, q in self._queues.items():
+            if is_dead_letter_queue(name):
+                continue
+            dlq = self._queues.get(dead_letter_queue(name))
+            named = [(g, len(heap)) for g, heap in q.groups.items() if g is not None]
+            mailboxes.extend(MailboxStats(name, g, depth) for g, depth in named)
+            queues.append(
+                QueueStats(
+                    name=name,
+                    depth=q.size,
+                    leased=leased.get(name, 0),
+                    dead_letter=dlq.size if dlq is not None else 0,
+                    groups=len(named),
+                    sent=q.sent,
+                    completed=q.completed,
+                    dead_lettered=q.dead_lettered,
+                    redelivered=q.redelivered,
+                    latency_buckets=tuple(q.latency),
+                    latency_sum=q.latency_sum,
+                )
+            )
+        return queues, mailboxes
+
     def _release(self, lease: _Lease, now: float) -> None:
         self._leases.pop(lease.token, None)
         entry = lease.entry
+        lease.queue.redelivered += 1
         if entry.delivery_count >= lease.queue.options.max_delivery_count:
             self._to_dlq(
                 lease.queue,
@@ -376,6 +427,7 @@ class QueueStore:
 
     def _to_dlq(self, q: _Queue, entry: _Entry, reason: str, description: str, now: float) -> None:
         self._removed(q, entry)
+        q.dead_lettered += 1
         props = dict(entry.message.properties)
         props[DEAD_LETTER_REASON] = reason
         props[DEAD_LETTER_DESCRIPTION] = description

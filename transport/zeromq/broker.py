@@ -36,6 +36,7 @@ import zmq
 
 from ..base import DEFAULT_MAX_MESSAGE_SIZE, QueueOptions
 from ..errors import LockLostError, QueueFullError, QueueNotFoundError
+from ..stats import EngineTable, TransportStats
 from ..store import Grant, QueueStore
 from . import wire
 from .connections import ConnectionGuard, default_max_connections
@@ -68,6 +69,7 @@ _POLLIN = int(zmq.POLLIN)
 _EVENTS = int(zmq.EVENTS)  # requests handled per wake-up before timers run again
 _PRESSURE_POLL = 0.005  # seconds between connection checks while near the cap
 _PURGE_INTERVAL = 1.0  # seconds between sweeps of expired messages nobody receives
+_STATS_INTERVAL = 1.0  # seconds between the snapshots kept in ``last_stats``
 #: Seconds the loop keeps polling for the next request before sleeping (see above).
 DEFAULT_SPIN = 300e-6
 #: Receives one client may have waiting at the broker at once (a session or engine
@@ -161,6 +163,14 @@ class Broker:
         self._next_purge = 0.0
         self.requests_handled = 0
         self.bad_requests = 0
+        self.started = time.time()
+        #: engines that reported themselves on their heartbeats (``stats``)
+        self.engines = EngineTable()
+        #: take ``stats()`` once a second into ``last_stats`` for other threads (metrics);
+        #: off by default: it walks every queue, lease and group
+        self.keep_stats = False
+        self.last_stats: TransportStats | None = None
+        self._next_stats = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -223,6 +233,23 @@ class Broker:
                 logger.exception("unexpected error in the broker loop; serving on")
         logger.info("broker %s stopped", self.epoch[:8])
 
+    def stats(self, now: float | None = None) -> TransportStats:
+        """The store's queues and mailboxes, the engines that reported, and the loop's
+        counters (call on the loop's thread; other threads read ``last_stats``)."""
+        now = time.time() if now is None else now
+        queues, mailboxes = self.store.queue_stats()
+        return TransportStats(
+            transport="zmq",
+            url=self.endpoint,
+            queues=queues,
+            engines=self.engines.stats(now),
+            mailboxes=mailboxes,
+            uptime=now - self.started,
+            connections=len(self._last_seen),
+            requests=self.requests_handled,
+            taken_at=now,
+        )
+
     # -- timers --------------------------------------------------------------------------------
     def _timers(self, now: float) -> float:
         """Run due timers; return seconds until the next one (capped)."""
@@ -243,6 +270,9 @@ class Broker:
             self._serve_ready(now)
         if self.journal is not None:
             self.journal.flush()
+        if self.keep_stats and now >= self._next_stats:  # for the metrics endpoint's thread
+            self.last_stats = self.stats(now)
+            self._next_stats = now + _STATS_INTERVAL
         wake = self._next_owner_check
         if next_lease is not None:
             wake = min(wake, next_lease)
@@ -267,7 +297,8 @@ class Broker:
             if released:
                 logger.info("client %s went silent: released %d lease(s)", owner.hex(), released)
 
-    def _forget_owner(self, owner: bytes) -> None:
+    def _forget_owner(self, owner: bytes, engine_state: str = "gone") -> None:
+        self.engines.owner_gone(owner, engine_state)
         self._last_seen.pop(owner, None)
         self._owner_interval.pop(owner, None)
         self._parking.forget(owner)
@@ -339,7 +370,11 @@ class Broker:
         if command == wire.HEARTBEAT:
             interval = min(max(float(args[0]), 0.01), 3600.0)
             self._owner_interval[owner] = interval
+            if len(args) > 1:
+                self.engines.update(args[1], now, owner)
             return wire.encode_reply(rid, self.epoch, self.max_message_size)
+        if command == wire.STATS:  # admin-only once CURVE roles exist (see the lead's notes)
+            return wire.encode_reply(rid, self.stats(now).to_dict())
         if command == wire.DECLARE:
             name, lock_duration, max_delivery_count, max_length = args
             if lock_duration <= 0 or max_delivery_count < 1 or max_length == 0:
@@ -371,7 +406,7 @@ class Broker:
                     pass
             return None
         if command == wire.BYE:
-            self._forget_owner(owner)
+            self._forget_owner(owner, "stopped")
             return None
         raise AssertionError(f"unhandled command {command}")  # decode_request prevents this
 

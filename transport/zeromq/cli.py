@@ -137,6 +137,19 @@ logger = logging.getLogger(__name__)
     is_flag=True,
     help="Allow a non-loopback --bind without CURVE keys (plain, unauthenticated TCP).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus metrics (queues, tasks, latency, engines) on this port "
+    "(http://127.0.0.1:PORT/metrics; 0 picks a free port, logged).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics endpoint binds (it has no authentication).",
+)
 def broker(
     bind: str,
     max_message_size: int,
@@ -152,6 +165,8 @@ def broker(
     max_queues: int,
     max_connections: int | None,
     insecure: bool,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Run the ZeroMQ broker serving zmq:// transports until SIGTERM or Ctrl-C.
 
@@ -193,6 +208,21 @@ def broker(
         max_queues=max_queues,
         max_connections=max_connections,
     )
+    metrics = None
+    if metrics_port is not None:
+        from ..metrics import StatsCollector, serve_metrics
+
+        server.keep_stats = True
+        try:
+            metrics, _thread = serve_metrics(
+                metrics_port, StatsCollector(lambda: server.last_stats), metrics_host
+            )
+        except OSError as exc:
+            server.close()
+            raise click.ClickException(
+                f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc.strerror}"
+            ) from exc
+        click.echo(f"metrics on http://{metrics_host}:{metrics.server_port}/metrics", err=True)
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         logger.info("signal %d: stopping", signum)
@@ -222,6 +252,8 @@ def broker(
     try:
         server.run()
     finally:
+        if metrics is not None:
+            metrics.shutdown()
         server.close()
 
 

@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -49,6 +49,7 @@ from ..errors import (
     TransportError,
     TransportTimeoutError,
 )
+from ..stats import TransportStats
 from . import wire
 from .curve import apply_client_keys, load_public_key, load_secret_key
 
@@ -148,6 +149,7 @@ class ZmqTransport(Transport):
         self._generation = 0
         self._last_reply = time.monotonic()
         self._stop_endpoint = f"inproc://heartbeat-stop-{id(self):x}"
+        self._engine_report: dict[str, Any] | None = None  # sent with each heartbeat
         self._idle.append(_Conn(self._new_socket()))
         self._heartbeat_thread = threading.Thread(
             target=self._heartbeat_loop, name=f"zmq-heartbeat-{self.endpoint}", daemon=True
@@ -328,8 +330,10 @@ class ZmqTransport(Transport):
                         sock = self._new_socket()
                         poller.register(sock, zmq.POLLIN)
                         last_answer = now
+                    report = self._engine_report
+                    beat = (interval,) if report is None else (interval, report)
                     try:  # never block: with no usable connection the beat is just lost
-                        sock.send(wire.encode_request(wire.HEARTBEAT, 0, interval), zmq.NOBLOCK)
+                        sock.send(wire.encode_request(wire.HEARTBEAT, 0, *beat), zmq.NOBLOCK)
                     except zmq.Again:
                         pass
                     next_beat = now + interval
@@ -509,6 +513,16 @@ class ZmqTransport(Transport):
         header, _frames = self._call(wire.RENEW, [delivery.lock_token])
         delivery.locked_until = float(header[2])
         return delivery.locked_until
+
+    def report_engine(self, report: Mapping[str, Any]) -> None:
+        """Keep ``report`` (merged into the last one: an engine and its outbox each report
+        their part); the heartbeat thread sends it with each heartbeat."""
+        self._engine_report = {**(self._engine_report or {}), **report}
+
+    def stats(self) -> TransportStats:
+        """Ask the broker (a ``STATS`` request) for its queues, engines and mailboxes."""
+        header, _frames = self._call(wire.STATS, [])
+        return TransportStats.from_dict({**header[2], "url": self.url})
 
     def close(self) -> None:
         with self._pool_lock:

@@ -58,6 +58,7 @@ __all__ = [
     "RENEW",
     "SEND",
     "SETTLE_RECEIVE",
+    "STATS",
     "VERSION",
     "BrokerError",
     "FrameError",
@@ -78,7 +79,9 @@ __all__ = [
 VERSION = 1
 
 # -- commands -------------------------------------------------------------------------------
-HEARTBEAT = 1  # args: [interval]                 -> [epoch, max_message_size]
+# args: [interval] or [interval, engine report] -> [epoch, max_message_size]
+# (an engine's report, see transport/stats.py, rides on its heartbeats: no extra message)
+HEARTBEAT = 1
 DECLARE = 2  # args: [queue, lock_duration, max_delivery_count] -> [created]
 SEND = 3  # args: [queue, count] + 2*count frames -> []
 RECEIVE = 4  # args: [queue, max_messages, timeout|null, group|null] -> [count] + 2*count
@@ -98,7 +101,9 @@ GIVE_BACK = 13  # args: [token]                    -> []  (abandon, not counted 
 # a RECEIVE (a task worker's results, their tasks' leases and its next receive in one
 # request; a session's completions and its next receive, with no message)
 SETTLE_RECEIVE = 14
-
+# args: [] -> [stats dict] (TransportStats.to_dict(): queues, engines, mailboxes, uptime);
+# an admin command once CURVE roles exist
+STATS = 16
 QUEUE_COUNTS = 15  # args: [queue]                  -> [waiting, leased]
 
 COMMAND_NAMES = {
@@ -117,6 +122,7 @@ COMMAND_NAMES = {
     SEND_COMPLETE: "send_complete",
     SETTLE_RECEIVE: "settle_receive",
     QUEUE_COUNTS: "queue_counts",
+    STATS: "stats",
 }
 
 # -- reply status ---------------------------------------------------------------------------
@@ -208,7 +214,10 @@ _ARG_RULES: dict[int, tuple[Any, ...]] = {
     RENEW: (_is_str,),
     QUEUE_COUNTS: (_is_str,),
     BYE: (),
+    STATS: (),
 }
+#: command -> validator of one optional trailing header argument
+_OPTIONAL_ARG: dict[int, Any] = {HEARTBEAT: lambda value: isinstance(value, dict)}
 
 
 def _loads(frame: bytes, what: str) -> Any:
@@ -318,6 +327,9 @@ def _decode_body(
         raise FrameError(f"unknown command {command!r}")
     if command == DECLARE and len(args) == 3:  # from a client without max_length
         args = [*args, None]
+    optional = _OPTIONAL_ARG.get(command)
+    if len(args) == len(rules) + 1 and optional is not None and optional(args[-1]):
+        rules = (*rules, optional)
     if len(args) != len(rules):
         raise FrameError(f"bad arguments for {COMMAND_NAMES[command]}")
     for rule, arg in zip(rules, args):  # noqa: B905 (lengths checked above)
