@@ -54,6 +54,7 @@ from ._cancels import CancelRequests
 from ._outbox import Held, Outbox, delivery_attempt, settle_loop
 from ._pipeline import retry_delay
 from .control import KIND_RUNNING, NOTIFY, RUNNING_NOTICE_AFTER
+from .tasks import JvmOptionPolicy
 from .worker import STATUS_EXPIRED, WorkerProcess, describe_exit
 
 __all__ = ["DirectRunner", "DirectWorker", "Ledger", "supports_direct"]
@@ -298,7 +299,8 @@ class DirectRunner:
         self.outbox = Outbox(transport, context.engine_id, options["max_delivery_count"],
                              options.get("result_ttl"))  # fmt: skip
         self.admission = Admission(self.outbox, context.tasks_dir, options["max_delivery_count"],
-                                   control.cancelled)  # fmt: skip
+                                   control.cancelled,
+                                   JvmOptionPolicy(**options.get("jvm_options", {})))  # fmt: skip
         self.pending: deque[Held] = deque()
         self.delayed: list[Held] = []
         self.slots: dict[str, int] = {}  # lock token -> ledger slot

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any
 
 import click
 
@@ -16,6 +17,22 @@ __all__ = ["engine"]
 logger = logging.getLogger(__name__)
 
 READY_LINE = "ENGINE READY"
+
+
+class _Size(click.ParamType):
+    """A byte size such as 512m, 16M or 2g."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        if isinstance(value, int):
+            return value
+        from .tasks import parse_size
+
+        try:
+            return parse_size(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 @click.command("engine")
@@ -105,6 +122,20 @@ READY_LINE = "ENGINE READY"
     "auto: direct on zmq://, relay otherwise.",
 )
 @click.option(
+    "--allow-jvm-option",
+    "allow_jvm_options",
+    multiple=True,
+    metavar="PATTERN",
+    help="A regular expression (whole option) of a further JVM option that jar tasks may "
+    "pass in jvm_args; repeatable. Default: only -Xmx/-Xms/-Xss sizes.",
+)
+@click.option(
+    "--max-jvm-heap",
+    type=_Size(),
+    default=None,
+    help="Largest -Xmx/-Xms a jar task may ask for, e.g. 4g. Default: this machine's memory.",
+)
+@click.option(
     "--log-level", default=None, help="Logging level (default: env RTBATCH_LOG_LEVEL or INFO)."
 )
 def engine(
@@ -122,6 +153,8 @@ def engine(
     control_queue: str,
     result_ttl: float,
     worker_mode: str,
+    allow_jvm_options: tuple[str, ...],
+    max_jvm_heap: int | None,
     log_level: str | None,
 ) -> None:
     """Run an engine that pulls tasks from QUEUE and runs them.
@@ -131,6 +164,12 @@ def engine(
     """
     from ..transport.errors import TransportError
     from .engine import Engine, EngineError
+    from .tasks import JvmOptionPolicy
+
+    try:
+        jvm_options = JvmOptionPolicy(max_jvm_heap, allow_jvm_options)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--allow-jvm-option") from None
 
     name = (log_level or os.environ.get("RTBATCH_LOG_LEVEL") or "INFO").upper()
     level = logging.getLevelName(name)
@@ -171,6 +210,7 @@ def engine(
             control_queue=control_queue,
             result_ttl=result_ttl,
             direct=WORKER_MODES[worker_mode],
+            jvm_options=jvm_options,
         )
         eng.run()
     except (EngineError, TransportError) as exc:

@@ -58,6 +58,7 @@ from ._outbox import Outbox, settle_loop
 from ._pipeline import DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX, WorkerPipeline
 from .control import CONTROL_QUEUE
 from .errors import EngineError
+from .tasks import JvmOptionPolicy
 
 __all__ = ["DEFAULT_RESULT_TTL", "Engine", "EngineError", "default_engine_id"]
 
@@ -98,6 +99,8 @@ class Engine:
             the engine supervising beside it (``engine._direct``): a shorter path per
             task. None (default): when ``transport`` is a ``zmq://`` URL, the only
             transport whose leases another connection can settle.
+        jvm_options: which JVM options a jar task's ``jvm_args`` may hold; default
+            ``JvmOptionPolicy()``: only ``-Xmx``/``-Xms``/``-Xss`` sizes.
     """
 
     def __init__(
@@ -119,6 +122,7 @@ class Engine:
         retry_backoff: float = DEFAULT_RETRY_BACKOFF,
         retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
         direct: bool | None = None,
+        jvm_options: JvmOptionPolicy | None = None,
     ) -> None:
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
@@ -172,9 +176,12 @@ class Engine:
         self._control: threading.Thread | None = None
         self._cancels = CancelRequests()
         self._cancelled = self._cancels.keys  # (session, task) -> arrival; the hot-path lookup
+        #: the JVM options a message's ``jvm_args`` may hold (widened only here)
+        self.jvm_options = jvm_options or JvmOptionPolicy()
         self._admission = Admission(
-            self._outbox, self.tasks_dir, self.max_delivery_count, self._cancelled
-        )
+            self._outbox, self.tasks_dir, self.max_delivery_count, self._cancelled,
+            self.jvm_options,
+        )  # fmt: skip
         self._stop_requested = False
         self._force = False
         self._thread: threading.Thread | None = None
@@ -264,6 +271,7 @@ class Engine:
             "default_timeout": self.default_timeout,
             "retry_backoff": self._pipeline.retry_backoff,
             "retry_backoff_max": self._pipeline.retry_backoff_max,
+            "jvm_options": self.jvm_options.as_options(),
         }
         self._direct = direct = DirectWorker(
             self.tasks_dir, self.work_dir, self.engine_id, self._url, self.queue, self.prefetch,

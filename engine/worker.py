@@ -41,7 +41,7 @@ from typing import Any
 
 from .errors import WorkerStartError
 from .java import java_runner, run_jar, set_current_dirs
-from .tasks import KIND_JAR, TaskContractError, TaskModuleCache, call_task
+from .tasks import KIND_JAR, TaskModuleCache, call_task
 
 __all__ = ["TaskContext", "WorkerProcess", "WorkerStartError", "describe_exit"]
 
@@ -324,10 +324,7 @@ def _run_one(item: tuple[Any, ...], cache: Any, context: TaskContext) -> tuple[A
         return (seq, STATUS_EXPIRED, None, None, started, started)
     context.task_id, context.attempt = task_id, attempt
     try:
-        if kind == KIND_JAR:
-            unknown = set(kwargs) - {"jvm_args"}
-            if unknown:
-                raise TaskContractError(f"jar tasks accept only jvm_args=, got {sorted(unknown)}")
+        if kind == KIND_JAR:  # kwargs checked on admission (``check_jar_kwargs``)
             value = run_jar(path, args, jvm_args=kwargs.get("jvm_args", ()), cwd=context.work_dir)
         else:
             value = call_task(cache.load(path), context, args, kwargs)
