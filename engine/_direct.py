@@ -54,6 +54,7 @@ from ._cancels import CancelRequests
 from ._outbox import Held, Outbox, delivery_attempt, settle_loop
 from ._pipeline import retry_delay
 from .control import KIND_RUNNING, NOTIFY, RUNNING_NOTICE_AFTER
+from .java import DEFAULT_MAX_OUTPUT
 from .tasks import JvmOptionPolicy
 from .worker import STATUS_EXPIRED, WorkerProcess, describe_exit
 
@@ -530,6 +531,7 @@ class DirectWorker:
         transport, outbox: the engine's own (renewals, answers for a dead worker's task).
         wake_r, wake_w: the engine's wake-up pipe; the worker gets the write end.
         body_size: the largest message body.
+        max_output: characters of print output per task, bytes of a jar's stdout/stderr.
     """
 
     def __init__(
@@ -548,8 +550,10 @@ class DirectWorker:
         body_size: int,
         poll: float,
         cancels: CancelRequests,
+        max_output: int = DEFAULT_MAX_OUTPUT,
     ) -> None:
         self.tasks_dir = tasks_dir
+        self.max_output = max_output
         self.work_dir = work_dir
         self.engine_id = engine_id
         self.queue = queue
@@ -585,7 +589,7 @@ class DirectWorker:
         self._running = (0, None)  # run sequence numbers start again with each worker
         self._cancel_seen.clear()
         self._noticed = 0
-        worker = WorkerProcess(self.tasks_dir, self.work_dir, self.engine_id)
+        worker = WorkerProcess(self.tasks_dir, self.work_dir, self.engine_id, self.max_output)
         try:
             worker.start(direct=(json.dumps(self.options), self.ledger.fd, self.wake_w))
         except BaseException:

@@ -26,6 +26,7 @@ from collections.abc import Container, Iterable, Iterator
 from ._outbox import Held, Outbox
 from .control import KIND_RUNNING, NOTIFY, RUNNING_NOTICE_AFTER
 from .errors import PipelineError
+from .java import DEFAULT_MAX_OUTPUT
 from .worker import (
     STATUS_CANCELLED,
     STATUS_EXPIRED,
@@ -61,6 +62,7 @@ class WorkerPipeline:
         default_timeout: seconds a task may run when it sets no timeout.
         wake_fd: a file descriptor that ``wait`` also watches.
         retry_backoff / retry_backoff_max: first and largest delay before a retry.
+        max_output: characters of print output per task, bytes of a jar's stdout/stderr.
     """
 
     def __init__(
@@ -73,8 +75,10 @@ class WorkerPipeline:
         wake_fd: int,
         retry_backoff: float = DEFAULT_RETRY_BACKOFF,
         retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
+        max_output: int = DEFAULT_MAX_OUTPUT,
     ) -> None:
         self.tasks_dir = tasks_dir
+        self.max_output = max_output
         self.work_dir = work_dir
         self.engine_id = engine_id
         self.outbox = outbox
@@ -96,7 +100,7 @@ class WorkerPipeline:
     # -- process ---------------------------------------------------------------------------
     def start_worker(self) -> None:
         """Start a worker and wait until it is warm. Raises ``WorkerStartError``."""
-        worker = WorkerProcess(self.tasks_dir, self.work_dir, self.engine_id)
+        worker = WorkerProcess(self.tasks_dir, self.work_dir, self.engine_id, self.max_output)
         try:
             worker.start()
         except BaseException:
@@ -198,11 +202,14 @@ class WorkerPipeline:
             return
         while self.inflight and worker.readable():
             try:
-                answer = worker.recv()
+                self._record(worker.recv())
             except (EOFError, OSError):
                 self._failed(timed_out=False)
                 return
-            self._record(answer)
+            except PipelineError as exc:  # the worker cannot be trusted to answer in order
+                logger.error("%s; restarting the worker", exc)
+                self._failed(timed_out=False)
+                return
             if self.inflight:
                 self._head_since = time.monotonic()
                 self._unstarted_bytes -= self.inflight[0].size
@@ -212,9 +219,9 @@ class WorkerPipeline:
 
     def _record(self, answer: tuple) -> None:
         seq, status, value, error, started, finished = answer
+        if seq is not None and self.inflight[0].seq != seq:  # seq None: an unreadable frame
+            raise PipelineError(f"worker answered task #{seq}, expected #{self.inflight[0].seq}")
         held = self.inflight.popleft()
-        if held.seq != seq:
-            raise PipelineError(f"worker answered task #{seq}, expected #{held.seq}")
         self.finished += 1
         if held.answered:
             pass  # cancelled while queued in the worker, and answered then
@@ -318,7 +325,7 @@ class WorkerPipeline:
         try:  # answers written before the end belong to tasks that did finish
             while self.inflight and worker.readable():
                 self._record(worker.recv())
-        except (EOFError, OSError, ValueError):
+        except (EOFError, OSError, ValueError, PipelineError):
             pass
         code = worker.kill()
         crash_report = worker.crash_report()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import sys
 from typing import Any
@@ -12,7 +13,7 @@ import click
 from ..transport.base import DEFAULT_LOCK_DURATION, DEFAULT_MAX_DELIVERY_COUNT
 from . import WORKER_MODES
 
-__all__ = ["engine"]
+__all__ = ["configure_logging", "engine"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,39 @@ class _Size(click.ParamType):
             return parse_size(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+
+
+def configure_logging(
+    log_level: str | None, log_file: str | None = None, max_bytes: int = 10 << 20, backups: int = 5
+) -> None:
+    """Set up the engine's logging: stderr, or ``log_file`` rotated at ``max_bytes``.
+
+    With ``log_file`` the engine's records go only to that file, which
+    ``RotatingFileHandler`` renames to ``FILE.1`` (... ``FILE.<backups>``) when it
+    reaches ``max_bytes``; what task code prints is bounded per task by the worker.
+    """
+    name = (log_level or os.environ.get("RTBATCH_LOG_LEVEL") or "INFO").upper()
+    level = logging.getLevelName(name)
+    if not isinstance(level, int):
+        level = logging.INFO
+    root = logging.getLogger()
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    if log_file is not None:
+        handler = logging.handlers.RotatingFileHandler(
+            log_file, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+        )
+        handler.setFormatter(logging.Formatter(fmt))
+        for old in list(root.handlers):
+            if isinstance(old, logging.StreamHandler) and not isinstance(old, logging.FileHandler):
+                root.removeHandler(old)
+        root.addHandler(handler)
+        root.setLevel(level)
+    elif not root.handlers:
+        logging.basicConfig(level=level, stream=sys.stderr, format=fmt)
+    elif log_level:
+        root.setLevel(level)
+    else:  # configured by ``rtbatch -v``: an engine logs at least its INFO lines
+        root.setLevel(min(root.level, level))
 
 
 @click.command("engine")
@@ -136,6 +170,34 @@ class _Size(click.ParamType):
     help="Largest -Xmx/-Xms a jar task may ask for, e.g. 4g. Default: this machine's memory.",
 )
 @click.option(
+    "--max-output",
+    type=_Size(),
+    default="16m",
+    show_default=True,
+    help="What one task's output may hold: its print output to the log, and a jar's "
+    "stdout and stderr each; the rest is dropped with a '[... N bytes dropped]' line.",
+)
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the engine's log to this file, rotated (default: stderr).",
+)
+@click.option(
+    "--log-max-bytes",
+    type=_Size(),
+    default="10m",
+    show_default=True,
+    help="Size at which --log-file is rotated.",
+)
+@click.option(
+    "--log-backups",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Rotated --log-file copies kept (FILE.1 ... FILE.N).",
+)
+@click.option(
     "--log-level", default=None, help="Logging level (default: env RTBATCH_LOG_LEVEL or INFO)."
 )
 def engine(
@@ -155,6 +217,10 @@ def engine(
     worker_mode: str,
     allow_jvm_options: tuple[str, ...],
     max_jvm_heap: int | None,
+    max_output: int,
+    log_file: str | None,
+    log_max_bytes: int,
+    log_backups: int,
     log_level: str | None,
 ) -> None:
     """Run an engine that pulls tasks from QUEUE and runs them.
@@ -171,19 +237,7 @@ def engine(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--allow-jvm-option") from None
 
-    name = (log_level or os.environ.get("RTBATCH_LOG_LEVEL") or "INFO").upper()
-    level = logging.getLevelName(name)
-    if not isinstance(level, int):
-        level = logging.INFO
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(
-            level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-    elif log_level:
-        root.setLevel(level)
-    else:  # configured by ``rtbatch -v``: an engine logs at least its INFO lines
-        root.setLevel(min(root.level, level))
+    configure_logging(log_level, log_file, log_max_bytes, log_backups)
 
     # The main loop, the receiver and the settler threads hand work to each other; a short
     # GIL switch interval keeps one from waiting on another's Python work (5 ms default).
@@ -211,6 +265,7 @@ def engine(
             result_ttl=result_ttl,
             direct=WORKER_MODES[worker_mode],
             jvm_options=jvm_options,
+            max_output=max_output,
         )
         eng.run()
     except (EngineError, TransportError) as exc:

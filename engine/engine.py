@@ -58,6 +58,7 @@ from ._outbox import Outbox, settle_loop
 from ._pipeline import DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX, WorkerPipeline
 from .control import CONTROL_QUEUE
 from .errors import EngineError
+from .java import DEFAULT_MAX_OUTPUT
 from .tasks import JvmOptionPolicy
 
 __all__ = ["DEFAULT_RESULT_TTL", "Engine", "EngineError", "default_engine_id"]
@@ -101,6 +102,9 @@ class Engine:
             transport whose leases another connection can settle.
         jvm_options: which JVM options a jar task's ``jvm_args`` may hold; default
             ``JvmOptionPolicy()``: only ``-Xmx``/``-Xms``/``-Xss`` sizes.
+        max_output: what a task's output may hold (default 16 MiB; the rest is dropped
+            with a ``[... N bytes dropped]`` line): characters of its ``print`` output
+            to the engine's log, bytes of a jar's stdout and stderr each.
     """
 
     def __init__(
@@ -123,7 +127,10 @@ class Engine:
         retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
         direct: bool | None = None,
         jvm_options: JvmOptionPolicy | None = None,
+        max_output: int = DEFAULT_MAX_OUTPUT,
     ) -> None:
+        if max_output < 1:
+            raise ValueError("max_output must be at least 1")
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
         url = transport if isinstance(transport, str) else None
@@ -170,7 +177,7 @@ class Engine:
         os.set_blocking(self._wake_w, False)
         self._pipeline = WorkerPipeline(
             self.tasks_dir, self.work_dir, self.engine_id, self._outbox, default_timeout,
-            self._wake_r, retry_backoff, retry_backoff_max,
+            self._wake_r, retry_backoff, retry_backoff_max, max_output,
         )  # fmt: skip
         self.control_queue = control_queue
         self._control: threading.Thread | None = None
@@ -277,6 +284,7 @@ class Engine:
             self.tasks_dir, self.work_dir, self.engine_id, self._url, self.queue, self.prefetch,
             options, self.transport, self._outbox, self._wake_r, self._wake_w,
             self.transport.max_message_size, min(_POLL / 2, self.lock_duration / 6), self._cancels,
+            self._pipeline.max_output,
         )  # fmt: skip
         try:
             direct.start()
