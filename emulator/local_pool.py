@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from realtime_batch.engine import WORKER_MODES
+from realtime_batch.engine import WORKER_MODES, JvmOptionPolicy
 from realtime_batch.orchestrator.pool import OrchestratorError, Pool, PoolStateError, StrPath
 from realtime_batch.transport import transport_scheme
 
@@ -142,6 +142,11 @@ class LocalPool(Pool):
         worker_mode: ``auto`` (default), ``direct`` or ``relay``: whether the engines'
             task workers take tasks from the broker themselves (direct, the default
             on ``zmq://``) or through their engine (relay); see docs/engine.md.
+        allow_jvm_options: regular expressions of further JVM options jar tasks may pass
+            in ``jvm_args`` (``rtbatch engine --allow-jvm-option``); default: sizes only.
+        max_jvm_heap: largest ``-Xmx``/``-Xms`` in bytes a jar task may ask for
+            (default: this machine's memory).
+        max_output: what one task's output may hold, in bytes (default 16 MiB).
         broker_args: extra command-line arguments for the broker (e.g. ``["--data-dir", d]``).
         start_broker: start a broker for a ``zmq://`` URL with an explicit port.
     """
@@ -165,6 +170,9 @@ class LocalPool(Pool):
         start_broker: bool = True,
         env: dict[str, str] | None = None,
         worker_mode: str = "auto",
+        allow_jvm_options: Sequence[str] = (),
+        max_jvm_heap: int | None = None,
+        max_output: int | None = None,
     ) -> None:
         if engines < 0:
             raise ValueError("engines must be >= 0")
@@ -173,6 +181,9 @@ class LocalPool(Pool):
                 f"worker_mode must be one of {list(WORKER_MODES)}, not {worker_mode!r}"
             )
         self.worker_mode = worker_mode
+        # checked here, so a bad pattern fails now rather than in every engine
+        self.jvm_options = JvmOptionPolicy(max_jvm_heap, allow_jvm_options)
+        self.max_output = max_output
         self._scheme = transport_scheme(transport)
         self._url = transport
         self._job = job or f"job-{uuid.uuid4().hex[:8]}"
@@ -326,6 +337,11 @@ class LocalPool(Pool):
             argv += ["--default-timeout", str(self.default_timeout)]
         if self.worker_mode != "auto":
             argv += ["--worker-mode", self.worker_mode]
+        for pattern in self.jvm_options.allow:
+            argv += ["--allow-jvm-option", pattern]
+        argv += ["--max-jvm-heap", str(self.jvm_options.max_heap)]
+        if self.max_output is not None:
+            argv += ["--max-output", str(self.max_output)]
         return argv
 
     def _spawn(self) -> Any:
@@ -360,6 +376,8 @@ class LocalPool(Pool):
             engine_id=engine_id,
             default_timeout=self.default_timeout,
             direct=WORKER_MODES[self.worker_mode],
+            jvm_options=self.jvm_options,
+            **({} if self.max_output is None else {"max_output": self.max_output}),
         )
         return engine.start()
 

@@ -222,3 +222,26 @@ def test_jar_arguments_stay_arguments_of_main(harness, tasks_dir, tmp_path):
     result = harness.result(timeout=60)
     assert result.error.type == "JavaTaskError"
     assert f"@{secret}" in result.error.message
+
+
+@pytest.mark.parametrize("url", ["zmq://127.0.0.1:0", "memory://sec-jvm-pool"])
+def test_local_pool_passes_the_operator_policy_to_its_engines(url, jars, tmp_path):
+    """Engine processes (zmq://: the rtbatch engine command line) and threads (memory://)."""
+    import realtime_batch as rb
+    from realtime_batch.emulator.local_pool import LocalPool
+
+    with LocalPool(
+        engines=1,
+        transport=url,
+        task_files=[jars["pi"]],
+        root=tmp_path / "pool",
+        allow_jvm_options=[r"-XX:\+UseSerialGC"],
+        max_jvm_heap=256 << 20,
+    ) as pool, rb.Session(pool) as session:  # fmt: skip
+        ok = session.submit("pi.jar", 1000, 7, jvm_args=["-XX:+UseSerialGC", "-Xmx128m"])
+        assert ok.result(timeout=60).split()[1] == "1000"
+        for option in ("-Xmx512m", "-XX:+UseParallelGC"):
+            with pytest.raises(rb.TaskError) as info:
+                session.submit("pi.jar", 10, jvm_args=[option]).result(timeout=60)
+            assert info.value.remote_type == "InvalidCommandError"
+            assert repr(option) in info.value.remote_message
