@@ -315,8 +315,12 @@ class DirectRunner:
         # results sent with the next receive in one request (zmq: SETTLE_RECEIVE)
         self._merge = hasattr(transport, "settle_and_receive")
 
-    def serve(self, cache: Any, run_one: Any) -> None:
-        """Serve tasks until the engine says drain (or goes away), then give back the rest."""
+    def serve(self, cache: Any, run_one: Any, release_memory: Any = None) -> None:
+        """Serve tasks until the engine says drain (or goes away), then give back the rest.
+
+        ``run_one`` runs a task; ``release_memory``, called when idle with nothing
+        being sent, hands freed heap back to the system (both from the worker module).
+        """
         backoff = 0.1
         polled = 0.0
         unsent_since: float | None = None  # monotonic time the oldest unsent result's task began
@@ -384,6 +388,9 @@ class DirectRunner:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
+            entries = []
+            if release_memory is not None and not self._unsettled:
+                release_memory()  # after a jar task: its output and result are sent
             if deliveries:
                 self._admit(deliveries)
         for held in self.pending:  # never started here: not counted as a delivery

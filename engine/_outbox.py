@@ -486,8 +486,10 @@ def settle_loop(
                 break
             entries.extend(more)
         settle(entries)
+        count = len(entries)
+        entries = more = None  # not kept alive while waiting: results may be large
         with cond:
-            settled(len(entries))
+            settled(count)
             cond.notify_all()
 
 

@@ -61,7 +61,7 @@ from .java import (
 )
 from .tasks import KIND_JAR, TaskModuleCache, call_task
 
-__all__ = ["TaskContext", "WorkerProcess", "WorkerStartError", "describe_exit"]
+__all__ = ["TaskContext", "WorkerProcess", "WorkerStartError", "describe_exit", "release_memory"]
 
 logger = logging.getLogger(__name__)
 
@@ -404,6 +404,12 @@ class _BoundedOutput(io.TextIOBase):
         return self._stream.encoding
 
 
+try:
+    _malloc_trim: Any = ctypes.CDLL(None).malloc_trim
+except (OSError, AttributeError):  # pragma: no cover - not glibc
+    _malloc_trim = None
+_memory = {"trim": False}  # a jar ran since the last ``release_memory``
+
 #: The print budget of the running task (set in ``main``).
 _output: _OutputBudget | None = None
 
@@ -433,6 +439,19 @@ def _run_one(item: tuple[Any, ...], cache: Any, context: TaskContext) -> tuple[A
     finally:
         if _output is not None:
             _output.end_task()
+        _memory["trim"] = _memory["trim"] or kind == KIND_JAR
+
+
+def release_memory() -> None:
+    """Hand freed heap back to the system after a jar task (its output buffers were big).
+
+    A jar's captured output is up to ``max_output`` bytes several times over (bytes,
+    text, the answer frame); once those are freed, glibc keeps the pages unless asked.
+    """
+    if _memory["trim"]:
+        _memory["trim"] = False
+        if _malloc_trim is not None:
+            _malloc_trim(0)
 
 
 def _encode_answer(answer: tuple[Any, ...]) -> bytes:
@@ -501,6 +520,8 @@ def _serve(tasks: Connection, results: Connection, ctrl_fd: int, context: TaskCo
             else:
                 out = _run_one(item, cache, context)
             results.send_bytes(_encode_answer(out))
+            del out
+            release_memory()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -560,7 +581,7 @@ def _serve_direct(
         runner = DirectRunner(transport, ledger, control, context, options, wake_fd)
         results.send_bytes(encode_json(["ready", os.getpid()], "ready"))
         control.wait_go(60.0)
-        runner.serve(TaskModuleCache(), _run_one)
+        runner.serve(TaskModuleCache(), _run_one, release_memory)
     finally:
         transport.close()
 
