@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
 
-from engine_helpers import Broker, Harness
+from engine_helpers import NEEDS_JDK, Harness, open_harness
 
 from realtime_batch.engine import build_jar
 from realtime_batch.engine.tasks import InvalidCommandError, JvmOptionPolicy
@@ -26,14 +26,7 @@ from realtime_batch.protocol import ResultRecord
 
 PI = Path(__file__).resolve().parents[2] / "examples" / "pi"
 
-pytestmark = [
-    pytest.mark.java,
-    pytest.mark.skipif(
-        not (shutil.which("javac") and shutil.which("java") and shutil.which("jar")),
-        reason="no JDK (javac, java, jar) on PATH",
-    ),
-    pytest.mark.usefixtures("no_leaked_processes"),
-]
+pytestmark = [*NEEDS_JDK, pytest.mark.usefixtures("no_leaked_processes")]
 
 _HOG = """
 import java.util.ArrayList;
@@ -83,19 +76,9 @@ def tasks_dir(tmp_path: Path, jars: dict[str, Path]) -> Path:
 
 
 @pytest.fixture(params=["relay", "direct"])
-def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
-    work = tmp_path / "wd"
-    work.mkdir()
-    broker = Broker() if request.param == "direct" else None
-    try:
-        h = Harness(tmp_path / "tasks", work, None if broker is None else broker.url)
-        try:
-            yield h
-        finally:
-            h.close()
-    finally:
-        if broker is not None:
-            broker.stop()
+def harness(request: pytest.FixtureRequest, tmp_path: Path, tasks_dir: Path) -> Iterator[Harness]:
+    with open_harness(request.param, tasks_dir, tmp_path / "wd") as h:
+        yield h
 
 
 def _run(harness: Harness, jar: str, jvm_args: list[str], *args: object) -> ResultRecord:

@@ -14,12 +14,13 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
 
-from engine_helpers import Broker, Harness
+from engine_helpers import NEEDS_JDK, Harness, open_harness
 
 from realtime_batch.engine import build_jar
 from realtime_batch.engine.cli import configure_logging
@@ -27,10 +28,12 @@ from realtime_batch.engine.java import JavaTaskError, JavaTimeoutError, run_jar
 
 pytestmark = pytest.mark.usefixtures("no_leaked_processes")
 
-_JDK = pytest.mark.skipif(
-    not (shutil.which("javac") and shutil.which("java") and shutil.which("jar")),
-    reason="no JDK (javac, java, jar) on PATH",
-)
+
+def _needs_jdk(test: Any) -> Any:
+    for mark in NEEDS_JDK:
+        test = mark(test)
+    return test
+
 
 _FLOOD = """
 public final class Flood {
@@ -72,21 +75,11 @@ def tasks_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture(params=["relay", "direct"])
 def harness(request: pytest.FixtureRequest, tmp_path: Path, tasks_dir: Path) -> Iterator[Harness]:
-    work = tmp_path / "wd"
-    work.mkdir()
-    broker = Broker() if request.param == "direct" else None
-    try:
-        h = Harness(tasks_dir, work, None if broker is None else broker.url)
-        try:
-            yield h
-        finally:
-            h.close()
-    finally:
-        if broker is not None:
-            broker.stop()
+    with open_harness(request.param, tasks_dir, tmp_path / "wd") as h:
+        yield h
 
 
-@_JDK
+@_needs_jdk
 def test_run_jar_keeps_only_max_output_bytes(flood_jar):
     limit = 100_000
     out = run_jar(flood_jar, [20], max_output=limit)  # 20 MiB on each stream
@@ -94,7 +87,7 @@ def test_run_jar_keeps_only_max_output_bytes(flood_jar):
     assert out == "x" * limit + f"\n[... {dropped} bytes dropped]\n"
 
 
-@_JDK
+@_needs_jdk
 def test_run_jar_bounds_stderr_of_a_failing_jar(flood_jar):
     with pytest.raises(JavaTaskError) as info:
         run_jar(flood_jar, [5, 0, 3], max_output=1000)
@@ -103,13 +96,13 @@ def test_run_jar_bounds_stderr_of_a_failing_jar(flood_jar):
     assert len(str(info.value)) < 6000
 
 
-@_JDK
+@_needs_jdk
 def test_run_jar_timeout_still_kills_the_jvm(flood_jar):
     with pytest.raises(JavaTimeoutError):
         run_jar(flood_jar, [1, 60_000], timeout=1.0, max_output=1000)
 
 
-@_JDK
+@_needs_jdk
 def test_jar_task_output_is_bounded(harness, tasks_dir, flood_jar):
     shutil.copy(flood_jar, tasks_dir / "flood.jar")
     harness.engine(max_output=4096)

@@ -19,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
 
-from engine_helpers import Broker, Harness
+from engine_helpers import Harness, open_harness
 
 import realtime_batch as rb
 from realtime_batch.engine.worker import WorkerProcess
@@ -63,18 +63,8 @@ def tasks_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture(params=["relay", "direct"])
 def harness(request: pytest.FixtureRequest, tmp_path: Path, tasks_dir: Path) -> Iterator[Harness]:
-    work = tmp_path / "wd"
-    work.mkdir()
-    broker = Broker() if request.param == "direct" else None
-    try:
-        h = Harness(tasks_dir, work, None if broker is None else broker.url)
-        try:
-            yield h
-        finally:
-            h.close()
-    finally:
-        if broker is not None:
-            broker.stop()
+    with open_harness(request.param, tasks_dir, tmp_path / "wd") as h:
+        yield h
 
 
 def test_value_of_a_task_module_class_is_an_error_result(harness):
