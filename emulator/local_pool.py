@@ -342,6 +342,8 @@ class LocalPool(Pool):
         argv += ["--max-jvm-heap", str(self.jvm_options.max_heap)]
         if self.max_output is not None:
             argv += ["--max-output", str(self.max_output)]
+        # rotated by the engine; its worker's log and print output: engine-worker.log
+        argv += ["--log-file", str(node / "engine.log")]
         return argv
 
     def _spawn(self) -> Any:

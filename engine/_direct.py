@@ -52,9 +52,9 @@ from ..transport.errors import TransportClosedError, TransportError
 from ._admit import Admission
 from ._cancels import CancelRequests
 from ._outbox import Held, Outbox, delivery_attempt, settle_loop
+from ._output import DEFAULT_MAX_OUTPUT, WorkerLog
 from ._pipeline import retry_delay
 from .control import KIND_RUNNING, NOTIFY, RUNNING_NOTICE_AFTER
-from .java import DEFAULT_MAX_OUTPUT
 from .tasks import JvmOptionPolicy
 from .worker import STATUS_EXPIRED, WorkerProcess, describe_exit
 
@@ -539,6 +539,7 @@ class DirectWorker:
         wake_r, wake_w: the engine's wake-up pipe; the worker gets the write end.
         body_size: the largest message body.
         max_output: characters of print output per task, bytes of a jar's stdout/stderr.
+        worker_log: the worker's rotated log file (None: stderr).
     """
 
     def __init__(
@@ -558,9 +559,11 @@ class DirectWorker:
         poll: float,
         cancels: CancelRequests,
         max_output: int = DEFAULT_MAX_OUTPUT,
+        worker_log: WorkerLog | None = None,
     ) -> None:
         self.tasks_dir = tasks_dir
         self.max_output = max_output
+        self.worker_log = worker_log
         self.work_dir = work_dir
         self.engine_id = engine_id
         self.queue = queue
@@ -596,7 +599,9 @@ class DirectWorker:
         self._running = (0, None)  # run sequence numbers start again with each worker
         self._cancel_seen.clear()
         self._noticed = 0
-        worker = WorkerProcess(self.tasks_dir, self.work_dir, self.engine_id, self.max_output)
+        worker = WorkerProcess(
+            self.tasks_dir, self.work_dir, self.engine_id, self.max_output, self.worker_log
+        )
         try:
             worker.start(direct=(json.dumps(self.options), self.ledger.fd, self.wake_w))
         except BaseException:

@@ -24,9 +24,9 @@ from collections import deque
 from collections.abc import Container, Iterable, Iterator
 
 from ._outbox import Held, Outbox
+from ._output import DEFAULT_MAX_OUTPUT, WorkerLog
 from .control import KIND_RUNNING, NOTIFY, RUNNING_NOTICE_AFTER
 from .errors import PipelineError
-from .java import DEFAULT_MAX_OUTPUT
 from .worker import (
     STATUS_CANCELLED,
     STATUS_EXPIRED,
@@ -63,6 +63,7 @@ class WorkerPipeline:
         wake_fd: a file descriptor that ``wait`` also watches.
         retry_backoff / retry_backoff_max: first and largest delay before a retry.
         max_output: characters of print output per task, bytes of a jar's stdout/stderr.
+        worker_log: the worker's rotated log file (None: stderr).
     """
 
     def __init__(
@@ -76,9 +77,11 @@ class WorkerPipeline:
         retry_backoff: float = DEFAULT_RETRY_BACKOFF,
         retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
         max_output: int = DEFAULT_MAX_OUTPUT,
+        worker_log: WorkerLog | None = None,
     ) -> None:
         self.tasks_dir = tasks_dir
         self.max_output = max_output
+        self.worker_log = worker_log
         self.work_dir = work_dir
         self.engine_id = engine_id
         self.outbox = outbox
@@ -100,7 +103,9 @@ class WorkerPipeline:
     # -- process ---------------------------------------------------------------------------
     def start_worker(self) -> None:
         """Start a worker and wait until it is warm. Raises ``WorkerStartError``."""
-        worker = WorkerProcess(self.tasks_dir, self.work_dir, self.engine_id, self.max_output)
+        worker = WorkerProcess(
+            self.tasks_dir, self.work_dir, self.engine_id, self.max_output, self.worker_log
+        )
         try:
             worker.start()
         except BaseException:

@@ -181,7 +181,8 @@ def configure_logging(
     "--log-file",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Write the engine's log to this file, rotated (default: stderr).",
+    help="Write the engine's log to this file, rotated (default: stderr); its task "
+    "worker's log and the tasks' print output go to FILE-worker (e.g. engine-worker.log).",
 )
 @click.option(
     "--log-max-bytes",
@@ -229,6 +230,7 @@ def engine(
     stderr. SIGTERM/SIGINT stop it gracefully (exit code 0).
     """
     from ..transport.errors import TransportError
+    from ._output import WorkerLog, worker_log_path
     from .engine import Engine, EngineError
     from .tasks import JvmOptionPolicy
 
@@ -238,6 +240,9 @@ def engine(
         raise click.BadParameter(str(exc), param_hint="--allow-jvm-option") from None
 
     configure_logging(log_level, log_file, log_max_bytes, log_backups)
+    worker_log = None
+    if log_file is not None:
+        worker_log = WorkerLog(worker_log_path(log_file), log_max_bytes, log_backups)
 
     # The main loop, the receiver and the settler threads hand work to each other; a short
     # GIL switch interval keeps one from waiting on another's Python work (5 ms default).
@@ -266,6 +271,7 @@ def engine(
             direct=WORKER_MODES[worker_mode],
             jvm_options=jvm_options,
             max_output=max_output,
+            worker_log=worker_log,
         )
         eng.run()
     except (EngineError, TransportError) as exc:

@@ -55,10 +55,10 @@ from ._admit import Admission
 from ._cancels import CancelRequests, receive_cancels
 from ._direct import DirectWorker, supports_direct
 from ._outbox import Outbox, settle_loop
+from ._output import DEFAULT_MAX_OUTPUT, WorkerLog
 from ._pipeline import DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX, WorkerPipeline
 from .control import CONTROL_QUEUE
 from .errors import EngineError
-from .java import DEFAULT_MAX_OUTPUT
 from .tasks import JvmOptionPolicy
 
 __all__ = ["DEFAULT_RESULT_TTL", "Engine", "EngineError", "default_engine_id"]
@@ -105,6 +105,9 @@ class Engine:
         max_output: what a task's output may hold (default 16 MiB; the rest is dropped
             with a ``[... N bytes dropped]`` line): characters of its ``print`` output
             to the engine's log, bytes of a jar's stdout and stderr each.
+        worker_log: a rotated file for the worker's log and its tasks' ``print``
+            output (``rtbatch engine --log-file``: ``NAME-worker.log`` beside the
+            engine's); None: the engine's stderr.
     """
 
     def __init__(
@@ -128,6 +131,7 @@ class Engine:
         direct: bool | None = None,
         jvm_options: JvmOptionPolicy | None = None,
         max_output: int = DEFAULT_MAX_OUTPUT,
+        worker_log: WorkerLog | None = None,
     ) -> None:
         if max_output < 1:
             raise ValueError("max_output must be at least 1")
@@ -177,7 +181,7 @@ class Engine:
         os.set_blocking(self._wake_w, False)
         self._pipeline = WorkerPipeline(
             self.tasks_dir, self.work_dir, self.engine_id, self._outbox, default_timeout,
-            self._wake_r, retry_backoff, retry_backoff_max, max_output,
+            self._wake_r, retry_backoff, retry_backoff_max, max_output, worker_log,
         )  # fmt: skip
         self.control_queue = control_queue
         self._control: threading.Thread | None = None
@@ -284,7 +288,7 @@ class Engine:
             self.tasks_dir, self.work_dir, self.engine_id, self._url, self.queue, self.prefetch,
             options, self.transport, self._outbox, self._wake_r, self._wake_w,
             self.transport.max_message_size, min(_POLL / 2, self.lock_duration / 6), self._cancels,
-            self._pipeline.max_output,
+            self._pipeline.max_output, self._pipeline.worker_log,
         )  # fmt: skip
         try:
             direct.start()

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._output import DEFAULT_MAX_OUTPUT, dropped_marker
 from .tasks import resolve_in_dir
 
 __all__ = [
@@ -48,8 +49,6 @@ _current_dirs: dict[str, str | None] = {"tasks_dir": None, "work_dir": None}
 _STDERR_TAIL = 4000
 _CHUNK = 1 << 16
 
-#: Bytes of a jar's stdout (and of its stderr) kept by default; the rest is dropped.
-DEFAULT_MAX_OUTPUT = 16 << 20
 #: Output bound of this process (the engine's worker sets it from ``--max-output``).
 _limits: dict[str, int] = {"max_output": DEFAULT_MAX_OUTPUT}
 
@@ -89,11 +88,6 @@ def set_current_dirs(tasks_dir: str | None, work_dir: str | None) -> None:
 def set_max_output(max_output: int) -> None:
     """Bytes of a jar's stdout/stderr this process keeps (the worker's ``--max-output``)."""
     _limits["max_output"] = max_output
-
-
-def dropped_marker(dropped: int) -> str:
-    """What ends captured output of which ``dropped`` bytes were left out."""
-    return f"\n[... {dropped} bytes dropped]\n"
 
 
 class _Capture:

@@ -33,7 +33,6 @@ import contextlib
 import ctypes
 import faulthandler
 import fcntl
-import io
 import json
 import logging
 import os
@@ -50,18 +49,12 @@ from typing import Any
 import orjson
 
 from ..protocol import ProtocolError, encode_json, unserializable_value
+from ._output import DEFAULT_MAX_OUTPUT, OutputBudget, WorkerLog, bound_print_output, release_memory
 from .errors import WorkerStartError
-from .java import (
-    DEFAULT_MAX_OUTPUT,
-    dropped_marker,
-    java_runner,
-    run_jar,
-    set_current_dirs,
-    set_max_output,
-)
+from .java import java_runner, run_jar, set_current_dirs, set_max_output
 from .tasks import KIND_JAR, TaskModuleCache, call_task
 
-__all__ = ["TaskContext", "WorkerProcess", "WorkerStartError", "describe_exit", "release_memory"]
+__all__ = ["TaskContext", "WorkerProcess", "WorkerStartError", "describe_exit"]
 
 logger = logging.getLogger(__name__)
 
@@ -132,12 +125,18 @@ class WorkerProcess:
     """
 
     def __init__(
-        self, tasks_dir: str, work_dir: str, engine_id: str, max_output: int = DEFAULT_MAX_OUTPUT
+        self,
+        tasks_dir: str,
+        work_dir: str,
+        engine_id: str,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+        log: WorkerLog | None = None,
     ) -> None:
         self.tasks_dir = tasks_dir
         self.work_dir = work_dir
         self.engine_id = engine_id
         self.max_output = max_output
+        self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
         self.results: Connection | None = None
         self._tasks: Connection | None = None
@@ -169,6 +168,7 @@ class WorkerProcess:
             *("--tasks-dir", self.tasks_dir, "--work-dir", self.work_dir),
             *("--engine-id", self.engine_id),
             *("--max-output", str(self.max_output)),
+            *(self.log.argv() if self.log is not None else ()),
         ]
         shared_fds: tuple[int, ...] = ()
         if direct is not None:
@@ -351,75 +351,8 @@ class _Control:
                     self.cancelled.add(int(token[1:]))
 
 
-class _OutputBudget:
-    """Characters of ``print`` output (stdout and stderr together) one task may write."""
-
-    def __init__(self, limit: int, stream: Any) -> None:
-        self.limit = self.left = limit
-        self.dropped = 0
-        self.stream = stream  # where the marker goes, outside the budget
-
-    def end_task(self) -> None:
-        """Say how much the task's output lost, then give the next task the whole budget."""
-        if self.dropped:
-            self.stream.write(dropped_marker(self.dropped))
-            self.stream.flush()
-        self.left, self.dropped = self.limit, 0
-
-
-class _BoundedOutput(io.TextIOBase):
-    """The worker's ``sys.stdout``/``sys.stderr``: writes within the task's budget, drops the rest.
-
-    Nothing dropped is kept, so a task printing without end costs neither memory
-    nor log space beyond its budget.
-    """
-
-    def __init__(self, stream: Any, budget: _OutputBudget) -> None:
-        super().__init__()
-        self._stream = stream
-        self._budget = budget
-
-    def write(self, text: str) -> int:
-        budget = self._budget
-        if len(text) <= budget.left:
-            budget.left -= len(text)
-            return self._stream.write(text)
-        if budget.left:
-            self._stream.write(text[: budget.left])
-        budget.dropped += len(text) - budget.left
-        budget.left = 0
-        return len(text)
-
-    def flush(self) -> None:
-        self._stream.flush()
-
-    def writable(self) -> bool:
-        return True
-
-    def fileno(self) -> int:
-        return self._stream.fileno()
-
-    @property
-    def encoding(self) -> str:  # type: ignore[override]
-        return self._stream.encoding
-
-
-try:
-    _malloc_trim: Any = ctypes.CDLL(None).malloc_trim
-except (OSError, AttributeError):  # pragma: no cover - not glibc
-    _malloc_trim = None
-_memory = {"trim": False}  # a jar ran since the last ``release_memory``
-
 #: The print budget of the running task (set in ``main``).
-_output: _OutputBudget | None = None
-
-
-def _bound_output(limit: int) -> None:
-    """Route ``print`` output of task code through one per-task budget of ``limit``."""
-    global _output
-    _output = _OutputBudget(limit, sys.stderr)
-    sys.stdout = _BoundedOutput(sys.stdout, _output)
-    sys.stderr = _BoundedOutput(sys.stderr, _output)
+_output: OutputBudget | None = None
 
 
 def _run_one(item: tuple[Any, ...], cache: Any, context: TaskContext) -> tuple[Any, ...]:
@@ -439,19 +372,8 @@ def _run_one(item: tuple[Any, ...], cache: Any, context: TaskContext) -> tuple[A
     finally:
         if _output is not None:
             _output.end_task()
-        _memory["trim"] = _memory["trim"] or kind == KIND_JAR
-
-
-def release_memory() -> None:
-    """Hand freed heap back to the system after a jar task (its output buffers were big).
-
-    A jar's captured output is up to ``max_output`` bytes several times over (bytes,
-    text, the answer frame); once those are freed, glibc keeps the pages unless asked.
-    """
-    if _memory["trim"]:
-        _memory["trim"] = False
-        if _malloc_trim is not None:
-            _malloc_trim(0)
+        if kind == KIND_JAR:
+            release_memory.due = True
 
 
 def _encode_answer(answer: tuple[Any, ...]) -> bytes:
@@ -532,6 +454,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work-dir", required=True)
     parser.add_argument("--engine-id", required=True)
     parser.add_argument("--max-output", type=int, default=DEFAULT_MAX_OUTPUT)
+    WorkerLog.add_arguments(parser)
     parser.add_argument("--direct", default=None, help="direct mode: options as JSON")
     parser.add_argument("--shared-fds", default=None, help="direct mode: ledger fd, wake fd")
     opts = parser.parse_args(argv)
@@ -543,12 +466,15 @@ def main(argv: list[str] | None = None) -> None:
     os.set_blocking(crash_fd, False)  # a dying worker must never block on a full pipe
     faulthandler.enable(file=crash_fd, all_threads=True)
     level = logging.getLevelName(os.environ.get("RTBATCH_LOG_LEVEL", "WARNING").upper())
+    log = WorkerLog.from_arguments(opts)
     logging.basicConfig(
         level=level if isinstance(level, int) else logging.WARNING,
         format="%(asctime)s %(levelname)s worker %(name)s: %(message)s",
+        handlers=None if log is None else [log.handler()],
     )
     set_max_output(opts.max_output)
-    _bound_output(opts.max_output)  # after basicConfig: the worker's own log is not counted
+    global _output  # after basicConfig: the worker's own log is not counted
+    _output = bound_print_output(opts.max_output, logging.getLogger().handlers[0])
     tasks_dir, work_dir = os.path.realpath(opts.tasks_dir), os.path.realpath(opts.work_dir)
     sys.path.insert(0, tasks_dir)  # task modules may import their staged neighbours
     set_current_dirs(tasks_dir, work_dir)

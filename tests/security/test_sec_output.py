@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
 from engine_helpers import NEEDS_JDK, Harness, open_harness
 
 from realtime_batch.engine import build_jar
+from realtime_batch.engine._output import WorkerLog
 from realtime_batch.engine.cli import configure_logging
 from realtime_batch.engine.java import JavaTaskError, JavaTimeoutError, run_jar
 
@@ -143,3 +144,36 @@ def test_engine_log_file_is_rotated(tmp_path):
     assert files == ["engine.log", "engine.log.1", "engine.log.2"]
     assert all((tmp_path / name).stat().st_size <= 20_000 for name in files)
     assert "line 1999" in log.read_text()
+
+
+def test_worker_log_holds_print_output_and_is_rotated(harness, tmp_path):
+    log = tmp_path / "logs" / "engine-worker.log"
+    log.parent.mkdir()
+    harness.engine(max_output=400_000, worker_log=WorkerLog(str(log), 50_000, 2))
+    harness.submit("printer.py", 300, 1000, "first-done")  # 300 kB, within the budget
+    assert harness.result().value == 300
+    harness.submit("printer.py", 1, 10, "second-done")
+    assert harness.result().value == 1
+    files = sorted(p.name for p in log.parent.iterdir())
+    assert files == ["engine-worker.log", "engine-worker.log.1", "engine-worker.log.2"]
+    assert all((log.parent / name).stat().st_size <= 50_000 for name in files)
+    assert log.read_text().endswith("y" * 10 + "\nsecond-done\n")
+
+
+def test_local_pool_engines_write_rotated_logs(tmp_path, tasks_dir):
+    """rtbatch engine --log-file, as LocalPool starts it: engine.log and engine-worker.log."""
+    import realtime_batch as rb
+    from realtime_batch.emulator.local_pool import LocalPool
+
+    with LocalPool(
+        engines=1,
+        transport="zmq://127.0.0.1:0",
+        task_files=[tasks_dir / "printer.py"],
+        root=tmp_path / "pool",
+        max_output=5000,
+    ) as pool, rb.Session(pool) as session:  # fmt: skip
+        assert session.submit("printer.py", 100, 1000, "done").result(timeout=60) == 100
+    node = tmp_path / "pool" / "node-0"
+    worker_log = (node / "engine-worker.log").read_text()
+    assert f"[... {100 * 1001 + len('done') + 1 - 5000} bytes dropped]" in worker_log
+    assert "ready on queue" in (node / "engine.log").read_text()
