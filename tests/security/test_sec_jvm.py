@@ -228,3 +228,24 @@ def test_local_pool_passes_the_operator_policy_to_its_engines(url, jars, tmp_pat
                 session.submit("pi.jar", 10, jvm_args=[option]).result(timeout=60)
             assert info.value.remote_type == "InvalidCommandError"
             assert repr(option) in info.value.remote_message
+
+
+def test_rtbatch_toml_engine_section_reaches_the_local_pool(tmp_path):
+    from realtime_batch.config import Config, ConfigError, open_pool
+
+    config = Config(
+        {
+            "pool.engines": 0,
+            "transport.url": "memory://sec-jvm-config",
+            "engine.allow_jvm_options": [r"-XX:\+UseSerialGC"],
+            "engine.max_jvm_heap": "2g",
+            "engine.max_output": "1m",
+        }
+    )
+    with open_pool(config, root=tmp_path / "pool") as pool:
+        assert pool.jvm_options.allow == (r"-XX:\+UseSerialGC",)
+        assert pool.jvm_options.max_heap == 2 << 30
+        assert pool.max_output == 1 << 20
+    config.set("engine.max_output", "lots")
+    with pytest.raises(ConfigError, match="lots"):
+        open_pool(config, root=tmp_path / "pool2")
