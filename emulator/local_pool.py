@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from realtime_batch.engine import WORKER_MODES
+from realtime_batch.engine import WORKER_MODES, JvmOptionPolicy
 from realtime_batch.orchestrator.pool import OrchestratorError, Pool, PoolStateError, StrPath
 from realtime_batch.transport import registered_scheme
 
@@ -177,6 +177,11 @@ class LocalPool(Pool):
         worker_mode: ``auto`` (default), ``direct`` or ``relay``: whether the engines'
             task workers take tasks from the broker themselves (direct, the default
             on ``zmq://``) or through their engine (relay); see docs/engine.md.
+        allow_jvm_options: regular expressions of further JVM options jar tasks may pass
+            in ``jvm_args`` (``rtbatch engine --allow-jvm-option``); default: sizes only.
+        max_jvm_heap: largest ``-Xmx``/``-Xms`` in bytes a jar task may ask for
+            (default: this machine's memory).
+        max_output: what one task's output may hold, in bytes (default 16 MiB).
         broker_args: extra command-line arguments for the broker (e.g. ``["--data-dir", d]``).
         start_broker: start a broker for a ``zmq://`` URL with an explicit port.
         env: environment variables of the engine processes, on top of this process's.
@@ -211,6 +216,9 @@ class LocalPool(Pool):
         pass_env: Sequence[str] = (),
         keep_logs: bool = False,
         metrics_port: int | None = None,
+        allow_jvm_options: Sequence[str] = (),
+        max_jvm_heap: int | None = None,
+        max_output: int | None = None,
     ) -> None:
         from realtime_batch.engine.credentials import check_pass_env
 
@@ -222,6 +230,9 @@ class LocalPool(Pool):
             )
         self.worker_mode = worker_mode
         self.pass_env = check_pass_env(pass_env)
+        # checked here, so a bad pattern fails now rather than in every engine
+        self.jvm_options = JvmOptionPolicy(max_jvm_heap, allow_jvm_options)
+        self.max_output = max_output
         self._scheme = registered_scheme(transport)
         if metrics_port is not None and self._scheme == "memory":
             raise ValueError(
@@ -386,6 +397,13 @@ class LocalPool(Pool):
             argv += ["--default-timeout", str(self.default_timeout)]
         if self.worker_mode != "auto":
             argv += ["--worker-mode", self.worker_mode]
+        for pattern in self.jvm_options.allow:
+            argv += ["--allow-jvm-option", pattern]
+        argv += ["--max-jvm-heap", str(self.jvm_options.max_heap)]
+        if self.max_output is not None:
+            argv += ["--max-output", str(self.max_output)]
+        # rotated by the engine; its worker's log and print output: engine-worker.log
+        argv += ["--log-file", str(node / "engine.log")]
         for name in self.pass_env:
             argv += ["--pass-env", name]
         if self.metrics_port is not None:  # before the last option: argv[-1] names the engine
@@ -428,6 +446,8 @@ class LocalPool(Pool):
             default_timeout=self.default_timeout,
             direct=WORKER_MODES[self.worker_mode],
             pass_env=self.pass_env,
+            jvm_options=self.jvm_options,
+            **({} if self.max_output is None else {"max_output": self.max_output}),
         )
         return engine.start()
 

@@ -24,6 +24,7 @@ _LAZY: dict[str, str] = {
     "CommandNotFoundError": "realtime_batch.engine.tasks:CommandNotFoundError",
     "InvalidCommandError": "realtime_batch.engine.tasks:InvalidCommandError",
     "resolve_command": "realtime_batch.engine.tasks:resolve_command",
+    "JvmOptionPolicy": "realtime_batch.engine.tasks:JvmOptionPolicy",
 }
 
 #: ``--worker-mode`` / ``LocalPool(worker_mode=...)`` -> ``Engine(direct=...)``: direct

@@ -2,8 +2,9 @@
 
 ``Admission.admit`` decodes a delivery and either returns a ``Held`` task to run or
 records its outcome in the outbox without running it: malformed (dead-lettered),
-cancelled, delivered too often (``EngineLostError``), past its deadline, or naming
-a command that is not a staged task module or jar.
+cancelled, delivered too often (``EngineLostError``), past its deadline, naming
+a command that is not a staged task module or jar, or a jar task whose ``jvm_args``
+hold an option the engine's ``JvmOptionPolicy`` does not allow.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from ..protocol import ProtocolError, decode_task
 from ..transport import Delivery
 from ._outbox import Held, Outbox
 from .control import KIND_ENGINE, NOTIFY
-from .tasks import CommandError, resolve_command
+from .tasks import KIND_JAR, CommandError, JvmOptionPolicy, check_jar_kwargs, resolve_command
 
 __all__ = ["Admission"]
 
@@ -29,6 +30,7 @@ class Admission:
         tasks_dir: directory the commands must name a file in.
         max_delivery_count: the task queue's delivery limit.
         cancelled: ``(session, task)`` keys of cancelled tasks.
+        jvm_options: the JVM options a jar task's ``jvm_args`` may hold (default: sizes).
     """
 
     def __init__(
@@ -37,11 +39,13 @@ class Admission:
         tasks_dir: str,
         max_delivery_count: int,
         cancelled: Container[tuple[str, str]],
+        jvm_options: JvmOptionPolicy | None = None,
     ) -> None:
         self.outbox = outbox
         self.tasks_dir = tasks_dir
         self.max_delivery_count = max_delivery_count
         self.cancelled = cancelled
+        self.jvm_options = jvm_options or JvmOptionPolicy()
         self._commands: dict[str, tuple[str, str]] = {}
         self._mailboxes: set[str | None] = set()  # told that this engine holds their tasks
 
@@ -71,6 +75,8 @@ class Admission:
             return None
         try:
             held.kind, held.path = self.resolve(task.command)
+            if held.kind == KIND_JAR and task.kwargs:  # before any process starts
+                check_jar_kwargs(task.kwargs, self.jvm_options)
         except CommandError as exc:
             self.outbox.error(held, type(exc).__name__, str(exc))
             return None

@@ -52,8 +52,10 @@ from ..transport.errors import TransportClosedError, TransportError
 from ._admit import Admission
 from ._cancels import CancelRequests
 from ._outbox import Held, Outbox, delivery_attempt, settle_loop
+from ._output import DEFAULT_MAX_OUTPUT, WorkerLog
 from ._pipeline import retry_delay
 from .control import KIND_RUNNING, NOTIFY, RUNNING_NOTICE_AFTER
+from .tasks import JvmOptionPolicy
 from .worker import STATUS_EXPIRED, WorkerProcess, describe_exit
 
 __all__ = ["DirectRunner", "DirectWorker", "Ledger", "supports_direct"]
@@ -298,7 +300,8 @@ class DirectRunner:
         self.outbox = Outbox(transport, context.engine_id, options["max_delivery_count"],
                              options.get("result_ttl"), source="worker")  # fmt: skip
         self.admission = Admission(self.outbox, context.tasks_dir, options["max_delivery_count"],
-                                   control.cancelled)  # fmt: skip
+                                   control.cancelled,
+                                   JvmOptionPolicy(**options.get("jvm_options", {})))  # fmt: skip
         self.pending: deque[Held] = deque()
         self.delayed: list[Held] = []
         self.slots: dict[str, int] = {}  # lock token -> ledger slot
@@ -312,8 +315,12 @@ class DirectRunner:
         # results sent with the next receive in one request (zmq: SETTLE_RECEIVE)
         self._merge = hasattr(transport, "settle_and_receive")
 
-    def serve(self, cache: Any, run_one: Any) -> None:
-        """Serve tasks until the engine says drain (or goes away), then give back the rest."""
+    def serve(self, cache: Any, run_one: Any, release_memory: Any = None) -> None:
+        """Serve tasks until the engine says drain (or goes away), then give back the rest.
+
+        ``run_one`` runs a task; ``release_memory``, called when idle with nothing
+        being sent, hands freed heap back to the system (both from the worker module).
+        """
         backoff = 0.1
         polled = 0.0
         unsent_since: float | None = None  # monotonic time the oldest unsent result's task began
@@ -382,6 +389,9 @@ class DirectRunner:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
+            entries = []
+            if release_memory is not None and not self._unsettled:
+                release_memory()  # after a jar task: its output and result are sent
             if deliveries:
                 self._admit(deliveries)
         for held in self.pending:  # never started here: not counted as a delivery
@@ -530,6 +540,8 @@ class DirectWorker:
         transport, outbox: the engine's own (renewals, answers for a dead worker's task).
         wake_r, wake_w: the engine's wake-up pipe; the worker gets the write end.
         body_size: the largest message body.
+        max_output: characters of print output per task, bytes of a jar's stdout/stderr.
+        worker_log: the worker's rotated log file (None: stderr).
     """
 
     def __init__(
@@ -548,10 +560,14 @@ class DirectWorker:
         body_size: int,
         poll: float,
         cancels: CancelRequests,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+        worker_log: WorkerLog | None = None,
         *,
         pass_env: tuple[str, ...] = (),
     ) -> None:
         self.tasks_dir = tasks_dir
+        self.max_output = max_output
+        self.worker_log = worker_log
         self.work_dir = work_dir
         self.engine_id = engine_id
         self.queue = queue
@@ -588,7 +604,14 @@ class DirectWorker:
         self._running = (0, None)  # run sequence numbers start again with each worker
         self._cancel_seen.clear()
         self._noticed = 0
-        worker = WorkerProcess(self.tasks_dir, self.work_dir, self.engine_id, self.pass_env)
+        worker = WorkerProcess(
+            self.tasks_dir,
+            self.work_dir,
+            self.engine_id,
+            self.max_output,
+            self.worker_log,
+            pass_env=self.pass_env,
+        )
         try:
             worker.start(direct=(json.dumps(self.options), self.ledger.fd, self.wake_w))
         except BaseException:

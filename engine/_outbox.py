@@ -24,6 +24,7 @@ from ..protocol import (
     TaskRecord,
     encode_result,
     peek_reply_to,
+    unserializable_value,
 )
 from ..transport import Delivery, Message, Transport
 from ..transport.base import MAX_DELIVERY_REASON
@@ -332,18 +333,16 @@ class Outbox:
         try:
             body = encode_result(record)
         except ProtocolError as exc:
-            body = encode_result(
-                _replace_error(
-                    record, "UnserializableResultError", f"the task's value is not JSON: {exc}"
-                )
-            )
+            body = encode_result(_replace_error(record, unserializable_value(exc)))
         if len(body) > self.transport.max_message_size:
             body = encode_result(
                 _replace_error(
                     record,
-                    "ResultTooLargeError",
-                    f"the result is {len(body)} bytes, over the transport limit of "
-                    f"{self.transport.max_message_size} bytes",
+                    ErrorInfo(
+                        "ResultTooLargeError",
+                        f"the result is {len(body)} bytes, over the transport limit of "
+                        f"{self.transport.max_message_size} bytes",
+                    ),
                 )
             )
         return Message(body, group=entry.reply_to.group, correlation_id=record.task, ttl=self.ttl)
@@ -494,18 +493,20 @@ def settle_loop(
                 break
             entries.extend(more)
         settle(entries)
+        count = len(entries)
+        entries = more = None  # not kept alive while waiting: results may be large
         with cond:
-            settled(len(entries))
+            settled(count)
             cond.notify_all()
 
 
-def _replace_error(record: ResultRecord, type_: str, message: str) -> ResultRecord:
+def _replace_error(record: ResultRecord, error: ErrorInfo) -> ResultRecord:
     return ResultRecord(
         session=record.session,
         job=record.job,
         task=record.task,
         status="error",
-        error=ErrorInfo(type_, message),
+        error=error,
         engine=record.engine,
         attempt=record.attempt,
         started_at=record.started_at,

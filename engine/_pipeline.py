@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Container, Iterable, Iterator, Sequence
 
 from ._outbox import Held, Outbox
+from ._output import DEFAULT_MAX_OUTPUT, WorkerLog
 from .control import KIND_RUNNING, NOTIFY, RUNNING_NOTICE_AFTER
 from .errors import PipelineError
 from .worker import (
@@ -61,6 +62,8 @@ class WorkerPipeline:
         default_timeout: seconds a task may run when it sets no timeout.
         wake_fd: a file descriptor that ``wait`` also watches.
         retry_backoff / retry_backoff_max: first and largest delay before a retry.
+        max_output: characters of print output per task, bytes of a jar's stdout/stderr.
+        worker_log: the worker's rotated log file (None: stderr).
     """
 
     def __init__(
@@ -73,10 +76,14 @@ class WorkerPipeline:
         wake_fd: int,
         retry_backoff: float = DEFAULT_RETRY_BACKOFF,
         retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+        worker_log: WorkerLog | None = None,
         *,
         pass_env: Sequence[str] = (),
     ) -> None:
         self.tasks_dir = tasks_dir
+        self.max_output = max_output
+        self.worker_log = worker_log
         self.work_dir = work_dir
         self.engine_id = engine_id
         self.outbox = outbox
@@ -99,7 +106,14 @@ class WorkerPipeline:
     # -- process ---------------------------------------------------------------------------
     def start_worker(self) -> None:
         """Start a worker and wait until it is warm. Raises ``WorkerStartError``."""
-        worker = WorkerProcess(self.tasks_dir, self.work_dir, self.engine_id, self.pass_env)
+        worker = WorkerProcess(
+            self.tasks_dir,
+            self.work_dir,
+            self.engine_id,
+            self.max_output,
+            self.worker_log,
+            pass_env=self.pass_env,
+        )
         try:
             worker.start()
         except BaseException:
@@ -201,11 +215,14 @@ class WorkerPipeline:
             return
         while self.inflight and worker.readable():
             try:
-                answer = worker.recv()
+                self._record(worker.recv())
             except (EOFError, OSError):
                 self._failed(timed_out=False)
                 return
-            self._record(answer)
+            except PipelineError as exc:  # the worker cannot be trusted to answer in order
+                logger.error("%s; restarting the worker", exc)
+                self._failed(timed_out=False)
+                return
             if self.inflight:
                 self._head_since = time.monotonic()
                 self._unstarted_bytes -= self.inflight[0].size
@@ -215,9 +232,9 @@ class WorkerPipeline:
 
     def _record(self, answer: tuple) -> None:
         seq, status, value, error, started, finished = answer
+        if seq is not None and self.inflight[0].seq != seq:  # seq None: an unreadable frame
+            raise PipelineError(f"worker answered task #{seq}, expected #{self.inflight[0].seq}")
         held = self.inflight.popleft()
-        if held.seq != seq:
-            raise PipelineError(f"worker answered task #{seq}, expected #{held.seq}")
         self.finished += 1
         if held.answered:
             pass  # cancelled while queued in the worker, and answered then
@@ -322,7 +339,7 @@ class WorkerPipeline:
         try:  # answers written before the end belong to tasks that did finish
             while self.inflight and worker.readable():
                 self._record(worker.recv())
-        except (EOFError, OSError, ValueError):
+        except (EOFError, OSError, ValueError, PipelineError):
             pass
         code = worker.kill()
         crash_report = worker.crash_report()

@@ -3,19 +3,70 @@
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import sys
+from typing import Any
 
 import click
 
 from ..transport.base import DEFAULT_LOCK_DURATION, DEFAULT_MAX_DELIVERY_COUNT
 from . import WORKER_MODES
 
-__all__ = ["engine"]
+__all__ = ["configure_logging", "engine"]
 
 logger = logging.getLogger(__name__)
 
 READY_LINE = "ENGINE READY"
+
+
+class _Size(click.ParamType):
+    """A byte size such as 512m, 16M or 2g."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        if isinstance(value, int):
+            return value
+        from .tasks import parse_size
+
+        try:
+            return parse_size(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def configure_logging(
+    log_level: str | None, log_file: str | None = None, max_bytes: int = 10 << 20, backups: int = 5
+) -> None:
+    """Set up the engine's logging: stderr, or ``log_file`` rotated at ``max_bytes``.
+
+    With ``log_file`` the engine's records go only to that file, which
+    ``RotatingFileHandler`` renames to ``FILE.1`` (... ``FILE.<backups>``) when it
+    reaches ``max_bytes``; what task code prints is bounded per task by the worker.
+    """
+    name = (log_level or os.environ.get("RTBATCH_LOG_LEVEL") or "INFO").upper()
+    level = logging.getLevelName(name)
+    if not isinstance(level, int):
+        level = logging.INFO
+    root = logging.getLogger()
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    if log_file is not None:
+        handler = logging.handlers.RotatingFileHandler(
+            log_file, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+        )
+        handler.setFormatter(logging.Formatter(fmt))
+        for old in list(root.handlers):
+            if isinstance(old, logging.StreamHandler) and not isinstance(old, logging.FileHandler):
+                root.removeHandler(old)
+        root.addHandler(handler)
+        root.setLevel(level)
+    elif not root.handlers:
+        logging.basicConfig(level=level, stream=sys.stderr, format=fmt)
+    elif log_level:
+        root.setLevel(level)
+    else:  # configured by ``rtbatch -v``: an engine logs at least its INFO lines
+        root.setLevel(min(root.level, level))
 
 
 @click.command("engine")
@@ -129,6 +180,49 @@ READY_LINE = "ENGINE READY"
     "auto: direct on zmq://, relay otherwise.",
 )
 @click.option(
+    "--allow-jvm-option",
+    "allow_jvm_options",
+    multiple=True,
+    metavar="PATTERN",
+    help="A regular expression (whole option) of a further JVM option that jar tasks may "
+    "pass in jvm_args; repeatable. Default: only -Xmx/-Xms/-Xss sizes.",
+)
+@click.option(
+    "--max-jvm-heap",
+    type=_Size(),
+    default=None,
+    help="Largest -Xmx/-Xms a jar task may ask for, e.g. 4g. Default: this machine's memory.",
+)
+@click.option(
+    "--max-output",
+    type=_Size(),
+    default="16m",
+    show_default=True,
+    help="What one task's output may hold: its print output to the log, and a jar's "
+    "stdout and stderr each; the rest is dropped with a '[... N bytes dropped]' line.",
+)
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the engine's log to this file, rotated (default: stderr); its task "
+    "worker's log and the tasks' print output go to FILE-worker (e.g. engine-worker.log).",
+)
+@click.option(
+    "--log-max-bytes",
+    type=_Size(),
+    default="10m",
+    show_default=True,
+    help="Size at which --log-file is rotated.",
+)
+@click.option(
+    "--log-backups",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Rotated --log-file copies kept (FILE.1 ... FILE.N).",
+)
+@click.option(
     "--log-level", default=None, help="Logging level (default: env RTBATCH_LOG_LEVEL or INFO)."
 )
 @click.option(
@@ -155,6 +249,12 @@ def engine(
     control_queue: str,
     result_ttl: float,
     worker_mode: str,
+    allow_jvm_options: tuple[str, ...],
+    max_jvm_heap: int | None,
+    max_output: int,
+    log_file: str | None,
+    log_max_bytes: int,
+    log_backups: int,
     log_level: str | None,
     metrics_port: int | None = None,
 ) -> None:
@@ -164,29 +264,27 @@ def engine(
     stderr. SIGTERM/SIGINT stop it gracefully (exit code 0).
     """
     from ..transport.errors import TransportError
+    from ._output import WorkerLog, worker_log_path
     from .credentials import check_pass_env, deny_tracing
     from .engine import Engine, EngineError
+    from .tasks import JvmOptionPolicy
 
     try:
         pass_env = check_pass_env(pass_env)
     except EngineError as exc:
         raise click.BadParameter(str(exc), param_hint="--pass-env") from None
+    try:
+        jvm_options = JvmOptionPolicy(max_jvm_heap, allow_jvm_options)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--allow-jvm-option") from None
     url = _transport_credential(transport_url, transport_file)
     queue = queue or str(_config_value("transport.queue") or "tasks")
     deny_tracing()  # tasks run as this user: keep them out of this process's memory
-    name = (log_level or os.environ.get("RTBATCH_LOG_LEVEL") or "INFO").upper()
-    level = logging.getLevelName(name)
-    if not isinstance(level, int):
-        level = logging.INFO
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(
-            level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-    elif log_level:
-        root.setLevel(level)
-    else:  # configured by ``rtbatch -v``: an engine logs at least its INFO lines
-        root.setLevel(min(root.level, level))
+
+    configure_logging(log_level, log_file, log_max_bytes, log_backups)
+    worker_log = None
+    if log_file is not None:
+        worker_log = WorkerLog(worker_log_path(log_file), log_max_bytes, log_backups)
 
     # The main loop, the receiver and the settler threads hand work to each other; a short
     # GIL switch interval keeps one from waiting on another's Python work (5 ms default).
@@ -214,6 +312,9 @@ def engine(
             result_ttl=result_ttl,
             direct=WORKER_MODES[worker_mode],
             pass_env=pass_env,
+            jvm_options=jvm_options,
+            max_output=max_output,
+            worker_log=worker_log,
         )
         metrics = None
         if metrics_port is not None:

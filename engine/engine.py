@@ -56,10 +56,12 @@ from ._cancels import CancelRequests, receive_cancels
 from ._direct import DirectWorker, supports_direct
 from ._observe import REPORT_INTERVAL, engine_report
 from ._outbox import Outbox, settle_loop
+from ._output import DEFAULT_MAX_OUTPUT, WorkerLog
 from ._pipeline import DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX, WorkerPipeline
 from .control import CONTROL_QUEUE
 from .credentials import check_pass_env
 from .errors import EngineError
+from .tasks import JvmOptionPolicy
 
 __all__ = ["DEFAULT_RESULT_TTL", "Engine", "EngineError", "default_engine_id"]
 
@@ -102,6 +104,14 @@ class Engine:
             transport whose leases another connection can settle.
         pass_env: names of environment variables task processes get besides the
             allowlist of ``engine.credentials.TASK_ENV_NAMES`` (``--pass-env``).
+        jvm_options: which JVM options a jar task's ``jvm_args`` may hold; default
+            ``JvmOptionPolicy()``: only ``-Xmx``/``-Xms``/``-Xss`` sizes.
+        max_output: what a task's output may hold (default 16 MiB; the rest is dropped
+            with a ``[... N bytes dropped]`` line): characters of its ``print`` output
+            to the engine's log, bytes of a jar's stdout and stderr each.
+        worker_log: a rotated file for the worker's log and its tasks' ``print``
+            output (``rtbatch engine --log-file``: ``NAME-worker.log`` beside the
+            engine's); None: the engine's stderr.
     """
 
     def __init__(
@@ -123,8 +133,13 @@ class Engine:
         retry_backoff: float = DEFAULT_RETRY_BACKOFF,
         retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
         direct: bool | None = None,
+        jvm_options: JvmOptionPolicy | None = None,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+        worker_log: WorkerLog | None = None,
         pass_env: Sequence[str] = (),
     ) -> None:
+        if max_output < 1:
+            raise ValueError("max_output must be at least 1")
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
         url = transport if isinstance(transport, str) else None
@@ -172,15 +187,19 @@ class Engine:
         self.pass_env = check_pass_env(pass_env)
         self._pipeline = WorkerPipeline(
             self.tasks_dir, self.work_dir, self.engine_id, self._outbox, default_timeout,
-            self._wake_r, retry_backoff, retry_backoff_max, pass_env=self.pass_env,
+            self._wake_r, retry_backoff, retry_backoff_max, max_output, worker_log,
+            pass_env=self.pass_env,
         )  # fmt: skip
         self.control_queue = control_queue
         self._control: threading.Thread | None = None
         self._cancels = CancelRequests()
         self._cancelled = self._cancels.keys  # (session, task) -> arrival; the hot-path lookup
+        #: the JVM options a message's ``jvm_args`` may hold (widened only here)
+        self.jvm_options = jvm_options or JvmOptionPolicy()
         self._admission = Admission(
-            self._outbox, self.tasks_dir, self.max_delivery_count, self._cancelled
-        )
+            self._outbox, self.tasks_dir, self.max_delivery_count, self._cancelled,
+            self.jvm_options,
+        )  # fmt: skip
         self._stop_requested = False
         self._force = False
         self._thread: threading.Thread | None = None
@@ -273,11 +292,13 @@ class Engine:
             "default_timeout": self.default_timeout,
             "retry_backoff": self._pipeline.retry_backoff,
             "retry_backoff_max": self._pipeline.retry_backoff_max,
+            "jvm_options": self.jvm_options.as_options(),
         }
         self._direct = direct = DirectWorker(
             self.tasks_dir, self.work_dir, self.engine_id, self._url, self.queue, self.prefetch,
             options, self.transport, self._outbox, self._wake_r, self._wake_w,
             self.transport.max_message_size, min(_POLL / 2, self.lock_duration / 6), self._cancels,
+            self._pipeline.max_output, self._pipeline.worker_log,
             pass_env=self.pass_env,
         )  # fmt: skip
         try:

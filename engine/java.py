@@ -2,8 +2,11 @@
 
 ``java_runner`` never uses a shell: the jar is resolved inside the tasks
 directory with the same rules as task commands, the arguments are passed as an
-argument list, and stdout/stderr are captured as text. A non-zero exit raises
-``JavaTaskError`` carrying stderr, which the engine turns into an error result.
+argument list, and stdout/stderr are captured as text, each bounded while it
+streams (``max_output`` bytes, default the engine's ``--max-output``, 16 MiB:
+the rest is read and dropped, and the text ends with ``[... N bytes dropped]``).
+A non-zero exit raises ``JavaTaskError`` carrying stderr, which the engine turns
+into an error result.
 """
 
 from __future__ import annotations
@@ -11,24 +14,29 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import selectors
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._output import DEFAULT_MAX_OUTPUT, dropped_marker
 from .credentials import task_environment
 from .tasks import resolve_in_dir
 
 __all__ = [
+    "DEFAULT_MAX_OUTPUT",
     "JavaNotFoundError",
     "JavaTaskError",
     "JavaTimeoutError",
     "build_jar",
+    "dropped_marker",
     "find_java_tool",
     "java_runner",
     "run_jar",
@@ -40,6 +48,10 @@ logger = logging.getLogger(__name__)
 _current_dirs: dict[str, str | None] = {"tasks_dir": None, "work_dir": None}
 
 _STDERR_TAIL = 4000
+_CHUNK = 1 << 16
+
+#: Output bound of this process (the engine's worker sets it from ``--max-output``).
+_limits: dict[str, int] = {"max_output": DEFAULT_MAX_OUTPUT}
 
 
 class JavaTaskError(RuntimeError):
@@ -72,6 +84,51 @@ def set_current_dirs(tasks_dir: str | None, work_dir: str | None) -> None:
     """Record the worker's tasks and work directories for module-level ``java_runner`` calls."""
     _current_dirs["tasks_dir"] = tasks_dir
     _current_dirs["work_dir"] = work_dir
+
+
+def set_max_output(max_output: int) -> None:
+    """Bytes of a jar's stdout/stderr this process keeps (the worker's ``--max-output``)."""
+    _limits["max_output"] = max_output
+
+
+class _Capture:
+    """Up to ``limit`` bytes of one stream; counts the rest, which it does not keep."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data = bytearray()
+        self.dropped = 0
+
+    def add(self, chunk: bytes) -> None:
+        room = self.limit - len(self.data)
+        if room > 0:
+            self.data += chunk[:room]
+        self.dropped += max(0, len(chunk) - max(room, 0))
+
+    def text(self) -> str:
+        text = self.data.decode(errors="replace")
+        return text + dropped_marker(self.dropped) if self.dropped else text
+
+
+def _collect(
+    proc: subprocess.Popen[bytes], limit: int, deadline: float | None
+) -> tuple[_Capture, _Capture, bool]:
+    """Read the JVM's stdout and stderr as they stream; True if ``deadline`` passed."""
+    out, err = _Capture(limit), _Capture(limit)
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ, out)  # type: ignore[arg-type]
+        selector.register(proc.stderr, selectors.EVENT_READ, err)  # type: ignore[arg-type]
+        while selector.get_map():
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
+                return out, err, True
+            for key, _ in selector.select(wait):
+                chunk = os.read(key.fd, _CHUNK)
+                if chunk:
+                    key.data.add(chunk)
+                else:
+                    selector.unregister(key.fileobj)
+    return out, err, False
 
 
 def find_java_tool(name: str = "java") -> str:
@@ -112,8 +169,15 @@ def run_jar(
     jvm_args: Sequence[str] = (),
     timeout: float | None = None,
     cwd: str | os.PathLike[str] | None = None,
+    max_output: int | None = None,
 ) -> str:
     """Run ``java [jvm_args] -jar jar_path args...`` and return its stdout text.
+
+    ``jvm_args`` are passed as given: the engine checks a message's ``jvm_args``
+    (``JvmOptionPolicy``) before it calls this. Stdout and stderr are each kept up
+    to ``max_output`` bytes (default: this process's bound, 16 MiB unless the
+    engine sets another); the rest is read, dropped and counted in a final
+    ``[... N bytes dropped]`` line, so a chatty jar cannot fill memory.
 
     Raises:
         JavaTaskError: non-zero exit (message ends with the tail of stderr).
@@ -122,37 +186,47 @@ def run_jar(
     """
     argv = [find_java_tool("java"), *map(str, jvm_args), "-jar", str(jar_path), *map(str, args)]
     logger.debug("running %s", argv)
-    try:
-        proc = subprocess.run(
-            argv,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=timeout,
-            preexec_fn=_preexec(),
-            env=task_environment(),  # never the worker's credentials (there are none left)
-        )
-    except subprocess.TimeoutExpired as exc:
-        stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
+    limit = _limits["max_output"] if max_output is None else max_output
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with subprocess.Popen(
+        argv,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=_preexec(),
+        env=task_environment(),  # never the worker's credentials (there are none left)
+    ) as proc:
+        try:
+            out, err, timed_out = _collect(proc, limit, deadline)
+            if not timed_out:  # both pipes closed: the JVM is ending
+                left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                proc.wait(left)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:  # on a timeout, or anything else that stops the reading: no JVM left
+            if proc.poll() is None:
+                proc.kill()
+            returncode = proc.wait()
+    if timed_out:
         raise JavaTimeoutError(
-            f"{Path(jar_path).name} timed out after {timeout} s", None, "", stderr or ""
-        ) from None
-    if proc.returncode != 0:
-        tail = proc.stderr.strip()[-_STDERR_TAIL:]
+            f"{Path(jar_path).name} timed out after {timeout} s", None, "", err.text()
+        )
+    stdout, stderr = out.text(), err.text()
+    if returncode != 0:
+        tail = stderr.strip()[-_STDERR_TAIL:]
         how = (
-            f"was killed by signal {-proc.returncode}"
-            if proc.returncode < 0
-            else f"exited with status {proc.returncode}"
+            f"was killed by signal {-returncode}"
+            if returncode < 0
+            else f"exited with status {returncode}"
         )
         raise JavaTaskError(
             f"{Path(jar_path).name} {how}" + (f": {tail}" if tail else ""),
-            proc.returncode,
-            proc.stdout,
-            proc.stderr,
+            returncode,
+            stdout,
+            stderr,
         )
-    return proc.stdout
+    return stdout
 
 
 def java_runner(

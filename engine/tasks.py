@@ -21,6 +21,7 @@ import os
 import re
 import sys
 import zlib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -31,10 +32,13 @@ __all__ = [
     "CommandError",
     "CommandNotFoundError",
     "InvalidCommandError",
+    "JvmOptionPolicy",
     "TaskContractError",
     "TaskModuleCache",
     "TaskReportedError",
     "call_task",
+    "check_jar_kwargs",
+    "parse_size",
     "resolve_command",
     "resolve_in_dir",
 ]
@@ -48,6 +52,39 @@ _KINDS = {".py": KIND_PYTHON, ".jar": KIND_JAR}
 _SAFE_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+\-]*(?:/[A-Za-z0-9_][A-Za-z0-9_.+\-]*)*\Z")
 
 
+# -Xmx/-Xms/-Xss with a plain number and an optional unit, nothing before or after.
+_SIZE_OPTION = re.compile(r"-X(mx|ms|ss)([1-9][0-9]{0,15})([kKmMgGtT]?)\Z")
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+#: The largest thread stack (``-Xss``) a message may ask for.
+MAX_THREAD_STACK = 1 << 30
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not Linux
+        return 1 << 40
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a size such as ``"512m"``, ``"16M"``, ``"2g"`` or ``"4096"`` (binary units).
+
+    Raises:
+        ValueError: not a positive whole number with an optional k/m/g/t unit.
+    """
+    match = re.fullmatch(r"([1-9][0-9]{0,15})([kKmMgGtT]?)[bB]?", text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a size such as 512m, 16M or 2g")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+
+
+def _format_size(size: int) -> str:
+    for unit in ("t", "g", "m", "k"):
+        if size % _SIZE_UNITS[unit] == 0:
+            return f"{size // _SIZE_UNITS[unit]}{unit}"
+    return str(size)
+
+
 class CommandError(Exception):
     """A command that cannot be run; its class name is the result's error type."""
 
@@ -58,6 +95,92 @@ class InvalidCommandError(CommandError):
 
 class CommandNotFoundError(CommandError):
     """The command names no file in the tasks directory."""
+
+
+class JvmOptionPolicy:
+    """Which JVM options a task message may pass with ``jvm_args`` (jar commands).
+
+    A message may set the heap (``-Xmx``, ``-Xms``, at most ``max_heap`` bytes) and
+    the thread stack (``-Xss``, at most 1 GiB), written as a plain number with an
+    optional ``k``/``m``/``g``/``t`` unit, e.g. ``-Xmx512m``. Nothing else: no
+    class path, agent, ``-XX:`` hook, log file or ``@argfile``, so a message never
+    chooses what the JVM loads or runs. Only the engine's operator can widen the
+    list (``rtbatch engine --allow-jvm-option PATTERN``), never a message.
+
+    Args:
+        max_heap: largest ``-Xmx``/``-Xms`` in bytes; None: this machine's memory.
+        allow: regular expressions (matched against the whole option) of further
+            options this engine accepts.
+
+    Raises:
+        ValueError: ``max_heap`` is not positive or a pattern is not a valid regex.
+    """
+
+    def __init__(self, max_heap: int | None = None, allow: Iterable[str] = ()) -> None:
+        self.max_heap = _physical_memory() if max_heap is None else int(max_heap)
+        if self.max_heap <= 0:
+            raise ValueError(f"max_heap must be positive, got {max_heap!r}")
+        self.allow = tuple(allow)
+        try:
+            self._patterns = [re.compile(pattern) for pattern in self.allow]
+        except re.error as exc:
+            raise ValueError(f"invalid JVM option pattern {exc.pattern!r}: {exc}") from None
+
+    def __repr__(self) -> str:
+        return f"JvmOptionPolicy(max_heap={self.max_heap}, allow={self.allow!r})"
+
+    def as_options(self) -> dict[str, Any]:
+        """The policy as JSON-able keyword arguments (for a direct-mode worker)."""
+        return {"max_heap": self.max_heap, "allow": list(self.allow)}
+
+    def check(self, jvm_args: Any) -> list[str]:
+        """Return ``jvm_args`` as a list if every option is allowed.
+
+        Raises:
+            InvalidCommandError: ``jvm_args`` is not a list of strings, or names an
+                option that is not allowed (the message names it).
+        """
+        if not isinstance(jvm_args, (list, tuple)):
+            raise InvalidCommandError(
+                f"jvm_args must be a list of JVM options, got {type(jvm_args).__name__}"
+            )
+        for option in jvm_args:
+            if not isinstance(option, str):
+                raise InvalidCommandError(f"JVM option {option!r} is not a string")
+            self._check_one(option)
+        return list(jvm_args)
+
+    def _check_one(self, option: str) -> None:
+        if any(pattern.fullmatch(option) for pattern in self._patterns):
+            return
+        match = _SIZE_OPTION.match(option)
+        if match is None:
+            raise InvalidCommandError(
+                f"JVM option {option!r} is not allowed: a task may pass only -Xmx/-Xms "
+                f"(at most {_format_size(self.max_heap)}) and -Xss (at most "
+                f"{_format_size(MAX_THREAD_STACK)}), e.g. '-Xmx512m'"
+                + (", or options matching this engine's --allow-jvm-option" if self.allow else "")
+            )
+        kind, number, unit = match.groups()
+        limit = MAX_THREAD_STACK if kind == "ss" else self.max_heap
+        if int(number) * _SIZE_UNITS[unit.lower()] > limit:
+            raise InvalidCommandError(
+                f"JVM option {option!r} is not allowed: over this engine's maximum of "
+                f"{_format_size(limit)}"
+            )
+
+
+def check_jar_kwargs(kwargs: Mapping[str, Any], policy: JvmOptionPolicy) -> None:
+    """Refuse a jar task's keyword arguments unless they are allowed ``jvm_args``.
+
+    Raises:
+        InvalidCommandError: another keyword, or a JVM option ``policy`` refuses.
+    """
+    unknown = set(kwargs) - {"jvm_args"}
+    if unknown:
+        raise InvalidCommandError(f"jar tasks accept only jvm_args=, got {sorted(unknown)}")
+    if "jvm_args" in kwargs:
+        policy.check(kwargs["jvm_args"])
 
 
 class TaskContractError(Exception):

@@ -3,20 +3,27 @@
 The engine starts one worker (``python -m realtime_batch.engine.worker``) and
 reuses it for every task; a new one is started only after a crash or a timeout
 kill. The two talk over inherited pipes framed by ``multiprocessing.connection``
-with pickled tuples, which costs a few microseconds per task:
+(pickled tuples from the engine, JSON back), which costs a few microseconds per task:
 
 * engine -> worker: ``(seq, kind, path, args, kwargs, deadline, task_id, attempt)``
   or ``None`` to stop;
-* worker -> engine: ``("ready", pid)`` once, then ``(seq, status, value, error,
-  started_at, finished_at)`` per task, in order, with status ``ok``, ``error``,
+* worker -> engine: ``["ready", pid]`` once, then ``[seq, status, value, error,
+  started_at, finished_at]`` per task, in order, with status ``ok``, ``error``,
   ``expired``, ``cancelled`` or ``skipped`` (not started because the engine is draining).
+  These are JSON, encoded by the protocol's rule for a task's value
+  (``encode_json``): a value that a result cannot carry is refused here, in the
+  worker, as ``UnserializableResultError``, and nothing the worker writes can run
+  code or raise in the engine (a frame that is not an answer becomes a
+  ``WorkerProtocolError`` result for the task it stands for).
 
 A third pipe carries control bytes (``D``: drain, skip every task not started
 yet; ``C<seq>;``: task ``seq`` was cancelled, answer ``cancelled`` instead of
 starting it). The worker runs in its own session (so the engine can kill it together
 with any JVM it started), dies with its parent (``PR_SET_PDEATHSIG``), sends its
-``print`` output to stderr, and writes a Python stack dump to a fourth pipe on
-fatal signals (``faulthandler``), which the engine puts in the error result.
+``print`` output to stderr (the engine's log; at most ``max_output`` characters per
+task, the rest dropped with a ``[... N bytes dropped]`` line), and writes a
+Python stack dump to a fourth pipe on fatal signals (``faulthandler``), which the
+engine puts in the error result.
 """
 
 from __future__ import annotations
@@ -40,10 +47,14 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
+import orjson
+
+from ..protocol import ProtocolError, encode_json, unserializable_value
+from ._output import DEFAULT_MAX_OUTPUT, OutputBudget, WorkerLog, bound_print_output, release_memory
 from .credentials import scrub_environ, task_environment
 from .errors import WorkerStartError
-from .java import java_runner, run_jar, set_current_dirs
-from .tasks import KIND_JAR, TaskContractError, TaskModuleCache, call_task
+from .java import java_runner, run_jar, set_current_dirs, set_max_output
+from .tasks import KIND_JAR, TaskModuleCache, call_task
 
 __all__ = ["TaskContext", "WorkerProcess", "WorkerStartError", "describe_exit"]
 
@@ -55,6 +66,7 @@ STATUS_EXPIRED = "expired"
 _DRAIN = b"D"
 _CANCEL = b"C"
 _CRASH_TAIL = 4000
+_STATUSES = frozenset({"ok", "error", STATUS_EXPIRED, STATUS_CANCELLED, STATUS_SKIPPED})
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -117,12 +129,20 @@ class WorkerProcess:
     """
 
     def __init__(
-        self, tasks_dir: str, work_dir: str, engine_id: str, pass_env: Sequence[str] = ()
+        self,
+        tasks_dir: str,
+        work_dir: str,
+        engine_id: str,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+        log: WorkerLog | None = None,
+        pass_env: Sequence[str] = (),
     ) -> None:
         self.tasks_dir = tasks_dir
         self.work_dir = work_dir
         self.engine_id = engine_id
         self.pass_env = tuple(pass_env)
+        self.max_output = max_output
+        self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
         self.results: Connection | None = None
         self._tasks: Connection | None = None
@@ -155,6 +175,8 @@ class WorkerProcess:
             *("--fds", ",".join(map(str, child_fds))),
             *("--tasks-dir", self.tasks_dir, "--work-dir", self.work_dir),
             *("--engine-id", self.engine_id),
+            *("--max-output", str(self.max_output)),
+            *(self.log.argv() if self.log is not None else ()),
         ]
         if self.pass_env:
             argv += ["--pass-env", ",".join(self.pass_env)]
@@ -191,10 +213,10 @@ class WorkerProcess:
         os.set_blocking(crash_r, False)
         self._crash_r = crash_r
         try:
-            ready = self.results.poll(timeout) and pickle.loads(self.results.recv_bytes())
-        except (EOFError, OSError):
+            ready = self.results.poll(timeout) and orjson.loads(self.results.recv_bytes())
+        except (EOFError, OSError, orjson.JSONDecodeError):
             ready = None
-        if not (isinstance(ready, tuple) and ready[0] == "ready"):
+        if not (isinstance(ready, list) and ready[:1] == ["ready"]):
             self.kill()
             raise WorkerStartError(
                 f"worker process did not start ({describe_exit(self.returncode)}); "
@@ -212,9 +234,20 @@ class WorkerProcess:
         return self.results is not None and bool(self._result_poll.poll(0))
 
     def recv(self) -> tuple[Any, ...]:
-        """Read one result; raises ``EOFError`` when the worker died."""
+        """Read one answer; raises ``EOFError`` when the worker died.
+
+        A frame that is not an answer comes back as a ``WorkerProtocolError`` answer
+        with seq None: the answer of the task the worker was due to answer.
+        """
         assert self.results is not None
-        return pickle.loads(self.results.recv_bytes())
+        frame = self.results.recv_bytes()
+        try:
+            return _decode_answer(frame)
+        except ValueError as exc:
+            logger.error("worker %s wrote a frame that is not an answer: %s", self.pid, exc)
+            now = time.time()
+            error = ("WorkerProtocolError", f"the worker's answer could not be read: {exc}", "")
+            return (None, "error", None, error, now, now)
 
     def drain(self) -> None:
         """Tell the worker to skip every task it has not started yet."""
@@ -331,6 +364,10 @@ class _Control:
                     self.cancelled.add(int(token[1:]))
 
 
+#: The print budget of the running task (set in ``main``).
+_output: OutputBudget | None = None
+
+
 def _run_one(item: tuple[Any, ...], cache: Any, context: TaskContext) -> tuple[Any, ...]:
     seq, kind, path, args, kwargs, deadline, task_id, attempt = item
     started = time.time()
@@ -338,16 +375,50 @@ def _run_one(item: tuple[Any, ...], cache: Any, context: TaskContext) -> tuple[A
         return (seq, STATUS_EXPIRED, None, None, started, started)
     context.task_id, context.attempt = task_id, attempt
     try:
-        if kind == KIND_JAR:
-            unknown = set(kwargs) - {"jvm_args"}
-            if unknown:
-                raise TaskContractError(f"jar tasks accept only jvm_args=, got {sorted(unknown)}")
+        if kind == KIND_JAR:  # kwargs checked on admission (``check_jar_kwargs``)
             value = run_jar(path, args, jvm_args=kwargs.get("jvm_args", ()), cwd=context.work_dir)
         else:
             value = call_task(cache.load(path), context, args, kwargs)
         return (seq, "ok", value, None, started, time.time())
     except BaseException as exc:  # the task's failure is its result
         return (seq, "error", None, _describe(exc), started, time.time())
+    finally:
+        if _output is not None:
+            _output.end_task()
+        if kind == KIND_JAR:
+            release_memory.due = True
+
+
+def _encode_answer(answer: tuple[Any, ...]) -> bytes:
+    """An answer frame; a value the protocol cannot carry becomes the task's error."""
+    try:
+        return encode_json(answer, "value")
+    except ProtocolError as exc:
+        error = unserializable_value(exc)
+        seq, _status, _value, _error, started, finished = answer
+        return encode_json(
+            (seq, "error", None, (error.type, error.message, ""), started, finished), "value"
+        )
+
+
+def _decode_answer(frame: bytes) -> tuple[Any, ...]:
+    """The engine's reading of an answer frame; raises ``ValueError`` if it is not one."""
+    try:
+        answer = orjson.loads(frame)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+    if not (isinstance(answer, list) and len(answer) == 6):
+        raise ValueError(f"expected a list of 6 fields, got {type(answer).__name__}")
+    seq, status, value, error, started, finished = answer
+    if not (isinstance(seq, int) and status in _STATUSES):
+        raise ValueError(f"bad task number {seq!r} or status {status!r}")
+    if error is not None and not (
+        isinstance(error, list) and len(error) == 3 and all(isinstance(e, str) for e in error)
+    ):
+        raise ValueError(f"bad error {error!r}")
+    if not all(isinstance(t, (int, float)) for t in (started, finished)):
+        raise ValueError("bad start or finish time")
+    return seq, status, value, None if error is None else tuple(error), started, finished
 
 
 def _describe(exc: BaseException) -> tuple[str, str, str]:
@@ -366,7 +437,7 @@ def _describe(exc: BaseException) -> tuple[str, str, str]:
 def _serve(tasks: Connection, results: Connection, ctrl_fd: int, context: TaskContext) -> None:
     cache = TaskModuleCache()
     control = _Control(ctrl_fd)
-    results.send_bytes(pickle.dumps(("ready", os.getpid())))
+    results.send_bytes(encode_json(["ready", os.getpid()], "ready"))
     while True:
         try:
             batch = pickle.loads(tasks.recv_bytes())
@@ -383,12 +454,9 @@ def _serve(tasks: Connection, results: Connection, ctrl_fd: int, context: TaskCo
                 out = (item[0], status, None, None, now, now)
             else:
                 out = _run_one(item, cache, context)
-            try:
-                payload = pickle.dumps(out, pickle.HIGHEST_PROTOCOL)
-            except Exception as exc:
-                error = ("UnserializableResultError", f"the task's value cannot be sent: {exc}", "")
-                payload = pickle.dumps((out[0], "error", None, error, out[4], out[5]))
-            results.send_bytes(payload)
+            results.send_bytes(_encode_answer(out))
+            del out
+            release_memory()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -398,6 +466,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks-dir", required=True)
     parser.add_argument("--work-dir", required=True)
     parser.add_argument("--engine-id", required=True)
+    parser.add_argument("--max-output", type=int, default=DEFAULT_MAX_OUTPUT)
+    WorkerLog.add_arguments(parser)
     parser.add_argument(
         "--direct", action="store_true", help="direct mode (options come on the task pipe)"
     )
@@ -413,10 +483,15 @@ def main(argv: list[str] | None = None) -> None:
     os.set_blocking(crash_fd, False)  # a dying worker must never block on a full pipe
     faulthandler.enable(file=crash_fd, all_threads=True)
     level = logging.getLevelName(os.environ.get("RTBATCH_LOG_LEVEL", "WARNING").upper())
+    log = WorkerLog.from_arguments(opts)
     logging.basicConfig(
         level=level if isinstance(level, int) else logging.WARNING,
         format="%(asctime)s %(levelname)s worker %(name)s: %(message)s",
+        handlers=None if log is None else [log.handler()],
     )
+    set_max_output(opts.max_output)
+    global _output  # after basicConfig: the worker's own log is not counted
+    _output = bound_print_output(opts.max_output, logging.getLogger().handlers[0])
     tasks_dir, work_dir = os.path.realpath(opts.tasks_dir), os.path.realpath(opts.work_dir)
     sys.path.insert(0, tasks_dir)  # task modules may import their staged neighbours
     set_current_dirs(tasks_dir, work_dir)
@@ -448,9 +523,9 @@ def _serve_direct(
         ledger = Ledger(options["slots"], options["body_size"], fd=ledger_fd)
         control = DirectControl(ctrl_fd)
         runner = DirectRunner(transport, ledger, control, context, options, wake_fd)
-        results.send_bytes(pickle.dumps(("ready", os.getpid())))
+        results.send_bytes(encode_json(["ready", os.getpid()], "ready"))
         control.wait_go(60.0)
-        runner.serve(TaskModuleCache(), _run_one)
+        runner.serve(TaskModuleCache(), _run_one, release_memory)
     finally:
         transport.close()
 

@@ -94,6 +94,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "azure": {
         "credentials_file": "",  # the seed's credentials.json
     },
+    "engine": {  # local pool engines (rtbatch engine options)
+        "allow_jvm_options": [],  # regexes of further JVM options jar tasks may pass
+        "max_jvm_heap": "",  # largest -Xmx/-Xms a jar task may ask for; "": the node's memory
+        "max_output": "16m",  # a task's print output / a jar's stdout and stderr, each
+    },
 }
 
 SECRET_KEYS = frozenset(
@@ -116,7 +121,7 @@ CREDENTIALS_KEYS: dict[str, str] = {
 
 _ENV_ALIASES = {"RTBATCH_TRANSPORT": "transport.url", "RTBATCH_BACKEND": "pool.backend"}
 #: RTBATCH_* variables read elsewhere that look like settings but are not ones.
-OTHER_VARIABLES: frozenset[str] = frozenset()
+OTHER_VARIABLES: frozenset[str] = frozenset({"RTBATCH_ENGINE_TRANSPORT"})
 # key=value pairs in connection strings and SAS query strings that are secret
 _SECRET_PARTS = re.compile(
     r"((?:SharedAccessKey|AccountKey|SharedAccessSignature|sig|curve_secret_?key)=)([^;&\s]+)",
@@ -385,13 +390,23 @@ def open_pool(config: Config, **options: Any) -> Any:
     backend = config["pool.backend"]
     if backend == "local":
         from realtime_batch.emulator.local_pool import LocalPool
+        from realtime_batch.engine.tasks import parse_size
 
+        try:
+            heap = config["engine.max_jvm_heap"]
+            engine_options: dict[str, Any] = {
+                "allow_jvm_options": config["engine.allow_jvm_options"],
+                "max_jvm_heap": parse_size(heap) if heap else None,
+                "max_output": parse_size(config["engine.max_output"]),
+            }
+        except ValueError as exc:
+            raise ConfigError(f"[engine]: {exc}") from None
         return LocalPool(
             engines=config["pool.engines"],
             transport=config["transport.url"],
             task_files=config["pool.task_files"],
             input_files=config["pool.input_files"],
-            **options,
+            **{**engine_options, **options},
         )
     if backend == "azure-batch":
         from realtime_batch.orchestrator.azure_batch import AzureBatchPool

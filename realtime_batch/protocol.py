@@ -22,9 +22,11 @@ __all__ = [
     "TaskRecord",
     "decode_result",
     "decode_task",
+    "encode_json",
     "encode_result",
     "encode_task",
     "peek_reply_to",
+    "unserializable_value",
 ]
 
 PROTOCOL_VERSION = 1
@@ -107,18 +109,28 @@ class ResultRecord:
         return self.status == STATUS_OK
 
 
-def _dumps(data: dict[str, Any], field: str) -> bytes:
+def encode_json(data: Any, field: str) -> bytes:
+    """``data`` as JSON by the protocol's one rule (what a task's value may be).
+
+    Raises:
+        ProtocolError: ``data`` holds something JSON cannot carry (naming ``field``).
+    """
     try:
         return orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
     except TypeError as exc:
         raise ProtocolError(f"cannot be encoded as JSON: {exc}", field=field) from exc
 
 
+def unserializable_value(exc: ProtocolError) -> ErrorInfo:
+    """The error a task gets when its value fails ``encode_json``."""
+    return ErrorInfo("UnserializableResultError", f"the task's value is not JSON: {exc}")
+
+
 # The encoders build the dicts by hand: attrs.asdict is several times slower, and
 # these run once per task on both sides of the hot path.
 def encode_task(task: TaskRecord) -> bytes:
     """Serialise a task record to its message body."""
-    return _dumps(
+    return encode_json(
         {
             "v": task.v,
             "session": task.session,
@@ -142,7 +154,7 @@ def encode_task(task: TaskRecord) -> bytes:
 def encode_result(result: ResultRecord) -> bytes:
     """Serialise a result record; the ``ok`` flag is included for readers of raw JSON."""
     error = result.error
-    return _dumps(
+    return encode_json(
         {
             "v": result.v,
             "session": result.session,

@@ -17,6 +17,7 @@ def test_settings_aliases_and_unrelated_variables_still_load(tmp_path):
         "RTBATCH_POOL_ENGINES": "8",
         "RTBATCH_TRANSPORT": "memory://x",
         "RTBATCH_LOG_LEVEL": "DEBUG",  # not a config section: someone else's variable
+        "RTBATCH_ENGINE_TRANSPORT": "zmq://h:1",  # the Azure job's, not an [engine] setting
         "PATH": "/bin",
     }
     config = Config.load(tmp_path / "none.toml", env=env)

@@ -6,24 +6,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from engine_helpers import ROOT, TASKS, Broker, Harness
+from engine_helpers import ROOT, TASKS, Broker, Harness, open_harness
 
 
 @pytest.fixture(params=["relay", "direct"])
 def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
     """Engines in relay mode over memory://, or in direct mode over a zmq:// broker."""
-    work = tmp_path / "wd"
-    work.mkdir()
-    broker = Broker() if request.param == "direct" else None
-    try:
-        h = Harness(TASKS, work, None if broker is None else broker.url)
-        try:
-            yield h
-        finally:
-            h.close()
-    finally:
-        if broker is not None:
-            broker.stop()
+    with open_harness(request.param, TASKS, tmp_path / "wd") as h:
+        yield h
 
 
 @pytest.fixture

@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from realtime_batch.engine import Engine
 from realtime_batch.protocol import ReplyTo, ResultRecord, TaskRecord, decode_result, encode_task
 from realtime_batch.transport import Message, open_transport
 
 TASKS = Path(__file__).resolve().parent / "tasks"
+
+#: Marks tests that build and run jars: the ``java`` marker, skipped without a JDK.
+NEEDS_JDK = [
+    pytest.mark.java,
+    pytest.mark.skipif(
+        not (shutil.which("javac") and shutil.which("java") and shutil.which("jar")),
+        reason="no JDK (javac, java, jar) on PATH",
+    ),
+]
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -98,6 +112,22 @@ class Harness:
         for engine in self.engines:
             engine.stop(timeout=30)
         self.transport.close()
+
+
+@contextlib.contextmanager
+def open_harness(mode: str, tasks_dir: Path, work_dir: Path) -> Iterator[Harness]:
+    """A ``Harness`` in ``relay`` mode (memory://) or ``direct`` mode (its own zmq broker)."""
+    work_dir.mkdir(exist_ok=True)
+    broker = Broker() if mode == "direct" else None
+    try:
+        h = Harness(tasks_dir, work_dir, None if broker is None else broker.url)
+        try:
+            yield h
+        finally:
+            h.close()
+    finally:
+        if broker is not None:
+            broker.stop()
 
 
 class Broker:

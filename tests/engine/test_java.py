@@ -8,18 +8,13 @@ from pathlib import Path
 
 import psutil
 import pytest
+from engine_helpers import NEEDS_JDK
 
 from realtime_batch.engine import JavaTaskError, build_jar, java_runner
 
 PI = Path(__file__).resolve().parents[2] / "examples" / "pi"
 
-pytestmark = [
-    pytest.mark.java,
-    pytest.mark.skipif(
-        not (shutil.which("javac") and shutil.which("java") and shutil.which("jar")),
-        reason="no JDK (javac, java, jar) on PATH",
-    ),
-]
+pytestmark = NEEDS_JDK
 
 
 @pytest.fixture(scope="module")
