@@ -41,6 +41,7 @@ from typing import Any
 
 from .errors import WorkerStartError
 from .java import java_runner, run_jar, set_current_dirs
+from .jvm_host import configure_shared_host, run_jar_warm
 from .tasks import KIND_JAR, TaskContractError, TaskModuleCache, call_task
 
 __all__ = ["TaskContext", "WorkerProcess", "WorkerStartError", "describe_exit"]
@@ -53,6 +54,7 @@ STATUS_EXPIRED = "expired"
 _DRAIN = b"D"
 _CANCEL = b"C"
 _CRASH_TAIL = 4000
+_JAR_KWARGS = frozenset({"jvm_args", "cold", "isolate"})
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -85,8 +87,19 @@ class TaskContext:
         self.task_id: str | None = None
         self.attempt = 0
 
-    def java_runner(self, jar: str, *args: Any, jvm_args: Any = (), timeout: Any = None) -> str:
-        """Run ``jar`` from the tasks directory with ``args``; return its stdout text."""
+    def java_runner(
+        self,
+        jar: str,
+        *args: Any,
+        jvm_args: Any = (),
+        timeout: Any = None,
+        cold: bool = False,
+        isolate: bool = False,
+    ) -> str:
+        """Run ``jar`` from the tasks directory with ``args``; return its stdout text.
+
+        The jar runs in the worker's warm JVM host unless ``cold`` (see ``java_runner``).
+        """
         return java_runner(
             jar,
             *args,
@@ -94,6 +107,8 @@ class TaskContext:
             timeout=timeout,
             tasks_dir=self.tasks_dir,
             cwd=self.work_dir,
+            cold=cold,
+            isolate=isolate,
         )
 
     def __repr__(self) -> str:
@@ -325,15 +340,26 @@ def _run_one(item: tuple[Any, ...], cache: Any, context: TaskContext) -> tuple[A
     context.task_id, context.attempt = task_id, attempt
     try:
         if kind == KIND_JAR:
-            unknown = set(kwargs) - {"jvm_args"}
-            if unknown:
-                raise TaskContractError(f"jar tasks accept only jvm_args=, got {sorted(unknown)}")
-            value = run_jar(path, args, jvm_args=kwargs.get("jvm_args", ()), cwd=context.work_dir)
+            value = _run_jar_command(path, args, kwargs, context.work_dir)
         else:
             value = call_task(cache.load(path), context, args, kwargs)
         return (seq, "ok", value, None, started, time.time())
     except BaseException as exc:  # the task's failure is its result
         return (seq, "error", None, _describe(exc), started, time.time())
+
+
+def _run_jar_command(path: str, args: Any, kwargs: dict[str, Any], work_dir: str) -> str:
+    """A jar submitted as the command: in the warm JVM host unless ``cold=True``."""
+    unknown = set(kwargs) - _JAR_KWARGS
+    if unknown:
+        raise TaskContractError(
+            f"jar tasks accept only {', '.join(sorted(_JAR_KWARGS))}=, got {sorted(unknown)}"
+        )
+    jvm_args = kwargs.get("jvm_args", ())
+    if kwargs.get("cold", False):
+        return run_jar(path, args, jvm_args=jvm_args, cwd=work_dir)
+    isolate = bool(kwargs.get("isolate", False))
+    return run_jar_warm(path, args, jvm_args=jvm_args, cwd=work_dir, isolate=isolate)
 
 
 def _describe(exc: BaseException) -> tuple[str, str, str]:
