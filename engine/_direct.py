@@ -583,7 +583,8 @@ class DirectWorker:
         self._running = (0, None)  # run sequence numbers start again with each worker
         self._cancel_seen.clear()
         self._noticed = 0
-        worker = WorkerProcess(self.tasks_dir, self.work_dir, self.engine_id)
+        jvm_host_options = self.options.get("jvm_host_options", ())
+        worker = WorkerProcess(self.tasks_dir, self.work_dir, self.engine_id, jvm_host_options)
         try:
             worker.start(direct=(json.dumps(self.options), self.ledger.fd, self.wake_w))
         except BaseException:

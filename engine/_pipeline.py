@@ -21,7 +21,7 @@ import random
 import select
 import time
 from collections import deque
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator, Sequence
 
 from ._outbox import Held, Outbox
 from .control import KIND_RUNNING, NOTIFY, RUNNING_NOTICE_AFTER
@@ -61,6 +61,7 @@ class WorkerPipeline:
         default_timeout: seconds a task may run when it sets no timeout.
         wake_fd: a file descriptor that ``wait`` also watches.
         retry_backoff / retry_backoff_max: first and largest delay before a retry.
+        jvm_host_options: options of the worker's warm JVM host.
     """
 
     def __init__(
@@ -73,8 +74,10 @@ class WorkerPipeline:
         wake_fd: int,
         retry_backoff: float = DEFAULT_RETRY_BACKOFF,
         retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
+        jvm_host_options: Sequence[str] = (),
     ) -> None:
         self.tasks_dir = tasks_dir
+        self.jvm_host_options = tuple(jvm_host_options)
         self.work_dir = work_dir
         self.engine_id = engine_id
         self.outbox = outbox
@@ -96,7 +99,7 @@ class WorkerPipeline:
     # -- process ---------------------------------------------------------------------------
     def start_worker(self) -> None:
         """Start a worker and wait until it is warm. Raises ``WorkerStartError``."""
-        worker = WorkerProcess(self.tasks_dir, self.work_dir, self.engine_id)
+        worker = WorkerProcess(self.tasks_dir, self.work_dir, self.engine_id, self.jvm_host_options)
         try:
             worker.start()
         except BaseException:

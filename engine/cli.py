@@ -105,6 +105,13 @@ READY_LINE = "ENGINE READY"
     "auto: direct on zmq://, relay otherwise.",
 )
 @click.option(
+    "--jvm-host-option",
+    "jvm_host_options",
+    multiple=True,
+    help="An option of the worker's warm JVM host, e.g. --jvm-host-option=-Xmx1g "
+    "(repeat for several). Jars run in that JVM; a task never chooses its options.",
+)
+@click.option(
     "--log-level", default=None, help="Logging level (default: env RTBATCH_LOG_LEVEL or INFO)."
 )
 def engine(
@@ -122,6 +129,7 @@ def engine(
     control_queue: str,
     result_ttl: float,
     worker_mode: str,
+    jvm_host_options: tuple[str, ...],
     log_level: str | None,
 ) -> None:
     """Run an engine that pulls tasks from QUEUE and runs them.
@@ -171,6 +179,7 @@ def engine(
             control_queue=control_queue,
             result_ttl=result_ttl,
             direct=WORKER_MODES[worker_mode],
+            jvm_host_options=jvm_host_options,
         )
         eng.run()
     except (EngineError, TransportError) as exc:

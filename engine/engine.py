@@ -44,7 +44,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from queue import SimpleQueue
 from typing import Any
 
@@ -58,6 +58,7 @@ from ._outbox import Outbox, settle_loop
 from ._pipeline import DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX, WorkerPipeline
 from .control import CONTROL_QUEUE
 from .errors import EngineError
+from .jvm_host import check_host_options
 
 __all__ = ["DEFAULT_RESULT_TTL", "Engine", "EngineError", "default_engine_id"]
 
@@ -98,6 +99,8 @@ class Engine:
             the engine supervising beside it (``engine._direct``): a shorter path per
             task. None (default): when ``transport`` is a ``zmq://`` URL, the only
             transport whose leases another connection can settle.
+        jvm_host_options: JVM options of the worker's warm JVM host (e.g. ``["-Xmx512m"]``);
+            engine configuration, never from a message.
     """
 
     def __init__(
@@ -119,6 +122,7 @@ class Engine:
         retry_backoff: float = DEFAULT_RETRY_BACKOFF,
         retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
         direct: bool | None = None,
+        jvm_host_options: Sequence[str] = (),
     ) -> None:
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
@@ -127,6 +131,10 @@ class Engine:
             direct = url is not None and supports_direct(url)
         elif direct and (url is None or not supports_direct(url)):
             raise EngineError("direct mode needs a zmq:// transport URL")
+        try:
+            jvm_host_options = check_host_options(jvm_host_options)
+        except ValueError as exc:
+            raise EngineError(str(exc)) from None
         self._url = url
         self.direct = direct
         self._direct: DirectWorker | None = None
@@ -166,7 +174,7 @@ class Engine:
         os.set_blocking(self._wake_w, False)
         self._pipeline = WorkerPipeline(
             self.tasks_dir, self.work_dir, self.engine_id, self._outbox, default_timeout,
-            self._wake_r, retry_backoff, retry_backoff_max,
+            self._wake_r, retry_backoff, retry_backoff_max, jvm_host_options,
         )  # fmt: skip
         self.control_queue = control_queue
         self._control: threading.Thread | None = None
@@ -264,6 +272,7 @@ class Engine:
             "default_timeout": self.default_timeout,
             "retry_backoff": self._pipeline.retry_backoff,
             "retry_backoff_max": self._pipeline.retry_backoff_max,
+            "jvm_host_options": list(self._pipeline.jvm_host_options),
         }
         self._direct = direct = DirectWorker(
             self.tasks_dir, self.work_dir, self.engine_id, self._url, self.queue, self.prefetch,

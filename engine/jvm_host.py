@@ -59,6 +59,7 @@ from .java import (
 __all__ = [
     "JVM_HOST_OUTPUT_LIMIT",
     "JvmHost",
+    "check_host_options",
     "close_shared_host",
     "configure_shared_host",
     "host_jar",
@@ -383,15 +384,31 @@ _shared: dict[str, Any] = {"host": None, "options": (), "warned": False}
 _shared_lock = threading.Lock()
 
 
+def check_host_options(jvm_options: Sequence[str]) -> tuple[str, ...]:
+    """The host's JVM options as strings; each must be an option (start with ``-``).
+
+    Raises:
+        ValueError: a value that is not an option (it would be taken as the main class).
+    """
+    options = tuple(map(str, jvm_options))
+    for option in options:
+        if not option.startswith("-") or option in ("-cp", "-classpath", "-jar"):
+            raise ValueError(
+                f"JVM host option {option!r}: expected a JVM option such as -Xmx1g "
+                "(the host chooses its own class path)"
+            )
+    return options
+
+
 def configure_shared_host(jvm_options: Sequence[str] = ()) -> None:
     """Set the JVM options of this process's shared host (engine configuration).
 
     A running host with other options is stopped; the next call starts one with these.
+
+    Raises:
+        ValueError: see ``check_host_options``.
     """
-    options = tuple(map(str, jvm_options))
-    for option in options:
-        if not option.startswith("-"):
-            raise ValueError(f"JVM host option {option!r} does not start with '-'")
+    options = check_host_options(jvm_options)
     with _shared_lock:
         if options != _shared["options"]:
             _shared["options"] = options

@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -125,12 +126,20 @@ class WorkerProcess:
         tasks_dir: directory holding the task modules and jars.
         work_dir: the worker's current directory.
         engine_id: passed to task code as ``engine.engine_id``.
+        jvm_host_options: options of the worker's warm JVM host (``jvm_host``).
     """
 
-    def __init__(self, tasks_dir: str, work_dir: str, engine_id: str) -> None:
+    def __init__(
+        self,
+        tasks_dir: str,
+        work_dir: str,
+        engine_id: str,
+        jvm_host_options: Sequence[str] = (),
+    ) -> None:
         self.tasks_dir = tasks_dir
         self.work_dir = work_dir
         self.engine_id = engine_id
+        self.jvm_host_options = tuple(jvm_host_options)
         self.proc: subprocess.Popen[bytes] | None = None
         self.results: Connection | None = None
         self._tasks: Connection | None = None
@@ -161,6 +170,7 @@ class WorkerProcess:
             *("--fds", ",".join(map(str, child_fds))),
             *("--tasks-dir", self.tasks_dir, "--work-dir", self.work_dir),
             *("--engine-id", self.engine_id),
+            *(f"--jvm-host-option={option}" for option in self.jvm_host_options),
         ]
         shared_fds: tuple[int, ...] = ()
         if direct is not None:
@@ -412,6 +422,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--engine-id", required=True)
     parser.add_argument("--direct", default=None, help="direct mode: options as JSON")
     parser.add_argument("--shared-fds", default=None, help="direct mode: ledger fd, wake fd")
+    parser.add_argument("--jvm-host-option", action="append", default=[])
     opts = parser.parse_args(argv)
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the engine decides when to stop
@@ -428,6 +439,7 @@ def main(argv: list[str] | None = None) -> None:
     tasks_dir, work_dir = os.path.realpath(opts.tasks_dir), os.path.realpath(opts.work_dir)
     sys.path.insert(0, tasks_dir)  # task modules may import their staged neighbours
     set_current_dirs(tasks_dir, work_dir)
+    configure_shared_host(opts.jvm_host_option)  # the host itself starts at the first jar
     context = TaskContext(opts.engine_id, tasks_dir, work_dir)
     tasks = Connection(task_fd, writable=False)
     results = Connection(result_fd, readable=False)
