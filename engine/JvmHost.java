@@ -55,6 +55,9 @@ public final class JvmHost {
     private final DataOutputStream replies;
     private final Capture stdout;
     private final Capture stderr;
+    private final PrintStream out;
+    private final PrintStream err;
+    private final ByteArrayInputStream noInput = new ByteArrayInputStream(new byte[0]);
     private final Map<String, Loaded> jars = new HashMap<>();
     private final Object replyLock = new Object();
     private boolean callActive;
@@ -113,11 +116,21 @@ public final class JvmHost {
         }
     }
 
-    private JvmHost(DataInputStream requests, DataOutputStream replies, int limit) {
+    private JvmHost(DataInputStream requests, DataOutputStream replies, int limit)
+            throws IOException {
         this.requests = requests;
         this.replies = replies;
         this.stdout = new Capture(limit);
         this.stderr = new Capture(limit);
+        this.out = new PrintStream(stdout, true, "UTF-8");
+        this.err = new PrintStream(stderr, true, "UTF-8");
+    }
+
+    /** Point System.in/out/err at this host's streams (again: a jar may have replaced them). */
+    private void claimStandardStreams() {
+        System.setIn(noInput);
+        System.setOut(out);
+        System.setErr(err);
     }
 
     public static void main(String[] argv) throws Exception {
@@ -154,9 +167,7 @@ public final class JvmHost {
     }
 
     private void serve() throws IOException {
-        System.setIn(new ByteArrayInputStream(new byte[0]));
-        System.setOut(new PrintStream(stdout, true, "UTF-8"));
-        System.setErr(new PrintStream(stderr, true, "UTF-8"));
+        claimStandardStreams();
         Runtime.getRuntime().addShutdownHook(new Thread(this::replyExit, "rtbatch-exit-reply"));
         while (true) {
             List<String> request;
@@ -178,6 +189,7 @@ public final class JvmHost {
         String key = request.get(2);
         boolean isolate = "1".equals(request.get(3));
         String[] args = request.subList(4, request.size()).toArray(new String[0]);
+        claimStandardStreams();
         stdout.take(); // drop what threads of earlier calls wrote in between
         stderr.take();
         synchronized (replyLock) {
@@ -203,8 +215,8 @@ public final class JvmHost {
             detail = trace(e);
         } finally {
             self.setContextClassLoader(previous);
-            System.out.flush();
-            System.err.flush();
+            out.flush();
+            err.flush();
             if (loaded != null && (isolate || loaded.isolate)) {
                 loaded.loader.close();
             }
@@ -224,8 +236,8 @@ public final class JvmHost {
                 return;
             }
             callActive = false;
-            System.out.flush();
-            System.err.flush();
+            out.flush();
+            err.flush();
             try {
                 writeFrame("exit", stdout.take(), stderr.take(), "");
             } catch (IOException e) {

@@ -76,6 +76,19 @@ SOURCES = {
                 System.out.print(line);
             }
         }""",
+    "Rogue": """
+        import java.io.FileDescriptor;
+        import java.io.FileOutputStream;
+        import java.io.PrintStream;
+        public class Rogue {
+            public static void main(String[] args) throws Exception {
+                FileOutputStream raw = new FileOutputStream(FileDescriptor.out);
+                raw.write("RTJH garbage on the JVM's own stdout\\n".getBytes());
+                raw.flush();
+                System.setOut(new PrintStream(raw, true));
+                System.out.println("printed after replacing System.out");
+            }
+        }""",
     "Hog": """
         import java.util.ArrayList;
         public class Hog {
@@ -201,6 +214,13 @@ def test_exception_carries_the_stack_trace_and_the_host_survives(host, tasks):
     assert info.value.stdout == "about to throw\n"
     assert host.pid == pid
     assert host.call(tasks / "counter.jar").startswith("call 2 ")
+
+
+def test_a_jar_writing_to_the_jvm_stdout_cannot_break_the_protocol(host, tasks):
+    assert host.call(tasks / "rogue.jar") == ""  # fd 1 is not the reply channel
+    pid = host.pid
+    assert host.call(tasks / "counter.jar").startswith("call 1 ")  # System.out is captured again
+    assert host.pid == pid
 
 
 def test_system_exit_is_an_error_with_its_status_and_a_fresh_host(host, tasks):
