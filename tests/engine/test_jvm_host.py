@@ -354,3 +354,6 @@ def test_session_runs_jars_in_the_warm_host(transport, jars, no_leaked_processes
         assert samples == 1000 and 0 < hits < 1000
         counts = [session.submit("counter.jar").result(timeout=60) for _ in range(2)]
         assert counts == ["call 1 args \n", "call 2 args \n"]  # one JVM kept its state
+        assert session.submit("counter.jar", isolate=True).result(timeout=60) == "call 1 args \n"
+        assert session.submit("counter.jar", cold=True).result(timeout=60) == "call 1 args \n"
+        assert session.submit("counter.jar").result(timeout=60) == "call 3 args \n"
