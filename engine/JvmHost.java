@@ -107,8 +107,7 @@ public final class JvmHost {
         synchronized String take() {
             String text = new String(kept.toByteArray(), StandardCharsets.UTF_8);
             if (dropped > 0) {
-                text += "\n[output cut: " + dropped + " more bytes over the limit of " + limit
-                        + " bytes]\n";
+                text += "\n[... " + dropped + " bytes dropped]\n";
             }
             kept.reset();
             dropped = 0;

@@ -8,8 +8,9 @@ survives between calls on one host; ``isolate=True`` (or ``Rtbatch-Isolate: true
 in the jar's manifest) gives a call a fresh class loader.
 
 A call's ``System.out``/``System.err`` are captured (each bounded by
-``JVM_HOST_OUTPUT_LIMIT`` bytes, cut with a marker) and the call answers like the
-process-per-call path (``run_jar``): stdout on success, ``JavaTaskError`` otherwise:
+``JVM_HOST_OUTPUT_LIMIT`` bytes; beyond, the text ends with ``[... N bytes dropped]``)
+and the call answers like the process-per-call path (``run_jar``): stdout on success,
+``JavaTaskError`` otherwise:
 
 * an exception thrown by ``main``: the message carries the Java stack trace; the host stays;
 * ``System.exit(n)``: status ``n`` as from a cold JVM (0 is a success), and a fresh
@@ -380,7 +381,12 @@ class JvmHost:
 
 # -- the process's shared host ---------------------------------------------------------
 
-_shared: dict[str, Any] = {"host": None, "options": (), "warned": False}
+_shared: dict[str, Any] = {
+    "host": None,
+    "options": (),
+    "output_limit": JVM_HOST_OUTPUT_LIMIT,
+    "warned": False,
+}
 _shared_lock = threading.Lock()
 
 
@@ -400,18 +406,22 @@ def check_host_options(jvm_options: Sequence[str]) -> tuple[str, ...]:
     return options
 
 
-def configure_shared_host(jvm_options: Sequence[str] = ()) -> None:
-    """Set the JVM options of this process's shared host (engine configuration).
+def configure_shared_host(
+    jvm_options: Sequence[str] = (), *, output_limit: int = JVM_HOST_OUTPUT_LIMIT
+) -> None:
+    """Set the JVM options and output bound of this process's shared host (engine configuration).
 
-    A running host with other options is stopped; the next call starts one with these.
+    A running host with other settings is stopped; the next call starts one with these.
 
     Raises:
-        ValueError: see ``check_host_options``.
+        ValueError: see ``check_host_options``; ``output_limit`` below 1.
     """
     options = check_host_options(jvm_options)
+    if output_limit < 1:
+        raise ValueError(f"output_limit must be at least 1 byte, got {output_limit}")
     with _shared_lock:
-        if options != _shared["options"]:
-            _shared["options"] = options
+        if (options, output_limit) != (_shared["options"], _shared["output_limit"]):
+            _shared.update(options=options, output_limit=int(output_limit))
             _close_locked()
 
 
@@ -422,7 +432,9 @@ def shared_host(cwd: str | os.PathLike[str] | None = None) -> JvmHost:
         host = _shared["host"]
         if host is None or host.cwd != directory:
             _close_locked()
-            host = _shared["host"] = JvmHost(directory, jvm_options=_shared["options"])
+            host = _shared["host"] = JvmHost(
+                directory, jvm_options=_shared["options"], output_limit=_shared["output_limit"]
+            )
         return host
 
 

@@ -23,7 +23,12 @@ from realtime_batch.engine import (
 )
 from realtime_batch.engine.errors import EngineError
 from realtime_batch.engine.java import find_java_tool
-from realtime_batch.engine.jvm_host import JvmHost, close_shared_host, shared_host
+from realtime_batch.engine.jvm_host import (
+    JvmHost,
+    close_shared_host,
+    configure_shared_host,
+    shared_host,
+)
 
 PI = Path(__file__).resolve().parents[2] / "examples" / "pi"
 
@@ -270,7 +275,7 @@ def test_output_above_the_bound_is_cut_with_a_marker(tmp_path, tasks, no_leaked_
         out = bounded.call(tasks / "big.jar", [5000])
         assert out.startswith("x" * 1000)
         assert "x" * 1001 not in out
-        assert "[output cut: 4000 more bytes over the limit of 1000 bytes]" in out
+        assert out.endswith("\n[... 4000 bytes dropped]\n")
         assert bounded.call(tasks / "big.jar", [10]) == "x" * 10  # the next call starts clean
 
 
@@ -307,6 +312,19 @@ def test_java_runner_with_other_jvm_args_runs_cold(tasks, shared):
         out = java_runner("counter.jar", tasks_dir=tasks, jvm_args=["-Xmx64m"])
         assert out.startswith("call 1 ")
     assert shared_host(os.getcwd()).pid is None
+
+
+def test_configure_shared_host_sets_its_bound_and_refuses_bad_settings(tasks, shared):
+    configure_shared_host(output_limit=100)
+    try:
+        assert java_runner("big.jar", 500, tasks_dir=tasks).endswith("\n[... 400 bytes dropped]\n")
+    finally:
+        configure_shared_host()
+    assert java_runner("big.jar", 500, tasks_dir=tasks) == "x" * 500
+    with pytest.raises(ValueError, match="output_limit must be at least 1"):
+        configure_shared_host(output_limit=0)
+    with pytest.raises(ValueError, match="JVM host option '-cp'"):
+        configure_shared_host(["-cp", "/tmp/other.jar"])
 
 
 def test_jar_command_runs_in_the_host_and_keeps_its_errors(harness, tasks):
