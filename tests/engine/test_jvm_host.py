@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import psutil
@@ -69,6 +70,7 @@ SOURCES = {
         public class Hang {
             public static void main(String[] args) throws Exception {
                 System.out.println("hanging");
+                new java.io.File("hang.started").createNewFile();  // in the host's cwd
                 Thread.sleep(Long.MAX_VALUE);
             }
         }""",
@@ -279,18 +281,29 @@ def test_output_above_the_bound_is_cut_with_a_marker(tmp_path, tasks, no_leaked_
         assert bounded.call(tasks / "big.jar", [10]) == "x" * 10  # the next call starts clean
 
 
-def test_the_host_dies_with_its_parent(tmp_path, tasks, no_leaked_processes):
+@pytest.mark.parametrize("threads", [False, True], ids=["one-thread", "threaded"])
+def test_the_host_dies_with_its_parent_during_a_call(tmp_path, tasks, threads, no_leaked_processes):
+    # The parent dies while the host runs a call, so the host never reads the end of its
+    # request pipe. A threaded parent cannot use PR_SET_PDEATHSIG (no preexec_fn): then
+    # the host's own watcher thread must end it.
     script = textwrap.dedent(f"""
-        import sys, time
+        import threading, time
         from realtime_batch.engine.jvm_host import JvmHost
+        if {threads!r}:
+            threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
         host = JvmHost({str(tmp_path)!r})
         host.call({str(tasks / "counter.jar")!r})
         print(host.pid, flush=True)
-        time.sleep(600)
+        host.call({str(tasks / "hang.jar")!r})
     """)
+    started = tmp_path / "hang.started"
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         jvm = psutil.Process(int(parent.stdout.readline()))
+        deadline = time.monotonic() + 30
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started.exists(), "hang.jar never started"
     finally:
         parent.kill()
         parent.wait()
