@@ -15,7 +15,8 @@ and the call answers like the process-per-call path (``run_jar``): stdout on suc
 * an exception thrown by ``main``: the message carries the Java stack trace; the host stays;
 * ``System.exit(n)``: status ``n`` as from a cold JVM (0 is a success), and a fresh
   host for the next call; a JVM that dies (``-XX:+ExitOnOutOfMemoryError``, a native
-  crash, a kill) is an error naming its exit status, and a fresh host next time;
+  crash, a kill) is ``JvmHostDiedError`` naming its exit status (a task worker turns it
+  into its own crash, retried like one), and a fresh host next time;
 * ``timeout`` seconds elapsed: the host is killed (``JavaTimeoutError``).
 
 Requests and replies travel on two dedicated pipes (not the JVM's stdout), framed
@@ -60,6 +61,7 @@ from .java import (
 __all__ = [
     "JVM_HOST_OUTPUT_LIMIT",
     "JvmHost",
+    "JvmHostDiedError",
     "check_host_options",
     "close_shared_host",
     "configure_shared_host",
@@ -85,6 +87,17 @@ _CLOSE_WAIT = 2.0
 #: Options the host always runs with: an OutOfMemoryError ends the JVM (a fresh host
 #: next call, rather than a heap left in an unknown state), VM messages go to stderr.
 _HOST_FLAGS = ("-XX:+ExitOnOutOfMemoryError", "-XX:+DisplayVMOutputToStderr")
+
+
+class JvmHostDiedError(JavaTaskError):
+    """The host JVM ended during a call without ``System.exit`` (an ``OutOfMemoryError``,
+    a native crash, a kill, ``Runtime.halt``).
+
+    In a shared JVM that is not necessarily the running jar's fault (another jar's
+    static state may have filled the heap), so a task worker treats it as its own
+    crash: it ends with the JVM's status and the engine retries the task like after
+    any worker crash. ``returncode`` is the JVM's exit status (negative: a signal).
+    """
 
 
 class _HostGone(Exception):
@@ -191,8 +204,9 @@ class JvmHost:
             timeout: seconds before the host is killed (``JavaTimeoutError``).
 
         Raises:
-            JavaTaskError: ``main`` threw (stack trace in the message), called
-                ``System.exit`` with a non-zero status, or the JVM died.
+            JavaTaskError: ``main`` threw (stack trace in the message) or called
+                ``System.exit`` with a non-zero status.
+            JvmHostDiedError: the JVM ended otherwise during the call.
             JavaTimeoutError: ``timeout`` elapsed.
             JavaNotFoundError: no JDK to build or run the host.
         """
@@ -214,7 +228,7 @@ class JvmHost:
                 tail = self._log_tail()
                 if tail:
                     logger.warning("JVM host output before it ended:\n%s", tail)
-                raise JavaTaskError(
+                raise JvmHostDiedError(
                     f"{name}: the JVM host {_describe_status(code)} during the call"
                     + (f" ({exc})" if str(exc) else "")
                     + (f": {tail}" if tail else ""),

@@ -42,7 +42,7 @@ from typing import Any
 
 from .errors import WorkerStartError
 from .java import java_runner, run_jar, set_current_dirs
-from .jvm_host import configure_shared_host, run_jar_warm
+from .jvm_host import JvmHostDiedError, configure_shared_host, run_jar_warm
 from .tasks import KIND_JAR, TaskContractError, TaskModuleCache, call_task
 
 __all__ = ["TaskContext", "WorkerProcess", "WorkerStartError", "describe_exit"]
@@ -56,6 +56,8 @@ _DRAIN = b"D"
 _CANCEL = b"C"
 _CRASH_TAIL = 4000
 _JAR_KWARGS = frozenset({"jvm_args", "cold", "isolate"})
+#: the pipe the engine reads a dead worker's last words from (set in ``main``)
+_crash_fd: int | None = None
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -354,6 +356,9 @@ def _run_one(item: tuple[Any, ...], cache: Any, context: TaskContext) -> tuple[A
         else:
             value = call_task(cache.load(path), context, args, kwargs)
         return (seq, "ok", value, None, started, time.time())
+    except JvmHostDiedError as exc:
+        _die_like_the_jvm(exc)
+        raise  # not reached
     except BaseException as exc:  # the task's failure is its result
         return (seq, "error", None, _describe(exc), started, time.time())
 
@@ -370,6 +375,25 @@ def _run_jar_command(path: str, args: Any, kwargs: dict[str, Any], work_dir: str
         return run_jar(path, args, jvm_args=jvm_args, cwd=work_dir)
     isolate = bool(kwargs.get("isolate", False))
     return run_jar_warm(path, args, jvm_args=jvm_args, cwd=work_dir, isolate=isolate)
+
+
+def _die_like_the_jvm(exc: JvmHostDiedError) -> None:
+    """End this worker with the status of its JVM host, which died during the task.
+
+    The engine then handles it as a worker crash (retried while the task allows,
+    else ``WorkerCrashedError`` naming that status), with ``exc``'s text as the crash report.
+    """
+    if _crash_fd is not None:
+        with contextlib.suppress(OSError):
+            os.write(_crash_fd, "".join(traceback.format_exception(exc)).encode()[-_CRASH_TAIL:])
+    faulthandler.disable()  # the Python stack of this exit says nothing
+    code = exc.returncode
+    if code is not None and code < 0:
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(-code, signal.SIG_DFL)
+            os.kill(os.getpid(), -code)
+            time.sleep(5)  # a signal that does not kill (SIGCHLD...) falls through
+    os._exit(code if code is not None and 0 < code < 256 else 1)
 
 
 def _describe(exc: BaseException) -> tuple[str, str, str]:
@@ -431,6 +455,8 @@ def main(argv: list[str] | None = None) -> None:
     os.set_blocking(ctrl_fd, False)
     os.set_blocking(crash_fd, False)  # a dying worker must never block on a full pipe
     faulthandler.enable(file=crash_fd, all_threads=True)
+    global _crash_fd
+    _crash_fd = crash_fd
     level = logging.getLevelName(os.environ.get("RTBATCH_LOG_LEVEL", "WARNING").upper())
     logging.basicConfig(
         level=level if isinstance(level, int) else logging.WARNING,

@@ -26,6 +26,7 @@ from realtime_batch.engine.errors import EngineError
 from realtime_batch.engine.java import find_java_tool
 from realtime_batch.engine.jvm_host import (
     JvmHost,
+    JvmHostDiedError,
     close_shared_host,
     configure_shared_host,
     shared_host,
@@ -94,6 +95,14 @@ SOURCES = {
                 raw.flush();
                 System.setOut(new PrintStream(raw, true));
                 System.out.println("printed after replacing System.out");
+            }
+        }""",
+    "Suicide": """
+        public class Suicide {
+            public static void main(String[] args) throws Exception {
+                String pid = String.valueOf(ProcessHandle.current().pid());
+                new ProcessBuilder("kill", "-KILL", pid).start().waitFor();
+                Thread.sleep(60_000);
             }
         }""",
     "Hog": """
@@ -264,7 +273,32 @@ def test_out_of_memory_ends_the_jvm_and_the_next_call_gets_a_fresh_one(tmp_path,
         assert small.pid != pid
 
 
-def test_a_killed_jvm_is_an_error_naming_the_signal(host, tasks):
+def test_a_jvm_killed_during_a_call_is_an_error_naming_the_signal(host, tasks):
+    host.call(tasks / "counter.jar")
+    pid = host.pid
+    with pytest.raises(
+        JvmHostDiedError, match=r"suicide\.jar: the JVM host was killed by signal SIGKILL"
+    ):
+        host.call(tasks / "suicide.jar")
+    assert host.call(tasks / "counter.jar").startswith("call 1 ")
+    assert host.pid != pid
+
+
+def test_jvm_death_in_a_task_is_retried_like_a_worker_crash(harness, tasks):
+    engine = harness.engine(tasks_dir=tasks, jvm_host_options=["-Xmx32m"])
+    first_worker = engine.worker_pid
+    harness.submit("hog.jar", max_retries=1)
+    result = harness.result(timeout=60)
+    assert result.error.type == "WorkerCrashedError"
+    assert "worker died with exit code 3" in result.error.message  # the JVM's status
+    assert "OutOfMemoryError" in result.error.traceback
+    assert result.attempt == 2  # the first death was retried
+    harness.submit("counter.jar")
+    assert harness.result().value == "call 1 args \n"
+    assert engine.worker_pid not in (None, first_worker)
+
+
+def test_a_jvm_killed_between_calls_is_replaced(host, tasks):
     host.call(tasks / "counter.jar")
     os.kill(host.pid, signal.SIGKILL)
     psutil.Process(host.pid).wait(timeout=10)
