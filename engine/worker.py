@@ -370,10 +370,13 @@ def _run_jar_command(path: str, args: Any, kwargs: dict[str, Any], work_dir: str
         raise TaskContractError(
             f"jar tasks accept only {', '.join(sorted(_JAR_KWARGS))}=, got {sorted(unknown)}"
         )
+    for flag in ("cold", "isolate"):
+        if not isinstance(kwargs.get(flag, False), bool):
+            raise TaskContractError(f"{flag}= must be true or false, got {kwargs[flag]!r}")
     jvm_args = kwargs.get("jvm_args", ())
     if kwargs.get("cold", False):
         return run_jar(path, args, jvm_args=jvm_args, cwd=work_dir)
-    isolate = bool(kwargs.get("isolate", False))
+    isolate = kwargs.get("isolate", False)
     return run_jar_warm(path, args, jvm_args=jvm_args, cwd=work_dir, isolate=isolate)
 
 

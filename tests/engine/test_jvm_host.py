@@ -399,6 +399,15 @@ def test_jar_command_refuses_unknown_options(harness, tasks):
     assert error.type == "TaskContractError" and "classpath" in error.message
 
 
+@pytest.mark.parametrize("option", ["isolate", "cold"])
+def test_jar_command_refuses_a_flag_that_is_not_a_boolean(harness, tasks, option):
+    harness.engine(tasks_dir=tasks)
+    harness.submit("counter.jar", kwargs={option: "false"})
+    error = harness.result().error
+    assert error.type == "TaskContractError"
+    assert f"{option}= must be true or false, got 'false'" in error.message
+
+
 def test_engine_refuses_a_host_option_that_is_not_an_option(tmp_path):
     with pytest.raises(EngineError, match="JVM host option 'Evil'"):
         Engine("memory://", "q", tmp_path, jvm_host_options=["Evil"])
