@@ -35,7 +35,8 @@ import java.util.jar.Manifest;
  * {@code /dev/fd}), never on standard output, so nothing a jar writes can corrupt them. A frame
  * is {@code MAGIC, count, (length, UTF-8 bytes) * count}, big-endian ints.
  *
- * <p>Request: {@code call, jar path, cache key, isolate (0/1), args...}. Reply: {@code status,
+ * <p>Once started, the host writes {@code ready}. Request: {@code call, jar path, cache key,
+ * isolate (0/1), args...}. Reply: {@code status,
  * stdout, stderr, detail} with status {@code ok}, {@code error} (detail: the stack trace),
  * {@code bad-jar} (detail: why the jar cannot be run) or {@code exit} (the call ran
  * {@code System.exit}: written by a shutdown hook; the exit status is the process's).
@@ -168,6 +169,7 @@ public final class JvmHost {
     private void serve() throws IOException {
         claimStandardStreams();
         Runtime.getRuntime().addShutdownHook(new Thread(this::replyExit, "rtbatch-exit-reply"));
+        writeFrame("ready");
         while (true) {
             List<String> request;
             try {

@@ -46,7 +46,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from .java import (
     JavaNotFoundError,
@@ -83,6 +83,7 @@ _REPLY_SLACK = 1 << 20  # a reply may exceed two captures by its marker and stac
 _LOG_TAIL = 4000
 _LOG_MAX = 1 << 20
 _EXIT_WAIT = 10.0
+_START_TIMEOUT = 60.0
 _CLOSE_WAIT = 2.0
 #: Options the host always runs with: an OutOfMemoryError ends the JVM (a fresh host
 #: next call, rather than a heap left in an unknown state), VM messages go to stderr.
@@ -259,7 +260,11 @@ class JvmHost:
     # -- process ----------------------------------------------------------------------
 
     def _send(self, request: bytes) -> None:
-        """Write a request, starting the host first; a host that died between calls is replaced."""
+        """Write a request, starting the host first; a host that died between calls is replaced.
+
+        Raises:
+            JavaTaskError: a fresh host did not start (e.g. a JVM option it refuses).
+        """
         for attempt in (1, 2):
             if self._proc is None or self._proc.poll() is not None:
                 self._stop(kill=True)
@@ -272,8 +277,28 @@ class JvmHost:
                 return
             except BrokenPipeError:
                 if attempt == 2:
-                    raise
+                    self._failed_start()
                 logger.info("JVM host %s had ended before the call; starting a fresh one", self.pid)
+
+    def _await_ready(self) -> None:
+        """Wait for the new host's ``ready`` frame (it has set up its streams)."""
+        try:
+            ready = self._read_frame(1, time.monotonic() + _START_TIMEOUT)
+        except (TimeoutError, _HostGone):
+            self._failed_start()
+        if ready != ["ready"]:
+            self._failed_start()
+
+    def _failed_start(self) -> NoReturn:
+        code = self._stop(kill=True)
+        tail = self._log_tail()
+        how = _describe_status(code)
+        raise JavaTaskError(
+            f"the JVM host did not start ({how})" + (f": {tail}" if tail else ""),
+            code,
+            "",
+            tail,
+        )
 
     def _start(self) -> None:
         java = find_java_tool("java")
@@ -313,6 +338,7 @@ class JvmHost:
             os.close(reply_w)
         self._requests, self._replies = request_w, reply_r
         self._buffer.clear()
+        self._await_ready()
         logger.info("JVM host %s started (cwd %s)", self._proc.pid, self.cwd)
 
     def _stop(self, *, kill: bool) -> int | None:
@@ -345,8 +371,13 @@ class JvmHost:
     # -- replies ----------------------------------------------------------------------
 
     def _read_reply(self, deadline: float | None) -> tuple[str, str, str, str]:
+        status, stdout, stderr, detail = self._read_frame(4, deadline)
+        return status, stdout, stderr, detail
+
+    def _read_frame(self, expected: int, deadline: float | None) -> list[str]:
+        """One frame of ``expected`` strings; ``_HostGone`` on EOF or anything else."""
         magic, count = _HEADER.unpack(self._read_exact(_HEADER.size, deadline))
-        if magic != _MAGIC or count != 4:
+        if magic != _MAGIC or count != expected:
             raise _HostGone("malformed reply")
         strings = []
         for _ in range(count):
@@ -354,8 +385,7 @@ class JvmHost:
             if length > 2 * self.output_limit + _REPLY_SLACK:
                 raise _HostGone("malformed reply")
             strings.append(self._read_exact(length, deadline).decode("utf-8", errors="replace"))
-        status, stdout, stderr, detail = strings
-        return status, stdout, stderr, detail
+        return strings
 
     def _read_exact(self, size: int, deadline: float | None) -> bytes:
         assert self._replies is not None

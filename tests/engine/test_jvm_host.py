@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -298,12 +297,22 @@ def test_jvm_death_in_a_task_is_retried_like_a_worker_crash(harness, tasks):
     assert engine.worker_pid not in (None, first_worker)
 
 
+def test_a_host_that_cannot_start_is_an_error_not_a_crash(tmp_path, tasks, no_leaked_processes):
+    with JvmHost(tmp_path, jvm_options=["-XX:+NoSuchOptionAnywhere"]) as broken:
+        expected = r"JVM host did not start \(exited with status 1\).*NoSuchOptionAnywhere"
+        with pytest.raises(JavaTaskError, match=expected) as e:
+            broken.call(tasks / "counter.jar")
+        assert not isinstance(e.value, JvmHostDiedError)  # a worker would not crash-loop
+
+
 def test_a_jvm_killed_between_calls_is_replaced(host, tasks):
     host.call(tasks / "counter.jar")
-    os.kill(host.pid, signal.SIGKILL)
-    psutil.Process(host.pid).wait(timeout=10)
+    jvm = psutil.Process(host.pid)
+    jvm.kill()
+    jvm.wait(timeout=10)
     # Died between calls: the next call starts a fresh host and runs normally.
     assert host.call(tasks / "counter.jar").startswith("call 1 ")
+    assert host.pid != jvm.pid
 
 
 def test_output_above_the_bound_is_cut_with_a_marker(tmp_path, tasks, no_leaked_processes):
