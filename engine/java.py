@@ -185,6 +185,7 @@ def java_runner(
         InvalidCommandError, CommandNotFoundError: the jar name is unsafe or missing.
         JavaTaskError: non-zero exit or ``System.exit(n)`` with n != 0 (with stderr), or
             an exception thrown by ``main`` in the warm host (with its stack trace).
+        JvmHostDiedError: the warm host's JVM died during the call (``jvm_host``).
     """
     directory = tasks_dir or _current_dirs["tasks_dir"] or os.getcwd()
     path = resolve_in_dir(jar, directory, what="jar")
