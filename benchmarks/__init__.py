@@ -27,6 +27,7 @@ SYSTEMS = (
 )
 WORKLOADS = (
     "roundtrip",
+    "java-noop",
     "throughput",
     "sleep-10ms",
     "payload-1KiB",

@@ -28,6 +28,7 @@ RTBATCH = ("rtbatch-memory", "rtbatch-zmq", "rtbatch-zmq-relay", "rtbatch-servic
 #: workload -> (field, unit, higher is better)
 HEADLINE: dict[str, tuple[str, str, bool]] = {
     "roundtrip": ("p50_us", "µs p50", False),
+    "java-noop": ("p50_us", "µs p50", False),
     "throughput": ("tasks_per_s", "tasks/s", True),
     "sleep-10ms": ("efficiency", "% of ideal", True),
     "payload-1KiB": ("p50_us", "µs p50", False),
@@ -157,6 +158,21 @@ def markdown_report(result: dict[str, Any], chart: str | None) -> str:
     ]
     if extra:
         out += ["", "Round trip p99 (µs): " + ", ".join(f"{s} {v:,.0f}" for s, _, v in extra) + "."]
+    java = [
+        (s, by_key[(s, "java-noop")])
+        for s in systems
+        if (s, "java-noop") in by_key and by_key[(s, "java-noop")].get("status") == "ok"
+    ]
+    if java:
+        out += [
+            "",
+            "Java no-op against the Python no-op, alternating on the same pool (p50, µs): "
+            + ", ".join(
+                f"{s} {r['p50_us']:,.0f} vs {r['python_p50_us']:,.0f} ({r['ratio_to_python']:.2f}x)"
+                for s, r in java
+            )
+            + ".",
+        ]
     idle_cpu = [
         (s, by_key[(s, "idle")].get("cpu_pct"), by_key[(s, "idle")].get("client_cpu_pct"))
         for s in systems

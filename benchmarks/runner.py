@@ -36,6 +36,7 @@ from benchmarks.workloads import (
     error_record,
     fresh_once,
     idle,
+    java_noop,
     outstanding_growth,
     payload,
     roundtrip,
@@ -55,7 +56,7 @@ FRESH_TIMEOUT = 900.0
 FRESH_STOP_GRACE = 4.0
 
 #: workloads that share one started system, in the order they run (idle first: fresh workers)
-RUNNING = ("idle", "roundtrip", *PAYLOADS, "throughput", "sleep-10ms")
+RUNNING = ("idle", "roundtrip", "java-noop", *PAYLOADS, "throughput", "sleep-10ms")
 
 
 def _emit(tag: str, payload_: dict[str, Any]) -> None:
@@ -182,6 +183,7 @@ def run_system(name: str, settings: Settings, workloads: list[str]) -> list[dict
         runs: dict[str, Callable[[], dict]] = {
             "idle": lambda: idle(system, settings),
             "roundtrip": lambda: roundtrip(system, settings),
+            "java-noop": lambda: java_noop(system, settings),
             "throughput": lambda: throughput(system, settings),
             "sleep-10ms": lambda: sleep_10ms(system, settings),
         }

@@ -26,6 +26,7 @@ __all__ = [
     "error_record",
     "fresh_once",
     "idle",
+    "java_noop",
     "outstanding_growth",
     "payload",
     "roundtrip",
@@ -127,6 +128,42 @@ def roundtrip(system: System, settings: Settings) -> dict:
     n = scaled(system, settings.roundtrip_n)
     samples = [_timed_calls(system, n, "noop") for _ in range(settings.reps)]
     return summarise(system.name, "roundtrip", samples, n=n, note=_note(system))
+
+
+def java_noop(system: System, settings: Settings) -> dict:
+    """Round trips of ``noop.jar`` (a main that prints one line), side by side with Python's.
+
+    The Java and the Python no-op alternate call by call on the same pool, so both see
+    the same machine load; ``ratio_to_python`` is the Java p50 over the Python p50.
+    """
+    n = scaled(system, settings.roundtrip_n)
+    try:
+        for _ in range(max(settings.warmup, 1)):  # starts the engines' JVM hosts
+            system.call_jar("noop.jar")
+    except NotApplicableError as exc:
+        return error_record(system.name, "java-noop", "n/a", str(exc))
+    samples = []
+    for _ in range(settings.reps):
+        java, python = [], []
+        for _ in range(n):
+            start = time.perf_counter()
+            system.call_jar("noop.jar")
+            java.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            system.call("noop")
+            python.append(time.perf_counter() - start)
+        java.sort()
+        python.sort()
+        java_p50, python_p50 = _percentile(java, 0.5), _percentile(python, 0.5)
+        samples.append(
+            {
+                "p50_us": java_p50 * 1e6,
+                "p99_us": _percentile(java, 0.99) * 1e6,
+                "python_p50_us": python_p50 * 1e6,
+                "ratio_to_python": java_p50 / python_p50,
+            }
+        )
+    return summarise(system.name, "java-noop", samples, n=n, note=_note(system))
 
 
 def payload(system: System, settings: Settings, workload: str) -> dict:

@@ -20,6 +20,7 @@ _LAZY: dict[str, str] = {
     "JavaTaskError": "realtime_batch.engine.java:JavaTaskError",
     "JavaNotFoundError": "realtime_batch.engine.java:JavaNotFoundError",
     "JavaTimeoutError": "realtime_batch.engine.java:JavaTimeoutError",
+    "JvmHostDiedError": "realtime_batch.engine.jvm_host:JvmHostDiedError",
     "CommandError": "realtime_batch.engine.tasks:CommandError",
     "CommandNotFoundError": "realtime_batch.engine.tasks:CommandNotFoundError",
     "InvalidCommandError": "realtime_batch.engine.tasks:InvalidCommandError",

@@ -611,6 +611,7 @@ class DirectWorker:
             self.max_output,
             self.worker_log,
             pass_env=self.pass_env,
+            jvm_host_options=self.options.get("jvm_host_options", ()),
         )
         try:
             worker.start(direct=(json.dumps(self.options), self.ledger.fd, self.wake_w))

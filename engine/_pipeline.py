@@ -64,6 +64,7 @@ class WorkerPipeline:
         retry_backoff / retry_backoff_max: first and largest delay before a retry.
         max_output: characters of print output per task, bytes of a jar's stdout/stderr.
         worker_log: the worker's rotated log file (None: stderr).
+        jvm_host_options: options of the worker's warm JVM host.
     """
 
     def __init__(
@@ -80,10 +81,12 @@ class WorkerPipeline:
         worker_log: WorkerLog | None = None,
         *,
         pass_env: Sequence[str] = (),
+        jvm_host_options: Sequence[str] = (),
     ) -> None:
         self.tasks_dir = tasks_dir
         self.max_output = max_output
         self.worker_log = worker_log
+        self.jvm_host_options = tuple(jvm_host_options)
         self.work_dir = work_dir
         self.engine_id = engine_id
         self.outbox = outbox
@@ -113,6 +116,7 @@ class WorkerPipeline:
             self.max_output,
             self.worker_log,
             pass_env=self.pass_env,
+            jvm_host_options=self.jvm_host_options,
         )
         try:
             worker.start()

@@ -223,6 +223,13 @@ def configure_logging(
     help="Rotated --log-file copies kept (FILE.1 ... FILE.N).",
 )
 @click.option(
+    "--jvm-host-option",
+    "jvm_host_options",
+    multiple=True,
+    help="An option of the worker's warm JVM host, e.g. --jvm-host-option=-Xmx1g "
+    "(repeat for several). Jars run in that JVM; a task never chooses its options.",
+)
+@click.option(
     "--log-level", default=None, help="Logging level (default: env RTBATCH_LOG_LEVEL or INFO)."
 )
 @click.option(
@@ -255,6 +262,7 @@ def engine(
     log_file: str | None,
     log_max_bytes: int,
     log_backups: int,
+    jvm_host_options: tuple[str, ...],
     log_level: str | None,
     metrics_port: int | None = None,
 ) -> None:
@@ -315,6 +323,7 @@ def engine(
             jvm_options=jvm_options,
             max_output=max_output,
             worker_log=worker_log,
+            jvm_host_options=jvm_host_options,
         )
         metrics = None
         if metrics_port is not None:

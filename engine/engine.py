@@ -61,6 +61,7 @@ from ._pipeline import DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX, WorkerP
 from .control import CONTROL_QUEUE
 from .credentials import check_pass_env
 from .errors import EngineError
+from .jvm_host import check_host_options
 from .tasks import JvmOptionPolicy
 
 __all__ = ["DEFAULT_RESULT_TTL", "Engine", "EngineError", "default_engine_id"]
@@ -112,6 +113,8 @@ class Engine:
         worker_log: a rotated file for the worker's log and its tasks' ``print``
             output (``rtbatch engine --log-file``: ``NAME-worker.log`` beside the
             engine's); None: the engine's stderr.
+        jvm_host_options: JVM options of the worker's warm JVM host (e.g. ``["-Xmx512m"]``);
+            engine configuration, never from a message.
     """
 
     def __init__(
@@ -137,6 +140,7 @@ class Engine:
         max_output: int = DEFAULT_MAX_OUTPUT,
         worker_log: WorkerLog | None = None,
         pass_env: Sequence[str] = (),
+        jvm_host_options: Sequence[str] = (),
     ) -> None:
         if max_output < 1:
             raise ValueError("max_output must be at least 1")
@@ -147,6 +151,10 @@ class Engine:
             direct = url is not None and supports_direct(url)
         elif direct and (url is None or not supports_direct(url)):
             raise EngineError("direct mode needs a zmq:// transport URL")
+        try:
+            jvm_host_options = check_host_options(jvm_host_options)
+        except ValueError as exc:
+            raise EngineError(str(exc)) from None
         self._url = url
         self.direct = direct
         self._direct: DirectWorker | None = None
@@ -188,7 +196,7 @@ class Engine:
         self._pipeline = WorkerPipeline(
             self.tasks_dir, self.work_dir, self.engine_id, self._outbox, default_timeout,
             self._wake_r, retry_backoff, retry_backoff_max, max_output, worker_log,
-            pass_env=self.pass_env,
+            pass_env=self.pass_env, jvm_host_options=jvm_host_options,
         )  # fmt: skip
         self.control_queue = control_queue
         self._control: threading.Thread | None = None
@@ -293,6 +301,7 @@ class Engine:
             "retry_backoff": self._pipeline.retry_backoff,
             "retry_backoff_max": self._pipeline.retry_backoff_max,
             "jvm_options": self.jvm_options.as_options(),
+            "jvm_host_options": list(self._pipeline.jvm_host_options),
         }
         self._direct = direct = DirectWorker(
             self.tasks_dir, self.work_dir, self.engine_id, self._url, self.queue, self.prefetch,

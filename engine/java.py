@@ -236,8 +236,15 @@ def java_runner(
     timeout: float | None = None,
     tasks_dir: str | os.PathLike[str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
+    cold: bool = False,
+    isolate: bool = False,
 ) -> str:
     """Run a staged jar with an argument list and return its stdout text.
+
+    By default the jar runs in this process's warm JVM host (``jvm_host``): no JVM
+    start per call, and the jar's static state survives between calls unless
+    ``isolate``. ``cold=True``, or ``jvm_args`` other than the host's, starts a JVM
+    for this call alone.
 
     Args:
         jar: file name of the jar inside the tasks directory (same rules as commands).
@@ -247,15 +254,24 @@ def java_runner(
         tasks_dir: where to look for ``jar``; defaults to the running worker's tasks
             directory, else the current directory.
         cwd: working directory of the JVM; defaults to the worker's work directory.
+        cold: start a JVM for this call (``java -jar``) instead of using the warm host.
+        isolate: in the warm host, load the jar in a fresh class loader for this call.
 
     Raises:
         InvalidCommandError, CommandNotFoundError: the jar name is unsafe or missing.
-        JavaTaskError: non-zero exit, with stderr.
+        JavaTaskError: non-zero exit or ``System.exit(n)`` with n != 0 (with stderr), or
+            an exception thrown by ``main`` in the warm host (with its stack trace).
+        JvmHostDiedError: the warm host's JVM died during the call (``jvm_host``).
     """
     directory = tasks_dir or _current_dirs["tasks_dir"] or os.getcwd()
     path = resolve_in_dir(jar, directory, what="jar")
-    return run_jar(
-        path, args, jvm_args=jvm_args, timeout=timeout, cwd=cwd or _current_dirs["work_dir"]
+    workdir = cwd or _current_dirs["work_dir"]
+    if cold:
+        return run_jar(path, args, jvm_args=jvm_args, timeout=timeout, cwd=workdir)
+    from .jvm_host import run_jar_warm
+
+    return run_jar_warm(
+        path, args, jvm_args=jvm_args, timeout=timeout, cwd=workdir, isolate=isolate
     )
 
 

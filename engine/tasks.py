@@ -27,6 +27,7 @@ from types import ModuleType
 from typing import Any
 
 __all__ = [
+    "JAR_KWARGS",
     "KIND_JAR",
     "KIND_PYTHON",
     "CommandError",
@@ -170,15 +171,24 @@ class JvmOptionPolicy:
             )
 
 
+#: keywords a jar task may carry: sizing options, and how to run the same staged jar
+JAR_KWARGS = frozenset({"jvm_args", "cold", "isolate"})
+
+
 def check_jar_kwargs(kwargs: Mapping[str, Any], policy: JvmOptionPolicy) -> None:
-    """Refuse a jar task's keyword arguments unless they are allowed ``jvm_args``.
+    """Refuse a jar task's keywords but allowed ``jvm_args`` and boolean ``cold``/``isolate``.
 
     Raises:
         InvalidCommandError: another keyword, or a JVM option ``policy`` refuses.
     """
-    unknown = set(kwargs) - {"jvm_args"}
+    unknown = set(kwargs) - JAR_KWARGS
     if unknown:
-        raise InvalidCommandError(f"jar tasks accept only jvm_args=, got {sorted(unknown)}")
+        raise InvalidCommandError(
+            f"jar tasks accept only {', '.join(sorted(JAR_KWARGS))}=, got {sorted(unknown)}"
+        )
+    for flag in ("cold", "isolate"):
+        if not isinstance(kwargs.get(flag, False), bool):
+            raise InvalidCommandError(f"{flag}= must be true or false, got {kwargs[flag]!r}")
     if "jvm_args" in kwargs:
         policy.check(kwargs["jvm_args"])
 

@@ -54,6 +54,7 @@ from ._output import DEFAULT_MAX_OUTPUT, OutputBudget, WorkerLog, bound_print_ou
 from .credentials import scrub_environ, task_environment
 from .errors import WorkerStartError
 from .java import java_runner, run_jar, set_current_dirs, set_max_output
+from .jvm_host import JvmHostDiedError, configure_shared_host, run_jar_warm
 from .tasks import KIND_JAR, TaskModuleCache, call_task
 
 __all__ = ["TaskContext", "WorkerProcess", "WorkerStartError", "describe_exit"]
@@ -67,6 +68,8 @@ _DRAIN = b"D"
 _CANCEL = b"C"
 _CRASH_TAIL = 4000
 _STATUSES = frozenset({"ok", "error", STATUS_EXPIRED, STATUS_CANCELLED, STATUS_SKIPPED})
+#: the pipe the engine reads a dead worker's last words from (set in ``main``)
+_crash_fd: int | None = None
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -99,8 +102,19 @@ class TaskContext:
         self.task_id: str | None = None
         self.attempt = 0
 
-    def java_runner(self, jar: str, *args: Any, jvm_args: Any = (), timeout: Any = None) -> str:
-        """Run ``jar`` from the tasks directory with ``args``; return its stdout text."""
+    def java_runner(
+        self,
+        jar: str,
+        *args: Any,
+        jvm_args: Any = (),
+        timeout: Any = None,
+        cold: bool = False,
+        isolate: bool = False,
+    ) -> str:
+        """Run ``jar`` from the tasks directory with ``args``; return its stdout text.
+
+        The jar runs in the worker's warm JVM host unless ``cold`` (see ``java_runner``).
+        """
         return java_runner(
             jar,
             *args,
@@ -108,6 +122,8 @@ class TaskContext:
             timeout=timeout,
             tasks_dir=self.tasks_dir,
             cwd=self.work_dir,
+            cold=cold,
+            isolate=isolate,
         )
 
     def __repr__(self) -> str:
@@ -126,6 +142,7 @@ class WorkerProcess:
         engine_id: passed to task code as ``engine.engine_id``.
         pass_env: environment variables the worker gets besides the allowlist
             (``engine.credentials.task_environment``).
+        jvm_host_options: options of the worker's warm JVM host (``jvm_host``).
     """
 
     def __init__(
@@ -136,6 +153,7 @@ class WorkerProcess:
         max_output: int = DEFAULT_MAX_OUTPUT,
         log: WorkerLog | None = None,
         pass_env: Sequence[str] = (),
+        jvm_host_options: Sequence[str] = (),
     ) -> None:
         self.tasks_dir = tasks_dir
         self.work_dir = work_dir
@@ -143,6 +161,7 @@ class WorkerProcess:
         self.pass_env = tuple(pass_env)
         self.max_output = max_output
         self.log = log
+        self.jvm_host_options = tuple(jvm_host_options)
         self.proc: subprocess.Popen[bytes] | None = None
         self.results: Connection | None = None
         self._tasks: Connection | None = None
@@ -177,6 +196,7 @@ class WorkerProcess:
             *("--engine-id", self.engine_id),
             *("--max-output", str(self.max_output)),
             *(self.log.argv() if self.log is not None else ()),
+            *(f"--jvm-host-option={option}" for option in self.jvm_host_options),
         ]
         if self.pass_env:
             argv += ["--pass-env", ",".join(self.pass_env)]
@@ -376,10 +396,13 @@ def _run_one(item: tuple[Any, ...], cache: Any, context: TaskContext) -> tuple[A
     context.task_id, context.attempt = task_id, attempt
     try:
         if kind == KIND_JAR:  # kwargs checked on admission (``check_jar_kwargs``)
-            value = run_jar(path, args, jvm_args=kwargs.get("jvm_args", ()), cwd=context.work_dir)
+            value = _run_jar_command(path, args, kwargs, context.work_dir)
         else:
             value = call_task(cache.load(path), context, args, kwargs)
         return (seq, "ok", value, None, started, time.time())
+    except JvmHostDiedError as exc:
+        _die_like_the_jvm(exc)
+        raise  # not reached
     except BaseException as exc:  # the task's failure is its result
         return (seq, "error", None, _describe(exc), started, time.time())
     finally:
@@ -419,6 +442,37 @@ def _decode_answer(frame: bytes) -> tuple[Any, ...]:
     if not all(isinstance(t, (int, float)) for t in (started, finished)):
         raise ValueError("bad start or finish time")
     return seq, status, value, None if error is None else tuple(error), started, finished
+
+
+def _run_jar_command(path: str, args: Any, kwargs: dict[str, Any], work_dir: str) -> str:
+    """A jar submitted as the command: in the warm JVM host unless ``cold=True``.
+
+    ``kwargs`` were checked on admission (``tasks.check_jar_kwargs``).
+    """
+    jvm_args = kwargs.get("jvm_args", ())
+    if kwargs.get("cold", False):
+        return run_jar(path, args, jvm_args=jvm_args, cwd=work_dir)
+    isolate = kwargs.get("isolate", False)
+    return run_jar_warm(path, args, jvm_args=jvm_args, cwd=work_dir, isolate=isolate)
+
+
+def _die_like_the_jvm(exc: JvmHostDiedError) -> None:
+    """End this worker with the status of its JVM host, which died during the task.
+
+    The engine then handles it as a worker crash (retried while the task allows,
+    else ``WorkerCrashedError`` naming that status), with ``exc``'s text as the crash report.
+    """
+    if _crash_fd is not None:
+        with contextlib.suppress(OSError):
+            os.write(_crash_fd, "".join(traceback.format_exception(exc)).encode()[-_CRASH_TAIL:])
+    faulthandler.disable()  # the Python stack of this exit says nothing
+    code = exc.returncode
+    if code is not None and code < 0:
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(-code, signal.SIG_DFL)
+            os.kill(os.getpid(), -code)
+            time.sleep(5)  # a signal that does not kill (SIGCHLD...) falls through
+    os._exit(code if code is not None and 0 < code < 256 else 1)
 
 
 def _describe(exc: BaseException) -> tuple[str, str, str]:
@@ -473,6 +527,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--shared-fds", default=None, help="direct mode: ledger fd, wake fd")
     parser.add_argument("--pass-env", default="", help="variables kept besides the allowlist")
+    parser.add_argument("--jvm-host-option", action="append", default=[])
     opts = parser.parse_args(argv)
     scrub_environ([name for name in opts.pass_env.split(",") if name])
     _die_with_parent()
@@ -482,6 +537,8 @@ def main(argv: list[str] | None = None) -> None:
     os.set_blocking(ctrl_fd, False)
     os.set_blocking(crash_fd, False)  # a dying worker must never block on a full pipe
     faulthandler.enable(file=crash_fd, all_threads=True)
+    global _crash_fd
+    _crash_fd = crash_fd
     level = logging.getLevelName(os.environ.get("RTBATCH_LOG_LEVEL", "WARNING").upper())
     log = WorkerLog.from_arguments(opts)
     logging.basicConfig(
@@ -495,6 +552,9 @@ def main(argv: list[str] | None = None) -> None:
     tasks_dir, work_dir = os.path.realpath(opts.tasks_dir), os.path.realpath(opts.work_dir)
     sys.path.insert(0, tasks_dir)  # task modules may import their staged neighbours
     set_current_dirs(tasks_dir, work_dir)
+    configure_shared_host(
+        opts.jvm_host_option, output_limit=opts.max_output
+    )  # the host itself starts at the first jar
     context = TaskContext(opts.engine_id, tasks_dir, work_dir)
     tasks = Connection(task_fd, writable=False)
     results = Connection(result_fd, readable=False)

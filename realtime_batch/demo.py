@@ -147,7 +147,10 @@ def demo(tasks: int, samples: int, engines: int, transport: str, force_python: b
     console = Console()
     use_java = jdk_available() and not force_python
     if use_java:
-        console.print("JDK found: running the Java task (pi.jar through java_runner)")
+        console.print(
+            "JDK found: running the Java task (pi.jar through java_runner, "
+            "in each engine's warm JVM host)"
+        )
     else:
         reason = "--python given" if force_python else "no JDK found"
         console.print(f"{reason}: running the pure-Python task (pi_task.py)")

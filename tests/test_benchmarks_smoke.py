@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 
 import click
 import pytest
@@ -32,8 +33,10 @@ TINY = Settings(
     client_memory_n=50,
     warmup=2,
 )
+JDK = bool(shutil.which("javac") and shutil.which("java") and shutil.which("jar"))
 FIGURES = {
     "roundtrip": ("p50_us", "p99_us"),
+    "java-noop": ("p50_us", "p99_us", "python_p50_us", "ratio_to_python"),
     "payload-1KiB": ("p50_us", "p99_us"),
     "payload-100KiB": ("p50_us", "p99_us"),
     "throughput": ("tasks_per_s",),
@@ -70,6 +73,7 @@ def test_harness_records(system, fresh, no_leaked_processes):
     assert [r["workload"] for r in records] == [
         "idle",
         "roundtrip",
+        "java-noop",
         "payload-1KiB",
         "payload-100KiB",
         "payload-1MiB",
@@ -85,6 +89,10 @@ def test_harness_records(system, fresh, no_leaked_processes):
         assert by_workload[workload]["status"] == "ok", by_workload[workload]
     if system == "rtbatch-memory":  # above the 1 MiB message limit once encoded
         assert by_workload["payload-1MiB"]["status"] == "n/a"
+    if system == "raw-zmq":
+        assert by_workload["java-noop"]["status"] == "n/a"  # runs no jars
+    elif JDK:
+        assert by_workload["java-noop"]["status"] == "ok", by_workload["java-noop"]
 
 
 def test_ratios_and_report():

@@ -57,6 +57,14 @@ class System(ABC):
     def stop(self) -> None:
         """Stop everything :meth:`start` started. Idempotent."""
 
+    def call_jar(self, jar: str, *args: Any) -> Any:
+        """Run a staged benchmark jar (``noop.jar``) as one task and return its value.
+
+        Raises:
+            NotApplicableError: the system runs no jars (the default), or no JDK is present.
+        """
+        raise NotApplicableError(f"{self.name} runs no Java tasks")
+
     def versions(self) -> dict[str, str]:
         """Versions of the packages and servers this system uses."""
         return {}

@@ -93,14 +93,24 @@ def test_pi_jar_task_builds_the_jar_from_staged_source(harness, tmp_path):
     assert (tasks / "pi.jar").is_file()
 
 
-def test_timeout_kills_the_jvm_with_the_worker(harness, pi_tasks):
+@pytest.mark.parametrize("cold", [False, True], ids=["warm-host", "cold"])
+def test_timeout_kills_the_jvm_with_the_worker(harness, pi_tasks, cold):
     jar = str((pi_tasks / "pi.jar").resolve())
+    marker = jar if cold else "JvmHost"  # the warm host's command line names its class
 
     def jvms():
-        return [p for p in psutil.process_iter(["cmdline"]) if jar in (p.info["cmdline"] or [])]
+        found = []
+        for proc in psutil.Process(engine.worker_pid).children(recursive=True):
+            try:
+                if marker in proc.cmdline():
+                    found.append(proc)
+            except psutil.Error:
+                pass
+        return found
 
-    harness.engine(tasks_dir=pi_tasks)
-    harness.submit("pi.jar", 10**15, 1, timeout=3.0)  # would run for days
+    engine = harness.engine(tasks_dir=pi_tasks)
+    kwargs = {"cold": True} if cold else {}
+    harness.submit("pi.jar", 10**15, 1, timeout=3.0, kwargs=kwargs)  # would run for days
     end = time.monotonic() + 3.0
     seen = jvms()
     while not seen and time.monotonic() < end:
