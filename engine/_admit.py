@@ -36,7 +36,7 @@ class Admission:
         outbox: Outbox,
         tasks_dir: str,
         max_delivery_count: int,
-        cancelled: Container[tuple[str, str]],
+        cancelled: Container[tuple[str, str, str]],
     ) -> None:
         self.outbox = outbox
         self.tasks_dir = tasks_dir

@@ -238,7 +238,7 @@ class DirectControl:
         self.fd = fd
         self.draining = False
         self.go = False
-        self.cancelled: set[tuple[str, str]] = set()
+        self.cancelled: set[tuple[str, str, str]] = set()
         self._partial = b""
 
     def wait_go(self, timeout: float) -> None:
@@ -268,8 +268,8 @@ class DirectControl:
                 self.go = True
             elif line.startswith(b"K"):
                 try:
-                    session, task = orjson.loads(line[1:])
-                    self.cancelled.add((str(session), str(task)))
+                    session, task, key = orjson.loads(line[1:])
+                    self.cancelled.add((str(session), str(task), str(key)))
                 except (orjson.JSONDecodeError, TypeError, ValueError):
                     logger.warning("ignoring a malformed cancel line from the engine")
         return len(self.cancelled) > keys

@@ -84,9 +84,9 @@ class Held:
         self.due = 0.0  # monotonic time a retry may start (backing off until then)
 
     @property
-    def key(self) -> tuple[str, str]:
-        """``(session, task id)``: what cancel requests name."""
-        return (self.task.session, self.task.task)
+    def key(self) -> tuple[str, str, str]:
+        """``(session, task id, cancel key)``: what cancel requests name (``_cancels``)."""
+        return (self.task.session, self.task.task, self.task.cancel_key)
 
     def schedule_renewal(self, now: float) -> None:
         """Plan the next renewal at a third of the remaining lease."""

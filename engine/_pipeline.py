@@ -251,7 +251,7 @@ class WorkerPipeline:
             self.delayed = [held for held in self.delayed if held.due > now]
             self.pending.extendleft(reversed(due))
 
-    def cancel(self, cancelled: Container[tuple[str, str]]) -> None:
+    def cancel(self, cancelled: Container[tuple[str, str, str]]) -> None:
         """Drop the tasks whose ``(session, task)`` key is in ``cancelled``.
 
         Tasks not sent to the worker get a ``cancelled`` result at once; the worker is
@@ -275,7 +275,7 @@ class WorkerPipeline:
             self.worker.cancel(skip)
 
     def _drop_cancelled(
-        self, queue: Iterable[Held], cancelled: Container[tuple[str, str]]
+        self, queue: Iterable[Held], cancelled: Container[tuple[str, str, str]]
     ) -> list[Held]:
         """Answer the cancelled tasks of ``queue``; return the others."""
         kept = []

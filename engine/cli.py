@@ -105,6 +105,21 @@ READY_LINE = "ENGINE READY"
     "auto: direct on zmq://, relay otherwise.",
 )
 @click.option(
+    "--curve-secret-key-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    envvar="RTBATCH_CURVE_SECRET_KEY_FILE",
+    help="This engine's CURVE .key_secret file, for a zmq:// broker started with CURVE "
+    "(its public key authorized with role engine) (env RTBATCH_CURVE_SECRET_KEY_FILE).",
+)
+@click.option(
+    "--curve-server-key",
+    default=None,
+    envvar="RTBATCH_CURVE_SERVER_KEY",
+    help="The broker's CURVE public key: its .key file or 40-character Z85 text "
+    "(env RTBATCH_CURVE_SERVER_KEY).",
+)
+@click.option(
     "--log-level", default=None, help="Logging level (default: env RTBATCH_LOG_LEVEL or INFO)."
 )
 def engine(
@@ -122,6 +137,8 @@ def engine(
     control_queue: str,
     result_ttl: float,
     worker_mode: str,
+    curve_secret_key_file: str | None,
+    curve_server_key: str | None,
     log_level: str | None,
 ) -> None:
     """Run an engine that pulls tasks from QUEUE and runs them.
@@ -171,7 +188,20 @@ def engine(
             control_queue=control_queue,
             result_ttl=result_ttl,
             direct=WORKER_MODES[worker_mode],
+            transport_options=_curve_options(curve_server_key, curve_secret_key_file),
         )
         eng.run()
     except (EngineError, TransportError) as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _curve_options(server_key: str | None, secret_key_file: str | None) -> dict[str, str]:
+    """Transport options of a CURVE engine (both keys or neither)."""
+    if (server_key is None) != (secret_key_file is None):
+        raise click.UsageError(
+            "--curve-server-key and --curve-secret-key-file go together (the broker's "
+            "public key and this engine's key pair)"
+        )
+    if server_key is None or secret_key_file is None:
+        return {}
+    return {"curve_server_key": server_key, "curve_secret_key": secret_key_file}

@@ -5,8 +5,12 @@ tasks and results by the message property ``kind``, so that readers that know
 only tasks and results are not affected:
 
 * **cancel** (session -> engine): sent to the grouped ``control`` queue, group =
-  the engine id; body ``{"session": id, "tasks": [task ids]}``. The engine skips
-  such tasks when they come up and kills its worker if one is running.
+  the engine id; body ``{"session": id, "tasks": [task ids], "secret": s}``. The
+  engine skips such tasks when they come up and kills its worker if one is running,
+  but only tasks whose ``cancel_key`` is ``cancel_key(s)``: each session makes a
+  random secret and puts its hash in its tasks, which only engines read, so no one
+  else can cancel them (a spoofed cancel never matches; tasks and cancels without
+  one match each other, as before).
 * **engine** / **running** (engine -> session): sent to the task's ``reply_to``
   mailbox when the task message asks for notices (property ``notify``):
   ``engine`` once per mailbox when an engine first receives a task of it,
@@ -18,6 +22,7 @@ This module imports nothing from the client or the engine, so both sides use it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -34,6 +39,7 @@ __all__ = [
     "NOTIFY",
     "NOTIFY_PROPERTIES",
     "RUNNING_NOTICE_AFTER",
+    "cancel_key",
     "cancel_messages",
     "decode_control",
     "notice_message",
@@ -61,12 +67,23 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
         yield items[start : start + size]
 
 
-def cancel_messages(session: str, engine: str, task_ids: Iterable[str]) -> list[Message]:
-    """Cancel requests for ``task_ids`` of ``session``, addressed to ``engine``."""
+def cancel_key(secret: str) -> str:
+    """What a task carries of its session's cancel ``secret`` ("" for none)."""
+    return hashlib.sha256(secret.encode()).hexdigest() if secret else ""
+
+
+def cancel_messages(
+    session: str, engine: str, task_ids: Iterable[str], secret: str = ""
+) -> list[Message]:
+    """Cancel requests for ``task_ids`` of ``session``, addressed to ``engine``.
+
+    ``secret``: the session's cancel secret, whose ``cancel_key`` its tasks carry.
+    """
     ids = list(task_ids)
+    head = {"session": session, "secret": secret} if secret else {"session": session}
     return [
         Message(
-            orjson.dumps({"session": session, "tasks": chunk}),
+            orjson.dumps({**head, "tasks": chunk}),
             group=engine,
             properties={KIND: KIND_CANCEL},
             ttl=CANCEL_TTL,

@@ -98,6 +98,9 @@ class Engine:
             the engine supervising beside it (``engine._direct``): a shorter path per
             task. None (default): when ``transport`` is a ``zmq://`` URL, the only
             transport whose leases another connection can settle.
+        transport_options: passed to ``open_transport`` when ``transport`` is a URL, by
+            the engine and by its direct workers (e.g. ``curve_server_key`` and
+            ``curve_secret_key`` for a CURVE broker; file paths, never key material).
     """
 
     def __init__(
@@ -119,6 +122,7 @@ class Engine:
         retry_backoff: float = DEFAULT_RETRY_BACKOFF,
         retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
         direct: bool | None = None,
+        transport_options: dict[str, Any] | None = None,
     ) -> None:
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
@@ -136,8 +140,14 @@ class Engine:
             if not os.path.isdir(path):
                 raise EngineError(f"{name} directory {path} does not exist")
         self._owns_transport = isinstance(transport, str)
+        self._transport_options = {  # JSON for the direct worker's command line
+            key: os.fspath(value) if isinstance(value, os.PathLike) else value
+            for key, value in (transport_options or {}).items()
+        }
         self.transport: Transport = (
-            open_transport(transport) if isinstance(transport, str) else transport
+            open_transport(transport, **self._transport_options)
+            if isinstance(transport, str)
+            else transport
         )
         self.queue = queue
         self.prefetch = prefetch
@@ -264,6 +274,7 @@ class Engine:
             "default_timeout": self.default_timeout,
             "retry_backoff": self._pipeline.retry_backoff,
             "retry_backoff_max": self._pipeline.retry_backoff_max,
+            "transport_options": self._transport_options,
         }
         self._direct = direct = DirectWorker(
             self.tasks_dir, self.work_dir, self.engine_id, self._url, self.queue, self.prefetch,
@@ -373,9 +384,13 @@ class Engine:
                 self._wake()
 
     # -- cancellation ----------------------------------------------------------------------
-    def is_cancelled(self, session: str, task_id: str) -> bool:
-        """True if a cancel request for this task reached the engine (and is remembered)."""
-        return (session, task_id) in self._cancelled
+    def is_cancelled(self, session: str, task_id: str, cancel_key: str = "") -> bool:
+        """True if a cancel request for this task reached the engine (and is remembered).
+
+        ``cancel_key``: the one the task carries (``control.cancel_key`` of its session's
+        secret); a request without the secret matches only tasks without one.
+        """
+        return (session, task_id, cancel_key) in self._cancelled
 
     # -- the main loop ---------------------------------------------------------------------
     def _step(self, until: float) -> None:

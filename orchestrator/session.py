@@ -35,6 +35,7 @@ from realtime_batch.engine.control import (
     KIND,
     KIND_RUNNING,
     NOTIFY_PROPERTIES,
+    cancel_key,
     cancel_messages,
     decode_control,
 )
@@ -148,11 +149,16 @@ class Session:
         self._transport, self._owns_transport, pool_job = self._connect(
             pool_or_url, transport_options or {}
         )
+        # A broker that binds mailboxes to identities lets this one read only groups so named.
+        self.id = self._transport.mailbox_prefix + self.id
         self.job = job or pool_job or "default"
         self._transport.declare_queue(task_queue)
         self._transport.declare_queue(results_queue, grouped=True)
         self._transport.declare_queue(control_queue, grouped=True)
         self._reply_to = ReplyTo(results_queue, self.id)
+        # Tasks carry its hash, cancels the secret: no one else can cancel them (control.py).
+        self._cancel_secret = os.urandom(16).hex()
+        self._cancel_key = cancel_key(self._cancel_secret)
         # cancellation: engines heard from, where long tasks run, cancels not yet located
         self._engines: dict[str, float] = {}
         self._running_on: dict[str, str] = {}
@@ -194,6 +200,7 @@ class Session:
                 "Session() takes a Pool, a transport URL or a Transport, "
                 f"got {type(target).__name__}"
             )
+        options = {**getattr(target, "transport_options", {}), **options}
         return open_transport(url, **options), True, getattr(target, "job", None)
 
     # ------------------------------------------------------------------ submitting
@@ -250,6 +257,7 @@ class Session:
             timeout=self.default_timeout if timeout is None else timeout,
             deadline=deadline,
             retry_on=self.default_retry_on if retry_on is None else _type_names(retry_on),
+            cancel_key=self._cancel_key,
         )
         body = encode_task(record)  # raises ProtocolError for non-JSON arguments
         message = Message(
@@ -635,7 +643,7 @@ class Session:
         messages = [
             message
             for engine, ids in by_engine.items()
-            for message in cancel_messages(self.id, engine, ids)
+            for message in cancel_messages(self.id, engine, ids, self._cancel_secret)
         ]
         if not messages or self._closed.is_set():
             return

@@ -83,6 +83,8 @@ class TaskRecord:
     deadline: float | None = None
     retry_on: list[str] = attrs.field(factory=list)
     submitted_at: float = attrs.field(factory=time.time)
+    #: hash of the session's cancel secret: only cancels carrying the secret stop the task
+    cancel_key: str = ""
     v: int = PROTOCOL_VERSION
 
 
@@ -134,6 +136,7 @@ def encode_task(task: TaskRecord) -> bytes:
             "deadline": task.deadline,
             "retry_on": task.retry_on,
             "submitted_at": task.submitted_at,
+            "cancel_key": task.cancel_key,
         },
         "args",
     )
@@ -201,6 +204,7 @@ _TASK_FIELDS: tuple[tuple[str, tuple[type, ...], Any], ...] = (
     ("deadline", _NUMBER, None),
     ("retry_on", (list,), list),
     ("submitted_at", _NUMBER, 0.0),
+    ("cancel_key", (str,), ""),
 )
 _RESULT_FIELDS: tuple[tuple[str, tuple[type, ...], Any], ...] = (
     ("session", (str,), _REQUIRED),

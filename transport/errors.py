@@ -10,7 +10,9 @@ __all__ = [
     "ConnectionLostError",
     "LockLostError",
     "MessageTooLargeError",
+    "PermissionDeniedError",
     "QueueNotFoundError",
+    "QueueSettingsConflict",
     "TransportClosedError",
     "TransportError",
     "TransportTimeoutError",
@@ -53,3 +55,15 @@ class QueueNotFoundError(TransportError, LookupError):
 
 class TransportTimeoutError(TransportError, TimeoutError):
     """An operation on the broker or service did not complete in time."""
+
+
+class QueueSettingsConflict(TransportError, ValueError):
+    """A queue was declared again with settings other than those it has.
+
+    Like RabbitMQ's ``PRECONDITION_FAILED``: the existing queue is unchanged, and a
+    declare that names no settings never conflicts.
+    """
+
+
+class PermissionDeniedError(TransportError, PermissionError):
+    """The broker or service refused the request: this identity's role does not allow it."""

@@ -24,7 +24,7 @@ from .base import (
     dead_letter_queue,
     is_dead_letter_queue,
 )
-from .errors import LockLostError, QueueNotFoundError
+from .errors import LockLostError, QueueNotFoundError, QueueSettingsConflict
 
 __all__ = ["Grant", "QueueStore", "StoreListener"]
 
@@ -125,12 +125,30 @@ class QueueStore:
         self.expired_count = 0
 
     # -- queues --------------------------------------------------------------------------
-    def declare(self, name: str, options: QueueOptions) -> bool:
-        """Create ``name`` (and its dead-letter queue) unless it exists. True if created."""
+    def declare(self, name: str, options: QueueOptions | None = None) -> bool:
+        """Create ``name`` (and its dead-letter queue) unless it exists. True if created.
+
+        ``options=None`` asks for the queue whatever its settings (the defaults when it
+        is created here).
+
+        Raises:
+            QueueSettingsConflict: the queue exists with settings other than ``options``.
+        """
         if is_dead_letter_queue(name):
             raise QueueNotFoundError(f"cannot declare a dead-letter queue directly: {name!r}")
-        if name in self._queues:
+        existing = self._queues.get(name)
+        if existing is not None:
+            if options is not None and options != existing.options:
+                raise QueueSettingsConflict(
+                    f"queue {name!r} exists with lock_duration="
+                    f"{existing.options.lock_duration:g}, max_delivery_count="
+                    f"{existing.options.max_delivery_count}; declared again with "
+                    f"lock_duration={options.lock_duration:g}, "
+                    f"max_delivery_count={options.max_delivery_count}"
+                )
             return False
+        if options is None:
+            options = QueueOptions()
         self._queues[name] = _Queue(name, options)
         dlq_options = QueueOptions(options.lock_duration, max_delivery_count=2**31)
         self._queues[dead_letter_queue(name)] = _Queue(dead_letter_queue(name), dlq_options)
@@ -141,6 +159,11 @@ class QueueStore:
             return self._queues[name]
         except KeyError:
             raise QueueNotFoundError(f"unknown queue {name!r}; declare it first") from None
+
+    def queue_options(self, name: str) -> QueueOptions | None:
+        """The settings of ``name``, None if it was not declared."""
+        q = self._queues.get(name)
+        return None if q is None else q.options
 
     def has_queue(self, name: str) -> bool:
         return name in self._queues
@@ -270,6 +293,11 @@ class QueueStore:
                     del q.groups[key]
         self.expired_count += purged
         return purged
+
+    def lease_place(self, token: str) -> tuple[str, str | None] | None:
+        """``(queue, group)`` of the message a lease holds, None if there is no such lease."""
+        lease = self._leases.get(token)
+        return None if lease is None else (lease.queue.name, lease.entry.message.group)
 
     def lease_owner(self, token: str) -> Any:
         lease = self._leases.get(token)

@@ -38,9 +38,14 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from ..base import DEFAULT_MAX_MESSAGE_SIZE, QueueOptions
-from ..errors import LockLostError, QueueNotFoundError
+from ..errors import (
+    LockLostError,
+    PermissionDeniedError,
+    QueueNotFoundError,
+    QueueSettingsConflict,
+)
 from ..store import Grant, QueueStore
-from . import wire
+from . import authz, wire
 
 if TYPE_CHECKING:  # imported by the CLI only when durable mode or CURVE is asked for
     from .curve import BrokerCurve
@@ -62,6 +67,17 @@ _EVENTS = int(zmq.EVENTS)  # requests handled per wake-up before timers run agai
 _PURGE_INTERVAL = 1.0  # seconds between sweeps of expired messages nobody receives
 #: Seconds the loop keeps polling for the next request before sleeping (see above).
 DEFAULT_SPIN = 300e-6
+
+
+#: The caller of a request whose key has no role (cannot happen: ZAP lets in only known keys).
+_NOBODY = authz.Caller("nobody", "")
+
+
+def _callers(curve: BrokerCurve | None) -> dict[str, authz.Caller] | None:
+    """Authenticated key -> caller, when ``curve`` has authorized keys with roles."""
+    if curve is None or curve.roles is None:
+        return None
+    return {key: authz.Caller(role, key) for key, role in curve.roles.items()}
 
 
 class _Waiter:
@@ -109,6 +125,8 @@ class Broker:
         context: ZeroMQ context (the process-wide instance by default).
         spin: seconds to keep polling for requests after handling some, before
             sleeping (0: never; ignored when the process may use a single CPU).
+        queue_kinds: which queues are mailboxes and control queues (``authz``); roles
+            are enforced when ``curve`` has authorized keys.
     """
 
     def __init__(
@@ -123,6 +141,7 @@ class Broker:
         curve: BrokerCurve | None = None,
         context: zmq.Context | None = None,
         spin: float = DEFAULT_SPIN,
+        queue_kinds: authz.QueueKinds | None = None,
     ) -> None:
         if spin < 0:
             raise ValueError("spin must be at least 0")
@@ -145,6 +164,10 @@ class Broker:
         # get a clear error reply from decode_request.
         self._socket.setsockopt(zmq.MAXMSGSIZE, max_message_size + wire.MAX_META_SIZE)
         self.curve = curve
+        self.queue_kinds = queue_kinds or authz.QueueKinds()
+        #: authenticated key -> its caller record; None: no roles, everything allowed
+        self._callers = _callers(curve)
+        self._caller: authz.Caller | None = None  # the identity of the request being handled
         if curve is not None:
             curve.apply(self._context, self._socket)
         self._socket.bind(bind)
@@ -177,7 +200,8 @@ class Broker:
         """Serve until ``stop()``."""
         logger.info("broker %s listening on %s", self.epoch[:8], self.endpoint)
         sock = self._socket
-        recv = functools.partial(wire.recv_frames, sock)
+        recv = self._recv_authenticated if self._callers is not None else None
+        recv = recv or functools.partial(wire.recv_frames, sock)
         handle = self._handle
         events = functools.partial(zmq.backend.Socket.get, sock)
         clock = time.perf_counter
@@ -214,6 +238,13 @@ class Broker:
             except Exception:  # a bug must not take the broker down with it
                 logger.exception("unexpected error in the broker loop; serving on")
         logger.info("broker %s stopped", self.epoch[:8])
+
+    def _recv_authenticated(self, flags: int = 0) -> list[bytes]:
+        """Receive a request and set ``_caller`` to the identity of its CURVE key."""
+        frames, user = wire.recv_frames_with_user(self._socket, flags)
+        assert self._callers is not None
+        self._caller = self._callers.get(user or "", _NOBODY)
+        return frames
 
     # -- timers --------------------------------------------------------------------------------
     def _timers(self, now: float) -> float:
@@ -300,6 +331,12 @@ class Broker:
             reply = wire.encode_error(rid, wire.ERR_QUEUE_NOT_FOUND, str(exc))
         except LockLostError as exc:
             reply = wire.encode_error(rid, wire.ERR_LOCK_LOST, str(exc))
+        except PermissionDeniedError as exc:
+            logger.info("refused %s from %s: %s", wire.COMMAND_NAMES.get(request.command),
+                        identity.hex(), exc)  # fmt: skip
+            reply = wire.encode_error(rid, wire.ERR_PERMISSION_DENIED, str(exc))
+        except QueueSettingsConflict as exc:
+            reply = wire.encode_error(rid, wire.ERR_SETTINGS_CONFLICT, str(exc))
         except Exception as exc:
             logger.exception("internal error on %s", wire.COMMAND_NAMES.get(request.command))
             reply = wire.encode_error(rid, wire.ERR_INTERNAL, repr(exc)[:200])
@@ -313,6 +350,8 @@ class Broker:
     def _dispatch(self, request: wire.Request, identity: bytes, owner: bytes, now: float) -> Any:
         command, rid, args = request.command, request.request_id, request.args
         store = self.store
+        if self._caller is not None:  # CURVE with roles: the one permission check
+            authz.authorize(self._caller, request, store, self.queue_kinds)
         if command == wire.SEND:
             store.put(args[0], request.messages, now)
             return wire.encode_reply(rid)
@@ -338,12 +377,14 @@ class Broker:
             return wire.encode_reply(rid, self.epoch, self.max_message_size)
         if command == wire.DECLARE:
             name, lock_duration, max_delivery_count = args
-            if lock_duration <= 0 or max_delivery_count < 1:
+            if (lock_duration is not None and lock_duration <= 0) or (
+                max_delivery_count is not None and max_delivery_count < 1
+            ):
                 raise QueueNotFoundError(f"bad settings for queue {name!r}")
-            options = QueueOptions(float(lock_duration), max_delivery_count)
-            created = store.declare(name, options)
+            options = QueueOptions.given(lock_duration, max_delivery_count)
+            created = store.declare(name, options)  # QueueSettingsConflict: other settings
             if created and self.journal is not None:
-                self.journal.on_declare(name, options)
+                self.journal.on_declare(name, store.queue(name).options)
             return wire.encode_reply(rid, created)
         if command == wire.COMPLETE_MANY:
             return wire.encode_reply(rid, self._complete_many(args, now))

@@ -31,7 +31,9 @@ from ..base import Message
 from ..errors import (
     LockLostError,
     MessageTooLargeError,
+    PermissionDeniedError,
     QueueNotFoundError,
+    QueueSettingsConflict,
     TransportError,
 )
 
@@ -46,7 +48,9 @@ __all__ = [
     "ERR_BAD_REQUEST",
     "ERR_INTERNAL",
     "ERR_LOCK_LOST",
+    "ERR_PERMISSION_DENIED",
     "ERR_QUEUE_NOT_FOUND",
+    "ERR_SETTINGS_CONFLICT",
     "ERR_TOO_LARGE",
     "HEARTBEAT",
     "MAX_META_SIZE",
@@ -70,6 +74,7 @@ __all__ = [
     "encode_request",
     "error_for",
     "recv_frames",
+    "recv_frames_with_user",
     "send_frames",
 ]
 
@@ -77,7 +82,8 @@ VERSION = 1
 
 # -- commands -------------------------------------------------------------------------------
 HEARTBEAT = 1  # args: [interval]                 -> [epoch, max_message_size]
-DECLARE = 2  # args: [queue, lock_duration, max_delivery_count] -> [created]
+# args: [queue, lock_duration|null, max_delivery_count|null] -> [created] (null, null: any settings)
+DECLARE = 2
 SEND = 3  # args: [queue, count] + 2*count frames -> []
 RECEIVE = 4  # args: [queue, max_messages, timeout|null, group|null] -> [count] + 2*count
 COMPLETE = 5  # args: [token]                      -> []
@@ -121,6 +127,8 @@ ERR_QUEUE_NOT_FOUND = 2
 ERR_LOCK_LOST = 3
 ERR_TOO_LARGE = 4
 ERR_INTERNAL = 5
+ERR_PERMISSION_DENIED = 6
+ERR_SETTINGS_CONFLICT = 7
 
 #: Largest accepted header or message-meta frame.
 MAX_META_SIZE = 64 * 1024
@@ -180,13 +188,17 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def _is_opt_count(value: Any) -> bool:
+    return value is None or _is_count(value)
+
+
 _SEND_COMPLETE_ARGS = (_is_str, _is_count, _is_token_list)  # queue, count, tokens
 _RECEIVE_ARGS = (_is_str, _is_count, _is_opt_number, _is_opt_str)  # queue, max, timeout, group
 
 # command -> validators of its header arguments
 _ARG_RULES: dict[int, tuple[Any, ...]] = {
     HEARTBEAT: (_is_number,),
-    DECLARE: (_is_str, _is_number, _is_count),
+    DECLARE: (_is_str, _is_opt_number, _is_opt_count),
     SEND: (_is_str, _is_count),
     SEND_COMPLETE: _SEND_COMPLETE_ARGS,
     SETTLE_RECEIVE: (*_SEND_COMPLETE_ARGS, *_RECEIVE_ARGS),
@@ -381,6 +393,8 @@ _ERRORS: dict[int, type[TransportError]] = {
     ERR_LOCK_LOST: LockLostError,
     ERR_BAD_REQUEST: BrokerError,
     ERR_INTERNAL: BrokerError,
+    ERR_PERMISSION_DENIED: PermissionDeniedError,
+    ERR_SETTINGS_CONFLICT: QueueSettingsConflict,
 }
 
 
@@ -418,3 +432,20 @@ def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[bytes]:
     while _get(sock, _RCVMORE):
         parts.append(_recv(sock, flags))
     return parts
+
+
+def recv_frames_with_user(sock: zmq.Socket, flags: int = 0) -> tuple[list[bytes], str | None]:
+    """Receive a multipart message and the User-Id ZAP gave its connection (CURVE key).
+
+    The first frame is received without a copy only to read its metadata (a fraction
+    of a microsecond); the rest as ``recv_frames`` does.
+    """
+    first = _recv(sock, flags, False)
+    try:
+        user = first.get("User-Id")
+    except zmq.ZMQError:  # no ZAP handler authenticated this connection
+        user = None
+    parts = [first.bytes]
+    while _get(sock, _RCVMORE):
+        parts.append(_recv(sock, flags))
+    return parts, user

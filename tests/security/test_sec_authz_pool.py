@@ -1,0 +1,89 @@
+"""Issue 15, end to end: a CURVE pool with roles, engines with keys, and spoofed cancels.
+
+* ``LocalPool(curve=True)`` makes broker, engine, client and admin keys, starts the
+  broker with roles enforced, engines (direct mode) connect with the engine key and
+  sessions with the client key; before, an engine could not connect to a broker
+  started with ``--authorized-keys`` at all.
+* A second session's cancel request for the first session's running task (the
+  session id and task id are all it needs to name it) no longer stops the task, on
+  memory:// and zmq://: tasks carry the hash of their session's cancel secret.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+import realtime_batch as rb
+from realtime_batch.engine.control import CONTROL_QUEUE, cancel_messages
+from realtime_batch.transport import PermissionDeniedError, open_transport
+from realtime_batch.transport.zeromq.authz import mailbox_prefix
+from realtime_batch.transport.zeromq.curve import load_secret_key
+
+HOLD = '''
+    """Write ``marker``, then sleep ``seconds`` and return "slept"."""
+    import time
+    from pathlib import Path
+
+
+    def run(marker, seconds):
+        Path(marker).write_text("started")
+        time.sleep(seconds)
+        return "slept"
+'''
+HELLO = Path(__file__).resolve().parents[2] / "examples" / "hello" / "hello.py"
+
+
+@pytest.fixture
+def hold_task(tmp_path) -> Path:
+    path = tmp_path / "hold.py"
+    path.write_text(textwrap.dedent(HOLD).lstrip())
+    return path
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_a_curve_pool_runs_tasks_with_roles_enforced(no_leaked_processes, tmp_path, hold_task):
+    with rb.LocalPool(
+        engines=1, task_files=[hold_task], curve=True, worker_mode="direct", root=tmp_path / "p"
+    ) as pool:
+        keys = pool.curve_keys
+        assert keys is not None and (keys / "authorized" / "engine" / "engine.key").exists()
+        with rb.Session(pool) as session:
+            client_public, _ = load_secret_key(keys / "client.key_secret")
+            assert session.id.startswith(mailbox_prefix(client_public))  # bound to its key
+            future = session.submit("hold.py", str(tmp_path / "m"), 0)
+            assert future.result(timeout=60) == "slept"
+        with open_transport(pool.transport_url, **pool.transport_options) as client:
+            with pytest.raises(PermissionDeniedError):  # the client key reads no tasks
+                client.receive(pool.queue, timeout=0)
+        broker_log = (tmp_path / "p" / "broker.log").read_text()
+        assert "roles enforced: 1 client, 1 engine, 1 admin key(s)" in broker_log
+
+
+@pytest.mark.parametrize("scheme", ["memory", "zmq"])
+def test_a_spoofed_cancel_does_not_stop_another_sessions_task(
+    no_leaked_processes, tmp_path, hold_task, scheme
+):
+    url = f"memory://spoof-{uuid.uuid4().hex}" if scheme == "memory" else "zmq://127.0.0.1:0"
+    marker = tmp_path / "running"
+    with rb.LocalPool(engines=1, transport=url, task_files=[hold_task]) as pool:
+        with rb.Session(pool) as victim, rb.Session(pool) as attacker:
+            future = victim.submit("hold.py", str(marker), 3)
+            wait_for(marker.exists, what="the victim's task to start")
+            wait_for(lambda: future.task_id in victim._running_on, what="the running notice")
+            engine = victim._running_on[future.task_id]
+            # Everything a cancel request names is known to others: session and task ids.
+            forged = cancel_messages(victim.id, engine, [future.task_id])
+            forged += cancel_messages(victim.id, engine, [future.task_id], secret="guess")
+            attacker._transport.send(CONTROL_QUEUE, forged)
+            assert future.result(timeout=60) == "slept"
