@@ -196,12 +196,9 @@ def engine(
 
 
 def _curve_options(server_key: str | None, secret_key_file: str | None) -> dict[str, str]:
-    """Transport options of a CURVE engine (both keys or neither)."""
-    if (server_key is None) != (secret_key_file is None):
-        raise click.UsageError(
-            "--curve-server-key and --curve-secret-key-file go together (the broker's "
-            "public key and this engine's key pair)"
-        )
-    if server_key is None or secret_key_file is None:
-        return {}
-    return {"curve_server_key": server_key, "curve_secret_key": secret_key_file}
+    from ..transport.zeromq.curve import curve_transport_options
+
+    try:
+        return curve_transport_options(server_key, secret_key_file)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None

@@ -19,6 +19,7 @@ from rich.table import Table
 from realtime_batch.transport import (
     Delivery,
     Message,
+    PermissionDeniedError,
     Transport,
     dead_letter_queue,
     open_transport,
@@ -122,17 +123,56 @@ def replay_dead_letters(transport: Transport, queue: str, limit: int | None = No
     return count
 
 
-@click.group()
+class _DlqGroup(click.Group):
+    """Turns a refusal by the broker (no admin key) into a clear error, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except PermissionDeniedError as exc:
+            raise click.ClickException(
+                f"{exc}: dead letters are an admin's (give an admin key with "
+                "--curve-secret-key-file)"
+            ) from None
+
+
+@click.group(cls=_DlqGroup)
 @click.option("--transport", "url", envvar="RTBATCH_TRANSPORT", help="Transport URL.")
 @click.option("--queue", default="tasks", show_default=True, help="Queue whose DLQ to use.")
+@click.option(
+    "--curve-secret-key-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    envvar="RTBATCH_CURVE_SECRET_KEY_FILE",
+    help="An admin's CURVE .key_secret file, for a zmq:// broker enforcing roles (only "
+    "admins may read, replay or purge dead letters) (env RTBATCH_CURVE_SECRET_KEY_FILE).",
+)
+@click.option(
+    "--curve-server-key",
+    default=None,
+    envvar="RTBATCH_CURVE_SERVER_KEY",
+    help="The broker's CURVE public key: .key file or Z85 text (env RTBATCH_CURVE_SERVER_KEY).",
+)
 @click.pass_context
-def dlq(ctx: click.Context, url: str | None, queue: str) -> None:
+def dlq(
+    ctx: click.Context,
+    url: str | None,
+    queue: str,
+    curve_secret_key_file: str | None,
+    curve_server_key: str | None,
+) -> None:
     """Inspect, replay and purge dead-lettered tasks."""
-    ctx.obj = {"url": url, "queue": queue}
+    from realtime_batch.transport.zeromq.curve import curve_transport_options
+
+    try:
+        options = curve_transport_options(curve_server_key, curve_secret_key_file)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    ctx.obj = {"url": url, "queue": queue, "options": options}
 
 
 def _open(ctx: click.Context) -> Transport:
-    return open_transport(_transport_url(ctx.obj["url"]))
+    return open_transport(_transport_url(ctx.obj["url"]), **ctx.obj["options"])
 
 
 @dlq.command("list")

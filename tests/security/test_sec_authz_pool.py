@@ -63,9 +63,9 @@ def test_a_curve_pool_runs_tasks_with_roles_enforced(no_leaked_processes, tmp_pa
             assert session.id.startswith(mailbox_prefix(client_public))  # bound to its key
             future = session.submit("hold.py", str(tmp_path / "m"), 0)
             assert future.result(timeout=60) == "slept"
-        with open_transport(pool.transport_url, **pool.transport_options) as client:
-            with pytest.raises(PermissionDeniedError):  # the client key reads no tasks
-                client.receive(pool.queue, timeout=0)
+        client = open_transport(pool.transport_url, **pool.transport_options)
+        with client, pytest.raises(PermissionDeniedError):  # the client key reads no tasks
+            client.receive(pool.queue, timeout=0)
         broker_log = (tmp_path / "p" / "broker.log").read_text()
         assert "roles enforced: 1 client, 1 engine, 1 admin key(s)" in broker_log
 
@@ -76,14 +76,14 @@ def test_a_spoofed_cancel_does_not_stop_another_sessions_task(
 ):
     url = f"memory://spoof-{uuid.uuid4().hex}" if scheme == "memory" else "zmq://127.0.0.1:0"
     marker = tmp_path / "running"
-    with rb.LocalPool(engines=1, transport=url, task_files=[hold_task]) as pool:
-        with rb.Session(pool) as victim, rb.Session(pool) as attacker:
-            future = victim.submit("hold.py", str(marker), 3)
-            wait_for(marker.exists, what="the victim's task to start")
-            wait_for(lambda: future.task_id in victim._running_on, what="the running notice")
-            engine = victim._running_on[future.task_id]
-            # Everything a cancel request names is known to others: session and task ids.
-            forged = cancel_messages(victim.id, engine, [future.task_id])
-            forged += cancel_messages(victim.id, engine, [future.task_id], secret="guess")
-            attacker._transport.send(CONTROL_QUEUE, forged)
-            assert future.result(timeout=60) == "slept"
+    pool = rb.LocalPool(engines=1, transport=url, task_files=[hold_task])
+    with pool, rb.Session(pool) as victim, rb.Session(pool) as attacker:
+        future = victim.submit("hold.py", str(marker), 3)
+        wait_for(marker.exists, what="the victim's task to start")
+        wait_for(lambda: future.task_id in victim._running_on, what="the running notice")
+        engine = victim._running_on[future.task_id]
+        # Everything a cancel request names is known to others: session and task ids.
+        forged = cancel_messages(victim.id, engine, [future.task_id])
+        forged += cancel_messages(victim.id, engine, [future.task_id], secret="guess")
+        attacker._transport.send(CONTROL_QUEUE, forged)
+        assert future.result(timeout=60) == "slept"

@@ -34,6 +34,7 @@ __all__ = [
     "BrokerCurve",
     "apply_client_keys",
     "authorize_key",
+    "curve_transport_options",
     "generate_keys",
     "is_loopback_endpoint",
     "load_public_key",
@@ -95,6 +96,27 @@ def load_roles(directory: str | Path) -> dict[str, str]:
                 raise ValueError(f"key {text} is authorized as both {roles[text]} and {role}")
             roles[text] = role
     return roles
+
+
+def curve_transport_options(server_key: str | None, secret_key_file: str | None) -> dict[str, str]:
+    """``zmq://`` transport options for a CURVE identity (both keys, or neither: ``{}``).
+
+    Args:
+        server_key: the broker's public key (``.key`` file or Z85 text).
+        secret_key_file: this identity's ``.key_secret`` file.
+
+    Raises:
+        ValueError: only one of the two was given.
+    """
+    if (server_key is None) != (secret_key_file is None):
+        raise ValueError(
+            "the broker's public key (--curve-server-key, RTBATCH_CURVE_SERVER_KEY) and "
+            "this identity's key pair (--curve-secret-key-file, "
+            "RTBATCH_CURVE_SECRET_KEY_FILE) go together"
+        )
+    if server_key is None or secret_key_file is None:
+        return {}
+    return {"curve_server_key": server_key, "curve_secret_key": secret_key_file}
 
 
 def load_secret_key(path: str | Path) -> tuple[bytes, bytes]:
