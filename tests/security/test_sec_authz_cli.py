@@ -295,3 +295,14 @@ def test_service_bus_provisioned_queue_with_other_settings_is_a_conflict():
     _check_provisioned("tasks", existing, QueueOptions(60.0, 10))
     with pytest.raises(QueueSettingsConflict):
         _check_provisioned("tasks", existing, QueueOptions(30.0, 10))
+
+
+def test_an_engine_needs_both_curve_keys(tmp_path):
+    keys_generate(tmp_path, "--name", "broker")
+    result = CliRunner().invoke(
+        main,
+        ["engine", "--transport", "zmq://127.0.0.1:1", "--queue", "tasks",
+         "--tasks-dir", str(tmp_path), "--curve-server-key", str(tmp_path / "k" / "broker.key")],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "go together" in result.output
