@@ -16,6 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 
 import realtime_batch as rb
@@ -25,13 +26,15 @@ from realtime_batch.transport.zeromq.authz import mailbox_prefix
 from realtime_batch.transport.zeromq.curve import load_secret_key
 
 HOLD = '''
-    """Write ``marker``, then sleep ``seconds`` and return "slept"."""
+    """Write this process's pid to ``marker``, then sleep ``seconds`` and return "slept"."""
+    import os
     import time
     from pathlib import Path
 
 
     def run(marker, seconds):
-        Path(marker).write_text("started")
+        Path(marker + ".tmp").write_text(str(os.getpid()))
+        os.replace(marker + ".tmp", marker)
         time.sleep(seconds)
         return "slept"
 '''
@@ -52,9 +55,19 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> None:
         time.sleep(0.02)
 
 
-def test_a_curve_pool_runs_tasks_with_roles_enforced(no_leaked_processes, tmp_path, hold_task):
+def pid_gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.parametrize("mode", ["direct", "relay"])
+def test_a_curve_pool_runs_tasks_with_roles_enforced(
+    no_leaked_processes, tmp_path, hold_task, mode
+):
     with rb.LocalPool(
-        engines=1, task_files=[hold_task], curve=True, worker_mode="direct", root=tmp_path / "p"
+        engines=1, task_files=[hold_task], curve=True, worker_mode=mode, root=tmp_path / "p"
     ) as pool:
         keys = pool.curve_keys
         assert keys is not None and (keys / "authorized" / "engine" / "engine.key").exists()
@@ -63,6 +76,12 @@ def test_a_curve_pool_runs_tasks_with_roles_enforced(no_leaked_processes, tmp_pa
             assert session.id.startswith(mailbox_prefix(client_public))  # bound to its key
             future = session.submit("hold.py", str(tmp_path / "m"), 0)
             assert future.result(timeout=60) == "slept"
+            # The session's own cancel still reaches the engine (client -> control queue).
+            running = session.submit("hold.py", str(tmp_path / "long"), 120)
+            wait_for((tmp_path / "long").exists, what="the long task to start")
+            pid = int((tmp_path / "long").read_text())
+            assert session.cancel([running.task_id]) == 1
+            wait_for(lambda: pid_gone(pid), what="the cancelled task's process to stop")
         client = open_transport(pool.transport_url, **pool.transport_options)
         with client, pytest.raises(PermissionDeniedError):  # the client key reads no tasks
             client.receive(pool.queue, timeout=0)
