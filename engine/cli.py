@@ -9,6 +9,7 @@ import sys
 import click
 
 from ..transport.base import DEFAULT_LOCK_DURATION, DEFAULT_MAX_DELIVERY_COUNT
+from ..transport.zeromq.cli import curve_key_options
 from . import WORKER_MODES
 
 __all__ = ["engine"]
@@ -104,21 +105,7 @@ READY_LINE = "ENGINE READY"
     "(zmq:// only; the shorter path); relay: the engine passes each task to it; "
     "auto: direct on zmq://, relay otherwise.",
 )
-@click.option(
-    "--curve-secret-key-file",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    envvar="RTBATCH_CURVE_SECRET_KEY_FILE",
-    help="This engine's CURVE .key_secret file, for a zmq:// broker started with CURVE "
-    "(its public key authorized with role engine) (env RTBATCH_CURVE_SECRET_KEY_FILE).",
-)
-@click.option(
-    "--curve-server-key",
-    default=None,
-    envvar="RTBATCH_CURVE_SERVER_KEY",
-    help="The broker's CURVE public key: its .key file or 40-character Z85 text "
-    "(env RTBATCH_CURVE_SERVER_KEY).",
-)
+@curve_key_options("engine")
 @click.option(
     "--log-level", default=None, help="Logging level (default: env RTBATCH_LOG_LEVEL or INFO)."
 )
@@ -137,8 +124,7 @@ def engine(
     control_queue: str,
     result_ttl: float,
     worker_mode: str,
-    curve_secret_key_file: str | None,
-    curve_server_key: str | None,
+    curve_options: dict[str, str],
     log_level: str | None,
 ) -> None:
     """Run an engine that pulls tasks from QUEUE and runs them.
@@ -188,17 +174,8 @@ def engine(
             control_queue=control_queue,
             result_ttl=result_ttl,
             direct=WORKER_MODES[worker_mode],
-            transport_options=_curve_options(curve_server_key, curve_secret_key_file),
+            transport_options=curve_options,
         )
         eng.run()
     except (EngineError, TransportError) as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
-
-
-def _curve_options(server_key: str | None, secret_key_file: str | None) -> dict[str, str]:
-    from ..transport.zeromq.curve import curve_transport_options
-
-    try:
-        return curve_transport_options(server_key, secret_key_file)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None

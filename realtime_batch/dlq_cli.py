@@ -25,6 +25,7 @@ from realtime_batch.transport import (
     open_transport,
 )
 from realtime_batch.transport.base import DEAD_LETTER_DESCRIPTION, DEAD_LETTER_REASON
+from realtime_batch.transport.zeromq.cli import curve_key_options
 
 __all__ = ["dead_letters", "dlq", "replay_dead_letters"]
 
@@ -139,36 +140,19 @@ class _DlqGroup(click.Group):
 @click.group(cls=_DlqGroup)
 @click.option("--transport", "url", envvar="RTBATCH_TRANSPORT", help="Transport URL.")
 @click.option("--queue", default="tasks", show_default=True, help="Queue whose DLQ to use.")
-@click.option(
-    "--curve-secret-key-file",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    envvar="RTBATCH_CURVE_SECRET_KEY_FILE",
-    help="An admin's CURVE .key_secret file, for a zmq:// broker enforcing roles (only "
-    "admins may read, replay or purge dead letters) (env RTBATCH_CURVE_SECRET_KEY_FILE).",
-)
-@click.option(
-    "--curve-server-key",
-    default=None,
-    envvar="RTBATCH_CURVE_SERVER_KEY",
-    help="The broker's CURVE public key: .key file or Z85 text (env RTBATCH_CURVE_SERVER_KEY).",
-)
+@curve_key_options("admin")
 @click.pass_context
 def dlq(
     ctx: click.Context,
     url: str | None,
     queue: str,
-    curve_secret_key_file: str | None,
-    curve_server_key: str | None,
+    curve_options: dict[str, str],
 ) -> None:
-    """Inspect, replay and purge dead-lettered tasks."""
-    from realtime_batch.transport.zeromq.curve import curve_transport_options
+    """Inspect, replay and purge dead-lettered tasks.
 
-    try:
-        options = curve_transport_options(curve_server_key, curve_secret_key_file)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    ctx.obj = {"url": url, "queue": queue, "options": options}
+    On a ZeroMQ broker enforcing roles, dead letters are an admin's: give an admin key.
+    """
+    ctx.obj = {"url": url, "queue": queue, "options": curve_options}
 
 
 def _open(ctx: click.Context) -> Transport:
