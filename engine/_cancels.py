@@ -5,7 +5,7 @@ control queue and records each request's ``(session, task, cancel key)`` keys in
 ``CancelRequests``, a bounded, expiring set that the engine's main thread checks
 when a task comes up (a dict lookup) and when told that requests arrived.
 
-The cancel key is the hash of the secret the request carries (``control.cancel_key``):
+The cancel key is the hash of the secret the request carries (``control.session_key``):
 a task is cancelled only by a request with its session's secret, so a request forged
 by another client, which does not know it, matches no task.
 """
@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from ..transport import Delivery, Transport
 from ..transport.errors import TransportClosedError, TransportError
-from .control import KIND, KIND_CANCEL, cancel_key, decode_control
+from .control import KIND, KIND_CANCEL, decode_control, session_key
 
 __all__ = ["CANCELLED_KEEP", "CANCELLED_MAX", "CancelRequests", "receive_cancels"]
 
@@ -106,7 +106,7 @@ def _record(delivery: Delivery, engine_id: str, requests: CancelRequests) -> boo
         return False
     assert data is not None
     secret = data.get("secret")
-    requests.add(session, data["tasks"], cancel_key(secret) if isinstance(secret, str) else "")
+    requests.add(session, data["tasks"], session_key(secret) if isinstance(secret, str) else "")
     logger.info("engine %s: %d task(s) of session %s cancelled", engine_id, len(data["tasks"]),
                 session)  # fmt: skip
     return True

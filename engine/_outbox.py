@@ -86,7 +86,7 @@ class Held:
     @property
     def key(self) -> tuple[str, str, str]:
         """``(session, task id, cancel key)``: what cancel requests name (``_cancels``)."""
-        return (self.task.session, self.task.task, self.task.cancel_key)
+        return (self.task.session, self.task.task, self.task.session_key)
 
     def schedule_renewal(self, now: float) -> None:
         """Plan the next renewal at a third of the remaining lease."""
@@ -173,6 +173,7 @@ class Outbox:
             attempt=held.attempt,
             started_at=now if started is None else started,
             finished_at=now if finished is None else finished,
+            session_key=task.session_key,
         )
 
     def _reply(self, held: Held, record: ResultRecord, action: str = _COMPLETE, **kw: str) -> None:
@@ -503,4 +504,5 @@ def _replace_error(record: ResultRecord, type_: str, message: str) -> ResultReco
         attempt=record.attempt,
         started_at=record.started_at,
         finished_at=record.finished_at,
+        session_key=record.session_key,
     )

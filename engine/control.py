@@ -7,7 +7,7 @@ only tasks and results are not affected:
 * **cancel** (session -> engine): sent to the grouped ``control`` queue, group =
   the engine id; body ``{"session": id, "tasks": [task ids], "secret": s}``. The
   engine skips such tasks when they come up and kills its worker if one is running,
-  but only tasks whose ``cancel_key`` is ``cancel_key(s)``: each session makes a
+  but only tasks whose ``session_key`` is ``session_key(s)``: each session makes a
   random secret and puts its hash in its tasks, which only engines read, so no one
   else can cancel them (a spoofed cancel never matches; tasks and cancels without
   one match each other, as before).
@@ -39,10 +39,10 @@ __all__ = [
     "NOTIFY",
     "NOTIFY_PROPERTIES",
     "RUNNING_NOTICE_AFTER",
-    "cancel_key",
     "cancel_messages",
     "decode_control",
     "notice_message",
+    "session_key",
 ]
 
 #: Default name of the grouped queue engines receive control messages from (group: engine id).
@@ -67,7 +67,7 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
         yield items[start : start + size]
 
 
-def cancel_key(secret: str) -> str:
+def session_key(secret: str) -> str:
     """What a task carries of its session's cancel ``secret`` ("" for none)."""
     return hashlib.sha256(secret.encode()).hexdigest() if secret else ""
 
@@ -77,7 +77,7 @@ def cancel_messages(
 ) -> list[Message]:
     """Cancel requests for ``task_ids`` of ``session``, addressed to ``engine``.
 
-    ``secret``: the session's cancel secret, whose ``cancel_key`` its tasks carry.
+    ``secret``: the session's cancel secret, whose ``session_key`` its tasks carry.
     """
     ids = list(task_ids)
     head = {"session": session, "secret": secret} if secret else {"session": session}

@@ -384,13 +384,13 @@ class Engine:
                 self._wake()
 
     # -- cancellation ----------------------------------------------------------------------
-    def is_cancelled(self, session: str, task_id: str, cancel_key: str = "") -> bool:
+    def is_cancelled(self, session: str, task_id: str, session_key: str = "") -> bool:
         """True if a cancel request for this task reached the engine (and is remembered).
 
-        ``cancel_key``: the one the task carries (``control.cancel_key`` of its session's
+        ``session_key``: the one the task carries (``control.session_key`` of its session's
         secret); a request without the secret matches only tasks without one.
         """
-        return (session, task_id, cancel_key) in self._cancelled
+        return (session, task_id, session_key) in self._cancelled
 
     # -- the main loop ---------------------------------------------------------------------
     def _step(self, until: float) -> None:

@@ -35,9 +35,9 @@ from realtime_batch.engine.control import (
     KIND,
     KIND_RUNNING,
     NOTIFY_PROPERTIES,
-    cancel_key,
     cancel_messages,
     decode_control,
+    session_key,
 )
 from realtime_batch.protocol import (
     STATUS_CANCELLED,
@@ -156,9 +156,10 @@ class Session:
         self._transport.declare_queue(results_queue, grouped=True)
         self._transport.declare_queue(control_queue, grouped=True)
         self._reply_to = ReplyTo(results_queue, self.id)
-        # Tasks carry its hash, cancels the secret: no one else can cancel them (control.py).
-        self._cancel_secret = os.urandom(16).hex()
-        self._cancel_key = cancel_key(self._cancel_secret)
+        # Tasks carry its hash, cancels the secret: no one else can cancel them; results
+        # carry the hash back: no one else can answer them (engine/control.py).
+        self._session_secret = os.urandom(16).hex()
+        self._session_key = session_key(self._session_secret)
         # cancellation: engines heard from, where long tasks run, cancels not yet located
         self._engines: dict[str, float] = {}
         self._running_on: dict[str, str] = {}
@@ -177,6 +178,7 @@ class Session:
         self._ids = itertools.count(1)
         self._received = 0
         self._duplicates = 0
+        self._forged = 0
         self._callbacks: list[Callable[[Result], None]] = []
         self._closed = threading.Event()
         self._sender = threading.Thread(
@@ -257,7 +259,7 @@ class Session:
             timeout=self.default_timeout if timeout is None else timeout,
             deadline=deadline,
             retry_on=self.default_retry_on if retry_on is None else _type_names(retry_on),
-            cancel_key=self._cancel_key,
+            session_key=self._session_key,
         )
         body = encode_task(record)  # raises ProtocolError for non-JSON arguments
         message = Message(
@@ -447,6 +449,13 @@ class Session:
             log.debug("settling a result failed: %s", exc)
 
     def _deliver(self, record: ResultRecord) -> None:
+        if record.session_key != self._session_key:
+            self._forged += 1
+            log.warning(
+                "session %s: dropped a result for task %r that does not carry this session's "
+                "key (not the answer to a task it sent)", self.id, record.task,
+            )  # fmt: skip
+            return
         now = time.time()
         if record.engine:
             heard = self._engines.get(record.engine)
@@ -643,7 +652,7 @@ class Session:
         messages = [
             message
             for engine, ids in by_engine.items()
-            for message in cancel_messages(self.id, engine, ids, self._cancel_secret)
+            for message in cancel_messages(self.id, engine, ids, self._session_secret)
         ]
         if not messages or self._closed.is_set():
             return
@@ -680,6 +689,11 @@ class Session:
     def duplicates_dropped(self) -> int:
         """Result messages dropped as duplicates (or for cancelled tasks)."""
         return self._duplicates
+
+    @property
+    def forged_dropped(self) -> int:
+        """Result messages dropped because they did not carry this session's key."""
+        return self._forged
 
     def add_result_callback(self, callback: Callable[[Result], None]) -> None:
         """Call ``callback(result)`` (in the listener thread) for every arriving result."""

@@ -6,7 +6,9 @@
   started with ``--authorized-keys`` at all.
 * A second session's cancel request for the first session's running task (the
   session id and task id are all it needs to name it) no longer stops the task, on
-  memory:// and zmq://: tasks carry the hash of their session's cancel secret.
+  memory:// and zmq://: tasks carry the hash of their session's secret.
+* A result forged for another session's task, straight into its mailbox or through
+  an engine, is dropped: results carry that hash back.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import pytest
 
 import realtime_batch as rb
 from realtime_batch.engine.control import CONTROL_QUEUE, cancel_messages
-from realtime_batch.transport import PermissionDeniedError, open_transport
+from realtime_batch.protocol import ReplyTo, ResultRecord, TaskRecord, encode_result, encode_task
+from realtime_batch.transport import Message, PermissionDeniedError, open_transport
 from realtime_batch.transport.zeromq.authz import mailbox_prefix
 from realtime_batch.transport.zeromq.curve import load_secret_key
 
@@ -105,4 +108,27 @@ def test_a_spoofed_cancel_does_not_stop_another_sessions_task(
         forged = cancel_messages(victim.id, engine, [future.task_id])
         forged += cancel_messages(victim.id, engine, [future.task_id], secret="guess")
         attacker._transport.send(CONTROL_QUEUE, forged)
+        assert future.result(timeout=60) == "slept"
+
+
+def test_a_forged_result_does_not_resolve_another_sessions_future(no_leaked_processes, tmp_path,
+                                                                   hold_task):  # fmt: skip
+    """Straight into the mailbox (allowed without CURVE, on memory://) or through an engine
+    (a task whose reply_to names the victim's mailbox): the victim keeps only results that
+    carry its session key, which only the engines read in its tasks."""
+    url = f"memory://forge-{uuid.uuid4().hex}"
+    pool = rb.LocalPool(engines=2, transport=url, task_files=[hold_task])
+    with pool, rb.Session(pool) as victim, open_transport(url) as attacker:
+        future = victim.submit("hold.py", str(tmp_path / "victim"), 2)
+        wait_for((tmp_path / "victim").exists, what="the victim's task to start")
+        forged = ResultRecord(session=victim.id, job=victim.job, task=future.task_id,
+                              status="ok", value="forged", engine="e")  # fmt: skip
+        mailbox = Message(encode_result(forged), group=victim.id)
+        attacker.send(victim.results_queue, mailbox)
+        task = TaskRecord(session=victim.id, job=victim.job, task=future.task_id,
+                          command="hold.py", args=[str(tmp_path / "forger"), 0],
+                          reply_to=ReplyTo(victim.results_queue, victim.id))  # fmt: skip
+        attacker.send(victim.task_queue, Message(encode_task(task)))
+        wait_for(lambda: victim.forged_dropped == 2, what="both forged results to arrive")
+        assert not future.done()
         assert future.result(timeout=60) == "slept"

@@ -117,7 +117,8 @@ def test_late_result_of_a_cancelled_task_is_dropped(transport):
         [task] = take_tasks(transport, 1)
         assert future.cancel()
         record = ResultRecord(session=task.session, job=task.job, task=task.task,
-                              status="ok", value=42, engine="e1")  # fmt: skip
+                              status="ok", value=42, engine="e1",
+                              session_key=task.session_key)  # fmt: skip
         transport.send(task.reply_to.queue, Message(encode_result(record), group=s.id))
         wait_until(lambda: s.duplicates_dropped == 1)
         assert [r.status for r in s.results()] == ["cancelled"]
