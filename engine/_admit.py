@@ -83,7 +83,7 @@ class Admission:
             self._mailboxes.clear()  # at worst a session hears from us twice
         self._mailboxes.add(held.task.reply_to.group)
         if held.delivery.message.properties.get(NOTIFY):
-            self.outbox.notice(KIND_ENGINE, held.task.reply_to, [held.task.task])
+            self.outbox.notice(KIND_ENGINE, held.task)
 
     def resolve(self, command: str) -> tuple[str, str]:
         """``(kind, path)`` of a command, cached."""

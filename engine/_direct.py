@@ -667,7 +667,7 @@ class DirectWorker:
                 self._noticed = view.run_seq
                 held = self._decoded(view)
                 if held is not None:
-                    self.outbox.notice(KIND_RUNNING, held.task.reply_to, [held.task.task])
+                    self.outbox.notice(KIND_RUNNING, held.task)
             else:
                 next_at = min(next_at, view.started + RUNNING_NOTICE_AFTER)
         return next_at

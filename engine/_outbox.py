@@ -202,9 +202,12 @@ class Outbox:
         message = f"task exceeded its timeout of {limit} s and was killed"
         self.error(held, "TaskTimeoutError", message)
 
-    def notice(self, kind: str, reply_to: ReplyTo, task_ids: list[str]) -> None:
-        """Queue an ``engine``/``running`` notice for a session's mailbox."""
-        message = notice_message(kind, self.engine_id, task_ids, reply_to.group, self.ttl)
+    def notice(self, kind: str, task: TaskRecord) -> None:
+        """Queue an ``engine``/``running`` notice about ``task`` for its session's mailbox."""
+        reply_to = task.reply_to
+        message = notice_message(
+            kind, self.engine_id, [task.task], reply_to.group, self.ttl, task.session_key
+        )
         self._entries.append(_Entry(None, _NOTICE, reply_to=reply_to, message=message))
         self._notices += 1
 

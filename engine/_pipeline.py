@@ -304,7 +304,7 @@ class WorkerPipeline:
         if not head.noticed and now >= self._head_since + RUNNING_NOTICE_AFTER:
             head.noticed = True
             if head.delivery.message.properties.get(NOTIFY):
-                self.outbox.notice(KIND_RUNNING, head.task.reply_to, [head.task.task])
+                self.outbox.notice(KIND_RUNNING, head.task)
 
     def check_timeout(self) -> None:
         """Kill the worker if the running task outlived its timeout (see ``check_head``)."""

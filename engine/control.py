@@ -15,7 +15,8 @@ only tasks and results are not affected:
   mailbox when the task message asks for notices (property ``notify``):
   ``engine`` once per mailbox when an engine first receives a task of it,
   ``running`` when a task has been running for ``RUNNING_NOTICE_AFTER`` seconds.
-  Body ``{"engine": id, "tasks": [task ids]}``. Short tasks never cost a notice.
+  Body ``{"engine": id, "tasks": [task ids], "key": session_key}``; a session heeds
+  only notices with its own key. Short tasks never cost a notice.
 
 This module imports nothing from the client or the engine, so both sides use it.
 """
@@ -93,11 +94,19 @@ def cancel_messages(
 
 
 def notice_message(
-    kind: str, engine: str, task_ids: list[str], group: str | None, ttl: float | None
+    kind: str,
+    engine: str,
+    task_ids: list[str],
+    group: str | None,
+    ttl: float | None,
+    key: str = "",
 ) -> Message:
-    """An ``engine`` or ``running`` notice for a session's mailbox ``group``."""
+    """An ``engine`` or ``running`` notice for a session's mailbox ``group``.
+
+    ``key``: the tasks' ``session_key``, which the session checks as it does a result's.
+    """
     return Message(
-        orjson.dumps({"engine": engine, "tasks": task_ids}),
+        orjson.dumps({"engine": engine, "tasks": task_ids, "key": key}),
         group=group,
         properties={KIND: kind},
         ttl=ttl,

@@ -523,6 +523,9 @@ class Session:
         if data is None or not isinstance(engine, str):
             log.debug("dropping a malformed notice")
             return
+        if data.get("key") != self._session_key:  # not about a task this session sent
+            log.warning("session %s: dropped a notice without this session's key", self.id)
+            return
         if message.properties.get(KIND) == KIND_RUNNING:
             with self._lock:
                 for task_id in data["tasks"]:
