@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import logging
 import textwrap
 import time
 import uuid
@@ -41,13 +42,32 @@ HOLD = '''
         time.sleep(seconds)
         return "slept"
 '''
-HELLO = Path(__file__).resolve().parents[2] / "examples" / "hello" / "hello.py"
+WAIT = '''
+    """Write ``marker``, then wait (up to a minute) for ``release`` to exist."""
+    import time
+    from pathlib import Path
+
+
+    def run(marker, release):
+        Path(marker).write_text("started")
+        end = time.monotonic() + 60
+        while not Path(release).exists() and time.monotonic() < end:
+            time.sleep(0.02)
+        return "released"
+'''
 
 
 @pytest.fixture
 def hold_task(tmp_path) -> Path:
     path = tmp_path / "hold.py"
     path.write_text(textwrap.dedent(HOLD).lstrip())
+    return path
+
+
+@pytest.fixture
+def wait_task(tmp_path) -> Path:
+    path = tmp_path / "wait.py"
+    path.write_text(textwrap.dedent(WAIT).lstrip())
     return path
 
 
@@ -94,13 +114,14 @@ def test_a_curve_pool_runs_tasks_with_roles_enforced(
 
 @pytest.mark.parametrize("scheme", ["memory", "zmq"])
 def test_a_spoofed_cancel_does_not_stop_another_sessions_task(
-    no_leaked_processes, tmp_path, hold_task, scheme
+    no_leaked_processes, tmp_path, wait_task, scheme, caplog
 ):
+    caplog.set_level(logging.INFO, logger="realtime_batch.engine")
     url = f"memory://spoof-{uuid.uuid4().hex}" if scheme == "memory" else "zmq://127.0.0.1:0"
-    marker = tmp_path / "running"
-    pool = rb.LocalPool(engines=1, transport=url, task_files=[hold_task])
+    marker, release = tmp_path / "running", tmp_path / "release"
+    pool = rb.LocalPool(engines=1, transport=url, task_files=[wait_task], root=tmp_path / "p")
     with pool, rb.Session(pool) as victim, rb.Session(pool) as attacker:
-        future = victim.submit("hold.py", str(marker), 3)
+        future = victim.submit("wait.py", str(marker), str(release))
         wait_for(marker.exists, what="the victim's task to start")
         wait_for(lambda: future.task_id in victim._running_on, what="the running notice")
         engine = victim._running_on[future.task_id]
@@ -108,27 +129,40 @@ def test_a_spoofed_cancel_does_not_stop_another_sessions_task(
         forged = cancel_messages(victim.id, engine, [future.task_id])
         forged += cancel_messages(victim.id, engine, [future.task_id], secret="guess")
         attacker._transport.send(CONTROL_QUEUE, forged)
-        assert future.result(timeout=60) == "slept"
+
+        def engine_log() -> str:  # memory://: engines are threads here; zmq://: processes
+            node_log = tmp_path / "p" / "node-0" / "engine.log"
+            return caplog.text + (node_log.read_text() if node_log.exists() else "")
+
+        line = f"task(s) of session {victim.id} cancelled"
+        wait_for(lambda: engine_log().count(line) == 2, what="the engine to take both requests")
+        assert not future.done()
+        release.touch()
+        assert future.result(timeout=60) == "released"
 
 
-def test_a_forged_result_does_not_resolve_another_sessions_future(no_leaked_processes, tmp_path,
-                                                                   hold_task):  # fmt: skip
+def test_a_forged_result_does_not_resolve_another_sessions_future(
+    no_leaked_processes, tmp_path, wait_task
+):
     """Straight into the mailbox (allowed without CURVE, on memory://) or through an engine
     (a task whose reply_to names the victim's mailbox): the victim keeps only results that
     carry its session key, which only the engines read in its tasks."""
     url = f"memory://forge-{uuid.uuid4().hex}"
-    pool = rb.LocalPool(engines=2, transport=url, task_files=[hold_task])
+    # prefetch 1: the busy engine takes nothing more, the other runs the forged task
+    pool = rb.LocalPool(engines=2, transport=url, task_files=[wait_task], prefetch=1)
     with pool, rb.Session(pool) as victim, open_transport(url) as attacker:
-        future = victim.submit("hold.py", str(tmp_path / "victim"), 2)
+        release = tmp_path / "release"
+        future = victim.submit("wait.py", str(tmp_path / "victim"), str(release))
         wait_for((tmp_path / "victim").exists, what="the victim's task to start")
         forged = ResultRecord(session=victim.id, job=victim.job, task=future.task_id,
                               status="ok", value="forged", engine="e")  # fmt: skip
         mailbox = Message(encode_result(forged), group=victim.id)
         attacker.send(victim.results_queue, mailbox)
         task = TaskRecord(session=victim.id, job=victim.job, task=future.task_id,
-                          command="hold.py", args=[str(tmp_path / "forger"), 0],
+                          command="wait.py", args=[str(tmp_path / "forger"), str(tmp_path)],
                           reply_to=ReplyTo(victim.results_queue, victim.id))  # fmt: skip
         attacker.send(victim.task_queue, Message(encode_task(task)))
         wait_for(lambda: victim.forged_dropped == 2, what="both forged results to arrive")
         assert not future.done()
-        assert future.result(timeout=60) == "slept"
+        release.touch()
+        assert future.result(timeout=60) == "released"
