@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 import realtime_batch as rb
+from realtime_batch.engine._pipeline import _CANCEL_GRACE as CANCEL_GRACE
 from realtime_batch.engine.control import CONTROL_QUEUE, cancel_messages
 from realtime_batch.protocol import ReplyTo, ResultRecord, TaskRecord, encode_result, encode_task
 from realtime_batch.transport import Message, PermissionDeniedError, open_transport
@@ -133,6 +134,10 @@ def test_a_spoofed_cancel_does_not_stop_another_sessions_task(
         # answered it (a duplicate for the session), it has acted on the forged ones too.
         assert victim.cancel([waiting.task_id]) == 1
         wait_for(lambda: victim.duplicates_dropped == 1, what="the engine's cancelled answer")
+        # A cancel the engine accepted kills the running task after a grace period: give it
+        # that time many times over. (This wait only lets an accepted cancel show; nothing
+        # here can fail for being slow.)
+        time.sleep(20 * CANCEL_GRACE)
         assert not running.done()
         release.touch()
         assert running.result(timeout=60) == "released"
