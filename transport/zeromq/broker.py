@@ -70,7 +70,7 @@ DEFAULT_SPIN = 300e-6
 
 
 #: The caller of a request whose key has no role (cannot happen: ZAP lets in only known keys).
-_NOBODY = authz.Caller("nobody", "")
+_NOBODY = authz.Caller("nobody", "", prefix="")  # a role with no rights at all
 
 
 def _callers(curve: BrokerCurve | None) -> dict[str, authz.Caller] | None:
