@@ -58,6 +58,7 @@ def direct_worker(url: str) -> None:
                     session=task.session, job=task.job, task=task.task, status="ok",
                     value=None, error=None, engine="direct", attempt=task.attempt,
                     started_at=started, finished_at=time.time(),
+                    session_key=task.session_key,  # a session keeps only results with it
                 )  # fmt: skip
                 message = Message(
                     encode_result(record), group=task.reply_to.group, correlation_id=task.task

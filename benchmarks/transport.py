@@ -7,7 +7,9 @@
     client sends a task, a worker process receives it, sends the reply to the
     client's mailbox (a group on the results queue) and completes the task; the
     client receives the reply and completes it; run twice, with the broker's default
-    busy-polling (``--spin-us``) and without it (``--spin-us 0``).
+    busy-polling (``--spin-us``) and without it (``--spin-us 0``); and once more with
+    CURVE and roles enforced (client, engine keys; ``--mailbox-queue``): the cost of
+    encryption and of the per-request permission check.
 
 For each: round-trip p50/p99 (one message in flight) and the pipelined throughput
 of 20,000 small messages. Then the broker's RSS with 100,000 queued 100-byte
@@ -30,11 +32,13 @@ import queue
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -159,14 +163,17 @@ def bench_raw(n_latency: int, n_throughput: int, window: int) -> dict[str, float
 
 
 # -- (b) zmq:// ------------------------------------------------------------------------------
-def zmq_worker(url: str, stamp: Callable[[str], None] | None = None) -> None:
+def zmq_worker(
+    url: str, stamp: Callable[[str], None] | None = None, options: dict[str, Any] | None = None
+) -> None:
     """Receive tasks, send each reply to its sender's mailbox and complete the tasks.
 
     Replies and completions go in one round trip (``send_and_complete``), as an engine
     settles its results. ``stamp`` (``benchmarks.timeline``) is called with
-    ``"received"`` after each receive and ``"sending"`` before each reply.
+    ``"received"`` after each receive and ``"sending"`` before each reply. ``options``:
+    the transport's (CURVE keys).
     """
-    with open_transport(url) as t:
+    with open_transport(url, **(options or {})) as t:
         while True:
             deliveries = t.receive(TASKS, max_messages=256, timeout=5)
             if stamp is not None:
@@ -231,32 +238,78 @@ def parked_receives(url: str, count: int, per_connection: int = 1000) -> Iterato
         ctx.term()
 
 
+def curve_setup(directory: Path) -> tuple[list[str], dict[str, Any], dict[str, Any]]:
+    """CURVE keys with roles in ``directory``: broker args, client and worker options."""
+    from realtime_batch.transport.zeromq.curve import authorize_key, generate_keys
+
+    generate_keys(directory, "broker")
+    for role in ("client", "engine"):
+        public, _secret = generate_keys(directory, role)
+        authorize_key(public, directory / "authorized", role)
+    args = [
+        "--curve-secret-key", str(directory / "broker.key_secret"),
+        "--authorized-keys", str(directory / "authorized"),
+        "--mailbox-queue", RESULTS,
+    ]  # fmt: skip
+
+    def options(role: str) -> dict[str, Any]:
+        return {"curve_server_key": str(directory / "broker.key"),
+                "curve_secret_key": str(directory / f"{role}.key_secret")}  # fmt: skip
+
+    return args, options("client"), options("engine")
+
+
 def bench_transport(
-    n_latency: int, n_throughput: int, window: int, *broker_args: str, parked: int = 0
+    n_latency: int,
+    n_throughput: int,
+    window: int,
+    *broker_args: str,
+    curve: bool = False,
+    parked: int = 0,
+) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="bench-curve-") as keys:
+        client, engine = {}, {}
+        if curve:
+            extra, client, engine = curve_setup(Path(keys))
+            broker_args = (*broker_args, *extra)
+        return _bench_transport(
+            n_latency, n_throughput, window, broker_args, client, engine, parked
+        )
+
+
+def _bench_transport(
+    n_latency: int,
+    n_throughput: int,
+    window: int,
+    broker_args: tuple[str, ...],
+    client: dict[str, Any],
+    engine: dict[str, Any],
+    parked: int = 0,
 ) -> dict[str, float]:
     broker, url = start_broker(*broker_args)
     spawn = mp.get_context("spawn")
     worker = None
     try:
-        with open_transport(url) as t, contextlib.ExitStack() as stack:
+        with open_transport(url, **client) as t, contextlib.ExitStack() as stack:
+            mailbox = t.mailbox_prefix + MAILBOX  # a client reads only groups so named
             t.declare_queue(TASKS)
             t.declare_queue(RESULTS, grouped=True)
             if parked:
                 stack.enter_context(parked_receives(url, parked))
-            worker = spawn.Process(target=zmq_worker, args=(url,), daemon=True)
+            worker = spawn.Process(target=zmq_worker, args=(url, None, engine), daemon=True)
             worker.start()
 
             def one() -> None:
-                t.send(TASKS, Message(BODY, group=MAILBOX))
-                [reply] = t.receive(RESULTS, timeout=30, group=MAILBOX)
+                t.send(TASKS, Message(BODY, group=mailbox))
+                [reply] = t.receive(RESULTS, timeout=30, group=mailbox)
                 t.complete(reply)
 
             one()  # warm up (waits for the worker)
             cpu = _cpu_seconds(broker.pid)
-            samples, cycles = _sequential(t, n_latency)
+            samples, cycles = _sequential(t, n_latency, mailbox=mailbox)
             broker_cpu = (_cpu_seconds(broker.pid) - cpu) / n_latency
-            parked, _ = _sequential(t, n_latency, listener=True)
-            rate = _pipelined(t, n_throughput, window)
+            parked, _ = _sequential(t, n_latency, listener=True, mailbox=mailbox)
+            rate = _pipelined(t, n_throughput, window, mailbox=mailbox)
             t.send(TASKS, Message(STOP))
     finally:
         try:
@@ -271,7 +324,9 @@ def bench_transport(
     return figures
 
 
-def _sequential(t, count: int, *, listener: bool = False) -> tuple[list[float], list[float]]:
+def _sequential(
+    t, count: int, *, listener: bool = False, mailbox: str = MAILBOX
+) -> tuple[list[float], list[float]]:
     """One task in flight at a time; returns (send->reply, send->reply completed) samples.
 
     With ``listener`` a thread keeps a receive parked on the mailbox (as a Session's
@@ -281,8 +336,8 @@ def _sequential(t, count: int, *, listener: bool = False) -> tuple[list[float], 
         samples, cycles = [], []
         for _ in range(count):
             start = time.perf_counter()
-            t.send(TASKS, Message(BODY, group=MAILBOX))
-            [reply] = t.receive(RESULTS, timeout=30, group=MAILBOX)
+            t.send(TASKS, Message(BODY, group=mailbox))
+            [reply] = t.receive(RESULTS, timeout=30, group=mailbox)
             samples.append(time.perf_counter() - start)
             t.complete(reply)
             cycles.append(time.perf_counter() - start)
@@ -291,7 +346,7 @@ def _sequential(t, count: int, *, listener: bool = False) -> tuple[list[float], 
 
     def listen() -> None:
         for _ in range(count):
-            [reply] = t.receive(RESULTS, timeout=30, group=MAILBOX)
+            [reply] = t.receive(RESULTS, timeout=30, group=mailbox)
             arrived.put(time.perf_counter())
             t.complete(reply)
 
@@ -300,13 +355,13 @@ def _sequential(t, count: int, *, listener: bool = False) -> tuple[list[float], 
     samples = []
     for _ in range(count):
         start = time.perf_counter()
-        t.send(TASKS, Message(BODY, group=MAILBOX))
+        t.send(TASKS, Message(BODY, group=mailbox))
         samples.append(arrived.get(timeout=30) - start)
     thread.join()
     return samples, samples
 
 
-def _pipelined(t, total: int, window: int) -> float:
+def _pipelined(t, total: int, window: int, *, mailbox: str = MAILBOX) -> float:
     """Send ``total`` tasks (at most ``window`` unanswered) while a thread collects replies."""
     credit = threading.Semaphore(window)
     batch = 64
@@ -317,7 +372,7 @@ def _pipelined(t, total: int, window: int) -> float:
             size = min(batch, total - sent)
             for _ in range(size):
                 credit.acquire()
-            t.send(TASKS, [Message(BODY, group=MAILBOX) for _ in range(size)])
+            t.send(TASKS, [Message(BODY, group=mailbox) for _ in range(size)])
             sent += size
 
     thread = threading.Thread(target=sender)
@@ -325,7 +380,7 @@ def _pipelined(t, total: int, window: int) -> float:
     thread.start()
     received = 0
     while received < total:
-        replies = t.receive(RESULTS, max_messages=512, timeout=30, group=MAILBOX)
+        replies = t.receive(RESULTS, max_messages=512, timeout=30, group=mailbox)
         if not replies:
             raise RuntimeError(f"stalled after {received} replies")
         t.complete_many(replies)
@@ -422,6 +477,10 @@ def main(argv: list[str] | None = None) -> None:
         "zmq://, broker --spin-us 0",
         lambda: bench_transport(n_latency, n_throughput, args.window, "--spin-us", "0"),
     )
+    curve = _timed(
+        "zmq://, CURVE with roles",
+        lambda: bench_transport(n_latency, n_throughput, args.window, curve=True),
+    )
     memory = _timed("broker memory", lambda: bench_memory(queued))
 
     print(f"round trip ({n_latency} samples), pipelined throughput ({n_throughput} messages)")
@@ -430,6 +489,7 @@ def main(argv: list[str] | None = None) -> None:
         ("raw pyzmq 3-hop", raw),
         ("zmq:// send->reply", ours),
         ("  same, broker not polling", still),
+        ("  same, CURVE + roles", curve),
     )
     for name, fig in rows:
         print(f"{name:28}{fig['p50_us']:>10.0f}{fig['p99_us']:>10.0f}{fig['throughput']:>10.0f}")

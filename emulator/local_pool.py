@@ -192,6 +192,12 @@ class LocalPool(Pool):
             a ``root`` you give is always kept.
         metrics_port: serve Prometheus metrics: the broker on this port and engine N
             (node-N) on ``metrics_port + 1 + N`` (0: every one on a free port, logged).
+        curve: run the whole pool with CURVE and roles (``zmq://`` with a broker this pool
+            starts): ``True`` makes the keys in ``ROOT/keys``, a path keeps them there
+            (reused when present): key pairs ``broker``, ``engine``, ``client`` and
+            ``admin`` and the authorized-keys directory ``authorized/ROLE/*.key``. The
+            broker enforces the roles, engines connect with the engine key, and
+            sessions opened on the pool with the client key (``transport_options``).
     """
 
     def __init__(
@@ -219,6 +225,7 @@ class LocalPool(Pool):
         allow_jvm_options: Sequence[str] = (),
         max_jvm_heap: int | None = None,
         max_output: int | None = None,
+        curve: bool | StrPath = False,
     ) -> None:
         from realtime_batch.engine.credentials import check_pass_env
 
@@ -267,6 +274,16 @@ class LocalPool(Pool):
         self.restarts = 0
         self._monitor_stop = threading.Event()
         self._monitor: threading.Thread | None = None
+        self.curve_keys: Path | None = None
+        if curve is not False:
+            if self._scheme != "zmq" or not start_broker:
+                raise ValueError("curve needs a zmq:// transport with a broker this pool starts")
+            self.curve_keys = self.root / "keys" if curve is True else Path(curve)
+            self._broker_args += _make_curve_keys(self.curve_keys)
+            self._env.update(
+                RTBATCH_CURVE_SECRET_KEY_FILE=str(self.curve_keys / "engine.key_secret"),
+                RTBATCH_CURVE_SERVER_KEY=str(self.curve_keys / "broker.key"),
+            )
         try:
             if self._scheme == "zmq" and start_broker:
                 self._start_broker(self._broker_args)
@@ -289,6 +306,21 @@ class LocalPool(Pool):
     @property
     def job(self) -> str:
         return self._job
+
+    @property
+    def transport_options(self) -> dict[str, Any]:
+        """A session's transport options: the client key with ``curve`` (else none)."""
+        return self.curve_options("client")
+
+    def curve_options(self, role: str) -> dict[str, Any]:
+        """Transport options connecting with the key of ``role`` (``client``, ``engine``,
+        ``admin``) of a ``curve`` pool; empty without ``curve``."""
+        if self.curve_keys is None:
+            return {}
+        return {
+            "curve_server_key": str(self.curve_keys / "broker.key"),
+            "curve_secret_key": str(self.curve_keys / f"{role}.key_secret"),
+        }
 
     @property
     def engines(self) -> int:
@@ -452,10 +484,12 @@ class LocalPool(Pool):
         return engine.start()
 
     def _start_engines(self, count: int) -> None:
-        if self._scheme == "memory":  # declare before engines race to it
+        # Declare before engines race to it; with curve, only the admin may give other
+        # settings than the defaults.
+        if self._scheme == "memory" or self.curve_keys is not None:
             from realtime_batch.transport import open_transport
 
-            with open_transport(self._url) as transport:
+            with open_transport(self._url, **self.curve_options("admin")) as transport:
                 transport.declare_queue(
                     self.queue,
                     lock_duration=self.lock_duration,
@@ -578,3 +612,23 @@ class LocalPool(Pool):
 
         url = redact("transport.url", self._url)  # a connection string carries its key
         return f"<LocalPool {url} job={self._job!r} engines={self.engines}>"
+
+
+def _make_curve_keys(directory: Path) -> list[str]:
+    """Make (or reuse) a pool's CURVE keys; return the broker's arguments for them."""
+    from realtime_batch.transport.zeromq.curve import authorize_key, generate_keys
+
+    authorized = directory / "authorized"
+    for name, role in (("broker", None), ("engine", "engine"), ("client", "client"),
+                       ("admin", "admin")):  # fmt: skip
+        if (directory / f"{name}.key_secret").exists():
+            continue
+        public, _secret = generate_keys(directory, name)
+        if role is not None:
+            authorize_key(public, authorized, role)
+    return [
+        "--curve-secret-key",
+        str(directory / "broker.key_secret"),
+        "--authorized-keys",
+        str(authorized),
+    ]

@@ -38,7 +38,7 @@ class Admission:
         outbox: Outbox,
         tasks_dir: str,
         max_delivery_count: int,
-        cancelled: Container[tuple[str, str]],
+        cancelled: Container[tuple[str, str, str]],
         jvm_options: JvmOptionPolicy | None = None,
     ) -> None:
         self.outbox = outbox
@@ -89,7 +89,7 @@ class Admission:
             self._mailboxes.clear()  # at worst a session hears from us twice
         self._mailboxes.add(held.task.reply_to.group)
         if held.delivery.message.properties.get(NOTIFY):
-            self.outbox.notice(KIND_ENGINE, held.task.reply_to, [held.task.task])
+            self.outbox.notice(KIND_ENGINE, held.task)
 
     def resolve(self, command: str) -> tuple[str, str]:
         """``(kind, path)`` of a command, cached."""

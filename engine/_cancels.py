@@ -1,9 +1,13 @@
 """The engine's side of cancellation: receiving cancel requests and remembering them.
 
 A control thread (``receive_cancels``) reads the engine's own group of the grouped
-control queue and records each request's ``(session, task)`` keys in
+control queue and records each request's ``(session, task, cancel key)`` keys in
 ``CancelRequests``, a bounded, expiring set that the engine's main thread checks
 when a task comes up (a dict lookup) and when told that requests arrived.
+
+The cancel key is the hash of the secret the request carries (``control.session_key``):
+a task is cancelled only by a request with its session's secret, so a request forged
+by another client, which does not know it, matches no task.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Callable
 
 from ..transport import Delivery, Transport
 from ..transport.errors import TransportClosedError, TransportError
-from .control import KIND, KIND_CANCEL, KIND_STOP, decode_control
+from .control import KIND, KIND_CANCEL, KIND_STOP, decode_control, session_key
 
 __all__ = ["CANCELLED_KEEP", "CANCELLED_MAX", "CancelRequests", "receive_cancels"]
 
@@ -26,24 +30,24 @@ CANCELLED_MAX = 100_000  # cancel requests remembered at most (the oldest are fo
 
 
 class CancelRequests:
-    """``(session, task)`` keys of cancelled tasks, bounded in number and age.
+    """``(session, task, cancel key)`` keys of cancelled tasks, bounded in number and age.
 
     Written by the control thread, read by the main thread: ``keys`` is a plain dict
     (key -> monotonic arrival time) so that the hot path is one lookup.
     """
 
     def __init__(self, keep: float | None = None, limit: int | None = None) -> None:
-        self.keys: dict[tuple[str, str], float] = {}
+        self.keys: dict[tuple[str, str, str], float] = {}
         self.keep = CANCELLED_KEEP if keep is None else keep
         self.limit = CANCELLED_MAX if limit is None else limit
         #: set when requests arrived that the main thread has not looked at yet
         self.arrived = False
 
-    def add(self, session: str, task_ids: list[str]) -> None:
+    def add(self, session: str, task_ids: list[str], key: str = "") -> None:
         now = time.monotonic()
         keys = self.keys
         for task_id in task_ids:
-            keys[(session, task_id)] = now
+            keys[(session, task_id, key)] = now
         self._forget_old(now)
         self.arrived = True
 
@@ -109,7 +113,8 @@ def _record(delivery: Delivery, engine_id: str, requests: CancelRequests) -> boo
                        engine_id)  # fmt: skip
         return False
     assert data is not None
-    requests.add(session, data["tasks"])
+    secret = data.get("secret")
+    requests.add(session, data["tasks"], session_key(secret) if isinstance(secret, str) else "")
     logger.info("engine %s: %d task(s) of session %s cancelled", engine_id, len(data["tasks"]),
                 session)  # fmt: skip
     return True

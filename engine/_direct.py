@@ -240,7 +240,7 @@ class DirectControl:
         self.fd = fd
         self.draining = False
         self.go = False
-        self.cancelled: set[tuple[str, str]] = set()
+        self.cancelled: set[tuple[str, str, str]] = set()
         self._partial = b""
 
     def wait_go(self, timeout: float) -> None:
@@ -270,8 +270,8 @@ class DirectControl:
                 self.go = True
             elif line.startswith(b"K"):
                 try:
-                    session, task = orjson.loads(line[1:])
-                    self.cancelled.add((str(session), str(task)))
+                    session, task, key = orjson.loads(line[1:])
+                    self.cancelled.add((str(session), str(task), str(key)))
                 except (orjson.JSONDecodeError, TypeError, ValueError):
                     logger.warning("ignoring a malformed cancel line from the engine")
         return len(self.cancelled) > keys
@@ -704,7 +704,7 @@ class DirectWorker:
                 self._noticed = view.run_seq
                 held = self._decoded(view)
                 if held is not None:
-                    self.outbox.notice(KIND_RUNNING, held.task.reply_to, [held.task.task])
+                    self.outbox.notice(KIND_RUNNING, held.task)
             else:
                 next_at = min(next_at, view.started + RUNNING_NOTICE_AFTER)
         return next_at

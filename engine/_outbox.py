@@ -86,9 +86,9 @@ class Held:
         self.due = 0.0  # monotonic time a retry may start (backing off until then)
 
     @property
-    def key(self) -> tuple[str, str]:
-        """``(session, task id)``: what cancel requests name."""
-        return (self.task.session, self.task.task)
+    def key(self) -> tuple[str, str, str]:
+        """``(session, task id, cancel key)``: what cancel requests name (``_cancels``)."""
+        return (self.task.session, self.task.task, self.task.session_key)
 
     def schedule_renewal(self, now: float) -> None:
         """Plan the next renewal at a third of the remaining lease."""
@@ -178,6 +178,7 @@ class Outbox:
             attempt=held.attempt,
             started_at=now if started is None else started,
             finished_at=now if finished is None else finished,
+            session_key=task.session_key,
         )
 
     def _reply(self, held: Held, record: ResultRecord, action: str = _COMPLETE, **kw: str) -> None:
@@ -206,9 +207,12 @@ class Outbox:
         message = f"task exceeded its timeout of {limit} s and was killed"
         self.error(held, "TaskTimeoutError", message)
 
-    def notice(self, kind: str, reply_to: ReplyTo, task_ids: list[str]) -> None:
-        """Queue an ``engine``/``running`` notice for a session's mailbox."""
-        message = notice_message(kind, self.engine_id, task_ids, reply_to.group, self.ttl)
+    def notice(self, kind: str, task: TaskRecord) -> None:
+        """Queue an ``engine``/``running`` notice about ``task`` for its session's mailbox."""
+        reply_to = task.reply_to
+        message = notice_message(
+            kind, self.engine_id, [task.task], reply_to.group, self.ttl, task.session_key
+        )
         self._entries.append(_Entry(None, _NOTICE, reply_to=reply_to, message=message))
         self._notices += 1
 
@@ -511,4 +515,5 @@ def _replace_error(record: ResultRecord, error: ErrorInfo) -> ResultRecord:
         attempt=record.attempt,
         started_at=record.started_at,
         finished_at=record.finished_at,
+        session_key=record.session_key,
     )

@@ -276,7 +276,7 @@ class WorkerPipeline:
             self.delayed = [held for held in self.delayed if held.due > now]
             self.pending.extendleft(reversed(due))
 
-    def cancel(self, cancelled: Container[tuple[str, str]]) -> None:
+    def cancel(self, cancelled: Container[tuple[str, str, str]]) -> None:
         """Drop the tasks whose ``(session, task)`` key is in ``cancelled``.
 
         Tasks not sent to the worker get a ``cancelled`` result at once; the worker is
@@ -300,7 +300,7 @@ class WorkerPipeline:
             self.worker.cancel(skip)
 
     def _drop_cancelled(
-        self, queue: Iterable[Held], cancelled: Container[tuple[str, str]]
+        self, queue: Iterable[Held], cancelled: Container[tuple[str, str, str]]
     ) -> list[Held]:
         """Answer the cancelled tasks of ``queue``; return the others."""
         kept = []
@@ -329,7 +329,7 @@ class WorkerPipeline:
         if not head.noticed and now >= self._head_since + RUNNING_NOTICE_AFTER:
             head.noticed = True
             if head.delivery.message.properties.get(NOTIFY):
-                self.outbox.notice(KIND_RUNNING, head.task.reply_to, [head.task.task])
+                self.outbox.notice(KIND_RUNNING, head.task)
 
     def check_timeout(self) -> None:
         """Kill the worker if the running task outlived its timeout (see ``check_head``)."""

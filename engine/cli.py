@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from ..transport.base import DEFAULT_LOCK_DURATION, DEFAULT_MAX_DELIVERY_COUNT
+from ..transport.zeromq.cli import curve_key_options
 from . import WORKER_MODES
 
 __all__ = ["configure_logging", "engine"]
@@ -179,6 +180,7 @@ def configure_logging(
     "(zmq:// only; the shorter path); relay: the engine passes each task to it; "
     "auto: direct on zmq://, relay otherwise.",
 )
+@curve_key_options("engine")
 @click.option(
     "--allow-jvm-option",
     "allow_jvm_options",
@@ -263,6 +265,7 @@ def engine(
     log_max_bytes: int,
     log_backups: int,
     jvm_host_options: tuple[str, ...],
+    curve_options: dict[str, str],
     log_level: str | None,
     metrics_port: int | None = None,
 ) -> None:
@@ -324,6 +327,7 @@ def engine(
             max_output=max_output,
             worker_log=worker_log,
             jvm_host_options=jvm_host_options,
+            transport_options=curve_options,
         )
         metrics = None
         if metrics_port is not None:

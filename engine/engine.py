@@ -115,6 +115,9 @@ class Engine:
             engine's); None: the engine's stderr.
         jvm_host_options: JVM options of the worker's warm JVM host (e.g. ``["-Xmx512m"]``);
             engine configuration, never from a message.
+        transport_options: passed to ``open_transport`` when ``transport`` is a URL, by
+            the engine and by its direct workers (e.g. ``curve_server_key`` and
+            ``curve_secret_key`` for a CURVE broker; file paths, never key material).
     """
 
     def __init__(
@@ -141,6 +144,7 @@ class Engine:
         worker_log: WorkerLog | None = None,
         pass_env: Sequence[str] = (),
         jvm_host_options: Sequence[str] = (),
+        transport_options: dict[str, Any] | None = None,
     ) -> None:
         if max_output < 1:
             raise ValueError("max_output must be at least 1")
@@ -164,8 +168,14 @@ class Engine:
             if not os.path.isdir(path):
                 raise EngineError(f"{name} directory {path} does not exist")
         self._owns_transport = isinstance(transport, str)
+        self._transport_options = {  # JSON for the direct worker's command line
+            key: os.fspath(value) if isinstance(value, os.PathLike) else value
+            for key, value in (transport_options or {}).items()
+        }
         self.transport: Transport = (
-            open_transport(transport) if isinstance(transport, str) else transport
+            open_transport(transport, **self._transport_options)
+            if isinstance(transport, str)
+            else transport
         )
         self.queue = queue
         self.prefetch = prefetch
@@ -302,6 +312,7 @@ class Engine:
             "retry_backoff_max": self._pipeline.retry_backoff_max,
             "jvm_options": self.jvm_options.as_options(),
             "jvm_host_options": list(self._pipeline.jvm_host_options),
+            "transport_options": self._transport_options,
         }
         self._direct = direct = DirectWorker(
             self.tasks_dir, self.work_dir, self.engine_id, self._url, self.queue, self.prefetch,
@@ -445,9 +456,13 @@ class Engine:
                 self._wake()
 
     # -- cancellation ----------------------------------------------------------------------
-    def is_cancelled(self, session: str, task_id: str) -> bool:
-        """True if a cancel request for this task reached the engine (and is remembered)."""
-        return (session, task_id) in self._cancelled
+    def is_cancelled(self, session: str, task_id: str, session_key: str = "") -> bool:
+        """True if a cancel request for this task reached the engine (and is remembered).
+
+        ``session_key``: the one the task carries (``control.session_key`` of its session's
+        secret); a request without the secret matches only tasks without one.
+        """
+        return (session, task_id, session_key) in self._cancelled
 
     # -- the main loop ---------------------------------------------------------------------
     def _step(self, until: float) -> None:

@@ -578,7 +578,7 @@ def _serve_direct(
 
     ledger_fd, wake_fd = (int(x) for x in shared_fds.split(","))
     os.set_blocking(wake_fd, False)
-    transport = open_transport(options.pop("url"))  # not left where task code looks
+    transport = open_transport(options.pop("url"), **options.get("transport_options", {}))
     try:
         ledger = Ledger(options["slots"], options["body_size"], fd=ledger_fd)
         control = DirectControl(ctrl_fd)

@@ -69,6 +69,11 @@ class Pool(ABC):
         """URL of the transport the engines pull from (what a client session opens)."""
 
     @property
+    def transport_options(self) -> dict[str, Any]:
+        """Options a client session opens ``transport_url`` with (e.g. its CURVE keys)."""
+        return {}
+
+    @property
     @abstractmethod
     def job(self) -> str | None:
         """Id of the job whose engines are running, or None before :meth:`start_engines`."""

@@ -38,6 +38,7 @@ from realtime_batch.engine.control import (
     NOTIFY_PROPERTIES,
     cancel_messages,
     decode_control,
+    session_key,
 )
 from realtime_batch.protocol import (
     STATUS_CANCELLED,
@@ -156,11 +157,17 @@ class Session:
         self._transport, self._owns_transport, pool_job = self._connect(
             pool_or_url, transport_options or {}
         )
+        # A broker that binds mailboxes to identities lets this one read only groups so named.
+        self.id = self._transport.mailbox_prefix + self.id
         self.job = job or pool_job or "default"
         self._transport.declare_queue(task_queue)
         self._transport.declare_queue(results_queue, grouped=True)
         self._transport.declare_queue(control_queue, grouped=True)
         self._reply_to = ReplyTo(results_queue, self.id)
+        # Tasks carry its hash, cancels the secret: no one else can cancel them; results
+        # carry the hash back: no one else can answer them (engine/control.py).
+        self._session_secret = os.urandom(16).hex()
+        self._session_key = session_key(self._session_secret)
         # cancellation: engines heard from, where long tasks run, cancels not yet located
         self._engines: dict[str, float] = {}
         self._running_on: dict[str, str] = {}
@@ -183,6 +190,7 @@ class Session:
         self._ids = itertools.count(1)
         self._received = 0
         self._duplicates = 0
+        self._forged = 0
         self._callbacks: list[Callable[[Result], None]] = []
         self._closed = threading.Event()
         self._sender = threading.Thread(
@@ -206,6 +214,7 @@ class Session:
                 "Session() takes a Pool, a transport URL or a Transport, "
                 f"got {type(target).__name__}"
             )
+        options = {**getattr(target, "transport_options", {}), **options}
         return open_transport(url, **options), True, getattr(target, "job", None)
 
     # ------------------------------------------------------------------ submitting
@@ -262,6 +271,7 @@ class Session:
             timeout=self.default_timeout if timeout is None else timeout,
             deadline=deadline,
             retry_on=self.default_retry_on if retry_on is None else _type_names(retry_on),
+            session_key=self._session_key,
         )
         body = encode_task(record)  # raises ProtocolError for non-JSON arguments
         message = Message(
@@ -455,6 +465,13 @@ class Session:
             log.debug("settling a result failed: %s", exc)
 
     def _deliver(self, record: ResultRecord) -> None:
+        if record.session_key != self._session_key:
+            self._forged += 1
+            log.warning(
+                "session %s: dropped a result for task %r that does not carry this session's "
+                "key (not the answer to a task it sent)", self.id, record.task,
+            )  # fmt: skip
+            return
         now = time.time()
         if record.engine:
             heard = self._engines.get(record.engine)
@@ -521,6 +538,9 @@ class Session:
         engine = None if data is None else data.get("engine")
         if data is None or not isinstance(engine, str):
             log.debug("dropping a malformed notice")
+            return
+        if data.get("key") != self._session_key:  # not about a task this session sent
+            log.warning("session %s: dropped a notice without this session's key", self.id)
             return
         if message.properties.get(KIND) == KIND_RUNNING:
             with self._lock:
@@ -652,7 +672,7 @@ class Session:
         messages = [
             message
             for engine, ids in by_engine.items()
-            for message in cancel_messages(self.id, engine, ids)
+            for message in cancel_messages(self.id, engine, ids, self._session_secret)
         ]
         if not messages or self._closed.is_set():
             return
@@ -727,6 +747,11 @@ class Session:
     def duplicates_dropped(self) -> int:
         """Result messages dropped as duplicates (or for cancelled tasks)."""
         return self._duplicates
+
+    @property
+    def forged_dropped(self) -> int:
+        """Result messages dropped because they did not carry this session's key."""
+        return self._forged
 
     def add_result_callback(self, callback: Callable[[Result], None]) -> None:
         """Call ``callback(result)`` (in the listener thread) for every arriving result."""

@@ -19,11 +19,13 @@ from rich.table import Table
 from realtime_batch.transport import (
     Delivery,
     Message,
+    PermissionDeniedError,
     Transport,
     dead_letter_queue,
     open_transport,
 )
 from realtime_batch.transport.base import DEAD_LETTER_DESCRIPTION, DEAD_LETTER_REASON
+from realtime_batch.transport.zeromq.cli import curve_key_options
 
 __all__ = ["dead_letters", "dlq", "find_dead_letter", "replay_dead_letters"]
 
@@ -122,17 +124,39 @@ def replay_dead_letters(transport: Transport, queue: str, limit: int | None = No
     return count
 
 
-@click.group()
+class _DlqGroup(click.Group):
+    """Turns a refusal by the broker (no admin key) into a clear error, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except PermissionDeniedError as exc:
+            raise click.ClickException(
+                f"{exc}: dead letters are an admin's (give an admin key with "
+                "--curve-secret-key-file)"
+            ) from None
+
+
+@click.group(cls=_DlqGroup)
 @click.option("--transport", "url", envvar="RTBATCH_TRANSPORT", help="Transport URL.")
 @click.option("--queue", default="tasks", show_default=True, help="Queue whose DLQ to use.")
+@curve_key_options("admin")
 @click.pass_context
-def dlq(ctx: click.Context, url: str | None, queue: str) -> None:
-    """Inspect, replay and purge dead-lettered tasks."""
-    ctx.obj = {"url": url, "queue": queue}
+def dlq(
+    ctx: click.Context,
+    url: str | None,
+    queue: str,
+    curve_options: dict[str, str],
+) -> None:
+    """Inspect, replay and purge dead-lettered tasks.
+
+    On a ZeroMQ broker enforcing roles, dead letters are an admin's: give an admin key.
+    """
+    ctx.obj = {"url": url, "queue": queue, "options": curve_options}
 
 
 def _open(ctx: click.Context) -> Transport:
-    return open_transport(_transport_url(ctx.obj["url"]))
+    return open_transport(_transport_url(ctx.obj["url"]), **ctx.obj["options"])
 
 
 def _remember(key: str) -> Callable[[click.Context, click.Parameter, str | None], None]:

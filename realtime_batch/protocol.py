@@ -85,6 +85,10 @@ class TaskRecord:
     deadline: float | None = None
     retry_on: list[str] = attrs.field(factory=list)
     submitted_at: float = attrs.field(factory=time.time)
+    #: hash of the session's secret (``engine.control.session_key``): only cancels carrying
+    #: the secret stop the task, and its result carries the key back; no one but the
+    #: session and the engines (who alone read tasks) knows it
+    session_key: str = ""
     v: int = PROTOCOL_VERSION
 
 
@@ -102,6 +106,8 @@ class ResultRecord:
     attempt: int = 1
     started_at: float | None = None
     finished_at: float | None = None
+    #: the task's ``session_key``, echoed: the session keeps only results that carry its own
+    session_key: str = ""
     v: int = PROTOCOL_VERSION
 
     @property
@@ -146,6 +152,7 @@ def encode_task(task: TaskRecord) -> bytes:
             "deadline": task.deadline,
             "retry_on": task.retry_on,
             "submitted_at": task.submitted_at,
+            "session_key": task.session_key,
         },
         "args",
     )
@@ -170,6 +177,7 @@ def encode_result(result: ResultRecord) -> bytes:
             "attempt": result.attempt,
             "started_at": result.started_at,
             "finished_at": result.finished_at,
+            "session_key": result.session_key,
         },
         "value",
     )
@@ -213,6 +221,7 @@ _TASK_FIELDS: tuple[tuple[str, tuple[type, ...], Any], ...] = (
     ("deadline", _NUMBER, None),
     ("retry_on", (list,), list),
     ("submitted_at", _NUMBER, 0.0),
+    ("session_key", (str,), ""),
 )
 _RESULT_FIELDS: tuple[tuple[str, tuple[type, ...], Any], ...] = (
     ("session", (str,), _REQUIRED),
@@ -223,6 +232,7 @@ _RESULT_FIELDS: tuple[tuple[str, tuple[type, ...], Any], ...] = (
     ("attempt", (int,), 1),
     ("started_at", _NUMBER, None),
     ("finished_at", _NUMBER, None),
+    ("session_key", (str,), ""),
 )
 
 
@@ -314,4 +324,6 @@ def peek_reply_to(body: bytes) -> tuple[ReplyTo, dict[str, Any]] | None:
         return None
     if len(ids) != 3:
         return None
+    if isinstance(data.get("session_key"), str):  # without it the session drops the answer
+        ids["session_key"] = data["session_key"]
     return reply, ids

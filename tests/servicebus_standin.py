@@ -58,7 +58,7 @@ from realtime_batch.transport.base import (
     QueueOptions,
 )
 from realtime_batch.transport.base import Message as RtMessage
-from realtime_batch.transport.errors import LockLostError, QueueNotFoundError
+from realtime_batch.transport.errors import LockLostError, QueueNotFoundError, QueueSettingsConflict
 from realtime_batch.transport.store import QueueStore
 
 __all__ = [
@@ -73,6 +73,8 @@ __all__ = [
 log = logging.getLogger("servicebus_standin")
 
 DECLARE_ENTITY = "$rtbatch-declare"
+#: Condition of a declare refused because the queue exists with other settings.
+PRECONDITION_FAILED = "amqp:precondition-failed"
 DEFAULT_KEY_NAME = "RootManageSharedAccessKey"
 DEFAULT_KEY = "SAS_KEY_VALUE"
 MAX_MESSAGE_SIZE = 262144  # the Standard tier's limit, announced on attach
@@ -226,7 +228,7 @@ class ServiceBusStandIn(MessagingHandler):
             self.declare(name, QueueOptions(), requires_session=False)
 
     # -- entity admin ----------------------------------------------------------------------
-    def declare(self, name: str, options: QueueOptions, *, requires_session: bool) -> None:
+    def declare(self, name: str, options: QueueOptions | None, *, requires_session: bool) -> None:
         if self.store.declare(name, options):
             self.requires_session[name] = requires_session
             log.info("queue %s created (%s, sessions=%s)", name, options, requires_session)
@@ -518,7 +520,12 @@ class ServiceBusStandIn(MessagingHandler):
             self._management(link, entity, unpack_transfer(raw)[0])
             self._finish(delivery, Disposition.ACCEPTED)
         elif entity == DECLARE_ENTITY:
-            self._declare_request(unpack_transfer(raw)[0])
+            try:
+                self._declare_request(unpack_transfer(raw)[0])
+            except QueueSettingsConflict as exc:  # as the admin API would refuse it
+                cond = amqp_error(PRECONDITION_FAILED, str(exc))
+                self._finish(delivery, Disposition.REJECTED, cond)
+                return
             self._finish(delivery, Disposition.ACCEPTED)
         else:
             self._enqueue(entity, delivery, raw)
@@ -723,9 +730,7 @@ class ServiceBusStandIn(MessagingHandler):
 
     def _declare_request(self, request: Message) -> None:
         spec = json.loads(bytes(request.body))
-        options = QueueOptions(
-            float(spec.get("lock_duration", 30.0)), int(spec.get("max_delivery_count", 10))
-        )
+        options = QueueOptions.given(spec.get("lock_duration"), spec.get("max_delivery_count"))
         self.declare(spec["name"], options, requires_session=bool(spec.get("requires_session")))
 
 

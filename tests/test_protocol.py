@@ -99,11 +99,19 @@ def test_unencodable_args_raise_protocol_error():
 
 
 def test_peek_reply_to_finds_sender_of_invalid_task():
-    data = orjson.loads(encode_task(make_task()))
+    data = orjson.loads(encode_task(make_task(session_key="k1")))
     data["v"] = 42
     found = peek_reply_to(orjson.dumps(data))
     assert found is not None
     reply, ids = found
     assert reply == ReplyTo("results", "s1")
-    assert ids == {"session": "s1", "job": "j1", "task": "t1"}
+    # the session key too: the error result must carry it for the session to accept it
+    assert ids == {"session": "s1", "job": "j1", "task": "t1", "session_key": "k1"}
     assert peek_reply_to(b"garbage") is None
+
+
+def test_session_key_travels_in_tasks_and_results():
+    assert decode_task(encode_task(make_task(session_key="k1"))).session_key == "k1"
+    result = ResultRecord(session="s", job="j", task="t", status="ok", session_key="k1")
+    assert decode_result(encode_result(result)).session_key == "k1"
+    assert decode_task(encode_task(make_task())).session_key == ""  # none: the default

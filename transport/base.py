@@ -132,6 +132,31 @@ class QueueOptions:
     #: ``QueueFullError``. ``None``: no limit of its own.
     max_length: int | None = None
 
+    @classmethod
+    def given(
+        cls,
+        lock_duration: float | None,
+        max_delivery_count: int | None,
+        max_length: int | None = None,
+    ) -> QueueOptions | None:
+        """The settings a declare names, or None when it names none.
+
+        A declare that names one setting names the default for the others it leaves out
+        (``max_length`` None: no limit of its own).
+        """
+        if lock_duration is None and max_delivery_count is None and max_length is None:
+            return None
+        return cls(
+            DEFAULT_LOCK_DURATION if lock_duration is None else float(lock_duration),
+            DEFAULT_MAX_DELIVERY_COUNT if max_delivery_count is None else int(max_delivery_count),
+            None if max_length is None else int(max_length),
+        )
+
+    @property
+    def is_default(self) -> bool:
+        """True for the default settings."""
+        return self == QueueOptions()
+
 
 @attrs.frozen
 class QueueCounts:
@@ -154,22 +179,32 @@ class Transport(ABC):
 
     #: Largest message body accepted by ``send``, in bytes.
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    #: What the names of the mailbox groups this transport reads must start with: bound
+    #: to its authenticated identity where the service enforces one (a zmq CURVE key),
+    #: "" where it does not. ``Session`` starts its mailbox name with it.
+    mailbox_prefix: str = ""
 
     @abstractmethod
     def declare_queue(
         self,
         name: str,
         *,
-        lock_duration: float = DEFAULT_LOCK_DURATION,
-        max_delivery_count: int = DEFAULT_MAX_DELIVERY_COUNT,
+        lock_duration: float | None = None,
+        max_delivery_count: int | None = None,
         grouped: bool = False,
         max_length: int | None = None,
     ) -> None:
-        """Make sure ``name`` exists (idempotent; settings of an existing queue are kept).
+        """Make sure ``name`` exists (idempotent).
+
+        A queue's settings are fixed when it is created: declaring it again with other
+        settings raises ``QueueSettingsConflict`` (the queue is unchanged); a setting
+        left at ``None`` takes the existing queue's (or the default, when created).
 
         Args:
-            lock_duration: seconds a received message stays leased.
-            max_delivery_count: deliveries after which a message is dead-lettered.
+            lock_duration: seconds a received message stays leased (default
+                ``DEFAULT_LOCK_DURATION``).
+            max_delivery_count: deliveries after which a message is dead-lettered
+                (default ``DEFAULT_MAX_DELIVERY_COUNT``).
             grouped: the queue holds per-group mailboxes and is received with ``group=``
                 (a session-enabled queue on Service Bus; no effect on memory and zmq).
             max_length: messages the queue may hold (waiting or leased); a send past it

@@ -11,8 +11,10 @@ __all__ = [
     "JournalError",
     "LockLostError",
     "MessageTooLargeError",
+    "PermissionDeniedError",
     "QueueFullError",
     "QueueNotFoundError",
+    "QueueSettingsConflict",
     "StatsUnavailableError",
     "TransportClosedError",
     "TransportError",
@@ -80,3 +82,15 @@ class TransportTimeoutError(TransportError, TimeoutError):
 
 class StatsUnavailableError(TransportError, NotImplementedError):
     """The transport cannot report statistics (``Transport.stats``)."""
+
+
+class QueueSettingsConflict(TransportError, ValueError):
+    """A queue was declared again with settings other than those it has.
+
+    Like RabbitMQ's ``PRECONDITION_FAILED``: the existing queue is unchanged, and a
+    declare that names no settings never conflicts.
+    """
+
+
+class PermissionDeniedError(TransportError, PermissionError):
+    """The broker or service refused the request: this identity's role does not allow it."""

@@ -15,8 +15,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .base import (
-    DEFAULT_LOCK_DURATION,
-    DEFAULT_MAX_DELIVERY_COUNT,
     DEFAULT_MAX_MESSAGE_SIZE,
     Delivery,
     Message,
@@ -92,13 +90,13 @@ class MemoryTransport(Transport):
         self,
         name: str,
         *,
-        lock_duration: float = DEFAULT_LOCK_DURATION,
-        max_delivery_count: int = DEFAULT_MAX_DELIVERY_COUNT,
+        lock_duration: float | None = None,
+        max_delivery_count: int | None = None,
         grouped: bool = False,
         max_length: int | None = None,
     ) -> None:
         self._check_open()
-        options = QueueOptions(lock_duration, max_delivery_count, max_length)
+        options = QueueOptions.given(lock_duration, max_delivery_count, max_length)
         with self._broker.lock:
             self._broker.store.declare(name, options)
 

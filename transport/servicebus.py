@@ -37,11 +37,10 @@ from azure.servicebus import exceptions as sb_errors
 
 from .base import (
     DEAD_LETTER_SUFFIX,
-    DEFAULT_LOCK_DURATION,
-    DEFAULT_MAX_DELIVERY_COUNT,
     Delivery,
     Message,
     QueueCounts,
+    QueueOptions,
     Transport,
     as_message_list,
     check_max_messages,
@@ -51,8 +50,10 @@ from .errors import (
     ConnectionLostError,
     LockLostError,
     MessageTooLargeError,
+    PermissionDeniedError,
     QueueFullError,
     QueueNotFoundError,
+    QueueSettingsConflict,
     TransportClosedError,
     TransportError,
     TransportTimeoutError,
@@ -91,10 +92,33 @@ def map_servicebus_errors(what: str = "Service Bus operation") -> Iterator[None]
         raise QueueFullError(f"{what}: {exc}") from exc
     except sb_errors.OperationTimeoutError as exc:
         raise TransportTimeoutError(f"{what}: {exc}") from exc
+    except sb_errors.ServiceBusAuthorizationError as exc:  # no Send/Listen/Manage right
+        raise PermissionDeniedError(f"{what}: {exc}") from exc
     except (sb_errors.ServiceBusConnectionError, sb_errors.ServiceBusCommunicationError) as exc:
         raise ConnectionLostError(f"{what}: {exc}") from exc
     except sb_errors.ServiceBusError as exc:
+        if getattr(exc, "_condition", None) == PRECONDITION_FAILED:  # the SDK keeps it there
+            raise QueueSettingsConflict(f"{what}: {exc}") from exc
         raise TransportError(f"{what}: {exc}") from exc
+
+
+#: AMQP condition of a declare refused because the queue exists with other settings.
+PRECONDITION_FAILED = "amqp:precondition-failed"
+
+
+def _check_provisioned(name: str, existing: Any, options: QueueOptions | None) -> None:
+    """Raise ``QueueSettingsConflict`` if the provisioned queue has other settings."""
+    if options is None:
+        return
+    lock = existing.lock_duration
+    have = QueueOptions(
+        lock.total_seconds() if lock is not None else options.lock_duration,
+        existing.max_delivery_count or options.max_delivery_count,
+    )
+    if have != options:
+        raise QueueSettingsConflict(
+            f"queue {name!r} is provisioned with {have}; declared with {options}"
+        )
 
 
 class _Handler:
@@ -242,7 +266,7 @@ class ServiceBusTransport(Transport):
         self._lock = threading.Lock()
         self._senders: dict[str, _Handler] = {}
         self._receivers: dict[tuple[str, str | None], _Handler] = {}
-        self._declared: set[str] = set()
+        self._declared: dict[str, QueueOptions | None] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -313,29 +337,32 @@ class ServiceBusTransport(Transport):
         self,
         name: str,
         *,
-        lock_duration: float = DEFAULT_LOCK_DURATION,
-        max_delivery_count: int = DEFAULT_MAX_DELIVERY_COUNT,
+        lock_duration: float | None = None,
+        max_delivery_count: int | None = None,
         grouped: bool = False,
         max_length: int | None = None,  # not applicable: Service Bus has a size quota
     ) -> None:
         self._check_open()
+        options = QueueOptions.given(lock_duration, max_delivery_count)
         if name in self._declared:
-            return
+            known = self._declared[name]
+            if options is None or options == known:
+                return
+            if known is not None:
+                raise QueueSettingsConflict(
+                    f"queue {name!r} was declared with {known}, now with {options}"
+                )
         if self.emulator:
-            self._declare_on_emulator(name, lock_duration, max_delivery_count, grouped)
+            self._declare_on_emulator(name, options, grouped)
         elif self.manage:
-            self._declare_with_admin(name, lock_duration, max_delivery_count, grouped)
-        self._declared.add(name)
+            self._declare_with_admin(name, options, grouped)
+        self._declared[name] = options
 
-    def _declare_on_emulator(
-        self, name: str, lock_duration: float, max_delivery_count: int, grouped: bool
-    ) -> None:
-        spec = {
-            "name": name,
-            "lock_duration": lock_duration,
-            "max_delivery_count": max_delivery_count,
-            "requires_session": grouped,
-        }
+    def _declare_on_emulator(self, name: str, options: QueueOptions | None, grouped: bool) -> None:
+        spec: dict[str, Any] = {"name": name, "requires_session": grouped}
+        if options is not None:  # none named: the stand-in checks nothing
+            spec["lock_duration"] = options.lock_duration
+            spec["max_delivery_count"] = options.max_delivery_count
         try:
             with self._using(self._sender(DECLARE_ENTITY), "declare_queue") as sender:
                 sender.send_messages(ServiceBusMessage(json.dumps(spec).encode()))
@@ -345,9 +372,7 @@ class ServiceBusTransport(Transport):
                 "cannot create %r on the emulator (%s); expecting it in Config.json", name, exc
             )
 
-    def _declare_with_admin(
-        self, name: str, lock_duration: float, max_delivery_count: int, grouped: bool
-    ) -> None:
+    def _declare_with_admin(self, name: str, options: QueueOptions | None, grouped: bool) -> None:
         from azure.core.exceptions import (
             ClientAuthenticationError,
             HttpResponseError,
@@ -360,16 +385,19 @@ class ServiceBusTransport(Transport):
         try:
             with admin_client(self._connection_string or self.namespace, self._credential) as admin:
                 try:
-                    admin.get_queue(name)
+                    existing = admin.get_queue(name)
                 except ResourceNotFoundError:
+                    settings = options or QueueOptions()
                     admin.create_queue(
                         name,
-                        lock_duration=datetime.timedelta(seconds=lock_duration),
-                        max_delivery_count=max_delivery_count,
+                        lock_duration=datetime.timedelta(seconds=settings.lock_duration),
+                        max_delivery_count=settings.max_delivery_count,
                         requires_session=grouped,
                         dead_lettering_on_message_expiration=not grouped,
                     )
                     log.info("created queue %r", name)
+                else:
+                    _check_provisioned(name, existing, options)
         except ResourceExistsError:
             pass
         except (ClientAuthenticationError, HttpResponseError) as exc:

@@ -24,7 +24,7 @@ from .base import (
     dead_letter_queue,
     is_dead_letter_queue,
 )
-from .errors import LockLostError, QueueFullError, QueueNotFoundError
+from .errors import LockLostError, QueueFullError, QueueNotFoundError, QueueSettingsConflict
 from .stats import LATENCY_BUCKETS, MailboxStats, QueueStats, latency_bucket
 
 __all__ = ["MESSAGE_OVERHEAD", "Grant", "QueueStore", "StoreListener"]
@@ -127,6 +127,23 @@ class StoreListener(Protocol):
     def on_delivery(self, queue: str, entry_seq: int, delivery_count: int) -> None: ...
 
 
+def _conflicts(declared: QueueOptions, existing: QueueOptions) -> bool:
+    """A declare conflicts when a setting it names differs (``max_length`` None names none)."""
+    if (declared.lock_duration, declared.max_delivery_count) != (
+        existing.lock_duration,
+        existing.max_delivery_count,
+    ):
+        return True
+    return declared.max_length is not None and declared.max_length != existing.max_length
+
+
+def _describe(options: QueueOptions) -> str:
+    text = (
+        f"lock_duration={options.lock_duration:g}, max_delivery_count={options.max_delivery_count}"
+    )
+    return text if options.max_length is None else f"{text}, max_length={options.max_length}"
+
+
 class QueueStore:
     """Queues with leases, redelivery, dead-lettering, groups and TTL.
 
@@ -154,12 +171,27 @@ class QueueStore:
         self._queue_count = 0
 
     # -- queues --------------------------------------------------------------------------
-    def declare(self, name: str, options: QueueOptions) -> bool:
-        """Create ``name`` (and its dead-letter queue) unless it exists. True if created."""
+    def declare(self, name: str, options: QueueOptions | None = None) -> bool:
+        """Create ``name`` (and its dead-letter queue) unless it exists. True if created.
+
+        ``options=None`` asks for the queue whatever its settings (the defaults when it
+        is created here).
+
+        Raises:
+            QueueSettingsConflict: the queue exists with settings other than ``options``.
+        """
         if is_dead_letter_queue(name):
             raise QueueNotFoundError(f"cannot declare a dead-letter queue directly: {name!r}")
-        if name in self._queues:
+        existing = self._queues.get(name)
+        if existing is not None:
+            if options is not None and _conflicts(options, existing.options):
+                raise QueueSettingsConflict(
+                    f"queue {name!r} exists with {_describe(existing.options)}; declared "
+                    f"again with {_describe(options)}"
+                )
             return False
+        if options is None:
+            options = QueueOptions()
         if self.max_queues is not None and self._queue_count >= self.max_queues:
             raise QueueFullError(
                 f"cannot declare {name!r}: the broker holds its limit of {self.max_queues} queues"
@@ -175,6 +207,11 @@ class QueueStore:
             return self._queues[name]
         except KeyError:
             raise QueueNotFoundError(f"unknown queue {name!r}; declare it first") from None
+
+    def queue_options(self, name: str) -> QueueOptions | None:
+        """The settings of ``name``, None if it was not declared."""
+        q = self._queues.get(name)
+        return None if q is None else q.options
 
     def has_queue(self, name: str) -> bool:
         return name in self._queues
@@ -347,6 +384,11 @@ class QueueStore:
                     del q.groups[key]
         self.expired_count += purged
         return purged
+
+    def lease_place(self, token: str) -> tuple[str, str | None] | None:
+        """``(queue, group)`` of the message a lease holds, None if there is no such lease."""
+        lease = self._leases.get(token)
+        return None if lease is None else (lease.queue.name, lease.entry.message.group)
 
     def lease_owner(self, token: str) -> Any:
         lease = self._leases.get(token)

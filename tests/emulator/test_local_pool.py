@@ -127,6 +127,7 @@ def test_malformed_task_with_known_sender_gets_an_error_result(zmq_pool):
             task="spoof",
             command="echo.py",
             reply_to=ReplyTo(s.results_queue, s.id),
+            session_key=s._session_key,  # as the session writes its tasks
         )
         body = encode_task(bad).replace(b'"v":1', b'"v":99')
         with s._lock:  # register the id so the session accepts its result

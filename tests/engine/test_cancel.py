@@ -137,7 +137,8 @@ def test_notices_engine_once_per_mailbox_and_running_for_long_tasks(harness):
     assert kinds == [KIND_ENGINE, KIND_RUNNING]
     engine_notice, running_notice = (decode_control(m.body) for m in notices)
     assert engine_notice["engine"] == engine.engine_id
-    assert running_notice == {"engine": engine.engine_id, "tasks": [slow]}
+    # "key": the task's session_key (none here), which a session checks
+    assert running_notice == {"engine": engine.engine_id, "tasks": [slow], "key": ""}
 
 
 def test_no_notices_unless_the_task_asks(harness):

@@ -48,7 +48,9 @@ def take_tasks(transport, count: int) -> list:
 
 
 def notify(transport, kind: str, engine: str, task) -> None:
-    message = notice_message(kind, engine, [task.task], task.reply_to.group, None)
+    message = notice_message(  # as an engine sends it: with the task's session key
+        kind, engine, [task.task], task.reply_to.group, None, task.session_key
+    )
     transport.send(task.reply_to.queue, message)
 
 
@@ -117,8 +119,22 @@ def test_late_result_of_a_cancelled_task_is_dropped(transport):
         [task] = take_tasks(transport, 1)
         assert future.cancel()
         record = ResultRecord(session=task.session, job=task.job, task=task.task,
-                              status="ok", value=42, engine="e1")  # fmt: skip
+                              status="ok", value=42, engine="e1",
+                              session_key=task.session_key)  # fmt: skip
         transport.send(task.reply_to.queue, Message(encode_result(record), group=s.id))
         wait_until(lambda: s.duplicates_dropped == 1)
         assert [r.status for r in s.results()] == ["cancelled"]
         assert future.cancelled()
+
+
+def test_a_notice_without_the_sessions_key_is_ignored(transport):
+    """A running notice forged (or from a forged task) cannot redirect cancel requests."""
+    with rb.Session(transport) as s:
+        future = s.submit("hold.py")
+        [task] = take_tasks(transport, 1)
+        forged = notice_message(KIND_RUNNING, "e-forged", [task.task], s.id, None, "wrong")
+        transport.send(task.reply_to.queue, forged)
+        notify(transport, KIND_RUNNING, "e-real", task)
+        wait_until(lambda: s._running_on.get(task.task) == "e-real")
+        assert "e-forged" not in s._engines
+        future.cancel()

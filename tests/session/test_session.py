@@ -47,6 +47,7 @@ class Responder:
                         status="error",
                         engine="fake-1",
                         error=ErrorInfo("ValueError", "boom", "Traceback: ..."),
+                        session_key=task.session_key,  # as an engine echoes it
                     )
                 else:
                     rec = ResultRecord(
@@ -56,6 +57,7 @@ class Responder:
                         status="ok",
                         engine="fake-1",
                         value={"args": task.args, "kwargs": task.kwargs},
+                        session_key=task.session_key,
                     )
                 reply = Message(encode_result(rec), group=task.reply_to.group)
                 copies = 2 if self.duplicate else 1

@@ -12,6 +12,7 @@ from realtime_batch.transport import (
     Message,
     MessageTooLargeError,
     QueueNotFoundError,
+    QueueSettingsConflict,
     TransportClosedError,
     TransportError,
     dead_letter_queue,
@@ -73,6 +74,22 @@ def test_declare_queue_is_idempotent(open_t, queue):
     t.send(queue, Message(b"kept"))
     t.declare_queue(queue)  # must not wipe the queue
     assert bodies(t.receive(queue, timeout=5)) == [b"kept"]
+
+
+def test_declare_with_other_settings_is_a_conflict(open_t, queue):
+    first, second = open_t(), open_t()
+    first.declare_queue(queue, lock_duration=5.0, max_delivery_count=3)
+    first.send(queue, Message(b"kept"))
+    with pytest.raises(QueueSettingsConflict):  # e.g. a 0.05 s lock declared first
+        second.declare_queue(queue, lock_duration=0.05, max_delivery_count=1)
+    with pytest.raises(QueueSettingsConflict):
+        second.declare_queue(queue, max_delivery_count=1)
+    second.declare_queue(queue)  # no settings named: the existing queue, whatever they are
+    second.declare_queue(queue, lock_duration=5.0, max_delivery_count=3)  # the same: fine
+    [d] = second.receive(queue, timeout=5)  # the queue and its message are unchanged
+    assert d.message.body == b"kept"
+    assert d.locked_until - time.time() > 1.0  # still the 5 s lock, not 0.05 s
+    second.complete(d)
 
 
 def test_fifo_order_and_batch_send(open_t, queue):

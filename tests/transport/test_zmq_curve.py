@@ -14,14 +14,15 @@ FAST_FAILURE = {"heartbeat_interval": 0.1, "request_timeout": 3.0}
 
 @pytest.fixture
 def key_dir(tmp_path):
-    """Broker, client and stranger key pairs; only the client is authorized."""
+    """Broker, client and stranger key pairs; only the client is authorized, with the
+    engine role (it sends and receives tasks)."""
     runner = CliRunner()
     for name in ("broker", "client", "stranger"):
-        result = runner.invoke(main, ["keys", "generate", "--dir", str(tmp_path), "--name", name])
+        args = ["keys", "generate", "--dir", str(tmp_path), "--name", name]
+        if name == "client":
+            args += ["--role", "engine", "--authorize", str(tmp_path / "authorized")]
+        result = runner.invoke(main, args)
         assert result.exit_code == 0, result.output
-    authorized = tmp_path / "authorized"
-    authorized.mkdir()
-    (authorized / "client.key").write_bytes((tmp_path / "client.key").read_bytes())
     return tmp_path
 
 

@@ -35,10 +35,16 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from ..base import DEFAULT_MAX_MESSAGE_SIZE, QueueOptions
-from ..errors import LockLostError, QueueFullError, QueueNotFoundError
+from ..errors import (
+    LockLostError,
+    PermissionDeniedError,
+    QueueFullError,
+    QueueNotFoundError,
+    QueueSettingsConflict,
+)
 from ..stats import EngineTable, TransportStats
 from ..store import Grant, QueueStore
-from . import wire
+from . import authz, wire
 from .connections import ConnectionGuard, default_max_connections
 from .parking import Parking, Waiter
 
@@ -81,6 +87,17 @@ DEFAULT_MAX_QUEUED_BYTES = 1024**3
 DEFAULT_MAX_QUEUES = 10_000
 
 
+#: The caller of a request whose key has no role (cannot happen: ZAP lets in only known keys).
+_NOBODY = authz.Caller("nobody", "", prefix="")  # a role with no rights at all
+
+
+def _callers(curve: BrokerCurve | None) -> dict[str, authz.Caller] | None:
+    """Authenticated key -> caller, when ``curve`` has authorized keys with roles."""
+    if curve is None or curve.roles is None:
+        return None
+    return {key: authz.Caller(role, key) for key, role in curve.roles.items()}
+
+
 class Broker:
     """A ZeroMQ ROUTER broker serving the ``zmq://`` transport.
 
@@ -104,6 +121,8 @@ class Broker:
         max_queues: queues that may be declared; one more gets ``QueueFullError``.
         max_connections: client connections kept at once; past it the most silent
             are closed (default: the open-file limit less ``FD_RESERVE``).
+        queue_kinds: which queues are mailboxes and control queues (``authz``); roles
+            are enforced when ``curve`` has authorized keys.
     """
 
     def __init__(
@@ -122,6 +141,7 @@ class Broker:
         max_queued_bytes: int | None = DEFAULT_MAX_QUEUED_BYTES,
         max_queues: int | None = DEFAULT_MAX_QUEUES,
         max_connections: int | None = None,
+        queue_kinds: authz.QueueKinds | None = None,
     ) -> None:
         if spin < 0:
             raise ValueError("spin must be at least 0")
@@ -147,6 +167,10 @@ class Broker:
         # get a clear error reply from decode_request.
         self._socket.setsockopt(zmq.MAXMSGSIZE, max_message_size + wire.MAX_META_SIZE)
         self.curve = curve
+        self.queue_kinds = queue_kinds or authz.QueueKinds()
+        #: authenticated key -> its caller record; None: no roles, everything allowed
+        self._callers = _callers(curve)
+        self._caller: authz.Caller | None = None  # the identity of the request being handled
         if curve is not None:
             curve.apply(self._context, self._socket)
         if max_connections is None:
@@ -195,7 +219,8 @@ class Broker:
             self._guard.max_connections,
         )
         sock = self._socket
-        recv = functools.partial(wire.recv_frames, sock)
+        recv = self._recv_authenticated if self._callers is not None else None
+        recv = recv or functools.partial(wire.recv_frames, sock)
         handle = self._handle
         events = functools.partial(zmq.backend.Socket.get, sock)
         clock = time.perf_counter
@@ -249,6 +274,13 @@ class Broker:
             requests=self.requests_handled,
             taken_at=now,
         )
+
+    def _recv_authenticated(self, flags: int = 0) -> list[bytes]:
+        """Receive a request and set ``_caller`` to the identity of its CURVE key."""
+        frames, user = wire.recv_frames_with_user(self._socket, flags)
+        assert self._callers is not None
+        self._caller = self._callers.get(user or "", _NOBODY)
+        return frames
 
     # -- timers --------------------------------------------------------------------------------
     def _timers(self, now: float) -> float:
@@ -333,6 +365,12 @@ class Broker:
             reply = wire.encode_error(rid, wire.ERR_LOCK_LOST, str(exc))
         except QueueFullError as exc:
             reply = wire.encode_error(rid, wire.ERR_QUEUE_FULL, str(exc))
+        except PermissionDeniedError as exc:
+            logger.info("refused %s from %s: %s", wire.COMMAND_NAMES.get(request.command),
+                        identity.hex(), exc)  # fmt: skip
+            reply = wire.encode_error(rid, wire.ERR_PERMISSION_DENIED, str(exc))
+        except QueueSettingsConflict as exc:
+            reply = wire.encode_error(rid, wire.ERR_SETTINGS_CONFLICT, str(exc))
         except Exception as exc:
             logger.exception("internal error on %s", wire.COMMAND_NAMES.get(request.command))
             reply = wire.encode_error(rid, wire.ERR_INTERNAL, repr(exc)[:200])
@@ -346,6 +384,8 @@ class Broker:
     def _dispatch(self, request: wire.Request, identity: bytes, owner: bytes, now: float) -> Any:
         command, rid, args = request.command, request.request_id, request.args
         store = self.store
+        if self._caller is not None:  # CURVE with roles: the one permission check
+            authz.authorize(self._caller, request, store, self.queue_kinds)
         if command == wire.SEND:
             store.put(args[0], request.messages, now)
             return wire.encode_reply(rid)
@@ -370,19 +410,23 @@ class Broker:
         if command == wire.HEARTBEAT:
             interval = min(max(float(args[0]), 0.01), 3600.0)
             self._owner_interval[owner] = interval
-            if len(args) > 1:
+            if len(args) > 1 and authz.accepts_engine_report(self._caller):
                 self.engines.update(args[1], now, owner)
             return wire.encode_reply(rid, self.epoch, self.max_message_size)
-        if command == wire.STATS:  # admin-only once CURVE roles exist (see the lead's notes)
+        if command == wire.STATS:  # admin-only with CURVE roles (authz)
             return wire.encode_reply(rid, self.stats(now).to_dict())
         if command == wire.DECLARE:
             name, lock_duration, max_delivery_count, max_length = args
-            if lock_duration <= 0 or max_delivery_count < 1 or max_length == 0:
+            if (
+                (lock_duration is not None and lock_duration <= 0)
+                or (max_delivery_count is not None and max_delivery_count < 1)
+                or max_length == 0
+            ):
                 raise QueueNotFoundError(f"bad settings for queue {name!r}")
-            options = QueueOptions(float(lock_duration), max_delivery_count, max_length)
-            created = store.declare(name, options)
+            options = QueueOptions.given(lock_duration, max_delivery_count, max_length)
+            created = store.declare(name, options)  # QueueSettingsConflict: other settings
             if created and self.journal is not None:
-                self.journal.on_declare(name, options)
+                self.journal.on_declare(name, store.queue(name).options)
             return wire.encode_reply(rid, created)
         if command == wire.COMPLETE_MANY:
             return wire.encode_reply(rid, self._complete_many(args, now))

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..base import DEFAULT_MAX_MESSAGE_SIZE
+from .authz import CLIENT, ROLES, QueueKinds
 from .broker import (
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_HEARTBEAT_LIVENESS,
@@ -24,14 +27,51 @@ from .broker import (
     Broker,
 )
 from .connections import raise_fd_limit
-from .curve import is_loopback_endpoint
+from .curve import curve_transport_options, is_loopback_endpoint
 
 if TYPE_CHECKING:
+    from .curve import BrokerCurve
     from .journal import SqliteJournal
 
-__all__ = ["broker", "keys"]
+__all__ = ["broker", "curve_key_options", "keys"]
 
 logger = logging.getLogger(__name__)
+
+
+def curve_key_options(role: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command ``--curve-server-key`` and ``--curve-secret-key-file`` (and their
+    environment variables); it receives them as ``curve_options``, the transport options
+    (``{}`` without CURVE). ``role``: the role the key should have, for the help text."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def command(
+            *args: Any, curve_server_key: str | None, curve_secret_key_file: str | None,
+            **kwargs: Any,
+        ) -> Any:  # fmt: skip
+            try:
+                options = curve_transport_options(curve_server_key, curve_secret_key_file)
+            except ValueError as exc:
+                raise click.UsageError(str(exc)) from None
+            return func(*args, curve_options=options, **kwargs)
+
+        command = click.option(
+            "--curve-server-key",
+            default=None,
+            envvar="RTBATCH_CURVE_SERVER_KEY",
+            help="The broker's CURVE public key: its .key file or 40-character Z85 text "
+            "(env RTBATCH_CURVE_SERVER_KEY).",
+        )(command)
+        return click.option(
+            "--curve-secret-key-file",
+            type=click.Path(exists=True, dir_okay=False),
+            default=None,
+            envvar="RTBATCH_CURVE_SECRET_KEY_FILE",
+            help=f"The CURVE .key_secret file of a key authorized as {role}, for a zmq:// "
+            "broker started with CURVE (env RTBATCH_CURVE_SECRET_KEY_FILE).",
+        )(command)
+
+    return decorate
 
 
 @click.command()
@@ -88,8 +128,28 @@ logger = logging.getLogger(__name__)
     "--authorized-keys",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
-    help="Directory of client .key files allowed to connect (with --curve-secret-key; "
-    "without it any client knowing the broker's public key may connect).",
+    help="Authorized-keys directory: DIR/client/*.key, DIR/engine/*.key, DIR/admin/*.key "
+    "give each key its role (.key files directly in DIR count as client); only these "
+    "keys may connect, and each may do what its role allows (with --curve-secret-key; "
+    "required unless --bind is a loopback address).",
+)
+@click.option(
+    "--mailbox-queue",
+    "mailbox_queues",
+    multiple=True,
+    default=("results",),
+    show_default=True,
+    help="Name of a grouped results queue: clients may read only their own groups there, "
+    "engines may send to it (repeat for several).",
+)
+@click.option(
+    "--control-queue",
+    "control_queues",
+    multiple=True,
+    default=("control",),
+    show_default=True,
+    help="Name of a grouped control queue: clients may send cancel requests, engines "
+    "receive them (repeat for several). Other queues are task queues.",
 )
 @click.option(
     "--spin-us",
@@ -167,6 +227,8 @@ def broker(
     insecure: bool,
     metrics_port: int | None,
     metrics_host: str,
+    mailbox_queues: tuple[str, ...],
+    control_queues: tuple[str, ...],
 ) -> None:
     """Run the ZeroMQ broker serving zmq:// transports until SIGTERM or Ctrl-C.
 
@@ -185,11 +247,28 @@ def broker(
             "read and inject tasks. Pass --curve-secret-key (see 'rtbatch keys generate'), "
             "bind a loopback address, or add --insecure."
         )
+    if (
+        curve_secret_key is not None
+        and authorized_keys is None
+        and not insecure
+        and not is_loopback_endpoint(bind)
+    ):
+        raise click.UsageError(
+            f"refusing to serve {bind} with CURVE but no --authorized-keys: anyone holding "
+            "the broker's public key could connect. Pass --authorized-keys DIR (see "
+            "'rtbatch keys generate --role ROLE --authorize DIR'), bind a loopback address, "
+            "or add --insecure."
+        )
+    if set(mailbox_queues) & set(control_queues):
+        raise click.UsageError("a queue cannot be both a --mailbox-queue and a --control-queue")
     curve = journal = None
     if curve_secret_key is not None:
         from .curve import BrokerCurve
 
-        curve = BrokerCurve(curve_secret_key, authorized_keys)
+        try:
+            curve = BrokerCurve(curve_secret_key, authorized_keys)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
     raise_fd_limit()
     if recover and data_dir is None:
         raise click.UsageError("--recover needs --data-dir")
@@ -207,6 +286,7 @@ def broker(
         max_queued_bytes=max_queued_bytes,
         max_queues=max_queues,
         max_connections=max_connections,
+        queue_kinds=QueueKinds(frozenset(mailbox_queues), frozenset(control_queues)),
     )
     metrics = None
     if metrics_port is not None:
@@ -246,8 +326,7 @@ def broker(
                 f"; RECOVERED: the damaged journal was moved to {journal.moved_to}, "
                 f"{lost} message(s) lost"
             )
-    if curve is not None:
-        mode += f"; CURVE, public key {curve.public.decode()}"
+    mode += "; " + _security_mode(curve)
     click.echo(f"broker listening on {server.endpoint} ({mode})", err=True)
     try:
         server.run()
@@ -268,6 +347,18 @@ def _open_journal(data_dir: Path, recover: bool) -> SqliteJournal:
         raise click.ClickException(str(exc)) from None
 
 
+def _security_mode(curve: BrokerCurve | None) -> str:
+    """The start line's account of who may connect and do what."""
+    if curve is None:
+        return "no CURVE: no authentication, every client may do everything"
+    public = curve.public.decode()
+    if curve.roles is None:
+        return f"CURVE, public key {public}; no authorized keys: any key may connect, no roles"
+    counts = {role: sum(1 for r in curve.roles.values() if r == role) for role in ROLES}
+    listed = ", ".join(f"{count} {role}" for role, count in counts.items())
+    return f"CURVE, public key {public}; roles enforced: {listed} key(s)"
+
+
 @click.group()
 def keys() -> None:
     """Generate CURVE key pairs for the ZeroMQ broker and its clients."""
@@ -283,13 +374,33 @@ def keys() -> None:
     help="Directory to write the key files into.",
 )
 @click.option("--name", default="broker", show_default=True, help="Base name of the files.")
-def generate(directory: Path, name: str) -> None:
+@click.option(
+    "--role",
+    type=click.Choice(ROLES),
+    default=CLIENT,
+    show_default=True,
+    help="The key's role at the broker (with --authorize).",
+)
+@click.option(
+    "--authorize",
+    "authorize_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also copy the public key into the broker's authorized-keys directory, as "
+    "DIR/ROLE/NAME.key.",
+)
+def generate(directory: Path, name: str, role: str, authorize_dir: Path | None) -> None:
     """Write NAME.key (public, share it) and NAME.key_secret (keep it private)."""
-    for path in (directory / f"{name}.key", directory / f"{name}.key_secret"):
+    targets = [directory / f"{name}.key", directory / f"{name}.key_secret"]
+    if authorize_dir is not None:
+        targets.append(authorize_dir / role / f"{name}.key")
+    for path in targets:
         if path.exists():
             raise click.ClickException(f"{path} exists; not overwriting a key")
-    from .curve import generate_keys
+    from .curve import authorize_key, generate_keys
 
     public, secret = generate_keys(directory, name)
     click.echo(f"public key: {public}")
     click.echo(f"secret key: {secret} (mode 600)")
+    if authorize_dir is not None:
+        click.echo(f"authorized as {role}: {authorize_key(public, authorize_dir, role)}")

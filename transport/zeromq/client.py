@@ -26,16 +26,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import attrs
 import tenacity
 import zmq
 
 from ..base import (
-    DEFAULT_LOCK_DURATION,
-    DEFAULT_MAX_DELIVERY_COUNT,
     DEFAULT_MAX_MESSAGE_SIZE,
     Delivery,
     Message,
     QueueCounts,
+    QueueOptions,
     Transport,
     as_message_list,
     check_max_messages,
@@ -51,6 +51,7 @@ from ..errors import (
 )
 from ..stats import TransportStats
 from . import wire
+from .authz import mailbox_prefix
 from .curve import apply_client_keys, load_public_key, load_secret_key
 
 __all__ = ["ZmqTransport", "broker_endpoint"]
@@ -136,6 +137,8 @@ class ZmqTransport(Transport):
         self.client_id = b"\x01" + os.urandom(15)  # lease owner at the broker; never 0-led
         self._server_key = None if curve_server_key is None else load_public_key(curve_server_key)
         self._keypair = load_secret_key(curve_secret_key) if curve_secret_key is not None else None
+        if self._keypair is not None:
+            self.mailbox_prefix = mailbox_prefix(self._keypair[0])
         if self._server_key is not None and self._keypair is None:
             self._keypair = zmq.curve_keypair()
         self._context = zmq.Context()
@@ -144,7 +147,7 @@ class ZmqTransport(Transport):
         self._pool_lock = threading.Lock()
         self._idle: list[_Conn] = []
         self._closed = False
-        self._declared: dict[str, tuple[float, int, int | None]] = {}
+        self._declared: dict[str, tuple[float | None, int | None, int | None]] = {}
         self.epoch: str | None = None
         self._generation = 0
         self._last_reply = time.monotonic()
@@ -381,12 +384,13 @@ class ZmqTransport(Transport):
         self,
         name: str,
         *,
-        lock_duration: float = DEFAULT_LOCK_DURATION,
-        max_delivery_count: int = DEFAULT_MAX_DELIVERY_COUNT,
+        lock_duration: float | None = None,
+        max_delivery_count: int | None = None,
         grouped: bool = False,
         max_length: int | None = None,
     ) -> None:
-        settings = (float(lock_duration), int(max_delivery_count), max_length)
+        options = QueueOptions.given(lock_duration, max_delivery_count, max_length)
+        settings = (None, None, None) if options is None else attrs.astuple(options)
         self._call(wire.DECLARE, [name, *settings])
         self._declared.setdefault(name, settings)
 

@@ -1,13 +1,21 @@
-"""CURVE authentication and encryption for the broker and its clients.
+"""CURVE authentication and encryption for the broker and its clients, and key roles.
 
 Key files are the ZeroMQ certificate format written by ``zmq.auth``
 (``NAME.key`` holds the public key, ``NAME.key_secret`` both keys):
 
-* ``rtbatch keys generate --dir keys --name broker`` (and one per client);
+* ``rtbatch keys generate --dir keys --name broker`` for the broker, and one pair
+  per client, engine and admin with ``--role ROLE --authorize DIR``, which also
+  copies the public key into the authorized-keys directory ``DIR/ROLE/``;
 * the broker runs with ``--curve-secret-key keys/broker.key_secret`` and
-  ``--authorized-keys DIR`` (a directory of the clients' ``.key`` files);
+  ``--authorized-keys DIR``;
 * a client opens ``zmq://HOST:PORT`` with ``curve_server_key="keys/broker.key"``
   and ``curve_secret_key="keys/client.key_secret"``.
+
+The authorized-keys directory records each key's role (see ``authz``)::
+
+    DIR/client/*.key   DIR/engine/*.key   DIR/admin/*.key
+
+``.key`` files directly in ``DIR`` (the older flat layout) count as ``client``.
 """
 
 from __future__ import annotations
@@ -20,12 +28,17 @@ from urllib.parse import urlsplit
 
 import zmq
 
+from .authz import CLIENT, ROLES
+
 __all__ = [
     "BrokerCurve",
     "apply_client_keys",
+    "authorize_key",
+    "curve_transport_options",
     "generate_keys",
     "is_loopback_endpoint",
     "load_public_key",
+    "load_roles",
     "load_secret_key",
 ]
 
@@ -41,6 +54,69 @@ def generate_keys(directory: str | Path, name: str) -> tuple[Path, Path]:
     public, secret = zmq.auth.create_certificates(target, name)
     Path(secret).chmod(0o600)
     return Path(public), Path(secret)
+
+
+def authorize_key(public_key_file: str | Path, directory: str | Path, role: str) -> Path:
+    """Copy a ``.key`` file into the authorized-keys ``directory`` under ``role``."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    source = Path(public_key_file)
+    target = Path(directory) / role / source.name
+    if target.exists():
+        raise FileExistsError(f"{target} exists; not overwriting an authorized key")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(source.read_bytes())
+    return target
+
+
+def load_roles(directory: str | Path) -> dict[str, str]:
+    """Map each authorized public key (Z85 text) to its role.
+
+    Raises:
+        ValueError: a key is authorized under two roles.
+    """
+    import zmq.auth
+
+    root = Path(directory)
+    roles: dict[str, str] = {}
+    places = [(CLIENT, root)] + [(role, root / role) for role in ROLES]
+    for role, place in places:
+        if not place.is_dir():
+            continue
+        keys = zmq.auth.load_certificates(place)
+        if place == root and keys:
+            logger.warning(
+                "%d key(s) directly in %s count as role %r (least privilege); move them to "
+                "%s/ROLE/ to give another role",
+                len(keys), root, CLIENT, root,
+            )  # fmt: skip
+        for key in keys:
+            text = key.decode() if isinstance(key, bytes) else str(key)
+            if roles.get(text, role) != role:
+                raise ValueError(f"key {text} is authorized as both {roles[text]} and {role}")
+            roles[text] = role
+    return roles
+
+
+def curve_transport_options(server_key: str | None, secret_key_file: str | None) -> dict[str, str]:
+    """``zmq://`` transport options for a CURVE identity (both keys, or neither: ``{}``).
+
+    Args:
+        server_key: the broker's public key (``.key`` file or Z85 text).
+        secret_key_file: this identity's ``.key_secret`` file.
+
+    Raises:
+        ValueError: only one of the two was given.
+    """
+    if (server_key is None) != (secret_key_file is None):
+        raise ValueError(
+            "the broker's public key (--curve-server-key, RTBATCH_CURVE_SERVER_KEY) and "
+            "this identity's key pair (--curve-secret-key-file, "
+            "RTBATCH_CURVE_SECRET_KEY_FILE) go together"
+        )
+    if server_key is None or secret_key_file is None:
+        return {}
+    return {"curve_server_key": server_key, "curve_secret_key": secret_key_file}
 
 
 def load_secret_key(path: str | Path) -> tuple[bytes, bytes]:
@@ -89,19 +165,33 @@ def apply_client_keys(
     sock.curve_secretkey = secret
 
 
+class _RoleProvider:
+    """ZAP credentials provider: a key is let in when it has a role."""
+
+    def __init__(self, roles: dict[str, str]) -> None:
+        self.roles = roles
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key.decode() in self.roles
+
+
 class BrokerCurve:
-    """The broker's CURVE setup: its key pair and a ZAP authenticator thread.
+    """The broker's CURVE setup: its key pair, the keys' roles and a ZAP authenticator.
 
     Args:
         secret_key_file: the broker's ``.key_secret`` file.
-        authorized_keys: directory of client ``.key`` files allowed to connect;
-            ``None`` lets any client that knows the broker's public key in (the
-            traffic is still encrypted).
+        authorized_keys: the authorized-keys directory (layout in the module docstring);
+            ``None`` lets any client that knows the broker's public key in, with no
+            roles (the traffic is still encrypted).
+
+    Attributes:
+        roles: public key (Z85 text) -> role; ``None`` without authorized keys.
     """
 
     def __init__(self, secret_key_file: str | Path, authorized_keys: str | Path | None) -> None:
         self.public, self.secret = load_secret_key(secret_key_file)
         self.authorized_keys = authorized_keys
+        self.roles = None if authorized_keys is None else load_roles(authorized_keys)
         self._authenticator: Any = None
 
     def apply(self, context: zmq.Context, sock: zmq.Socket) -> None:
@@ -111,12 +201,12 @@ class BrokerCurve:
 
         self._authenticator = ThreadAuthenticator(context)
         self._authenticator.start()
-        location = (
-            str(self.authorized_keys)
-            if self.authorized_keys is not None
-            else zmq.auth.CURVE_ALLOW_ANY
-        )
-        self._authenticator.configure_curve(domain="*", location=location)
+        if self.roles is None:
+            self._authenticator.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
+        else:
+            self._authenticator.configure_curve_callback(
+                domain="*", credentials_provider=_RoleProvider(self.roles)
+            )
         sock.curve_server = True
         sock.curve_publickey = self.public
         sock.curve_secretkey = self.secret

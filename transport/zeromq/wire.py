@@ -31,8 +31,10 @@ from ..base import Message
 from ..errors import (
     LockLostError,
     MessageTooLargeError,
+    PermissionDeniedError,
     QueueFullError,
     QueueNotFoundError,
+    QueueSettingsConflict,
     TransportError,
 )
 
@@ -47,8 +49,10 @@ __all__ = [
     "ERR_BAD_REQUEST",
     "ERR_INTERNAL",
     "ERR_LOCK_LOST",
+    "ERR_PERMISSION_DENIED",
     "ERR_QUEUE_FULL",
     "ERR_QUEUE_NOT_FOUND",
+    "ERR_SETTINGS_CONFLICT",
     "ERR_TOO_LARGE",
     "HEARTBEAT",
     "MAX_META_SIZE",
@@ -73,6 +77,7 @@ __all__ = [
     "encode_request",
     "error_for",
     "recv_frames",
+    "recv_frames_with_user",
     "send_frames",
 ]
 
@@ -82,7 +87,9 @@ VERSION = 1
 # args: [interval] or [interval, engine report] -> [epoch, max_message_size]
 # (an engine's report, see transport/stats.py, rides on its heartbeats: no extra message)
 HEARTBEAT = 1
-DECLARE = 2  # args: [queue, lock_duration, max_delivery_count] -> [created]
+# args: [queue, lock_duration|null, max_delivery_count|null, max_length|null] -> [created]
+# (all null: any settings; a client without max_length sends three)
+DECLARE = 2
 SEND = 3  # args: [queue, count] + 2*count frames -> []
 RECEIVE = 4  # args: [queue, max_messages, timeout|null, group|null] -> [count] + 2*count
 COMPLETE = 5  # args: [token]                      -> []
@@ -133,6 +140,8 @@ ERR_LOCK_LOST = 3
 ERR_TOO_LARGE = 4
 ERR_INTERNAL = 5
 ERR_QUEUE_FULL = 6
+ERR_PERMISSION_DENIED = 7
+ERR_SETTINGS_CONFLICT = 8
 
 #: Largest accepted header or message-meta frame.
 MAX_META_SIZE = 64 * 1024
@@ -202,7 +211,7 @@ _RECEIVE_ARGS = (_is_str, _is_count, _is_opt_number, _is_opt_str)  # queue, max,
 # command -> validators of its header arguments
 _ARG_RULES: dict[int, tuple[Any, ...]] = {
     HEARTBEAT: (_is_number,),
-    DECLARE: (_is_str, _is_number, _is_count, _is_opt_count),  # ..., max_length
+    DECLARE: (_is_str, _is_opt_number, _is_opt_count, _is_opt_count),  # ..., max_length
     SEND: (_is_str, _is_count),
     SEND_COMPLETE: _SEND_COMPLETE_ARGS,
     SETTLE_RECEIVE: (*_SEND_COMPLETE_ARGS, *_RECEIVE_ARGS),
@@ -407,6 +416,8 @@ _ERRORS: dict[int, type[TransportError]] = {
     ERR_QUEUE_FULL: QueueFullError,
     ERR_BAD_REQUEST: BrokerError,
     ERR_INTERNAL: BrokerError,
+    ERR_PERMISSION_DENIED: PermissionDeniedError,
+    ERR_SETTINGS_CONFLICT: QueueSettingsConflict,
 }
 
 
@@ -444,3 +455,20 @@ def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[bytes]:
     while _get(sock, _RCVMORE):
         parts.append(_recv(sock, flags))
     return parts
+
+
+def recv_frames_with_user(sock: zmq.Socket, flags: int = 0) -> tuple[list[bytes], str | None]:
+    """Receive a multipart message and the User-Id ZAP gave its connection (CURVE key).
+
+    The first frame is received without a copy only to read its metadata (a fraction
+    of a microsecond); the rest as ``recv_frames`` does.
+    """
+    first = _recv(sock, flags, False)
+    try:
+        user = first.get("User-Id")
+    except zmq.ZMQError:  # no ZAP handler authenticated this connection
+        user = None
+    parts = [first.bytes]
+    while _get(sock, _RCVMORE):
+        parts.append(_recv(sock, flags))
+    return parts, user
