@@ -84,7 +84,7 @@ def _decoy_env(secret: str, tmp: Path) -> dict[str, str]:
     return {
         "AZURE_CLIENT_SECRET": secret,
         "AZURE_STORAGE_CONNECTION_STRING": f"AccountName=a;AccountKey={secret}",
-        "RTBATCH_CURVE_SECRET_KEY_FILE": str(key_file),
+        "RTBATCH_BROKER_SECRET_KEY_FILE": str(key_file),  # (the CURVE variable would be used)
         "RTBATCH_STORAGE_CONNECTION_STRING": f"AccountKey={secret}",
         "BLOB_SAS": f"sv=2024&sig={secret}",
         "RTBATCH_TRANSPORT": f"Endpoint=sb://decoy/;SharedAccessKeyName=x;SharedAccessKey={secret}",
