@@ -235,3 +235,50 @@ def test_renew_on_a_zmq_pool_without_a_token_does_nothing(make_pool, batch_fake)
     pool = make_pool(engine_transport_url=ENGINE_URL).create()
     pool.start_engines()
     assert not pool.renew_engine_credentials()
+
+
+def test_renew_credentials_command_reads_the_config(batch_fake, azurite, files, tmp_path):
+    from batch_fake import DEFAULT_ACCOUNT
+    from click.testing import CliRunner
+
+    from realtime_batch.cli import main
+
+    fake, url = batch_fake
+    env = {
+        "RTBATCH_CONFIG": str(tmp_path / "rtbatch.toml"),
+        "RTBATCH_POOL_BACKEND": "azure-batch",
+        "RTBATCH_POOL_ID": "renewpool",
+        "RTBATCH_POOL_TASK_FILES": str(files / "hello.py"),
+        "RTBATCH_BATCH_ACCOUNT_URL": url,
+        "RTBATCH_BATCH_ACCOUNT_NAME": DEFAULT_ACCOUNT,
+        "RTBATCH_BATCH_ACCOUNT_KEY": DEFAULT_KEY,
+        "RTBATCH_BATCH_WHEEL": str(files / "realtime_batch-0.1.0-py3-none-any.whl"),
+        "RTBATCH_BATCH_WHEELHOUSE": str(files / "wheelhouse"),
+        "RTBATCH_BATCH_POLL_INTERVAL": "0.01",
+        "RTBATCH_BATCH_DRAIN_TIMEOUT": "0.2",
+        "RTBATCH_STORAGE_CONNECTION_STRING": azurite,
+        "RTBATCH_TRANSPORT_URL": "zmq://127.0.0.1:5555",
+        "RTBATCH_TRANSPORT_ENGINE_URL": SB_URL,
+        "RTBATCH_BATCH_ENGINE_TOKEN_DAYS": "0.5",
+        "RTBATCH_BATCH_ENGINE_TOKEN_RENEW_HOURS": "2",
+    }
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(main, list(args), env=env)
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        return result.output
+
+    try:
+        run("pool", "create", "--nodes", "1", "--engines-per-node", "2")
+        [job] = run("job", "list").split()
+        assert "not due, left alone" in run("pool", "renew-credentials", "--if-due")
+        assert sorted(fake.tasks[job]) == ["engine-0000-r0", "engine-0001-r0"]
+        out = run("pool", "renew-credentials")
+        assert "engine credentials renewed; the engines' token is valid until" in out
+        assert sorted(fake.tasks[job]) == ["engine-0000-r1", "engine-0001-r1"]
+        _scan(fake, [SB_KEY, SB_URL, _storage_key(azurite), DEFAULT_KEY], allow_log_sas=True)
+    finally:
+        service = BlobServiceClient.from_connection_string(azurite)
+        for name in ("rtbatch-renewpool", "rtbatch-renewpool-logs"):
+            if service.get_container_client(name).exists():
+                service.delete_container(name)
