@@ -119,7 +119,19 @@ class Autoscaler:
             self.pool.resize_nodes(*self._split(target, dedicated, spot), wait=False)
         if self.pool.job:
             self.pool.ensure_engines()
+            self._renew_credentials()
         return target
+
+    def _renew_credentials(self) -> None:
+        """Renew the engines' token when it nears its expiry (pools that have one)."""
+        renew = getattr(self.pool, "renew_engine_credentials", None)
+        if renew is None:
+            return
+        try:
+            if renew():
+                logger.info("autoscale: renewed the engines' credentials")
+        except OrchestratorError as exc:  # the next round tries again
+            logger.warning("autoscale: renewing the engines' credentials failed: %s", exc)
 
     def _split(self, target: int, dedicated: int, spot: int) -> tuple[int, int]:
         """New nodes of the policy's kind; shrink that kind first."""

@@ -9,6 +9,17 @@ Built on ``azure-batch`` 15.x (``azure.batch.BatchClient``) and Blob staging
 * each engine's stdout/stderr go to Blob as output files when it ends (``rtbatch logs``);
 * :meth:`AzureBatchPool.repurpose` swaps task files by replacing the job: nodes stay.
 
+Engine credentials never go into the pool, the job or a command line (the Batch
+service returns those to anyone who can read the account): they are staged files in
+the ``engine-credentials/`` folder, downloaded by each engine task into its working
+directory and made private there (:func:`.batch_scripts.engine_command`). For
+Service Bus that file holds a SAS *token* with an expiry, signed here with the
+policy's key (the key stays with the operator), or only ``servicebus://NAMESPACE``
+when engines sign in with a managed identity (``engine_identity``). For ZeroMQ with
+CURVE it also holds the broker's public key and the engines' key pair.
+:meth:`AzureBatchPool.renew_engine_credentials` re-stages a fresh token and restarts
+the running engines node by node (a running engine does not re-read its file).
+
 The job preparation task only copies the job's files to the node (once per node
 and job); it cannot host the engines, because Batch waits for it to *finish*
 before running any task of the job.
@@ -48,7 +59,7 @@ from tenacity import (
 
 from . import batch_scripts as scripts
 from .pool import OrchestratorError, Pool, PoolNotFoundError, PoolStateError, StrPath
-from .staging import BlobStaging, StagedFile
+from .staging import BlobStaging, StagedFile, StagingError
 
 __all__ = ["AzureBatchPool", "PoolSpec", "Progress", "is_root_servicebus_key"]
 
@@ -65,6 +76,10 @@ _READY_NODE_STATES = {"idle", "running"}
 _GONE_NODE_STATES = {"preempted"}
 #: Batch removes at most this many nodes per request
 _REMOVE_BATCH = 100
+
+
+def _is_servicebus(url: str) -> bool:
+    return url.strip().lower().startswith(("endpoint=", "servicebus://"))
 
 
 def is_root_servicebus_key(url: str) -> bool:
@@ -131,6 +146,17 @@ class AzureBatchPool(Pool):
             account's auto-storage account (the staging storage account must be it).
             Either way no SAS is stored in the pool or the job.
         drain_timeout: seconds to wait for engines asked to stop before a shrink.
+        engine_token_lifetime: validity of the Service Bus SAS token engines get (signed
+            here with the engine URL's key, which never reaches the nodes).
+        engine_token_renew_before: :meth:`renew_engine_credentials` (and each autoscale
+            round) renews the token when it expires within this time.
+        engine_identity: resource id of a user-assigned managed identity attached to the
+            pool with the Service Bus Data Receiver and Sender roles: engines then get
+            ``servicebus://NAMESPACE`` and no secret at all.
+        engine_identity_client_id: that identity's client id (engines sign in with it).
+        curve_keys_dir: for a ``zmq://`` engine URL, a directory with the broker's public
+            key ``broker.key``; the engines' pair ``engine.key``/``engine.key_secret`` is
+            generated there when missing (authorize ``engine.key`` as role engine).
         progress: optional callback for long steps.
     """
 
@@ -157,15 +183,41 @@ class AzureBatchPool(Pool):
         sas_lifetime: timedelta = timedelta(hours=2),
         node_identity: str | None = None,
         drain_timeout: float = 30.0,
+        engine_token_lifetime: timedelta = timedelta(days=7),
+        engine_token_renew_before: timedelta = timedelta(days=1),
+        engine_identity: str | None = None,
+        engine_identity_client_id: str | None = None,
+        curve_keys_dir: StrPath | None = None,
         progress: Progress | None = None,
     ) -> None:
         engine_url = engine_transport_url or transport_url
-        if is_root_servicebus_key(engine_url):
+        if is_root_servicebus_key(engine_url) and not engine_identity:
             raise OrchestratorError(
                 "refusing to send the Service Bus namespace Manage key to nodes: set "
                 "[transport] engine_url to a connection string with Listen on the task "
                 "queue and Send on the results queue (see docs/azure.md)"
             )
+        if engine_identity and not _is_servicebus(engine_url):
+            raise OrchestratorError(
+                "[batch] engine_identity signs engines in to Service Bus: the engine "
+                "transport must be a Service Bus connection string or servicebus://NAMESPACE"
+            )
+        if engine_identity and not engine_identity_client_id:
+            raise OrchestratorError(
+                "[batch] engine_identity needs [batch] engine_identity_client_id (the "
+                "identity's client id, which engines sign in with)"
+            )
+        self.curve_keys_dir = Path(curve_keys_dir) if curve_keys_dir else None
+        if self.curve_keys_dir is not None:
+            if not engine_url.strip().lower().startswith("zmq://"):
+                raise OrchestratorError(
+                    "[transport] curve_keys_dir is for a zmq:// engine transport"
+                )
+            if not (self.curve_keys_dir / "broker.key").is_file():
+                raise OrchestratorError(
+                    f"[transport] curve_keys_dir {self.curve_keys_dir} has no broker.key "
+                    "(the broker's public key: copy it there)"
+                )
         self.batch = batch
         self.blob_service = blob_service
         self.pool_id = pool_id
@@ -185,6 +237,10 @@ class AzureBatchPool(Pool):
         self.progress = progress
         self.node_identity = node_identity
         self.drain_timeout = drain_timeout
+        self.engine_token_lifetime = engine_token_lifetime
+        self.engine_token_renew_before = engine_token_renew_before
+        self.engine_identity = engine_identity
+        self.engine_identity_client_id = engine_identity_client_id
         self._transport_url = transport_url
         self._engine_url = engine_url
         self._staging_options = {"prefix": container_prefix, "sas_lifetime": sas_lifetime}
@@ -226,6 +282,11 @@ class AzureBatchPool(Pool):
             "container_prefix": config["storage.container_prefix"],
             "sas_lifetime": timedelta(hours=config["storage.sas_hours"]),
             "node_identity": config["batch.node_identity"] or None,
+            "engine_token_lifetime": timedelta(days=config["batch.engine_token_days"]),
+            "engine_token_renew_before": timedelta(hours=config["batch.engine_token_renew_hours"]),
+            "engine_identity": config["batch.engine_identity"] or None,
+            "engine_identity_client_id": config["batch.engine_identity_client_id"] or None,
+            "curve_keys_dir": config["transport.curve_keys_dir"] or None,
         }
         defaults.update(options)
         pool_id = defaults.pop("pool_id", config["pool.id"])
@@ -295,9 +356,117 @@ class AzureBatchPool(Pool):
         self.staging.prune("wheels", [f.blob_name for f in staged])
         return staged[0]
 
+    def _engine_transport(self) -> str:
+        """What engines connect with: a token, ``servicebus://NAMESPACE`` or the URL."""
+        from realtime_batch.transport.servicebus_sas import (
+            sas_token_connection_string,
+            servicebus_namespace,
+        )
+
+        url = self._engine_url
+        if self.engine_identity:
+            if url.strip().lower().startswith("servicebus://"):
+                return url.strip()
+            return f"servicebus://{servicebus_namespace(url)}"
+        if url.strip().lower().startswith("endpoint=") and "sharedaccesskey=" in url.lower():
+            try:
+                token, expiry = sas_token_connection_string(url, self.engine_token_lifetime)
+            except ValueError as exc:
+                raise OrchestratorError(f"cannot sign an engine token: {exc}") from None
+            logger.info(
+                "engines get a Service Bus token valid until %s", f"{expiry:%Y-%m-%d %H:%M}Z"
+            )
+            return token
+        return url
+
+    def _curve_files(self) -> list[Path]:
+        """The broker's public key and the engines' secret key file (generated if missing)."""
+        if self.curve_keys_dir is None:
+            return []
+        from realtime_batch.transport.zeromq.curve import generate_keys
+
+        secret = self.curve_keys_dir / "engine.key_secret"
+        if not secret.is_file():
+            public, secret = generate_keys(self.curve_keys_dir, "engine")
+            logger.warning(
+                "generated the engines' CURVE key pair; the broker must authorize %s with "
+                "role engine (copy it into AUTHORIZED_KEYS/engine/ and restart the broker)",
+                public,
+            )
+        return [self.curve_keys_dir / "broker.key", secret]
+
+    def _stage_engine_credentials(self) -> None:
+        """Stage the engines' credential files (and nothing else) in their own folder."""
+        folder = scripts.CREDENTIALS_FOLDER
+        with tempfile.TemporaryDirectory(prefix="rtbatch-engine-") as tmp:
+            transport = Path(tmp) / "transport"
+            transport.touch(mode=0o600)
+            transport.write_text(self._engine_transport())
+            staged = self.staging.upload([transport, *self._curve_files()], folder)
+        self.staging.prune(folder, [f.blob_name for f in staged])
+
+    def engine_credential_expiry(self) -> datetime | None:
+        """When the staged engine token expires (None: no token staged or none expires)."""
+        from realtime_batch.transport.servicebus_sas import sas_token_expiry
+
+        try:
+            text = self.staging.download(f"{scripts.CREDENTIALS_FOLDER}/transport")
+        except StagingError as exc:
+            if isinstance(exc.__cause__, ResourceNotFoundError):
+                return None
+            raise
+        return sas_token_expiry(text.decode())
+
+    def renew_engine_credentials(
+        self, within: timedelta | None = None, *, force: bool = False
+    ) -> bool:
+        """Re-stage a fresh engine token when the staged one expires soon, and restart
+        the running engines node by node so they read it.
+
+        A running engine keeps the credential it started with; new engine tasks download
+        the staged file when they start. So renewal drains each node's engines (they
+        finish their running task, their leases go back) and starts new tasks.
+
+        Args:
+            within: renew when the token expires within this time (default
+                ``engine_token_renew_before``).
+            force: renew (and restart the engines) whatever the expiry, e.g. after
+                changing the engine URL's key or the CURVE keys.
+
+        Returns:
+            True when the credentials were re-staged.
+        """
+        if not force:
+            expiry = self.engine_credential_expiry()
+            margin = self.engine_token_renew_before if within is None else within
+            if expiry is None or expiry - datetime.now(timezone.utc) > margin:
+                return False
+        self._stage_engine_credentials()
+        self._report("engine credentials staged", 1, 1)
+        if self._job:
+            self._restart_engines(self._job)
+        return True
+
+    def _restart_engines(self, job: str) -> None:
+        """Replace the running engines, node by node, with new tasks (next generation)."""
+        by_node: dict[str, list[tuple[int, int]]] = {}
+        for task in self._engine_tasks(job):
+            if _state(task.state) == "running" and task.node_info is not None:
+                by_node.setdefault(task.node_info.node_id, []).append(_slot_generation(task.id))
+        for node, slots in sorted(by_node.items()):
+            self._drain([node])
+            new = [self._engine_task(job, slot, gen + 1) for slot, gen in sorted(slots)]
+            self._add_engine_tasks(job, new)
+            logger.info("restarted %d engine(s) on %s with new credentials", len(new), node)
+
     @property
     def _needs_java(self) -> bool:
         return any(f.suffix == ".jar" for f in self.task_files)
+
+    def _identity(self) -> bm.BatchNodeIdentityReference | None:
+        if not self.node_identity:
+            return None
+        return bm.BatchNodeIdentityReference(resource_id=self.node_identity)
 
     def _resource_files(self, folders: Iterable[str]) -> list[bm.ResourceFile]:
         """Folders of the staging container, downloaded by the node when it needs them.
@@ -306,8 +475,8 @@ class AzureBatchPool(Pool):
         time, and a pool identity asks for its own token. A node that reboots or joins
         weeks later downloads the files the container holds then.
         """
-        if self.node_identity:
-            identity = bm.BatchNodeIdentityReference(resource_id=self.node_identity)
+        identity = self._identity()
+        if identity is not None:
             url = self.staging.container_url()
             return [
                 bm.ResourceFile(
@@ -749,6 +918,7 @@ class AzureBatchPool(Pool):
     def start_engines(self, job: str | None = None) -> str:
         """Create a job on the pool and one engine task per task slot; return its id."""
         self._stage_tasks()
+        self._stage_engine_credentials()
         job_id = job or f"rtbatch-{self.pool_id}-{datetime.now(timezone.utc):%Y%m%d%H%M%S}"
         job_id += "" if job else f"-{uuid.uuid4().hex[:4]}"
         prep = bm.BatchJobPreparationTask(
@@ -762,9 +932,6 @@ class AzureBatchPool(Pool):
             id=job_id,
             pool_info=bm.BatchPoolInfo(pool_id=self.pool_id),
             job_preparation_task=prep,
-            common_environment_settings=[
-                bm.EnvironmentSetting(name=scripts.ENGINE_TRANSPORT_ENV, value=self._engine_url)
-            ],
             metadata=[
                 bm.BatchMetadataItem(name=TAG, value="1"),
                 bm.BatchMetadataItem(name=TAG_POOL, value=self.pool_id),
@@ -784,13 +951,17 @@ class AzureBatchPool(Pool):
 
     def _engine_task(self, job: str, slot: int, generation: int) -> bm.BatchTaskCreateOptions:
         task_id = f"{ENGINE_PREFIX}{slot:04d}-r{generation}"
-        logs = self.staging.log_container_url()
+        identity = self._identity()
+        # with a pool identity the logs need no SAS; else a create/write-only one
+        logs = self.staging.logs_url() if identity else self.staging.log_container_url()
         outputs = [
             bm.OutputFile(
                 file_pattern=pattern,
                 destination=bm.OutputFileDestination(
                     container=bm.OutputFileBlobContainerDestination(
-                        container_url=logs, path=f"{job}/{task_id}/{name}"
+                        container_url=logs,
+                        path=f"{job}/{task_id}/{name}",
+                        identity_reference=identity,
                     )
                 ),
                 upload_options=bm.OutputFileUploadConfiguration(upload_condition="taskcompletion"),
@@ -800,16 +971,36 @@ class AzureBatchPool(Pool):
         return bm.BatchTaskCreateOptions(
             id=task_id,
             display_name=f"realtime-batch engine {slot}",
-            command_line=scripts.engine_command(queue=self.queue, prefetch=self.prefetch),
+            command_line=scripts.engine_command(
+                queue=self.queue, prefetch=self.prefetch, curve=self.curve_keys_dir is not None
+            ),
+            # its credentials: downloaded when the task starts, private to it then
+            resource_files=self._resource_files([scripts.CREDENTIALS_FOLDER]),
             user_identity=_auto_user(admin=False),
-            # the queue's settings (not secrets): read by the engine's CLI options
+            # the queue's settings and the identity's client id (not secrets)
             environment_settings=[
-                bm.EnvironmentSetting(name=k, value=v) for k, v in self.queue_settings.items()
+                bm.EnvironmentSetting(name=k, value=v) for k, v in self._engine_env().items()
             ],
             constraints=bm.BatchTaskConstraints(max_task_retry_count=self.engine_retries),
             output_files=outputs,
             required_slots=1,
         )
+
+    def _engine_env(self) -> dict[str, str]:
+        env = dict(self.queue_settings)
+        if self.engine_identity and self.engine_identity_client_id:
+            # DefaultAzureCredential's managed identity on the node uses this client id
+            env["AZURE_CLIENT_ID"] = self.engine_identity_client_id
+        return env
+
+    def _add_engine_tasks(self, job: str, new: list[bm.BatchTaskCreateOptions]) -> None:
+        if not new:
+            return
+        with _batch_errors(f"add engine tasks to {job}"):
+            result = self.batch.create_tasks(job, new)
+        failed = [r for r in result.result_values or [] if _state(r.status) != "success"]
+        if failed:
+            raise OrchestratorError(f"adding engines failed: {[r.task_id for r in failed]}")
 
     def ensure_engines(self, job: str | None = None) -> list[str]:
         """Add engine tasks for empty slots and re-add engines that exited.
@@ -823,8 +1014,7 @@ class AzureBatchPool(Pool):
         slots = self._slots()
         latest: dict[int, tuple[int, bm.BatchTask]] = {}
         for task in self._engine_tasks(job):
-            slot_text, _, gen_text = task.id[len(ENGINE_PREFIX) :].partition("-r")
-            slot, gen = int(slot_text), int(gen_text or 0)
+            slot, gen = _slot_generation(task.id)
             if slot not in latest or gen > latest[slot][0]:
                 latest[slot] = (gen, task)
         live = {k: t for k, (_, t) in latest.items() if _state(t.state) != "completed"}
@@ -842,18 +1032,19 @@ class AzureBatchPool(Pool):
         for _, task in surplus[: max(-room, 0)]:
             with _batch_errors(f"delete task {task.id}"):
                 self.batch.delete_task(job, task.id)
-        if new:
-            with _batch_errors(f"add engine tasks to {job}"):
-                result = self.batch.create_tasks(job, new)
-            failed = [r for r in result.result_values or [] if _state(r.status) != "success"]
-            if failed:
-                raise OrchestratorError(f"adding engines failed: {[r.task_id for r in failed]}")
+        self._add_engine_tasks(job, new)
         self._report("engines started", len(new), slots)
         return [t.id for t in new]
 
     def logs(self, dest: StrPath, job: str | None = None) -> list[Path]:
         """Download engine logs (of ``job``, or all) into ``dest``."""
         return self.staging.download_logs(dest, prefix=f"{job}/" if job else "")
+
+
+def _slot_generation(task_id: str) -> tuple[int, int]:
+    """``engine-0003-r2`` -> (3, 2)."""
+    slot_text, _, gen_text = task_id[len(ENGINE_PREFIX) :].partition("-r")
+    return int(slot_text), int(gen_text or 0)
 
 
 def _state(value: Any) -> str:

@@ -9,6 +9,10 @@ Layout on a node (``$AZ_BATCH_NODE_SHARED_DIR/rtbatch``)::
     venv/                 the realtime-batch wheel and its engine dependencies
     jobs/<job id>/tasks/  task modules and jars of the job (copied by the job preparation)
     jobs/<job id>/inputs/ input files, copied into each engine's working directory
+
+Each engine task downloads the staged ``engine-credentials/`` folder into its own
+working directory (``$AZ_BATCH_TASK_WORKING_DIR/engine-credentials``): the transport
+URL or token (``transport``) and, with CURVE, ``broker.key`` and ``engine.key_secret``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import shlex
 
 __all__ = [
-    "ENGINE_TRANSPORT_ENV",
+    "CREDENTIALS_FOLDER",
     "NODE_ROOT",
     "engine_command",
     "job_prep_command",
@@ -24,8 +28,8 @@ __all__ = [
 ]
 
 NODE_ROOT = "$AZ_BATCH_NODE_SHARED_DIR/rtbatch"
-#: environment setting holding the engine's transport URL (its least-privilege credential)
-ENGINE_TRANSPORT_ENV = "RTBATCH_ENGINE_TRANSPORT"
+#: staging folder (and folder in an engine task's working directory) of engine credentials
+CREDENTIALS_FOLDER = "engine-credentials"
 JRE_PACKAGE = "openjdk-21-jre-headless"
 # apt waits for the dpkg lock (unattended-upgrades runs at first boot) instead of failing.
 _APT = "apt-get -o DPkg::Lock::Timeout=900 -q"
@@ -94,25 +98,36 @@ def job_prep_command(*, java: bool) -> str:
     return _bash(lines)
 
 
-def engine_command(*, queue: str, prefetch: int) -> str:
+def engine_command(*, queue: str, prefetch: int, curve: bool = False) -> str:
     """One engine: runs until stopped, in the task's own working directory.
 
-    The transport URL comes from the task's environment (``RTBATCH_ENGINE_TRANSPORT``),
-    never from the command line stored in the job. The script takes it out of the
-    environment and hands it to the engine on stdin (``--transport-file -``): it is in
-    neither the engine's command line (readable by every user of the node) nor its
-    environment, so no worker or JVM inherits it.
+    Its credentials are files Batch downloaded into the task's working directory when
+    the task started (``engine-credentials/``): the script makes the folder 0700 and
+    the files 0600 (the engine refuses a credential file others can read) and passes
+    their paths. No credential is in the task's command line, its environment or the
+    job: the Batch service returns those to anyone who can read the account.
+
+    Args:
+        queue: the task queue.
+        prefetch: the engine's prefetch.
+        curve: also pass the staged CURVE keys (``broker.key``, ``engine.key_secret``).
     """
+    options = ['--transport-file "$creds/transport"']
+    if curve:
+        options += [
+            '--curve-server-key "$creds/broker.key"',
+            '--curve-secret-key-file "$creds/engine.key_secret"',
+        ]
     return _bash(
         [
             f'job="{NODE_ROOT}/jobs/$AZ_BATCH_JOB_ID"',
+            f'creds="$AZ_BATCH_TASK_WORKING_DIR/{CREDENTIALS_FOLDER}"',
+            'chmod 700 "$creds"',
+            'chmod 600 "$creds"/*',
             'cp -a "$job/inputs/." "$AZ_BATCH_TASK_WORKING_DIR/"',
-            f'transport="${ENGINE_TRANSPORT_ENV}"',
-            f"unset {ENGINE_TRANSPORT_ENV}",
             f'exec "{NODE_ROOT}/venv/bin/python" -m realtime_batch.engine'
-            f" --transport-file - --queue {shlex.quote(queue)}"
+            f" {' '.join(options)} --queue {shlex.quote(queue)}"
             ' --tasks-dir "$job/tasks" --work-dir "$AZ_BATCH_TASK_WORKING_DIR"'
-            f' --prefetch {int(prefetch)} --engine-id "$AZ_BATCH_NODE_ID/$AZ_BATCH_TASK_ID"'
-            ' <<<"$transport"',
+            f' --prefetch {int(prefetch)} --engine-id "$AZ_BATCH_NODE_ID/$AZ_BATCH_TASK_ID"',
         ]
     )

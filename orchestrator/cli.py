@@ -231,6 +231,23 @@ def autoscale(
         click.echo(f"pool {p.pool_id}: autoscale stopped at {sum(p.node_targets())} node(s)")
 
 
+@pool.command(name="renew-credentials")
+@_config_option
+@click.option(
+    "--if-due", is_flag=True,
+    help="Only when the engines' token expires within [batch] engine_token_renew_hours.",
+)  # fmt: skip
+def renew_credentials(config_file: Path | None, if_due: bool) -> None:
+    """Stage fresh engine credentials and restart the running engines node by node."""
+    with _azure_pool(config_file) as p:
+        p.use_existing(p.pool_id)
+        renewed = p.renew_engine_credentials(force=not if_due)
+        expiry = p.engine_credential_expiry()
+        until = f"; the engines' token is valid until {expiry:%Y-%m-%d %H:%M} UTC" if expiry else ""
+        state = "renewed" if renewed else "not due, left alone"
+        click.echo(f"pool {p.pool_id}: engine credentials {state}{until}")
+
+
 @pool.command()
 @_config_option
 @click.argument("pool_id", required=False)

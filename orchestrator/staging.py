@@ -300,6 +300,13 @@ class BlobStaging:
         return staged
 
     @_storage_errors
+    def download(self, blob_name: str) -> bytes:
+        """The content of a staged blob (``StagingError`` caused by
+        ``ResourceNotFoundError`` when it is missing)."""
+        container = self.service.get_container_client(self.container)
+        return container.download_blob(blob_name).readall()
+
+    @_storage_errors
     def prune(self, folder: str, keep: Iterable[str]) -> list[str]:
         """Delete blobs under ``folder/`` whose names are not in ``keep``; return them."""
         keep_set = set(keep)
@@ -366,6 +373,10 @@ class BlobStaging:
         """URL of a staged blob; with ``sas`` appended when given."""
         url = self.service.get_blob_client(self.container, blob_name).url
         return f"{url}?{sas}" if sas else url
+
+    def logs_url(self) -> str:
+        """URL of the logs container (no SAS: for a pool identity)."""
+        return self.service.get_container_client(self.logs_container).url
 
     def log_container_url(self) -> str:
         """Logs container URL with a create/write-only SAS (no read, list or delete)."""

@@ -60,6 +60,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "transport": {
         "url": "zmq://127.0.0.1:0",  # port 0: the local pool picks a free port
         "engine_url": "",  # what engines get (Listen on tasks, Send on results)
+        "curve_keys_dir": "",  # zmq:// on Azure: broker.key (+ engine pair, made if missing)
         "queue": "tasks",
         # the task queue's settings (rtbatch servicebus provision): engines must know them
         "lock_duration": 30.0,
@@ -85,6 +86,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "node_agent_sku": "batch.node.ubuntu 24.04",
         "subnet_id": "",
         "node_identity": "",  # empty: downloads signed by Batch from its auto-storage account
+        "engine_identity": "",  # identity with Service Bus data roles: engines get no secret
+        "engine_identity_client_id": "",  # its client id (engines sign in with it)
+        "engine_token_days": 7.0,  # validity of the engines' Service Bus SAS token
+        "engine_token_renew_hours": 24.0,  # renew (autoscale, renew-credentials --if-due)
         "autoscale_formula": "",
         "wheel": "",  # empty: built from the source tree
         "wheelhouse": "",  # empty: pip download of the wheel's dependencies for the nodes

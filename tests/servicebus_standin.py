@@ -44,7 +44,7 @@ import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_plus
 
 from proton import Array, Data, Disposition, Message, Terminus, symbol, timestamp
 from proton import Condition as ProtonCondition
@@ -168,8 +168,23 @@ def unpack_transfer(raw: bytes) -> list[Message]:
     return [msg]
 
 
-def check_sas(token: str, key_name: str, key: str) -> bool:
-    """Check a ``SharedAccessSignature sr=..&sig=..&se=..&skn=..`` token against ``key``."""
+def _covers(resource: str, audience: str) -> bool:
+    """True if the token resource ``resource`` is ``audience`` or a URI prefix of it
+    (scheme and host case-insensitive; ``sb://`` and ``amqps://`` alike)."""
+
+    def norm(uri: str) -> str:
+        rest = uri.split("://", 1)[-1]
+        host, _, path = rest.partition("/")
+        return f"{host.lower()}/{path}".rstrip("/")
+
+    res, aud = norm(resource), norm(audience)
+    return aud == res or aud.startswith(res + "/")
+
+
+def check_sas(token: str, key_name: str, key: str, audience: str | None = None) -> bool:
+    """Check a ``SharedAccessSignature sr=..&sig=..&se=..&skn=..`` token against ``key``:
+    signature, key name, expiry, and (given the put-token's ``audience``) that the
+    token's resource ``sr`` covers it, as the service does (a URI prefix)."""
     if not token.startswith("SharedAccessSignature "):
         return False
     fields = dict(
@@ -177,6 +192,8 @@ def check_sas(token: str, key_name: str, key: str) -> bool:
     )
     try:
         if fields["skn"] != key_name or float(fields["se"]) < time.time():
+            return False
+        if audience is not None and not _covers(unquote_plus(fields["sr"]), audience):
             return False
         signed = (fields["sr"] + "\n" + fields["se"]).encode()
         expected = base64.b64encode(hmac.new(key.encode(), signed, hashlib.sha256).digest())
@@ -641,7 +658,8 @@ class ServiceBusStandIn(MessagingHandler):
 
     def _cbs(self, link, request: Message) -> None:
         self._count(link.connection, "cbs_requests")
-        ok = check_sas(str(request.body), self.key_name, self.key)
+        audience = (request.properties or {}).get("name")
+        ok = check_sas(str(request.body), self.key_name, self.key, audience)
         if ok:
             self.authorized.add(link.connection)
         props = {"status-code": 202 if ok else 401}

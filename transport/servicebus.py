@@ -94,6 +94,11 @@ def map_servicebus_errors(what: str = "Service Bus operation") -> Iterator[None]
         raise TransportTimeoutError(f"{what}: {exc}") from exc
     except sb_errors.ServiceBusAuthorizationError as exc:  # no Send/Listen/Manage right
         raise PermissionDeniedError(f"{what}: {exc}") from exc
+    except sb_errors.ServiceBusAuthenticationError as exc:  # bad or expired key / SAS token
+        raise PermissionDeniedError(
+            f"{what}: the credential was refused (a wrong key, or an expired SAS token: "
+            f"on Azure, rtbatch pool renew-credentials): {exc}"
+        ) from exc
     except (sb_errors.ServiceBusConnectionError, sb_errors.ServiceBusCommunicationError) as exc:
         raise ConnectionLostError(f"{what}: {exc}") from exc
     except sb_errors.ServiceBusError as exc:

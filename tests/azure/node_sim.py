@@ -9,8 +9,9 @@ what a Batch node does, with the files the orchestrator staged:
   this test interpreter, which has realtime-batch installed;
 * job preparation (once per node and job): downloads the task and input files via
   their SAS URLs and runs the real job preparation command line;
-* the engine task: runs its real command line (``/bin/bash -c ...``) with the
-  ``AZ_BATCH_*`` variables and the job's environment settings, then uploads the
+* the engine task: downloads its resource files (its credentials) into its working
+  directory, runs its real command line (``/bin/bash -c ...``) with the
+  ``AZ_BATCH_*`` variables and the task's environment settings, then uploads the
   output files (stdout/stderr) with the write-only SAS when it exits.
 """
 
@@ -139,6 +140,7 @@ class NodeSimulator:
             task_dir = node / "workitems" / job["id"] / task["id"]
             wd = task_dir / "wd"
             wd.mkdir(parents=True)
+            self._download(task.get("resourceFiles", []), wd)
             with (
                 open(task_dir / "stdout.txt", "wb") as out,
                 open(task_dir / "stderr.txt", "wb") as err,

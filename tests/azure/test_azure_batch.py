@@ -79,9 +79,7 @@ def test_start_engines_one_task_per_slot(make_pool, batch_fake):
     assert body["poolInfo"]["poolId"] == pool.pool_id
     prep = body["jobPreparationTask"]
     assert {r["blobPrefix"] for r in prep["resourceFiles"]} == {"tasks/", "inputs/"}
-    assert body["commonEnvironmentSettings"] == [
-        {"name": "RTBATCH_ENGINE_TRANSPORT", "value": ENGINE_URL}
-    ]
+    assert "commonEnvironmentSettings" not in body  # credentials are staged files
     tasks = [
         t for batch in fake.bodies("POST", r"/jobs/.*/addtaskcollection") for t in batch["value"]
     ]
@@ -104,10 +102,7 @@ def test_no_secret_reaches_the_batch_service(make_pool, batch_fake, azurite):
     storage_key = BlobServiceClient.from_connection_string(azurite).credential.account_key
     for secret in (storage_key, DEFAULT_KEY, azurite, "AccountKey", "SharedAccessKey="):
         assert secret not in sent
-    env_names = {
-        e["name"] for b in fake.bodies("POST", "/jobs") for e in b["commonEnvironmentSettings"]
-    }
-    assert env_names == {"RTBATCH_ENGINE_TRANSPORT"}
+    assert ENGINE_URL not in sent  # the engine URL is a staged file, not a job setting
 
 
 def test_root_servicebus_key_is_refused(make_pool):

@@ -404,27 +404,28 @@ def test_task_environment_is_an_allowlist(tmp_path):
 # ---------------------------------------------------------------------------- Azure script
 
 
-def test_azure_engine_command_keeps_the_credential_out_of_argv_and_environment(tmp_path):
-    """Run the generated engine script with a stand-in python that records what it got."""
-    secret = "Endpoint=sb://ns/;SharedAccessKeyName=engine;SharedAccessKey=" + _secret()
+def test_azure_engine_command_reads_private_staged_files(tmp_path):
+    """Run the generated engine script with a stand-in python recording what it got: the
+    credentials are files Batch downloaded into the task directory, made private, passed
+    by path; none is in the job, the command line or the environment (issue #16)."""
+    secret = "Endpoint=sb://ns/;SharedAccessSignature=SharedAccessSignature sr=x&sig=y"
     shared = tmp_path / "shared"
     job = shared / "rtbatch" / "jobs" / "job-1"
     (job / "inputs").mkdir(parents=True)
     (job / "tasks").mkdir()
     work = tmp_path / "work"
-    work.mkdir()
-    fake = shared / "rtbatch" / "venv" / "bin" / "python"
-    fake.parent.mkdir(parents=True)
+    creds = work / "engine-credentials"
+    creds.mkdir(parents=True)
+    (creds / "transport").write_text(secret)
+    (creds / "transport").chmod(0o644)  # as a download leaves it
+    (creds / "engine.key_secret").write_text("k")
+    (creds / "engine.key_secret").chmod(0o644)
+    python = shared / "rtbatch" / "venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
     out = tmp_path / "out"
-    fake.write_text(
-        "#!/bin/sh\n"
-        f'printf "%s\\n" "$@" > {out}.argv\n'
-        f"cat > {out}.stdin\n"
-        f"env > {out}.env\n"
-        f"cat /proc/$$/cmdline > {out}.cmdline\n"
-    )
-    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
-    script = batch_scripts.engine_command(queue="tasks", prefetch=4)
+    python.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {out}.argv\nenv > {out}.env\n')
+    python.chmod(0o755)
+    script = batch_scripts.engine_command(queue="tasks", prefetch=4, curve=True)
     env = {
         "PATH": os.environ["PATH"],
         "AZ_BATCH_NODE_SHARED_DIR": str(shared),
@@ -432,16 +433,16 @@ def test_azure_engine_command_keeps_the_credential_out_of_argv_and_environment(t
         "AZ_BATCH_TASK_WORKING_DIR": str(work),
         "AZ_BATCH_NODE_ID": "node",
         "AZ_BATCH_TASK_ID": "engine-0",
-        batch_scripts.ENGINE_TRANSPORT_ENV: secret,
     }
-    assert script.startswith("/bin/bash -c ")
     subprocess.run(shlex.split(script), env=env, check=True)
-    argv = Path(f"{out}.argv").read_text()
-    assert "--queue\ntasks\n" in argv  # the stand-in python ran with the engine's options
-    assert secret not in argv and secret not in Path(f"{out}.cmdline").read_text()
-    assert secret not in Path(f"{out}.env").read_text()
-    assert Path(f"{out}.stdin").read_text().strip() == secret
-    assert "--transport-file\n-\n" in argv
+    argv = Path(f"{out}.argv").read_text().splitlines()
+    assert argv[argv.index("--transport-file") + 1] == str(creds / "transport")
+    assert argv[argv.index("--curve-secret-key-file") + 1] == str(creds / "engine.key_secret")
+    assert argv[argv.index("--curve-server-key") + 1] == str(creds / "broker.key")
+    assert secret not in "\n".join(argv) and secret not in Path(f"{out}.env").read_text()
+    for name in ("transport", "engine.key_secret"):
+        assert stat.S_IMODE((creds / name).stat().st_mode) == 0o600
+    assert stat.S_IMODE(creds.stat().st_mode) == 0o700
 
 
 def test_deny_tracing_makes_the_process_non_dumpable():
