@@ -35,8 +35,9 @@ def staged(tmp_path):
     [
         (["bash", "-c", "id"], "only 'java'"),
         (["/usr/bin/java", "-jar", "pi.jar"], "only 'java'"),
-        (["java", "-cp", ".", "Pi"], "JVM option '-cp' is not allowed"),
-        (["java", "-XX:+UseG1GC", "-jar", "pi.jar"], "JVM option '-XX:+UseG1GC' is not allowed"),
+        (["java", "-cp", ".", "-jar", "pi.jar"], "JVM option '-cp' is not allowed"),
+        (["java", "-cp", ".", "Pi"], "no '-jar JAR'"),
+        (["java", "-XX:+UseG1GC", "-jar", "pi.jar"], r"JVM option '-XX:\+UseG1GC' is not allowed"),
         (["java", "-javaagent:evil.jar", "-jar", "pi.jar"], "is not allowed"),
         (["java", "-Xmx8g", "-jar", "pi.jar"], "over this engine's maximum"),
         (["java", "-Xmx64m", "pi.jar", "100"], "-jar"),
