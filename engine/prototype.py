@@ -47,7 +47,7 @@ class PrototypeFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             module.__doc__ = "realtime-batch's stand-in for the prototype's engine package."
             module.__path__ = []  # no files below it: only what this finder serves
             return
-        from .worker import TaskContext
+        from .context import TaskContext
 
         module.__doc__ = "The prototype's AzureBatchEngine: realtime-batch's TaskContext."
         module.AzureBatchEngine = TaskContext  # type: ignore[attr-defined]

@@ -51,9 +51,10 @@ import orjson
 
 from ..protocol import ProtocolError, encode_json, unserializable_value
 from ._output import DEFAULT_MAX_OUTPUT, OutputBudget, WorkerLog, bound_print_output, release_memory
+from .context import TaskContext
 from .credentials import scrub_environ, task_environment
 from .errors import WorkerStartError
-from .java import java_runner, run_jar, set_current_dirs, set_jvm_policy, set_max_output
+from .java import run_jar, set_current_dirs, set_jvm_policy, set_max_output
 from .jvm_host import JvmHostDiedError, configure_shared_host, run_jar_warm
 from .tasks import KIND_JAR, JvmOptionPolicy, TaskModuleCache, call_task
 
@@ -82,55 +83,6 @@ def describe_exit(returncode: int | None) -> str:
         except ValueError:
             return f"signal {-returncode}"
     return f"exit code {returncode}"
-
-
-class TaskContext:
-    """The ``engine`` object handed to ``do_action(engine, args)``.
-
-    Attributes:
-        engine_id: id of the engine running the task.
-        tasks_dir: the staged tasks directory.
-        work_dir: the task's working directory (input files are staged here).
-        task_id: id of the running task.
-        attempt: attempt number of the running task (1 on the first run).
-    """
-
-    def __init__(self, engine_id: str, tasks_dir: str, work_dir: str) -> None:
-        self.engine_id = engine_id
-        self.tasks_dir = tasks_dir
-        self.work_dir = work_dir
-        self.task_id: str | None = None
-        self.attempt = 0
-
-    def java_runner(
-        self,
-        jar: str | list[Any] | tuple[Any, ...],
-        *args: Any,
-        jvm_args: Any = (),
-        timeout: Any = None,
-        cold: bool = False,
-        isolate: bool = False,
-    ) -> str | list[str]:
-        """Run ``jar`` from the tasks directory with ``args``; return its stdout text.
-
-        The jar runs in the worker's warm JVM host unless ``cold`` (see ``java_runner``).
-        The prototype's command list, ``["java", OPTIONS..., "-jar", JAR, ARGS...]``,
-        is accepted too (only the engine's allowed sizing options) and returns the
-        output as a list of lines.
-        """
-        return java_runner(
-            jar,
-            *args,
-            jvm_args=jvm_args,
-            timeout=timeout,
-            tasks_dir=self.tasks_dir,
-            cwd=self.work_dir,
-            cold=cold,
-            isolate=isolate,
-        )
-
-    def __repr__(self) -> str:
-        return f"TaskContext(engine_id={self.engine_id!r}, task_id={self.task_id!r})"
 
 
 # -- engine side ------------------------------------------------------------------------

@@ -85,11 +85,11 @@ def test_engines_policy_reaches_the_task_worker(no_leaked_processes, tmp_path):
     jar.write_bytes(b"not a jar")  # refused before anything runs
     files = [HERE / "tasks" / "pi_runner.py", jar]
     url = f"memory://migration-{uuid.uuid4().hex}"
-    with rb.LocalPool(engines=1, transport=url, task_files=files, max_jvm_heap=1 << 30) as pool:
-        with rb.JobManager("client_1", pool.job, pool) as jm:
-            future = jm.submit_task("0", "pi_runner.py", "java -Xmx4096m -jar pi.jar 100")
-            with pytest.raises(rb.TaskError) as info:
-                future.result(timeout=60)
+    pool = rb.LocalPool(engines=1, transport=url, task_files=files, max_jvm_heap=1 << 30)
+    with pool, rb.JobManager("client_1", pool.job, pool) as jm:
+        future = jm.submit_task("0", "pi_runner.py", "java -Xmx4096m -jar pi.jar 100")
+        with pytest.raises(rb.TaskError) as info:
+            future.result(timeout=60)
     assert info.value.remote_type == "InvalidCommandError"
     assert "over this engine's maximum of 1g" in info.value.remote_message
 
@@ -101,13 +101,13 @@ class AzureBatchEngine:
     OWNER = "user"
 '''
 
-WHICH_TASK = '''\
+WHICH_TASK = """\
 from engine.azbatchengine import AzureBatchEngine
 
 
 def do_action(engine, args):
     return getattr(AzureBatchEngine, "OWNER", "realtime-batch"), "no error"
-'''
+"""
 
 
 @pytest.mark.parametrize("own_package", [True, False])

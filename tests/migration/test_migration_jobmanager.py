@@ -39,7 +39,8 @@ class ScriptedEngine:
             status="ok" if error is None else "error", value=value, error=error,
             engine="node-7", attempt=task.attempt, session_key=task.session_key,
         )  # fmt: skip
-        self.transport.send(task.reply_to.queue, Message(encode_result(record), group=task.reply_to.group))
+        reply = Message(encode_result(record), group=task.reply_to.group)
+        self.transport.send(task.reply_to.queue, reply)
 
 
 @pytest.fixture

@@ -69,17 +69,17 @@ def test_prototype_driver_rounds(transport_url, no_leaked_processes):
         assert i["error"] == "no error"
         assert i["jobid"] == pool.job and i["id"]
     for i in second:
-        assert i["result"] == ["seen:" + w for w in "this is an input param list".split()]
+        assert i["result"] == ["seen:" + w for w in ("this", "is", "an", "input", "param", "list")]
         assert i["error"] == "no error"
 
 
 def test_prototype_driver_sees_reported_errors(no_leaked_processes):
     url = f"memory://migration-{uuid.uuid4().hex}"
-    with rb.LocalPool(engines=1, transport=url, task_files=[TASKS / "2_task.py"]) as pool:
-        with rb.JobManager("client_1", pool.job, pool) as job_manager:
-            job_manager.submit_task("7", "2_task.py", "fail the thing")
-            wait_for(job_manager, 1)
-            [i] = job_manager.get_results()
+    pool = rb.LocalPool(engines=1, transport=url, task_files=[TASKS / "2_task.py"])
+    with pool, rb.JobManager("client_1", pool.job, pool) as job_manager:
+        job_manager.submit_task("7", "2_task.py", "fail the thing")
+        wait_for(job_manager, 1)
+        [i] = job_manager.get_results()
     assert i["taskid"] == "7" and i["result"] is None
     assert i["error"] == "could not do the thing"  # as the task returned it
 

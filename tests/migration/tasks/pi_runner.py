@@ -1,4 +1,4 @@
-from engine.azbatchengine import AzureBatchEngine
+from engine.azbatchengine import AzureBatchEngine  # noqa: F401 (as the prototype did)
 
 
 def do_action(engine, args):
