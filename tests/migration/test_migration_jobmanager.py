@@ -102,7 +102,7 @@ def test_other_failures_name_their_type(job_manager, engine):
     assert got["error"] == "CommandNotFoundError: command 'missing.py' not found"
 
 
-def test_results_and_iteration_carry_the_users_task_ids(job_manager, engine):
+def test_results_carry_the_users_task_ids(job_manager, engine):
     job_manager.submit_task("a", "1_task.py", "")
     [task] = engine.take(1)
     engine.answer(task, "v")
@@ -159,7 +159,24 @@ def test_cancel_by_the_users_task_id(job_manager, engine):
     assert future.cancelled()
     [record] = job_manager.results()
     assert record.task_id == "0" and record.status == "cancelled"
-    job_manager.submit_task("0", "1_task.py", "")  # a cancelled id may be re-used
+    again = job_manager.submit_task("0", "1_task.py", "")  # a cancelled id may be re-used
+    assert again.cancel() and again.cancelled()  # the future cancels its own submission
+    job_manager.submit_task("1", "1_task.py", "")
+    assert job_manager.cancel_all() == 1
+    assert [(r.task_id, r.status) for r in job_manager.results()] == [
+        ("0", "cancelled"),
+        ("1", "cancelled"),
+    ]
+
+
+def test_callbacks_and_iteration_see_the_users_task_ids(job_manager, engine):
+    seen = []
+    job_manager.add_result_callback(lambda result: seen.append(result.task_id))
+    job_manager.submit_task("x", "1_task.py", "")
+    [task] = engine.take(1)
+    engine.answer(task, "v")
+    assert [r.task_id for r in job_manager] == ["x"]
+    assert seen == ["x"]
 
 
 def test_session_still_refuses_reuse_and_spreads_nothing(transport, engine):

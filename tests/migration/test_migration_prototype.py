@@ -9,6 +9,7 @@ task ids (re-using them), poll ``num_results_returned()``, read the dicts of
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 import uuid
@@ -104,4 +105,4 @@ def test_pi_runner_driver(transport_url, tmp_path, no_leaked_processes):
             estimates.append(float(i["result"][0]))
         job_manager.close_job()
     assert len(estimates) == total
-    assert all(0.0 <= e <= 4.0 for e in estimates)
+    assert all(abs(e - math.pi) < 0.02 for e in estimates)  # 100 terms of the series
