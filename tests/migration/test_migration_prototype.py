@@ -47,8 +47,9 @@ def wait_for(job_manager, total, timeout=60.0):
 
 def test_prototype_driver_rounds(transport_url, no_leaked_processes):
     files = [TASKS / "1_task.py", TASKS / "2_task.py"]
-    with rb.LocalPool(engines=2, transport=transport_url, task_files=files) as pool:
-        job_manager = rb.JobManager("client_1", pool.job, pool)
+    pool = rb.LocalPool(engines=2, transport=transport_url, task_files=files)
+    # `with` only closes the job manager if an assertion fails; the driver closes it itself
+    with pool, rb.JobManager("client_1", pool.job, pool) as job_manager:
         total = 3
         for i in range(total):
             job_manager.submit_task(str(i), "2_task.py", "this is an input param list")
@@ -93,8 +94,8 @@ def test_pi_runner_driver(transport_url, tmp_path, no_leaked_processes):
     jar = build_jar(HERE / "PiEstimate.java", tmp_path / "pi.jar")
     files = [TASKS / "pi_runner.py", jar]
     task_module, task_input = "pi_runner.py", "java -Xmx4096m -jar pi.jar 100"
-    with rb.LocalPool(engines=2, transport=transport_url, task_files=files) as pool:
-        job_manager = rb.JobManager("client_1", pool.job, pool)
+    pool = rb.LocalPool(engines=2, transport=transport_url, task_files=files)
+    with pool, rb.JobManager("client_1", pool.job, pool) as job_manager:
         total = 5
         for i in range(total):
             job_manager.submit_task(str(i), task_module, task_input)
