@@ -14,7 +14,7 @@ _LAZY: dict[str, str] = {
     "Engine": "realtime_batch.engine.engine:Engine",
     "EngineError": "realtime_batch.engine.engine:EngineError",
     "default_engine_id": "realtime_batch.engine.engine:default_engine_id",
-    "TaskContext": "realtime_batch.engine.worker:TaskContext",
+    "TaskContext": "realtime_batch.engine.context:TaskContext",
     "java_runner": "realtime_batch.engine.java:java_runner",
     "build_jar": "realtime_batch.engine.java:build_jar",
     "JavaTaskError": "realtime_batch.engine.java:JavaTaskError",

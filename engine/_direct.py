@@ -612,6 +612,7 @@ class DirectWorker:
             self.worker_log,
             pass_env=self.pass_env,
             jvm_host_options=self.options.get("jvm_host_options", ()),
+            jvm_options=JvmOptionPolicy(**self.options.get("jvm_options", {})),
         )
         try:
             worker.start(direct=(json.dumps(self.options), self.ledger.fd, self.wake_w))

@@ -27,6 +27,7 @@ from ._outbox import Held, Outbox
 from ._output import DEFAULT_MAX_OUTPUT, WorkerLog
 from .control import KIND_RUNNING, NOTIFY, RUNNING_NOTICE_AFTER
 from .errors import PipelineError
+from .tasks import JvmOptionPolicy
 from .worker import (
     STATUS_CANCELLED,
     STATUS_EXPIRED,
@@ -65,6 +66,8 @@ class WorkerPipeline:
         max_output: characters of print output per task, bytes of a jar's stdout/stderr.
         worker_log: the worker's rotated log file (None: stderr).
         jvm_host_options: options of the worker's warm JVM host.
+        jvm_options: the engine's JVM option policy, passed to the worker (the options of
+            a command list task code gives ``java_runner``).
     """
 
     def __init__(
@@ -82,8 +85,10 @@ class WorkerPipeline:
         *,
         pass_env: Sequence[str] = (),
         jvm_host_options: Sequence[str] = (),
+        jvm_options: JvmOptionPolicy | None = None,
     ) -> None:
         self.tasks_dir = tasks_dir
+        self.jvm_options = jvm_options
         self.max_output = max_output
         self.worker_log = worker_log
         self.jvm_host_options = tuple(jvm_host_options)
@@ -117,6 +122,7 @@ class WorkerPipeline:
             self.worker_log,
             pass_env=self.pass_env,
             jvm_host_options=self.jvm_host_options,
+            jvm_options=self.jvm_options,
         )
         try:
             worker.start()

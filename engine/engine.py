@@ -203,17 +203,18 @@ class Engine:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self.pass_env = check_pass_env(pass_env)
+        #: the JVM options a message's ``jvm_args`` may hold (widened only here)
+        self.jvm_options = jvm_options or JvmOptionPolicy()
         self._pipeline = WorkerPipeline(
             self.tasks_dir, self.work_dir, self.engine_id, self._outbox, default_timeout,
             self._wake_r, retry_backoff, retry_backoff_max, max_output, worker_log,
             pass_env=self.pass_env, jvm_host_options=jvm_host_options,
+            jvm_options=self.jvm_options,
         )  # fmt: skip
         self.control_queue = control_queue
         self._control: threading.Thread | None = None
         self._cancels = CancelRequests()
         self._cancelled = self._cancels.keys  # (session, task) -> arrival; the hot-path lookup
-        #: the JVM options a message's ``jvm_args`` may hold (widened only here)
-        self.jvm_options = jvm_options or JvmOptionPolicy()
         self._admission = Admission(
             self._outbox, self.tasks_dir, self.max_delivery_count, self._cancelled,
             self.jvm_options,

@@ -24,11 +24,11 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from ._output import DEFAULT_MAX_OUTPUT, dropped_marker
 from .credentials import task_environment
-from .tasks import resolve_in_dir
+from .tasks import InvalidCommandError, JvmOptionPolicy, resolve_in_dir
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT",
@@ -40,6 +40,8 @@ __all__ = [
     "find_java_tool",
     "java_runner",
     "run_jar",
+    "set_jvm_policy",
+    "split_java_command",
 ]
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,10 @@ _CHUNK = 1 << 16
 
 #: Output bound of this process (the engine's worker sets it from ``--max-output``).
 _limits: dict[str, int] = {"max_output": DEFAULT_MAX_OUTPUT}
+
+#: The JVM options a command list may hold in this process (the worker sets the
+#: engine's policy; None: ``JvmOptionPolicy()``, made at first use).
+_policy: dict[str, JvmOptionPolicy | None] = {"jvm": None}
 
 
 class JavaTaskError(RuntimeError):
@@ -89,6 +95,58 @@ def set_current_dirs(tasks_dir: str | None, work_dir: str | None) -> None:
 def set_max_output(max_output: int) -> None:
     """Bytes of a jar's stdout/stderr this process keeps (the worker's ``--max-output``)."""
     _limits["max_output"] = max_output
+
+
+def set_jvm_policy(policy: JvmOptionPolicy) -> None:
+    """The JVM options a command list may hold here (the worker's engine's policy)."""
+    _policy["jvm"] = policy
+
+
+def _jvm_policy() -> JvmOptionPolicy:
+    policy = _policy["jvm"]
+    if policy is None:
+        policy = _policy["jvm"] = JvmOptionPolicy()
+    return policy
+
+
+def split_java_command(
+    argv: Sequence[Any], policy: JvmOptionPolicy
+) -> tuple[str, list[str], list[Any]]:
+    """Read the prototype's ``["java", OPTIONS..., "-jar", JAR, ARGS...]``.
+
+    Returns ``(jar, options, args)``.
+
+    The list often comes from a task message (the prototype's ``params``), so it
+    chooses nothing but the jar's arguments: the program must be ``java``, each
+    option must pass ``policy`` (the engine's sizing options) and ``-jar`` must name
+    the jar, which ``java_runner`` then resolves inside the tasks directory.
+
+    Raises:
+        InvalidCommandError: another program, a refused option, or no ``-jar JAR``.
+    """
+    if not argv:
+        raise InvalidCommandError(
+            "the java command list is empty: expected ['java', '-jar', JAR, ...]"
+        )
+    program, *rest = argv
+    if program != "java":
+        raise InvalidCommandError(
+            f"java command list starts with {program!r}: only 'java' is run (as "
+            "['java', OPTIONS..., '-jar', JAR, ARGS...])"
+        )
+    if "-jar" not in rest:
+        raise InvalidCommandError(
+            "the java command list has no '-jar JAR': only a staged jar is run "
+            "(['java', OPTIONS..., '-jar', JAR, ARGS...])"
+        )
+    at = rest.index("-jar")
+    options = policy.check(rest[:at])
+    if at + 1 >= len(rest):
+        raise InvalidCommandError("the java command list's '-jar' names no jar")
+    jar = rest[at + 1]
+    if not isinstance(jar, str):
+        raise InvalidCommandError(f"jar {jar!r} is not a string")
+    return jar, options, list(rest[at + 2 :])
 
 
 class _Capture:
@@ -229,6 +287,7 @@ def run_jar(
     return stdout
 
 
+@overload
 def java_runner(
     jar: str,
     *args: Any,
@@ -238,8 +297,36 @@ def java_runner(
     cwd: str | os.PathLike[str] | None = None,
     cold: bool = False,
     isolate: bool = False,
-) -> str:
+) -> str: ...
+
+
+@overload
+def java_runner(
+    jar: list[Any] | tuple[Any, ...],
+    *,
+    timeout: float | None = None,
+    tasks_dir: str | os.PathLike[str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    cold: bool = False,
+    isolate: bool = False,
+) -> list[str]: ...
+
+
+def java_runner(
+    jar: str | list[Any] | tuple[Any, ...],
+    *args: Any,
+    jvm_args: Sequence[str] = (),
+    timeout: float | None = None,
+    tasks_dir: str | os.PathLike[str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    cold: bool = False,
+    isolate: bool = False,
+) -> str | list[str]:
     """Run a staged jar with an argument list and return its stdout text.
+
+    The prototype's form, a command list ``["java", OPTIONS..., "-jar", JAR, ARGS...]``
+    (``split_java_command``: only ``java``, only the engine's allowed sizing options),
+    returns the output as a list of lines instead.
 
     By default the jar runs in this process's warm JVM host (``jvm_host``): no JVM
     start per call, and the jar's static state survives between calls unless
@@ -247,7 +334,8 @@ def java_runner(
     for this call alone.
 
     Args:
-        jar: file name of the jar inside the tasks directory (same rules as commands).
+        jar: file name of the jar inside the tasks directory (same rules as commands),
+            or the prototype's command list (then no ``args`` or ``jvm_args``).
         *args: arguments for the jar's ``main`` (converted with ``str``).
         jvm_args: options for the JVM itself, e.g. ``["-Xmx256m"]``.
         timeout: seconds before the JVM is killed (``JavaTimeoutError``).
@@ -258,11 +346,25 @@ def java_runner(
         isolate: in the warm host, load the jar in a fresh class loader for this call.
 
     Raises:
-        InvalidCommandError, CommandNotFoundError: the jar name is unsafe or missing.
+        InvalidCommandError, CommandNotFoundError: the jar name is unsafe or missing, or
+            a command list runs another program or holds a refused option.
+        TypeError: a command list with further ``args`` or ``jvm_args``.
         JavaTaskError: non-zero exit or ``System.exit(n)`` with n != 0 (with stderr), or
             an exception thrown by ``main`` in the warm host (with its stack trace).
         JvmHostDiedError: the warm host's JVM died during the call (``jvm_host``).
     """
+    if isinstance(jar, (list, tuple)):
+        if args or jvm_args:
+            raise TypeError(
+                "java_runner takes a command list alone, or a jar name with arguments and "
+                "jvm_args, not both"
+            )
+        name, options, jar_args = split_java_command(jar, _jvm_policy())
+        output = java_runner(
+            name, *jar_args, jvm_args=options, timeout=timeout, tasks_dir=tasks_dir, cwd=cwd,
+            cold=cold, isolate=isolate,
+        )  # fmt: skip
+        return output.splitlines()
     directory = tasks_dir or _current_dirs["tasks_dir"] or os.getcwd()
     path = resolve_in_dir(jar, directory, what="jar")
     workdir = cwd or _current_dirs["work_dir"]

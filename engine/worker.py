@@ -51,11 +51,12 @@ import orjson
 
 from ..protocol import ProtocolError, encode_json, unserializable_value
 from ._output import DEFAULT_MAX_OUTPUT, OutputBudget, WorkerLog, bound_print_output, release_memory
+from .context import TaskContext
 from .credentials import scrub_environ, task_environment
 from .errors import WorkerStartError
-from .java import java_runner, run_jar, set_current_dirs, set_max_output
+from .java import run_jar, set_current_dirs, set_jvm_policy, set_max_output
 from .jvm_host import JvmHostDiedError, configure_shared_host, run_jar_warm
-from .tasks import KIND_JAR, TaskModuleCache, call_task
+from .tasks import KIND_JAR, JvmOptionPolicy, TaskModuleCache, call_task
 
 __all__ = ["TaskContext", "WorkerProcess", "WorkerStartError", "describe_exit"]
 
@@ -84,52 +85,6 @@ def describe_exit(returncode: int | None) -> str:
     return f"exit code {returncode}"
 
 
-class TaskContext:
-    """The ``engine`` object handed to ``do_action(engine, args)``.
-
-    Attributes:
-        engine_id: id of the engine running the task.
-        tasks_dir: the staged tasks directory.
-        work_dir: the task's working directory (input files are staged here).
-        task_id: id of the running task.
-        attempt: attempt number of the running task (1 on the first run).
-    """
-
-    def __init__(self, engine_id: str, tasks_dir: str, work_dir: str) -> None:
-        self.engine_id = engine_id
-        self.tasks_dir = tasks_dir
-        self.work_dir = work_dir
-        self.task_id: str | None = None
-        self.attempt = 0
-
-    def java_runner(
-        self,
-        jar: str,
-        *args: Any,
-        jvm_args: Any = (),
-        timeout: Any = None,
-        cold: bool = False,
-        isolate: bool = False,
-    ) -> str:
-        """Run ``jar`` from the tasks directory with ``args``; return its stdout text.
-
-        The jar runs in the worker's warm JVM host unless ``cold`` (see ``java_runner``).
-        """
-        return java_runner(
-            jar,
-            *args,
-            jvm_args=jvm_args,
-            timeout=timeout,
-            tasks_dir=self.tasks_dir,
-            cwd=self.work_dir,
-            cold=cold,
-            isolate=isolate,
-        )
-
-    def __repr__(self) -> str:
-        return f"TaskContext(engine_id={self.engine_id!r}, task_id={self.task_id!r})"
-
-
 # -- engine side ------------------------------------------------------------------------
 
 
@@ -143,6 +98,8 @@ class WorkerProcess:
         pass_env: environment variables the worker gets besides the allowlist
             (``engine.credentials.task_environment``).
         jvm_host_options: options of the worker's warm JVM host (``jvm_host``).
+        jvm_options: the engine's policy for JVM options from messages, which also
+            bounds the options of a command list task code passes to ``java_runner``.
     """
 
     def __init__(
@@ -154,8 +111,10 @@ class WorkerProcess:
         log: WorkerLog | None = None,
         pass_env: Sequence[str] = (),
         jvm_host_options: Sequence[str] = (),
+        jvm_options: JvmOptionPolicy | None = None,
     ) -> None:
         self.tasks_dir = tasks_dir
+        self.jvm_options = jvm_options
         self.work_dir = work_dir
         self.engine_id = engine_id
         self.pass_env = tuple(pass_env)
@@ -198,6 +157,8 @@ class WorkerProcess:
             *(self.log.argv() if self.log is not None else ()),
             *(f"--jvm-host-option={option}" for option in self.jvm_host_options),
         ]
+        if self.jvm_options is not None:  # sizes and patterns: nothing secret
+            argv.append(f"--jvm-policy={json.dumps(self.jvm_options.as_options())}")
         if self.pass_env:
             argv += ["--pass-env", ",".join(self.pass_env)]
         shared_fds: tuple[int, ...] = ()
@@ -528,6 +489,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shared-fds", default=None, help="direct mode: ledger fd, wake fd")
     parser.add_argument("--pass-env", default="", help="variables kept besides the allowlist")
     parser.add_argument("--jvm-host-option", action="append", default=[])
+    parser.add_argument("--jvm-policy", default=None, help="JvmOptionPolicy options (JSON)")
     opts = parser.parse_args(argv)
     scrub_environ([name for name in opts.pass_env.split(",") if name])
     _die_with_parent()
@@ -547,6 +509,8 @@ def main(argv: list[str] | None = None) -> None:
         handlers=None if log is None else [log.handler()],
     )
     set_max_output(opts.max_output)
+    if opts.jvm_policy is not None:
+        set_jvm_policy(JvmOptionPolicy(**json.loads(opts.jvm_policy)))
     global _output  # after basicConfig: the worker's own log is not counted
     _output = bound_print_output(opts.max_output, logging.getLogger().handlers[0])
     tasks_dir, work_dir = os.path.realpath(opts.tasks_dir), os.path.realpath(opts.work_dir)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from .jobmanager import JobManager
 from .pool import OrchestratorError, Pool, PoolNotFoundError, PoolStateError
-from .session import JobManager, Result, Session, SessionClosedError, TaskCancelledError, TaskError
+from .session import Result, Session, SessionClosedError, TaskCancelledError, TaskError
 
 __all__ = [
     "JobManager",

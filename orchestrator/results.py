@@ -116,7 +116,7 @@ class TaskFuture(concurrent.futures.Future):
         """
         if self.done():
             return self.cancelled()
-        self._session.cancel([self.task_id])
+        self._session.cancel([self])  # the future itself: a JobManager maps task ids
         return self.cancelled() or self._cancel_locally()
 
     def _cancel_locally(self) -> bool:

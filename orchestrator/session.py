@@ -70,7 +70,6 @@ __all__ = [
     "DEFAULT_TASK_QUEUE",
     "DEFAULT_WARN_AFTER",
     "RESERVED_OPTIONS",
-    "JobManager",
     "Result",
     "Session",
     "SessionClosedError",
@@ -815,35 +814,6 @@ class Session:
         return f"<Session {self.id!r} job={self.job!r} {state}>"
 
 
-class JobManager(Session):
-    """The seed's ``JobManager``, kept so existing drivers migrate with few changes.
-
-    ``JobManager("client_1", job_id)`` opens a session named ``client_1`` on ``job_id``,
-    connecting to ``pool_or_url`` or, when omitted, to ``RTBATCH_TRANSPORT`` / the
-    ``[transport] url`` of ``rtbatch.toml``.
-    """
-
-    def __init__(
-        self, client: str, job_id: str | None = None, pool_or_url: Any = None, **options: Any
-    ) -> None:
-        if pool_or_url is None:
-            pool_or_url = _configured_transport_url()
-        super().__init__(pool_or_url, job=job_id, name=client, **options)
-
-    def submit_task(self, task_id: Any, command: str, params: Any = None) -> TaskFuture:
-        """Seed: ``submit_task(task_id, command, params)``; a list of params is spread."""
-        args = params if isinstance(params, list | tuple) else ([] if params is None else [params])
-        return self.submit(command, *args, task_id=str(task_id))
-
-    def get_results(self) -> list[Result]:
-        """Seed: the results returned since the last call."""
-        return self.results()
-
-    def close_job(self) -> None:
-        """Seed: stop listening (which now works) and release the connection."""
-        self.close()
-
-
 def _type_names(types: Iterable[type[BaseException] | str]) -> list[str]:
     """Exception type names, as engines compare them with the task's exception."""
     if isinstance(types, (str, type)):
@@ -851,14 +821,10 @@ def _type_names(types: Iterable[type[BaseException] | str]) -> list[str]:
     return [t if isinstance(t, str) else t.__name__ for t in types]
 
 
-def _configured_transport_url() -> str:
-    """The transport URL from ``RTBATCH_TRANSPORT`` or ``rtbatch.toml`` (``[transport] url``)."""
-    from realtime_batch.config import Config
+def __getattr__(name: str) -> Any:
+    """``JobManager`` lives in ``jobmanager.py``; it is also importable from here."""
+    if name == "JobManager":
+        from .jobmanager import JobManager
 
-    url = Config.load()["transport.url"]
-    if not url or url.rstrip("/").endswith(":0"):
-        raise ValueError(
-            "JobManager needs a running transport: pass pool_or_url=... (e.g. a LocalPool), "
-            "set RTBATCH_TRANSPORT, or set [transport] url in rtbatch.toml"
-        )
-    return url
+        return JobManager
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

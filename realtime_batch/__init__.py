@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {
     "Session": "realtime_batch.orchestrator.session:Session",
-    "JobManager": "realtime_batch.orchestrator.session:JobManager",
+    "JobManager": "realtime_batch.orchestrator.jobmanager:JobManager",
     "Result": "realtime_batch.orchestrator.session:Result",
     "TaskError": "realtime_batch.orchestrator.session:TaskError",
     "TaskCancelledError": "realtime_batch.orchestrator.session:TaskCancelledError",

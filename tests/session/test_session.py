@@ -211,9 +211,10 @@ def test_job_manager_seed_calls(url, responder):
         deadline = time.monotonic() + 10
         while jm.num_results_returned() < 3 and time.monotonic() < deadline:
             time.sleep(0.02)
-        results = jm.get_results()
-        assert sorted(r.task_id for r in results) == ["0", "1", "2"]
-        assert results[0].value["args"] == ["this is an input param list"]
+        results = jm.get_results()  # the prototype's dicts (tests/migration has the rest)
+        assert sorted(r["taskid"] for r in results) == ["0", "1", "2"]
+        assert results[0]["result"]["args"] == ["this", "is", "an", "input", "param", "list"]
+        assert results[0]["error"] == "no error" and results[0]["jobid"] == "job-42"
         assert jm.job == "job-42" and jm.name == "client_1"
     finally:
         jm.close_job()
