@@ -6,15 +6,16 @@ present and the pure-Python task otherwise, and says which.
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import signal
 import statistics
+import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import click
 from rich.console import Console
@@ -89,22 +90,67 @@ def check_transport_url(url: str) -> None:
         raise click.BadParameter(str(exc), param_hint="--transport") from None
 
 
-@contextmanager
-def terminate_as_exit() -> Iterator[None]:
-    """Turn SIGTERM into ``SystemExit`` while the demo runs, so its pool is closed.
+class Termination:
+    """SIGTERM while the demo runs: close the session and pool, then exit 128 + 15.
 
-    Without it ``kill -TERM`` ends the process at once: the ``with`` blocks never
-    run their exits, and engines and the pool directory are left behind.
+    The handler never raises into the main thread: an exception raised between a
+    lock's acquire and its ``with`` block would leave the lock held, and the exits
+    that close the pool would then wait on it forever. It closes the session and the
+    pool from a thread of their own; the main thread's waits then end (its futures
+    are cancelled, submits refused) and it exits with the signal's code. A signal that
+    comes while the pool starts is acted on once it has started.
     """
 
-    def _exit(signum: int, _frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._closeables: list[Any] = []
+        self._lock = threading.Lock()
+        self._closing: threading.Thread | None = None
 
-    previous = signal.signal(signal.SIGTERM, _exit)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def __enter__(self) -> Termination:
+        self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._closing is not None:  # the pool's own exit found it closing: wait for it
+            self._closing.join(60)
+        signal.signal(signal.SIGTERM, self._previous)
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def watch(self, *closeables: Any) -> None:
+        """Close these (in order) on SIGTERM; now if it already came."""
+        with self._lock:
+            self._closeables = list(closeables)
+        if self.requested:
+            self._close_in_background()
+
+    def exit_if_requested(self) -> None:
+        """Raise ``SystemExit(128 + signal)`` if SIGTERM came."""
+        if self.signum is not None:
+            raise SystemExit(128 + self.signum)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+            self._close_in_background()
+
+    def _close_in_background(self) -> None:
+        with self._lock:
+            closeables, self._closeables = self._closeables, []
+        if closeables:
+            self._closing = threading.Thread(target=_close_all, args=(closeables,), daemon=True)
+            self._closing.start()
+
+
+def _close_all(closeables: list[Any]) -> None:
+    for closeable in closeables:
+        try:
+            closeable.close()
+        except Exception:  # the next one must still close
+            logging.getLogger(__name__).exception("closing %r on SIGTERM failed", closeable)
 
 
 def median_ms(values: list[float | None]) -> str:
@@ -159,10 +205,11 @@ def demo(tasks: int, samples: int, engines: int, transport: str, force_python: b
     console.print(f"starting a local pool: {engines} engines over {shown}")
     started = time.perf_counter()
     with (
-        terminate_as_exit(),
+        Termination() as termination,
         LocalPool(engines=engines, transport=transport, task_files=files) as pool,
         Session(pool, name="pi-demo") as session,
     ):
+        termination.watch(session, pool)
         ready = time.perf_counter()
         columns = (
             TextColumn("[bold]pi tasks"),
@@ -170,11 +217,16 @@ def demo(tasks: int, samples: int, engines: int, transport: str, force_python: b
             MofNCompleteColumn(),
             TimeElapsedColumn(),
         )
-        with Progress(*columns, console=console, transient=False) as bar:
-            progress_task = bar.add_task("pi", total=tasks)
-            estimate = estimate_pi(
-                session, command, tasks, samples, progress=lambda: bar.advance(progress_task)
-            )
+        try:
+            with Progress(*columns, console=console, transient=False) as bar:
+                progress_task = bar.add_task("pi", total=tasks)
+                estimate = estimate_pi(
+                    session, command, tasks, samples, progress=lambda: bar.advance(progress_task)
+                )
+        except Exception:
+            termination.exit_if_requested()  # the session was closed under it: no error
+            raise
+        termination.exit_if_requested()
         elapsed = time.perf_counter() - ready
         results = session.results()
     used = sorted({r.engine for r in results})

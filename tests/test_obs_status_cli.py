@@ -161,12 +161,13 @@ def test_status_on_a_curve_broker_with_keys(tmp_path):
     from realtime_batch.transport.zeromq.curve import BrokerCurve
 
     runner = CliRunner()
-    for name in ("broker", "admin"):
-        result = runner.invoke(main, ["keys", "generate", "--dir", str(tmp_path), "--name", name])
-        assert result.exit_code == 0, result.output
     authorized = tmp_path / "authorized"
-    authorized.mkdir()
-    (authorized / "admin.key").write_bytes((tmp_path / "admin.key").read_bytes())
+    for name, role in (("broker", "client"), ("admin", "admin"), ("alice", "client")):
+        args = ["keys", "generate", "--dir", str(tmp_path), "--name", name, "--role", role]
+        if name != "broker":
+            args += ["--authorize", str(authorized)]
+        result = runner.invoke(main, args)
+        assert result.exit_code == 0, result.output
     broker = Broker("tcp://127.0.0.1:0", curve=BrokerCurve(tmp_path / "broker.key_secret",
                                                            authorized))  # fmt: skip
     thread = threading.Thread(target=broker.run, daemon=True)
@@ -178,6 +179,13 @@ def test_status_on_a_curve_broker_with_keys(tmp_path):
         result = invoke("status", "--transport", url, "--json", *keys)
         assert result.exit_code == 0, result.output
         assert json.loads(result.output)["transport"] == "zmq"
+        client = ["--curve-server-key", str(tmp_path / "broker.key"),
+                  "--curve-secret-key", str(tmp_path / "alice.key_secret")]  # fmt: skip
+        not_admin = invoke("status", "--transport", url, *client)  # statistics are an admin's
+        assert not_admin.exit_code == 1
+        assert "PermissionDeniedError: only an admin may ask for broker statistics" in (
+            not_admin.output
+        )
         refused = invoke("status", "--transport", url, "--timeout", "0.5")  # no keys
         assert refused.exit_code == 1 and "Error:" in refused.output
         bad_key = invoke("status", "--transport", url, "--curve-server-key", "nonsense")
