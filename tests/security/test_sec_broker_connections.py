@@ -54,13 +54,13 @@ def low_fd_broker(no_leaked_processes):
 
 
 def answered(sock: zmq.Socket, rid: int) -> bool:
-    """A heartbeat request on ``sock`` is answered before a 30 s timeout.
+    """A heartbeat request on ``sock`` is answered before a 60 s timeout.
 
     A liveness bound, not a speed claim: a broker locked out by the flood (07256d1) never
     answers; this one does within seconds.
     """
     sock.send(wire.encode_request(wire.HEARTBEAT, rid, 1.0))
-    if not sock.poll(30_000):
+    if not sock.poll(60_000):
         return False
     return orjson.loads(sock.recv_multipart()[0])[:2] == [rid, wire.OK]
 
@@ -83,7 +83,7 @@ def test_a_fresh_client_is_answered_with_more_connections_than_file_descriptors(
 
         early = connect(client_context)
         assert answered(early, 1)
-        for _ in range(400):  # idle connections: they never send a request
+        for _ in range(300):  # idle connections, more than the 256 fds: they never send
             # nor come back once the broker closes them: a flooder that reconnects at once
             # keeps a fresh client waiting seconds more (a limit named in docs/security.md)
             connect(flood_context).setsockopt(zmq.RECONNECT_IVL, -1)
