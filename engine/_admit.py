@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Container
 
+from ..control import KIND_ENGINE, NOTIFY
 from ..protocol import ProtocolError, decode_task
 from ..transport import Delivery
 from ._outbox import Held, Outbox
-from .control import KIND_ENGINE, NOTIFY
 from .tasks import KIND_JAR, CommandError, JvmOptionPolicy, check_jar_kwargs, resolve_command
 
 __all__ = ["Admission"]

@@ -17,9 +17,9 @@ import threading
 import time
 from collections.abc import Callable
 
+from ..control import KIND, KIND_CANCEL, KIND_STOP, decode_control, session_key
 from ..transport import Delivery, Transport
 from ..transport.errors import TransportClosedError, TransportError
-from .control import KIND, KIND_CANCEL, KIND_STOP, decode_control, session_key
 
 __all__ = ["CANCELLED_KEEP", "CANCELLED_MAX", "CancelRequests", "receive_cancels"]
 

@@ -46,6 +46,7 @@ from typing import Any
 
 import orjson
 
+from ..control import KIND_RUNNING, NOTIFY, RUNNING_NOTICE_AFTER
 from ..protocol import ProtocolError, decode_task
 from ..transport import Delivery, Message, Transport
 from ..transport.errors import TransportClosedError, TransportError
@@ -54,7 +55,6 @@ from ._cancels import CancelRequests
 from ._outbox import Held, Outbox, delivery_attempt, settle_loop
 from ._output import DEFAULT_MAX_OUTPUT, WorkerLog
 from ._pipeline import retry_delay
-from .control import KIND_RUNNING, NOTIFY, RUNNING_NOTICE_AFTER
 from .tasks import JvmOptionPolicy
 from .worker import STATUS_EXPIRED, WorkerProcess, describe_exit
 

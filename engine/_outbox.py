@@ -16,6 +16,7 @@ from collections.abc import Callable
 from queue import Empty, SimpleQueue
 from typing import Any
 
+from ..control import notice_message
 from ..protocol import (
     ErrorInfo,
     ProtocolError,
@@ -30,7 +31,6 @@ from ..transport import Delivery, Message, Transport
 from ..transport.base import MAX_DELIVERY_REASON
 from ..transport.errors import LockLostError, QueueNotFoundError, TransportError
 from ._observe import TaskObserver
-from .control import notice_message
 
 __all__ = ["Held", "Outbox", "settle_loop"]
 

@@ -23,9 +23,9 @@ import time
 from collections import deque
 from collections.abc import Container, Iterable, Iterator, Sequence
 
+from ..control import KIND_RUNNING, NOTIFY, RUNNING_NOTICE_AFTER
 from ._outbox import Held, Outbox
 from ._output import DEFAULT_MAX_OUTPUT, WorkerLog
-from .control import KIND_RUNNING, NOTIFY, RUNNING_NOTICE_AFTER
 from .errors import PipelineError
 from .tasks import JvmOptionPolicy
 from .worker import (

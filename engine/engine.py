@@ -48,6 +48,7 @@ from collections.abc import Callable, Sequence
 from queue import SimpleQueue
 from typing import Any
 
+from ..control import CONTROL_QUEUE
 from ..transport import Delivery, Transport, open_transport
 from ..transport.base import DEFAULT_LOCK_DURATION, DEFAULT_MAX_DELIVERY_COUNT
 from ..transport.errors import TransportClosedError, TransportError
@@ -58,7 +59,6 @@ from ._observe import REPORT_INTERVAL, engine_report
 from ._outbox import Outbox, settle_loop
 from ._output import DEFAULT_MAX_OUTPUT, WorkerLog
 from ._pipeline import DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX, WorkerPipeline
-from .control import CONTROL_QUEUE
 from .credentials import check_pass_env
 from .errors import EngineError
 from .jvm_host import check_host_options

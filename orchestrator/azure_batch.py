@@ -728,7 +728,7 @@ class AzureBatchPool(Pool):
         ]
         if not tasks:
             return
-        from realtime_batch.engine.control import CONTROL_QUEUE, stop_message
+        from realtime_batch.control import CONTROL_QUEUE, stop_message
         from realtime_batch.transport import open_transport
         from realtime_batch.transport.errors import TransportError
 

@@ -31,7 +31,7 @@ from typing import Any
 import tenacity
 
 from realtime_batch.config import redact
-from realtime_batch.engine.control import (
+from realtime_batch.control import (
     CONTROL_QUEUE,
     KIND,
     KIND_RUNNING,
@@ -164,7 +164,7 @@ class Session:
         self._transport.declare_queue(control_queue, grouped=True)
         self._reply_to = ReplyTo(results_queue, self.id)
         # Tasks carry its hash, cancels the secret: no one else can cancel them; results
-        # carry the hash back: no one else can answer them (engine/control.py).
+        # carry the hash back: no one else can answer them (realtime_batch/control.py).
         self._session_secret = os.urandom(16).hex()
         self._session_key = session_key(self._session_secret)
         # cancellation: engines heard from, where long tasks run, cancels not yet located

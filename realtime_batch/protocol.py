@@ -85,7 +85,7 @@ class TaskRecord:
     deadline: float | None = None
     retry_on: list[str] = attrs.field(factory=list)
     submitted_at: float = attrs.field(factory=time.time)
-    #: hash of the session's secret (``engine.control.session_key``): only cancels carrying
+    #: hash of the session's secret (``realtime_batch.control.session_key``): only cancels carrying
     #: the secret stop the task, and its result carries the key back; no one but the
     #: session and the engines (who alone read tasks) knows it
     session_key: str = ""

@@ -1,6 +1,6 @@
 """Engine cancellation over memory://: cancel requests on the control queue, notices.
 
-The tests speak the control protocol directly (``engine.control``), the way a session
+The tests speak the control protocol directly (``realtime_batch.control``), the way a session
 does: cancel requests to the engine's group of the ``control`` queue, notices read
 from the client's mailbox.
 """
@@ -13,7 +13,7 @@ import orjson
 import pytest
 from engine_helpers import Harness
 
-from realtime_batch.engine.control import (
+from realtime_batch.control import (
     CONTROL_QUEUE,
     KIND,
     KIND_ENGINE,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from realtime_batch.engine.control import CONTROL_QUEUE, KIND, KIND_STOP, stop_message
+from realtime_batch.control import CONTROL_QUEUE, KIND, KIND_STOP, stop_message
 
 
 def _wait_stopped(engine, timeout: float = 30.0) -> None:

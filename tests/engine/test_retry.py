@@ -90,7 +90,7 @@ def test_timeout_in_retry_on_is_retried(harness: Harness):
 
 
 def test_cancel_during_backoff_stops_the_retries(harness: Harness, tasks_dir, tmp_path):
-    from realtime_batch.engine.control import CONTROL_QUEUE, cancel_messages
+    from realtime_batch.control import CONTROL_QUEUE, cancel_messages
 
     engine = harness.engine(tasks_dir=tasks_dir, retry_backoff=30)
     log = tmp_path / "log"

@@ -14,7 +14,7 @@ import time
 import pytest
 from test_sec_authz_broker import CONTROL, TASKS, setup  # noqa: F401 - the fixture
 
-from realtime_batch.engine.control import cancel_messages, stop_message
+from realtime_batch.control import cancel_messages, stop_message
 from realtime_batch.transport import PermissionDeniedError, dead_letter_queue
 
 

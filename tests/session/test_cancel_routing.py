@@ -1,6 +1,6 @@
 """Where a session sends cancel requests, over memory:// with a scripted engine.
 
-The fake engine speaks the control protocol (``engine.control``): it reads tasks,
+The fake engine speaks the control protocol (``realtime_batch.control``): it reads tasks,
 announces itself with notices and never answers, so every cancel request the session
 sends can be read back from the control queue.
 """
@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 import realtime_batch as rb
-from realtime_batch.engine.control import (
+from realtime_batch.control import (
     CONTROL_QUEUE,
     KIND,
     KIND_ENGINE,

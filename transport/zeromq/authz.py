@@ -259,7 +259,7 @@ _CHECKS: dict[int, Callable[[Caller, list[Any], StoreView, QueueKinds], None]] =
 }
 
 #: Control-message kinds only an admin may send: ``stop`` ends an engine (pool shrink).
-#: (The value of the messages' ``kind`` property, ``engine.control.KIND_STOP``.)
+#: (The value of the messages' ``kind`` property, ``realtime_batch.control.KIND_STOP``.)
 OPERATOR_KINDS = frozenset({"stop"})
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from ..transport import Message
+from .transport import Message
 
 __all__ = [
     "CONTROL_QUEUE",
