@@ -162,13 +162,13 @@ def transport_timeline(count: int) -> dict[str, float]:
     wtimes = [event[0] for event in wlog]
     rows = _rows(
         "client send -> broker SEND start",
-        "broker handles SEND (grant, ack)",
-        "broker SEND end -> worker received",
+        "broker SEND start -> worker received",
         "worker: build reply",
         "worker sends -> broker SEND_COMPLETE start",
         "broker handles SEND_COMPLETE",
         "broker SEND_COMPLETE end -> client got it",
         "total: send -> reply received",
+        "broker handles SEND (grant, ack)",
         "client: send's ack",
     )
 
@@ -193,13 +193,13 @@ def transport_timeline(count: int) -> dict[str, float]:
             rows,
             (
                 send_start - start,
-                send_end - send_start,
-                received - send_end,
+                received - send_start,
                 sending - received,
                 sc_start - sending,
                 sc_end - sc_start,
                 got - sc_end,
                 got - start,
+                send_end - send_start,
                 acked - start,
             ),
             strict=True,
@@ -399,15 +399,22 @@ def _pattern_broker(flags: str) -> None:
     sock.bind("tcp://127.0.0.1:*")
     print(sock.LAST_ENDPOINT.decode(), flush=True)
     worker = client = None
+    early: list[bytes] = []  # tasks that came before the worker's first "W"
     try:
         while True:
             frames = sock.recv_multipart()
             sender, kind = frames[0], frames[1]
             if kind == b"W":  # worker: ready / next receive
                 worker = sender
+                for body in early:
+                    sock.send_multipart([worker, b"T", body])
+                early.clear()
             elif kind == b"T":  # client: a task
                 client = sender
-                sock.send_multipart([worker, b"T", frames[2]])
+                if worker is None:
+                    early.append(frames[2])
+                else:
+                    sock.send_multipart([worker, b"T", frames[2]])
                 if "S" in flags:
                     sock.send_multipart([sender, b"A"])
             elif kind == b"R":  # worker: the reply
@@ -448,6 +455,17 @@ def _pattern_worker(endpoint: str, flags: str) -> None:
         ctx.term()
 
 
+def _recv_or_fail(sock: Any, *procs: subprocess.Popen) -> list[bytes]:
+    """The next message, or ``RuntimeError`` when a helper process died or 30 s passed."""
+    for _ in range(300):
+        if sock.poll(100):
+            return sock.recv_multipart()
+        dead = [proc.args for proc in procs if proc.poll() is not None]
+        if dead:
+            raise RuntimeError(f"pattern timeline: {dead} exited")
+    raise RuntimeError("pattern timeline: no answer in 30 s")
+
+
 def pattern_timeline(count: int) -> dict[str, float]:
     """Median raw pyzmq round trip, bare and with each kind of extra message."""
     import zmq
@@ -467,17 +485,16 @@ def pattern_timeline(count: int) -> dict[str, float]:
         sock.connect(endpoint)
         samples = []
         try:
-            time.sleep(0.3)  # the worker's first receive
-            for index in range(count + 100):
+            for index in range(count + 100):  # the first 100 warm up
                 start = time.perf_counter()
                 sock.send_multipart([b"T", b"x" * 32])
-                while sock.recv_multipart()[0] != b"R":
+                while _recv_or_fail(sock, broker, worker)[0] != b"R":
                     pass
                 if index >= 100:
                     samples.append(time.perf_counter() - start)
                 if "C" in flags:
                     sock.send(b"C")
-                    while sock.recv_multipart()[0] != b"A":
+                    while _recv_or_fail(sock, broker, worker)[0] != b"A":
                         pass
             sock.send_multipart([b"T", STOP])
             time.sleep(0.05)

@@ -10,6 +10,9 @@ import dataclasses
 import json
 import os
 import shutil
+import subprocess
+import sys
+import time
 
 import click
 import pytest
@@ -215,7 +218,9 @@ def test_transport_timeline_segments(no_leaked_processes):
 
     figures = transport_timeline(20)
     total = figures.pop("total: send -> reply received")
-    figures.pop("client: send's ack")
+    # beside the path: the broker acks the send while the worker already has the task
+    assert 0 < figures.pop("broker handles SEND (grant, ack)") < total
+    assert 0 < figures.pop("client: send's ack") < total
     assert all(0 < value < total for value in figures.values()), figures
     assert sum(figures.values()) <= total * 1.5  # medians of the parts: close to the total
 
@@ -282,3 +287,34 @@ def test_ab_alternates_pools_that_differ_in_one_setting(no_leaked_processes):
         assert 0 < fig["p50_us"] <= fig["p90_us"] < 1e6
     with pytest.raises(SystemExit, match="one value or 3"):
         _variants(["0", "100", "300"], ["direct", "relay"])
+
+
+def test_pattern_broker_holds_a_task_sent_before_its_worker_is_ready(no_leaked_processes):
+    """Under load the client's first task can beat the worker's "W"; it once crashed the broker."""
+    import zmq
+
+    from benchmarks.timeline import ROOT, _recv_or_fail
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    me = [sys.executable, "-m", "benchmarks.timeline"]
+    broker = subprocess.Popen([*me, "_pbroker", "-"], stdout=subprocess.PIPE, text=True, env=env)
+    worker = None
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        endpoint = broker.stdout.readline().strip()
+        sock.connect(endpoint)
+        sock.send_multipart([b"T", b"early"])
+        time.sleep(0.3)  # the task reaches the broker before any worker exists
+        assert broker.poll() is None, "the broker died on a task that came before its worker"
+        worker = subprocess.Popen([*me, "_pworker", endpoint, "-"], env=env)
+        assert _recv_or_fail(sock, broker, worker) == [b"R", b"early"]
+        sock.send_multipart([b"Q", b""])
+    finally:
+        sock.close(0)
+        ctx.term()
+        for proc in (worker, broker):
+            if proc is not None:
+                proc.kill()
+                proc.wait(10)
