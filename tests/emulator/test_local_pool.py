@@ -140,13 +140,19 @@ def test_malformed_task_with_known_sender_gets_an_error_result(zmq_pool):
             spoof.result(timeout=30)
 
 
-def test_close_with_1000_pending_tasks_returns_under_a_second(zmq_pool):
+def test_close_with_1000_pending_tasks_does_not_wait_for_them(zmq_pool):
+    """The prototype's close waited for the work; here it cancels the futures and returns.
+
+    The work left is 1000 one-second naps (minutes on any pool), so the bound below tells
+    "waited" from "did not" by far more than a loaded machine's noise. (This module's last
+    test on the pool: the naps die with it.)
+    """
     s = rb.Session(zmq_pool)
-    for _ in range(1000):
-        s.submit("nap.py", 0.01)
+    futures = [s.submit("nap.py", 1.0) for _ in range(1000)]
     start = time.monotonic()
     s.close()
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 30.0
+    assert all(f.cancelled() for f in futures)
 
 
 def test_resize_up_and_down():
