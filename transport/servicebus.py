@@ -24,7 +24,6 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
 from azure.servicebus import (
     ServiceBusClient,
@@ -35,6 +34,7 @@ from azure.servicebus import (
 )
 from azure.servicebus import exceptions as sb_errors
 
+from . import servicebus_admin
 from .base import (
     DEAD_LETTER_SUFFIX,
     Delivery,
@@ -68,7 +68,6 @@ log = logging.getLogger(__name__)
 DECLARE_ENTITY = "$rtbatch-declare"
 #: Largest body accepted: the Standard tier's 256 KiB less room for headers and properties.
 DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 - 8 * 1024
-_NAMESPACE_SUFFIX = ".servicebus.windows.net"
 
 
 @contextlib.contextmanager
@@ -109,21 +108,6 @@ def map_servicebus_errors(what: str = "Service Bus operation") -> Iterator[None]
 
 #: AMQP condition of a declare refused because the queue exists with other settings.
 PRECONDITION_FAILED = "amqp:precondition-failed"
-
-
-def _check_provisioned(name: str, existing: Any, options: QueueOptions | None) -> None:
-    """Raise ``QueueSettingsConflict`` if the provisioned queue has other settings."""
-    if options is None:
-        return
-    lock = existing.lock_duration
-    have = QueueOptions(
-        lock.total_seconds() if lock is not None else options.lock_duration,
-        existing.max_delivery_count or options.max_delivery_count,
-    )
-    if have != options:
-        raise QueueSettingsConflict(
-            f"queue {name!r} is provisioned with {have}; declared with {options}"
-        )
 
 
 class _Handler:
@@ -258,9 +242,7 @@ class ServiceBusTransport(Transport):
             self.client = ServiceBusClient.from_connection_string(url, retry_total=retry_total)
             self._credential = None
         else:
-            namespace = urlsplit(url).netloc or urlsplit(url).path
-            if "." not in namespace:
-                namespace += _NAMESPACE_SUFFIX
+            namespace = servicebus_admin.fully_qualified_namespace(url)
             if credential is None:
                 from azure.identity import DefaultAzureCredential
 
@@ -378,35 +360,20 @@ class ServiceBusTransport(Transport):
             )
 
     def _declare_with_admin(self, name: str, options: QueueOptions | None, grouped: bool) -> None:
-        from azure.core.exceptions import (
-            ClientAuthenticationError,
-            HttpResponseError,
-            ResourceExistsError,
-            ResourceNotFoundError,
-        )
-
-        from .servicebus_cli import admin_client
+        from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 
         try:
-            with admin_client(self._connection_string or self.namespace, self._credential) as admin:
-                try:
-                    existing = admin.get_queue(name)
-                except ResourceNotFoundError:
-                    settings = options or QueueOptions()
-                    admin.create_queue(
-                        name,
-                        lock_duration=datetime.timedelta(seconds=settings.lock_duration),
-                        max_delivery_count=settings.max_delivery_count,
-                        requires_session=grouped,
-                        dead_lettering_on_message_expiration=not grouped,
-                    )
-                    log.info("created queue %r", name)
-                else:
-                    _check_provisioned(name, existing, options)
-        except ResourceExistsError:
-            pass
+            with self._admin() as admin:
+                done = servicebus_admin.ensure_queue(admin, name, options, grouped=grouped)
+            if done == "created":
+                log.info("created queue %r", name)
         except (ClientAuthenticationError, HttpResponseError) as exc:
             log.info("cannot check or create %r (%s); assuming it was provisioned", name, exc)
+
+    def _admin(self) -> contextlib.AbstractContextManager[Any]:
+        """The administration client for this transport's namespace (needs Manage)."""
+        target = self._connection_string or self.namespace
+        return servicebus_admin.admin_client(target, self._credential)
 
     # -- messages -------------------------------------------------------------------------
     def send(self, queue: str, messages: Message | Iterable[Message]) -> None:
@@ -569,12 +536,9 @@ class ServiceBusTransport(Transport):
         """Active messages of ``queue`` (needs Manage, or the Data Owner role keyless)."""
         from azure.core.exceptions import AzureError, ResourceNotFoundError
 
-        from .servicebus_cli import admin_client
-
         self._check_open()
-        target = self._connection_string or self.namespace
         try:
-            with admin_client(target, self._credential) as admin:
+            with self._admin() as admin:
                 properties = admin.get_queue_runtime_properties(queue)
         except ResourceNotFoundError as exc:
             raise QueueNotFoundError(f"queue_counts: no queue {queue!r}") from exc
@@ -625,10 +589,8 @@ class ServiceBusTransport(Transport):
     def _runtime_queue_stats(self) -> list[QueueStats]:
         from azure.core.exceptions import AzureError
 
-        from .servicebus_cli import admin_client
-
         try:
-            with admin_client(self._connection_string or self.namespace, self._credential) as admin:
+            with self._admin() as admin:
                 return [
                     QueueStats(
                         name=props.name,

@@ -50,7 +50,7 @@ def cloud_transport(monkeypatch):
 
 def test_stats_from_runtime_properties(cloud_transport):
     t, monkeypatch = cloud_transport
-    monkeypatch.setattr("realtime_batch.transport.servicebus_cli.admin_client",
+    monkeypatch.setattr("realtime_batch.transport.servicebus_admin.admin_client",
                         lambda *a, **k: _FakeAdmin())  # fmt: skip
     [tasks] = t.stats().queues
     assert (tasks.name, tasks.depth, tasks.dead_letter, tasks.leased) == ("tasks", 4, 1, None)
@@ -58,7 +58,7 @@ def test_stats_from_runtime_properties(cloud_transport):
 
 def test_stats_refused_by_the_service_is_a_transport_error(cloud_transport):
     t, monkeypatch = cloud_transport
-    monkeypatch.setattr("realtime_batch.transport.servicebus_cli.admin_client",
+    monkeypatch.setattr("realtime_batch.transport.servicebus_admin.admin_client",
                         lambda *a, **k: _FakeAdmin(fail=True))  # fmt: skip
     with pytest.raises(TransportError, match="administration API: no Manage rights"):
         t.stats()
