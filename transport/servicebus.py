@@ -3,8 +3,11 @@
 * ``servicebus://NAMESPACE`` (``NAMESPACE`` or ``NAMESPACE.servicebus.windows.net``)
   authenticates with azure-identity's ``DefaultAzureCredential``.
 * ``Endpoint=sb://...;SharedAccessKeyName=...;SharedAccessKey=...`` uses the SAS key;
-  ``UseDevelopmentEmulator=true`` (official emulator, or the stand-in under ``tests/``)
-  turns TLS off.
+  ``UseDevelopmentEmulator=true`` (a local emulator) turns TLS off for AMQP.
+
+Queues are checked and created with the administration API (``servicebus_admin``, which
+needs Manage rights) wherever the endpoint serves it; without it they must have been
+provisioned (``rtbatch servicebus provision``, or the official emulator's Config.json).
 
 Contract mapping: ``receive`` is a peek-lock receive; ``group`` is the Service Bus
 session id (the queue must be session-enabled: ``declare_queue(..., grouped=True)``);
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import logging
 import threading
 import time
@@ -60,12 +62,10 @@ from .errors import (
 )
 from .stats import QueueStats, TransportStats
 
-__all__ = ["DECLARE_ENTITY", "ServiceBusTransport", "map_servicebus_errors"]
+__all__ = ["ServiceBusTransport", "map_servicebus_errors"]
 
 log = logging.getLogger(__name__)
 
-#: Control entity of the local stand-in (tests/servicebus_standin.py) that creates queues.
-DECLARE_ENTITY = "$rtbatch-declare"
 #: Largest body accepted: the Standard tier's 256 KiB less room for headers and properties.
 DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 - 8 * 1024
 
@@ -186,9 +186,9 @@ class ServiceBusTransport(Transport):
         prefetch: messages an SDK receiver requests ahead of ``receive`` (engines).
         credential: a ``TokenCredential`` for ``servicebus://`` (default
             ``DefaultAzureCredential``).
-        manage: for ``servicebus://`` and non-emulator connection strings, whether
-            ``declare_queue`` may create missing queues with the administration API
-            (needs Manage rights); when refused it assumes the queue was provisioned.
+        manage: whether ``declare_queue`` checks and creates queues with the
+            administration API (needs Manage rights); when that is refused or not served
+            it assumes the queue was provisioned.
         poll_wait: seconds a ``timeout=0`` receive waits for the service's answer.
         receive_slice: longest single SDK receive; longer waits are cut into slices so that
             settlements from other threads and ``close()`` are not held up.
@@ -254,6 +254,8 @@ class ServiceBusTransport(Transport):
         self._senders: dict[str, _Handler] = {}
         self._receivers: dict[tuple[str, str | None], _Handler] = {}
         self._declared: dict[str, QueueOptions | None] = {}
+        #: Why the administration API cannot serve ``declare_queue`` (None: try it).
+        self._admin_refused: str | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -339,41 +341,38 @@ class ServiceBusTransport(Transport):
                 raise QueueSettingsConflict(
                     f"queue {name!r} was declared with {known}, now with {options}"
                 )
-        if self.emulator:
-            self._declare_on_emulator(name, options, grouped)
-        elif self.manage:
+        if self.manage:
             self._declare_with_admin(name, options, grouped)
         self._declared[name] = options
 
-    def _declare_on_emulator(self, name: str, options: QueueOptions | None, grouped: bool) -> None:
-        spec: dict[str, Any] = {"name": name, "requires_session": grouped}
-        if options is not None:  # none named: the stand-in checks nothing
-            spec["lock_duration"] = options.lock_duration
-            spec["max_delivery_count"] = options.max_delivery_count
-        try:
-            with self._using(self._sender(DECLARE_ENTITY), "declare_queue") as sender:
-                sender.send_messages(ServiceBusMessage(json.dumps(spec).encode()))
-        except QueueNotFoundError as exc:
-            # The official emulator has no control entity: entities come from its Config.json.
-            log.info(
-                "cannot create %r on the emulator (%s); expecting it in Config.json", name, exc
-            )
-
     def _declare_with_admin(self, name: str, options: QueueOptions | None, grouped: bool) -> None:
-        from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
+        """Check or create ``name`` with the administration API (needs Manage rights).
 
+        Refused (no Manage rights) or not served (the official emulator has no
+        administration endpoint the SDK can reach): logged once, and this and later
+        queues are taken to be provisioned; a missing one then raises
+        ``QueueNotFoundError`` on first use. One attempt, no retries: the SDK's retries
+        took 5 s per declare where nothing answers.
+        """
+        from azure.core.exceptions import AzureError
+
+        if self._admin_refused is not None:
+            log.debug("assuming %r was provisioned (%s)", name, self._admin_refused)
+            return
         try:
-            with self._admin() as admin:
+            with self._admin(retry_total=0) as admin:
                 done = servicebus_admin.ensure_queue(admin, name, options, grouped=grouped)
-            if done == "created":
-                log.info("created queue %r", name)
-        except (ClientAuthenticationError, HttpResponseError) as exc:
+        except AzureError as exc:
+            self._admin_refused = f"the administration API: {exc}"
             log.info("cannot check or create %r (%s); assuming it was provisioned", name, exc)
+            return
+        if done == "created":
+            log.info("created queue %r", name)
 
-    def _admin(self) -> contextlib.AbstractContextManager[Any]:
+    def _admin(self, **options: Any) -> contextlib.AbstractContextManager[Any]:
         """The administration client for this transport's namespace (needs Manage)."""
         target = self._connection_string or self.namespace
-        return servicebus_admin.admin_client(target, self._credential)
+        return servicebus_admin.admin_client(target, self._credential, **options)
 
     # -- messages -------------------------------------------------------------------------
     def send(self, queue: str, messages: Message | Iterable[Message]) -> None:
@@ -567,8 +566,11 @@ class ServiceBusTransport(Transport):
 
         Service Bus has no broker that engines report to, and does not count locked
         messages or sessions apart: those fields stay ``None`` and ``notes`` says so.
-        The emulators (the official one, the tests' stand-in) have no administration
-        API: there only the names of the queues this client declared are known.
+        On an emulator that serves no administration API (the official one) only the
+        names of the queues this client declared are known.
+
+        Raises:
+            TransportError: the administration API refused or failed (not an emulator).
         """
         self._check_open()
         notes = [
@@ -577,12 +579,18 @@ class ServiceBusTransport(Transport):
             "engines are not listed: they report to a broker, and Service Bus has none",
             "per-session (mailbox) counts are not reported by the service",
         ]
-        if self.emulator:
-            queues = [QueueStats(name) for name in sorted(self._declared)]
-            notes.insert(0, "the Service Bus emulator has no administration API: only the "
-                            "queues this client declared are listed, without counts")  # fmt: skip
-        else:
+        try:
             queues = self._runtime_queue_stats()
+        except TransportError:
+            if not self.emulator:
+                raise
+            log.debug("no administration API on the emulator", exc_info=True)
+            queues = [QueueStats(name) for name in sorted(self._declared)]
+            notes.insert(
+                0,
+                "the Service Bus emulator serves no administration API: only "
+                "the queues this client declared are listed, without counts",
+            )
         return TransportStats(transport="servicebus", url=self.namespace, queues=queues,
                               notes=notes)  # fmt: skip
 
