@@ -269,7 +269,9 @@ class ServiceBusStandIn(MessagingHandler):
         self.container = event.container
         self.injector = EventInjector()
         event.container.selectable(self.injector)
-        self.acceptor = MuxAcceptor(event.container, self.host, self.port, self._serve_admin)
+        self.acceptor = MuxAcceptor(
+            event.container, self.host, self.port, self._serve_admin, self._soon
+        )
         event.container.schedule(TICK, self)
         if self.on_ready is not None:
             self.on_ready()
@@ -746,6 +748,10 @@ class ServiceBusStandIn(MessagingHandler):
     def _serve_admin(self, sock: socket.socket, peer: Any) -> None:
         serve_https(self, sock, *self.tls)
 
+    def _soon(self, work: Any) -> None:
+        """Run ``work()`` on the reactor thread, without waiting for it."""
+        self.injector.trigger(ApplicationEvent("admin_job", subject=work))
+
     def _in_reactor(self, work: Any) -> Any:
         """Run ``work()`` on the reactor thread (the store is not shared) and return its
         result; called from an administration connection's thread."""
@@ -760,7 +766,7 @@ class ServiceBusStandIn(MessagingHandler):
             finally:
                 done.set()
 
-        self.injector.trigger(ApplicationEvent("admin_job", subject=job))
+        self._soon(job)
         if not done.wait(30):
             raise TimeoutError("the reactor did not run the administration request")
         if "error" in box:
@@ -769,7 +775,7 @@ class ServiceBusStandIn(MessagingHandler):
 
     @guarded
     def on_admin_job(self, event):
-        event.subject()
+        event.subject()  # work handed over by another thread (_soon)
 
     def check_admin_token(self, token: str, audience: str) -> bool:
         """The Authorization header of an administration request: a SAS token, signed

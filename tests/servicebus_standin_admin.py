@@ -49,7 +49,7 @@ ATOM = "http://www.w3.org/2005/Atom"
 SB = "http://schemas.microsoft.com/netservices/2010/10/servicebus/connect"
 SB_COUNTS = "http://schemas.microsoft.com/netservices/2011/06/servicebus"
 TLS_HANDSHAKE = 0x16
-#: How long the reactor waits for a new connection's first byte before taking it as AMQP.
+#: How long a new connection's first byte is waited for before it is taken as AMQP.
 FIRST_BYTE_WAIT = 2.0
 
 
@@ -138,25 +138,42 @@ def trust(cert_path: str) -> str:
 
 # -- the acceptor ----------------------------------------------------------------------------
 class MuxAcceptor(Acceptor):
-    """A proton acceptor that hands TLS connections to ``serve_https`` (on a thread)."""
+    """A proton acceptor that tells AMQP from HTTPS by a new connection's first byte.
 
-    def __init__(self, reactor: Any, host: str, port: int, serve_https: Callable) -> None:
+    The reactor thread only accepts; a short-lived thread waits for the first byte (so
+    a client that connects and says nothing holds up no one), then serves HTTPS itself
+    (``serve_https(sock, peer)``) or asks the reactor thread, through
+    ``call_in_reactor(fn)``, to attach the socket as an AMQP connection.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        host: str,
+        port: int,
+        serve_https: Callable[[socket.socket, Any], None],
+        call_in_reactor: Callable[[Callable[[], None]], None],
+    ) -> None:
         super().__init__(reactor, host, port)
         self._serve_https = serve_https
+        self._call_in_reactor = call_in_reactor
 
     def on_selectable_readable(self, event: Any) -> None:
         sock, peer = IO.accept(self._selectable)
-        ready = select.select([sock], [], [], FIRST_BYTE_WAIT)[0]
+        threading.Thread(
+            target=self._sort, args=(sock, peer), name="sb-standin-accept", daemon=True
+        ).start()
+
+    def _sort(self, sock: socket.socket, peer: Any) -> None:
         try:
+            ready = select.select([sock], [], [], FIRST_BYTE_WAIT)[0]
             first = sock.recv(1, socket.MSG_PEEK) if ready else b""
         except OSError:
             first = b""
         if first and first[0] == TLS_HANDSHAKE:
-            threading.Thread(
-                target=self._serve_https, args=(sock, peer), name="sb-standin-admin", daemon=True
-            ).start()
-            return
-        self._attach_amqp(sock, peer)
+            self._serve_https(sock, peer)
+        else:
+            self._call_in_reactor(lambda: self._attach_amqp(sock, peer))
 
     def _attach_amqp(self, sock: socket.socket, peer: Any) -> None:
         """What proton's own acceptor does with a new connection."""

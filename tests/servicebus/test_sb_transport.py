@@ -201,3 +201,36 @@ def test_the_product_does_not_know_the_standin():
         source = inspect.getsource(module)
         assert "$rtbatch" not in source, module  # the stand-in's old control entity
         assert "servicebus_standin" not in source and "tests/" not in source, module
+
+
+def test_declare_without_manage_rights_is_logged_once_and_trusts_provisioning(monkeypatch, caplog):
+    import contextlib
+
+    from azure.core.exceptions import ClientAuthenticationError
+
+    asked = []
+
+    @contextlib.contextmanager
+    def refusing(target, credential=None, **options):
+        asked.append(options)
+        raise ClientAuthenticationError("no Manage claim")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr("realtime_batch.transport.servicebus_admin.admin_client", refusing)
+    conn = "Endpoint=sb://example.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=x"
+    with open_transport(conn) as t, caplog.at_level("INFO", "realtime_batch.transport"):
+        t.declare_queue("tasks")
+        t.declare_queue("results", grouped=True)
+    assert asked == [{"retry_total": 0}]  # one attempt, not repeated for the next queue
+    refusals = [r for r in caplog.records if "assuming it was provisioned" in r.getMessage()]
+    assert len(refusals) == 1 and "no Manage claim" in refusals[0].getMessage()
+
+
+def test_declare_with_manage_false_never_asks(monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the administration API was called")
+
+    monkeypatch.setattr("realtime_batch.transport.servicebus_admin.admin_client", never)
+    conn = "Endpoint=sb://example.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=x"
+    with open_transport(conn, manage=False) as t:
+        t.declare_queue("tasks")
