@@ -21,7 +21,6 @@ from __future__ import annotations
 import atexit
 import datetime
 import functools
-import ipaddress
 import logging
 import os
 import select
@@ -40,6 +39,7 @@ from xml.etree import ElementTree
 import isodate
 from proton._io import IO
 from proton._reactor import Acceptor
+from selfsigned_tls import write_self_signed
 
 __all__ = ["AdminRequestHandler", "MuxAcceptor", "QueueEntity", "tls_files", "trust"]
 
@@ -80,47 +80,10 @@ def tls_files() -> tuple[str, str]:
     """A self-signed certificate for 127.0.0.1 and localhost and its key (made once per
     process, in a private temporary directory removed when the process exits):
     ``(cert_path, key_path)``."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "servicebus stand-in")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=7))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
     directory = Path(tempfile.mkdtemp(prefix="sb-standin-tls-"))
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return str(cert_path), str(key_path)
+    cert, key = write_self_signed(directory, "standin", lifetime=datetime.timedelta(days=7))
+    return str(cert), str(key)
 
 
 def trust(cert_path: str) -> str:
