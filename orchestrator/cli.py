@@ -16,16 +16,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from realtime_batch.config_cli import config_file_option
+
 __all__ = ["job", "logs", "pool"]
 
 console = Console(stderr=True)
-_config_option = click.option(
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Config file (default: $RTBATCH_CONFIG or ./rtbatch.toml).",
-)
+_config_option = config_file_option()
 
 
 def _load(config_file: Path | None) -> Any:

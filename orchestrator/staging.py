@@ -107,6 +107,11 @@ class StagedFile:
         return self.blob_name.rsplit("/", 1)[-1]
 
 
+def _expires(delegation_key: Any) -> datetime:
+    """When a user delegation key expires (the service writes ``...Z``)."""
+    return datetime.fromisoformat(delegation_key.signed_expiry.replace("Z", "+00:00"))
+
+
 def container_name(pool_id: str, prefix: str = "rtbatch", suffix: str = "") -> str:
     """Blob container name for a pool: lower case, ``[a-z0-9-]``, 3 to 63 characters."""
     name = re.sub(r"[^a-z0-9-]+", "-", f"{prefix}-{pool_id}{suffix}".lower())
@@ -337,28 +342,24 @@ class BlobStaging:
         start, expiry = now - CLOCK_SKEW, now + lifetime
         credential = self.service.credential
         account_key = getattr(credential, "account_key", None)
+        signing: dict[str, Any]
         if account_key:
-            return generate_container_sas(
-                self.service.account_name,
-                container,
-                account_key=account_key,
-                permission=permission,
-                start=start,
-                expiry=expiry,
-            )
-        # a user delegation key lasts 7 days at most, and a SAS no longer than its key
-        expiry = min(expiry, start + MAX_DELEGATION)
-        key = self._delegation_key
-        if key is None or datetime.fromisoformat(key.signed_expiry.replace("Z", "+00:00")) < expiry:
-            key = self.service.get_user_delegation_key(start, start + MAX_DELEGATION)
-            self._delegation_key = key
+            signing = {"account_key": account_key}
+        else:
+            # a user delegation key lasts 7 days at most, and a SAS no longer than its key
+            expiry = min(expiry, start + MAX_DELEGATION)
+            key = self._delegation_key
+            if key is None or _expires(key) < expiry:
+                key = self.service.get_user_delegation_key(start, start + MAX_DELEGATION)
+                self._delegation_key = key
+            signing = {"user_delegation_key": key}
         return generate_container_sas(
             self.service.account_name,
             container,
-            user_delegation_key=key,
             permission=permission,
             start=start,
             expiry=expiry,
+            **signing,
         )
 
     def read_sas(self) -> str:

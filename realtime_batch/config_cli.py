@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
@@ -18,15 +20,24 @@ from .config import (
     write_config,
 )
 
-__all__ = ["config"]
+__all__ = ["config", "config_file_option"]
 
-_path_option = click.option(
-    "--config",
-    "path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Config file (default: $RTBATCH_CONFIG or ./rtbatch.toml).",
-)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def config_file_option(dest: str = "config_file") -> Callable[[F], F]:
+    """The ``--config FILE`` option every command that reads rtbatch.toml takes,
+    passed to the command as ``dest`` (a ``Path`` or None)."""
+    return click.option(
+        "--config",
+        dest,
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Config file (default: $RTBATCH_CONFIG or ./rtbatch.toml).",
+    )
+
+
+_path_option = config_file_option("path")
 
 
 @click.group()

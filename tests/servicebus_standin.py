@@ -17,11 +17,11 @@ sub-queue; sessions (``com.microsoft:session-filter`` on attach, session locks);
 lock-lost error conditions; batch transfers (message format 0x80013700). The queue state
 machine is realtime_batch's ``QueueStore``.
 
-Entities are created through a control entity, ``$rtbatch-declare``: a message sent to it
-with a JSON body ``{"name", "lock_duration", "max_delivery_count", "requires_session"}``
-creates the queue (idempotently). Real Service Bus has no such entity (``$`` names are
-reserved); there, entities are created with the administration API or ``rtbatch
-servicebus provision``. Queues listed with ``--queue NAME`` exist from the start.
+Entities are created as on the service, with ``ServiceBusAdministrationClient``: the
+stand-in answers its HTTPS requests on the same port (``servicebus_standin_admin``), with
+a self-signed certificate for 127.0.0.1. A client trusts it through ``REQUESTS_CA_BUNDLE``:
+``StandInProcess`` and ``standin_command`` set that for the calling process and its
+children. Queues listed with ``--queue NAME`` exist from the start.
 """
 
 from __future__ import annotations
@@ -49,7 +49,9 @@ from urllib.parse import unquote, unquote_plus
 from proton import Array, Data, Disposition, Message, Terminus, symbol, timestamp
 from proton import Condition as ProtonCondition
 from proton.handlers import MessagingHandler
-from proton.reactor import Container
+from proton.reactor import ApplicationEvent, Container, EventInjector
+from servicebus_standin_admin import MuxAcceptor, QueueEntity, serve_https, settings_of, tls_files
+from servicebus_standin_admin import trust as trust_certificate
 
 from realtime_batch.transport.base import (
     DEAD_LETTER_DESCRIPTION,
@@ -58,23 +60,20 @@ from realtime_batch.transport.base import (
     QueueOptions,
 )
 from realtime_batch.transport.base import Message as RtMessage
-from realtime_batch.transport.errors import LockLostError, QueueNotFoundError, QueueSettingsConflict
+from realtime_batch.transport.errors import LockLostError, QueueNotFoundError
 from realtime_batch.transport.store import QueueStore
 
 __all__ = [
-    "DECLARE_ENTITY",
     "ServiceBusStandIn",
     "StandInProcess",
     "connection_string",
     "main",
     "run_in_thread",
+    "standin_command",
 ]
 
 log = logging.getLogger("servicebus_standin")
 
-DECLARE_ENTITY = "$rtbatch-declare"
-#: Condition of a declare refused because the queue exists with other settings.
-PRECONDITION_FAILED = "amqp:precondition-failed"
 DEFAULT_KEY_NAME = "RootManageSharedAccessKey"
 DEFAULT_KEY = "SAS_KEY_VALUE"
 MAX_MESSAGE_SIZE = 262144  # the Standard tier's limit, announced on attach
@@ -224,6 +223,7 @@ class ServiceBusStandIn(MessagingHandler):
         key_name: str = DEFAULT_KEY_NAME,
         key: str = DEFAULT_KEY,
         queues: tuple[str, ...] = (),
+        tls: tuple[str, str] | None = None,
     ) -> None:
         super().__init__(prefetch=0, auto_accept=False, auto_settle=False)
         self.host, self.port = host, port
@@ -241,6 +241,8 @@ class ServiceBusStandIn(MessagingHandler):
         self.acceptor = None
         self.container: Container | None = None
         self.on_ready: Any = None  # called once listening
+        self.tls = tls or tls_files()  # (certificate, key) of the administration API
+        self.injector: EventInjector | None = None  # admin requests -> the reactor thread
         for name in queues:
             self.declare(name, QueueOptions(), requires_session=False)
 
@@ -265,7 +267,11 @@ class ServiceBusStandIn(MessagingHandler):
     @guarded
     def on_reactor_init(self, event):
         self.container = event.container
-        self.acceptor = event.container.listen(f"{self.host}:{self.port}")
+        self.injector = EventInjector()
+        event.container.selectable(self.injector)
+        self.acceptor = MuxAcceptor(
+            event.container, self.host, self.port, self._serve_admin, self._soon
+        )
         event.container.schedule(TICK, self)
         if self.on_ready is not None:
             self.on_ready()
@@ -301,7 +307,7 @@ class ServiceBusStandIn(MessagingHandler):
         entity = entity_of(address)
         if link.is_receiver:
             link.max_message_size = MAX_MESSAGE_SIZE
-        if entity in ("$cbs", DECLARE_ENTITY) or entity.endswith("/$management"):
+        if entity == "$cbs" or entity.endswith("/$management"):
             self._accept(link)
             if link.is_receiver:
                 link.flow(100)
@@ -536,14 +542,6 @@ class ServiceBusStandIn(MessagingHandler):
         elif entity.endswith("/$management"):
             self._management(link, entity, unpack_transfer(raw)[0])
             self._finish(delivery, Disposition.ACCEPTED)
-        elif entity == DECLARE_ENTITY:
-            try:
-                self._declare_request(unpack_transfer(raw)[0])
-            except QueueSettingsConflict as exc:  # as the admin API would refuse it
-                cond = amqp_error(PRECONDITION_FAILED, str(exc))
-                self._finish(delivery, Disposition.REJECTED, cond)
-                return
-            self._finish(delivery, Disposition.ACCEPTED)
         else:
             self._enqueue(entity, delivery, raw)
 
@@ -746,14 +744,93 @@ class ServiceBusStandIn(MessagingHandler):
                 out.tokens.discard(token)
         return until
 
-    def _declare_request(self, request: Message) -> None:
-        spec = json.loads(bytes(request.body))
-        options = QueueOptions.given(spec.get("lock_duration"), spec.get("max_delivery_count"))
-        self.declare(spec["name"], options, requires_session=bool(spec.get("requires_session")))
+    # -- administration API (HTTPS, servicebus_standin_admin) -----------------------------
+    def _serve_admin(self, sock: socket.socket, peer: Any) -> None:
+        serve_https(self, sock, *self.tls)
+
+    def _soon(self, work: Any) -> None:
+        """Run ``work()`` on the reactor thread, without waiting for it."""
+        self.injector.trigger(ApplicationEvent("admin_job", subject=work))
+
+    def _in_reactor(self, work: Any) -> Any:
+        """Run ``work()`` on the reactor thread (the store is not shared) and return its
+        result; called from an administration connection's thread."""
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def job() -> None:
+            try:
+                box["result"] = work()
+            except Exception as exc:
+                box["error"] = exc
+            finally:
+                done.set()
+
+        self._soon(job)
+        if not done.wait(30):
+            raise TimeoutError("the reactor did not run the administration request")
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    @guarded
+    def on_admin_job(self, event):
+        event.subject()  # work handed over by another thread (_soon)
+
+    def check_admin_token(self, token: str, audience: str) -> bool:
+        """The Authorization header of an administration request: a SAS token, signed
+        by the SDK with the key or given in the connection string (sent as ``Bearer``)."""
+        return check_sas(token.removeprefix("Bearer "), self.key_name, self.key, audience)
+
+    def _entity(self, name: str) -> QueueEntity | None:
+        if not self.store.has_queue(name) or name.lower().endswith(DEAD_LETTER_SUFFIX):
+            return None
+        options = self.store.queue(name).options
+        waiting, leased = self.store.counts(name)
+        return QueueEntity(
+            name,
+            lock_duration=options.lock_duration,
+            max_delivery_count=options.max_delivery_count,
+            requires_session=self.requires_session.get(name, False),
+            active=waiting + leased,  # the service counts locked messages as active
+            dead_letter=self.store.depth(name + DEAD_LETTER_SUFFIX),
+        )
+
+    def admin_get(self, name: str) -> QueueEntity | None:
+        return self._in_reactor(lambda: self._entity(name))
+
+    def admin_list(self) -> list[QueueEntity]:
+        return self._in_reactor(
+            lambda: [q for q in map(self._entity, sorted(self.store.queue_names())) if q]
+        )
+
+    def admin_put(
+        self, name: str, fields: dict[str, str], *, update: bool
+    ) -> tuple[int, QueueEntity | None]:
+        """Create (201; 409 if it exists) or update (200; 404 if missing) ``name``."""
+
+        def put() -> tuple[int, QueueEntity | None]:
+            existing = self._entity(name)
+            if (existing is None) == update:
+                return (404 if update else 409), None
+            defaults = QueueOptions()
+            settings = settings_of(fields, defaults.lock_duration, defaults.max_delivery_count)
+            options = QueueOptions(settings["lock_duration"], settings["max_delivery_count"])
+            if existing is None:
+                self.declare(name, options, requires_session=settings["requires_session"])
+                return 201, self._entity(name)
+            if existing.requires_session != settings["requires_session"]:
+                return 400, None  # the service cannot switch sessions on a queue
+            self.store.queue(name).options = options
+            return 200, self._entity(name)
+
+        return self._in_reactor(put)
 
 
 def run_in_thread(standin: ServiceBusStandIn) -> tuple[Container, threading.Thread]:
-    """Start the stand-in in a daemon thread (benchmarks); returns once it listens."""
+    """Start the stand-in in a daemon thread (benchmarks); returns once it listens.
+    This process then trusts its administration API's certificate."""
+    trust_certificate(standin.tls[0])
     container = Container(standin)
     thread = threading.Thread(target=container.run, name="servicebus-standin", daemon=True)
     thread.start()
@@ -763,8 +840,22 @@ def run_in_thread(standin: ServiceBusStandIn) -> tuple[Container, threading.Thre
     return container, thread
 
 
+def standin_command(port: int, *extra_args: str) -> list[str]:
+    """The command line of a stand-in process on ``port``.
+
+    Its administration API's certificate is made here, and this process and those it
+    starts trust it (``REQUESTS_CA_BUNDLE``), so that their administration clients reach it.
+    """
+    cert, key = tls_files()
+    trust_certificate(cert)
+    script = str(Path(__file__).resolve())
+    return [sys.executable, script, "--port", str(port), "--tls-cert", cert, "--tls-key", key,
+            *extra_args]  # fmt: skip
+
+
 class StandInProcess:
-    """The stand-in as a child process on a free loopback port (test fixtures use this)."""
+    """The stand-in as a child process on a free loopback port (test fixtures use this);
+    see ``standin_command`` for the certificate."""
 
     def __init__(self, *extra_args: str, port: int = 0, start_timeout: float = 30.0) -> None:
         if port == 0:
@@ -772,7 +863,7 @@ class StandInProcess:
                 sock.bind(("127.0.0.1", 0))
                 port = sock.getsockname()[1]
         self.port = port
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--port", str(port), *extra_args]
+        cmd = standin_command(port, *extra_args)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         line = ""
         end = time.monotonic() + start_timeout
@@ -823,6 +914,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key-name", default=DEFAULT_KEY_NAME)
     parser.add_argument("--key", default=DEFAULT_KEY)
     parser.add_argument("--queue", action="append", default=[], help="queue to create at start")
+    parser.add_argument("--tls-cert", help="administration API certificate (PEM; default: made)")
+    parser.add_argument("--tls-key", help="its private key (PEM)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -832,8 +925,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.verbose:  # proton logs every peer that hangs up without closing
         logging.getLogger("proton").setLevel(logging.CRITICAL)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else tls_files()
+    if not args.tls_cert:  # made here: say how a client trusts it (stdout is for the string)
+        bundle = trust_certificate(tls[0])
+        print(f"administration API: export REQUESTS_CA_BUNDLE={bundle}", file=sys.stderr)
     standin = ServiceBusStandIn(
-        args.host, args.port, key_name=args.key_name, key=args.key, queues=tuple(args.queue)
+        args.host,
+        args.port,
+        key_name=args.key_name,
+        key=args.key,
+        queues=tuple(args.queue),
+        tls=tls,
     )
     standin.on_ready = lambda: print(
         connection_string(args.port, args.key_name, args.key), flush=True

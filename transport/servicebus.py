@@ -3,8 +3,11 @@
 * ``servicebus://NAMESPACE`` (``NAMESPACE`` or ``NAMESPACE.servicebus.windows.net``)
   authenticates with azure-identity's ``DefaultAzureCredential``.
 * ``Endpoint=sb://...;SharedAccessKeyName=...;SharedAccessKey=...`` uses the SAS key;
-  ``UseDevelopmentEmulator=true`` (official emulator, or the stand-in under ``tests/``)
-  turns TLS off.
+  ``UseDevelopmentEmulator=true`` (a local emulator) turns TLS off for AMQP.
+
+Queues are checked and created with the administration API (``servicebus_admin``, which
+needs Manage rights) wherever the endpoint serves it; without it they must have been
+provisioned (``rtbatch servicebus provision``, or the official emulator's Config.json).
 
 Contract mapping: ``receive`` is a peek-lock receive; ``group`` is the Service Bus
 session id (the queue must be session-enabled: ``declare_queue(..., grouped=True)``);
@@ -18,13 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
 from azure.servicebus import (
     ServiceBusClient,
@@ -35,6 +36,7 @@ from azure.servicebus import (
 )
 from azure.servicebus import exceptions as sb_errors
 
+from . import servicebus_admin
 from .base import (
     DEAD_LETTER_SUFFIX,
     Delivery,
@@ -60,15 +62,12 @@ from .errors import (
 )
 from .stats import QueueStats, TransportStats
 
-__all__ = ["DECLARE_ENTITY", "ServiceBusTransport", "map_servicebus_errors"]
+__all__ = ["ServiceBusTransport", "map_servicebus_errors"]
 
 log = logging.getLogger(__name__)
 
-#: Control entity of the local stand-in (tests/servicebus_standin.py) that creates queues.
-DECLARE_ENTITY = "$rtbatch-declare"
 #: Largest body accepted: the Standard tier's 256 KiB less room for headers and properties.
 DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 - 8 * 1024
-_NAMESPACE_SUFFIX = ".servicebus.windows.net"
 
 
 @contextlib.contextmanager
@@ -109,21 +108,6 @@ def map_servicebus_errors(what: str = "Service Bus operation") -> Iterator[None]
 
 #: AMQP condition of a declare refused because the queue exists with other settings.
 PRECONDITION_FAILED = "amqp:precondition-failed"
-
-
-def _check_provisioned(name: str, existing: Any, options: QueueOptions | None) -> None:
-    """Raise ``QueueSettingsConflict`` if the provisioned queue has other settings."""
-    if options is None:
-        return
-    lock = existing.lock_duration
-    have = QueueOptions(
-        lock.total_seconds() if lock is not None else options.lock_duration,
-        existing.max_delivery_count or options.max_delivery_count,
-    )
-    if have != options:
-        raise QueueSettingsConflict(
-            f"queue {name!r} is provisioned with {have}; declared with {options}"
-        )
 
 
 class _Handler:
@@ -202,9 +186,9 @@ class ServiceBusTransport(Transport):
         prefetch: messages an SDK receiver requests ahead of ``receive`` (engines).
         credential: a ``TokenCredential`` for ``servicebus://`` (default
             ``DefaultAzureCredential``).
-        manage: for ``servicebus://`` and non-emulator connection strings, whether
-            ``declare_queue`` may create missing queues with the administration API
-            (needs Manage rights); when refused it assumes the queue was provisioned.
+        manage: whether ``declare_queue`` checks and creates queues with the
+            administration API (needs Manage rights); when that is refused or not served
+            it assumes the queue was provisioned.
         poll_wait: seconds a ``timeout=0`` receive waits for the service's answer.
         receive_slice: longest single SDK receive; longer waits are cut into slices so that
             settlements from other threads and ``close()`` are not held up.
@@ -258,9 +242,7 @@ class ServiceBusTransport(Transport):
             self.client = ServiceBusClient.from_connection_string(url, retry_total=retry_total)
             self._credential = None
         else:
-            namespace = urlsplit(url).netloc or urlsplit(url).path
-            if "." not in namespace:
-                namespace += _NAMESPACE_SUFFIX
+            namespace = servicebus_admin.fully_qualified_namespace(url)
             if credential is None:
                 from azure.identity import DefaultAzureCredential
 
@@ -272,6 +254,8 @@ class ServiceBusTransport(Transport):
         self._senders: dict[str, _Handler] = {}
         self._receivers: dict[tuple[str, str | None], _Handler] = {}
         self._declared: dict[str, QueueOptions | None] = {}
+        #: Why the administration API cannot serve ``declare_queue`` (None: try it).
+        self._admin_refused: str | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -357,56 +341,38 @@ class ServiceBusTransport(Transport):
                 raise QueueSettingsConflict(
                     f"queue {name!r} was declared with {known}, now with {options}"
                 )
-        if self.emulator:
-            self._declare_on_emulator(name, options, grouped)
-        elif self.manage:
+        if self.manage:
             self._declare_with_admin(name, options, grouped)
         self._declared[name] = options
 
-    def _declare_on_emulator(self, name: str, options: QueueOptions | None, grouped: bool) -> None:
-        spec: dict[str, Any] = {"name": name, "requires_session": grouped}
-        if options is not None:  # none named: the stand-in checks nothing
-            spec["lock_duration"] = options.lock_duration
-            spec["max_delivery_count"] = options.max_delivery_count
-        try:
-            with self._using(self._sender(DECLARE_ENTITY), "declare_queue") as sender:
-                sender.send_messages(ServiceBusMessage(json.dumps(spec).encode()))
-        except QueueNotFoundError as exc:
-            # The official emulator has no control entity: entities come from its Config.json.
-            log.info(
-                "cannot create %r on the emulator (%s); expecting it in Config.json", name, exc
-            )
-
     def _declare_with_admin(self, name: str, options: QueueOptions | None, grouped: bool) -> None:
-        from azure.core.exceptions import (
-            ClientAuthenticationError,
-            HttpResponseError,
-            ResourceExistsError,
-            ResourceNotFoundError,
-        )
+        """Check or create ``name`` with the administration API (needs Manage rights).
 
-        from .servicebus_cli import admin_client
+        Refused (no Manage rights) or not served (the official emulator has no
+        administration endpoint the SDK can reach): logged once, and this and later
+        queues are taken to be provisioned; a missing one then raises
+        ``QueueNotFoundError`` on first use. One attempt, no retries: the SDK's retries
+        took 5 s per declare where nothing answers.
+        """
+        from azure.core.exceptions import AzureError
 
+        if self._admin_refused is not None:
+            log.debug("assuming %r was provisioned (%s)", name, self._admin_refused)
+            return
         try:
-            with admin_client(self._connection_string or self.namespace, self._credential) as admin:
-                try:
-                    existing = admin.get_queue(name)
-                except ResourceNotFoundError:
-                    settings = options or QueueOptions()
-                    admin.create_queue(
-                        name,
-                        lock_duration=datetime.timedelta(seconds=settings.lock_duration),
-                        max_delivery_count=settings.max_delivery_count,
-                        requires_session=grouped,
-                        dead_lettering_on_message_expiration=not grouped,
-                    )
-                    log.info("created queue %r", name)
-                else:
-                    _check_provisioned(name, existing, options)
-        except ResourceExistsError:
-            pass
-        except (ClientAuthenticationError, HttpResponseError) as exc:
+            with self._admin(retry_total=0) as admin:
+                done = servicebus_admin.ensure_queue(admin, name, options, grouped=grouped)
+        except AzureError as exc:
+            self._admin_refused = f"the administration API: {exc}"
             log.info("cannot check or create %r (%s); assuming it was provisioned", name, exc)
+            return
+        if done == "created":
+            log.info("created queue %r", name)
+
+    def _admin(self, **options: Any) -> contextlib.AbstractContextManager[Any]:
+        """The administration client for this transport's namespace (needs Manage)."""
+        target = self._connection_string or self.namespace
+        return servicebus_admin.admin_client(target, self._credential, **options)
 
     # -- messages -------------------------------------------------------------------------
     def send(self, queue: str, messages: Message | Iterable[Message]) -> None:
@@ -569,12 +535,9 @@ class ServiceBusTransport(Transport):
         """Active messages of ``queue`` (needs Manage, or the Data Owner role keyless)."""
         from azure.core.exceptions import AzureError, ResourceNotFoundError
 
-        from .servicebus_cli import admin_client
-
         self._check_open()
-        target = self._connection_string or self.namespace
         try:
-            with admin_client(target, self._credential) as admin:
+            with self._admin() as admin:
                 properties = admin.get_queue_runtime_properties(queue)
         except ResourceNotFoundError as exc:
             raise QueueNotFoundError(f"queue_counts: no queue {queue!r}") from exc
@@ -603,8 +566,11 @@ class ServiceBusTransport(Transport):
 
         Service Bus has no broker that engines report to, and does not count locked
         messages or sessions apart: those fields stay ``None`` and ``notes`` says so.
-        The emulators (the official one, the tests' stand-in) have no administration
-        API: there only the names of the queues this client declared are known.
+        On an emulator that serves no administration API (the official one) only the
+        names of the queues this client declared are known.
+
+        Raises:
+            TransportError: the administration API refused or failed (not an emulator).
         """
         self._check_open()
         notes = [
@@ -613,22 +579,26 @@ class ServiceBusTransport(Transport):
             "engines are not listed: they report to a broker, and Service Bus has none",
             "per-session (mailbox) counts are not reported by the service",
         ]
-        if self.emulator:
-            queues = [QueueStats(name) for name in sorted(self._declared)]
-            notes.insert(0, "the Service Bus emulator has no administration API: only the "
-                            "queues this client declared are listed, without counts")  # fmt: skip
-        else:
+        try:
             queues = self._runtime_queue_stats()
+        except TransportError:
+            if not self.emulator:
+                raise
+            log.debug("no administration API on the emulator", exc_info=True)
+            queues = [QueueStats(name) for name in sorted(self._declared)]
+            notes.insert(
+                0,
+                "the Service Bus emulator serves no administration API: only "
+                "the queues this client declared are listed, without counts",
+            )
         return TransportStats(transport="servicebus", url=self.namespace, queues=queues,
                               notes=notes)  # fmt: skip
 
     def _runtime_queue_stats(self) -> list[QueueStats]:
         from azure.core.exceptions import AzureError
 
-        from .servicebus_cli import admin_client
-
         try:
-            with admin_client(self._connection_string or self.namespace, self._credential) as admin:
+            with self._admin() as admin:
                 return [
                     QueueStats(
                         name=props.name,

@@ -169,10 +169,11 @@ class RtbatchServiceBus(RtbatchSystem):
             raise SystemUnavailableError(
                 "python-qpid-proton (the stand-in's AMQP) is not installed"
             )
-        port = free_port()
-        self._server = Child(
-            [sys.executable, str(self.standin), "--port", str(port)], ready_prefix="Endpoint="
-        )
+        if str(self.standin.parent) not in sys.path:
+            sys.path.insert(0, str(self.standin.parent))
+        from servicebus_standin import standin_command  # trusts its admin API's certificate
+
+        self._server = Child(standin_command(free_port()), ready_prefix="Endpoint=")
         self._url = self._server.wait_ready()
         try:
             super().start()

@@ -1,5 +1,5 @@
-"""ServiceBusTransport.stats() against the stand-in (no administration API there) and
-the mapping of the administration API's runtime properties."""
+"""ServiceBusTransport.stats() against the stand-in's administration API, on an emulator
+that serves none, and the mapping of the runtime properties."""
 
 from __future__ import annotations
 
@@ -10,15 +10,35 @@ import pytest
 from realtime_batch.transport import TransportError, open_transport
 
 
-def test_stats_on_the_emulator_lists_declared_queues_and_says_what_it_cannot(transport, queue):
+def test_stats_on_the_standin_come_from_its_administration_api(transport, queue):
+    from realtime_batch.transport import Message
+
     transport.declare_queue(queue)
+    transport.send(queue, [Message(b"a"), Message(b"b")])
     stats = transport.stats()
     assert stats.transport == "servicebus"
+    [mine] = [q for q in stats.queues if q.name == queue]
+    assert (mine.depth, mine.dead_letter, mine.leased) == (2, 0, None)
+    assert stats.engines == () and stats.uptime is None
+    assert any("engines are not listed" in note for note in stats.notes)
+    assert not any("no administration API" in note for note in stats.notes)
+
+
+def test_stats_on_an_emulator_without_administration_api_lists_declared_queues(
+    transport, queue, monkeypatch
+):
+    from azure.core.exceptions import ServiceRequestError
+
+    transport.declare_queue(queue)
+
+    def unreachable(*args, **kwargs):
+        raise ServiceRequestError("connection reset")  # the official emulator's answer
+
+    monkeypatch.setattr("realtime_batch.transport.servicebus_admin.admin_client", unreachable)
+    stats = transport.stats()
     assert [q.name for q in stats.queues] == [queue]
     assert stats.queues[0].depth is None  # unknown, not zero
-    assert stats.engines == () and stats.uptime is None
-    assert any("no administration API" in note for note in stats.notes)
-    assert any("engines are not listed" in note for note in stats.notes)
+    assert any("serves no administration API" in note for note in stats.notes)
 
 
 class _FakeAdmin:
@@ -50,7 +70,7 @@ def cloud_transport(monkeypatch):
 
 def test_stats_from_runtime_properties(cloud_transport):
     t, monkeypatch = cloud_transport
-    monkeypatch.setattr("realtime_batch.transport.servicebus_cli.admin_client",
+    monkeypatch.setattr("realtime_batch.transport.servicebus_admin.admin_client",
                         lambda *a, **k: _FakeAdmin())  # fmt: skip
     [tasks] = t.stats().queues
     assert (tasks.name, tasks.depth, tasks.dead_letter, tasks.leased) == ("tasks", 4, 1, None)
@@ -58,7 +78,7 @@ def test_stats_from_runtime_properties(cloud_transport):
 
 def test_stats_refused_by_the_service_is_a_transport_error(cloud_transport):
     t, monkeypatch = cloud_transport
-    monkeypatch.setattr("realtime_batch.transport.servicebus_cli.admin_client",
+    monkeypatch.setattr("realtime_batch.transport.servicebus_admin.admin_client",
                         lambda *a, **k: _FakeAdmin(fail=True))  # fmt: skip
     with pytest.raises(TransportError, match="administration API: no Manage rights"):
         t.stats()

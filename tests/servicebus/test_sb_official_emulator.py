@@ -18,7 +18,7 @@ import pytest
 
 import realtime_batch as rb
 from realtime_batch.transport import Message, dead_letter_queue, open_transport
-from realtime_batch.transport.servicebus_cli import emulator_config
+from realtime_batch.transport.servicebus_admin import emulator_config
 
 HERE = Path(__file__).resolve().parent
 TASKS = HERE.parent / "emulator" / "tasks"

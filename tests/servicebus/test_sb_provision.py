@@ -17,7 +17,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from click.testing import CliRunner
 
 from realtime_batch.cli import main
-from realtime_batch.transport import servicebus_cli
+from realtime_batch.transport import QueueOptions, QueueSettingsConflict, servicebus_admin
 
 
 def run(*args: str, env: dict[str, str] | None = None):
@@ -52,7 +52,7 @@ def fake_admin(monkeypatch):
         targets.append(target)
         yield admin
 
-    monkeypatch.setattr(servicebus_cli, "admin_client", fake_client)
+    monkeypatch.setattr(servicebus_admin, "admin_client", fake_client)
     admin.targets = targets
     return admin
 
@@ -73,10 +73,10 @@ def test_print_config_is_the_emulator_config_json():
 
 
 def test_iso_durations():
-    assert servicebus_cli.iso_duration(30) == "PT30S"
-    assert servicebus_cli.iso_duration(90) == "PT1M30S"
-    assert servicebus_cli.iso_duration(3600) == "PT1H"
-    assert servicebus_cli.iso_duration(0) == "PT0S"
+    assert servicebus_admin.iso_duration(30) == "PT30S"
+    assert servicebus_admin.iso_duration(90) == "PT1M30S"
+    assert servicebus_admin.iso_duration(3600) == "PT1H"
+    assert servicebus_admin.iso_duration(0) == "PT0S"
 
 
 def test_a_target_is_required_without_print_config(tmp_path, monkeypatch):
@@ -144,7 +144,46 @@ def test_falls_back_to_the_configured_transport_url(fake_admin, tmp_path, monkey
 
 def test_admin_client_is_built_for_both_kinds_of_target():
     conn = "Endpoint=sb://x.servicebus.windows.net/;SharedAccessKeyName=a;SharedAccessKey=b"
-    with servicebus_cli.admin_client(conn) as admin:
+    with servicebus_admin.admin_client(conn) as admin:
         assert admin.fully_qualified_namespace == "x.servicebus.windows.net"
-    with servicebus_cli.admin_client("servicebus://contoso", credential=object()) as admin:
+    with servicebus_admin.admin_client("servicebus://contoso", credential=object()) as admin:
         assert admin.fully_qualified_namespace == "contoso.servicebus.windows.net"
+
+
+def test_print_config_spells_the_same_settings_as_provisioning(fake_admin):
+    args = ("--lock-duration", "45", "--max-delivery-count", "4", "--ttl", "120")
+    printed = run("--print-config", *args)
+    assert printed.exit_code == 0, printed.output
+    [namespace] = json.loads(printed.output)["UserConfig"]["Namespaces"]
+    config = {q["Name"]: q["Properties"] for q in namespace["Queues"]}
+    assert run("--namespace", "contoso", *args).exit_code == 0
+    created = {name: settings for _, name, settings in fake_admin.calls}
+    assert set(config) == set(created)
+    for name, settings in created.items():
+        ttl = settings.get("default_message_time_to_live", datetime.timedelta(hours=1))
+        assert config[name]["DefaultMessageTimeToLive"] == servicebus_admin.iso_duration(
+            ttl.total_seconds()
+        )
+        assert config[name]["RequiresSession"] == settings["requires_session"]
+        assert config[name]["MaxDeliveryCount"] == settings["max_delivery_count"]
+    assert config["tasks"]["DefaultMessageTimeToLive"] == "PT2M"  # --ttl was dropped
+
+
+def test_print_config_refuses_equal_queue_names():
+    result = run("--print-config", "--task-queue", "same", "--results-queue", "same")
+    assert result.exit_code == 2 and "differ" in result.output
+
+
+def test_the_transport_creates_queues_with_the_provisioning_settings():
+    admin = FakeAdmin()
+    options = QueueOptions(lock_duration=12, max_delivery_count=3)
+    assert servicebus_admin.ensure_queue(admin, "mail", options, grouped=True) == "created"
+    [(kind, name, settings)] = admin.calls
+    assert (kind, name) == ("create", "mail")
+    assert settings == servicebus_admin.queue_settings(12, 3, sessions=True)
+    admin.queues["mail"] = types.SimpleNamespace(
+        lock_duration=datetime.timedelta(seconds=12), max_delivery_count=3
+    )
+    assert servicebus_admin.ensure_queue(admin, "mail", options, grouped=True) == "exists"
+    with pytest.raises(QueueSettingsConflict):
+        servicebus_admin.ensure_queue(admin, "mail", QueueOptions(12, 9), grouped=True)

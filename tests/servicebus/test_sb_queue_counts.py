@@ -44,7 +44,7 @@ def admin(monkeypatch):
         assert target == CONN
         yield made
 
-    monkeypatch.setattr("realtime_batch.transport.servicebus_cli.admin_client", fake_admin_client)
+    monkeypatch.setattr("realtime_batch.transport.servicebus_admin.admin_client", fake_admin_client)
     return made
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import json
 import time
 
 import pytest
@@ -15,20 +14,21 @@ from azure.servicebus import (
     ServiceBusSubQueue,
 )
 from azure.servicebus import exceptions as sb_errors
-from servicebus_standin import DECLARE_ENTITY, StandInProcess, check_sas, entity_of
+from azure.servicebus.management import ServiceBusAdministrationClient
+from servicebus_standin import StandInProcess, check_sas, entity_of
 
 pytestmark = pytest.mark.azure
 
 
-def declare(client, name, *, lock_duration=30.0, max_delivery_count=10, sessions=False):
-    spec = {
-        "name": name,
-        "lock_duration": lock_duration,
-        "max_delivery_count": max_delivery_count,
-        "requires_session": sessions,
-    }
-    with client.get_queue_sender(DECLARE_ENTITY) as sender:
-        sender.send_messages(ServiceBusMessage(json.dumps(spec)))
+def declare(conn_str, name, *, lock_duration=30.0, max_delivery_count=10, sessions=False):
+    """Create a queue as on the service: the administration client (HTTPS)."""
+    with ServiceBusAdministrationClient.from_connection_string(conn_str) as admin:
+        admin.create_queue(
+            name,
+            lock_duration=datetime.timedelta(seconds=lock_duration),
+            max_delivery_count=max_delivery_count,
+            requires_session=sessions,
+        )
 
 
 def body(message) -> bytes:
@@ -74,8 +74,8 @@ def test_unknown_entity_is_not_found(sb_client, queue):
         sb_client.get_queue_sender(queue).__enter__()
 
 
-def test_batch_transfer_is_unpacked_with_properties(sb_client, queue):
-    declare(sb_client, queue)
+def test_batch_transfer_is_unpacked_with_properties(conn_str, sb_client, queue):
+    declare(conn_str, queue)
     with sb_client.get_queue_sender(queue) as sender:
         batch = sender.create_message_batch()
         for i in range(5):
@@ -97,8 +97,8 @@ def test_batch_transfer_is_unpacked_with_properties(sb_client, queue):
     assert all(m.sequence_number and m.enqueued_time_utc for m in got)
 
 
-def test_abandon_counts_and_dead_letter_reason_reaches_the_dlq(sb_client, queue):
-    declare(sb_client, queue, max_delivery_count=5)
+def test_abandon_counts_and_dead_letter_reason_reaches_the_dlq(conn_str, sb_client, queue):
+    declare(conn_str, queue, max_delivery_count=5)
     with sb_client.get_queue_sender(queue) as sender:
         sender.send_messages(ServiceBusMessage(b"x"))
     with sb_client.get_queue_receiver(queue) as receiver:
@@ -116,8 +116,8 @@ def test_abandon_counts_and_dead_letter_reason_reaches_the_dlq(sb_client, queue)
         dlq.complete_message(dead)
 
 
-def test_renew_lock_over_management_and_lock_lost_after_settling(sb_client, queue):
-    declare(sb_client, queue, lock_duration=5)
+def test_renew_lock_over_management_and_lock_lost_after_settling(conn_str, sb_client, queue):
+    declare(conn_str, queue, lock_duration=5)
     with sb_client.get_queue_sender(queue) as sender:
         sender.send_messages(ServiceBusMessage(b"x"))
     with sb_client.get_queue_receiver(queue) as receiver:
@@ -132,8 +132,8 @@ def test_renew_lock_over_management_and_lock_lost_after_settling(sb_client, queu
             receiver.renew_message_lock(m)
 
 
-def test_lock_expiry_redelivers_with_count(sb_client, queue):
-    declare(sb_client, queue, lock_duration=1)
+def test_lock_expiry_redelivers_with_count(conn_str, sb_client, queue):
+    declare(conn_str, queue, lock_duration=1)
     with sb_client.get_queue_sender(queue) as sender:
         sender.send_messages(ServiceBusMessage(b"x"))
     with sb_client.get_queue_receiver(queue) as receiver:
@@ -146,8 +146,8 @@ def test_lock_expiry_redelivers_with_count(sb_client, queue):
         receiver.complete_message(again)
 
 
-def test_ttl_expired_message_is_not_delivered(sb_client, queue):
-    declare(sb_client, queue)
+def test_ttl_expired_message_is_not_delivered(conn_str, sb_client, queue):
+    declare(conn_str, queue)
     with sb_client.get_queue_sender(queue) as sender:
         sender.send_messages(
             [
@@ -161,8 +161,8 @@ def test_ttl_expired_message_is_not_delivered(sb_client, queue):
         assert [body(m) for m in msgs] == [b"long"]
 
 
-def test_sessions_filter_lock_and_next_available(sb_client, queue):
-    declare(sb_client, queue, sessions=True)
+def test_sessions_filter_lock_and_next_available(conn_str, sb_client, queue):
+    declare(conn_str, queue, sessions=True)
     with sb_client.get_queue_sender(queue) as sender:
         sender.send_messages(
             [ServiceBusMessage(b"a1", session_id="a"), ServiceBusMessage(b"b1", session_id="b")]
@@ -186,15 +186,15 @@ def test_sessions_filter_lock_and_next_available(sb_client, queue):
         receiver.complete_message(m)
 
 
-def test_non_session_receiver_on_session_queue_is_refused(sb_client, queue):
-    declare(sb_client, queue, sessions=True)
+def test_non_session_receiver_on_session_queue_is_refused(conn_str, sb_client, queue):
+    declare(conn_str, queue, sessions=True)
     receiver = sb_client.get_queue_receiver(queue)
     with pytest.raises(sb_errors.ServiceBusError):
         receiver.__enter__()
 
 
-def test_receive_and_delete_removes_on_delivery(sb_client, queue):
-    declare(sb_client, queue)
+def test_receive_and_delete_removes_on_delivery(conn_str, sb_client, queue):
+    declare(conn_str, queue)
     with sb_client.get_queue_sender(queue) as sender:
         sender.send_messages(ServiceBusMessage(b"x"))
     mode = ServiceBusReceiveMode.RECEIVE_AND_DELETE
@@ -205,15 +205,15 @@ def test_receive_and_delete_removes_on_delivery(sb_client, queue):
         assert receiver.receive_messages(max_wait_time=0.5) == []
 
 
-def test_unknown_management_operation_answers_501(sb_client, queue):
-    declare(sb_client, queue)
+def test_unknown_management_operation_answers_501(conn_str, sb_client, queue):
+    declare(conn_str, queue)
     receiver = sb_client.get_queue_receiver(queue)
     with receiver, pytest.raises(sb_errors.ServiceBusError, match="501"):
         receiver.peek_messages()
 
 
-def test_counters_are_reported(standin, sb_client, queue):
-    declare(sb_client, queue)
+def test_counters_are_reported(standin, conn_str, sb_client, queue):
+    declare(conn_str, queue)
     before = standin.stats()["total"]
     with sb_client.get_queue_sender(queue) as sender:
         batch = sender.create_message_batch()
@@ -224,3 +224,50 @@ def test_counters_are_reported(standin, sb_client, queue):
     assert after["messages_in"] - before.get("messages_in", 0) == 3
     assert after["transfers_in"] - before.get("transfers_in", 0) == 1
     assert after["cbs_requests"] > before.get("cbs_requests", 0)
+
+
+def test_administration_api_gets_creates_updates_and_lists(conn_str, queue):
+    from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+    with ServiceBusAdministrationClient.from_connection_string(conn_str) as admin:
+        with pytest.raises(ResourceNotFoundError):
+            admin.get_queue(queue)
+        declare(conn_str, queue, lock_duration=12, max_delivery_count=3)
+        with pytest.raises(ResourceExistsError):
+            admin.create_queue(queue)
+        got = admin.get_queue(queue)
+        assert (got.lock_duration, got.max_delivery_count) == (datetime.timedelta(seconds=12), 3)
+        got.max_delivery_count = 6
+        admin.update_queue(got)
+        assert admin.get_queue(queue).max_delivery_count == 6
+        listed = {q.name: q for q in admin.list_queues_runtime_properties()}
+        assert listed[queue].active_message_count == 0
+
+
+def test_administration_api_counts_messages(conn_str, sb_client, queue):
+    declare(conn_str, queue)
+    with sb_client.get_queue_sender(queue) as sender:
+        sender.send_messages([ServiceBusMessage(b"1"), ServiceBusMessage(b"2")])
+    with ServiceBusAdministrationClient.from_connection_string(conn_str) as admin:
+        props = admin.get_queue_runtime_properties(queue)
+    assert (props.active_message_count, props.dead_letter_message_count) == (2, 0)
+
+
+def test_administration_api_refuses_a_bad_key(conn_str, queue):
+    from azure.core.exceptions import ClientAuthenticationError
+
+    bad = conn_str.replace("SharedAccessKey=", "SharedAccessKey=not-")
+    admin = ServiceBusAdministrationClient.from_connection_string(bad, retry_total=0)
+    with admin, pytest.raises(ClientAuthenticationError):
+        admin.create_queue(queue)
+
+
+def test_administration_api_refuses_switching_sessions(conn_str, queue):
+    from azure.core.exceptions import HttpResponseError
+
+    declare(conn_str, queue)
+    with ServiceBusAdministrationClient.from_connection_string(conn_str, retry_total=0) as admin:
+        got = admin.get_queue(queue)
+        got.requires_session = True
+        with pytest.raises(HttpResponseError):
+            admin.update_queue(got)

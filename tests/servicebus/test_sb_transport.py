@@ -14,6 +14,7 @@ from realtime_batch.transport import (
     MessageTooLargeError,
     QueueFullError,
     QueueNotFoundError,
+    QueueSettingsConflict,
     TransportError,
     TransportTimeoutError,
     dead_letter_queue,
@@ -161,10 +162,75 @@ def test_prefetching_receiver(conn_str, queue):
         assert sorted(int(d.message.body) for d in got) == list(range(30))
 
 
-def test_declare_without_a_control_entity_trusts_provisioning(conn_str, queue, monkeypatch):
-    # The official emulator has no $rtbatch-declare entity: its queues come from Config.json.
-    monkeypatch.setattr(sb, "DECLARE_ENTITY", "no-such-control-entity")
+def test_declare_where_no_administration_api_is_served_trusts_provisioning(
+    conn_str, queue, monkeypatch
+):
+    # The official emulator serves no administration API the SDK reaches: its queues come
+    # from Config.json. The transport logs the failure and carries on.
+    from azure.core.exceptions import ServiceRequestError
+
+    def unreachable(*args, **kwargs):
+        raise ServiceRequestError("connection reset")
+
+    monkeypatch.setattr("realtime_batch.transport.servicebus_admin.admin_client", unreachable)
     with open_transport(conn_str) as t:
         t.declare_queue(queue)  # logs, does not raise
         with pytest.raises(QueueNotFoundError):
             t.send(queue, Message(b"x"))
+
+
+def test_declare_creates_the_queue_through_the_administration_api(conn_str, queue):
+    from azure.servicebus.management import ServiceBusAdministrationClient
+
+    with open_transport(conn_str) as t:
+        t.declare_queue(queue, grouped=True, lock_duration=7, max_delivery_count=4)
+    with ServiceBusAdministrationClient.from_connection_string(conn_str) as admin:
+        made = admin.get_queue(queue)
+    assert made.requires_session is True
+    assert made.lock_duration.total_seconds() == 7 and made.max_delivery_count == 4
+    with open_transport(conn_str) as fresh, pytest.raises(QueueSettingsConflict):
+        fresh.declare_queue(queue, lock_duration=9)
+
+
+def test_the_product_does_not_know_the_standin():
+    import inspect
+
+    from realtime_batch.transport import servicebus_admin, servicebus_cli
+
+    for module in (sb, servicebus_admin, servicebus_cli):
+        source = inspect.getsource(module)
+        assert "$rtbatch" not in source, module  # the stand-in's old control entity
+        assert "servicebus_standin" not in source and "tests/" not in source, module
+
+
+def test_declare_without_manage_rights_is_logged_once_and_trusts_provisioning(monkeypatch, caplog):
+    import contextlib
+
+    from azure.core.exceptions import ClientAuthenticationError
+
+    asked = []
+
+    @contextlib.contextmanager
+    def refusing(target, credential=None, **options):
+        asked.append(options)
+        raise ClientAuthenticationError("no Manage claim")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr("realtime_batch.transport.servicebus_admin.admin_client", refusing)
+    conn = "Endpoint=sb://example.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=x"
+    with open_transport(conn) as t, caplog.at_level("INFO", "realtime_batch.transport"):
+        t.declare_queue("tasks")
+        t.declare_queue("results", grouped=True)
+    assert asked == [{"retry_total": 0}]  # one attempt, not repeated for the next queue
+    refusals = [r for r in caplog.records if "assuming it was provisioned" in r.getMessage()]
+    assert len(refusals) == 1 and "no Manage claim" in refusals[0].getMessage()
+
+
+def test_declare_with_manage_false_never_asks(monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the administration API was called")
+
+    monkeypatch.setattr("realtime_batch.transport.servicebus_admin.admin_client", never)
+    conn = "Endpoint=sb://example.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=x"
+    with open_transport(conn, manage=False) as t:
+        t.declare_queue("tasks")
