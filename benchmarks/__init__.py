@@ -36,4 +36,5 @@ WORKLOADS = (
     "cold-start",
     "idle",
     "client-memory",
+    "scale-session-memory",
 )

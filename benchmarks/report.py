@@ -37,6 +37,7 @@ HEADLINE: dict[str, tuple[str, str, bool]] = {
     "cold-start": ("seconds", "s", False),
     "idle": ("rss_mb", "MB RSS", False),
     "client-memory": ("rss_mb", "MB growth", False),
+    "scale-session-memory": ("rss_beyond_mb", "MB more after 1M tasks than 1k", False),
 }
 BEGIN = "<!-- bench:begin -->"
 END = "<!-- bench:end -->"

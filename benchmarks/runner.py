@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks import WORKLOADS
+from benchmarks import WORKLOADS, session_memory
 from benchmarks.procs import Interrupted, child_env, die_with_parent, interruptible, stop_process
 from benchmarks.systems import NotApplicableError, System, SystemUnavailableError, make_system
 from benchmarks.workloads import (
@@ -206,6 +206,13 @@ def run_system(name: str, settings: Settings, workloads: list[str]) -> list[dict
                 _emit("RECORD", record)
     finally:
         system.stop()
+    if "scale-session-memory" in workloads:
+        counts = session_memory.COUNTS if settings.mode == "full" else session_memory.QUICK_COUNTS
+        record = _guarded(
+            name, session_memory.WORKLOAD, lambda: session_memory.workload(name, counts)
+        )
+        records.append(record)
+        _emit("RECORD", record)
     if not settings.fresh_processes:
         return records
     for record in fresh_records(name, settings, workloads):

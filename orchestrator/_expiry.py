@@ -8,12 +8,13 @@ expired itself once the deadline (plus a slack for clocks and transit) has passe
 from __future__ import annotations
 
 import heapq
-from collections.abc import Container
+from collections.abc import Collection, Container
 
 __all__ = ["EXPIRY_SLACK", "DeadlineQueue"]
 
 #: seconds after a deadline before an unanswered task counts as expired
 EXPIRY_SLACK = 1.0
+_COMPACT_ABOVE = 1024  # finished tasks' deadlines tolerated beyond twice the outstanding
 
 
 class DeadlineQueue:
@@ -25,8 +26,21 @@ class DeadlineQueue:
     def __len__(self) -> int:
         return len(self._heap)
 
-    def add(self, deadline: float, task_id: str) -> None:
+    def add(self, deadline: float, task_id: str, outstanding: Collection[str]) -> None:
+        """Add a task's deadline; drop those of finished tasks when they outnumber the rest.
+
+        A finished task's deadline would stay until it passes (hours, maybe); compacting
+        here and after each receive (``compact``) keeps the heap bounded by the
+        outstanding tasks.
+        """
         heapq.heappush(self._heap, (deadline, task_id))
+        self.compact(outstanding)
+
+    def compact(self, outstanding: Collection[str]) -> None:
+        """Drop finished tasks' deadlines if they outnumber twice the outstanding ones."""
+        if len(self._heap) > 2 * len(outstanding) + _COMPACT_ABOVE:
+            self._heap = [entry for entry in self._heap if entry[1] in outstanding]
+            heapq.heapify(self._heap)
 
     def any_due(self, now: float) -> bool:
         """Whether a deadline (plus the slack) has passed; cheap enough for every poll."""

@@ -22,7 +22,6 @@ for it is dropped; engines are asked to stop the task (see ``_tracking``).
 from __future__ import annotations
 
 import concurrent.futures
-import itertools
 import logging
 import os
 import socket
@@ -47,6 +46,7 @@ from realtime_batch.protocol import (
 from realtime_batch.transport import Message, Transport, open_transport
 
 from ._expiry import DeadlineQueue
+from ._ledger import TaskLedger
 from ._listening import POLL, Listener
 from ._sending import Sender, task_message
 from ._tracking import EngineTracker
@@ -145,11 +145,10 @@ class Session:
 
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self._futures: dict[str, TaskFuture] = {}
-        self._finished_ids: set[str] = set()
+        self._ledger = TaskLedger()
+        self._futures = self._ledger.futures  # outstanding tasks' futures, by id
         self._unread: deque[Result] = deque()
         self._arrived = threading.Condition(self._lock)
-        self._ids = itertools.count(1)
         self._received = 0
         self._duplicates = 0
         self._forged = 0
@@ -226,11 +225,14 @@ class Session:
                 "task priority is not supported by the transports (memory, zmq, Service Bus "
                 "queues are FIFO): submit urgent tasks to another task_queue instead"
             )
-        task_id = str(next(self._ids)) if task_id is None else str(task_id)
+        generated = task_id is None
+        if task_id is None:
+            with self._lock:
+                task_id = self._ledger.new_id()
         record = TaskRecord(
             session=self.id,
             job=self.job,
-            task=task_id,
+            task=str(task_id),
             command=command,
             reply_to=self._reply_to,
             args=list(args),
@@ -243,21 +245,26 @@ class Session:
         )
         # raises ProtocolError for non-JSON arguments, MessageTooLargeError above the limit
         message = task_message(record, self._transport.max_message_size)
-        future = self._register(task_id, record.submitted_at, deadline)
+        future = self._register(record.task, record.submitted_at, deadline, generated)
         self._enqueue(future, message)
         return future
 
-    def _register(self, task_id: str, submitted_at: float, deadline: float | None) -> TaskFuture:
-        """A future for a new task, counted as outstanding; refuses a used task id."""
+    def _register(
+        self, task_id: str, submitted_at: float, deadline: float | None, generated: bool
+    ) -> TaskFuture:
+        """A future for a new task, counted as outstanding; refuses a used task id.
+
+        A ``generated`` id (``TaskLedger.new_id``) is new by construction.
+        """
         future = TaskFuture(self, task_id)
         future.submitted_at = submitted_at  # type: ignore[attr-defined]
         with self._lock:
-            if task_id in self._futures or task_id in self._finished_ids:
+            if not generated and self._ledger.used(task_id):
                 raise ValueError(f"task id {task_id!r} was already used in this session")
-            self._futures[task_id] = future
+            self._ledger.add(task_id, future)
             self._tracker.sent(submitted_at)
             if deadline is not None:
-                self._deadlines.add(deadline, task_id)
+                self._deadlines.add(deadline, task_id, self._futures)
         return future
 
     def _enqueue(self, future: TaskFuture, message: Message) -> None:
@@ -297,11 +304,10 @@ class Session:
         now = time.time()
         self._tracker.on_result(record.engine, now)
         with self._lock:
-            future = self._futures.pop(record.task, None)
+            future = self._ledger.finish(record.task)
             if future is None:
                 self._duplicates += 1
                 return  # duplicate, cancelled, or not ours
-            self._finished_ids.add(record.task)
             self._tracker.finished(record.task)
             self._received += 1
             result = Result(
@@ -344,17 +350,19 @@ class Session:
 
     def _forget(self, task_id: str) -> None:
         with self._lock:
-            if self._futures.pop(task_id, None) is not None:
-                self._finished_ids.add(task_id)
+            if self._ledger.finish(task_id) is not None:
                 self._arrived.notify_all()
 
     def _on_notice(self, message: Message) -> None:
         self._tracker.on_notice(message, self._futures)
 
     def _on_tick(self) -> None:
-        """After every receive: expire overdue tasks, warn if no engine takes any."""
+        """After every receive: expire overdue tasks (or drop finished ones' deadlines), warn."""
         if self._deadlines.any_due(time.time()):
             self._expire_overdue()
+        elif self._deadlines:
+            with self._lock:
+                self._deadlines.compact(self._futures)
         if self._tracker.unserved_since is not None and not self._warned:
             self._warn_if_unserved()
 
@@ -371,8 +379,8 @@ class Session:
             for task_id in self._deadlines.pop_due(now, self._futures):
                 if self._tracker.is_running(task_id):
                     continue
-                future = self._futures.pop(task_id)
-                self._finished_ids.add(task_id)
+                future = self._ledger.finish(task_id)
+                assert future is not None  # pop_due returns outstanding tasks only
                 result = self._local_result(future, STATUS_EXPIRED, now)
                 if self.keep_results:
                     self._unread.append(result)
@@ -416,10 +424,9 @@ class Session:
         cancelled: list[tuple[TaskFuture, Result]] = []
         with self._lock:
             for task_id in ids:
-                future = self._futures.pop(task_id, None)
+                future = self._ledger.finish(task_id)
                 if future is None:
                     continue
-                self._finished_ids.add(task_id)
                 result = self._local_result(future, STATUS_CANCELLED, now)
                 if self.keep_results:
                     self._unread.append(result)
@@ -555,8 +562,7 @@ class Session:
         self._sender.close(5)
         self._listener.join(5)
         with self._lock:
-            pending = list(self._futures.values())
-            self._futures.clear()
+            pending = self._ledger.finish_all()
             self._arrived.notify_all()
         for future in pending:
             future._cancel_locally()
