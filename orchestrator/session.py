@@ -32,13 +32,17 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import attrs
+
 from realtime_batch.config import redact
 from realtime_batch.control import CONTROL_QUEUE, session_key
 from realtime_batch.protocol import (
     STATUS_CANCELLED,
+    STATUS_ERROR,
     STATUS_EXPIRED,
     STATUS_OK,
     ErrorInfo,
+    ProtocolError,
     ReplyTo,
     ResultRecord,
     TaskRecord,
@@ -50,14 +54,23 @@ from ._ledger import TaskLedger
 from ._listening import POLL, Listener
 from ._sending import Sender, task_message
 from ._tracking import EngineTracker
+from ._workflow import Workflow, find_futures, substitute
 from .health import STATE_NO_ENGINE, SessionHealth, assess
-from .results import Result, SessionClosedError, TaskCancelledError, TaskError, TaskFuture
+from .results import (
+    DependencyError,
+    Result,
+    SessionClosedError,
+    TaskCancelledError,
+    TaskError,
+    TaskFuture,
+)
 
 __all__ = [
     "DEFAULT_RESULTS_QUEUE",
     "DEFAULT_TASK_QUEUE",
     "DEFAULT_WARN_AFTER",
     "RESERVED_OPTIONS",
+    "DependencyError",
     "Result",
     "Session",
     "SessionClosedError",
@@ -71,7 +84,15 @@ log = logging.getLogger(__name__)
 DEFAULT_TASK_QUEUE = "tasks"
 DEFAULT_RESULTS_QUEUE = "results"
 #: ``submit`` keywords that are task options, not task arguments.
-RESERVED_OPTIONS = ("task_id", "timeout", "max_retries", "deadline", "retry_on", "priority")
+RESERVED_OPTIONS = (
+    "task_id",
+    "timeout",
+    "max_retries",
+    "deadline",
+    "retry_on",
+    "priority",
+    "after",
+)
 #: Seconds tasks may wait with no engine taking any before the session warns.
 DEFAULT_WARN_AFTER = 30.0
 
@@ -154,6 +175,7 @@ class Session:
         self._forged = 0
         self._callbacks: list[Callable[[Result], None]] = []
         self._deadlines = DeadlineQueue()
+        self._workflow = Workflow(self, self._send_released, self._fail_local)
         self._tracker = EngineTracker(
             self._transport, control_queue, self.id, session_secret, self._session_key,
             self._lock, self._closed,
@@ -195,13 +217,19 @@ class Session:
         deadline: float | None = None,
         retry_on: Iterable[type[BaseException] | str] | None = None,
         priority: int | None = None,
+        after: Iterable[TaskFuture] | None = None,
         **kwargs: Any,
     ) -> TaskFuture:
         """Submit one task; return a future for its value.
 
+        A future of this session may stand in the arguments (also inside lists and
+        dicts): the task is sent once its inputs are done, with their values in their
+        place; if one fails or is cancelled the task is not run and its future raises
+        ``DependencyError`` (docs/workflows.md).
+
         Args:
             command: a task module (``"hello.py"``) or jar (``"pi.jar"``) staged on the pool.
-            *args: positional arguments for the task (JSON-serialisable).
+            *args: positional arguments for the task (JSON-serialisable, or futures).
             task_id: unique id within the session (generated when omitted).
             timeout: seconds the task may run before it is stopped (error result).
             max_retries: retries after infrastructure faults and ``retry_on`` exceptions
@@ -212,11 +240,18 @@ class Session:
                 with exponential backoff (default: the session's).
             priority: not supported by any transport (raises ``ValueError`` if given):
                 use a separate task queue and session for urgent work.
+            after: futures of this session that must finish (successfully) before the
+                task is sent, their values not passed.
             **kwargs: keyword arguments for the task (every non-reserved keyword).
 
         Returns:
             A ``concurrent.futures.Future``; ``.result()`` returns the task's value or
-            raises ``TaskError``.
+            raises ``TaskError`` (``DependencyError`` if an input failed).
+
+        Raises:
+            ValueError: a used task id, or an input future of another session.
+            TypeError: ``after`` holds something other than task futures.
+            ProtocolError: an argument JSON cannot carry.
         """
         if self._closed.is_set():
             raise SessionClosedError(f"session {self.id!r} is closed")
@@ -243,11 +278,63 @@ class Session:
             retry_on=self.default_retry_on if retry_on is None else _type_names(retry_on),
             session_key=self._session_key,
         )
-        # raises ProtocolError for non-JSON arguments, MessageTooLargeError above the limit
-        message = task_message(record, self._transport.max_message_size)
+        if after is not None:
+            return self._submit_waiting(record, after, generated)
+        try:  # raises ProtocolError for non-JSON arguments (or futures), MessageTooLargeError
+            message = task_message(record, self._transport.max_message_size)
+        except ProtocolError:
+            if find_futures(record.args) or find_futures(record.kwargs):
+                return self._submit_waiting(record, None, generated)
+            raise
         future = self._register(record.task, record.submitted_at, deadline, generated)
         self._enqueue(future, message)
         return future
+
+    def _submit_waiting(
+        self, record: TaskRecord, after: Iterable[TaskFuture] | None, generated: bool
+    ) -> TaskFuture:
+        """Register a task that waits for input futures (``_workflow``)."""
+        inputs = self._workflow.inputs(record, after)
+        # the arguments other than the futures must be sendable: refuse them now
+        blank = attrs.evolve(
+            record,
+            args=substitute(record.args, lambda _: None),
+            kwargs=substitute(record.kwargs, lambda _: None),
+        )
+        message = task_message(blank, self._transport.max_message_size)
+        future = self._register(record.task, record.submitted_at, record.deadline, generated)
+        if inputs:
+            self._workflow.wait_for(future, record, inputs)
+        else:  # after=[]: nothing to wait for
+            self._enqueue(future, message)
+        return future
+
+    def _send_released(self, future: TaskFuture, record: TaskRecord) -> None:
+        """A waiting task's inputs are done: send it (from the thread that finished the last)."""
+        try:
+            message = task_message(record, self._transport.max_message_size)
+        except Exception as exc:  # e.g. an input's value makes the task too large
+            self._fail_local(future, exc, STATUS_ERROR)
+            return
+        if future.done() or not self._sender.release(future, message):
+            self._forget(future.task_id)
+            future._cancel_locally()
+
+    def _fail_local(self, future: TaskFuture, exc: BaseException, status: str) -> None:
+        """Fail an outstanding task here, without an engine (a failed input, a bad value)."""
+        remote = exc.remote_message if isinstance(exc, TaskError) else str(exc)
+        error = ErrorInfo(type(exc).__name__, remote)
+        now = time.time()
+        with self._lock:
+            if self._ledger.finish(future.task_id) is None:
+                return  # cancelled or closed meanwhile
+            result = self._local_result(future, status, now, error)
+            if self.keep_results:
+                self._unread.append(result)
+            self._arrived.notify_all()
+            callbacks = list(self._callbacks)
+        future.set_exception(exc)
+        self._run_callbacks(callbacks, result)
 
     def _register(
         self, task_id: str, submitted_at: float, deadline: float | None, generated: bool
@@ -394,12 +481,14 @@ class Session:
             self._run_callbacks(callbacks, result)
 
     @staticmethod
-    def _local_result(future: TaskFuture, status: str, now: float) -> Result:
+    def _local_result(
+        future: TaskFuture, status: str, now: float, error: ErrorInfo | None = None
+    ) -> Result:
         return Result(
             task_id=future.task_id,
             ok=False,
             value=None,
-            error=None,
+            error=error,
             engine="",
             attempt=0,
             status=status,
@@ -433,7 +522,10 @@ class Session:
                 cancelled.append((future, result))
             if cancelled:
                 self._arrived.notify_all()
-            routes = self._tracker.route([f.task_id for f, _ in cancelled], now)
+            unsent = self._workflow.discard(f.task_id for f, _ in cancelled)
+            routes = self._tracker.route(
+                [f.task_id for f, _ in cancelled if f.task_id not in unsent], now
+            )
             callbacks = list(self._callbacks)
         if not cancelled:
             return 0
@@ -564,6 +656,7 @@ class Session:
         with self._lock:
             pending = self._ledger.finish_all()
             self._arrived.notify_all()
+        self._workflow.discard(list(self._workflow.waiting))
         for future in pending:
             future._cancel_locally()
         if self._owns_transport:
