@@ -37,4 +37,5 @@ WORKLOADS = (
     "idle",
     "client-memory",
     "scale-session-memory",
+    "workflow",
 )

@@ -38,6 +38,7 @@ HEADLINE: dict[str, tuple[str, str, bool]] = {
     "idle": ("rss_mb", "MB RSS", False),
     "client-memory": ("rss_mb", "MB growth", False),
     "scale-session-memory": ("rss_beyond_mb", "MB more after 1M tasks than 1k", False),
+    "workflow": ("seconds", "s, fan-out 1,000 then reduce", False),
 }
 BEGIN = "<!-- bench:begin -->"
 END = "<!-- bench:end -->"
