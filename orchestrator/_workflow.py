@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +98,7 @@ class Workflow:
         self._lock = threading.Lock()
         #: task id -> the task waiting for its inputs
         self.waiting: dict[str, _Waiting] = {}
+        self._unwinding = threading.local()  # failures still to pass down, in this thread
 
     def inputs(self, record: TaskRecord, after: Iterable[Any] | None) -> list[TaskFuture]:
         """The distinct futures ``record`` depends on; refuses foreign ones.
@@ -145,6 +147,25 @@ class Workflow:
                 self.waiting.pop(task_id).settled = True
         return found
 
+    def _flat(self, action: Callable[[], None]) -> None:
+        """Run ``action`` now, or after the one running in this thread (no deep recursion).
+
+        Failing a future runs its callbacks, which fail the tasks waiting on it, and so
+        on: along a chain of thousands of tasks that would exceed the recursion limit
+        (and ``Future`` swallows the ``RecursionError``), so the outermost call runs the
+        failures one after the other instead.
+        """
+        pending: deque[Callable[[], None]] | None = getattr(self._unwinding, "pending", None)
+        if pending is not None:
+            pending.append(action)
+            return
+        pending = self._unwinding.pending = deque([action])
+        try:
+            while pending:
+                pending.popleft()()
+        finally:
+            self._unwinding.pending = None
+
     def _input_done(self, waiting: _Waiting, done: concurrent.futures.Future) -> None:
         failed = done.cancelled() or done.exception() is not None
         with self._lock:
@@ -158,7 +179,8 @@ class Workflow:
         if failed:
             cause = None if done.cancelled() else done.exception()
             error = DependencyError(waiting.record.task, done.task_id, cause)  # type: ignore[attr-defined]
-            self._fail(waiting.future, error, "cancelled" if cause is None else "error")
+            status = "cancelled" if cause is None else "error"
+            self._flat(lambda: self._fail(waiting.future, error, status))
             return
         task = waiting.record
         record = attrs.evolve(task, args=substitute(task.args), kwargs=substitute(task.kwargs))

@@ -121,6 +121,19 @@ def test_a_cancelled_waiting_task_is_never_sent(url, responder):
         assert waiting.cancelled()
 
 
+def test_a_failure_passes_down_a_long_chain(url, responder):
+    """Thousands of tasks in a chain: each fails in turn (no recursion limit on the way)."""
+    with rb.Session(url) as s:
+        head = s.submit("hold.py")
+        chain = [head]
+        for _ in range(3000):
+            chain.append(s.submit("echo.py", chain[-1]))
+        assert head.cancel()
+        for future in chain[1:]:
+            assert isinstance(future.exception(timeout=10), rb.DependencyError)
+        assert s.outstanding == 0 and s._workflow.waiting == {}
+
+
 def test_an_input_that_already_failed_fails_the_task_at_once(url, responder):
     with rb.Session(url) as s:
         bad = s.submit("fail.py", task_id="bad")
