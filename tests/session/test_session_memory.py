@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-import uuid
 from collections.abc import Sized
 
 import pytest
-from test_session import Responder
+from session_responder import Responder
 
 import realtime_batch as rb
 
@@ -62,11 +61,6 @@ def wait_for(predicate, seconds: float = 10.0) -> None:
     while not predicate():
         assert time.monotonic() < end, "condition not reached"
         time.sleep(0.02)
-
-
-@pytest.fixture
-def url():
-    return f"memory://memory-{uuid.uuid4().hex}"
 
 
 def test_finished_tasks_leave_nothing_behind_and_duplicates_are_still_dropped(url):

@@ -9,27 +9,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-import uuid
 
 import pytest
-from test_session import Responder
+from session_responder import Responder
 from test_session_memory import held_entries
 
 import realtime_batch as rb
 from realtime_batch.protocol import ProtocolError, ResultRecord, encode_result
 from realtime_batch.transport import Message
-
-
-@pytest.fixture
-def url():
-    return f"memory://workflow-{uuid.uuid4().hex}"
-
-
-@pytest.fixture
-def responder(url):
-    r = Responder(url)
-    yield r
-    r.close()
 
 
 def answer(responder: Responder, session: rb.Session, task_id: str, value) -> None:

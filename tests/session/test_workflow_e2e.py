@@ -9,11 +9,10 @@ chain and the chain completes.
 from __future__ import annotations
 
 import textwrap
-import uuid
 from pathlib import Path
 
-import psutil
 import pytest
+from session_pools import BACKENDS, backend_pool
 
 import realtime_batch as rb
 
@@ -35,8 +34,6 @@ CRASH_ONCE = '''
         return value, None
 '''
 
-BACKENDS = ["memory", "zmq", pytest.param("servicebus", marks=pytest.mark.azure)]
-
 
 @pytest.fixture(scope="module")
 def task_files(tmp_path_factory) -> list[Path]:
@@ -47,30 +44,8 @@ def task_files(tmp_path_factory) -> list[Path]:
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def pool(request, task_files):
-    me = psutil.Process()
-    before = {child.pid for child in me.children(recursive=True)}
-    standin = None
-    if request.param == "memory":
-        url = f"memory://workflow-{uuid.uuid4().hex}"
-    elif request.param == "zmq":
-        url = "zmq://127.0.0.1:0"
-    else:
-        pytest.importorskip("azure.servicebus")
-        from servicebus_standin import StandInProcess
-
-        standin = StandInProcess()
-        url = standin.connection_string
-    try:
-        with rb.LocalPool(engines=2, transport=url, task_files=task_files) as local_pool:
-            yield local_pool
-    finally:
-        if standin is not None:
-            standin.stop()
-    leftover = [c for c in me.children(recursive=True) if c.pid not in before]
-    _, alive = psutil.wait_procs(leftover, timeout=5)
-    for proc in alive:
-        proc.kill()
-    assert not alive, f"processes left behind: {[p.pid for p in alive]}"
+    with backend_pool(request.param, task_files, engines=2) as local_pool:
+        yield local_pool
 
 
 def test_monte_carlo_fan_out_then_reduce(pool):
