@@ -34,25 +34,17 @@ class Responder:
                 if task.command == "hold.py":
                     continue
                 if task.command == "fail.py":
-                    rec = ResultRecord(
-                        session=task.session,
-                        job=task.job,
-                        task=task.task,
-                        status="error",
-                        engine="fake-1",
-                        error=ErrorInfo("ValueError", "boom", "Traceback: ..."),
-                        session_key=task.session_key,  # as an engine echoes it
-                    )
+                    outcome = {
+                        "status": "error",
+                        "error": ErrorInfo("ValueError", "boom", "Traceback: ..."),
+                    }
                 else:
-                    rec = ResultRecord(
-                        session=task.session,
-                        job=task.job,
-                        task=task.task,
-                        status="ok",
-                        engine="fake-1",
-                        value={"args": task.args, "kwargs": task.kwargs},
-                        session_key=task.session_key,
-                    )
+                    outcome = {"status": "ok", "value": {"args": task.args, "kwargs": task.kwargs}}
+                rec = ResultRecord(
+                    session=task.session, job=task.job, task=task.task, engine="fake-1",
+                    session_key=task.session_key,  # as an engine echoes it
+                    **outcome,
+                )  # fmt: skip
                 reply = Message(encode_result(rec), group=task.reply_to.group)
                 copies = 2 if self.duplicate else 1
                 self.transport.send(task.reply_to.queue, [reply] * copies)
