@@ -10,9 +10,14 @@ responsibility into parts beside this module:
 * ``_tracking``: the engines heard from, where tasks run, and where cancel requests go
   (``EngineTracker``);
 * ``_expiry``: the deadlines of unanswered tasks (``DeadlineQueue``);
+* ``_ledger``: the outstanding tasks' futures and the ids already used, bounded by
+  what is outstanding (``TaskLedger``);
+* ``_inbox``: the results handed out, by ``results()``, iteration and callbacks
+  (``Inbox``);
+* ``_workflow``: tasks that wait for other tasks' futures (``Workflow``);
 * ``jobmanager``: the prototype's ``JobManager`` on top of a session.
 
-This module keeps the futures: it registers them at submit, resolves them when
+This module ties them together: it registers futures at submit, resolves them when
 their result arrives (``Session._resolve``, dropping duplicates), and cancels them.
 
 Cancellation: a cancelled task's future is cancelled at once and any later result
@@ -28,7 +33,6 @@ import socket
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -50,8 +54,9 @@ from realtime_batch.protocol import (
 from realtime_batch.transport import Message, Transport, open_transport
 
 from ._expiry import DeadlineQueue
+from ._inbox import Callback, Inbox, local_result
 from ._ledger import TaskLedger
-from ._listening import POLL, Listener
+from ._listening import Listener
 from ._sending import Sender, task_message
 from ._tracking import EngineTracker
 from ._workflow import Workflow, find_futures, substitute
@@ -145,7 +150,6 @@ class Session:
         self.default_timeout = timeout
         self.default_max_retries = max_retries
         self.default_retry_on = _type_names(retry_on)
-        self.keep_results = keep_results
         self.control_queue = control_queue
         self._transport, self._owns_transport, pool_job = self._connect(
             pool_or_url, transport_options or {}
@@ -168,12 +172,10 @@ class Session:
         self._closed = threading.Event()
         self._ledger = TaskLedger()
         self._futures = self._ledger.futures  # outstanding tasks' futures, by id
-        self._unread: deque[Result] = deque()
-        self._arrived = threading.Condition(self._lock)
+        self._inbox = Inbox(self._lock, keep_results)
         self._received = 0
         self._duplicates = 0
         self._forged = 0
-        self._callbacks: list[Callable[[Result], None]] = []
         self._deadlines = DeadlineQueue()
         self._workflow = Workflow(self, self._send_released, self._fail_local)
         self._tracker = EngineTracker(
@@ -328,13 +330,10 @@ class Session:
         with self._lock:
             if self._ledger.finish(future.task_id) is None:
                 return  # cancelled or closed meanwhile
-            result = self._local_result(future, status, now, error)
-            if self.keep_results:
-                self._unread.append(result)
-            self._arrived.notify_all()
-            callbacks = list(self._callbacks)
+            result = local_result(future, status, now, error)
+            callbacks = self._inbox.arrive(result)
         future.set_exception(exc)
-        self._run_callbacks(callbacks, result)
+        self._inbox.run_callbacks(callbacks, result)
 
     def _register(
         self, task_id: str, submitted_at: float, deadline: float | None, generated: bool
@@ -410,10 +409,7 @@ class Session:
                 finished_at=record.finished_at,
                 received_at=now,
             )
-            if self.keep_results:
-                self._unread.append(result)
-            self._arrived.notify_all()
-            callbacks = list(self._callbacks)
+            callbacks = self._inbox.arrive(result)
         if record.status == STATUS_OK:
             future.set_result(record.value)
         elif record.status == STATUS_CANCELLED:
@@ -425,20 +421,12 @@ class Session:
                 else ErrorInfo("TaskError", record.status)
             )
             future.set_exception(TaskError(record.task, error, record.engine, record.attempt))
-        self._run_callbacks(callbacks, result)
-
-    @staticmethod
-    def _run_callbacks(callbacks: list[Callable[[Result], None]], result: Result) -> None:
-        for callback in callbacks:
-            try:
-                callback(result)
-            except Exception:
-                log.exception("result callback failed")
+        self._inbox.run_callbacks(callbacks, result)
 
     def _forget(self, task_id: str) -> None:
         with self._lock:
             if self._ledger.finish(task_id) is not None:
-                self._arrived.notify_all()
+                self._inbox.arrived.notify_all()
 
     def _on_notice(self, message: Message) -> None:
         self._tracker.on_notice(message, self._futures)
@@ -461,40 +449,19 @@ class Session:
         engine will answer. Tasks known to be running are left alone.
         """
         now = time.time()
-        expired: list[tuple[TaskFuture, Result]] = []
+        expired: list[tuple[TaskFuture, Result, list[Callback]]] = []
         with self._lock:
             for task_id in self._deadlines.pop_due(now, self._futures):
                 if self._tracker.is_running(task_id):
                     continue
                 future = self._ledger.finish(task_id)
                 assert future is not None  # pop_due returns outstanding tasks only
-                result = self._local_result(future, STATUS_EXPIRED, now)
-                if self.keep_results:
-                    self._unread.append(result)
-                expired.append((future, result))
-            if expired:
-                self._arrived.notify_all()
-            callbacks = list(self._callbacks)
-        for future, result in expired:
+                result = local_result(future, STATUS_EXPIRED, now)
+                expired.append((future, result, self._inbox.arrive(result)))
+        for future, result, callbacks in expired:
             error = ErrorInfo("TaskExpiredError", "the task's deadline passed before it started")
             future.set_exception(TaskError(future.task_id, error))
-            self._run_callbacks(callbacks, result)
-
-    @staticmethod
-    def _local_result(
-        future: TaskFuture, status: str, now: float, error: ErrorInfo | None = None
-    ) -> Result:
-        return Result(
-            task_id=future.task_id,
-            ok=False,
-            value=None,
-            error=error,
-            engine="",
-            attempt=0,
-            status=status,
-            submitted_at=getattr(future, "submitted_at", None),
-            received_at=now,
-        )
+            self._inbox.run_callbacks(callbacks, result)
 
     # ------------------------------------------------------------------ cancelling
     def cancel(self, task_ids: str | Iterable[str | concurrent.futures.Future]) -> int:
@@ -510,29 +477,24 @@ class Session:
             task_ids = [task_ids]
         ids = [str(getattr(t, "task_id", t)) for t in task_ids]
         now = time.time()
-        cancelled: list[tuple[TaskFuture, Result]] = []
+        cancelled: list[tuple[TaskFuture, Result, list[Callback]]] = []
         with self._lock:
             for task_id in ids:
                 future = self._ledger.finish(task_id)
                 if future is None:
                     continue
-                result = self._local_result(future, STATUS_CANCELLED, now)
-                if self.keep_results:
-                    self._unread.append(result)
-                cancelled.append((future, result))
-            if cancelled:
-                self._arrived.notify_all()
-            unsent = self._workflow.discard(f.task_id for f, _ in cancelled)
+                result = local_result(future, STATUS_CANCELLED, now)
+                cancelled.append((future, result, self._inbox.arrive(result)))
+            unsent = self._workflow.discard(f.task_id for f, _, _ in cancelled)
             routes = self._tracker.route(
-                [f.task_id for f, _ in cancelled if f.task_id not in unsent], now
+                [f.task_id for f, _, _ in cancelled if f.task_id not in unsent], now
             )
-            callbacks = list(self._callbacks)
         if not cancelled:
             return 0
-        self._sender.withdraw({future.task_id for future, _ in cancelled})
-        for future, result in cancelled:
+        self._sender.withdraw({future.task_id for future, _, _ in cancelled})
+        for future, result, callbacks in cancelled:
             future._cancel_locally()
-            self._run_callbacks(callbacks, result)
+            self._inbox.run_callbacks(callbacks, result)
         self._tracker.send_cancels(routes)
         return len(cancelled)
 
@@ -581,17 +543,24 @@ class Session:
         return type(self._transport).__name__
 
     # ------------------------------------------------------------------ results
+    @property
+    def keep_results(self) -> bool:
+        """Whether results are kept for :meth:`results` and iteration."""
+        return self._inbox.keep
+
+    @keep_results.setter
+    def keep_results(self, keep: bool) -> None:
+        self._inbox.keep = keep
+
     def results(self) -> list[Result]:
         """Results that arrived since the last call (the seed's ``get_results``)."""
         with self._lock:
-            taken = list(self._unread)
-            self._unread.clear()
-        return taken
+            return self._inbox.take()
 
     def num_results_returned(self) -> int:
         """Results that arrived and were not yet taken by :meth:`results`."""
         with self._lock:
-            return len(self._unread)
+            return len(self._inbox.unread)
 
     @property
     def outstanding(self) -> int:
@@ -617,30 +586,15 @@ class Session:
     def add_result_callback(self, callback: Callable[[Result], None]) -> None:
         """Call ``callback(result)`` (in the listener thread) for every arriving result."""
         with self._lock:
-            self._callbacks.append(callback)
+            self._inbox.callbacks.append(callback)
 
     def __iter__(self) -> Iterator[Result]:
         """Yield results as they arrive until no submitted task is outstanding."""
-        while True:
-            with self._arrived:
-                while not self._unread and self._futures and not self._closed.is_set():
-                    self._arrived.wait(POLL)
-                if self._unread:
-                    result = self._unread.popleft()
-                else:
-                    return
-            yield result
+        yield from self._inbox.iterate(self._futures, self._closed)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every submitted task has a result; False on timeout."""
-        end = None if timeout is None else time.monotonic() + timeout
-        with self._arrived:
-            while self._futures:
-                remaining = None if end is None else end - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._arrived.wait(POLL if remaining is None else min(remaining, POLL))
-        return True
+        return self._inbox.wait_until_empty(self._futures, timeout)
 
     # ------------------------------------------------------------------ closing
     @property
@@ -655,7 +609,7 @@ class Session:
         self._listener.join(5)
         with self._lock:
             pending = self._ledger.finish_all()
-            self._arrived.notify_all()
+            self._inbox.arrived.notify_all()
         self._workflow.discard(list(self._workflow.waiting))
         for future in pending:
             future._cancel_locally()
