@@ -36,4 +36,6 @@ WORKLOADS = (
     "cold-start",
     "idle",
     "client-memory",
+    "scale-session-memory",
+    "workflow",
 )

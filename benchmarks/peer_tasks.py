@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-__all__ = ["TASKS", "block", "echo", "noop", "sleep"]
+__all__ = ["TASKS", "block", "echo", "noop", "sleep", "total"]
 
 
 def noop() -> None:
@@ -30,4 +30,9 @@ def block(seconds: float = 600.0) -> None:
     time.sleep(seconds)
 
 
-TASKS = {"noop": noop, "sleep": sleep, "echo": echo, "block": block}
+def total(values: list[float]) -> float:
+    """Return ``sum(values)`` (the workflow workload's reduce step)."""
+    return sum(values)
+
+
+TASKS = {"noop": noop, "sleep": sleep, "echo": echo, "block": block, "total": total}

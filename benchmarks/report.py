@@ -37,6 +37,8 @@ HEADLINE: dict[str, tuple[str, str, bool]] = {
     "cold-start": ("seconds", "s", False),
     "idle": ("rss_mb", "MB RSS", False),
     "client-memory": ("rss_mb", "MB growth", False),
+    "scale-session-memory": ("rss_beyond_mb", "MB more, 1M vs 1k tasks (quick: 20k)", False),
+    "workflow": ("seconds", "s, fan-out 1,000 + reduce (quick: 100)", False),
 }
 BEGIN = "<!-- bench:begin -->"
 END = "<!-- bench:end -->"

@@ -25,9 +25,10 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks import WORKLOADS
+from benchmarks import WORKLOADS, session_memory
 from benchmarks.procs import Interrupted, child_env, die_with_parent, interruptible, stop_process
 from benchmarks.systems import NotApplicableError, System, SystemUnavailableError, make_system
+from benchmarks.workflow import workflow
 from benchmarks.workloads import (
     FULL,
     PAYLOADS,
@@ -56,7 +57,7 @@ FRESH_TIMEOUT = 900.0
 FRESH_STOP_GRACE = 4.0
 
 #: workloads that share one started system, in the order they run (idle first: fresh workers)
-RUNNING = ("idle", "roundtrip", "java-noop", *PAYLOADS, "throughput", "sleep-10ms")
+RUNNING = ("idle", "roundtrip", "java-noop", *PAYLOADS, "throughput", "sleep-10ms", "workflow")
 
 
 def _emit(tag: str, payload_: dict[str, Any]) -> None:
@@ -186,6 +187,7 @@ def run_system(name: str, settings: Settings, workloads: list[str]) -> list[dict
             "java-noop": lambda: java_noop(system, settings),
             "throughput": lambda: throughput(system, settings),
             "sleep-10ms": lambda: sleep_10ms(system, settings),
+            "workflow": lambda: workflow(system, settings),
         }
         for workload in PAYLOADS:
             runs[workload] = lambda w=workload: payload(system, settings, w)
@@ -206,9 +208,13 @@ def run_system(name: str, settings: Settings, workloads: list[str]) -> list[dict
                 _emit("RECORD", record)
     finally:
         system.stop()
-    if not settings.fresh_processes:
-        return records
-    for record in fresh_records(name, settings, workloads):
+    found = fresh_records(name, settings, workloads) if settings.fresh_processes else []
+    if session_memory.WORKLOAD in workloads:
+        counts = session_memory.COUNTS if settings.mode == "full" else session_memory.QUICK_COUNTS
+        found.append(
+            _guarded(name, session_memory.WORKLOAD, lambda: session_memory.workload(name, counts))
+        )
+    for record in found:
         records.append(record)
         _emit("RECORD", record)
     return records

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from .jobmanager import JobManager
 from .pool import OrchestratorError, Pool, PoolNotFoundError, PoolStateError
-from .session import Result, Session, SessionClosedError, TaskCancelledError, TaskError
+from .session import (
+    DependencyError,
+    Result,
+    Session,
+    SessionClosedError,
+    TaskCancelledError,
+    TaskError,
+)
 
 __all__ = [
+    "DependencyError",
     "JobManager",
     "OrchestratorError",
     "Pool",

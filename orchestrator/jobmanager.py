@@ -84,7 +84,9 @@ class JobManager(Session):
         if pool_or_url is None:
             pool_or_url = _configured_transport_url()
         self._submissions = itertools.count(1)
-        self._latest: dict[str, str] = {}  # caller's task id -> wire id of its latest use
+        self._caller_ids = itertools.count(1)  # ids for submissions without one
+        # caller's task id -> wire id of its latest use, while that task is outstanding
+        self._latest: dict[str, str] = {}
         self._reuse = threading.Lock()
         super().__init__(pool_or_url, job=job_id, name=client, **options)
 
@@ -127,7 +129,7 @@ class JobManager(Session):
         Raises:
             ValueError: ``task_id``'s earlier task has not finished yet.
         """
-        caller_id = str(next(self._ids)) if task_id is None else str(task_id)
+        caller_id = str(next(self._caller_ids)) if task_id is None else str(task_id)
         with self._reuse:
             earlier = self._latest.get(caller_id)
             if earlier is not None:
@@ -141,7 +143,14 @@ class JobManager(Session):
             wire_id = f"{caller_id}{_SUBMISSION}{next(self._submissions)}"
             future = super().submit(command, *args, task_id=wire_id, **options)
             self._latest[caller_id] = wire_id
+        future.add_done_callback(lambda _: self._finished(caller_id, wire_id))
         return future
+
+    def _finished(self, caller_id: str, wire_id: str) -> None:
+        """A submission finished: forget its caller id unless it was re-used since."""
+        with self._reuse:
+            if self._latest.get(caller_id) == wire_id:
+                del self._latest[caller_id]
 
     def cancel(self, task_ids: str | Iterable[str | concurrent.futures.Future]) -> int:
         """``Session.cancel``; a task id names the latest task submitted with it."""

@@ -13,7 +13,14 @@ from realtime_batch.protocol import ErrorInfo
 if TYPE_CHECKING:
     from .session import Session
 
-__all__ = ["Result", "SessionClosedError", "TaskCancelledError", "TaskError", "TaskFuture"]
+__all__ = [
+    "DependencyError",
+    "Result",
+    "SessionClosedError",
+    "TaskCancelledError",
+    "TaskError",
+    "TaskFuture",
+]
 
 
 class TaskError(Exception):
@@ -36,6 +43,24 @@ class TaskError(Exception):
         self.remote_traceback = error.traceback
         self.engine = engine
         self.attempt = attempt
+
+
+class DependencyError(TaskError):
+    """A task was not run because a task it depends on failed or was cancelled.
+
+    Attributes:
+        dependency: the task id of the input that failed or was cancelled.
+        cause: that input's exception (None when it was cancelled).
+    """
+
+    def __init__(self, task_id: str, dependency: str, cause: BaseException | None) -> None:
+        if cause is None:
+            message = f"input task {dependency!r} was cancelled"
+        else:
+            message = f"input task {dependency!r} failed: {cause}"
+        super().__init__(task_id, ErrorInfo("DependencyError", message))
+        self.dependency = dependency
+        self.cause = cause
 
 
 class TaskCancelledError(concurrent.futures.CancelledError):

@@ -21,6 +21,7 @@ _LAZY: dict[str, str] = {
     "Result": "realtime_batch.orchestrator.session:Result",
     "TaskError": "realtime_batch.orchestrator.session:TaskError",
     "TaskCancelledError": "realtime_batch.orchestrator.session:TaskCancelledError",
+    "DependencyError": "realtime_batch.orchestrator.session:DependencyError",
     "LocalPool": "realtime_batch.emulator.local_pool:LocalPool",
     "Pool": "realtime_batch.orchestrator.pool:Pool",
     "AzureBatchPool": "realtime_batch.orchestrator.azure_batch:AzureBatchPool",

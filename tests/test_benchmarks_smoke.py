@@ -46,6 +46,7 @@ FIGURES = {
     "sleep-10ms": ("efficiency",),
     "cold-start": ("seconds",),
     "client-memory": ("rss_mb",),
+    "workflow": ("seconds", "tasks_per_s"),
 }
 
 
@@ -82,8 +83,10 @@ def test_harness_records(system, fresh, no_leaked_processes):
         "payload-1MiB",
         "throughput",
         "sleep-10ms",
+        "workflow",
         "cold-start",
         "client-memory",
+        "scale-session-memory",
     ]
     for record in records:
         check_shape(record)

@@ -5,8 +5,8 @@ A block runs as a script from the checkout's root, against the real files in
 
 * ``<!-- doc-test: session -->``: a fragment that uses ``session``; it runs with
   ``session`` bound to a Session on an in-process pool (``memory://``) that stages
-  every file of ``examples/hello`` and ``examples/pi`` plus the page's task blocks
-  (which replace an example file of the same name);
+  every file of ``examples/hello``, ``examples/pi`` and ``examples/workflow`` plus the
+  page's task blocks (which replace an example file of the same name);
 * ``<!-- doc-test: task NAME -->``: a task module; it is staged as ``NAME`` for the
   page's ``session`` blocks and must define ``run`` or ``do_action``;
 * ``<!-- doc-test: skip REASON -->``: not run (an Azure account, a running
@@ -26,7 +26,10 @@ import realtime_batch as rb
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 EXAMPLE_FILES = [
-    p for d in ("hello", "pi") for p in sorted((ROOT / "examples" / d).iterdir()) if p.is_file()
+    p
+    for d in ("hello", "pi", "workflow")
+    for p in sorted((ROOT / "examples" / d).iterdir())
+    if p.is_file()
 ]
 _BLOCK = re.compile(
     r"(?:^<!-- doc-test: (?P<mark>[^\n]*?) -->\n)?^```python[ \t]*\n(?P<code>.*?)^```", re.M | re.S

@@ -9,6 +9,7 @@ import realtime_batch as rb
 
 PUBLIC = {
     "AzureBatchPool",
+    "DependencyError",
     "JobManager",
     "LocalPool",
     "Message",

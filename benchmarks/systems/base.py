@@ -57,6 +57,19 @@ class System(ABC):
     def stop(self) -> None:
         """Stop everything :meth:`start` started. Idempotent."""
 
+    def run_workflow(self, fan_out: int) -> Any:
+        """Run ``echo(i)`` for ``i < fan_out``, then one ``total`` task over their values.
+
+        The reduce task is handed to the system at once, before the fan-out is done,
+        with the fan-out's futures (or references) as its input: the system itself holds
+        it until its inputs are ready. Returns the reduce task's value.
+
+        Raises:
+            NotApplicableError: the system has no way to pass one task's result to
+                another (the default).
+        """
+        raise NotApplicableError(f"{self.name} has no task graph (workflow)")
+
     def call_jar(self, jar: str, *args: Any) -> Any:
         """Run a staged benchmark jar (``noop.jar``) as one task and return its value.
 

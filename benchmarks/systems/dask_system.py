@@ -60,6 +60,11 @@ class DaskSystem(System):
             futures = self._client.map(lambda _: fn(), range(len(args_list)), pure=False)
         self._client.gather(futures)
 
+    def run_workflow(self, fan_out: int) -> Any:
+        parts = self._client.map(peer_tasks.echo, range(fan_out), pure=False)
+        total = self._client.submit(peer_tasks.total, parts, pure=False)
+        return total.result(RESULT_TIMEOUT)
+
     def submit_outstanding(self, task: str, count: int) -> None:
         fn = peer_tasks.TASKS[task]
         self._outstanding = self._client.map(lambda _: fn(), range(count), pure=False)

@@ -21,6 +21,7 @@ class RaySystem(System):
 
     def __init__(self) -> None:
         self._remote: dict[str, Any] = {}
+        self._total_of: Any = None
         self._started = False
 
     def start(self) -> None:
@@ -41,6 +42,7 @@ class RaySystem(System):
         )
         self._started = True
         self._remote = {name: ray.remote(fn) for name, fn in peer_tasks.TASKS.items()}
+        self._total_of = ray.remote(_total_of)
 
     def call(self, task: str, *args: Any) -> Any:
         import ray
@@ -53,6 +55,13 @@ class RaySystem(System):
         remote = self._remote[task]
         refs = [remote.remote(*args) for args in args_list]
         ray.get(refs, timeout=RESULT_TIMEOUT)
+
+    def run_workflow(self, fan_out: int) -> Any:
+        import ray
+
+        # Ray resolves references passed as top-level arguments only: spread them
+        parts = [self._remote["echo"].remote(i) for i in range(fan_out)]
+        return ray.get(self._total_of.remote(*parts), timeout=RESULT_TIMEOUT)
 
     def submit_outstanding(self, task: str, count: int) -> None:
         remote = self._remote[task]
@@ -70,3 +79,8 @@ class RaySystem(System):
         import ray
 
         return {"ray": ray.__version__}
+
+
+def _total_of(*values: float) -> float:
+    """``peer_tasks.total`` over references spread as arguments (Ray resolves those)."""
+    return peer_tasks.total(list(values))

@@ -91,6 +91,10 @@ class RtbatchSystem(System):
         for future in done:
             future.result()
 
+    def run_workflow(self, fan_out: int) -> Any:
+        parts = self.session.map("echo.py", range(fan_out))
+        return self.session.submit("total.py", parts).result(RESULT_TIMEOUT)
+
     def submit_outstanding(self, task: str, count: int) -> None:
         # the engines stop first (resize(0)), so every task stays queued and outstanding;
         # this measures the same client state as a long task, without the stop grace

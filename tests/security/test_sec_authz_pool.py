@@ -124,8 +124,8 @@ def test_a_spoofed_cancel_does_not_stop_another_sessions_task(
         running = victim.submit("wait.py", str(tmp_path / "a"), str(release))
         waiting = victim.submit("wait.py", str(tmp_path / "b"), str(release))
         wait_for((tmp_path / "a").exists, what="the victim's task to start")
-        wait_for(lambda: running.task_id in victim._running_on, what="the running notice")
-        engine = victim._running_on[running.task_id]
+        wait_for(lambda: running.task_id in victim._tracker.running_on, what="the running notice")
+        engine = victim._tracker.running_on[running.task_id]
         # Everything a cancel request names is known to others: session and task ids.
         forged = cancel_messages(victim.id, engine, [running.task_id])
         forged += cancel_messages(victim.id, engine, [running.task_id], secret="guess")

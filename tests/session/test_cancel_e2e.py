@@ -13,11 +13,11 @@ from __future__ import annotations
 import concurrent.futures
 import textwrap
 import time
-import uuid
 from pathlib import Path
 
 import psutil
 import pytest
+from session_pools import BACKENDS, backend_pool
 
 import realtime_batch as rb
 
@@ -64,8 +64,6 @@ TASK_SOURCES = {
     ''',
 }
 
-BACKENDS = ["memory", "zmq", pytest.param("servicebus", marks=pytest.mark.azure)]
-
 
 @pytest.fixture(scope="module")
 def task_files(tmp_path_factory) -> list[Path]:
@@ -81,30 +79,8 @@ def task_files(tmp_path_factory) -> list[Path]:
 @pytest.fixture(scope="module", params=BACKENDS)
 def pool(request, task_files):
     """A one-engine pool (so that queued tasks wait behind the running one)."""
-    me = psutil.Process()
-    before = {child.pid for child in me.children(recursive=True)}
-    standin = None
-    if request.param == "memory":
-        url = f"memory://cancel-{uuid.uuid4().hex}"
-    elif request.param == "zmq":
-        url = "zmq://127.0.0.1:0"
-    else:
-        pytest.importorskip("azure.servicebus")
-        from servicebus_standin import StandInProcess
-
-        standin = StandInProcess()
-        url = standin.connection_string
-    try:
-        with rb.LocalPool(engines=1, transport=url, task_files=task_files) as local_pool:
-            yield local_pool
-    finally:
-        if standin is not None:
-            standin.stop()
-    leftover = [c for c in me.children(recursive=True) if c.pid not in before]
-    _, alive = psutil.wait_procs(leftover, timeout=5)
-    for proc in alive:
-        proc.kill()
-    assert not alive, f"processes left behind: {[p.pid for p in alive]}"
+    with backend_pool(request.param, task_files, engines=1) as local_pool:
+        yield local_pool
 
 
 def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:

@@ -76,7 +76,7 @@ def test_cancel_goes_to_the_running_engine_or_to_every_known_engine(transport):
         task_a, task_b = take_tasks(transport, 2)
         notify(transport, KIND_ENGINE, "e1", task_a)
         notify(transport, KIND_RUNNING, "e2", task_b)
-        wait_until(lambda: s._running_on.get("b") == "e2" and "e1" in s._engines)
+        wait_until(lambda: s._tracker.running_on.get("b") == "e2" and "e1" in s._tracker.engines)
 
         assert s.cancel(["b"]) == 1  # running on e2: only e2 hears of it
         assert cancels_for(transport, "e2") == ["b"]
@@ -98,14 +98,14 @@ def test_an_engine_heard_from_later_gets_the_earlier_cancels(transport):
 
 def test_a_task_cancelled_before_it_was_sent_is_never_sent(transport, monkeypatch):
     sent: list = []
-    monkeypatch.setattr(rb.Session, "_send_loop", lambda self: sent.append("sender off"))
-    from realtime_batch.orchestrator import session as session_module
+    from realtime_batch.orchestrator import _sending
 
-    monkeypatch.setattr(session_module, "_IDLE_GAP", float("inf"))  # no inline first send
+    monkeypatch.setattr(_sending.Sender, "_loop", lambda self: sent.append("sender off"))
+    monkeypatch.setattr(_sending, "_IDLE_GAP", float("inf"))  # no inline first send
     with rb.Session(transport) as s:
         futures = [s.submit("hold.py") for _ in range(5)]
         assert s.cancel(futures[1:]) == 4
-        assert [f.task_id for f, _ in s._outbox] == [futures[0].task_id]
+        assert [f.task_id for f, _ in s._sender.outbox] == [futures[0].task_id]
         assert sorted(r.status for r in s.results()) == ["cancelled"] * 4
     assert sent == ["sender off"]
 
@@ -135,6 +135,6 @@ def test_a_notice_without_the_sessions_key_is_ignored(transport):
         forged = notice_message(KIND_RUNNING, "e-forged", [task.task], s.id, None, "wrong")
         transport.send(task.reply_to.queue, forged)
         notify(transport, KIND_RUNNING, "e-real", task)
-        wait_until(lambda: s._running_on.get(task.task) == "e-real")
-        assert "e-forged" not in s._engines
+        wait_until(lambda: s._tracker.running_on.get(task.task) == "e-real")
+        assert "e-forged" not in s._tracker.engines
         future.cancel()

@@ -44,9 +44,9 @@ def test_sends_are_retried_until_the_transport_is_back(burst):
 
 
 def test_a_send_that_keeps_failing_fails_its_futures(monkeypatch):
-    from realtime_batch.orchestrator import session as session_module
+    from realtime_batch.orchestrator import _sending
 
-    monkeypatch.setattr(session_module, "_SEND_RETRY_FOR", 0.3)
+    monkeypatch.setattr(_sending, "_SEND_RETRY_FOR", 0.3)
     url = f"memory://retry-{uuid.uuid4().hex}"
     flaky = Flaky(url, failures=10**6)
     with rb.Session(flaky) as s:
@@ -60,12 +60,12 @@ def test_a_send_that_keeps_failing_fails_its_futures(monkeypatch):
 def test_submit_waiting_for_room_fails_cleanly_when_the_session_closes(monkeypatch):
     import threading
 
-    from realtime_batch.orchestrator import session as session_module
+    from realtime_batch.orchestrator import _sending
     from realtime_batch.orchestrator.session import SessionClosedError
 
-    monkeypatch.setattr(session_module, "_OUTBOX_LIMIT", 2)
-    monkeypatch.setattr(rb.Session, "_send_loop", lambda self: None)  # nothing drains
-    monkeypatch.setattr(session_module, "_IDLE_GAP", float("inf"))  # no inline sends
+    monkeypatch.setattr(_sending, "_OUTBOX_LIMIT", 2)
+    monkeypatch.setattr(_sending.Sender, "_loop", lambda self: None)  # nothing drains
+    monkeypatch.setattr(_sending, "_IDLE_GAP", float("inf"))  # no inline sends
     s = rb.Session(f"memory://room-{uuid.uuid4().hex}")
     first = [s.submit("x.py") for _ in range(2)]
     outcome = []

@@ -13,73 +13,11 @@ import time
 import uuid
 
 import pytest
+from session_responder import Responder
 
 import realtime_batch as rb
 from realtime_batch.orchestrator.session import SessionClosedError
-from realtime_batch.protocol import ErrorInfo, ResultRecord, decode_task, encode_result
-from realtime_batch.transport import Message, open_transport
-
-
-class Responder:
-    """Answers tasks: ``echo`` returns its args, ``fail`` errors; ``hold`` never answers."""
-
-    def __init__(self, url: str, *, duplicate: bool = False) -> None:
-        self.transport = open_transport(url)
-        self.transport.declare_queue("tasks")
-        self.duplicate = duplicate
-        self.seen: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for d in self.transport.receive("tasks", max_messages=100, timeout=0.1):
-                task = decode_task(d.message.body)
-                self.seen.append(task.task)
-                if task.command == "hold.py":
-                    continue
-                if task.command == "fail.py":
-                    rec = ResultRecord(
-                        session=task.session,
-                        job=task.job,
-                        task=task.task,
-                        status="error",
-                        engine="fake-1",
-                        error=ErrorInfo("ValueError", "boom", "Traceback: ..."),
-                        session_key=task.session_key,  # as an engine echoes it
-                    )
-                else:
-                    rec = ResultRecord(
-                        session=task.session,
-                        job=task.job,
-                        task=task.task,
-                        status="ok",
-                        engine="fake-1",
-                        value={"args": task.args, "kwargs": task.kwargs},
-                        session_key=task.session_key,
-                    )
-                reply = Message(encode_result(rec), group=task.reply_to.group)
-                copies = 2 if self.duplicate else 1
-                self.transport.send(task.reply_to.queue, [reply] * copies)
-                self.transport.complete(d)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.transport.close()
-
-
-@pytest.fixture
-def url():
-    return f"memory://session-{uuid.uuid4().hex}"
-
-
-@pytest.fixture
-def responder(url):
-    r = Responder(url)
-    yield r
-    r.close()
+from realtime_batch.transport import open_transport
 
 
 def test_submit_returns_a_future_with_the_value(url, responder):

@@ -1,0 +1,47 @@
+"""A LocalPool with real engines on each backend, for the end-to-end session tests."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+import realtime_batch as rb
+
+__all__ = ["BACKENDS", "backend_pool"]
+
+#: the backends an end-to-end test runs on (Service Bus through the stand-in: azure marker)
+BACKENDS = ["memory", "zmq", pytest.param("servicebus", marks=pytest.mark.azure)]
+
+
+@contextlib.contextmanager
+def backend_pool(backend: str, task_files: list[Path], engines: int) -> Iterator[rb.LocalPool]:
+    """A pool of ``engines`` on ``backend``; fails if it leaves processes behind."""
+    me = psutil.Process()
+    before = {child.pid for child in me.children(recursive=True)}
+    standin = None
+    if backend == "memory":
+        url = f"memory://e2e-{uuid.uuid4().hex}"
+    elif backend == "zmq":
+        url = "zmq://127.0.0.1:0"
+    else:
+        pytest.importorskip("azure.servicebus")
+        from servicebus_standin import StandInProcess
+
+        standin = StandInProcess()
+        url = standin.connection_string
+    try:
+        with rb.LocalPool(engines=engines, transport=url, task_files=task_files) as local_pool:
+            yield local_pool
+    finally:
+        if standin is not None:
+            standin.stop()
+    leftover = [c for c in me.children(recursive=True) if c.pid not in before]
+    _, alive = psutil.wait_procs(leftover, timeout=5)
+    for proc in alive:
+        proc.kill()
+    assert not alive, f"processes left behind: {[p.pid for p in alive]}"
