@@ -40,6 +40,7 @@ from realtime_batch.control import (
     decode_control,
     session_key,
 )
+from realtime_batch.payloads import SessionPayloads
 from realtime_batch.protocol import (
     STATUS_CANCELLED,
     STATUS_EXPIRED,
@@ -50,7 +51,6 @@ from realtime_batch.protocol import (
     ResultRecord,
     TaskRecord,
     decode_result,
-    encode_task,
 )
 from realtime_batch.transport import (
     ConnectionLostError,
@@ -163,6 +163,9 @@ class Session:
         self._transport.declare_queue(results_queue, grouped=True)
         self._transport.declare_queue(control_queue, grouped=True)
         self._reply_to = ReplyTo(results_queue, self.id)
+        self._payloads = SessionPayloads.open(  # large values by reference (#20)
+            pool_or_url, self.job, self.id, self._transport.max_message_size
+        )
         # Tasks carry its hash, cancels the secret: no one else can cancel them; results
         # carry the hash back: no one else can answer them (realtime_batch/control.py).
         self._session_secret = os.urandom(16).hex()
@@ -272,7 +275,7 @@ class Session:
             retry_on=self.default_retry_on if retry_on is None else _type_names(retry_on),
             session_key=self._session_key,
         )
-        body = encode_task(record)  # raises ProtocolError for non-JSON arguments
+        body = self._payloads.encode_task(record)  # ProtocolError: an argument cannot travel
         message = Message(
             body,
             correlation_id=task_id,
@@ -471,6 +474,7 @@ class Session:
                 "key (not the answer to a task it sent)", self.id, record.task,
             )  # fmt: skip
             return
+        record = self._payloads.take_result(record)  # referenced values fetched (#20)
         now = time.time()
         if record.engine:
             heard = self._engines.get(record.engine)
@@ -794,6 +798,7 @@ class Session:
             self._outbox_ready.notify_all()
         self._sender.join(5)
         self._listener.join(5)
+        self._payloads.close()
         with self._lock:
             pending = list(self._futures.values())
             self._futures.clear()

@@ -88,7 +88,9 @@ def test_garbage_is_a_protocol_error(body):
 
 
 def test_result_unknown_status_rejected():
-    data = msgspec.msgpack.decode(encode_result(ResultRecord(session="s", job="j", task="t", status="ok")))
+    data = msgspec.msgpack.decode(
+        encode_result(ResultRecord(session="s", job="j", task="t", status="ok"))
+    )
     data["status"] = "maybe"
     with pytest.raises(ProtocolError, match="status"):
         decode_result(msgspec.msgpack.encode(data))

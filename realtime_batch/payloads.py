@@ -1,0 +1,426 @@
+"""Large values by reference: the payload store, and the offload and resolve rules.
+
+A task body above the threshold (below the transport's message limit) keeps its
+largest arguments in the job's payload store and carries references instead; the
+engine fetches them before the task runs. A result above the threshold goes the same
+way, and the client fetches it before handing it out. A reference
+(``realtime_batch.values.PayloadRef``) names only the SHA-256 of the packed value:
+
+* it is checked against a strict pattern (64 lowercase hex digits) while decoding, so
+  a message cannot choose where a file goes or is read from;
+* it is looked up only in the store of the task's own job and session
+  (``ROOT/JOB/SESSION/DIGEST``; a job or session name ``NAME`` does not allow is
+  hashed, ``folder_name``), so a
+  reference to another job's or session's payload is simply missing;
+* what is read is hashed again: a corrupt payload (``PayloadCorruptError``) or a
+  missing one (``PayloadMissingError``) is the task's error, never a wrong value.
+
+The client deletes a task's argument payloads when its result is taken, and a result
+payload once read; ``close()`` removes the session's directory, deleting the job removes
+the job's, and sessions older than ``DEFAULT_TTL`` are swept when a session opens.
+Stores: ``DirectoryStore`` (the emulated nodes' shared disk; ``LocalPool`` makes one),
+none for ``memory://`` (values stay in the message).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .protocol import (
+    ErrorInfo,
+    ProtocolError,
+    ResultRecord,
+    TaskRecord,
+    encode_result,
+    encode_task,
+)
+from .values import PayloadRef, pack, unpack
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "DEFAULT_TTL",
+    "ENV_STORE",
+    "DirectoryStore",
+    "PayloadCorruptError",
+    "PayloadError",
+    "PayloadMissingError",
+    "PayloadStoreError",
+    "Payloads",
+    "SessionPayloads",
+    "check_digest",
+    "engine_payloads",
+    "folder_name",
+    "payload_store_for",
+    "threshold_for",
+]
+
+logger = logging.getLogger(__name__)
+
+#: the engines' and clients' payload store: a directory shared by them
+ENV_STORE = "RTBATCH_PAYLOAD_STORE"
+#: bodies above this many bytes offload their largest values (at most half the limit)
+DEFAULT_THRESHOLD = 256 * 1024
+#: seconds after which a session's payloads left behind (a client that died) are swept
+DEFAULT_TTL = 24 * 3600.0
+#: values smaller than this stay in the message even when the body is too large
+_MIN_OFFLOAD = 1024
+DIGEST = re.compile(r"\A[0-9a-f]{64}\Z")
+NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,199}\Z")
+
+
+class PayloadError(Exception):
+    """A payload cannot be stored or fetched; the task gets it as its error."""
+
+
+class PayloadMissingError(PayloadError):
+    """The reference names a payload that is not in the job's store (deleted, expired, or
+    another job's)."""
+
+
+class PayloadCorruptError(PayloadError):
+    """The stored payload's content does not match the hash its reference names."""
+
+
+class PayloadStoreError(PayloadError):
+    """No store where one is needed, or the store failed."""
+
+
+def check_digest(digest: Any) -> str:
+    """``digest`` if it is a SHA-256 in lowercase hex, else ``ValueError``."""
+    if not isinstance(digest, str) or DIGEST.match(digest) is None:
+        raise ValueError(f"a payload reference must be 64 lowercase hex digits, got {digest!r}")
+    return digest
+
+
+def folder_name(name: str) -> str:
+    """The directory a job or session name maps to: itself when ``NAME`` allows it,
+    else a hash of it (so no name can step outside the store)."""
+    if NAME.match(name) is not None:
+        return name
+    return "h" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+
+
+def threshold_for(max_message_size: int) -> int:
+    """The body size above which values are offloaded, for a transport's limit."""
+    return min(DEFAULT_THRESHOLD, max_message_size // 2)
+
+
+class DirectoryStore:
+    """Payloads as files ``ROOT/JOB/SESSION/DIGEST`` on a disk clients and engines share.
+
+    Args:
+        root: the store's directory (created when missing).
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def _dir(self, job: str, session: str) -> Path:
+        return self.root / folder_name(job) / folder_name(session)
+
+    def put(self, job: str, session: str, digest: str, data: bytes) -> None:
+        """Store ``data`` under ``digest`` (written whole, then renamed into place)."""
+        folder = self._dir(job, session)
+        target = folder / check_digest(digest)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                os.utime(target)
+                return
+            temporary = folder / f".{digest}.{os.getpid()}.{threading.get_ident()}"
+            temporary.write_bytes(data)
+            os.replace(temporary, target)
+        except OSError as exc:
+            raise PayloadStoreError(f"cannot store payload {digest[:12]}: {exc}") from exc
+
+    def get(self, job: str, session: str, digest: str) -> bytes:
+        """The bytes stored under ``digest``; ``PayloadMissingError`` when there are none."""
+        try:
+            return (self._dir(job, session) / check_digest(digest)).read_bytes()
+        except FileNotFoundError:
+            raise PayloadMissingError(
+                f"payload {digest} is not in the store of job {job!r}, session {session!r} "
+                "(deleted, expired, or never stored there)"
+            ) from None
+        except OSError as exc:
+            raise PayloadStoreError(f"cannot read payload {digest[:12]}: {exc}") from exc
+
+    def delete(self, job: str, session: str, digests: Iterable[str]) -> None:
+        """Delete these payloads (those already gone are skipped)."""
+        folder = self._dir(job, session)
+        for digest in digests:
+            (folder / check_digest(digest)).unlink(missing_ok=True)
+
+    def drop_session(self, job: str, session: str) -> None:
+        """Delete everything stored for one session."""
+        shutil.rmtree(self._dir(job, session), ignore_errors=True)
+
+    def drop_job(self, job: str) -> None:
+        """Delete everything stored for one job."""
+        shutil.rmtree(self.root / folder_name(job), ignore_errors=True)
+
+    def sweep(self, job: str, ttl: float = DEFAULT_TTL, now: float | None = None) -> int:
+        """Delete the job's session directories untouched for ``ttl`` seconds; how many."""
+        cutoff = (time.time() if now is None else now) - ttl
+        swept = 0
+        try:
+            folders = list((self.root / folder_name(job)).iterdir())
+        except FileNotFoundError:
+            return 0
+        for folder in folders:
+            try:
+                newest = max(
+                    [folder.stat().st_mtime, *(f.stat().st_mtime for f in folder.iterdir())]
+                )
+            except OSError:
+                continue
+            if newest < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+                swept += 1
+        return swept
+
+
+class Payloads:
+    """The offload and resolve rules over one store (``None``: values stay in messages).
+
+    Args:
+        store: where large values go (a ``DirectoryStore``), or None.
+        threshold: body size in bytes above which values are offloaded.
+    """
+
+    def __init__(self, store: DirectoryStore | None, threshold: int = DEFAULT_THRESHOLD) -> None:
+        self.store = store
+        self.threshold = threshold
+
+    # -- offloading --------------------------------------------------------------------
+    def _put(self, job: str, session: str, value: Any) -> PayloadRef:
+        assert self.store is not None
+        try:
+            data = pack(value)
+        except TypeError as exc:  # encode_task/encode_result already refused these
+            raise ProtocolError(str(exc)) from None
+        digest = hashlib.sha256(data).hexdigest()
+        self.store.put(job, session, digest, data)
+        return PayloadRef(digest, len(data))
+
+    def _offload(self, job: str, session: str, items: list[tuple[Any, Any]]) -> dict[Any, Any]:
+        """Store the values of ``(key, value)`` pairs large enough to matter; key -> ref."""
+        sized = [(key, value, _rough_size(value)) for key, value in items]
+        return {
+            key: self._put(job, session, value)
+            for key, value, size in sorted(sized, key=lambda s: -s[2])
+            if size >= _MIN_OFFLOAD
+        }
+
+    def encode_task(self, task: TaskRecord) -> tuple[bytes, list[str]]:
+        """A task's body, its large arguments offloaded; and the digests it stored."""
+        body = encode_task(task)
+        if self.store is None or len(body) <= self.threshold:
+            return body, []
+        items = [(i, a) for i, a in enumerate(task.args)] + list(task.kwargs.items())
+        refs = self._offload(task.job, task.session, items)
+        task = attrs.evolve(
+            task,
+            args=[refs.get(i, a) for i, a in enumerate(task.args)],
+            kwargs={k: refs.get(k, v) for k, v in task.kwargs.items()},
+        )
+        return encode_task(task), [ref.digest for ref in refs.values()]
+
+    def encode_result(self, result: ResultRecord) -> bytes:
+        """A result's body, its value offloaded when large (store failure: an error result)."""
+        body = encode_result(result)
+        if self.store is None or len(body) <= self.threshold:
+            return body
+        try:
+            ref = self._put(result.job, result.session, result.value)
+        except PayloadError as exc:
+            return encode_result(_as_error(result, exc))
+        return encode_result(attrs.evolve(result, value=ref))
+
+    # -- resolving ---------------------------------------------------------------------
+    def fetch(self, job: str, session: str, ref: PayloadRef) -> Any:
+        """The value a reference names, read from the job's own store and hash-checked."""
+        if self.store is None:
+            raise PayloadStoreError(
+                f"a payload reference arrived but no payload store is set ({ENV_STORE})"
+            )
+        data = self.store.get(job, session, ref.digest)
+        if hashlib.sha256(data).hexdigest() != ref.digest:
+            raise PayloadCorruptError(
+                f"payload {ref.digest} is corrupt: its content does not match its hash"
+            )
+        try:
+            return unpack(data)
+        except Exception as exc:  # hash matched but not a packed value: stored by a bug
+            raise PayloadCorruptError(
+                f"payload {ref.digest} is not a packed value: {exc}"
+            ) from None
+
+    def resolve_task(self, task: TaskRecord) -> TaskRecord:
+        """``task`` with its referenced arguments fetched (itself when it has none).
+
+        Raises:
+            PayloadError: a payload is missing, corrupt, or there is no store.
+        """
+        if not any(type(a) is PayloadRef for a in task.args) and not any(
+            type(v) is PayloadRef for v in task.kwargs.values()
+        ):
+            return task
+
+        def value(item: Any) -> Any:
+            return self.fetch(task.job, task.session, item) if type(item) is PayloadRef else item
+
+        return attrs.evolve(
+            task,
+            args=[value(a) for a in task.args],
+            kwargs={k: value(v) for k, v in task.kwargs.items()},
+        )
+
+
+def _rough_size(value: Any) -> int:
+    if isinstance(value, (bytes, bytearray, str)):
+        return len(value)
+    if isinstance(value, memoryview):
+        return value.nbytes
+    try:
+        return len(pack(value))
+    except TypeError:
+        return 0
+
+
+def _as_error(result: ResultRecord, exc: Exception) -> ResultRecord:
+    return attrs.evolve(
+        result, status="error", value=None, error=ErrorInfo(type(exc).__name__, str(exc))
+    )
+
+
+class SessionPayloads:
+    """One session's side: offload at submit, resolve and delete when results are taken.
+
+    Args:
+        payloads: the rules and store.
+        job: the session's job.
+        session: the session's id (its directory in the store).
+    """
+
+    def __init__(self, payloads: Payloads, job: str, session: str) -> None:
+        self.payloads = payloads
+        self.job = job
+        self.session = session
+        self._lock = threading.Lock()
+        self._by_task: dict[str, list[str]] = {}
+        self._users: dict[str, int] = {}  # digest -> tasks still needing it
+        store = payloads.store
+        if store is not None:
+            swept = store.sweep(job)
+            if swept:
+                logger.info("swept %d expired payload directories of job %s", swept, job)
+
+    @classmethod
+    def open(cls, target: Any, job: str, session: str, max_message_size: int) -> SessionPayloads:
+        """For a session on ``target``: its ``payload_store``, else ``$RTBATCH_PAYLOAD_STORE``.
+
+        A ``memory://`` pool has none: values stay in the message.
+        """
+        store = getattr(target, "payload_store", None)
+        if store is None and os.environ.get(ENV_STORE):
+            store = DirectoryStore(os.environ[ENV_STORE])
+        return cls(Payloads(store, threshold_for(max_message_size)), job, session)
+
+    def encode_task(self, task: TaskRecord) -> bytes:
+        """The task's body; the payloads it stored are kept until its result is taken."""
+        body, digests = self.payloads.encode_task(task)
+        if digests:
+            with self._lock:
+                self._by_task[task.task] = digests
+                for digest in digests:
+                    self._users[digest] = self._users.get(digest, 0) + 1
+        return body
+
+    def take_result(self, result: ResultRecord) -> ResultRecord:
+        """``result`` with a referenced value fetched (and deleted); the task's payloads released.
+
+        A missing or corrupt payload makes it an error result naming the reason.
+        """
+        ref = result.value
+        if type(ref) is not PayloadRef:
+            self.release(result.task)
+            return result
+        try:  # before releasing: an echoed argument is the same file
+            value = self.payloads.fetch(self.job, self.session, ref)
+        except PayloadError as exc:
+            self.release(result.task)
+            return _as_error(result, exc)
+        self.release(result.task)
+        self._delete([ref.digest])
+        return attrs.evolve(result, value=value)
+
+    def release(self, task_id: str) -> None:
+        """The task is done: delete the argument payloads no other task needs."""
+        with self._lock:
+            digests = self._by_task.pop(task_id, None)
+            if not digests:
+                return
+            unused = []
+            for digest in digests:
+                left = self._users[digest] - 1
+                if left:
+                    self._users[digest] = left
+                else:
+                    del self._users[digest]
+                    unused.append(digest)
+        self._delete(unused)
+
+    def _delete(self, digests: list[str]) -> None:
+        store = self.payloads.store
+        if store is not None and digests:
+            with self._lock:
+                digests = [d for d in digests if d not in self._users]
+            store.delete(self.job, self.session, digests)
+
+    def close(self) -> None:
+        """Delete everything this session stored or was sent."""
+        store = self.payloads.store
+        if store is not None:
+            store.drop_session(self.job, self.session)
+        with self._lock:
+            self._by_task.clear()
+            self._users.clear()
+
+
+def payload_store_for(
+    scheme: str, pool_root: str | os.PathLike[str], engine_env: dict[str, str]
+) -> DirectoryStore | None:
+    """A local pool's store: ``POOL_ROOT/payloads``, named to its engines in ``engine_env``.
+
+    ``memory://`` has none: its engines are threads of the client's process and values
+    stay in the message (up to the transport's ``max_message_size``).
+    """
+    if scheme == "memory":
+        return None
+    store = DirectoryStore(Path(pool_root) / "payloads")
+    engine_env[ENV_STORE] = str(store.root)
+    return store
+
+
+_engine_payloads: Payloads | None = None
+
+
+def engine_payloads() -> Payloads:
+    """The engine's rules: the store named by ``$RTBATCH_PAYLOAD_STORE`` (none if unset)."""
+    global _engine_payloads
+    if _engine_payloads is None:
+        root = os.environ.get(ENV_STORE)
+        _engine_payloads = Payloads(DirectoryStore(root) if root else None)
+    return _engine_payloads
