@@ -225,10 +225,13 @@ class Payloads:
 
     def encode_task(self, task: TaskRecord) -> tuple[bytes, list[str]]:
         """A task's body, its large arguments offloaded; and the digests it stored."""
-        body = encode_task(task)
-        if self.store is None or len(body) <= self.threshold:
-            return body, []
+        if self.store is None:
+            return encode_task(task), []
         items = [(i, a) for i, a in enumerate(task.args)] + list(task.kwargs.items())
+        if sum(_flat_size(value) for _, value in items) <= self.threshold:
+            body = encode_task(task)  # encoded once when it fits (the usual case)
+            if len(body) <= self.threshold:
+                return body, []
         refs = self._offload(task.job, task.session, items)
         task = attrs.evolve(
             task,
@@ -239,9 +242,12 @@ class Payloads:
 
     def encode_result(self, result: ResultRecord) -> bytes:
         """A result's body, its value offloaded when large (store failure: an error result)."""
-        body = encode_result(result)
-        if self.store is None or len(body) <= self.threshold:
-            return body
+        if self.store is None:
+            return encode_result(result)
+        if _flat_size(result.value) <= self.threshold:
+            body = encode_result(result)
+            if len(body) <= self.threshold:
+                return body
         try:
             ref = self._put(result.job, result.session, result.value)
         except PayloadError as exc:
@@ -288,11 +294,19 @@ class Payloads:
         )
 
 
-def _rough_size(value: Any) -> int:
+def _flat_size(value: Any) -> int:
+    """The size of a ``str`` or bytes-like value (0 for others): a cheap lower bound."""
     if isinstance(value, (bytes, bytearray, str)):
         return len(value)
     if isinstance(value, memoryview):
         return value.nbytes
+    return 0
+
+
+def _rough_size(value: Any) -> int:
+    size = _flat_size(value)
+    if size:
+        return size
     try:
         return len(pack(value))
     except TypeError:
