@@ -163,13 +163,13 @@ class Session:
         self._transport.declare_queue(results_queue, grouped=True)
         self._transport.declare_queue(control_queue, grouped=True)
         self._reply_to = ReplyTo(results_queue, self.id)
-        self._payloads = SessionPayloads.open(  # large values by reference (#20)
-            pool_or_url, self.job, self.id, self._transport.max_message_size
-        )
         # Tasks carry its hash, cancels the secret: no one else can cancel them; results
         # carry the hash back: no one else can answer them (realtime_batch/control.py).
         self._session_secret = os.urandom(16).hex()
         self._session_key = session_key(self._session_secret)
+        self._payloads = SessionPayloads.open(  # large values by reference (#20)
+            pool_or_url, self.job, self._session_key, self._transport.max_message_size
+        )
         # cancellation: engines heard from, where long tasks run, cancels not yet located
         self._engines: dict[str, float] = {}
         self._running_on: dict[str, str] = {}

@@ -9,9 +9,10 @@ way, and the client fetches it before handing it out. A reference
 * it is checked against a strict pattern (64 lowercase hex digits) while decoding, so
   a message cannot choose where a file goes or is read from;
 * it is looked up only in the store of the task's own job and session
-  (``ROOT/JOB/SESSION/DIGEST``; a job or session name ``NAME`` does not allow is
-  hashed, ``folder_name``), so a
-  reference to another job's or session's payload is simply missing;
+  (``ROOT/JOB/SESSION_KEY/DIGEST``: the session's key, the hash of its secret, which
+  a forger naming another session cannot know; a name ``NAME`` does not allow is
+  hashed, ``folder_name``), so a reference to another job's or session's payload is
+  simply missing;
 * what is read is hashed again: a corrupt payload (``PayloadCorruptError``) or a
   missing one (``PayloadMissingError``) is the task's error, never a wrong value.
 
@@ -62,6 +63,7 @@ __all__ = [
     "engine_payloads",
     "folder_name",
     "payload_store_for",
+    "space",
     "threshold_for",
 ]
 
@@ -232,7 +234,7 @@ class Payloads:
             body = encode_task(task)  # encoded once when it fits (the usual case)
             if len(body) <= self.threshold:
                 return body, []
-        refs = self._offload(task.job, task.session, items)
+        refs = self._offload(task.job, space(task), items)
         task = attrs.evolve(
             task,
             args=[refs.get(i, a) for i, a in enumerate(task.args)],
@@ -249,7 +251,7 @@ class Payloads:
             if len(body) <= self.threshold:
                 return body
         try:
-            ref = self._put(result.job, result.session, result.value)
+            ref = self._put(result.job, space(result), result.value)
         except PayloadError as exc:
             return encode_result(_as_error(result, exc))
         return encode_result(attrs.evolve(result, value=ref))
@@ -284,14 +286,26 @@ class Payloads:
         ):
             return task
 
+        where = space(task)
+
         def value(item: Any) -> Any:
-            return self.fetch(task.job, task.session, item) if type(item) is PayloadRef else item
+            return self.fetch(task.job, where, item) if type(item) is PayloadRef else item
 
         return attrs.evolve(
             task,
             args=[value(a) for a in task.args],
             kwargs={k: value(v) for k, v in task.kwargs.items()},
         )
+
+
+def space(record: TaskRecord | ResultRecord) -> str:
+    """The store directory of a record's session: its ``session_key``, else its id.
+
+    The key is the hash of the session's secret, which only the session and the
+    engines (who alone read tasks) know: naming another session's id in a forged
+    task does not reach that session's payloads.
+    """
+    return record.session_key or record.session
 
 
 def _flat_size(value: Any) -> int:
@@ -325,7 +339,7 @@ class SessionPayloads:
     Args:
         payloads: the rules and store.
         job: the session's job.
-        session: the session's id (its directory in the store).
+        session: the session's directory in the store: its ``session_key`` (``space``).
     """
 
     def __init__(self, payloads: Payloads, job: str, session: str) -> None:
