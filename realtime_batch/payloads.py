@@ -28,11 +28,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
-import shutil
 import threading
-import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +42,25 @@ from .protocol import (
     encode_result,
     encode_task,
 )
+from .transport.payload_store import (
+    DEFAULT_TTL,
+    BlobStore,
+    DirectoryStore,
+    PayloadCorruptError,
+    PayloadError,
+    PayloadMissingError,
+    PayloadStoreError,
+    check_digest,
+    folder_name,
+    open_store,
+)
 from .values import PayloadRef, pack, unpack
 
 __all__ = [
     "DEFAULT_THRESHOLD",
     "DEFAULT_TTL",
     "ENV_STORE",
+    "BlobStore",
     "DirectoryStore",
     "PayloadCorruptError",
     "PayloadError",
@@ -62,6 +71,7 @@ __all__ = [
     "check_digest",
     "engine_payloads",
     "folder_name",
+    "open_store",
     "payload_store_for",
     "space",
     "threshold_for",
@@ -73,124 +83,13 @@ logger = logging.getLogger(__name__)
 ENV_STORE = "RTBATCH_PAYLOAD_STORE"
 #: bodies above this many bytes offload their largest values (at most half the limit)
 DEFAULT_THRESHOLD = 256 * 1024
-#: seconds after which a session's payloads left behind (a client that died) are swept
-DEFAULT_TTL = 24 * 3600.0
 #: values smaller than this stay in the message even when the body is too large
 _MIN_OFFLOAD = 1024
-DIGEST = re.compile(r"\A[0-9a-f]{64}\Z")
-NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,199}\Z")
-
-
-class PayloadError(Exception):
-    """A payload cannot be stored or fetched; the task gets it as its error."""
-
-
-class PayloadMissingError(PayloadError):
-    """The reference names a payload that is not in the job's store (deleted, expired, or
-    another job's)."""
-
-
-class PayloadCorruptError(PayloadError):
-    """The stored payload's content does not match the hash its reference names."""
-
-
-class PayloadStoreError(PayloadError):
-    """No store where one is needed, or the store failed."""
-
-
-def check_digest(digest: Any) -> str:
-    """``digest`` if it is a SHA-256 in lowercase hex, else ``ValueError``."""
-    if not isinstance(digest, str) or DIGEST.match(digest) is None:
-        raise ValueError(f"a payload reference must be 64 lowercase hex digits, got {digest!r}")
-    return digest
-
-
-def folder_name(name: str) -> str:
-    """The directory a job or session name maps to: itself when ``NAME`` allows it,
-    else a hash of it (so no name can step outside the store)."""
-    if NAME.match(name) is not None:
-        return name
-    return "h" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:40]
 
 
 def threshold_for(max_message_size: int) -> int:
     """The body size above which values are offloaded, for a transport's limit."""
     return min(DEFAULT_THRESHOLD, max_message_size // 2)
-
-
-class DirectoryStore:
-    """Payloads as files ``ROOT/JOB/SESSION/DIGEST`` on a disk clients and engines share.
-
-    Args:
-        root: the store's directory (created when missing).
-    """
-
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
-
-    def _dir(self, job: str, session: str) -> Path:
-        return self.root / folder_name(job) / folder_name(session)
-
-    def put(self, job: str, session: str, digest: str, data: bytes) -> None:
-        """Store ``data`` under ``digest`` (written whole, then renamed into place)."""
-        folder = self._dir(job, session)
-        target = folder / check_digest(digest)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            if target.exists():
-                os.utime(target)
-                return
-            temporary = folder / f".{digest}.{os.getpid()}.{threading.get_ident()}"
-            temporary.write_bytes(data)
-            os.replace(temporary, target)
-        except OSError as exc:
-            raise PayloadStoreError(f"cannot store payload {digest[:12]}: {exc}") from exc
-
-    def get(self, job: str, session: str, digest: str) -> bytes:
-        """The bytes stored under ``digest``; ``PayloadMissingError`` when there are none."""
-        try:
-            return (self._dir(job, session) / check_digest(digest)).read_bytes()
-        except FileNotFoundError:
-            raise PayloadMissingError(
-                f"payload {digest} is not in the store of job {job!r}, session {session!r} "
-                "(deleted, expired, or never stored there)"
-            ) from None
-        except OSError as exc:
-            raise PayloadStoreError(f"cannot read payload {digest[:12]}: {exc}") from exc
-
-    def delete(self, job: str, session: str, digests: Iterable[str]) -> None:
-        """Delete these payloads (those already gone are skipped)."""
-        folder = self._dir(job, session)
-        for digest in digests:
-            (folder / check_digest(digest)).unlink(missing_ok=True)
-
-    def drop_session(self, job: str, session: str) -> None:
-        """Delete everything stored for one session."""
-        shutil.rmtree(self._dir(job, session), ignore_errors=True)
-
-    def drop_job(self, job: str) -> None:
-        """Delete everything stored for one job."""
-        shutil.rmtree(self.root / folder_name(job), ignore_errors=True)
-
-    def sweep(self, job: str, ttl: float = DEFAULT_TTL, now: float | None = None) -> int:
-        """Delete the job's session directories untouched for ``ttl`` seconds; how many."""
-        cutoff = (time.time() if now is None else now) - ttl
-        swept = 0
-        try:
-            folders = list((self.root / folder_name(job)).iterdir())
-        except FileNotFoundError:
-            return 0
-        for folder in folders:
-            try:
-                newest = max(
-                    [folder.stat().st_mtime, *(f.stat().st_mtime for f in folder.iterdir())]
-                )
-            except OSError:
-                continue
-            if newest < cutoff:
-                shutil.rmtree(folder, ignore_errors=True)
-                swept += 1
-        return swept
 
 
 class Payloads:
@@ -201,7 +100,9 @@ class Payloads:
         threshold: body size in bytes above which values are offloaded.
     """
 
-    def __init__(self, store: DirectoryStore | None, threshold: int = DEFAULT_THRESHOLD) -> None:
+    def __init__(
+        self, store: DirectoryStore | BlobStore | None, threshold: int = DEFAULT_THRESHOLD
+    ) -> None:
         self.store = store
         self.threshold = threshold
 
@@ -363,7 +264,7 @@ class SessionPayloads:
         """
         store = getattr(target, "payload_store", None)
         if store is None and os.environ.get(ENV_STORE):
-            store = DirectoryStore(os.environ[ENV_STORE])
+            store = open_store(os.environ[ENV_STORE])
         return cls(Payloads(store, threshold_for(max_message_size)), job, session)
 
     def encode_task(self, task: TaskRecord) -> bytes:
@@ -450,5 +351,5 @@ def engine_payloads() -> Payloads:
     global _engine_payloads
     if _engine_payloads is None:
         root = os.environ.get(ENV_STORE)
-        _engine_payloads = Payloads(DirectoryStore(root) if root else None)
+        _engine_payloads = Payloads(open_store(root) if root else None)
     return _engine_payloads

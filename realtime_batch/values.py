@@ -168,7 +168,7 @@ def prepare(value: Any) -> Any:
 
 
 def _ref(data: memoryview) -> PayloadRef:
-    from .payloads import check_digest  # one rule for what a digest may be
+    from .transport.payload_store import check_digest  # one rule for what a digest may be
 
     digest, size = _any.decode(data)
     if type(size) is not int or size < 0:
