@@ -236,7 +236,8 @@ class Session:
 
         Args:
             command: a task module (``"hello.py"``) or jar (``"pi.jar"``) staged on the pool.
-            *args: positional arguments for the task (JSON-serialisable).
+            *args: positional arguments for the task (the values docs/payloads.md lists;
+                large ones travel by reference).
             task_id: unique id within the session (generated when omitted).
             timeout: seconds the task may run before it is stopped (error result).
             max_retries: retries after infrastructure faults and ``retry_on`` exceptions

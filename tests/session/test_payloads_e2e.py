@@ -1,7 +1,8 @@
 """Large and binary values end to end: Session + LocalPool with real engines (#20).
 
-zmq:// engines are processes sharing the pool's payload directory; memory:// carries
-values inside the message (no store), up to its message limit.
+zmq:// engines are processes sharing the pool's payload directory (direct mode: the task
+worker fetches and stores; relay mode: the engine does); memory:// carries values inside
+the message (no store), up to its message limit.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def task_files(tmp_path_factory) -> list[Path]:
     return paths
 
 
-@pytest.fixture(scope="module", params=["memory", "zmq"])
+@pytest.fixture(scope="module", params=["memory", "zmq", "zmq-relay"])
 def pool(request, task_files):
     me = psutil.Process()
     before = {child.pid for child in me.children(recursive=True)}
@@ -54,7 +55,10 @@ def pool(request, task_files):
         if request.param == "memory"
         else "zmq://127.0.0.1:0"
     )
-    with rb.LocalPool(engines=1, transport=url, task_files=task_files) as local_pool:
+    mode = "relay" if request.param == "zmq-relay" else "auto"  # auto: direct on zmq
+    with rb.LocalPool(
+        engines=1, transport=url, task_files=task_files, worker_mode=mode
+    ) as local_pool:
         yield local_pool
     leftover = [c for c in me.children(recursive=True) if c.pid not in before]
     _, alive = psutil.wait_procs(leftover, timeout=5)
