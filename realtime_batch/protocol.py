@@ -148,7 +148,7 @@ def encode_value(data: Any, field: str) -> bytes:
     """
     try:
         return _ENCODER.encode(_prepared(data, field))
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
         raise ProtocolError(f"cannot be carried: {exc}", field=field) from exc
 
 
@@ -163,6 +163,13 @@ def decode_value(body: bytes) -> Any:
 def unserializable_value(exc: ProtocolError) -> ErrorInfo:
     """The error a task gets when its value fails ``encode_value``."""
     return ErrorInfo("UnserializableResultError", f"the task's value cannot be sent back: {exc}")
+
+
+def _encoded(record: dict[str, Any], field: str) -> bytes:
+    try:
+        return _ENCODER.encode(record)
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:  # e.g. 2**70
+        raise ProtocolError(f"cannot be carried: {exc}", field=field) from None
 
 
 def _prepared(data: Any, field: str) -> Any:
@@ -184,7 +191,7 @@ def encode_task(task: TaskRecord) -> bytes:
     Raises:
         ProtocolError: an argument cannot be carried exactly (``args`` or ``kwargs``).
     """
-    return _ENCODER.encode(
+    return _encoded(
         {
             "v": task.v,
             "session": task.session,
@@ -201,7 +208,8 @@ def encode_task(task: TaskRecord) -> bytes:
             "retry_on": task.retry_on,
             "submitted_at": task.submitted_at,
             "session_key": task.session_key,
-        }
+        },
+        "args",
     )
 
 
@@ -212,7 +220,7 @@ def encode_result(result: ResultRecord) -> bytes:
         ProtocolError: the value cannot be carried exactly (field ``value``).
     """
     error = result.error
-    return _ENCODER.encode(
+    return _encoded(
         {
             "v": result.v,
             "session": result.session,
@@ -229,7 +237,8 @@ def encode_result(result: ResultRecord) -> bytes:
             "started_at": result.started_at,
             "finished_at": result.finished_at,
             "session_key": result.session_key,
-        }
+        },
+        "value",
     )
 
 

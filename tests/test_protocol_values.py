@@ -88,6 +88,7 @@ class _Thing:
         ([1, {"when": OrderedDict(a=1)}], "OrderedDict at [1]['when']"),
         ({(1, 2): "tuple key"}, "dict key of type tuple"),
         ([complex(1, 2)], "complex at [0]"),
+        ([2**70], "can't serialize ints"),
     ],
 )
 def test_values_that_cannot_travel_exactly_are_refused_naming_where(value, where):
