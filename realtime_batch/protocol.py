@@ -146,8 +146,9 @@ def encode_value(data: Any, field: str) -> bytes:
         ProtocolError: ``data`` holds something that cannot travel exactly (naming
             ``field`` and where inside it, e.g. ``args[0]['when']``).
     """
+    prepared = _prepared(data, field)
     try:
-        return _ENCODER.encode(_prepared(data, field))
+        return _ENCODER.encode(prepared)
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
         raise ProtocolError(f"cannot be carried: {exc}", field=field) from exc
 
