@@ -36,11 +36,11 @@ import attrs
 
 from .protocol import (
     ErrorInfo,
-    ProtocolError,
     ResultRecord,
     TaskRecord,
     encode_result,
     encode_task,
+    encode_value,
 )
 from .transport.payload_store import (
     DEFAULT_TTL,
@@ -54,7 +54,7 @@ from .transport.payload_store import (
     folder_name,
     open_store,
 )
-from .values import PayloadRef, pack, unpack
+from .values import PayloadRef, unpack
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -107,23 +107,30 @@ class Payloads:
         self.threshold = threshold
 
     # -- offloading --------------------------------------------------------------------
-    def _put(self, job: str, session: str, value: Any) -> PayloadRef:
+    def _store(self, job: str, session: str, data: bytes) -> PayloadRef:
         assert self.store is not None
-        try:
-            data = pack(value)
-        except TypeError as exc:  # encode_task/encode_result already refused these
-            raise ProtocolError(str(exc)) from None
         digest = hashlib.sha256(data).hexdigest()
         self.store.put(job, session, digest, data)
         return PayloadRef(digest, len(data))
 
+    def _put(self, job: str, session: str, value: Any) -> PayloadRef:
+        return self._store(job, session, _packed(value, "value"))
+
     def _offload(self, job: str, session: str, items: list[tuple[Any, Any]]) -> dict[Any, Any]:
-        """Store the values of ``(key, value)`` pairs large enough to matter; key -> ref."""
-        sized = [(key, value, _rough_size(value)) for key, value in items]
+        """Store the values of ``(key, value)`` pairs large enough to matter; key -> ref.
+
+        Each value is packed once, the packed bytes being what is stored.
+        """
+        packed = {}
+        for key, value in items:
+            flat = _flat_size(value)
+            if flat and flat < _MIN_OFFLOAD:
+                continue  # a short string or bytes: not worth a file
+            packed[key] = _packed(value, "args")  # all checked before anything is stored
         return {
-            key: self._put(job, session, value)
-            for key, value, size in sorted(sized, key=lambda s: -s[2])
-            if size >= _MIN_OFFLOAD
+            key: self._store(job, session, data)
+            for key, data in packed.items()
+            if len(data) >= _MIN_OFFLOAD
         }
 
     def encode_task(self, task: TaskRecord) -> tuple[bytes, list[str]]:
@@ -218,14 +225,8 @@ def _flat_size(value: Any) -> int:
     return 0
 
 
-def _rough_size(value: Any) -> int:
-    size = _flat_size(value)
-    if size:
-        return size
-    try:
-        return len(pack(value))
-    except TypeError:
-        return 0
+def _packed(value: Any, field: str) -> bytes:
+    return encode_value(value, field)  # ProtocolError as encode_task/encode_result say it
 
 
 def _as_error(result: ResultRecord, exc: Exception) -> ResultRecord:

@@ -219,3 +219,10 @@ def test_a_forged_task_naming_another_sessions_id_does_not_reach_its_payloads(st
         forged = attrs.evolve(_task(ref, session="victim"), session_key=forged_key)
         with pytest.raises(PayloadMissingError):
             payloads.resolve_task(decode_task(encode_task(forged)))
+
+
+def test_a_refused_argument_stores_nothing(store):
+    client = SessionPayloads(Payloads(store, threshold=64 * 1024), "job-a", "s-1")
+    with pytest.raises(ProtocolError, match="args"):
+        client.encode_task(_task(BIG, object()))
+    assert _files(store) == []
