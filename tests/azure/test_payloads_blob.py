@@ -120,3 +120,32 @@ def test_sweep_removes_sessions_left_behind(store, job):
     assert store.sweep(job, ttl=3600, now=10**10) == 1  # far in the future: expired
     assert _count(store, job) == 0
     store.drop_job(job)
+
+
+_SB_URL = (
+    "Endpoint=sb://rtbatch-test.servicebus.windows.net/;SharedAccessKeyName=e;SharedAccessKey=eA=="
+)
+_IDENTITY = (
+    "/subscriptions/0/resourceGroups/rg/providers/Microsoft.ManagedIdentity/"
+    "userAssignedIdentities/e"
+)
+
+
+def test_an_azure_pool_keeps_payloads_per_job_and_deletes_them_with_the_job(make_pool, batch_fake):
+    fake, _ = batch_fake
+    pool = make_pool(
+        engine_transport_url=_SB_URL, engine_identity=_IDENTITY, engine_identity_client_id="c"
+    ).create()
+    job = pool.start_engines()
+    store = pool.payload_store
+    assert isinstance(store, BlobStore)
+    digest = hashlib.sha256(b"data").hexdigest()
+    store.put(job, "key", digest, b"data")
+    assert store.get(job, "key", digest) == b"data"
+    for task in fake.tasks[job].values():  # engines with an identity are told the account
+        env = {e["name"]: e["value"] for e in task["environmentSettings"]}
+        assert env["RTBATCH_PAYLOAD_STORE"] == pool.blob_service.url
+        assert "sig=" not in env["RTBATCH_PAYLOAD_STORE"]
+    pool.delete_job(job)
+    with pytest.raises(PayloadMissingError):
+        store.get(job, "key", digest)
