@@ -1,8 +1,8 @@
 """Large and binary values end to end: Session + LocalPool with real engines (#20).
 
-zmq:// engines are processes sharing the pool's payload directory (direct mode: the task
-worker fetches and stores; relay mode: the engine does); memory:// carries values inside
-the message (no store), up to its message limit.
+zmq:// and Service Bus (the stand-in) engines are processes sharing the pool's payload
+directory (direct mode: the task worker fetches and stores; relay mode: the engine does);
+memory:// carries values inside the message (no store), up to its message limit.
 """
 
 from __future__ import annotations
@@ -46,20 +46,33 @@ def task_files(tmp_path_factory) -> list[Path]:
     return paths
 
 
-@pytest.fixture(scope="module", params=["memory", "zmq", "zmq-relay"])
+@pytest.fixture(
+    scope="module",
+    params=["memory", "zmq", "zmq-relay", pytest.param("servicebus", marks=pytest.mark.azure)],
+)
 def pool(request, task_files):
     me = psutil.Process()
     before = {child.pid for child in me.children(recursive=True)}
-    url = (
-        f"memory://payloads-{uuid.uuid4().hex}"
-        if request.param == "memory"
-        else "zmq://127.0.0.1:0"
-    )
+    standin = None
+    if request.param == "memory":
+        url = f"memory://payloads-{uuid.uuid4().hex}"
+    elif request.param == "servicebus":  # 256 KiB messages, like the Standard tier
+        pytest.importorskip("azure.servicebus")
+        from servicebus_standin import StandInProcess
+
+        standin = StandInProcess()
+        url = standin.connection_string
+    else:
+        url = "zmq://127.0.0.1:0"
     mode = "relay" if request.param == "zmq-relay" else "auto"  # auto: direct on zmq
-    with rb.LocalPool(
-        engines=1, transport=url, task_files=task_files, worker_mode=mode
-    ) as local_pool:
-        yield local_pool
+    try:
+        with rb.LocalPool(
+            engines=1, transport=url, task_files=task_files, worker_mode=mode
+        ) as local_pool:
+            yield local_pool
+    finally:
+        if standin is not None:
+            standin.stop()
     leftover = [c for c in me.children(recursive=True) if c.pid not in before]
     _, alive = psutil.wait_procs(leftover, timeout=5)
     for proc in alive:
