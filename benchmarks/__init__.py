@@ -33,6 +33,7 @@ WORKLOADS = (
     "payload-1KiB",
     "payload-100KiB",
     "payload-1MiB",
+    "payload-10MiB",
     "cold-start",
     "idle",
     "client-memory",

@@ -34,6 +34,7 @@ HEADLINE: dict[str, tuple[str, str, bool]] = {
     "payload-1KiB": ("p50_us", "µs p50", False),
     "payload-100KiB": ("p50_us", "µs p50", False),
     "payload-1MiB": ("p50_us", "µs p50", False),
+    "payload-10MiB": ("p50_us", "µs p50", False),
     "cold-start": ("seconds", "s", False),
     "idle": ("rss_mb", "MB RSS", False),
     "client-memory": ("rss_mb", "MB growth", False),

@@ -37,7 +37,12 @@ __all__ = [
 ]
 
 KIB = 1024
-PAYLOADS = {"payload-1KiB": KIB, "payload-100KiB": 100 * KIB, "payload-1MiB": KIB * KIB}
+PAYLOADS = {
+    "payload-1KiB": KIB,
+    "payload-100KiB": 100 * KIB,
+    "payload-1MiB": KIB * KIB,
+    "payload-10MiB": 10 * KIB * KIB,
+}
 SLEEP_SECONDS = 0.010
 
 
@@ -55,7 +60,12 @@ class Settings:
     throughput_n: int = 20_000
     sleep_n: int = 2_000
     payload_n: dict[str, int] = field(
-        default_factory=lambda: {"payload-1KiB": 200, "payload-100KiB": 50, "payload-1MiB": 10}
+        default_factory=lambda: {
+            "payload-1KiB": 200,
+            "payload-100KiB": 50,
+            "payload-1MiB": 10,
+            "payload-10MiB": 5,
+        }
     )
     idle_window: float = 5.0
     client_memory_n: int = 100_000
@@ -68,7 +78,7 @@ QUICK = Settings(
     roundtrip_n=100,
     throughput_n=500,
     sleep_n=100,
-    payload_n={"payload-1KiB": 10, "payload-100KiB": 5, "payload-1MiB": 3},
+    payload_n={"payload-1KiB": 10, "payload-100KiB": 5, "payload-1MiB": 3, "payload-10MiB": 2},
     idle_window=0.5,
     start_reps=1,
     fresh_processes=False,

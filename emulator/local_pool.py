@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 from realtime_batch.engine import WORKER_MODES, JvmOptionPolicy
 from realtime_batch.orchestrator.pool import OrchestratorError, Pool, PoolStateError, StrPath
+from realtime_batch.payloads import payload_store_for
 from realtime_batch.transport import registered_scheme
 
 __all__ = ["LocalPool"]
@@ -260,6 +261,7 @@ class LocalPool(Pool):
         self.metrics_port = metrics_port
         self.root = Path(tempfile.mkdtemp(prefix="rtbatch-pool-") if root is None else root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.payload_store = payload_store_for(self._scheme, self.root, self._env)  # (#20)
         self._task_files = [Path(f) for f in task_files]
         self._input_files = [Path(f) for f in input_files]
         self._lock = threading.RLock()
@@ -599,6 +601,8 @@ class LocalPool(Pool):
             transport.close()
         if self._broker is not None:
             self._broker.stop()
+        if self.payload_store is not None:
+            self.payload_store.drop_job(self._job)
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
         else:

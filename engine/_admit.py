@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Container
 
 from ..control import KIND_ENGINE, NOTIFY
+from ..payloads import PayloadError, engine_payloads
 from ..protocol import ProtocolError, decode_task
 from ..transport import Delivery
 from ._outbox import Held, Outbox
@@ -78,6 +79,11 @@ class Admission:
             if held.kind == KIND_JAR and task.kwargs:  # before any process starts
                 check_jar_kwargs(task.kwargs, self.jvm_options)
         except CommandError as exc:
+            self.outbox.error(held, type(exc).__name__, str(exc))
+            return None
+        try:  # arguments sent by reference (#20)
+            held.task = engine_payloads().resolve_task(task)
+        except PayloadError as exc:
             self.outbox.error(held, type(exc).__name__, str(exc))
             return None
         held.size = len(body)

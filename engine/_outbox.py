@@ -17,6 +17,7 @@ from queue import Empty, SimpleQueue
 from typing import Any
 
 from ..control import notice_message
+from ..payloads import engine_payloads
 from ..protocol import (
     ErrorInfo,
     ProtocolError,
@@ -335,7 +336,7 @@ class Outbox:
         record = entry.record
         assert record is not None and entry.reply_to is not None
         try:
-            body = encode_result(record)
+            body = engine_payloads().encode_result(record)  # large values by reference (#20)
         except ProtocolError as exc:
             body = encode_result(_replace_error(record, unserializable_value(exc)))
         if len(body) > self.transport.max_message_size:

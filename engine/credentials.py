@@ -59,6 +59,9 @@ TASK_ENV_NAMES = frozenset(
         "PYTHONDONTWRITEBYTECODE", "PYTHONHASHSEED", "VIRTUAL_ENV",
         # the worker's log level
         "RTBATCH_LOG_LEVEL",
+        # the payload store's directory (a path, not a credential): a direct-mode worker
+        # fetches its tasks' arguments there (realtime_batch/payloads.py)
+        "RTBATCH_PAYLOAD_STORE",
     }
 )  # fmt: skip
 #: prefixes of variables task processes also get (locale categories)

@@ -3,16 +3,16 @@
 The engine starts one worker (``python -m realtime_batch.engine.worker``) and
 reuses it for every task; a new one is started only after a crash or a timeout
 kill. The two talk over inherited pipes framed by ``multiprocessing.connection``
-(pickled tuples from the engine, JSON back), which costs a few microseconds per task:
+(pickled tuples from the engine, packed values back), which costs a few microseconds per task:
 
 * engine -> worker: ``(seq, kind, path, args, kwargs, deadline, task_id, attempt)``
   or ``None`` to stop;
 * worker -> engine: ``["ready", pid]`` once, then ``[seq, status, value, error,
   started_at, finished_at]`` per task, in order, with status ``ok``, ``error``,
   ``expired``, ``cancelled`` or ``skipped`` (not started because the engine is draining).
-  These are JSON, encoded by the protocol's rule for a task's value
-  (``encode_json``): a value that a result cannot carry is refused here, in the
-  worker, as ``UnserializableResultError``, and nothing the worker writes can run
+  These are packed by the protocol's rule for a task's value (``encode_value``,
+  MessagePack; the ready frame is JSON): a value that a result cannot carry is refused
+  here, in the worker, as ``UnserializableResultError``, and nothing the worker writes can run
   code or raise in the engine (a frame that is not an answer becomes a
   ``WorkerProtocolError`` result for the task it stands for).
 
@@ -49,7 +49,13 @@ from typing import Any
 
 import orjson
 
-from ..protocol import ProtocolError, encode_json, unserializable_value
+from ..protocol import (
+    ProtocolError,
+    decode_value,
+    encode_json,
+    encode_value,
+    unserializable_value,
+)
 from ._output import DEFAULT_MAX_OUTPUT, OutputBudget, WorkerLog, bound_print_output, release_memory
 from .context import TaskContext
 from .credentials import scrub_environ, task_environment
@@ -376,28 +382,30 @@ def _run_one(item: tuple[Any, ...], cache: Any, context: TaskContext) -> tuple[A
 def _encode_answer(answer: tuple[Any, ...]) -> bytes:
     """An answer frame; a value the protocol cannot carry becomes the task's error."""
     try:
-        return encode_json(answer, "value")
+        return encode_value(list(answer), "value")
     except ProtocolError as exc:
         error = unserializable_value(exc)
         seq, _status, _value, _error, started, finished = answer
-        return encode_json(
-            (seq, "error", None, (error.type, error.message, ""), started, finished), "value"
+        return encode_value(
+            [seq, "error", None, [error.type, error.message, ""], started, finished], "value"
         )
 
 
 def _decode_answer(frame: bytes) -> tuple[Any, ...]:
     """The engine's reading of an answer frame; raises ``ValueError`` if it is not one."""
     try:
-        answer = orjson.loads(frame)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"not JSON ({exc})") from None
+        answer = decode_value(frame)
+    except ProtocolError as exc:
+        raise ValueError(str(exc)) from None
     if not (isinstance(answer, list) and len(answer) == 6):
         raise ValueError(f"expected a list of 6 fields, got {type(answer).__name__}")
     seq, status, value, error, started, finished = answer
     if not (isinstance(seq, int) and status in _STATUSES):
         raise ValueError(f"bad task number {seq!r} or status {status!r}")
     if error is not None and not (
-        isinstance(error, list) and len(error) == 3 and all(isinstance(e, str) for e in error)
+        isinstance(error, (list, tuple))
+        and len(error) == 3
+        and all(isinstance(e, str) for e in error)
     ):
         raise ValueError(f"bad error {error!r}")
     if not all(isinstance(t, (int, float)) for t in (started, finished)):

@@ -43,14 +43,22 @@ _TRANSIENT = (ConnectionLostError, TransportTimeoutError)
 Outgoing = tuple[TaskFuture, Message]
 
 
-def task_message(record: TaskRecord, max_size: int) -> Message:
+def task_message(
+    record: TaskRecord, max_size: int, encode: Callable[[TaskRecord], bytes] = encode_task
+) -> Message:
     """The message that carries ``record`` (the send path's one encoding step).
+
+    Args:
+        record: the task.
+        max_size: the transport's message limit.
+        encode: the body's encoder (a session's ``SessionPayloads.encode_task``, which
+            puts large arguments in the payload store and sends references).
 
     Raises:
         ProtocolError: an argument cannot be encoded.
         MessageTooLargeError: the encoded task exceeds ``max_size`` bytes.
     """
-    body = encode_task(record)
+    body = encode(record)
     if len(body) > max_size:
         raise MessageTooLargeError(len(body), max_size, "task")
     deadline = record.deadline

@@ -57,6 +57,8 @@ from tenacity import (
     wait_fixed,
 )
 
+from realtime_batch.payloads import ENV_STORE, BlobStore
+
 from . import batch_scripts as scripts
 from .pool import OrchestratorError, Pool, PoolNotFoundError, PoolStateError, StrPath
 from .staging import BlobStaging, StagedFile, StagingError
@@ -245,6 +247,8 @@ class AzureBatchPool(Pool):
         self._engine_url = engine_url
         self._staging_options = {"prefix": container_prefix, "sas_lifetime": sas_lifetime}
         self.staging = BlobStaging(blob_service, pool_id, **self._staging_options)
+        #: large task values: a container per job of the staging account (#20)
+        self.payload_store = BlobStore(blob_service, prefix=container_prefix)
         self._job: str | None = None
         self._slots_per_node = self.spec.engines_per_node
         self._closed = False
@@ -913,6 +917,7 @@ class AzureBatchPool(Pool):
                 poller.result()
         if job == self._job:
             self._job = None
+        self.payload_store.drop_job(job)
 
     # ---------------------------------------------------------------- engines
     def start_engines(self, job: str | None = None) -> str:
@@ -991,6 +996,8 @@ class AzureBatchPool(Pool):
         if self.engine_identity and self.engine_identity_client_id:
             # DefaultAzureCredential's managed identity on the node uses this client id
             env["AZURE_CLIENT_ID"] = self.engine_identity_client_id
+            # the payload store: the engines' identity reads and writes it (#20)
+            env[ENV_STORE] = self.blob_service.url
         return env
 
     def _add_engine_tasks(self, job: str, new: list[bm.BatchTaskCreateOptions]) -> None:

@@ -40,6 +40,7 @@ import attrs
 
 from realtime_batch.config import redact
 from realtime_batch.control import CONTROL_QUEUE, session_key
+from realtime_batch.payloads import SessionPayloads
 from realtime_batch.protocol import (
     STATUS_CANCELLED,
     STATUS_ERROR,
@@ -165,6 +166,9 @@ class Session:
         # carry the hash back: no one else can answer them (realtime_batch/control.py).
         session_secret = os.urandom(16).hex()
         self._session_key = session_key(session_secret)
+        self._payloads = SessionPayloads.open(  # large values by reference (#20)
+            pool_or_url, self.job, self._session_key, self._transport.max_message_size
+        )
         self.warn_after = warn_after
         self._warned = False
 
@@ -283,7 +287,7 @@ class Session:
         if after is not None:
             return self._submit_waiting(record, after, generated)
         try:  # raises ProtocolError for non-JSON arguments (or futures), MessageTooLargeError
-            message = task_message(record, self._transport.max_message_size)
+            message = self._message(record)
         except ProtocolError:
             if find_futures(record.args) or find_futures(record.kwargs):
                 return self._submit_waiting(record, None, generated)
@@ -291,6 +295,10 @@ class Session:
         future = self._register(record.task, record.submitted_at, deadline, generated)
         self._enqueue(future, message)
         return future
+
+    def _message(self, record: TaskRecord) -> Message:
+        """``record``'s message, large arguments in the payload store (``task_message``)."""
+        return task_message(record, self._transport.max_message_size, self._payloads.encode_task)
 
     def _submit_waiting(
         self, record: TaskRecord, after: Iterable[TaskFuture] | None, generated: bool
@@ -303,9 +311,11 @@ class Session:
             args=substitute(record.args, lambda _: None),
             kwargs=substitute(record.kwargs, lambda _: None),
         )
-        message = task_message(blank, self._transport.max_message_size)
+        message = self._message(blank)
         future = self._register(record.task, record.submitted_at, record.deadline, generated)
         if inputs:
+            # that message was only the check: the one sent is made when the inputs are done
+            self._payloads.release(record.task)
             self._workflow.wait_for(future, record, inputs)
         else:  # after=[]: nothing to wait for
             self._enqueue(future, message)
@@ -314,7 +324,7 @@ class Session:
     def _send_released(self, future: TaskFuture, record: TaskRecord) -> None:
         """A waiting task's inputs are done: send it (from the thread that finished the last)."""
         try:
-            message = task_message(record, self._transport.max_message_size)
+            message = self._message(record)
         except Exception as exc:  # e.g. an input's value makes the task too large
             self._fail_local(future, exc, STATUS_ERROR)
             return
@@ -387,6 +397,7 @@ class Session:
                 "key (not the answer to a task it sent)", self.id, record.task,
             )  # fmt: skip
             return
+        record = self._payloads.take_result(record)  # referenced values fetched (#20)
         now = time.time()
         self._tracker.on_result(record.engine, now)
         with self._lock:
@@ -607,6 +618,7 @@ class Session:
             return
         self._sender.close(5)
         self._listener.join(5)
+        self._payloads.close()
         with self._lock:
             pending = self._ledger.finish_all()
             self._inbox.arrived.notify_all()

@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import click
-import orjson
 from rich.console import Console
 from rich.table import Table
 
+from realtime_batch.protocol import read_fields
 from realtime_batch.transport import (
     Delivery,
     Message,
@@ -93,11 +93,8 @@ def _describe(delivery: Delivery) -> dict:
         "description": props.get(DEAD_LETTER_DESCRIPTION, ""),
         "bytes": len(message.body),
     }
-    try:
-        body = orjson.loads(message.body)
-    except orjson.JSONDecodeError:
-        body = None
-    if isinstance(body, dict):
+    body = read_fields(message.body)  # MessagePack (protocol v2) or JSON (v1)
+    if body is not None:
         info.update({k: body.get(k) for k in ("session", "job", "task", "command")})
     return info
 

@@ -1,17 +1,25 @@
-"""The wire protocol shared by clients and engines: versioned JSON task and result records.
+"""The wire protocol shared by clients and engines: versioned task and result records.
 
 Both records are attrs frozen classes; ``encode_*`` produces the message body and
 ``decode_*`` validates a body, raising ``ProtocolError`` that names the bad field.
+Version 2 bodies are MessagePack (msgspec): ``bytes`` travel as they are, other values
+as ``realtime_batch.values`` tags them, and typed structs check every field while
+decoding (``benchmarks/codec.py`` measured it against JSON + hand checks). A body of
+another version, JSON version 1 included, is a ``ProtocolError`` on field ``v``.
 This module imports nothing client- or engine-specific, so both sides can use it.
 """
 
 from __future__ import annotations
 
+import re
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import attrs
+import msgspec
 import orjson
+
+from . import values
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -22,14 +30,18 @@ __all__ = [
     "TaskRecord",
     "decode_result",
     "decode_task",
+    "decode_value",
     "encode_json",
     "encode_result",
     "encode_task",
+    "encode_value",
     "peek_reply_to",
+    "read_fields",
     "unserializable_value",
 ]
 
-PROTOCOL_VERSION = 1
+#: 2: MessagePack with tagged values (``realtime_batch.values``); 1 was JSON.
+PROTOCOL_VERSION = 2
 
 #: Result status values.
 STATUS_OK = "ok"
@@ -116,27 +128,71 @@ class ResultRecord:
 
 
 def encode_json(data: Any, field: str) -> bytes:
-    """``data`` as JSON by the protocol's one rule (what a task's value may be).
+    """``data`` as JSON (control frames; task values travel by ``realtime_batch.values``).
 
     Raises:
         ProtocolError: ``data`` holds something JSON cannot carry (naming ``field``).
     """
     try:
-        return orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
+        return orjson.dumps(data)
     except TypeError as exc:
         raise ProtocolError(f"cannot be encoded as JSON: {exc}", field=field) from exc
 
 
+def encode_value(data: Any, field: str) -> bytes:
+    """``data`` packed by the protocol's one rule for what a task's value may be.
+
+    Raises:
+        ProtocolError: ``data`` holds something that cannot travel exactly (naming
+            ``field`` and where inside it, e.g. ``args[0]['when']``).
+    """
+    prepared = _prepared(data, field)
+    try:
+        return _ENCODER.encode(prepared)
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        raise ProtocolError(f"cannot be carried: {exc}", field=field) from exc
+
+
+def decode_value(body: bytes) -> Any:
+    """What ``encode_value`` packed; raises ``ProtocolError`` when ``body`` is not that."""
+    try:
+        return values.unpack(body)
+    except (msgspec.DecodeError, ValueError) as exc:
+        raise ProtocolError(f"not a packed value: {exc}") from None
+
+
 def unserializable_value(exc: ProtocolError) -> ErrorInfo:
-    """The error a task gets when its value fails ``encode_json``."""
-    return ErrorInfo("UnserializableResultError", f"the task's value is not JSON: {exc}")
+    """The error a task gets when its value fails ``encode_value``."""
+    return ErrorInfo("UnserializableResultError", f"the task's value cannot be sent back: {exc}")
+
+
+def _encoded(record: dict[str, Any], field: str) -> bytes:
+    try:
+        return _ENCODER.encode(record)
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:  # e.g. 2**70
+        raise ProtocolError(f"cannot be carried: {exc}", field=field) from None
+
+
+def _prepared(data: Any, field: str) -> Any:
+    try:
+        return values.prepare(data)
+    except values.UnsupportedValueError as exc:
+        raise ProtocolError(
+            f"{exc}: send str, int, float, bool, None, bytes, list, dict or a type listed in "
+            "docs/payloads.md, or convert it first",
+            field=field,
+        ) from None
 
 
 # The encoders build the dicts by hand: attrs.asdict is several times slower, and
 # these run once per task on both sides of the hot path.
 def encode_task(task: TaskRecord) -> bytes:
-    """Serialise a task record to its message body."""
-    return encode_json(
+    """Serialise a task record to its message body (MessagePack).
+
+    Raises:
+        ProtocolError: an argument cannot be carried exactly (``args`` or ``kwargs``).
+    """
+    return _encoded(
         {
             "v": task.v,
             "session": task.session,
@@ -144,8 +200,8 @@ def encode_task(task: TaskRecord) -> bytes:
             "task": task.task,
             "command": task.command,
             "reply_to": {"queue": task.reply_to.queue, "group": task.reply_to.group},
-            "args": task.args,
-            "kwargs": task.kwargs,
+            "args": _prepared(task.args, "args"),
+            "kwargs": _prepared(task.kwargs, "kwargs"),
             "attempt": task.attempt,
             "max_retries": task.max_retries,
             "timeout": task.timeout,
@@ -159,9 +215,13 @@ def encode_task(task: TaskRecord) -> bytes:
 
 
 def encode_result(result: ResultRecord) -> bytes:
-    """Serialise a result record; the ``ok`` flag is included for readers of raw JSON."""
+    """Serialise a result record; the ``ok`` flag is included for readers of raw bodies.
+
+    Raises:
+        ProtocolError: the value cannot be carried exactly (field ``value``).
+    """
     error = result.error
-    return encode_json(
+    return _encoded(
         {
             "v": result.v,
             "session": result.session,
@@ -169,7 +229,7 @@ def encode_result(result: ResultRecord) -> bytes:
             "task": result.task,
             "status": result.status,
             "ok": result.status == STATUS_OK,
-            "value": result.value,
+            "value": _prepared(result.value, "value"),
             "error": None
             if error is None
             else {"type": error.type, "message": error.message, "traceback": error.traceback},
@@ -183,132 +243,163 @@ def encode_result(result: ResultRecord) -> bytes:
     )
 
 
-# -- decoding -----------------------------------------------------------------------------
+# -- decoding: typed structs check every field while decoding ---------------------------
 
 
-def _load(body: bytes) -> dict[str, Any]:
+class _ReplyToWire(msgspec.Struct):
+    queue: str
+    group: str | None = None
+
+
+class _ErrorWire(msgspec.Struct):
+    type: str
+    message: str = ""
+    traceback: str = ""
+
+
+class _TaskWire(msgspec.Struct, kw_only=True):
+    v: int
+    session: str
+    job: str
+    task: str
+    command: Annotated[str, msgspec.Meta(min_length=1)]
+    reply_to: _ReplyToWire
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    attempt: Annotated[int, msgspec.Meta(ge=1)] = 1
+    max_retries: int = 3
+    timeout: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    deadline: float | None = None
+    retry_on: list[str] = []
+    submitted_at: float = 0.0
+    session_key: str = ""
+
+
+class _ResultWire(msgspec.Struct, kw_only=True):
+    v: int
+    session: str
+    job: str
+    task: str
+    status: str
+    value: Any = None
+    error: _ErrorWire | None = None
+    engine: str = ""
+    attempt: int = 1
+    started_at: float | None = None
+    finished_at: float | None = None
+    session_key: str = ""
+
+
+class _VersionWire(msgspec.Struct):
+    v: Any = None
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_TASK_DECODER = msgspec.msgpack.Decoder(_TaskWire, ext_hook=values.ext_hook)
+_RESULT_DECODER = msgspec.msgpack.Decoder(_ResultWire, ext_hook=values.ext_hook)
+_VERSION_DECODER = msgspec.msgpack.Decoder(_VersionWire, ext_hook=values.ext_hook)
+_FIELD_IN_MESSAGE = re.compile(r"missing required field `([^`]+)`")
+_FIELD_AT = re.compile(r"at `\$\.([A-Za-z_]+(?:\.[A-Za-z_]+)*)")
+
+
+def _version_error(body: bytes) -> ProtocolError | None:
+    """The error for a body of another protocol version (v1 was JSON), else None."""
     try:
-        data = orjson.loads(body)
-    except (orjson.JSONDecodeError, TypeError) as exc:
-        raise ProtocolError(f"body is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ProtocolError(f"body must be a JSON object, got {type(data).__name__}")
-    version = data.get("v")
-    if version != PROTOCOL_VERSION:
-        raise ProtocolError(
-            f"unsupported protocol version {version!r} (this side speaks {PROTOCOL_VERSION})",
-            field="v",
-        )
-    return data
-
-
-_NUMBER = (int, float)
-_REQUIRED = object()
-
-# (field, accepted exact types, default or _REQUIRED, or a factory for mutable defaults).
-# JSON decoding yields exact builtin types, so an exact type check also rejects bools
-# where numbers are expected, and is much cheaper than isinstance chains.
-_TASK_FIELDS: tuple[tuple[str, tuple[type, ...], Any], ...] = (
-    ("session", (str,), _REQUIRED),
-    ("job", (str,), _REQUIRED),
-    ("task", (str,), _REQUIRED),
-    ("command", (str,), _REQUIRED),
-    ("args", (list,), list),
-    ("kwargs", (dict,), dict),
-    ("attempt", (int,), 1),
-    ("max_retries", (int,), 3),
-    ("timeout", _NUMBER, None),
-    ("deadline", _NUMBER, None),
-    ("retry_on", (list,), list),
-    ("submitted_at", _NUMBER, 0.0),
-    ("session_key", (str,), ""),
-)
-_RESULT_FIELDS: tuple[tuple[str, tuple[type, ...], Any], ...] = (
-    ("session", (str,), _REQUIRED),
-    ("job", (str,), _REQUIRED),
-    ("task", (str,), _REQUIRED),
-    ("status", (str,), _REQUIRED),
-    ("engine", (str,), ""),
-    ("attempt", (int,), 1),
-    ("started_at", _NUMBER, None),
-    ("finished_at", _NUMBER, None),
-    ("session_key", (str,), ""),
-)
-
-
-def _fields(
-    data: dict[str, Any], spec: tuple[tuple[str, tuple[type, ...], Any], ...]
-) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, types, default in spec:
-        value = data.get(name)
-        if value is None:
-            if default is _REQUIRED:
-                raise ProtocolError("is required", field=name)
-            value = default() if default is list or default is dict else default
-        elif type(value) not in types:
-            expected = " or ".join(t.__name__ for t in types)
-            raise ProtocolError(f"expected {expected}, got {type(value).__name__}", field=name)
-        out[name] = value
-    return out
-
-
-def _object(data: dict[str, Any], name: str, *, required: bool) -> dict[str, Any] | None:
-    value = data.get(name)
-    if value is None:
-        if required:
-            raise ProtocolError("is required", field=name)
+        version = _VERSION_DECODER.decode(body).v
+    except (msgspec.DecodeError, ValueError):
+        try:
+            data = orjson.loads(body)
+        except (orjson.JSONDecodeError, TypeError):
+            return None
+        version = data.get("v") if isinstance(data, dict) else None
+        if version is None:
+            return None
+    if version == PROTOCOL_VERSION:
         return None
-    if type(value) is not dict:
-        raise ProtocolError(f"expected dict, got {type(value).__name__}", field=name)
-    return value
+    return ProtocolError(
+        f"unsupported protocol version {version!r} (this side speaks {PROTOCOL_VERSION})",
+        field="v",
+    )
 
 
-def _string(data: dict[str, Any], name: str, default: Any = _REQUIRED) -> Any:
-    value = data.get(name)
-    if value is None:
-        if default is _REQUIRED:
-            raise ProtocolError("is required", field=name)
-        return default
-    if type(value) is not str:
-        raise ProtocolError(f"expected str, got {type(value).__name__}", field=name)
-    return value
+def _decode(decoder: msgspec.msgpack.Decoder, body: bytes) -> Any:
+    try:
+        wire = decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise _version_error(body) or _field_error(str(exc)) from None
+    except (msgspec.DecodeError, ValueError, TypeError) as exc:
+        raise _version_error(body) or ProtocolError(
+            f"body is not a protocol record: {exc}"
+        ) from None
+    if wire.v != PROTOCOL_VERSION:
+        raise _version_error(body) or ProtocolError("bad version", field="v")
+    return wire
 
 
-def _reply_to(data: dict[str, Any]) -> ReplyTo:
-    raw = _object(data, "reply_to", required=True)
-    assert raw is not None
-    return ReplyTo(_string(raw, "queue"), _string(raw, "group", None))
+def _field_error(message: str) -> ProtocolError:
+    """A ``ProtocolError`` naming the innermost field msgspec's message points at."""
+    found = _FIELD_IN_MESSAGE.search(message) or _FIELD_AT.search(message)
+    field = None if found is None else found.group(1).rpartition(".")[2]
+    if field is None:
+        return ProtocolError(f"body is not a protocol record: {message}")
+    return ProtocolError(message, field=field)
 
 
 def decode_task(body: bytes) -> TaskRecord:
     """Parse and validate a task body. Raises ``ProtocolError`` naming the bad field."""
-    data = _load(body)
-    fields = _fields(data, _TASK_FIELDS)
-    if not fields["command"]:
-        raise ProtocolError("must not be empty", field="command")
-    if fields["attempt"] < 1:
-        raise ProtocolError("must be at least 1", field="attempt")
-    if fields["timeout"] is not None and fields["timeout"] <= 0:
-        raise ProtocolError("must be positive", field="timeout")
-    return TaskRecord(reply_to=_reply_to(data), **fields)
+    wire = _decode(_TASK_DECODER, body)
+    return TaskRecord(
+        session=wire.session,
+        job=wire.job,
+        task=wire.task,
+        command=wire.command,
+        reply_to=ReplyTo(wire.reply_to.queue, wire.reply_to.group),
+        args=wire.args,
+        kwargs=wire.kwargs,
+        attempt=wire.attempt,
+        max_retries=wire.max_retries,
+        timeout=wire.timeout,
+        deadline=wire.deadline,
+        retry_on=wire.retry_on,
+        submitted_at=wire.submitted_at,
+        session_key=wire.session_key,
+    )
 
 
 def decode_result(body: bytes) -> ResultRecord:
     """Parse and validate a result body. Raises ``ProtocolError`` naming the bad field."""
-    data = _load(body)
-    fields = _fields(data, _RESULT_FIELDS)
-    if fields["status"] not in STATUSES:
-        raise ProtocolError(f"unknown status {fields['status']!r}", field="status")
-    raw_error = _object(data, "error", required=False)
-    error = None
-    if raw_error is not None:
-        error = ErrorInfo(
-            type=_string(raw_error, "type"),
-            message=_string(raw_error, "message", ""),
-            traceback=_string(raw_error, "traceback", ""),
-        )
-    return ResultRecord(value=data.get("value"), error=error, **fields)
+    wire = _decode(_RESULT_DECODER, body)
+    if wire.status not in STATUSES:
+        raise ProtocolError(f"unknown status {wire.status!r}", field="status")
+    error = wire.error
+    return ResultRecord(
+        session=wire.session,
+        job=wire.job,
+        task=wire.task,
+        status=wire.status,
+        value=wire.value,
+        error=None if error is None else ErrorInfo(error.type, error.message, error.traceback),
+        engine=wire.engine,
+        attempt=wire.attempt,
+        started_at=wire.started_at,
+        finished_at=wire.finished_at,
+        session_key=wire.session_key,
+    )
+
+
+def read_fields(body: bytes) -> dict[str, Any] | None:
+    """Best effort, unvalidated: a body's top-level fields (for inspection tools), else None.
+
+    Reads this version's MessagePack and, for old messages, JSON.
+    """
+    try:
+        data = values.unpack(body)
+    except Exception:  # not MessagePack (or a tag this side does not know)
+        try:
+            data = orjson.loads(body)
+        except (orjson.JSONDecodeError, TypeError):
+            return None
+    return data if isinstance(data, dict) else None
 
 
 def peek_reply_to(body: bytes) -> tuple[ReplyTo, dict[str, Any]] | None:
@@ -316,9 +407,14 @@ def peek_reply_to(body: bytes) -> tuple[ReplyTo, dict[str, Any]] | None:
 
     Used to answer a malformed task with an error result when the sender is known.
     """
+    data = read_fields(body)
+    if data is None:
+        return None
     try:
-        data = orjson.loads(body)
-        reply = _reply_to(data)
+        raw = data["reply_to"]
+        reply = ReplyTo(raw["queue"], raw.get("group"))
+        if not isinstance(reply.queue, str) or not isinstance(reply.group, (str, type(None))):
+            return None
         ids = {k: data[k] for k in ("session", "job", "task") if isinstance(data.get(k), str)}
     except Exception:  # any failure means "sender unknown"
         return None

@@ -31,7 +31,7 @@ TINY = Settings(
     roundtrip_n=5,
     throughput_n=20,
     sleep_n=4,
-    payload_n={"payload-1KiB": 2, "payload-100KiB": 2, "payload-1MiB": 1},
+    payload_n={"payload-1KiB": 2, "payload-100KiB": 2, "payload-1MiB": 1, "payload-10MiB": 1},
     idle_window=0.2,
     client_memory_n=50,
     warmup=2,
@@ -81,6 +81,7 @@ def test_harness_records(system, fresh, no_leaked_processes):
         "payload-1KiB",
         "payload-100KiB",
         "payload-1MiB",
+        "payload-10MiB",
         "throughput",
         "sleep-10ms",
         "workflow",
@@ -93,8 +94,9 @@ def test_harness_records(system, fresh, no_leaked_processes):
     by_workload = {r["workload"]: r for r in records}
     for workload in ("roundtrip", "throughput", "sleep-10ms", "payload-1KiB", "cold-start"):
         assert by_workload[workload]["status"] == "ok", by_workload[workload]
-    if system == "rtbatch-memory":  # above the 1 MiB message limit once encoded
+    if system == "rtbatch-memory":  # in the message (no store): above its 1 MiB limit
         assert by_workload["payload-1MiB"]["status"] == "n/a"
+        assert by_workload["payload-10MiB"]["status"] == "n/a"
     if system == "raw-zmq":
         assert by_workload["java-noop"]["status"] == "n/a"  # runs no jars
     elif JDK:

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from realtime_batch.cli import main
+from realtime_batch.protocol import ResultRecord, encode_result
 from realtime_batch.transport import Message, dead_letter_queue, open_transport
 
 
@@ -65,3 +66,15 @@ def test_purge_asks_then_deletes(setup):
     assert aborted.exit_code != 0
     assert "purged 2" in run(url, "purge", "--yes")
     assert t.receive(dead_letter_queue("tasks"), timeout=0.2) == []
+
+
+def test_list_reads_protocol_v2_bodies():
+    url = f"memory://dlq-{uuid.uuid4().hex}"
+    with open_transport(url) as t:
+        t.declare_queue("tasks")
+        v2 = ResultRecord(session="s", job="j", task="t8", status="ok", value=b"\x00")
+        t.send("tasks", [Message(encode_result(v2), id="m3")])  # MessagePack
+        for d in t.receive("tasks", max_messages=1, timeout=1):
+            t.dead_letter(d, "MalformedTask", "bad")
+        [row] = [json.loads(line) for line in run(url, "list", "--json").splitlines()]
+        assert row["task"] == "t8" and row["session"] == "s"

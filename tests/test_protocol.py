@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import orjson
 import pytest
 
@@ -51,7 +52,7 @@ def test_result_round_trip_and_ok_flag():
         finished_at=2.0,
     )
     body = encode_result(result)
-    assert orjson.loads(body)["ok"] is False
+    assert msgspec.msgpack.decode(body)["ok"] is False
     assert decode_result(body) == result
     assert ResultRecord(session="s", job="j", task="t", status="ok", value=[1]).ok
 
@@ -70,10 +71,10 @@ def test_result_round_trip_and_ok_flag():
     ],
 )
 def test_task_validation_names_the_field(mutate, field):
-    data = orjson.loads(encode_task(make_task()))
+    data = msgspec.msgpack.decode(encode_task(make_task()))
     mutate(data)
     with pytest.raises(ProtocolError) as info:
-        decode_task(orjson.dumps(data))
+        decode_task(msgspec.msgpack.encode(data))
     assert info.value.field == field
     assert field in str(info.value)
 
@@ -87,10 +88,12 @@ def test_garbage_is_a_protocol_error(body):
 
 
 def test_result_unknown_status_rejected():
-    data = orjson.loads(encode_result(ResultRecord(session="s", job="j", task="t", status="ok")))
+    data = msgspec.msgpack.decode(
+        encode_result(ResultRecord(session="s", job="j", task="t", status="ok"))
+    )
     data["status"] = "maybe"
     with pytest.raises(ProtocolError, match="status"):
-        decode_result(orjson.dumps(data))
+        decode_result(msgspec.msgpack.encode(data))
 
 
 def test_unencodable_args_raise_protocol_error():
@@ -99,9 +102,9 @@ def test_unencodable_args_raise_protocol_error():
 
 
 def test_peek_reply_to_finds_sender_of_invalid_task():
-    data = orjson.loads(encode_task(make_task(session_key="k1")))
+    data = msgspec.msgpack.decode(encode_task(make_task(session_key="k1")))
     data["v"] = 42
-    found = peek_reply_to(orjson.dumps(data))
+    found = peek_reply_to(msgspec.msgpack.encode(data))
     assert found is not None
     reply, ids = found
     assert reply == ReplyTo("results", "s1")
@@ -115,3 +118,20 @@ def test_session_key_travels_in_tasks_and_results():
     result = ResultRecord(session="s", job="j", task="t", status="ok", session_key="k1")
     assert decode_result(encode_result(result)).session_key == "k1"
     assert decode_task(encode_task(make_task())).session_key == ""  # none: the default
+
+
+def test_a_version_1_json_body_is_a_clear_version_error():
+    body = orjson.dumps({"v": 1, "session": "s", "job": "j", "task": "t", "command": "x.py",
+                         "reply_to": {"queue": "r", "group": None}})  # fmt: skip
+    for decode in (decode_task, decode_result):
+        with pytest.raises(ProtocolError, match="unsupported protocol version 1") as info:
+            decode(body)
+        assert info.value.field == "v"
+    assert peek_reply_to(body) is not None  # its sender can still be answered
+
+
+def test_an_unknown_value_tag_is_a_protocol_error():
+    data = msgspec.msgpack.decode(encode_task(make_task()))
+    data["args"] = [msgspec.msgpack.Ext(99, b"?")]
+    with pytest.raises(ProtocolError, match="unknown value tag 99"):
+        decode_task(msgspec.msgpack.encode(data))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 import attrs
-import orjson
+import msgspec
 
-from realtime_batch.protocol import ReplyTo, encode_task
+from realtime_batch.protocol import ReplyTo, encode_task, read_fields
 from realtime_batch.transport import Message, dead_letter_queue
 
 
@@ -106,7 +106,7 @@ def test_max_delivery_count_dead_letters_with_an_error_result(harness):
     assert result.attempt == 1
     assert "MaxDeliveryCountExceeded" in result.error.message
     [dead] = harness.transport.receive(dead_letter_queue("tasks"), timeout=5)
-    assert orjson.loads(dead.message.body)["task"] == task_id
+    assert read_fields(dead.message.body)["task"] == task_id
     assert dead.message.properties["DeadLetterReason"] == "MaxDeliveryCountExceeded"
 
 
@@ -124,14 +124,16 @@ def test_malformed_body_is_dead_lettered_and_the_engine_survives(harness):
         [b"\x00 not json", b'{"v": 1, "task": 5}']
     )
     assert {d.message.properties["DeadLetterReason"] for d in dead} == {"MalformedTask"}
-    assert "not JSON" in " ".join(d.message.properties["DeadLetterErrorDescription"] for d in dead)
+    described = " ".join(d.message.properties["DeadLetterErrorDescription"] for d in dead)
+    assert "not a protocol record" in described  # not MessagePack at all
+    assert "unsupported protocol version 1" in described  # version 1 was JSON
 
 
 def test_unknown_version_is_answered_when_the_sender_is_known(harness):
     harness.engine()
-    body = orjson.loads(encode_task(harness.task("noop.py", task_id="t-v9")))
+    body = msgspec.msgpack.decode(encode_task(harness.task("noop.py", task_id="t-v9")))
     body["v"] = 9
-    harness.send_raw(orjson.dumps(body))
+    harness.send_raw(msgspec.msgpack.encode(body))
     result = harness.result()
     assert result.task == "t-v9"
     assert result.error.type == "ProtocolError"

@@ -29,7 +29,7 @@ from realtime_batch.transport import (
     QueueSettingsConflict,
     dead_letter_queue,
 )
-from realtime_batch.transport.servicebus import _check_provisioned
+from realtime_batch.transport.servicebus_admin import check_provisioned as _check_provisioned
 from realtime_batch.transport.zeromq import authz, wire
 from realtime_batch.transport.zeromq.broker import Broker
 from realtime_batch.transport.zeromq.client import ZmqTransport

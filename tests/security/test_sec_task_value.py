@@ -23,6 +23,7 @@ from engine_helpers import Harness, open_harness
 
 import realtime_batch as rb
 from realtime_batch.engine.worker import WorkerProcess
+from realtime_batch.protocol import decode_value
 
 pytestmark = pytest.mark.usefixtures("no_leaked_processes")
 
@@ -108,13 +109,17 @@ def test_a_frame_that_is_not_an_answer_becomes_an_error_result(tmp_path, tasks_d
         harness.close()
 
 
-def test_the_worker_answers_in_json_not_pickle(tmp_path, tasks_dir):
+def test_the_worker_answers_in_msgpack_not_pickle(tmp_path, tasks_dir):
     worker = WorkerProcess(str(tasks_dir), str(tmp_path), "e1")
     worker.start()
     try:
         worker.send([(1, "py", str(tasks_dir / "own_class.py"), [3], {}, None, "t1", 1)])
         assert worker.results is not None and worker.results.poll(30)
         frame = worker.results.recv_bytes()
-        assert frame.startswith(b"[1,"), frame  # JSON: nothing the engine decodes runs code
+        # MessagePack (protocol v2's values), not pickle: nothing the engine decodes runs code
+        assert not frame.startswith(b"\x80"), frame  # a pickle starts with PROTO
+        answer = decode_value(frame)
+        assert answer[:3] == [1, "error", None], answer
+        assert answer[3][0] == "UnserializableResultError"
     finally:
         worker.stop()

@@ -1,0 +1,356 @@
+"""Large values by reference: the payload store, and the offload and resolve rules.
+
+A task body above the threshold (below the transport's message limit) keeps its
+largest arguments in the job's payload store and carries references instead; the
+engine fetches them before the task runs. A result above the threshold goes the same
+way, and the client fetches it before handing it out. A reference
+(``realtime_batch.values.PayloadRef``) names only the SHA-256 of the packed value:
+
+* it is checked against a strict pattern (64 lowercase hex digits) while decoding, so
+  a message cannot choose where a file goes or is read from;
+* it is looked up only in the store of the task's own job and session
+  (``ROOT/JOB/SESSION_KEY/DIGEST``: the session's key, the hash of its secret, which
+  a forger naming another session cannot know; a name ``NAME`` does not allow is
+  hashed, ``folder_name``), so a reference to another job's or session's payload is
+  simply missing;
+* what is read is hashed again: a corrupt payload (``PayloadCorruptError``) or a
+  missing one (``PayloadMissingError``) is the task's error, never a wrong value.
+
+The client deletes a task's argument payloads when its result is taken, and a result
+payload once read; ``close()`` removes the session's directory, deleting the job removes
+the job's, and sessions older than ``DEFAULT_TTL`` are swept when a session opens.
+Stores: ``DirectoryStore`` (the emulated nodes' shared disk; ``LocalPool`` makes one),
+none for ``memory://`` (values stay in the message).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .protocol import (
+    ErrorInfo,
+    ResultRecord,
+    TaskRecord,
+    encode_result,
+    encode_task,
+    encode_value,
+)
+from .transport.payload_store import (
+    DEFAULT_TTL,
+    BlobStore,
+    DirectoryStore,
+    PayloadCorruptError,
+    PayloadError,
+    PayloadMissingError,
+    PayloadStoreError,
+    check_digest,
+    folder_name,
+    open_store,
+)
+from .values import PayloadRef, unpack
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "DEFAULT_TTL",
+    "ENV_STORE",
+    "BlobStore",
+    "DirectoryStore",
+    "PayloadCorruptError",
+    "PayloadError",
+    "PayloadMissingError",
+    "PayloadStoreError",
+    "Payloads",
+    "SessionPayloads",
+    "check_digest",
+    "engine_payloads",
+    "folder_name",
+    "open_store",
+    "payload_store_for",
+    "space",
+    "threshold_for",
+]
+
+logger = logging.getLogger(__name__)
+
+#: the engines' and clients' payload store: a directory shared by them
+ENV_STORE = "RTBATCH_PAYLOAD_STORE"
+#: bodies above this many bytes offload their largest values (at most half the limit)
+DEFAULT_THRESHOLD = 256 * 1024
+#: values smaller than this stay in the message even when the body is too large
+_MIN_OFFLOAD = 1024
+
+
+def threshold_for(max_message_size: int) -> int:
+    """The body size above which values are offloaded, for a transport's limit."""
+    return min(DEFAULT_THRESHOLD, max_message_size // 2)
+
+
+class Payloads:
+    """The offload and resolve rules over one store (``None``: values stay in messages).
+
+    Args:
+        store: where large values go (a ``DirectoryStore``), or None.
+        threshold: body size in bytes above which values are offloaded.
+    """
+
+    def __init__(
+        self, store: DirectoryStore | BlobStore | None, threshold: int = DEFAULT_THRESHOLD
+    ) -> None:
+        self.store = store
+        self.threshold = threshold
+
+    # -- offloading --------------------------------------------------------------------
+    def _store(self, job: str, session: str, data: bytes) -> PayloadRef:
+        assert self.store is not None
+        digest = hashlib.sha256(data).hexdigest()
+        self.store.put(job, session, digest, data)
+        return PayloadRef(digest, len(data))
+
+    def _put(self, job: str, session: str, value: Any) -> PayloadRef:
+        return self._store(job, session, _packed(value, "value"))
+
+    def _offload(self, job: str, session: str, items: list[tuple[Any, Any]]) -> dict[Any, Any]:
+        """Store the values of ``(key, value)`` pairs large enough to matter; key -> ref.
+
+        Each value is packed once, the packed bytes being what is stored.
+        """
+        packed = {}
+        for key, value in items:
+            flat = _flat_size(value)
+            if flat and flat < _MIN_OFFLOAD:
+                continue  # a short string or bytes: not worth a file
+            packed[key] = _packed(value, "args")  # all checked before anything is stored
+        return {
+            key: self._store(job, session, data)
+            for key, data in packed.items()
+            if len(data) >= _MIN_OFFLOAD
+        }
+
+    def encode_task(self, task: TaskRecord) -> tuple[bytes, list[str]]:
+        """A task's body, its large arguments offloaded; and the digests it stored."""
+        if self.store is None:
+            return encode_task(task), []
+        items = [(i, a) for i, a in enumerate(task.args)] + list(task.kwargs.items())
+        if sum(_flat_size(value) for _, value in items) <= self.threshold:
+            body = encode_task(task)  # encoded once when it fits (the usual case)
+            if len(body) <= self.threshold:
+                return body, []
+        refs = self._offload(task.job, space(task), items)
+        task = attrs.evolve(
+            task,
+            args=[refs.get(i, a) for i, a in enumerate(task.args)],
+            kwargs={k: refs.get(k, v) for k, v in task.kwargs.items()},
+        )
+        return encode_task(task), [ref.digest for ref in refs.values()]
+
+    def encode_result(self, result: ResultRecord) -> bytes:
+        """A result's body, its value offloaded when large (store failure: an error result)."""
+        if self.store is None:
+            return encode_result(result)
+        if _flat_size(result.value) <= self.threshold:
+            body = encode_result(result)
+            if len(body) <= self.threshold:
+                return body
+        try:
+            ref = self._put(result.job, space(result), result.value)
+        except PayloadError as exc:
+            return encode_result(_as_error(result, exc))
+        return encode_result(attrs.evolve(result, value=ref))
+
+    # -- resolving ---------------------------------------------------------------------
+    def fetch(self, job: str, session: str, ref: PayloadRef) -> Any:
+        """The value a reference names, read from the job's own store and hash-checked."""
+        if self.store is None:
+            raise PayloadStoreError(
+                f"a payload reference arrived but no payload store is set ({ENV_STORE})"
+            )
+        data = self.store.get(job, session, ref.digest)
+        if hashlib.sha256(data).hexdigest() != ref.digest:
+            raise PayloadCorruptError(
+                f"payload {ref.digest} is corrupt: its content does not match its hash"
+            )
+        try:
+            return unpack(data)
+        except Exception as exc:  # hash matched but not a packed value: stored by a bug
+            raise PayloadCorruptError(
+                f"payload {ref.digest} is not a packed value: {exc}"
+            ) from None
+
+    def resolve_task(self, task: TaskRecord) -> TaskRecord:
+        """``task`` with its referenced arguments fetched (itself when it has none).
+
+        Raises:
+            PayloadError: a payload is missing, corrupt, or there is no store.
+        """
+        if not any(type(a) is PayloadRef for a in task.args) and not any(
+            type(v) is PayloadRef for v in task.kwargs.values()
+        ):
+            return task
+
+        where = space(task)
+
+        def value(item: Any) -> Any:
+            return self.fetch(task.job, where, item) if type(item) is PayloadRef else item
+
+        return attrs.evolve(
+            task,
+            args=[value(a) for a in task.args],
+            kwargs={k: value(v) for k, v in task.kwargs.items()},
+        )
+
+
+def space(record: TaskRecord | ResultRecord) -> str:
+    """The store directory of a record's session: its ``session_key``, else its id.
+
+    The key is the hash of the session's secret, which only the session and the
+    engines (who alone read tasks) know: naming another session's id in a forged
+    task does not reach that session's payloads.
+    """
+    return record.session_key or record.session
+
+
+def _flat_size(value: Any) -> int:
+    """The size of a ``str`` or bytes-like value (0 for others): a cheap lower bound."""
+    if isinstance(value, (bytes, bytearray, str)):
+        return len(value)
+    if isinstance(value, memoryview):
+        return value.nbytes
+    return 0
+
+
+def _packed(value: Any, field: str) -> bytes:
+    return encode_value(value, field)  # ProtocolError as encode_task/encode_result say it
+
+
+def _as_error(result: ResultRecord, exc: Exception) -> ResultRecord:
+    return attrs.evolve(
+        result, status="error", value=None, error=ErrorInfo(type(exc).__name__, str(exc))
+    )
+
+
+class SessionPayloads:
+    """One session's side: offload at submit, resolve and delete when results are taken.
+
+    Args:
+        payloads: the rules and store.
+        job: the session's job.
+        session: the session's directory in the store: its ``session_key`` (``space``).
+    """
+
+    def __init__(self, payloads: Payloads, job: str, session: str) -> None:
+        self.payloads = payloads
+        self.job = job
+        self.session = session
+        self._lock = threading.Lock()
+        self._by_task: dict[str, list[str]] = {}
+        self._users: dict[str, int] = {}  # digest -> tasks still needing it
+        store = payloads.store
+        if store is not None:
+            swept = store.sweep(job)
+            if swept:
+                logger.info("swept %d expired payload directories of job %s", swept, job)
+
+    @classmethod
+    def open(cls, target: Any, job: str, session: str, max_message_size: int) -> SessionPayloads:
+        """For a session on ``target``: its ``payload_store``, else ``$RTBATCH_PAYLOAD_STORE``.
+
+        A ``memory://`` pool has none: values stay in the message.
+        """
+        store = getattr(target, "payload_store", None)
+        if store is None and os.environ.get(ENV_STORE):
+            store = open_store(os.environ[ENV_STORE])
+        return cls(Payloads(store, threshold_for(max_message_size)), job, session)
+
+    def encode_task(self, task: TaskRecord) -> bytes:
+        """The task's body; the payloads it stored are kept until its result is taken."""
+        body, digests = self.payloads.encode_task(task)
+        if digests:
+            with self._lock:
+                self._by_task[task.task] = digests
+                for digest in digests:
+                    self._users[digest] = self._users.get(digest, 0) + 1
+        return body
+
+    def take_result(self, result: ResultRecord) -> ResultRecord:
+        """``result`` with a referenced value fetched (and deleted); the task's payloads released.
+
+        A missing or corrupt payload makes it an error result naming the reason.
+        """
+        ref = result.value
+        if type(ref) is not PayloadRef:
+            self.release(result.task)
+            return result
+        try:  # before releasing: an echoed argument is the same file
+            value = self.payloads.fetch(self.job, self.session, ref)
+        except PayloadError as exc:
+            self.release(result.task)
+            return _as_error(result, exc)
+        self.release(result.task)
+        self._delete([ref.digest])
+        return attrs.evolve(result, value=value)
+
+    def release(self, task_id: str) -> None:
+        """The task is done: delete the argument payloads no other task needs."""
+        with self._lock:
+            digests = self._by_task.pop(task_id, None)
+            if not digests:
+                return
+            unused = []
+            for digest in digests:
+                left = self._users[digest] - 1
+                if left:
+                    self._users[digest] = left
+                else:
+                    del self._users[digest]
+                    unused.append(digest)
+        self._delete(unused)
+
+    def _delete(self, digests: list[str]) -> None:
+        store = self.payloads.store
+        if store is not None and digests:
+            with self._lock:
+                digests = [d for d in digests if d not in self._users]
+            store.delete(self.job, self.session, digests)
+
+    def close(self) -> None:
+        """Delete everything this session stored or was sent."""
+        store = self.payloads.store
+        if store is not None:
+            store.drop_session(self.job, self.session)
+        with self._lock:
+            self._by_task.clear()
+            self._users.clear()
+
+
+def payload_store_for(
+    scheme: str, pool_root: str | os.PathLike[str], engine_env: dict[str, str]
+) -> DirectoryStore | None:
+    """A local pool's store: ``POOL_ROOT/payloads``, named to its engines in ``engine_env``.
+
+    ``memory://`` has none: its engines are threads of the client's process and values
+    stay in the message (up to the transport's ``max_message_size``).
+    """
+    if scheme == "memory":
+        return None
+    store = DirectoryStore(Path(pool_root) / "payloads")
+    engine_env[ENV_STORE] = str(store.root)
+    return store
+
+
+_engine_payloads: Payloads | None = None
+
+
+def engine_payloads() -> Payloads:
+    """The engine's rules: the store named by ``$RTBATCH_PAYLOAD_STORE`` (none if unset)."""
+    global _engine_payloads
+    if _engine_payloads is None:
+        root = os.environ.get(ENV_STORE)
+        _engine_payloads = Payloads(open_store(root) if root else None)
+    return _engine_payloads

@@ -1,0 +1,153 @@
+"""Large and binary values end to end: Session + LocalPool with real engines (#20).
+
+zmq:// and Service Bus (the stand-in) engines are processes sharing the pool's payload
+directory (direct mode: the task worker fetches and stores; relay mode: the engine does);
+memory:// carries values inside the message (no store), up to its message limit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import textwrap
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+import realtime_batch as rb
+from realtime_batch.protocol import ProtocolError
+from realtime_batch.transport import MessageTooLargeError
+
+TASKS = {
+    "echo_bytes.py": """
+        def run(value, *, times=1):
+            if isinstance(value, (bytes, str)):
+                return value * times
+            return value
+    """,
+    "types.py": """
+        def run(value):
+            return type(value).__name__, value
+    """,
+}
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def task_files(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("payload-tasks")
+    paths = []
+    for name, source in TASKS.items():
+        path = folder / name
+        path.write_text(textwrap.dedent(source).lstrip())
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(
+    scope="module",
+    params=["memory", "zmq", "zmq-relay", pytest.param("servicebus", marks=pytest.mark.azure)],
+)
+def pool(request, task_files):
+    me = psutil.Process()
+    before = {child.pid for child in me.children(recursive=True)}
+    standin = None
+    if request.param == "memory":
+        url = f"memory://payloads-{uuid.uuid4().hex}"
+    elif request.param == "servicebus":  # 256 KiB messages, like the Standard tier
+        pytest.importorskip("azure.servicebus")
+        from servicebus_standin import StandInProcess
+
+        standin = StandInProcess()
+        url = standin.connection_string
+    else:
+        url = "zmq://127.0.0.1:0"
+    mode = "relay" if request.param == "zmq-relay" else "auto"  # auto: direct on zmq
+    try:
+        with rb.LocalPool(
+            engines=1, transport=url, task_files=task_files, worker_mode=mode
+        ) as local_pool:
+            yield local_pool
+    finally:
+        if standin is not None:
+            standin.stop()
+    leftover = [c for c in me.children(recursive=True) if c.pid not in before]
+    _, alive = psutil.wait_procs(leftover, timeout=5)
+    for proc in alive:
+        proc.kill()
+    assert not alive, f"processes left behind: {[p.pid for p in alive]}"
+
+
+def _store_files(pool) -> list[Path]:
+    store = pool.payload_store
+    if store is None or not store.root.exists():
+        return []
+    return [p for p in store.root.rglob("*") if p.is_file()]
+
+
+def test_bytes_and_tagged_values_round_trip(pool):
+    when = dt.datetime(2026, 12, 2, 15, 9, 51)
+    with rb.Session(pool) as s:
+        assert s.submit("echo_bytes.py", b"\x00\xff", times=3).result(60) == b"\x00\xff" * 3
+        assert s.submit("types.py", when).result(60) == ("datetime", when)
+        assert s.submit("types.py", (1, {2})).result(60) == ("tuple", (1, {2}))
+        assert s.submit("types.py", bytearray(b"ab")).result(60) == ("bytes", b"ab")
+
+
+def test_a_value_that_cannot_travel_is_refused_at_submit(pool):
+    with rb.Session(pool) as s, pytest.raises(ProtocolError, match="args"):
+        s.submit("types.py", object())
+
+
+def test_large_arguments_and_results_travel_and_nothing_is_left_after_close(pool):
+    blob = bytes(range(256)) * (4 * MIB // 256)  # 4 MiB: over every transport's limit
+    with rb.Session(pool) as s:
+        if pool.payload_store is None:  # memory://: in the message, up to its limit
+            with pytest.raises(MessageTooLargeError):
+                s.submit("echo_bytes.py", blob)
+            return
+        assert s.submit("echo_bytes.py", blob).result(60) == blob
+        doubled = s.submit("echo_bytes.py", blob[: MIB + 5], times=2).result(60)
+        assert doubled == blob[: MIB + 5] * 2
+        big_text = s.submit("echo_bytes.py", "é" * MIB).result(60)
+        assert big_text == "é" * MIB
+        assert _store_files(pool) == []  # taken: deleted
+        s.submit("echo_bytes.py", blob[:-1])  # never waited for
+        assert s.submit("echo_bytes.py", b"small").result(60) == b"small"
+    assert _store_files(pool) == []
+
+
+def test_a_missing_argument_payload_is_the_tasks_error(pool):
+    if pool.payload_store is None:
+        pytest.skip("memory:// has no payload store")
+    blob = b"\x01" * (2 * MIB)
+    with rb.Session(pool) as s:
+        real = s._payloads.encode_task  # delete what the session stores before it is sent
+
+        def encode_then_lose(record):
+            body = real(record)
+            for path in _store_files(pool):
+                path.unlink()
+            return body
+
+        s._payloads.encode_task = encode_then_lose
+        future = s.submit("echo_bytes.py", blob)
+        with pytest.raises(rb.TaskError) as info:
+            future.result(60)
+        assert info.value.remote_type == "PayloadMissingError"
+        assert "not in the store" in str(info.value)
+
+
+def test_a_waiting_task_with_a_large_argument_leaves_nothing_once_taken(pool):
+    """A workflow task's arguments are checked at submit (by encoding them once) and sent
+    when its input is done: the check's stored copy must not outlive the task."""
+    if pool.payload_store is None:
+        pytest.skip("memory:// has no payload store")
+    blob = bytes(range(256)) * (2 * MIB // 256)
+    with rb.Session(pool) as s:
+        first = s.submit("echo_bytes.py", b"in")
+        second = s.submit("echo_bytes.py", blob, after=[first])
+        assert second.result(60) == blob
+        assert _store_files(pool) == []
