@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from realtime_batch.control import CONTROL_QUEUE, KIND, KIND_STOP, stop_message
+from realtime_batch.protocol import decode_task
 
 
 def _wait_stopped(engine, timeout: float = 30.0) -> None:
@@ -25,7 +26,7 @@ def test_stop_message_stops_the_engine_and_leaves_tasks_queued(harness):
     task = harness.submit("noop.py")
     harness.assert_no_result()
     [left] = harness.transport.receive(harness.queue, max_messages=1, timeout=5)
-    assert left.message.id == task or task in left.message.body.decode()
+    assert decode_task(left.message.body).task == task
     # the other engine's stop request is still waiting in its own group
     [waiting] = harness.transport.receive(
         CONTROL_QUEUE, max_messages=5, timeout=1, group="some-other-engine"
