@@ -245,6 +245,12 @@ def _bench(
     log_dir: Path,
 ) -> None:
     if scale:
+        if write_docs is None:
+            write_docs = not quick
+        if install and write_docs:  # the chart needs matplotlib
+            from benchmarks.setup_env import ensure_bench_extra
+
+            ensure_bench_extra()
         _scale(quick, json_path, write_docs, log_dir)
         return
     chosen = _split(systems, SYSTEMS, "systems")
@@ -277,7 +283,7 @@ def _bench(
         click.echo("\n" + markdown_report(result, None))
 
 
-def _scale(quick: bool, json_path: Path | None, write_docs: bool | None, log_dir: Path) -> None:
+def _scale(quick: bool, json_path: Path | None, write_docs: bool, log_dir: Path) -> None:
     """The scale family in its own process; its table (and chart) printed or in the docs."""
     mode = "quick" if quick else "full"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -306,7 +312,7 @@ def _scale(quick: bool, json_path: Path | None, write_docs: bool | None, log_dir
         json_path.write_text(json.dumps(result, indent=1))
         click.echo(f"wrote {json_path}")
     note = f"{mode} run of {result['when']}, {result['elapsed_s']:.0f} s; log: {log}"
-    if write_docs if write_docs is not None else not quick:
+    if write_docs:
         chart = write_scale_chart(records, SCALE_CHART)
         table = scale_markdown(records, os.path.relpath(chart, DOC.parent), note)
         write_docs_file(DOC, table, (SCALE_BEGIN, SCALE_END), "Scale")

@@ -35,7 +35,7 @@ import zmq
 
 from benchmarks.procs import Child
 from realtime_batch.transport.zeromq import wire
-from realtime_batch.transport.zeromq.heartbeat import HeartbeatSchedule
+from realtime_batch.transport.zeromq.heartbeat import REFRESH_BEATS, HeartbeatSchedule
 
 __all__ = ["IdleEngines", "broker_process", "idle_broker_cpu", "main"]
 
@@ -57,7 +57,13 @@ class _Client:
     __slots__ = ("beat", "engine_id", "report", "requests", "schedule", "sent", "wait")
 
     def __init__(
-        self, context: zmq.Context, endpoint: str, engine_id: str, report: bool, wait: float
+        self,
+        context: zmq.Context,
+        endpoint: str,
+        engine_id: str,
+        report: bool,
+        wait: float,
+        refresh_beats: int,
     ) -> None:
         self.wait = wait
         client_id = b"\x01" + os.urandom(15)
@@ -67,7 +73,7 @@ class _Client:
         )
         self.requests = self._socket(context, endpoint, client_id + b"\0\0\0\0")
         self.beat = self._socket(context, endpoint, client_id + b"\0\0\0\1")
-        self.schedule = HeartbeatSchedule(HEARTBEAT_INTERVAL)
+        self.schedule = HeartbeatSchedule(HEARTBEAT_INTERVAL, refresh_beats)
         self.sent = 0
 
     @staticmethod
@@ -100,9 +106,16 @@ class _Client:
 
 class IdleEngines:
     """``engines`` simulated idle engines (two clients each) on the broker at ``endpoint``,
-    their receives waiting ``wait`` seconds."""
+    their receives waiting ``wait`` seconds (``refresh_beats=1``: a heartbeat every
+    interval, as clients sent them before issue 21)."""
 
-    def __init__(self, endpoint: str, engines: int, wait: float = IDLE_RECEIVE_WAIT) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        engines: int,
+        wait: float = IDLE_RECEIVE_WAIT,
+        refresh_beats: int = REFRESH_BEATS,
+    ) -> None:
         self.wait = wait
         self.context = zmq.Context()
         self.context.set(zmq.MAX_SOCKETS, 4 * engines + 16)
@@ -110,7 +123,8 @@ class IdleEngines:
         for index in range(engines):
             engine_id = f"sim-{index}"
             for report in (True, False):
-                self.clients.append(_Client(self.context, endpoint, engine_id, report, wait))
+                client = _Client(self.context, endpoint, engine_id, report, wait, refresh_beats)
+                self.clients.append(client)
         self._declare(endpoint)
         self._by_socket = {}
         for client in self.clients:
@@ -183,7 +197,11 @@ def _cpu(proc: psutil.Process) -> float:
 
 
 def idle_broker_cpu(
-    engines: int, window: float, settle: float = 2.0, wait: float = IDLE_RECEIVE_WAIT
+    engines: int,
+    window: float,
+    settle: float = 2.0,
+    wait: float = IDLE_RECEIVE_WAIT,
+    refresh_beats: int = REFRESH_BEATS,
 ) -> dict[str, float]:
     """The broker's CPU (% of a core) over ``window`` s with ``engines`` simulated idle
     engines whose receives wait ``wait`` s.
@@ -192,7 +210,7 @@ def idle_broker_cpu(
     """
     _raise_open_files(8 * engines + 256)
     with broker_process() as (broker, endpoint):
-        sim = IdleEngines(endpoint, engines, wait)
+        sim = IdleEngines(endpoint, engines, wait, refresh_beats)
         try:
             sim.run(settle)  # connected, parked, past the first heartbeats
             before, answered = _cpu(broker), sim.answered
@@ -222,10 +240,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--receive-wait", type=float, default=IDLE_RECEIVE_WAIT, help="an idle receive's wait"
     )
+    parser.add_argument(
+        "--refresh-beats",
+        type=int,
+        default=REFRESH_BEATS,
+        help="heartbeat refresh in intervals (1: every interval, as before issue 21)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for count in (int(c) for c in args.engines.split(",")):
-        found = idle_broker_cpu(count, args.window, wait=args.receive_wait)
+        found = idle_broker_cpu(
+            count, args.window, wait=args.receive_wait, refresh_beats=args.refresh_beats
+        )
         log.info(
             "%4d idle engines: broker %.2f %% of a core, %.0f receives answered/s",
             count,

@@ -77,6 +77,7 @@ def write_scale_chart(records: list[dict], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     shown = [r for r in records if r.get("status") == "ok"]
     fig, axes = plt.subplots(1, max(1, len(shown)), figsize=(4.2 * max(1, len(shown)), 3.4))
@@ -88,7 +89,8 @@ def write_scale_chart(records: list[dict], path: Path) -> Path:
         xs = [int(c) for c in sizes]
         ax.plot(xs, [sizes[c][key] for c in sizes], marker="o")
         ax.set_xscale("log")
-        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xticks(xs, [f"{x:,}" for x in xs])
         ax.set_xlabel(WHAT[workload], fontsize=8)
         ax.set_title(f"{workload}: {label}", fontsize=9)
         ax.set_ylim(bottom=0)

@@ -34,8 +34,9 @@ def test_every_scale_workload_gives_its_figures(no_leaked_processes, capsys):
     engines = by_workload["scale-engines"]["2"]
     assert sum(engines["tasks_per_engine"]) == TINY.sleep_n  # every task counted where it ran
     assert len(engines["tasks_per_engine"]) == 2
-    for key in ("tasks_per_s", "cpu_us_per_task", "efficiency", "pool_start_s"):
+    for key in ("tasks_per_s", "efficiency", "pool_start_s"):
         assert engines[key] > 0, key
+    assert engines["cpu_us_per_task"] >= 0  # CPU times tick in 10 ms: 20 tasks may show 0
     assert set(by_workload["scale-sessions"]) == {"1", "2"}
     assert by_workload["scale-queued"]["200"]["drain_per_s"] > 0
     assert by_workload["scale-idle"]["4"]["receives_per_s"] > 0

@@ -185,3 +185,26 @@ def test_a_silent_broker_gets_a_heartbeat_every_interval_and_is_seen_silent():
         now = schedule.next_check(now)
     assert beats == 4  # 1.01, 2.01, 3.01, 4.01: one per interval, not a busy loop
     assert schedule.silent_for(now) == pytest.approx(now - 1.01)
+
+
+# -- parked receives end on the broker's timer tick -----------------------------------------
+def test_parked_receives_end_together_on_the_timer_tick():
+    """Waits ending within one tick are answered in one pass of the loop, at the tick."""
+    broker = Broker("tcp://127.0.0.1:0", context=zmq.Context(), timer_tick=1.0)
+    try:
+        broker.store.declare("q", None)
+        for number, timeout in enumerate((0.2, 0.7)):
+            owner = b"\x01" + bytes([number]) * 15
+            broker._receive(owner + b"\0\0\0\0", owner, 1, ["q", 1, timeout, None], 100.0)
+        assert len(broker._parking) == 2
+        broker._timers(100.5)  # the first wait ended at 100.2, but the tick is at 101
+        assert len(broker._parking) == 2
+        broker._timers(101.0)
+        assert len(broker._parking) == 0
+    finally:
+        broker.close()
+
+
+def test_a_timer_tick_must_be_positive():
+    with pytest.raises(ValueError, match="timer_tick"):
+        Broker("tcp://127.0.0.1:0", context=zmq.Context(), timer_tick=0)

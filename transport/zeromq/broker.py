@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import time
 import uuid
@@ -63,6 +64,7 @@ __all__ = [
     "DEFAULT_MAX_QUEUED_BYTES",
     "DEFAULT_MAX_QUEUES",
     "DEFAULT_SPIN",
+    "DEFAULT_TIMER_TICK",
     "Broker",
 ]
 
@@ -82,6 +84,10 @@ _PURGE_INTERVAL = 1.0  # seconds between sweeps of expired messages nobody recei
 _STATS_INTERVAL = 1.0  # seconds between the snapshots kept in ``last_stats``
 #: Seconds the loop keeps polling for the next request before sleeping (see above).
 DEFAULT_SPIN = 300e-6
+#: Seconds on whose multiples parked receives are answered when their wait ends: the
+#: receives of many idle engines end (and come back) together, in one wake-up of the loop
+#: instead of one each; a receive's empty answer is at most this late.
+DEFAULT_TIMER_TICK = 0.025
 #: Commands that settle leases: like stored or delivered messages, they start the spin.
 _SETTLING = frozenset(
     {wire.COMPLETE, wire.COMPLETE_MANY, wire.ABANDON, wire.GIVE_BACK, wire.DEAD_LETTER}
@@ -131,6 +137,8 @@ class Broker:
             are closed (default: the open-file limit less ``FD_RESERVE``).
         queue_kinds: which queues are mailboxes and control queues (``authz``); roles
             are enforced when ``curve`` has authorized keys.
+        timer_tick: seconds on whose multiples waits of parked receives end (see
+            ``DEFAULT_TIMER_TICK``).
     """
 
     def __init__(
@@ -150,13 +158,17 @@ class Broker:
         max_queues: int | None = DEFAULT_MAX_QUEUES,
         max_connections: int | None = None,
         queue_kinds: authz.QueueKinds | None = None,
+        timer_tick: float = DEFAULT_TIMER_TICK,
     ) -> None:
         if spin < 0:
             raise ValueError("spin must be at least 0")
+        if timer_tick <= 0:
+            raise ValueError("timer_tick must be positive")
         self.max_message_size = max_message_size
         self.spin = spin if len(os.sched_getaffinity(0)) > 1 else 0.0
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_liveness = heartbeat_liveness
+        self.timer_tick = timer_tick
         self.journal = journal
         if store is None:
             store = QueueStore(listener=journal)
@@ -300,7 +312,8 @@ class Broker:
         store = self.store
         self._guard.check(now)
         next_lease = store.expire(now)
-        for waiter in self._parking.expire(now):
+        tick = self.timer_tick
+        for waiter in self._parking.expire(math.floor(now / tick) * tick):
             self._send_grants(waiter.identity, waiter.rid, [], now, waiter.lost)
         if now >= self._next_owner_check:
             self._check_owners(now)
@@ -321,8 +334,8 @@ class Broker:
         if next_lease is not None:
             wake = min(wake, next_lease)
         next_deadline = self._parking.next_deadline()
-        if next_deadline is not None:
-            wake = min(wake, next_deadline)
+        if next_deadline is not None:  # on the tick: receives due together are answered together
+            wake = min(wake, math.ceil(next_deadline / tick) * tick)
         if self._guard.under_pressure:  # close surplus connections before fds run out
             wake = min(wake, now + _PRESSURE_POLL)
         return max(0.0, min(wake - now, _MAX_POLL))
