@@ -5,6 +5,10 @@ In the spirit of the ZeroMQ guide's reliable request-reply patterns:
 * **credit-based flow control**: nothing is pushed; a consumer's ``RECEIVE`` asks
   for up to N messages and waits at the broker (long poll) until some arrive or
   its timeout ends;
+* **fair shares**: a receive on a shared queue gets at most its share of what waits,
+  ``ceil(waiting / consumers)`` (``fairshare.py``), so long tasks spread evenly;
+* **timers on a tick**: waits of parked receives end on multiples of ``timer_tick``,
+  so the receives of many idle engines are answered (and come back) together;
 * **heartbeats both ways**: clients send ``HEARTBEAT`` requests and the broker
   answers them (with its epoch, so clients notice a restart); any request counts
   as a sign of life, and a client silent for ``liveness`` heartbeat intervals has
