@@ -27,12 +27,16 @@ from benchmarks import ROOT, SYSTEMS, WORKLOADS
 from benchmarks.procs import Interrupted, child_env, die_with_parent, interruptible, stop_process
 from benchmarks.report import add_ratios, markdown_report, ratio_lines, write_chart
 from benchmarks.report import write_docs as write_docs_file
+from benchmarks.scale_report import BEGIN as SCALE_BEGIN
+from benchmarks.scale_report import END as SCALE_END
+from benchmarks.scale_report import scale_markdown, write_scale_chart
 from benchmarks.workloads import FULL, QUICK
 
 __all__ = ["bench", "merge_results", "run_benchmarks"]
 
 DOC = ROOT / "docs" / "benchmarks.md"
 CHART = ROOT / "docs" / "img" / "benchmarks.png"
+SCALE_CHART = ROOT / "docs" / "img" / "scale.png"
 NEEDS_EXTRA = {"ray", "dask", "celery"}
 #: seconds one system's process may take before it is stopped
 TIME_LIMIT = {"quick": 150.0, "full": 1500.0}
@@ -189,6 +193,11 @@ def merge_results(earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, Any
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the records, versions and machine facts here.",
 )
+@click.option(
+    "--scale",
+    is_flag=True,
+    help="Run the scale family instead (rtbatch-zmq at several sizes; see benchmarks/scale.py).",
+)
 @click.option("--systems", help=f"Comma-separated subset of: {', '.join(SYSTEMS)}.")
 @click.option("--workloads", help=f"Comma-separated subset of: {', '.join(WORKLOADS)}.")
 @click.option(
@@ -226,6 +235,7 @@ def bench(**options: Any) -> None:
 
 def _bench(
     quick: bool,
+    scale: bool,
     json_path: Path | None,
     systems: str | None,
     workloads: str | None,
@@ -234,6 +244,15 @@ def _bench(
     install: bool,
     log_dir: Path,
 ) -> None:
+    if scale:
+        if write_docs is None:
+            write_docs = not quick
+        if install and write_docs:  # the chart needs matplotlib
+            from benchmarks.setup_env import ensure_bench_extra
+
+            ensure_bench_extra()
+        _scale(quick, json_path, write_docs, log_dir)
+        return
     chosen = _split(systems, SYSTEMS, "systems")
     loads = _split(workloads, WORKLOADS, "workloads")
     mode = "quick" if quick else "full"
@@ -262,3 +281,41 @@ def _bench(
         click.echo(f"wrote {DOC} and {chart}")
     else:
         click.echo("\n" + markdown_report(result, None))
+
+
+def _scale(quick: bool, json_path: Path | None, write_docs: bool, log_dir: Path) -> None:
+    """The scale family in its own process; its table (and chart) printed or in the docs."""
+    mode = "quick" if quick else "full"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / "scale.log"
+    argv = [sys.executable, "-m", "benchmarks.scale", "--mode", mode]
+    started = time.perf_counter()
+    with log.open("w") as errors:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, text=True,
+                                env=child_env(), cwd=ROOT, process_group=0,
+                                preexec_fn=die_with_parent)  # fmt: skip
+        records = []
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                tag, _, body = line.partition(" ")
+                if tag == "RECORD":
+                    records.append(json.loads(body))
+                    click.echo(f"  {records[-1]['workload']}: {records[-1]['status']}")
+            proc.wait()
+        finally:
+            stop_process(proc, STOP_GRACE, group=True)
+    result = {"mode": mode, "elapsed_s": time.perf_counter() - started, "records": records,
+              "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=1))
+        click.echo(f"wrote {json_path}")
+    note = f"{mode} run of {result['when']}, {result['elapsed_s']:.0f} s; log: {log}"
+    if write_docs:
+        chart = write_scale_chart(records, SCALE_CHART)
+        table = scale_markdown(records, os.path.relpath(chart, DOC.parent), note)
+        write_docs_file(DOC, table, (SCALE_BEGIN, SCALE_END), "Scale")
+        click.echo(f"wrote {DOC} and {chart}")
+    else:
+        click.echo("\n" + scale_markdown(records, None, note))

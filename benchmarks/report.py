@@ -260,18 +260,22 @@ def write_chart(records: list[dict], path: Path) -> Path:
     return path
 
 
-def write_docs(doc: Path, generated: str) -> None:
-    """Replace the generated block of ``doc`` (between the bench markers), keeping the prose."""
-    block = f"{BEGIN}\n{generated}{END}"
+def write_docs(
+    doc: Path, generated: str, markers: tuple[str, str] = (BEGIN, END), title: str = "Results"
+) -> None:
+    """Replace the generated block of ``doc`` (between ``markers``), keeping the prose; a
+    missing block is added at the end under ``## title``."""
+    begin, end = markers
+    block = f"{begin}\n{generated}{end}"
     if doc.is_file():
         text = doc.read_text()
-        if BEGIN in text and END in text:
+        if begin in text and end in text:
             text = re.sub(
-                re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S
+                re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S
             )
         else:
-            text = text.rstrip() + "\n\n## Results\n\n" + block + "\n"
+            text = text.rstrip() + f"\n\n## {title}\n\n" + block + "\n"
     else:
-        text = "# Benchmarks\n\n## Results\n\n" + block + "\n"
+        text = f"# Benchmarks\n\n## {title}\n\n" + block + "\n"
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)

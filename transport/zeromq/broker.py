@@ -5,19 +5,26 @@ In the spirit of the ZeroMQ guide's reliable request-reply patterns:
 * **credit-based flow control**: nothing is pushed; a consumer's ``RECEIVE`` asks
   for up to N messages and waits at the broker (long poll) until some arrive or
   its timeout ends;
+* **fair shares**: a receive on a shared queue gets at most its share of what waits,
+  ``ceil(waiting / consumers)`` (``fairshare.py``), so long tasks spread evenly;
+* **timers on a tick**: waits of parked receives end on multiples of ``timer_tick``,
+  so the receives of many idle engines are answered (and come back) together;
 * **heartbeats both ways**: clients send ``HEARTBEAT`` requests and the broker
   answers them (with its epoch, so clients notice a restart); any request counts
   as a sign of life, and a client silent for ``liveness`` heartbeat intervals has
   its leases released at once and its waiting receives dropped;
 * **hostile input** is decoded by ``wire.decode_request`` only and answered with
   an error; frames above the size limit are cut by ``ZMQ_MAXMSGSIZE``;
-* **busy-polling**: after handling requests the loop keeps polling the socket for
-  ``spin`` seconds (300 µs by default: longer than a no-op task's trip from the
-  broker to a task worker and back) before it goes to sleep, so a request that
+* **busy-polling**: after handling requests that moved messages (stored, delivered
+  or settled some) the loop keeps polling the socket for ``spin`` seconds (300 µs
+  by default: longer than a no-op task's trip from the broker to a task worker and
+  back) before it goes to sleep, so a request that
   follows soon, like the next step of a round trip, is picked up without waking
   the loop's thread, which on a virtual machine costs tens of microseconds. It
-  costs up to ``spin`` of CPU after each burst of traffic and nothing while idle;
-  it is off on a single CPU, where polling would only keep the sender from running.
+  costs up to ``spin`` of CPU after each burst of traffic and nothing while idle
+  (heartbeats and receives that find nothing do not start it: with hundreds of idle
+  engines those would keep the loop spinning); it is off on a single CPU, where
+  polling would only keep the sender from running.
 
 The loop is single-threaded and owns the store; ``stop()`` may be called from any
 thread or a signal handler.
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import time
 import uuid
@@ -46,6 +54,7 @@ from ..stats import EngineTable, TransportStats
 from ..store import Grant, QueueStore
 from . import authz, wire
 from .connections import ConnectionGuard, default_max_connections
+from .fairshare import FairShare
 from .parking import Parking, Waiter
 
 if TYPE_CHECKING:  # imported by the CLI only when durable mode or CURVE is asked for
@@ -59,6 +68,7 @@ __all__ = [
     "DEFAULT_MAX_QUEUED_BYTES",
     "DEFAULT_MAX_QUEUES",
     "DEFAULT_SPIN",
+    "DEFAULT_TIMER_TICK",
     "Broker",
 ]
 
@@ -78,6 +88,14 @@ _PURGE_INTERVAL = 1.0  # seconds between sweeps of expired messages nobody recei
 _STATS_INTERVAL = 1.0  # seconds between the snapshots kept in ``last_stats``
 #: Seconds the loop keeps polling for the next request before sleeping (see above).
 DEFAULT_SPIN = 300e-6
+#: Seconds on whose multiples parked receives are answered when their wait ends: the
+#: receives of many idle engines end (and come back) together, in one wake-up of the loop
+#: instead of one each; a receive's empty answer is at most this late.
+DEFAULT_TIMER_TICK = 0.025
+#: Commands that settle leases: like stored or delivered messages, they start the spin.
+_SETTLING = frozenset(
+    {wire.COMPLETE, wire.COMPLETE_MANY, wire.ABANDON, wire.GIVE_BACK, wire.DEAD_LETTER}
+)
 #: Receives one client may have waiting at the broker at once (a session or engine
 #: needs a handful; each costs broker memory and a timer).
 DEFAULT_MAX_PARKED_RECEIVES = 1000
@@ -123,6 +141,8 @@ class Broker:
             are closed (default: the open-file limit less ``FD_RESERVE``).
         queue_kinds: which queues are mailboxes and control queues (``authz``); roles
             are enforced when ``curve`` has authorized keys.
+        timer_tick: seconds on whose multiples waits of parked receives end (see
+            ``DEFAULT_TIMER_TICK``).
     """
 
     def __init__(
@@ -142,13 +162,17 @@ class Broker:
         max_queues: int | None = DEFAULT_MAX_QUEUES,
         max_connections: int | None = None,
         queue_kinds: authz.QueueKinds | None = None,
+        timer_tick: float = DEFAULT_TIMER_TICK,
     ) -> None:
         if spin < 0:
             raise ValueError("spin must be at least 0")
+        if timer_tick <= 0:
+            raise ValueError("timer_tick must be positive")
         self.max_message_size = max_message_size
         self.spin = spin if len(os.sched_getaffinity(0)) > 1 else 0.0
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_liveness = heartbeat_liveness
+        self.timer_tick = timer_tick
         self.journal = journal
         if store is None:
             store = QueueStore(listener=journal)
@@ -181,11 +205,14 @@ class Broker:
         self._stopping = False
         self.max_parked_receives = max_parked_receives
         self._parking = Parking(max_parked_receives)
+        #: who consumes each queue, and the share of it one receive may take
+        self._fair = FairShare()
         self._last_seen: dict[bytes, float] = {}
         self._owner_interval: dict[bytes, float] = {}
         self._next_owner_check = 0.0
         self._next_purge = 0.0
         self.requests_handled = 0
+        self._moved = False  # this turn stored, delivered or settled messages: spin after it
         self.bad_requests = 0
         self.started = time.time()
         #: engines that reported themselves on their heartbeats (``stats``)
@@ -225,7 +252,7 @@ class Broker:
         events = functools.partial(zmq.backend.Socket.get, sock)
         clock = time.perf_counter
         spin = self.spin
-        busy = False  # the last turn handled requests: poll a little before sleeping
+        busy = False  # the last turn moved messages: poll a little before sleeping
         current_timeout = -2
         while not self._stopping:
             # A blocking recv with RCVTIMEO is one C call; Socket.poll builds a Poller.
@@ -243,13 +270,14 @@ class Broker:
                     give_up = clock() + spin
                     while not events(_EVENTS) & _POLLIN and clock() < give_up:
                         pass
+                self._moved = False
                 handle(recv())
-                busy = True
                 # Drain what is queued; EVENTS is cheaper than a zmq.Again per wake-up.
                 for _ in range(_RECV_BATCH):
                     if not events(_EVENTS) & _POLLIN:
                         break
                     handle(recv(_NOBLOCK))
+                busy = self._moved
             except zmq.Again:
                 busy = False
             except zmq.ContextTerminated:
@@ -288,7 +316,8 @@ class Broker:
         store = self.store
         self._guard.check(now)
         next_lease = store.expire(now)
-        for waiter in self._parking.expire(now):
+        tick = self.timer_tick
+        for waiter in self._parking.expire(math.floor(now / tick) * tick):
             self._send_grants(waiter.identity, waiter.rid, [], now, waiter.lost)
         if now >= self._next_owner_check:
             self._check_owners(now)
@@ -309,8 +338,8 @@ class Broker:
         if next_lease is not None:
             wake = min(wake, next_lease)
         next_deadline = self._parking.next_deadline()
-        if next_deadline is not None:
-            wake = min(wake, next_deadline)
+        if next_deadline is not None:  # on the tick: receives due together are answered together
+            wake = min(wake, math.ceil(next_deadline / tick) * tick)
         if self._guard.under_pressure:  # close surplus connections before fds run out
             wake = min(wake, now + _PRESSURE_POLL)
         return max(0.0, min(wake - now, _MAX_POLL))
@@ -334,6 +363,7 @@ class Broker:
         self._last_seen.pop(owner, None)
         self._owner_interval.pop(owner, None)
         self._parking.forget(owner)
+        self._fair.forget(owner)
 
     # -- requests ------------------------------------------------------------------------------
     def _handle(self, frames: list[bytes]) -> None:
@@ -357,6 +387,8 @@ class Broker:
             return
         self.requests_handled += 1
         rid = request.request_id
+        if request.messages or request.command in _SETTLING:
+            self._moved = True
         try:
             reply = self._dispatch(request, identity, owner, now)
         except QueueNotFoundError as exc:
@@ -476,8 +508,9 @@ class Broker:
         queue, max_messages, timeout, group = args
         max_messages = max(1, max_messages)
         grants = self.store.take(
-            queue, max_messages=max_messages, now=now, group=group, owner=owner
-        )
+            queue, max_messages=self._share(queue, group, owner, max_messages, now), now=now,
+            group=group, owner=owner,
+        )  # fmt: skip
         if grants or timeout == 0:
             self._send_grants(identity, rid, grants, now, lost)
             return None
@@ -509,13 +542,19 @@ class Broker:
         """Serve the receives parked on ``(name, group)`` while messages last."""
         parking, take = self._parking, self.store.take
         while (waiter := parking.first(name, group)) is not None:
-            grants = take(
-                name, max_messages=waiter.max_messages, now=now, group=group, owner=waiter.owner
-            )
+            share = self._share(name, group, waiter.owner, waiter.max_messages, now)
+            grants = take(name, max_messages=share, now=now, group=group, owner=waiter.owner)
             if not grants:
                 break
             parking.served(waiter)
             self._send_grants(waiter.identity, waiter.rid, grants, now, waiter.lost)
+
+    def _share(self, queue: str, group: str | None, owner: bytes, asked: int, now: float) -> int:
+        """Messages one receive may take: a fair share of a shared queue (``FairShare``);
+        a mailbox's receives (``group``) take what they ask for."""
+        if group is not None:
+            return asked
+        return self._fair.limit(queue, owner, asked, self.store.queue(queue).size, now)
 
     # -- replies -------------------------------------------------------------------------------
     def _send_grants(
@@ -526,6 +565,8 @@ class Broker:
         now: float,
         lost: list[int] | None = None,
     ) -> None:
+        if grants:
+            self._moved = True
         header = wire.encode_reply(rid, len(grants), *(() if lost is None else (lost,)))
         frames = [identity, header]
         encode = wire.encode_delivery

@@ -4,8 +4,9 @@ Each call runs on a DEALER socket taken from a small pool (one per concurrently
 calling thread), sends one request and waits for its reply on the calling thread:
 no hand-off to an I/O thread, so a round trip costs two socket hops. Requests
 carry ids; replies with a stale id are dropped (and any leases they carry
-released). A heartbeat thread pings the broker every ``heartbeat_interval``; its
-replies carry the broker's epoch, so a restarted broker is noticed: requests in
+released). A heartbeat thread pings the broker when ``HeartbeatSchedule`` says the
+traffic alone does not show either side alive (at least every ``REFRESH_BEATS``
+intervals); its replies carry the broker's epoch, so a restarted broker is noticed: requests in
 flight are re-sent on fresh sockets and the queues this client declared are
 declared again. zmq exceptions become ``TransportError``s in ``_map_zmq_error``,
 broker error replies in ``wire.error_for``.
@@ -53,6 +54,7 @@ from ..stats import TransportStats
 from . import wire
 from .authz import mailbox_prefix
 from .curve import apply_client_keys, load_public_key, load_secret_key
+from .heartbeat import HeartbeatSchedule
 
 __all__ = ["ZmqTransport", "broker_endpoint"]
 
@@ -150,7 +152,7 @@ class ZmqTransport(Transport):
         self._declared: dict[str, tuple[float | None, int | None, int | None]] = {}
         self.epoch: str | None = None
         self._generation = 0
-        self._last_reply = time.monotonic()
+        self._schedule = HeartbeatSchedule(heartbeat_interval)
         self._stop_endpoint = f"inproc://heartbeat-stop-{id(self):x}"
         self._engine_report: dict[str, Any] | None = None  # sent with each heartbeat
         self._idle.append(_Conn(self._new_socket()))
@@ -261,6 +263,8 @@ class ZmqTransport(Transport):
         rid = next(self._request_ids)
         generation = self._generation
         wire.send_frames(sock, [wire.encode_request(command, rid, *args), *payload])
+        schedule = self._schedule
+        schedule.request_sent(time.monotonic())
         silence_limit = self.heartbeat_interval * self.heartbeat_liveness
         while True:
             try:
@@ -268,6 +272,7 @@ class ZmqTransport(Transport):
             except zmq.Again:  # one RCVTIMEO slice without an answer
                 pass
             else:
+                schedule.reply_received(time.monotonic())
                 header = wire.decode_reply_header(frames[0])
                 if header[0] == rid:
                     return header, frames[1:]
@@ -276,7 +281,7 @@ class ZmqTransport(Transport):
             if self._generation != generation:
                 raise _Lost
             now = time.monotonic()
-            silent = now - self._last_reply
+            silent = schedule.silent_for(now)
             what = f"{wire.COMMAND_NAMES[command]} to the broker at {self.endpoint}"
             if give_up is None:  # a receive without timeout: only a dead broker ends it
                 if silent > self.request_timeout:
@@ -314,6 +319,7 @@ class ZmqTransport(Transport):
 
     def _heartbeats(self) -> None:
         interval = self.heartbeat_interval
+        schedule = self._schedule
         sock = self._new_socket()
         stop = self._context.socket(zmq.PAIR)
         stop.bind(self._stop_endpoint)
@@ -321,25 +327,27 @@ class ZmqTransport(Transport):
         poller.register(sock, zmq.POLLIN)
         poller.register(stop, zmq.POLLIN)
         try:
-            next_beat = time.monotonic()
-            last_answer = next_beat
+            next_beat = reconnected = time.monotonic()
+            limit = interval * self.heartbeat_liveness
             while True:
                 now = time.monotonic()
                 if now >= next_beat:
-                    if now - last_answer > interval * self.heartbeat_liveness:
+                    if schedule.silent_for(now) > limit and now - reconnected > limit:
                         # Lazy Pirate: a fresh connection defeats half-open ones.
                         poller.unregister(sock)
                         sock.close(linger=0)
                         sock = self._new_socket()
                         poller.register(sock, zmq.POLLIN)
-                        last_answer = now
+                        reconnected = now  # the fresh connection gets its chance
                     report = self._engine_report
-                    beat = (interval,) if report is None else (interval, report)
-                    try:  # never block: with no usable connection the beat is just lost
-                        sock.send(wire.encode_request(wire.HEARTBEAT, 0, *beat), zmq.NOBLOCK)
-                    except zmq.Again:
-                        pass
-                    next_beat = now + interval
+                    if schedule.due(now, report):
+                        beat = (interval,) if report is None else (interval, report)
+                        try:  # never block: with no usable connection the beat is just lost
+                            sock.send(wire.encode_request(wire.HEARTBEAT, 0, *beat), zmq.NOBLOCK)
+                        except zmq.Again:
+                            pass
+                        schedule.beat_sent(now, report)
+                    next_beat = schedule.next_check(now)
                 events = dict(poller.poll(max(1, int((next_beat - now) * 1000))))
                 if stop in events:
                     # The last word: the broker drops our parked receives, and no
@@ -349,7 +357,7 @@ class ZmqTransport(Transport):
                     return
                 if sock in events:
                     frames = sock.recv_multipart()
-                    last_answer = self._last_reply = time.monotonic()
+                    schedule.reply_received(time.monotonic())
                     try:
                         self._on_heartbeat_reply(sock, wire.decode_reply_header(frames[0]))
                     except (ValueError, TypeError, IndexError) as exc:

@@ -1,0 +1,290 @@
+"""The ``scale`` family: what grows with engines, sessions, queued tasks and idle engines.
+
+    python -m benchmarks --scale [--quick]       (or: python -m benchmarks.scale --mode quick)
+
+Each workload runs realtime-batch over ``zmq://`` (a ``LocalPool``: the broker and
+the engines as processes) at several sizes and prints one ``RECORD {json}`` line:
+
+* ``scale-engines``: no-op throughput and 10 ms tasks at 2, 8 and 32 engines: tasks/s,
+  CPU per task of the whole tree, % of ideal, and how many tasks each engine ran;
+* ``scale-sessions``: 1, 8 and 32 sessions (threads of one client process) sharing one
+  pool of two engines: aggregate tasks/s and the client's CPU per task;
+* ``scale-queued``: 100,000 and 1,000,000 tasks queued with no engine running: the
+  broker's memory per task, the submit rate, then the drain rate of 8 engines;
+* ``scale-idle``: 32 and 256 simulated idle engines (``benchmarks.idle_engines``): the
+  broker's CPU.
+
+Figures of one run sit side by side; the machine is shared and noisy, so the ratios
+within a run say more than any single figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import json
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from benchmarks.idle_engines import idle_broker_cpu
+from benchmarks.systems.rtbatch import TASK_FILES
+from benchmarks.workloads import SLEEP_SECONDS
+
+__all__ = [
+    "FULL_SIZES",
+    "QUICK_SIZES",
+    "SCALE_WORKLOADS",
+    "ScaleSizes",
+    "main",
+    "run_scale",
+    "scale_engines",
+    "scale_idle",
+    "scale_queued",
+    "scale_sessions",
+]
+
+log = logging.getLogger(__name__)
+
+SCALE_WORKLOADS = ("scale-engines", "scale-sessions", "scale-queued", "scale-idle")
+SYSTEM = "rtbatch-zmq"
+RESULT_TIMEOUT = 1800.0
+
+
+@dataclass(frozen=True)
+class ScaleSizes:
+    """The sizes of one scale run."""
+
+    engines: tuple[int, ...] = (2, 8, 32)
+    noop_n: int = 20_000
+    sleep_n: int = 2_000
+    sessions: tuple[int, ...] = (1, 8, 32)
+    session_tasks: int = 20_000
+    session_engines: int = 2
+    queued: tuple[int, ...] = (100_000, 1_000_000)
+    drain_engines: int = 8
+    idle_engines: tuple[int, ...] = (32, 256)
+    idle_window: float = 10.0
+
+
+FULL_SIZES = ScaleSizes()
+QUICK_SIZES = ScaleSizes(
+    engines=(2, 8),
+    noop_n=1_000,
+    sleep_n=200,
+    sessions=(1, 8),
+    session_tasks=1_000,
+    queued=(10_000,),
+    idle_engines=(32, 256),
+    idle_window=2.0,
+)
+
+
+class _Tree:
+    """CPU seconds of this process and of every process it started."""
+
+    def __init__(self) -> None:
+        self.me = psutil.Process()
+
+    def cpu(self) -> tuple[float, float]:
+        """``(this process, its descendants)`` CPU seconds so far."""
+
+        def used(proc: psutil.Process) -> float:
+            try:
+                times = proc.cpu_times()
+                return times.user + times.system
+            except psutil.Error:
+                return 0.0
+
+        children = sum(used(p) for p in self.me.children(recursive=True))
+        return used(self.me), children
+
+
+def _pool(engines: int) -> Any:
+    from realtime_batch.emulator.local_pool import LocalPool
+
+    return LocalPool(engines=engines, task_files=TASK_FILES)
+
+
+def _wait_all(futures: list[concurrent.futures.Future]) -> list[Any]:
+    _done, not_done = concurrent.futures.wait(futures, timeout=RESULT_TIMEOUT)
+    if not_done:
+        raise TimeoutError(f"{len(not_done)} of {len(futures)} tasks had no result")
+    return [f.result() for f in futures]
+
+
+def _noop_run(session: Any, n: int, tree: _Tree) -> dict[str, float]:
+    (client0, kids0), start = tree.cpu(), time.perf_counter()
+    _wait_all([session.submit("noop.py") for _ in range(n)])
+    elapsed = time.perf_counter() - start
+    client1, kids1 = tree.cpu()
+    return {
+        "tasks_per_s": n / elapsed,
+        "cpu_us_per_task": 1e6 * ((client1 - client0) + (kids1 - kids0)) / n,
+        "client_cpu_us_per_task": 1e6 * (client1 - client0) / n,
+    }
+
+
+def _sleep_run(session: Any, n: int, engines: int) -> dict[str, Any]:
+    start = time.perf_counter()
+    where = _wait_all([session.submit("sleep_where.py", SLEEP_SECONDS) for _ in range(n)])
+    elapsed = time.perf_counter() - start
+    per_engine = sorted(collections.Counter(where).values())
+    per_engine = [0] * (engines - len(per_engine)) + per_engine
+    return {
+        "efficiency": 100.0 * (n * SLEEP_SECONDS / engines) / elapsed,
+        "tasks_per_engine": per_engine,
+        "fair_share": n / engines,
+    }
+
+
+def scale_engines(sizes: ScaleSizes) -> dict[str, Any]:
+    """No-op throughput and 10 ms tasks at each engine count, one pool after the other."""
+    from realtime_batch.orchestrator.session import Session
+
+    tree = _Tree()
+    figures: dict[str, Any] = {}
+    for engines in sizes.engines:
+        started = time.perf_counter()
+        with _pool(engines) as pool:
+            start_s = time.perf_counter() - started
+            with Session(pool, keep_results=False) as session:
+                _wait_all([session.submit("noop.py") for _ in range(50)])  # warm
+                noop = _noop_run(session, sizes.noop_n, tree)
+                sleep = _sleep_run(session, sizes.sleep_n, engines)
+        figures[str(engines)] = {"pool_start_s": start_s, **noop, **sleep}
+        log.info("scale-engines %d: %s", engines, figures[str(engines)])
+    low, high = str(min(sizes.engines)), str(max(sizes.engines))
+    return {
+        "workload": "scale-engines",
+        "sizes": figures,
+        "throughput_ratio": figures[high]["tasks_per_s"] / figures[low]["tasks_per_s"],
+    }
+
+
+def scale_sessions(sizes: ScaleSizes) -> dict[str, Any]:
+    """Aggregate no-op throughput of N sessions (threads) sharing one pool."""
+    from realtime_batch.orchestrator.session import Session
+
+    tree = _Tree()
+    figures: dict[str, Any] = {}
+    with _pool(sizes.session_engines) as pool:
+        for count in sizes.sessions:
+            sessions = [Session(pool, keep_results=False) for _ in range(count)]
+            try:
+                for session in sessions:
+                    _wait_all([session.submit("noop.py") for _ in range(5)])
+                each = max(1, sizes.session_tasks // count)
+                barrier = threading.Barrier(count + 1)
+
+                def drive(session: Any, each: int = each, barrier: Any = barrier) -> None:
+                    barrier.wait()
+                    _wait_all([session.submit("noop.py") for _ in range(each)])
+
+                threads = [threading.Thread(target=drive, args=(s,)) for s in sessions]
+                for thread in threads:
+                    thread.start()
+                client0, _ = tree.cpu()
+                start = time.perf_counter()
+                barrier.wait()
+                for thread in threads:
+                    thread.join()
+                elapsed = time.perf_counter() - start
+                client1, _ = tree.cpu()
+            finally:
+                for session in sessions:
+                    session.close()
+            total = each * count
+            figures[str(count)] = {
+                "tasks_per_s": total / elapsed,
+                "client_cpu_us_per_task": 1e6 * (client1 - client0) / total,
+            }
+            log.info("scale-sessions %d: %s", count, figures[str(count)])
+    return {"workload": "scale-sessions", "sizes": figures}
+
+
+def scale_queued(sizes: ScaleSizes) -> dict[str, Any]:
+    """Tasks queued with no engine: broker memory per task, submit and drain rates."""
+    from realtime_batch.orchestrator.session import Session
+    from realtime_batch.transport import open_transport
+
+    figures: dict[str, Any] = {}
+    for count in sizes.queued:
+        with _pool(0) as pool:
+            broker = psutil.Process(pool.broker_pid)
+            rss0 = broker.memory_info().rss
+            with (
+                Session(pool, keep_results=False) as session,
+                open_transport(pool.transport_url) as transport,
+            ):
+                start = time.perf_counter()
+                futures = [session.submit("noop.py") for _ in range(count)]
+                while transport.queue_counts(pool.queue).waiting < count:
+                    time.sleep(0.05)
+                submit_s = time.perf_counter() - start
+                rss1 = broker.memory_info().rss
+                start = time.perf_counter()
+                pool.resize(sizes.drain_engines)
+                _wait_all(futures)
+                drain_s = time.perf_counter() - start
+        figures[str(count)] = {
+            "broker_bytes_per_task": (rss1 - rss0) / count,
+            "submit_per_s": count / submit_s,
+            "drain_per_s": count / drain_s,
+        }
+        log.info("scale-queued %d: %s", count, figures[str(count)])
+    return {"workload": "scale-queued", "sizes": figures}
+
+
+def scale_idle(sizes: ScaleSizes) -> dict[str, Any]:
+    """The broker's CPU with each number of simulated idle engines."""
+    figures = {str(n): idle_broker_cpu(n, sizes.idle_window) for n in sizes.idle_engines}
+    return {"workload": "scale-idle", "sizes": figures}
+
+
+RUNS = {
+    "scale-engines": scale_engines,
+    "scale-sessions": scale_sessions,
+    "scale-queued": scale_queued,
+    "scale-idle": scale_idle,
+}
+
+
+def run_scale(sizes: ScaleSizes, workloads: tuple[str, ...] = SCALE_WORKLOADS) -> list[dict]:
+    """Run ``workloads``; one record each (``status`` ``ok`` or ``error``)."""
+    records = []
+    for workload in workloads:
+        try:
+            record = {"system": SYSTEM, "status": "ok", **RUNS[workload](sizes)}
+        except Exception as exc:
+            log.exception("%s failed", workload)
+            record = {"system": SYSTEM, "workload": workload, "status": "error",
+                      "error": f"{type(exc).__name__}: {exc}"}  # fmt: skip
+        records.append(record)
+        sys.stdout.write(f"RECORD {json.dumps(record)}\n")
+        sys.stdout.flush()
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=("quick", "full"), default="full")
+    parser.add_argument("--workloads", default=",".join(SCALE_WORKLOADS))
+    options = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    chosen = tuple(w for w in options.workloads.split(",") if w)
+    unknown = [w for w in chosen if w not in RUNS]
+    if unknown:
+        parser.error(f"unknown workloads: {', '.join(unknown)}")
+    run_scale(QUICK_SIZES if options.mode == "quick" else FULL_SIZES, chosen)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

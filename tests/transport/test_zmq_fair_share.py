@@ -1,0 +1,114 @@
+"""Receives on a shared queue take a fair share, not their whole prefetch (issue 21):
+long tasks spread evenly over the engines. Counted, not timed."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import zmq
+
+from realtime_batch.transport import Message
+from realtime_batch.transport.zeromq.broker import Broker
+from realtime_batch.transport.zeromq.client import ZmqTransport
+from realtime_batch.transport.zeromq.fairshare import FairShare
+
+
+# -- the rule -------------------------------------------------------------------------------
+def test_a_lone_consumer_takes_what_it_asks_for():
+    assert FairShare().limit("q", "a", 16, 1000, now=0.0) == 16
+    assert FairShare().limit("q", "a", 16, 3, now=0.0) == 16  # the store gives what is there
+
+
+def test_consumers_share_what_waits():
+    fair = FairShare()
+    for owner in "abcd":
+        fair.limit("q", owner, 16, 0, now=0.0)
+    assert fair.consumers("q") == 4
+    assert fair.limit("q", "a", 16, 1000, now=0.1) == 16  # much waiting: the prefetch
+    assert fair.limit("q", "a", 16, 20, now=0.1) == 5  # ceil(20 / 4)
+    assert fair.limit("q", "b", 16, 2, now=0.1) == 1  # the tail: one at a time
+    assert fair.limit("q", "c", 16, 0, now=0.1) == 1
+
+
+def test_queues_are_counted_apart_and_quiet_consumers_drop_out():
+    fair = FairShare(window=5.0)
+    fair.limit("q", "a", 16, 0, now=0.0)
+    fair.limit("q", "b", 16, 0, now=0.0)
+    fair.limit("other", "c", 16, 0, now=0.0)
+    assert fair.consumers("q") == 2
+    assert fair.limit("q", "a", 16, 32, now=6.0) == 16  # b silent for 6 s: a is alone
+    assert fair.consumers("q") == 1
+    fair.forget("a")
+    assert fair.consumers("q") == 0
+
+
+def test_a_bad_window_is_refused():
+    with pytest.raises(ValueError, match="window"):
+        FairShare(window=0)
+
+
+# -- at the broker --------------------------------------------------------------------------
+@pytest.fixture
+def broker() -> Iterator[Broker]:
+    broker = Broker("tcp://127.0.0.1:0", context=zmq.Context())
+    thread = threading.Thread(target=broker.run, daemon=True)
+    thread.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+        thread.join(5)
+        broker.close()
+
+
+def _url(broker: Broker) -> str:
+    return "zmq://" + broker.endpoint.removeprefix("tcp://")
+
+
+def test_receives_on_a_shared_queue_take_a_fair_share(broker):
+    broker_url = _url(broker)
+    clients = [ZmqTransport(broker_url) for _ in range(4)]
+    try:
+        clients[0].declare_queue("tasks")
+        for client in clients:  # each asks once: the broker knows four consumers
+            assert client.receive("tasks", max_messages=16, timeout=0) == []
+        clients[0].send("tasks", [Message(str(i).encode()) for i in range(20)])
+        taken = [len(c.receive("tasks", max_messages=16, timeout=0)) for c in clients]
+    finally:
+        for client in clients:
+            client.close()
+    assert taken == [5, 4, 3, 2]  # ceil(waiting / 4) each; the prefetch would give 16, 4, 0, 0
+
+
+def test_parked_receives_share_a_batch_that_arrives(broker):
+    broker_url = _url(broker)
+    clients = [ZmqTransport(broker_url) for _ in range(4)]
+    clients[0].declare_queue("tasks")
+    for client in clients:
+        assert client.receive("tasks", max_messages=16, timeout=0) == []
+    taken: dict[int, int] = {}
+
+    def wait(index: int) -> None:
+        taken[index] = len(clients[index].receive("tasks", max_messages=16, timeout=10))
+
+    threads = [threading.Thread(target=wait, args=(i,)) for i in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(broker._parking) < 4 and time.monotonic() < deadline:  # all four parked
+            time.sleep(0.01)
+        sender = ZmqTransport(broker_url)
+        try:
+            sender.send("tasks", [Message(str(i).encode()) for i in range(20)])
+        finally:
+            sender.close()
+        for thread in threads:
+            thread.join(15)
+    finally:
+        for client in clients:
+            client.close()
+    assert sorted(taken.values(), reverse=True) == [5, 4, 3, 2]

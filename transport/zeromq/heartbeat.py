@@ -1,0 +1,91 @@
+"""When a ZeroMQ client sends a heartbeat: the one rule, kept apart from the sockets.
+
+The broker takes any request as a sign of life (``Broker._handle``), and the client
+takes any reply as one of the broker. A heartbeat is only needed when the traffic
+does not say as much already, so it is sent when
+
+* none was sent yet (the broker learns the client's interval; the client its epoch);
+* the engine report riding on heartbeats changed since the last one sent;
+* the client sent no request, or heard no reply, for one interval (a dead or
+  restarted broker is noticed, and a quiet client stays alive at the broker);
+* ``REFRESH_BEATS`` intervals passed since the last one (the broker's engine table
+  and the client's view of the broker's epoch stay fresh even on a busy link).
+
+An idle engine keeps a receive parked at the broker and sends the next one as soon
+as it is answered, so its heartbeats all but stop while it idles: with hundreds of
+engines that is most of what idle engines cost the broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["REFRESH_BEATS", "HeartbeatSchedule"]
+
+#: Intervals after which a heartbeat goes out even while other traffic flows.
+REFRESH_BEATS = 10
+_MIN_CHECK = 0.001  # seconds: the soonest next look (a due beat was just sent)
+
+
+class HeartbeatSchedule:
+    """Decides when one client's next heartbeat is due (not thread-safe for writers:
+    ``request_sent`` and ``reply_received`` only store a time, which is safe to race).
+
+    Args:
+        interval: the client's heartbeat interval in seconds.
+        refresh_beats: intervals after which a heartbeat is sent whatever the traffic.
+    """
+
+    def __init__(self, interval: float, refresh_beats: int = REFRESH_BEATS) -> None:
+        if interval <= 0:
+            raise ValueError("the heartbeat interval must be positive")
+        if refresh_beats < 1:
+            raise ValueError("refresh_beats must be at least 1")
+        self.interval = interval
+        self.refresh = interval * refresh_beats
+        self.last_request = float("-inf")
+        self.last_reply = float("-inf")
+        self.last_beat = float("-inf")
+        #: when the oldest heartbeat sent since the last reply left (None: none owed)
+        self.awaiting: float | None = None
+        self._report_sent: Mapping[str, Any] | None = None
+
+    def request_sent(self, now: float) -> None:
+        """A request (of any kind) left for the broker at ``now``."""
+        self.last_request = now
+
+    def reply_received(self, now: float) -> None:
+        """A reply (of any kind) came from the broker at ``now``."""
+        self.last_reply = now
+        self.awaiting = None
+
+    def beat_sent(self, now: float, report: Mapping[str, Any] | None) -> None:
+        """A heartbeat carrying ``report`` left at ``now``."""
+        self.last_beat = self.last_request = now
+        self._report_sent = report
+        if self.awaiting is None:
+            self.awaiting = now
+
+    def silent_for(self, now: float) -> float:
+        """Seconds the broker has left a heartbeat unanswered (0: it owes none).
+
+        A heartbeat goes out once the link is quiet for an interval, so a dead broker
+        shows as silent one interval after its last reply at the latest."""
+        awaiting = self.awaiting
+        return 0.0 if awaiting is None else now - awaiting
+
+    def due(self, now: float, report: Mapping[str, Any] | None) -> bool:
+        """Whether a heartbeat carrying ``report`` should be sent at ``now``."""
+        if now - self.last_beat >= self.refresh or report != self._report_sent:
+            return True
+        quiet = now - self.interval
+        return self.last_request <= quiet or self.last_reply <= quiet
+
+    def next_check(self, now: float) -> float:
+        """When to ask ``due`` again: when the link will have been quiet for an
+        interval (one interval after the last heartbeat at the soonest), or the
+        refresh falls due, if nothing happens in between."""
+        quiet_until = min(self.last_request, self.last_reply) + self.interval
+        at = min(max(quiet_until, self.last_beat + self.interval), self.last_beat + self.refresh)
+        return max(now + _MIN_CHECK, at)
