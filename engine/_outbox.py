@@ -149,6 +149,8 @@ class Outbox:
         self.ttl = ttl
         self._entries: list[_Entry] = []
         self._notices = 0  # entries that are notices, not deliveries
+        #: the transport's service is gone (``_reach``): nothing can be sent or settled
+        self.gone = False
 
     def __len__(self) -> int:
         """Entries recorded and not taken yet."""
@@ -368,10 +370,11 @@ class Outbox:
     def settle(self, entries: list[Any]) -> int:
         """Send the entries' results (batched per queue), then settle their deliveries.
 
-        Thread-safe with respect to recording new outcomes.
+        Thread-safe with respect to recording new outcomes. Once the service is ``gone``
+        the entries are dropped: the leases died with it, their tasks are delivered again.
         """
-        if not entries:
-            return 0
+        if not entries or self.gone:
+            return len(entries)
         batches: dict[str, list[tuple[_Entry, Message]]] = {}
         for entry in entries:
             if entry.record is not None or entry.message is not None:

@@ -276,6 +276,7 @@ def engine(
     """
     from ..transport.errors import TransportError
     from ._output import WorkerLog, worker_log_path
+    from ._reach import ServiceGoneError
     from .credentials import check_pass_env, deny_tracing
     from .engine import Engine, EngineError
     from .tasks import JvmOptionPolicy
@@ -344,6 +345,8 @@ def engine(
         finally:
             if metrics is not None:
                 metrics.shutdown()
+    except ServiceGoneError:
+        raise SystemExit(1) from None  # the engine's log said why, in one line
     except (EngineError, TransportError) as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
 

@@ -59,12 +59,13 @@ from ._observe import REPORT_INTERVAL, engine_report
 from ._outbox import Outbox, settle_loop
 from ._output import DEFAULT_MAX_OUTPUT, WorkerLog
 from ._pipeline import DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX, WorkerPipeline
+from ._reach import ServiceGoneError, ServiceWatch
 from .credentials import check_pass_env
 from .errors import EngineError
 from .jvm_host import check_host_options
 from .tasks import JvmOptionPolicy
 
-__all__ = ["DEFAULT_RESULT_TTL", "Engine", "EngineError", "default_engine_id"]
+__all__ = ["DEFAULT_RESULT_TTL", "Engine", "EngineError", "ServiceGoneError", "default_engine_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +191,9 @@ class Engine:
         self.error: BaseException | None = None
 
         self._outbox = Outbox(self.transport, self.engine_id, self.max_delivery_count, result_ttl)
+        self._watch = ServiceWatch(
+            self.transport.capabilities.gone_after, self._service_gone, f"engine {self.engine_id}"
+        )
         self._renew_check_at = float("inf")
 
         self._incoming: deque[Delivery] = deque()
@@ -266,7 +270,12 @@ class Engine:
             thread.join(timeout)
 
     def run(self) -> None:
-        """Serve tasks until ``stop`` (or SIGTERM/SIGINT when run in the main thread)."""
+        """Serve tasks until ``stop`` (or SIGTERM/SIGINT when run in the main thread).
+
+        Raises:
+            ServiceGoneError: the transport's service stopped answering for good (a
+                ZeroMQ broker that died); the engine stopped at once.
+        """
         restore = self._install_signal_handlers()
         try:
             self.transport.declare_queue(
@@ -277,30 +286,36 @@ class Engine:
             self.transport.declare_queue(self.control_queue, grouped=True)
             if self.direct:
                 self._run_direct()
-                return
-            self._pipeline.start_worker()
-            self._settler = threading.Thread(
-                target=self._settle_loop, name=f"{self!r}-settler", daemon=True
-            )
-            self._settler.start()
-            self._receiver = threading.Thread(
-                target=self._receive_loop, name=f"{self!r}-receiver", daemon=True
-            )
-            self._receiving.set()
-            self._receiver.start()
-            self._start_control()
-            self.ready.set()
-            logger.info("engine %s ready on queue %r", self.engine_id, self.queue)
-            if self.on_ready is not None:
-                self.on_ready(self)
-            while not self._stop_requested:
-                self._step(time.monotonic() + _POLL)
-                self._report()
-            self._report(force=True)
-            self._drain()
+            else:
+                self._run_relay()
         finally:
             self._shutdown()
             restore()
+        if self._watch.gone is not None:
+            raise self._watch.gone
+
+    def _run_relay(self) -> None:
+        """Feed the worker from a receiver thread, settle from a settler thread, until stopped."""
+        self._pipeline.start_worker()
+        self._settler = threading.Thread(
+            target=self._settle_loop, name=f"{self!r}-settler", daemon=True
+        )
+        self._settler.start()
+        self._receiver = threading.Thread(
+            target=self._receive_loop, name=f"{self!r}-receiver", daemon=True
+        )
+        self._receiving.set()
+        self._receiver.start()
+        self._start_control()
+        self.ready.set()
+        logger.info("engine %s ready on queue %r", self.engine_id, self.queue)
+        if self.on_ready is not None:
+            self.on_ready(self)
+        while not self._stop_requested:
+            self._step(time.monotonic() + _POLL)
+            self._report()
+        self._report(force=True)
+        self._drain()
 
     def _run_direct(self) -> None:
         """Supervise a direct worker (see ``engine._direct``) until stopped."""
@@ -373,7 +388,7 @@ class Engine:
             target=receive_cancels,
             args=(self.transport, self.control_queue, self.engine_id, self._cancels,
                   self._receiving, self._wake),
-            kwargs={"stop": self._request_stop},
+            kwargs={"stop": self._request_stop, "watch": self._watch},
             name=f"{self!r}-control",
             daemon=True,
         )  # fmt: skip
@@ -384,6 +399,8 @@ class Engine:
     def _run_thread(self) -> None:
         try:
             self.run()
+        except ServiceGoneError as exc:
+            self.error = exc  # said in one log line already
         except BaseException as exc:
             self.error = exc
             logger.exception("engine %s failed", self.engine_id)
@@ -407,6 +424,12 @@ class Engine:
                 signal.signal(sig, old)
 
         return restore
+
+    def _service_gone(self, _exc: ServiceGoneError) -> None:
+        """The transport's service is gone: stop now, settling nothing (see ``_reach``)."""
+        self._outbox.gone = True
+        self._force = True
+        self._request_stop()
 
     def _request_stop(self) -> None:
         self._stop_requested = True
@@ -440,16 +463,19 @@ class Engine:
                 self._held += room  # reserved while the receive is under way
             try:
                 deliveries = self.transport.receive(self.queue, max_messages=room, timeout=_POLL)
+                self._watch.answered()
                 backoff = 0.1
             except TransportClosedError:
                 logger.warning("engine %s: transport closed, stopping", self.engine_id)
                 deliveries = []
                 self._request_stop()
             except TransportError as exc:
-                logger.warning("engine %s: receive failed (%s), retrying", self.engine_id, exc)
                 deliveries = []
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                if not self._watch.failed(exc):
+                    logger.warning("engine %s: receive failed (%s), retrying", self.engine_id,
+                                   exc)  # fmt: skip
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
             with self._cond:
                 self._incoming.extend(deliveries)
                 self._held -= room - len(deliveries)

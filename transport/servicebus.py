@@ -37,6 +37,7 @@ from azure.servicebus import exceptions as sb_errors
 
 from .base import (
     DEAD_LETTER_SUFFIX,
+    Capabilities,
     Delivery,
     Message,
     QueueCounts,
@@ -221,6 +222,10 @@ class ServiceBusTransport(Transport):
             ``dead_letter`` and ``renew_lock`` then raise ``LockLostError``. Meant for result
             mailboxes, whose reader drops duplicates and dies with its results anyway.
     """
+
+    #: nothing beyond the contract: a lease belongs to the receiver link that took it,
+    #: a give-back counts as a delivery, and the cloud service is waited for
+    capabilities = Capabilities()
 
     def __init__(
         self,
