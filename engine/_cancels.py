@@ -20,7 +20,7 @@ from collections.abc import Callable
 from ..control import KIND, KIND_CANCEL, KIND_STOP, decode_control, session_key
 from ..transport import Delivery, Transport
 from ..transport.errors import TransportClosedError, TransportError
-from ._reach import ServiceWatch
+from ._reach import Backoff, ServiceWatch
 
 __all__ = ["CANCELLED_KEEP", "CANCELLED_MAX", "CancelRequests", "receive_cancels"]
 
@@ -82,21 +82,20 @@ def receive_cancels(
     A ``stop`` message calls ``stop`` (the engine's graceful stop); ``watch`` hears of
     every answer and failure (it stops the engine when the service is gone).
     """
-    backoff = 0.1
+    backoff = Backoff()
     while running.is_set():
         try:
             deliveries = transport.receive(queue, max_messages=64, timeout=poll, group=engine_id)
             if watch is not None:
                 watch.answered()
-            backoff = 0.1
+            backoff.succeeded()
         except TransportClosedError:
             return
         except TransportError as exc:
             if watch is not None and watch.failed(exc):
                 return
             logger.warning("engine %s: control receive failed (%s)", engine_id, exc)
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            time.sleep(backoff.failed())
             continue
         for delivery in deliveries:
             if stop is not None and delivery.message.properties.get(KIND) == KIND_STOP:

@@ -31,6 +31,7 @@ from ..transport import Delivery, Message, Transport
 from ..transport.base import MAX_DELIVERY_REASON
 from ..transport.errors import LockLostError, QueueNotFoundError, TransportError
 from ._observe import TaskObserver
+from ._supervise import next_renewal
 
 __all__ = ["Held", "Outbox", "settle_loop"]
 
@@ -38,7 +39,6 @@ logger = logging.getLogger(__name__)
 
 _COMPLETE, _ABANDON, _DEAD_LETTER, _NOTICE = "complete", "abandon", "dead_letter", "notice"
 _GIVE_BACK = "give_back"
-_MIN_RENEW_INTERVAL = 0.05
 
 
 def delivery_attempt(delivery: Delivery, task: TaskRecord) -> int:
@@ -92,8 +92,7 @@ class Held:
 
     def schedule_renewal(self, now: float) -> None:
         """Plan the next renewal at a third of the remaining lease."""
-        remaining = self.delivery.locked_until - now
-        self.renew_at = now + max(remaining / 3.0, _MIN_RENEW_INTERVAL)
+        self.renew_at = next_renewal(now, self.delivery.locked_until)
 
     def renewal_failed(self, exc: TransportError, now: float) -> None:
         if isinstance(exc, LockLostError):
@@ -415,16 +414,17 @@ class Outbox:
     ) -> list[Delivery]:
         """``settle(entries)``, then receive from ``queue``: one request where possible.
 
-        One request when the transport has ``settle_and_receive`` and the entries are the
-        usual case (results and notices to one queue, their deliveries completed). If
+        One request when the transport can (``capabilities.settle_and_receive``) and
+        the entries are the usual case (results and notices to one queue, their
+        deliveries completed). If
         that request fails, the entries are settled the ordinary way (a result may then
         be sent twice; the client drops the copy) and the error is raised.
         """
-        combined = getattr(self.transport, "settle_and_receive", None)
+        combined = self.transport.capabilities.settle_and_receive
         replies = [e for e in entries if e.record is not None or e.message is not None]
         queues = {entry.reply_to.queue for entry in replies}
         if (
-            combined is None
+            not combined
             or len(queues) != 1
             or any(e.action != _COMPLETE and e.action != _NOTICE for e in entries)
         ):
@@ -433,7 +433,7 @@ class Outbox:
         messages = [self._encode(entry) for entry in replies]
         completes = [entry.delivery for entry in entries if entry.action == _COMPLETE]
         try:
-            received, lost = combined(
+            received, lost = self.transport.settle_and_receive(
                 queues.pop(), messages, completes, queue,
                 max_messages=max_messages, timeout=timeout,
             )  # fmt: skip

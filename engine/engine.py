@@ -54,12 +54,14 @@ from ..transport.base import DEFAULT_LOCK_DURATION, DEFAULT_MAX_DELIVERY_COUNT
 from ..transport.errors import TransportClosedError, TransportError
 from ._admit import Admission
 from ._cancels import CancelRequests, receive_cancels
-from ._direct import DirectWorker, supports_direct
+from ._direct import DirectWorker
 from ._observe import REPORT_INTERVAL, engine_report
 from ._outbox import Outbox, settle_loop
 from ._output import DEFAULT_MAX_OUTPUT, WorkerLog
-from ._pipeline import DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX, WorkerPipeline
-from ._reach import ServiceGoneError, ServiceWatch
+from ._pipeline import WorkerPipeline
+from ._process import WorkerSettings
+from ._reach import Backoff, ServiceGoneError, ServiceWatch
+from ._supervise import DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX
 from .credentials import check_pass_env
 from .errors import EngineError
 from .jvm_host import check_host_options
@@ -102,8 +104,9 @@ class Engine:
         retry_backoff_max: the largest delay before a retry.
         direct: let the task worker take tasks from the broker and answer them itself,
             the engine supervising beside it (``engine._direct``): a shorter path per
-            task. None (default): when ``transport`` is a ``zmq://`` URL, the only
-            transport whose leases another connection can settle.
+            task. None (default): when ``transport`` is a URL whose backend declares
+            ``Capabilities.settles_by_token`` (another connection can renew and settle
+            the worker's leases): ``zmq://``.
         pass_env: names of environment variables task processes get besides the
             allowlist of ``engine.credentials.TASK_ENV_NAMES`` (``--pass-env``).
         jvm_options: which JVM options a jar task's ``jvm_args`` may hold; default
@@ -152,16 +155,11 @@ class Engine:
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
         url = transport if isinstance(transport, str) else None
-        if direct is None:
-            direct = url is not None and supports_direct(url)
-        elif direct and (url is None or not supports_direct(url)):
-            raise EngineError("direct mode needs a zmq:// transport URL")
         try:
             jvm_host_options = check_host_options(jvm_host_options)
         except ValueError as exc:
             raise EngineError(str(exc)) from None
         self._url = url
-        self.direct = direct
         self._direct: DirectWorker | None = None
         self.tasks_dir = os.path.realpath(tasks_dir)
         self.work_dir = os.path.realpath(work_dir or os.getcwd())
@@ -178,6 +176,16 @@ class Engine:
             if isinstance(transport, str)
             else transport
         )
+        by_token = self.transport.capabilities.settles_by_token
+        if direct is None:
+            direct = url is not None and by_token
+        elif direct and (url is None or not by_token):
+            if self._owns_transport:
+                self.transport.close()
+            raise EngineError(
+                "direct mode needs a transport URL whose backend settles leases by token (zmq://)"
+            )
+        self.direct = direct
         self.queue = queue
         self.prefetch = prefetch
         self.engine_id = engine_id or default_engine_id()
@@ -209,11 +217,13 @@ class Engine:
         self.pass_env = check_pass_env(pass_env)
         #: the JVM options a message's ``jvm_args`` may hold (widened only here)
         self.jvm_options = jvm_options or JvmOptionPolicy()
+        self._worker_settings = WorkerSettings(
+            self.tasks_dir, self.work_dir, self.engine_id, max_output, worker_log,
+            self.pass_env, jvm_host_options, self.jvm_options,
+        )  # fmt: skip
         self._pipeline = WorkerPipeline(
-            self.tasks_dir, self.work_dir, self.engine_id, self._outbox, default_timeout,
-            self._wake_r, retry_backoff, retry_backoff_max, max_output, worker_log,
-            pass_env=self.pass_env, jvm_host_options=jvm_host_options,
-            jvm_options=self.jvm_options,
+            self._worker_settings, self._outbox, default_timeout, self._wake_r, retry_backoff,
+            retry_backoff_max,
         )  # fmt: skip
         self.control_queue = control_queue
         self._control: threading.Thread | None = None
@@ -327,15 +337,12 @@ class Engine:
             "retry_backoff": self._pipeline.retry_backoff,
             "retry_backoff_max": self._pipeline.retry_backoff_max,
             "jvm_options": self.jvm_options.as_options(),
-            "jvm_host_options": list(self._pipeline.jvm_host_options),
             "transport_options": self._transport_options,
         }
         self._direct = direct = DirectWorker(
-            self.tasks_dir, self.work_dir, self.engine_id, self._url, self.queue, self.prefetch,
-            options, self.transport, self._outbox, self._wake_r, self._wake_w,
-            self.transport.max_message_size, min(_POLL / 2, self.lock_duration / 6), self._cancels,
-            self._pipeline.max_output, self._pipeline.worker_log,
-            pass_env=self.pass_env,
+            self._worker_settings, self._url, self.queue, self.prefetch, options, self.transport,
+            self._outbox, self._wake_r, self._wake_w, self.transport.max_message_size,
+            min(_POLL / 2, self.lock_duration / 6), self._cancels,
         )  # fmt: skip
         try:
             direct.start()
@@ -448,7 +455,7 @@ class Engine:
 
     def _receive_loop(self) -> None:
         """Receive whenever there is credit, so a broker round trip overlaps running tasks."""
-        backoff = 0.1
+        backoff = Backoff()
         while self._receiving.is_set():
             with self._cond:
                 # Waiting for the main thread to take what came last keeps this thread
@@ -464,7 +471,7 @@ class Engine:
             try:
                 deliveries = self.transport.receive(self.queue, max_messages=room, timeout=_POLL)
                 self._watch.answered()
-                backoff = 0.1
+                backoff.succeeded()
             except TransportClosedError:
                 logger.warning("engine %s: transport closed, stopping", self.engine_id)
                 deliveries = []
@@ -474,8 +481,7 @@ class Engine:
                 if not self._watch.failed(exc):
                     logger.warning("engine %s: receive failed (%s), retrying", self.engine_id,
                                    exc)  # fmt: skip
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    time.sleep(backoff.failed())
             with self._cond:
                 self._incoming.extend(deliveries)
                 self._held -= room - len(deliveries)

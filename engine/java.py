@@ -11,21 +11,18 @@ into an error result.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import selectors
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, overload
 
+from ._children import die_with_parent_preexec
 from ._output import DEFAULT_MAX_OUTPUT, dropped_marker
 from .credentials import task_environment
 from .tasks import InvalidCommandError, JvmOptionPolicy, resolve_in_dir
@@ -206,20 +203,6 @@ def find_java_tool(name: str = "java") -> str:
     return found
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-def _preexec() -> Any:
-    # preexec_fn is only safe while this process has a single thread.
-    if sys.platform.startswith("linux") and threading.active_count() == 1:
-        return _die_with_parent
-    return None
-
-
 def run_jar(
     jar_path: str | os.PathLike[str],
     args: Iterable[Any] = (),
@@ -252,7 +235,7 @@ def run_jar(
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        preexec_fn=_preexec(),
+        preexec_fn=die_with_parent_preexec(),
         env=task_environment(),  # never the worker's credentials (there are none left)
     ) as proc:
         try:

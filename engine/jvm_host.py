@@ -48,11 +48,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
+from ._children import die_with_parent_preexec
 from .java import (
     JavaNotFoundError,
     JavaTaskError,
     JavaTimeoutError,
-    _preexec,
     build_jar,
     find_java_tool,
     run_jar,
@@ -327,7 +327,7 @@ class JvmHost:
                 stdout=self._log,
                 stderr=self._log,
                 pass_fds=(request_r, reply_w),
-                preexec_fn=_preexec(),
+                preexec_fn=die_with_parent_preexec(),
             )
         except BaseException:
             for fd in (request_w, reply_r):
