@@ -17,7 +17,6 @@ import select
 import threading
 import time
 from collections import deque
-from queue import SimpleQueue
 from typing import Any
 
 import orjson
@@ -26,7 +25,7 @@ from ..transport import Delivery, Transport
 from ..transport.errors import TransportClosedError, TransportError
 from ._admit import Admission
 from ._ledger import Ledger
-from ._outbox import Held, Outbox, delivery_attempt, settle_loop
+from ._outbox import Held, Outbox, Settler, delivery_attempt
 from ._pipe import STATUS_EXPIRED
 from ._reach import Backoff
 from ._supervise import drop_cancelled, may_retry, release_due, schedule_retry
@@ -119,10 +118,8 @@ class DirectRunner:
         self.wake_fd = wake_fd
         self._seq = 0
         # Results are sent by a settler thread while the next task runs (see ``_flush``).
-        self._settle_queue: SimpleQueue[list[Any] | None] = SimpleQueue()
         self._settle_lock = threading.Condition()
-        self._unsettled = 0  # entries handed to the settler thread, not settled yet
-        self._settler = threading.Thread(target=self._settle_loop, name="settler", daemon=True)
+        self._settler = Settler(self._settle, self._settle_lock, "settler")
         # results sent with the next receive in one request (zmq: SETTLE_RECEIVE)
         self._merge = transport.capabilities.settle_and_receive
 
@@ -182,7 +179,7 @@ class DirectRunner:
                 if entries:  # notices only
                     self._settle(entries)
                 with self._settle_lock:
-                    if self._unsettled:
+                    if self._settler.unsettled:
                         self._settle_lock.wait(wait)  # the settler frees slots
                         continue
                 time.sleep(wait)
@@ -200,7 +197,7 @@ class DirectRunner:
                 time.sleep(backoff.failed())
                 continue
             entries = []
-            if release_memory is not None and not self._unsettled:
+            if release_memory is not None and not self._settler.unsettled:
                 release_memory()  # after a jar task: its output and result are sent
             if deliveries:
                 self._admit(deliveries)
@@ -214,8 +211,7 @@ class DirectRunner:
         self.pending.clear()
         self.delayed.clear()
         self._flush(inline=False)
-        self._settle_queue.put(None)
-        self._settler.join(60.0)
+        self._settler.close()
 
     def _admit(self, deliveries: list[Delivery]) -> None:
         for delivery, slot in zip(deliveries, self.ledger.hold(deliveries), strict=True):
@@ -280,16 +276,13 @@ class DirectRunner:
         """
         entries, _ = self.outbox.take()
         with self._settle_lock:
-            if not entries or self._unsettled == 0:
+            if not entries or self._settler.unsettled == 0:
                 return entries
         return self._hand_over(entries)
 
     def _hand_over(self, entries: list[Any]) -> list[Any]:
         """Give ``entries`` to the settler thread; returns ``[]``."""
-        if entries:
-            with self._settle_lock:
-                self._unsettled += len(entries)
-            self._settle_queue.put(entries)
+        self._settler.hand_over(entries)
         return []
 
     def _settle_and_receive(self, entries: list[Any], room: int, wait: float) -> list[Delivery]:
@@ -314,10 +307,3 @@ class DirectRunner:
                  if e.delivery is not None and e.delivery.lock_token in self.slots]  # fmt: skip
         if slots:
             self.ledger.release(slots)
-
-    def _settle_loop(self) -> None:
-        """The settler thread: settle what the main thread hands over, merging batches."""
-        settle_loop(self._settle_queue, self._settle, self._settle_lock, self._count_settled)
-
-    def _count_settled(self, count: int) -> None:
-        self._unsettled -= count

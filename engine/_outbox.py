@@ -33,7 +33,7 @@ from ..transport.errors import LockLostError, QueueNotFoundError, TransportError
 from ._observe import TaskObserver
 from ._supervise import next_renewal
 
-__all__ = ["Held", "Outbox", "settle_loop"]
+__all__ = ["Held", "Outbox", "Settler"]
 
 logger = logging.getLogger(__name__)
 
@@ -473,38 +473,68 @@ class Outbox:
             logger.error("could not %s message %s: %s", entry.action, delivery.message.id, exc)
 
 
-def settle_loop(
-    queue: SimpleQueue[list[Any] | None],
-    settle: Callable[[list[Any]], None],
-    cond: threading.Condition,
-    settled: Callable[[int], None],
-) -> None:
-    """A settler thread's loop: settle the entry lists put on ``queue`` until ``None``.
+class Settler:
+    """A thread that settles the entry lists handed to it, in order.
 
     Lists waiting together are merged into one ``settle`` call (one broker request
-    for many results); after each, ``settled(count)`` runs under ``cond``, which is
-    then notified.
+    for many results). ``unsettled`` counts the entries handed over and not settled
+    yet; it changes under ``cond``, which is notified after each call.
+
+    Args:
+        settle: settles one list (``Outbox.settle`` and whatever the owner adds).
+        cond: the owner's condition (its other threads wait on it for room).
+        name: the thread's name.
     """
-    running = True
-    while running:
-        entries = queue.get()
-        if entries is None:
+
+    def __init__(
+        self, settle: Callable[[list[Any]], None], cond: threading.Condition, name: str
+    ) -> None:
+        self.settle = settle
+        self.cond = cond
+        self.unsettled = 0
+        self._queue: SimpleQueue[list[Any] | None] = SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def hand_over(self, entries: list[Any]) -> None:
+        """Settle ``entries`` on the thread, after everything handed over before."""
+        if entries:
+            with self.cond:
+                self.unsettled += len(entries)
+            self._queue.put(entries)
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Settle what was handed over, then end the thread (in this one if it never ran)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout)
             return
-        while True:
-            try:
-                more = queue.get_nowait()
-            except Empty:
-                break
-            if more is None:
-                running = False
-                break
-            entries.extend(more)
-        settle(entries)
-        count = len(entries)
-        entries = more = None  # not kept alive while waiting: results may be large
-        with cond:
-            settled(count)
-            cond.notify_all()
+        while not self._queue.empty():
+            self.settle(self._queue.get_nowait() or [])
+
+    def _loop(self) -> None:
+        running = True
+        while running:
+            entries = self._queue.get()
+            if entries is None:
+                return
+            while True:
+                try:
+                    more = self._queue.get_nowait()
+                except Empty:
+                    break
+                if more is None:
+                    running = False
+                    break
+                entries.extend(more)
+            self.settle(entries)
+            count = len(entries)
+            entries = more = None  # not kept alive while waiting: results may be large
+            with self.cond:
+                self.unsettled -= count
+                self.cond.notify_all()
 
 
 def _replace_error(record: ResultRecord, error: ErrorInfo) -> ResultRecord:

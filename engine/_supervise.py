@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CANCEL_GRACE",
+    "DEFAULT_PREFETCH",
     "DEFAULT_RETRY_BACKOFF",
     "DEFAULT_RETRY_BACKOFF_MAX",
     "RUNNING_NOTICE_AFTER",
@@ -53,6 +54,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: deliveries an engine holds at once by default: one running and one leased behind
+#: it, so the next task starts without waiting for the broker, and no more, so that
+#: tasks queue at the broker where an idle engine can take them (more prefetch evens
+#: out worse at the end of a run of long tasks; see docs/engine.md)
+DEFAULT_PREFETCH = 2
 #: seconds a cancelled task that the worker already has may take to be skipped or to
 #: end before its worker is killed
 CANCEL_GRACE = 0.1

@@ -13,6 +13,7 @@ import click
 from ..transport.base import DEFAULT_LOCK_DURATION, DEFAULT_MAX_DELIVERY_COUNT
 from ..transport.zeromq.cli import curve_key_options
 from . import WORKER_MODES
+from ._supervise import DEFAULT_PREFETCH
 
 __all__ = ["configure_logging", "engine"]
 
@@ -114,7 +115,7 @@ def configure_logging(
 @click.option(
     "--prefetch",
     type=click.IntRange(min=1),
-    default=2,
+    default=DEFAULT_PREFETCH,
     show_default=True,
     help="Deliveries held at once (one running, the rest leased and waiting).",
 )

@@ -48,6 +48,7 @@ from .context import TaskContext
 from .credentials import scrub_environ
 from .java import run_jar, set_current_dirs, set_jvm_policy, set_max_output
 from .jvm_host import JvmHostDiedError, configure_shared_host, run_jar_warm
+from .prototype import install_finder
 from .tasks import KIND_JAR, JvmOptionPolicy, TaskModuleCache, call_task
 
 __all__ = ["main"]
@@ -229,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         opts.jvm_host_option, output_limit=opts.max_output
     )  # the host itself starts at the first jar
     context = TaskContext(opts.engine_id, tasks_dir, work_dir)
+    install_finder()  # prototype task modules import ``engine.azbatchengine``
     tasks = Connection(task_fd, writable=False)
     results = Connection(result_fd, readable=False)
     try:
