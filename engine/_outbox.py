@@ -16,6 +16,8 @@ from collections.abc import Callable
 from queue import Empty, SimpleQueue
 from typing import Any
 
+import attrs
+
 from ..control import notice_message
 from ..protocol import (
     ErrorInfo,
@@ -46,44 +48,28 @@ def delivery_attempt(delivery: Delivery, task: TaskRecord) -> int:
     return task.attempt - 1 + delivery.delivery_count
 
 
+@attrs.define(slots=True, eq=False)
 class Held:
     """A delivery the engine holds, with its decoded task and lease bookkeeping."""
 
-    __slots__ = (
-        "answered",
-        "attempt",
-        "cancelled_at",
-        "delivery",
-        "due",
-        "kind",
-        "lock_lost",
-        "noticed",
-        "path",
-        "renew_at",
-        "seq",
-        "size",
-        "task",
-    )
+    delivery: Delivery
+    task: TaskRecord
+    attempt: int
+    kind: str = ""
+    path: str = ""
+    size: int = 0  # bytes of its message (the worker pipe's budget)
+    seq: int = 0  # its number on the worker pipe
+    renew_at: float = float("inf")
+    lock_lost: bool = False
+    cancelled_at: float | None = None  # monotonic time the client cancelled it
+    answered: bool = False  # its outcome was recorded while the worker still holds it
+    noticed: bool = False  # a running notice was sent
+    due: float = 0.0  # monotonic time a retry may start (backing off until then)
 
     @classmethod
     def received(cls, delivery: Delivery, task: TaskRecord) -> Held:
         """A task as delivered: its attempt counts the broker's redeliveries."""
         return cls(delivery, task, delivery_attempt(delivery, task))
-
-    def __init__(self, delivery: Delivery, task: TaskRecord, attempt: int) -> None:
-        self.delivery = delivery
-        self.task = task
-        self.attempt = attempt
-        self.kind = ""
-        self.path = ""
-        self.size = 0
-        self.seq = 0
-        self.renew_at = float("inf")
-        self.lock_lost = False
-        self.cancelled_at: float | None = None  # monotonic time the client cancelled it
-        self.answered = False  # its outcome was recorded while the worker still holds it
-        self.noticed = False  # a running notice was sent
-        self.due = 0.0  # monotonic time a retry may start (backing off until then)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -107,26 +93,17 @@ class Held:
             self.renew_at = now + 1.0
 
 
+@attrs.define(slots=True)
 class _Entry:
-    __slots__ = ("action", "delivery", "description", "message", "reason", "record", "reply_to")
+    """What to do with one delivery (or a notice to send, ``message``: nothing to settle)."""
 
-    def __init__(
-        self,
-        delivery: Delivery | None,
-        action: str,
-        record: ResultRecord | None = None,
-        reply_to: ReplyTo | None = None,
-        reason: str = "",
-        description: str = "",
-        message: Message | None = None,
-    ) -> None:
-        self.delivery = delivery
-        self.action = action
-        self.record = record
-        self.reply_to = reply_to
-        self.reason = reason
-        self.description = description
-        self.message = message  # a notice: sent as is, nothing to settle
+    delivery: Delivery | None
+    action: str
+    record: ResultRecord | None = None
+    reply_to: ReplyTo | None = None
+    reason: str = ""
+    description: str = ""
+    message: Message | None = None
 
 
 class Outbox:
@@ -538,15 +515,4 @@ class Settler:
 
 
 def _replace_error(record: ResultRecord, error: ErrorInfo) -> ResultRecord:
-    return ResultRecord(
-        session=record.session,
-        job=record.job,
-        task=record.task,
-        status="error",
-        error=error,
-        engine=record.engine,
-        attempt=record.attempt,
-        started_at=record.started_at,
-        finished_at=record.finished_at,
-        session_key=record.session_key,
-    )
+    return attrs.evolve(record, status="error", value=None, error=error)
