@@ -46,7 +46,7 @@ TASK_QUEUE = "tasks"
 CONTROL_QUEUE = "control"
 HEARTBEAT_INTERVAL = 1.0
 #: Seconds an idle engine's receives wait at the broker: the task worker's
-#: (``engine/_direct.py``, ``_RECEIVE_WAIT``) and the control thread's
+#: (``engine/_direct_runner.py``, ``_RECEIVE_WAIT``) and the control thread's
 #: (``engine/_cancels.py``, ``poll``); ``--receive-wait`` projects other values.
 IDLE_RECEIVE_WAIT = 0.5
 

@@ -221,7 +221,7 @@ if os.environ.get("BENCH_TIMELINE_DIR"):
     atexit.register(_dump)
 
     def _patch():
-        from realtime_batch.engine import _admit, _direct, _outbox, _pipeline
+        from realtime_batch.engine import _admit, _direct_runner, _outbox, _pipeline
         from realtime_batch.transport.zeromq import client
 
         def wrap(cls, name, before=None, after=None):
@@ -241,7 +241,7 @@ if os.environ.get("BENCH_TIMELINE_DIR"):
              after=lambda s, r, k: [("received", d.message.id) for d in r[0]])
         # a direct worker also writes its stamps as soon as it has drained, in case it
         # is killed before its interpreter exits
-        wrap(_direct.DirectRunner, "serve", after=lambda s, r, k: _dump())
+        wrap(_direct_runner.DirectRunner, "serve", after=lambda s, r, k: _dump())
         wrap(_admit.Admission, "admit",
              before=lambda s, d, now: _log.append(("admitted", d.message.id, time.time())))
         wrap(_pipeline.WorkerPipeline, "dispatch",

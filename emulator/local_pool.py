@@ -14,7 +14,6 @@ the pool's process (``PR_SET_PDEATHSIG`` on Linux) and is stopped by ``close()``
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
@@ -32,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from realtime_batch.engine import WORKER_MODES, JvmOptionPolicy
+from realtime_batch.engine._children import die_with_parent
 from realtime_batch.orchestrator.pool import OrchestratorError, Pool, PoolStateError, StrPath
 from realtime_batch.payloads import payload_store_for
 from realtime_batch.transport import registered_scheme
@@ -42,12 +42,6 @@ log = logging.getLogger(__name__)
 
 _READY_TIMEOUT = 60.0
 _STOP_GRACE = 5.0
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class _Proc:
@@ -81,7 +75,7 @@ class _Proc:
             stderr=self._log_file,
             stdin=subprocess.DEVNULL if stdin_text is None else subprocess.PIPE,
             process_group=0,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         if stdin_text is not None and self.popen.stdin is not None:
             with contextlib.suppress(BrokenPipeError):  # it died at once: wait_ready says so

@@ -15,7 +15,7 @@ _LAZY: dict[str, str] = {
     "EngineError": "realtime_batch.engine.engine:EngineError",
     "default_engine_id": "realtime_batch.engine.engine:default_engine_id",
     "TaskContext": "realtime_batch.engine.context:TaskContext",
-    "java_runner": "realtime_batch.engine.java:java_runner",
+    "java_runner": "realtime_batch.engine.jvm_host:java_runner",
     "build_jar": "realtime_batch.engine.java:build_jar",
     "JavaTaskError": "realtime_batch.engine.java:JavaTaskError",
     "JavaNotFoundError": "realtime_batch.engine.java:JavaNotFoundError",

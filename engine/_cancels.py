@@ -20,6 +20,7 @@ from collections.abc import Callable
 from ..control import KIND, KIND_CANCEL, KIND_STOP, decode_control, session_key
 from ..transport import Delivery, Transport
 from ..transport.errors import TransportClosedError, TransportError
+from ._reach import Backoff, ServiceWatch
 
 __all__ = ["CANCELLED_KEEP", "CANCELLED_MAX", "CancelRequests", "receive_cancels"]
 
@@ -74,22 +75,27 @@ def receive_cancels(
     wake: Callable[[], None],
     poll: float = 0.5,
     stop: Callable[[], None] | None = None,
+    watch: ServiceWatch | None = None,
 ) -> None:
     """Receive cancel requests for ``engine_id`` while ``running`` is set; ``wake`` on each.
 
-    A ``stop`` message calls ``stop`` (the engine's graceful stop).
+    A ``stop`` message calls ``stop`` (the engine's graceful stop); ``watch`` hears of
+    every answer and failure (it stops the engine when the service is gone).
     """
-    backoff = 0.1
+    backoff = Backoff()
     while running.is_set():
         try:
             deliveries = transport.receive(queue, max_messages=64, timeout=poll, group=engine_id)
-            backoff = 0.1
+            if watch is not None:
+                watch.answered()
+            backoff.succeeded()
         except TransportClosedError:
             return
         except TransportError as exc:
+            if watch is not None and watch.failed(exc):
+                return
             logger.warning("engine %s: control receive failed (%s)", engine_id, exc)
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            time.sleep(backoff.failed())
             continue
         for delivery in deliveries:
             if stop is not None and delivery.message.properties.get(KIND) == KIND_STOP:

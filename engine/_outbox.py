@@ -16,6 +16,8 @@ from collections.abc import Callable
 from queue import Empty, SimpleQueue
 from typing import Any
 
+import attrs
+
 from ..control import notice_message
 from ..payloads import engine_payloads
 from ..protocol import (
@@ -32,14 +34,14 @@ from ..transport import Delivery, Message, Transport
 from ..transport.base import MAX_DELIVERY_REASON
 from ..transport.errors import LockLostError, QueueNotFoundError, TransportError
 from ._observe import TaskObserver
+from ._supervise import next_renewal
 
-__all__ = ["Held", "Outbox", "settle_loop"]
+__all__ = ["Held", "Outbox", "Settler"]
 
 logger = logging.getLogger(__name__)
 
 _COMPLETE, _ABANDON, _DEAD_LETTER, _NOTICE = "complete", "abandon", "dead_letter", "notice"
 _GIVE_BACK = "give_back"
-_MIN_RENEW_INTERVAL = 0.05
 
 
 def delivery_attempt(delivery: Delivery, task: TaskRecord) -> int:
@@ -47,44 +49,28 @@ def delivery_attempt(delivery: Delivery, task: TaskRecord) -> int:
     return task.attempt - 1 + delivery.delivery_count
 
 
+@attrs.define(slots=True, eq=False)
 class Held:
     """A delivery the engine holds, with its decoded task and lease bookkeeping."""
 
-    __slots__ = (
-        "answered",
-        "attempt",
-        "cancelled_at",
-        "delivery",
-        "due",
-        "kind",
-        "lock_lost",
-        "noticed",
-        "path",
-        "renew_at",
-        "seq",
-        "size",
-        "task",
-    )
+    delivery: Delivery
+    task: TaskRecord
+    attempt: int
+    kind: str = ""
+    path: str = ""
+    size: int = 0  # bytes of its message (the worker pipe's budget)
+    seq: int = 0  # its number on the worker pipe
+    renew_at: float = float("inf")
+    lock_lost: bool = False
+    cancelled_at: float | None = None  # monotonic time the client cancelled it
+    answered: bool = False  # its outcome was recorded while the worker still holds it
+    noticed: bool = False  # a running notice was sent
+    due: float = 0.0  # monotonic time a retry may start (backing off until then)
 
     @classmethod
     def received(cls, delivery: Delivery, task: TaskRecord) -> Held:
         """A task as delivered: its attempt counts the broker's redeliveries."""
         return cls(delivery, task, delivery_attempt(delivery, task))
-
-    def __init__(self, delivery: Delivery, task: TaskRecord, attempt: int) -> None:
-        self.delivery = delivery
-        self.task = task
-        self.attempt = attempt
-        self.kind = ""
-        self.path = ""
-        self.size = 0
-        self.seq = 0
-        self.renew_at = float("inf")
-        self.lock_lost = False
-        self.cancelled_at: float | None = None  # monotonic time the client cancelled it
-        self.answered = False  # its outcome was recorded while the worker still holds it
-        self.noticed = False  # a running notice was sent
-        self.due = 0.0  # monotonic time a retry may start (backing off until then)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -93,8 +79,7 @@ class Held:
 
     def schedule_renewal(self, now: float) -> None:
         """Plan the next renewal at a third of the remaining lease."""
-        remaining = self.delivery.locked_until - now
-        self.renew_at = now + max(remaining / 3.0, _MIN_RENEW_INTERVAL)
+        self.renew_at = next_renewal(now, self.delivery.locked_until)
 
     def renewal_failed(self, exc: TransportError, now: float) -> None:
         if isinstance(exc, LockLostError):
@@ -109,26 +94,17 @@ class Held:
             self.renew_at = now + 1.0
 
 
+@attrs.define(slots=True)
 class _Entry:
-    __slots__ = ("action", "delivery", "description", "message", "reason", "record", "reply_to")
+    """What to do with one delivery (or a notice to send, ``message``: nothing to settle)."""
 
-    def __init__(
-        self,
-        delivery: Delivery | None,
-        action: str,
-        record: ResultRecord | None = None,
-        reply_to: ReplyTo | None = None,
-        reason: str = "",
-        description: str = "",
-        message: Message | None = None,
-    ) -> None:
-        self.delivery = delivery
-        self.action = action
-        self.record = record
-        self.reply_to = reply_to
-        self.reason = reason
-        self.description = description
-        self.message = message  # a notice: sent as is, nothing to settle
+    delivery: Delivery | None
+    action: str
+    record: ResultRecord | None = None
+    reply_to: ReplyTo | None = None
+    reason: str = ""
+    description: str = ""
+    message: Message | None = None
 
 
 class Outbox:
@@ -150,6 +126,8 @@ class Outbox:
         self.ttl = ttl
         self._entries: list[_Entry] = []
         self._notices = 0  # entries that are notices, not deliveries
+        #: the transport's service is gone (``_reach``): nothing can be sent or settled
+        self.gone = False
 
     def __len__(self) -> int:
         """Entries recorded and not taken yet."""
@@ -369,10 +347,11 @@ class Outbox:
     def settle(self, entries: list[Any]) -> int:
         """Send the entries' results (batched per queue), then settle their deliveries.
 
-        Thread-safe with respect to recording new outcomes.
+        Thread-safe with respect to recording new outcomes. Once the service is ``gone``
+        the entries are dropped: the leases died with it, their tasks are delivered again.
         """
-        if not entries:
-            return 0
+        if not entries or self.gone:
+            return len(entries)
         batches: dict[str, list[tuple[_Entry, Message]]] = {}
         for entry in entries:
             if entry.record is not None or entry.message is not None:
@@ -413,16 +392,17 @@ class Outbox:
     ) -> list[Delivery]:
         """``settle(entries)``, then receive from ``queue``: one request where possible.
 
-        One request when the transport has ``settle_and_receive`` and the entries are the
-        usual case (results and notices to one queue, their deliveries completed). If
+        One request when the transport can (``capabilities.settle_and_receive``) and
+        the entries are the usual case (results and notices to one queue, their
+        deliveries completed). If
         that request fails, the entries are settled the ordinary way (a result may then
         be sent twice; the client drops the copy) and the error is raised.
         """
-        combined = getattr(self.transport, "settle_and_receive", None)
+        combined = self.transport.capabilities.settle_and_receive
         replies = [e for e in entries if e.record is not None or e.message is not None]
         queues = {entry.reply_to.queue for entry in replies}
         if (
-            combined is None
+            not combined
             or len(queues) != 1
             or any(e.action != _COMPLETE and e.action != _NOTICE for e in entries)
         ):
@@ -431,7 +411,7 @@ class Outbox:
         messages = [self._encode(entry) for entry in replies]
         completes = [entry.delivery for entry in entries if entry.action == _COMPLETE]
         try:
-            received, lost = combined(
+            received, lost = self.transport.settle_and_receive(
                 queues.pop(), messages, completes, queue,
                 max_messages=max_messages, timeout=timeout,
             )  # fmt: skip
@@ -471,50 +451,69 @@ class Outbox:
             logger.error("could not %s message %s: %s", entry.action, delivery.message.id, exc)
 
 
-def settle_loop(
-    queue: SimpleQueue[list[Any] | None],
-    settle: Callable[[list[Any]], None],
-    cond: threading.Condition,
-    settled: Callable[[int], None],
-) -> None:
-    """A settler thread's loop: settle the entry lists put on ``queue`` until ``None``.
+class Settler:
+    """A thread that settles the entry lists handed to it, in order.
 
     Lists waiting together are merged into one ``settle`` call (one broker request
-    for many results); after each, ``settled(count)`` runs under ``cond``, which is
-    then notified.
+    for many results). ``unsettled`` counts the entries handed over and not settled
+    yet; it changes under ``cond``, which is notified after each call.
+
+    Args:
+        settle: settles one list (``Outbox.settle`` and whatever the owner adds).
+        cond: the owner's condition (its other threads wait on it for room).
+        name: the thread's name.
     """
-    running = True
-    while running:
-        entries = queue.get()
-        if entries is None:
+
+    def __init__(
+        self, settle: Callable[[list[Any]], None], cond: threading.Condition, name: str
+    ) -> None:
+        self.settle = settle
+        self.cond = cond
+        self.unsettled = 0
+        self._queue: SimpleQueue[list[Any] | None] = SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def hand_over(self, entries: list[Any]) -> None:
+        """Settle ``entries`` on the thread, after everything handed over before."""
+        if entries:
+            with self.cond:
+                self.unsettled += len(entries)
+            self._queue.put(entries)
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Settle what was handed over, then end the thread (in this one if it never ran)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout)
             return
-        while True:
-            try:
-                more = queue.get_nowait()
-            except Empty:
-                break
-            if more is None:
-                running = False
-                break
-            entries.extend(more)
-        settle(entries)
-        count = len(entries)
-        entries = more = None  # not kept alive while waiting: results may be large
-        with cond:
-            settled(count)
-            cond.notify_all()
+        while not self._queue.empty():
+            self.settle(self._queue.get_nowait() or [])
+
+    def _loop(self) -> None:
+        running = True
+        while running:
+            entries = self._queue.get()
+            if entries is None:
+                return
+            while True:
+                try:
+                    more = self._queue.get_nowait()
+                except Empty:
+                    break
+                if more is None:
+                    running = False
+                    break
+                entries.extend(more)
+            self.settle(entries)
+            count = len(entries)
+            entries = more = None  # not kept alive while waiting: results may be large
+            with self.cond:
+                self.unsettled -= count
+                self.cond.notify_all()
 
 
 def _replace_error(record: ResultRecord, error: ErrorInfo) -> ResultRecord:
-    return ResultRecord(
-        session=record.session,
-        job=record.job,
-        task=record.task,
-        status="error",
-        error=error,
-        engine=record.engine,
-        attempt=record.attempt,
-        started_at=record.started_at,
-        finished_at=record.finished_at,
-        session_key=record.session_key,
-    )
+    return attrs.evolve(record, status="error", value=None, error=error)

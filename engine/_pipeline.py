@@ -7,7 +7,8 @@ attempt whose exception is in ``retry_on``, backing off before it runs again on
 this engine; its delivery stays leased, so nothing is lost if the engine dies).
 Small tasks are pipelined to the worker (within a byte budget, so that writing
 to its pipe never blocks), which is what keeps the per-task overhead low.
-Outcomes go to the ``Outbox``. It is used by the engine's main thread only.
+Outcomes go to the ``Outbox``; the rules (retries, cancellation, a dead worker's
+task) are ``_supervise``'s. It is used by the engine's main thread only.
 
 Cancelled tasks are dropped from ``pending``/``delayed``; those already sent to
 the worker are marked, the worker is told not to start them, and if one is
@@ -17,86 +18,62 @@ running (the head) the worker is killed and restarted, like on a timeout.
 from __future__ import annotations
 
 import logging
-import random
 import select
 import time
 from collections import deque
-from collections.abc import Container, Iterable, Iterator, Sequence
+from collections.abc import Container, Iterator
 
-from ..control import KIND_RUNNING, NOTIFY, RUNNING_NOTICE_AFTER
+from ..control import KIND_RUNNING, NOTIFY
 from ._outbox import Held, Outbox
-from ._output import DEFAULT_MAX_OUTPUT, WorkerLog
-from .errors import PipelineError
-from .tasks import JvmOptionPolicy
-from .worker import (
-    STATUS_CANCELLED,
-    STATUS_EXPIRED,
-    STATUS_SKIPPED,
-    WorkerProcess,
+from ._pipe import STATUS_CANCELLED, STATUS_EXPIRED, STATUS_SKIPPED
+from ._process import WorkerProcess, WorkerSettings, start_worker
+from ._supervise import (
+    CANCEL_GRACE,
+    DEFAULT_RETRY_BACKOFF,
+    DEFAULT_RETRY_BACKOFF_MAX,
+    RUNNING_NOTICE_AFTER,
+    WHY_CANCELLED,
+    WHY_TIMEOUT,
     describe_exit,
+    drop_cancelled,
+    may_retry,
+    release_due,
+    schedule_retry,
+    settle_lost_task,
+    timeout_of,
 )
+from .errors import PipelineError
 
 __all__ = ["WorkerPipeline"]
 
 logger = logging.getLogger(__name__)
 
 _PIPE_BUDGET = 32 * 1024  # bytes of not-yet-started tasks queued in the worker's pipe
-_CANCEL_GRACE = 0.1  # seconds a cancelled task sent to the worker has to be skipped
-DEFAULT_RETRY_BACKOFF = 0.1
-DEFAULT_RETRY_BACKOFF_MAX = 30.0
-
-
-def retry_delay(attempt: int, base: float, cap: float) -> float:
-    """Seconds to wait before the attempt after ``attempt``: exponential, capped, jittered.
-
-    ``base * 2 ** (attempt - 1)``, at most ``cap``, times a random factor in [0.5, 1].
-    """
-    return min(base * 2.0 ** (attempt - 1), cap) * random.uniform(0.5, 1.0)
 
 
 class WorkerPipeline:
     """Feeds one warm worker process and turns what happens to it into outcomes.
 
     Args:
-        tasks_dir, work_dir, engine_id: passed to the worker process.
+        settings: what the worker process is started with.
         outbox: where outcomes are recorded.
         default_timeout: seconds a task may run when it sets no timeout.
         wake_fd: a file descriptor that ``wait`` also watches.
         retry_backoff / retry_backoff_max: first and largest delay before a retry.
-        max_output: characters of print output per task, bytes of a jar's stdout/stderr.
-        worker_log: the worker's rotated log file (None: stderr).
-        jvm_host_options: options of the worker's warm JVM host.
-        jvm_options: the engine's JVM option policy, passed to the worker (the options of
-            a command list task code gives ``java_runner``).
     """
 
     def __init__(
         self,
-        tasks_dir: str,
-        work_dir: str,
-        engine_id: str,
+        settings: WorkerSettings,
         outbox: Outbox,
         default_timeout: float | None,
         wake_fd: int,
         retry_backoff: float = DEFAULT_RETRY_BACKOFF,
         retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
-        max_output: int = DEFAULT_MAX_OUTPUT,
-        worker_log: WorkerLog | None = None,
-        *,
-        pass_env: Sequence[str] = (),
-        jvm_host_options: Sequence[str] = (),
-        jvm_options: JvmOptionPolicy | None = None,
     ) -> None:
-        self.tasks_dir = tasks_dir
-        self.jvm_options = jvm_options
-        self.max_output = max_output
-        self.worker_log = worker_log
-        self.jvm_host_options = tuple(jvm_host_options)
-        self.work_dir = work_dir
-        self.engine_id = engine_id
+        self.settings = settings
         self.outbox = outbox
         self.default_timeout = default_timeout
-        self.pass_env = tuple(pass_env)
         self.worker: WorkerProcess | None = None
         self.pending: deque[Held] = deque()
         self.inflight: deque[Held] = deque()
@@ -114,22 +91,7 @@ class WorkerPipeline:
     # -- process ---------------------------------------------------------------------------
     def start_worker(self) -> None:
         """Start a worker and wait until it is warm. Raises ``WorkerStartError``."""
-        worker = WorkerProcess(
-            self.tasks_dir,
-            self.work_dir,
-            self.engine_id,
-            self.max_output,
-            self.worker_log,
-            pass_env=self.pass_env,
-            jvm_host_options=self.jvm_host_options,
-            jvm_options=self.jvm_options,
-        )
-        try:
-            worker.start()
-        except BaseException:
-            worker.stop()
-            raise
-        self.worker = worker
+        self.worker = start_worker(self.settings)
         self._reset_poller()
 
     def _reset_poller(self) -> None:
@@ -166,7 +128,7 @@ class WorkerPipeline:
         yield from self.delayed
 
     def timeout_of(self, held: Held) -> float | None:
-        return held.task.timeout if held.task.timeout is not None else self.default_timeout
+        return timeout_of(held, self.default_timeout)
 
     def head_deadline(self) -> float | None:
         """Monotonic time at which the running task times out (None: no limit or idle)."""
@@ -190,7 +152,7 @@ class WorkerPipeline:
             if not head.noticed:
                 times.append(self._head_since + RUNNING_NOTICE_AFTER)
             if head.cancelled_at is not None:
-                times.append(max(head.cancelled_at, self._head_since) + _CANCEL_GRACE)
+                times.append(max(head.cancelled_at, self._head_since) + CANCEL_GRACE)
         return min(times) if times else None
 
     def dispatch(self) -> None:
@@ -254,33 +216,21 @@ class WorkerPipeline:
             self.outbox.cancelled(held)
         elif status == STATUS_EXPIRED:
             self.outbox.expired(held)
-        elif error is not None and error[0] in held.task.retry_on and self._retry(held):
-            pass
+        elif error is not None and may_retry(held, error[0]):
+            self._retry(held)
         else:
             self.outbox.finished(held, status, value, error, started, finished)
 
     def _retry(self, held: Held) -> bool:
-        """Back off, then run ``held`` again here, if it has retries left. True if so."""
-        if held.attempt > held.task.max_retries:
-            return False
-        delay = retry_delay(held.attempt, self.retry_backoff, self.retry_backoff_max)
-        logger.info("task %s attempt %d failed; retrying in %.2f s", held.task.task,
-                    held.attempt, delay)  # fmt: skip
-        held.attempt += 1
-        held.due = time.monotonic() + delay
-        self.delayed.append(held)
-        self.outbox.observer.retried += 1
+        """Back off, then run ``held`` again on this engine. True (it always can here)."""
+        schedule_retry(held, self.delayed, self.retry_backoff, self.retry_backoff_max,
+                       self.outbox.observer)  # fmt: skip
         return True
 
     def release_due(self) -> None:
         """Move retries whose backoff ended to the front of ``pending``."""
-        if not self.delayed:
-            return
-        now = time.monotonic()
-        due = [held for held in self.delayed if held.due <= now]
-        if due:
-            self.delayed = [held for held in self.delayed if held.due > now]
-            self.pending.extendleft(reversed(due))
+        if self.delayed:
+            self.pending.extendleft(reversed(release_due(self.delayed)))
 
     def cancel(self, cancelled: Container[tuple[str, str, str]]) -> None:
         """Drop the tasks whose ``(session, task)`` key is in ``cancelled``.
@@ -289,9 +239,9 @@ class WorkerPipeline:
         told to skip those it has queued, and the running one is killed (``check_head``).
         """
         if any(held.key in cancelled for held in self.pending):
-            self.pending = deque(self._drop_cancelled(self.pending, cancelled))
+            self.pending = deque(drop_cancelled(self.pending, cancelled, self.outbox))
         if any(held.key in cancelled for held in self.delayed):
-            self.delayed = self._drop_cancelled(self.delayed, cancelled)
+            self.delayed = drop_cancelled(self.delayed, cancelled, self.outbox)
         now = time.monotonic()
         skip = []
         for index, held in enumerate(self.inflight):
@@ -305,18 +255,6 @@ class WorkerPipeline:
             logger.info("cancelling %d task(s) sent to the worker", len(skip))
             self.worker.cancel(skip)
 
-    def _drop_cancelled(
-        self, queue: Iterable[Held], cancelled: Container[tuple[str, str, str]]
-    ) -> list[Held]:
-        """Answer the cancelled tasks of ``queue``; return the others."""
-        kept = []
-        for held in queue:
-            if held.key in cancelled:
-                self.outbox.cancelled(held)
-            else:
-                kept.append(held)
-        return kept
-
     def check_head(self) -> None:
         """Act on the running task: timeout or cancellation (kill the worker), notice."""
         if not self.inflight:
@@ -324,7 +262,7 @@ class WorkerPipeline:
         now = time.monotonic()
         head = self.inflight[0]
         if head.cancelled_at is not None and now >= max(head.cancelled_at, self._head_since) + (
-            _CANCEL_GRACE
+            CANCEL_GRACE
         ):
             self._failed(timed_out=False, cancelled=True)
             return
@@ -336,10 +274,6 @@ class WorkerPipeline:
             head.noticed = True
             if head.delivery.message.properties.get(NOTIFY):
                 self.outbox.notice(KIND_RUNNING, head.task)
-
-    def check_timeout(self) -> None:
-        """Kill the worker if the running task outlived its timeout (see ``check_head``)."""
-        self.check_head()
 
     def _failed(self, *, timed_out: bool, cancelled: bool = False) -> None:
         """The worker died or must die: settle the task it was running, restart it, re-queue."""
@@ -357,22 +291,15 @@ class WorkerPipeline:
         if self.inflight:
             if (timed_out or cancelled) and self.inflight[0] is not suspect:
                 pass  # the task finished at the last moment: nothing to blame or stop
-            elif cancelled or self.inflight[0].cancelled_at is not None:
-                head = self.inflight.popleft()
-                logger.info("task %s cancelled while running; worker killed", head.task.task)
-                if not head.answered:
-                    self.outbox.stopped_running(head)
-            elif timed_out:
-                head = self.inflight.popleft()
-                limit = self.timeout_of(head)
-                logger.warning("task %s timed out after %s s; worker killed", head.task.task, limit)
-                if "TaskTimeoutError" not in head.task.retry_on or not self._retry(head):
-                    self.outbox.timed_out(head, limit)
             else:
                 head = self.inflight.popleft()
-                cause = describe_exit(code)
-                logger.warning("worker died with %s running task %s", cause, head.task.task)
-                self.outbox.crashed(head, cause, crash_report)
+                why = WHY_TIMEOUT if timed_out else None
+                if cancelled or head.cancelled_at is not None:
+                    why = WHY_CANCELLED
+                if not head.answered:  # a cancelled task may have been answered already
+                    limit = self.timeout_of(head)
+                    settle_lost_task(self.outbox, head, why, code, crash_report, limit,
+                                     self._retry)  # fmt: skip
             # the others never started: run them on the next worker, or give them back
             for held in self.inflight:
                 if held.cancelled_at is not None and not held.answered:

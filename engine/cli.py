@@ -13,6 +13,7 @@ import click
 from ..transport.base import DEFAULT_LOCK_DURATION, DEFAULT_MAX_DELIVERY_COUNT
 from ..transport.zeromq.cli import curve_key_options
 from . import WORKER_MODES
+from ._supervise import DEFAULT_PREFETCH
 
 __all__ = ["configure_logging", "engine"]
 
@@ -114,7 +115,7 @@ def configure_logging(
 @click.option(
     "--prefetch",
     type=click.IntRange(min=1),
-    default=2,
+    default=DEFAULT_PREFETCH,
     show_default=True,
     help="Deliveries held at once (one running, the rest leased and waiting).",
 )
@@ -276,6 +277,7 @@ def engine(
     """
     from ..transport.errors import TransportError
     from ._output import WorkerLog, worker_log_path
+    from ._reach import ServiceGoneError
     from .credentials import check_pass_env, deny_tracing
     from .engine import Engine, EngineError
     from .tasks import JvmOptionPolicy
@@ -344,6 +346,8 @@ def engine(
         finally:
             if metrics is not None:
                 metrics.shutdown()
+    except ServiceGoneError:
+        raise SystemExit(1) from None  # the engine's log said why, in one line
     except (EngineError, TransportError) as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .java import java_runner
+from .jvm_host import java_runner
 
 __all__ = ["TaskContext"]
 

@@ -11,24 +11,21 @@ into an error result.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import selectors
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
+from ._children import die_with_parent_preexec
 from ._output import DEFAULT_MAX_OUTPUT, dropped_marker
 from .credentials import task_environment
-from .tasks import InvalidCommandError, JvmOptionPolicy, resolve_in_dir
+from .tasks import InvalidCommandError, JvmOptionPolicy
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT",
@@ -38,7 +35,6 @@ __all__ = [
     "build_jar",
     "dropped_marker",
     "find_java_tool",
-    "java_runner",
     "run_jar",
     "set_jvm_policy",
     "split_java_command",
@@ -47,7 +43,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Directories of the task being run in this process (set by the engine's worker).
-_current_dirs: dict[str, str | None] = {"tasks_dir": None, "work_dir": None}
+current_dirs: dict[str, str | None] = {"tasks_dir": None, "work_dir": None}
 
 _STDERR_TAIL = 4000
 _CHUNK = 1 << 16
@@ -88,8 +84,8 @@ class JavaTimeoutError(JavaTaskError):
 
 def set_current_dirs(tasks_dir: str | None, work_dir: str | None) -> None:
     """Record the worker's tasks and work directories for module-level ``java_runner`` calls."""
-    _current_dirs["tasks_dir"] = tasks_dir
-    _current_dirs["work_dir"] = work_dir
+    current_dirs["tasks_dir"] = tasks_dir
+    current_dirs["work_dir"] = work_dir
 
 
 def set_max_output(max_output: int) -> None:
@@ -102,7 +98,7 @@ def set_jvm_policy(policy: JvmOptionPolicy) -> None:
     _policy["jvm"] = policy
 
 
-def _jvm_policy() -> JvmOptionPolicy:
+def jvm_policy() -> JvmOptionPolicy:
     policy = _policy["jvm"]
     if policy is None:
         policy = _policy["jvm"] = JvmOptionPolicy()
@@ -206,20 +202,6 @@ def find_java_tool(name: str = "java") -> str:
     return found
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-def _preexec() -> Any:
-    # preexec_fn is only safe while this process has a single thread.
-    if sys.platform.startswith("linux") and threading.active_count() == 1:
-        return _die_with_parent
-    return None
-
-
 def run_jar(
     jar_path: str | os.PathLike[str],
     args: Iterable[Any] = (),
@@ -252,7 +234,7 @@ def run_jar(
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        preexec_fn=_preexec(),
+        preexec_fn=die_with_parent_preexec(),
         env=task_environment(),  # never the worker's credentials (there are none left)
     ) as proc:
         try:
@@ -285,96 +267,6 @@ def run_jar(
             stderr,
         )
     return stdout
-
-
-@overload
-def java_runner(
-    jar: str,
-    *args: Any,
-    jvm_args: Sequence[str] = (),
-    timeout: float | None = None,
-    tasks_dir: str | os.PathLike[str] | None = None,
-    cwd: str | os.PathLike[str] | None = None,
-    cold: bool = False,
-    isolate: bool = False,
-) -> str: ...
-
-
-@overload
-def java_runner(
-    jar: list[Any] | tuple[Any, ...],
-    *,
-    timeout: float | None = None,
-    tasks_dir: str | os.PathLike[str] | None = None,
-    cwd: str | os.PathLike[str] | None = None,
-    cold: bool = False,
-    isolate: bool = False,
-) -> list[str]: ...
-
-
-def java_runner(
-    jar: str | list[Any] | tuple[Any, ...],
-    *args: Any,
-    jvm_args: Sequence[str] = (),
-    timeout: float | None = None,
-    tasks_dir: str | os.PathLike[str] | None = None,
-    cwd: str | os.PathLike[str] | None = None,
-    cold: bool = False,
-    isolate: bool = False,
-) -> str | list[str]:
-    """Run a staged jar with an argument list and return its stdout text.
-
-    The prototype's form, a command list ``["java", OPTIONS..., "-jar", JAR, ARGS...]``
-    (``split_java_command``: only ``java``, only the engine's allowed sizing options),
-    returns the output as a list of lines instead.
-
-    By default the jar runs in this process's warm JVM host (``jvm_host``): no JVM
-    start per call, and the jar's static state survives between calls unless
-    ``isolate``. ``cold=True``, or ``jvm_args`` other than the host's, starts a JVM
-    for this call alone.
-
-    Args:
-        jar: file name of the jar inside the tasks directory (same rules as commands),
-            or the prototype's command list (then no ``args`` or ``jvm_args``).
-        *args: arguments for the jar's ``main`` (converted with ``str``).
-        jvm_args: options for the JVM itself, e.g. ``["-Xmx256m"]``.
-        timeout: seconds before the JVM is killed (``JavaTimeoutError``).
-        tasks_dir: where to look for ``jar``; defaults to the running worker's tasks
-            directory, else the current directory.
-        cwd: working directory of the JVM; defaults to the worker's work directory.
-        cold: start a JVM for this call (``java -jar``) instead of using the warm host.
-        isolate: in the warm host, load the jar in a fresh class loader for this call.
-
-    Raises:
-        InvalidCommandError, CommandNotFoundError: the jar name is unsafe or missing, or
-            a command list runs another program or holds a refused option.
-        TypeError: a command list with further ``args`` or ``jvm_args``.
-        JavaTaskError: non-zero exit or ``System.exit(n)`` with n != 0 (with stderr), or
-            an exception thrown by ``main`` in the warm host (with its stack trace).
-        JvmHostDiedError: the warm host's JVM died during the call (``jvm_host``).
-    """
-    if isinstance(jar, (list, tuple)):
-        if args or jvm_args:
-            raise TypeError(
-                "java_runner takes a command list alone, or a jar name with arguments and "
-                "jvm_args, not both"
-            )
-        name, options, jar_args = split_java_command(jar, _jvm_policy())
-        output = java_runner(
-            name, *jar_args, jvm_args=options, timeout=timeout, tasks_dir=tasks_dir, cwd=cwd,
-            cold=cold, isolate=isolate,
-        )  # fmt: skip
-        return output.splitlines()
-    directory = tasks_dir or _current_dirs["tasks_dir"] or os.getcwd()
-    path = resolve_in_dir(jar, directory, what="jar")
-    workdir = cwd or _current_dirs["work_dir"]
-    if cold:
-        return run_jar(path, args, jvm_args=jvm_args, timeout=timeout, cwd=workdir)
-    from .jvm_host import run_jar_warm
-
-    return run_jar_warm(
-        path, args, jvm_args=jvm_args, timeout=timeout, cwd=workdir, isolate=isolate
-    )
 
 
 def build_jar(

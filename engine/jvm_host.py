@@ -38,7 +38,6 @@ import hashlib
 import logging
 import os
 import select
-import signal
 import struct
 import subprocess
 import tempfile
@@ -48,15 +47,20 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
+from ._children import die_with_parent_preexec
+from ._supervise import describe_exit
 from .java import (
     JavaNotFoundError,
     JavaTaskError,
     JavaTimeoutError,
-    _preexec,
     build_jar,
+    current_dirs,
     find_java_tool,
+    jvm_policy,
     run_jar,
+    split_java_command,
 )
+from .tasks import resolve_in_dir
 
 __all__ = [
     "JVM_HOST_OUTPUT_LIMIT",
@@ -66,6 +70,7 @@ __all__ = [
     "close_shared_host",
     "configure_shared_host",
     "host_jar",
+    "java_runner",
     "run_jar_warm",
     "shared_host",
 ]
@@ -145,12 +150,7 @@ def _frame(strings: Iterable[str]) -> bytes:
 def _describe_status(code: int | None) -> str:
     if code is None:
         return "ended"
-    if code < 0:
-        try:
-            return f"was killed by signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with status {code}"
+    return f"was killed by {describe_exit(code)}" if code < 0 else f"exited with status {code}"
 
 
 class JvmHost:
@@ -327,7 +327,7 @@ class JvmHost:
                 stdout=self._log,
                 stderr=self._log,
                 pass_fds=(request_r, reply_w),
-                preexec_fn=_preexec(),
+                preexec_fn=die_with_parent_preexec(),
             )
         except BaseException:
             for fd in (request_w, reply_r):
@@ -524,3 +524,66 @@ def run_jar_warm(
             logger.warning("no JVM host (%s): every jar call starts its own JVM", exc)
         return run_jar(jar_path, args, timeout=timeout, cwd=cwd)
     return shared_host(cwd).call(jar_path, args, isolate=isolate, timeout=timeout)
+
+
+def java_runner(
+    jar: str | list[Any] | tuple[Any, ...],
+    *args: Any,
+    jvm_args: Sequence[str] = (),
+    timeout: float | None = None,
+    tasks_dir: str | os.PathLike[str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    cold: bool = False,
+    isolate: bool = False,
+) -> str | list[str]:
+    """Run a staged jar with an argument list and return its stdout text.
+
+    The prototype's form, a command list ``["java", OPTIONS..., "-jar", JAR, ARGS...]``
+    (``split_java_command``: only ``java``, only the engine's allowed sizing options),
+    returns the output as a list of lines instead.
+
+    By default the jar runs in this process's warm JVM host (``jvm_host``): no JVM
+    start per call, and the jar's static state survives between calls unless
+    ``isolate``. ``cold=True``, or ``jvm_args`` other than the host's, starts a JVM
+    for this call alone.
+
+    Args:
+        jar: file name of the jar inside the tasks directory (same rules as commands),
+            or the prototype's command list (then no ``args`` or ``jvm_args``).
+        *args: arguments for the jar's ``main`` (converted with ``str``).
+        jvm_args: options for the JVM itself, e.g. ``["-Xmx256m"]``.
+        timeout: seconds before the JVM is killed (``JavaTimeoutError``).
+        tasks_dir: where to look for ``jar``; defaults to the running worker's tasks
+            directory, else the current directory.
+        cwd: working directory of the JVM; defaults to the worker's work directory.
+        cold: start a JVM for this call (``java -jar``) instead of using the warm host.
+        isolate: in the warm host, load the jar in a fresh class loader for this call.
+
+    Raises:
+        InvalidCommandError, CommandNotFoundError: the jar name is unsafe or missing, or
+            a command list runs another program or holds a refused option.
+        TypeError: a command list with further ``args`` or ``jvm_args``.
+        JavaTaskError: non-zero exit or ``System.exit(n)`` with n != 0 (with stderr), or
+            an exception thrown by ``main`` in the warm host (with its stack trace).
+        JvmHostDiedError: the warm host's JVM died during the call (``jvm_host``).
+    """
+    if isinstance(jar, (list, tuple)):
+        if args or jvm_args:
+            raise TypeError(
+                "java_runner takes a command list alone, or a jar name with arguments and "
+                "jvm_args, not both"
+            )
+        name, options, jar_args = split_java_command(jar, jvm_policy())
+        output = java_runner(
+            name, *jar_args, jvm_args=options, timeout=timeout, tasks_dir=tasks_dir, cwd=cwd,
+            cold=cold, isolate=isolate,
+        )  # fmt: skip
+        return output.splitlines()
+    directory = tasks_dir or current_dirs["tasks_dir"] or os.getcwd()
+    path = resolve_in_dir(jar, directory, what="jar")
+    workdir = cwd or current_dirs["work_dir"]
+    if cold:
+        return run_jar(path, args, jvm_args=jvm_args, timeout=timeout, cwd=workdir)
+    return run_jar_warm(
+        path, args, jvm_args=jvm_args, timeout=timeout, cwd=workdir, isolate=isolate
+    )

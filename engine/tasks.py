@@ -261,14 +261,10 @@ class TaskModuleCache:
     """Imports task modules once and reloads a module when its file changes (mtime or size).
 
     Task modules written for the prototype may import ``engine.azbatchengine``: the
-    cache installs the finder that serves it when no ``engine`` of the user's exists
-    (``engine.prototype``).
+    worker installs the finder that serves it (``engine.prototype``) before any loads.
     """
 
     def __init__(self) -> None:
-        from .prototype import install_finder
-
-        install_finder()
         self._modules: dict[str, tuple[int, int, ModuleType]] = {}
 
     def load(self, path: str) -> ModuleType:

@@ -18,6 +18,7 @@ from typing import Any
 
 from .base import (
     DEAD_LETTER_SUFFIX,
+    Capabilities,
     Delivery,
     Message,
     QueueCounts,
@@ -45,6 +46,7 @@ from .errors import (
 __all__ = [
     "DEAD_LETTER_SUFFIX",
     "TRANSPORTS",
+    "Capabilities",
     "ConnectionLostError",
     "Delivery",
     "JournalError",

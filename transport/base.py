@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_LOCK_DURATION",
     "DEFAULT_MAX_DELIVERY_COUNT",
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "Capabilities",
     "Delivery",
     "Message",
     "QueueCounts",
@@ -174,8 +175,39 @@ class QueueCounts:
         return self.waiting + self.leased
 
 
+@attrs.frozen
+class Capabilities:
+    """What a backend can do beyond the abstract contract, declared as data.
+
+    Callers (the engine) read this record instead of probing methods or the URL;
+    every ability has a default implementation on ``Transport``, so a backend without
+    it still works, only slower or less precisely.
+
+    Attributes:
+        settles_by_token: any connection may renew and settle a lease knowing only its
+            lock token, so a process with its own connection (an engine's direct task
+            worker) can take tasks while another (the engine) renews their leases and
+            settles them if that process dies.
+        settle_and_receive: ``settle_and_receive`` sends, completes and receives in one
+            request (otherwise it is three calls).
+        give_back: ``give_back`` returns a delivery without counting it (otherwise it
+            abandons it, which counts).
+        gone_after: seconds the service may leave every request unanswered before an
+            engine counts it as gone for good and stops (its leases are gone with it);
+            None: engines wait for it to come back (a cloud service).
+    """
+
+    settles_by_token: bool = False
+    settle_and_receive: bool = False
+    give_back: bool = False
+    gone_after: float | None = None
+
+
 class Transport(ABC):
     """A message transport with peek-lock semantics. Thread-safe; ``close()`` is idempotent."""
+
+    #: What this backend can do beyond the contract (see ``Capabilities``).
+    capabilities: Capabilities = Capabilities()
 
     #: Largest message body accepted by ``send``, in bytes.
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
@@ -272,9 +304,42 @@ class Transport(ABC):
 
         For deliveries that were received but never started (e.g. held by a task
         worker that was killed), so that being near a failure does not use up a
-        task's retries. Backends that cannot uncount a delivery abandon it.
+        task's retries. Backends that cannot uncount a delivery (``capabilities.give_back``
+        False) abandon it.
         """
         self.abandon(delivery)
+
+    def settle_and_receive(
+        self,
+        queue: str,
+        messages: Message | Iterable[Message],
+        deliveries: Iterable[Delivery],
+        receive_queue: str,
+        *,
+        max_messages: int = 1,
+        timeout: float | None = None,
+        group: str | None = None,
+    ) -> tuple[list[Delivery], list[int]]:
+        """Send ``messages`` to ``queue``, complete ``deliveries``, then receive.
+
+        One request where the backend can (``capabilities.settle_and_receive``); here,
+        three calls. Returns the deliveries received from ``receive_queue`` (``group``)
+        and the indexes of ``deliveries`` whose lease was already lost (not completed;
+        the messages were sent all the same).
+        """
+        batch = as_message_list(messages)
+        if batch:
+            self.send(queue, batch)
+        lost = []
+        for index, delivery in enumerate(deliveries):
+            try:
+                self.complete(delivery)
+            except LockLostError:
+                lost.append(index)
+        received = self.receive(
+            receive_queue, max_messages=max_messages, timeout=timeout, group=group
+        )
+        return received, lost
 
     @abstractmethod
     def dead_letter(self, delivery: Delivery, reason: str, description: str = "") -> None:

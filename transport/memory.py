@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from .base import (
     DEFAULT_MAX_MESSAGE_SIZE,
+    Capabilities,
     Delivery,
     Message,
     QueueCounts,
@@ -64,6 +65,9 @@ class MemoryTransport(Transport):
             at least one of them is open.
         max_message_size: largest accepted body in bytes (default 1 MiB).
     """
+
+    #: the store gives back without counting; everything else is the contract's default
+    capabilities = Capabilities(give_back=True)
 
     def __init__(
         self,
@@ -165,6 +169,9 @@ class MemoryTransport(Transport):
 
     def abandon(self, delivery: Delivery) -> None:
         self._settle("abandon", delivery)
+
+    def give_back(self, delivery: Delivery) -> None:
+        self._settle("give_back", delivery)
 
     def queue_counts(self, queue: str) -> QueueCounts:
         self._check_open()

@@ -39,6 +39,7 @@ from azure.servicebus import exceptions as sb_errors
 from . import servicebus_admin
 from .base import (
     DEAD_LETTER_SUFFIX,
+    Capabilities,
     Delivery,
     Message,
     QueueCounts,
@@ -205,6 +206,10 @@ class ServiceBusTransport(Transport):
             ``dead_letter`` and ``renew_lock`` then raise ``LockLostError``. Meant for result
             mailboxes, whose reader drops duplicates and dies with its results anyway.
     """
+
+    #: nothing beyond the contract: a lease belongs to the receiver link that took it,
+    #: a give-back counts as a delivery, and the cloud service is waited for
+    capabilities = Capabilities()
 
     def __init__(
         self,

@@ -155,7 +155,7 @@ def test_the_cancel_set_is_bounded(harness, monkeypatch):
     engine = harness.engine()
     cancel(harness, engine, *[f"t{i}" for i in range(8)])
     wait_for(lambda: engine.is_cancelled("s1", "t7"))
-    assert len(engine._cancelled) == 5
+    assert len(engine._cancels.keys) == 5
     assert not engine.is_cancelled("s1", "t0") and engine.is_cancelled("s1", "t3")
 
 

@@ -11,7 +11,7 @@ from engine_helpers import Harness
 
 from realtime_batch.emulator import LocalPool
 from realtime_batch.engine import Engine, EngineError
-from realtime_batch.engine._direct import Ledger, supports_direct
+from realtime_batch.engine._ledger import Ledger
 from realtime_batch.engine._outbox import Held, Outbox
 from realtime_batch.protocol import ReplyTo, TaskRecord, decode_result, encode_task
 from realtime_batch.transport import (
@@ -21,6 +21,9 @@ from realtime_batch.transport import (
     Message,
     open_transport,
 )
+from realtime_batch.transport.base import Capabilities
+from realtime_batch.transport.memory import MemoryTransport
+from realtime_batch.transport.zeromq.client import ZmqTransport
 
 
 def delivery(token: str, *, notify: bool = False, count: int = 1) -> Delivery:
@@ -61,7 +64,10 @@ def test_the_ledger_shows_the_engine_what_the_worker_holds_and_runs():
 
 
 def test_direct_mode_needs_a_zmq_url(harness: Harness, tmp_path):
-    assert supports_direct("zmq://127.0.0.1:5555") and not supports_direct("memory://x")
+    # chosen from what the backend declares, not from the URL
+    assert not MemoryTransport.capabilities.settles_by_token
+    with ZmqTransport("zmq://127.0.0.1:9") as zmq_transport:  # nothing listens: no matter
+        assert zmq_transport.capabilities.settles_by_token
     with pytest.raises(EngineError, match="zmq://"):
         Engine(f"memory://direct-{os.getpid()}", "tasks", harness.tasks_dir, direct=True)
     with pytest.raises(EngineError, match="zmq://"):
@@ -103,6 +109,8 @@ def test_a_body_too_large_for_the_ledger_is_left_out():
 
 class _MergingTransport:
     """A memory transport that also offers ``settle_and_receive``, which fails."""
+
+    capabilities = Capabilities(settle_and_receive=True, give_back=True)
 
     def __init__(self, inner) -> None:
         self._inner = inner

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from engine_helpers import TASKS, Harness
 
-from realtime_batch.engine._pipeline import retry_delay
+from realtime_batch.engine._supervise import retry_delay
 
 FLAKY = """
 import time

@@ -11,7 +11,7 @@ import pytest
 
 import realtime_batch as rb
 from realtime_batch.engine import Engine, InvalidCommandError, JvmOptionPolicy, TaskContext
-from realtime_batch.engine.java import java_runner
+from realtime_batch.engine.jvm_host import java_runner
 from realtime_batch.transport import open_transport
 
 HERE = Path(__file__).resolve().parent

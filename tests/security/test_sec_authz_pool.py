@@ -23,7 +23,7 @@ import pytest
 
 import realtime_batch as rb
 from realtime_batch.control import CONTROL_QUEUE, cancel_messages
-from realtime_batch.engine._pipeline import _CANCEL_GRACE as CANCEL_GRACE
+from realtime_batch.engine._supervise import CANCEL_GRACE
 from realtime_batch.protocol import ReplyTo, ResultRecord, TaskRecord, encode_result, encode_task
 from realtime_batch.transport import Message, PermissionDeniedError, open_transport
 from realtime_batch.transport.zeromq.authz import mailbox_prefix

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
 from engine_helpers import Harness, open_harness
 
 import realtime_batch as rb
-from realtime_batch.engine.worker import WorkerProcess
+from realtime_batch.engine._process import WorkerProcess
 from realtime_batch.protocol import decode_value
 
 pytestmark = pytest.mark.usefixtures("no_leaked_processes")

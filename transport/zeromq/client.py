@@ -33,6 +33,7 @@ import zmq
 
 from ..base import (
     DEFAULT_MAX_MESSAGE_SIZE,
+    Capabilities,
     Delivery,
     Message,
     QueueCounts,
@@ -136,6 +137,14 @@ class ZmqTransport(Transport):
         self.heartbeat_liveness = heartbeat_liveness
         self.request_timeout = request_timeout
         self.send_timeout = request_timeout if send_timeout is None else send_timeout
+        # The broker is a process beside the pool: silent for twice the time after which
+        # the heartbeats call it silent, it is gone (a restart is back within a second).
+        self.capabilities = Capabilities(
+            settles_by_token=True,  # the broker knows a lease by its token, not its client
+            settle_and_receive=True,
+            give_back=True,
+            gone_after=2.0 * heartbeat_interval * heartbeat_liveness,
+        )
         self.client_id = b"\x01" + os.urandom(15)  # lease owner at the broker; never 0-led
         self._server_key = None if curve_server_key is None else load_public_key(curve_server_key)
         self._keypair = load_secret_key(curve_secret_key) if curve_secret_key is not None else None
