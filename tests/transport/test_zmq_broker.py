@@ -237,10 +237,18 @@ def test_give_back_does_not_count_the_delivery(zmq_broker_factory, queue):
 
 
 def test_give_back_abandons_where_a_backend_cannot_uncount(queue):
+    """The base class's give_back (Service Bus: ``capabilities.give_back`` False) abandons;
+    memory:// declares give_back since #17 and uncounts, as the broker does."""
+    from realtime_batch.transport.base import Transport
+
     with open_transport(f"memory://give-back-{uuid.uuid4().hex}") as t:
+        assert t.capabilities.give_back
         t.declare_queue(queue)
         t.send(queue, Message(b"task"))
         [d] = t.receive(queue, timeout=10)
         t.give_back(d)
+        [d] = t.receive(queue, timeout=10)
+        assert d.delivery_count == 1  # uncounted
+        Transport.give_back(t, d)  # the default, as a backend without the ability has it
         [d] = t.receive(queue, timeout=10)
         assert d.delivery_count == 2
