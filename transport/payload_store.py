@@ -1,10 +1,12 @@
 """Payload stores: where large task values wait, named by their SHA-256.
 
-Two stores with one interface (``put``, ``get``, ``delete``, ``drop_session``,
+Three stores with one interface (``put``, ``get``, ``delete``, ``drop_session``,
 ``drop_job``, ``sweep``), keyed by job, session space and digest:
 
 * ``DirectoryStore``: files ``ROOT/JOB/SPACE/DIGEST`` on a disk clients and engines
   share (``LocalPool``'s nodes);
+* ``MemoryStore``: bytes in this process (``memory://``, whose engines are threads of
+  the client's process);
 * ``BlobStore``: Azure Blob Storage, one container per job, blobs ``SPACE/DIGEST``.
 
 A digest must be 64 lowercase hex digits (``check_digest``) and a job or space name
@@ -29,6 +31,7 @@ __all__ = [
     "DEFAULT_TTL",
     "BlobStore",
     "DirectoryStore",
+    "MemoryStore",
     "PayloadCorruptError",
     "PayloadError",
     "PayloadMissingError",
@@ -258,6 +261,98 @@ class BlobStore:
             for start in range(0, len(names), 256):
                 client.delete_blobs(*names[start : start + 256])
         return len(stale)
+
+
+class MemoryStore:
+    """Payloads as bytes in this process: for ``memory://``, whose engines are threads here.
+
+    Keyed like the others (job, session space, digest), with the same deletion rules.
+    It serves a job while a session of it is open in this process (``open_job`` /
+    ``close_job``, counted): engine threads reach it only for those jobs.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._spaces: dict[tuple[str, str], dict[str, tuple[bytes, float]]] = {}
+        self._open: dict[str, int] = {}
+
+    def open_job(self, job: str) -> None:
+        """A session of ``job`` opened in this process: serve the job."""
+        with self._lock:
+            self._open[job] = self._open.get(job, 0) + 1
+
+    def close_job(self, job: str) -> None:
+        """A session of ``job`` closed: stop serving it when it was the last."""
+        with self._lock:
+            left = self._open.get(job, 0) - 1
+            if left > 0:
+                self._open[job] = left
+            else:
+                self._open.pop(job, None)
+
+    def serves(self, job: str) -> bool:
+        """Whether a session of ``job`` is open in this process."""
+        return job in self._open
+
+    def put(self, job: str, session: str, digest: str, data: bytes) -> None:
+        """Store ``data`` under ``digest`` (a copy already there is kept, and touched)."""
+        check_digest(digest)
+        with self._lock:
+            space = self._spaces.setdefault((job, session), {})
+            old = space.get(digest)
+            space[digest] = (data if old is None else old[0], time.time())
+
+    def get(self, job: str, session: str, digest: str) -> bytes:
+        """The bytes stored under ``digest``; ``PayloadMissingError`` when there are none."""
+        check_digest(digest)
+        with self._lock:
+            entry = self._spaces.get((job, session), {}).get(digest)
+        if entry is None:
+            raise _missing(digest, job, session)
+        return entry[0]
+
+    def delete(self, job: str, session: str, digests: Iterable[str]) -> None:
+        """Delete these payloads (those already gone are skipped)."""
+        with self._lock:
+            space = self._spaces.get((job, session))
+            for digest in digests:
+                if space is not None:
+                    space.pop(check_digest(digest), None)
+            if space is not None and not space:
+                del self._spaces[(job, session)]
+
+    def drop_session(self, job: str, session: str) -> None:
+        """Delete everything stored for one session."""
+        with self._lock:
+            self._spaces.pop((job, session), None)
+
+    def drop_job(self, job: str) -> None:
+        """Delete everything stored for one job."""
+        with self._lock:
+            for key in [key for key in self._spaces if key[0] == job]:
+                del self._spaces[key]
+
+    def sweep(self, job: str, ttl: float = DEFAULT_TTL, now: float | None = None) -> int:
+        """Delete the job's session spaces untouched for ``ttl`` seconds; how many."""
+        cutoff = (time.time() if now is None else now) - ttl
+        with self._lock:
+            stale = [
+                key
+                for key, space in self._spaces.items()
+                if key[0] == job and max(touched for _, touched in space.values()) < cutoff
+            ]
+            for key in stale:
+                del self._spaces[key]
+        return len(stale)
+
+    def names(self) -> list[tuple[str, str, str]]:
+        """Every payload held: ``(job, session space, digest)``."""
+        with self._lock:
+            return [(job, s, d) for (job, s), space in self._spaces.items() for d in space]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(len(space) for space in self._spaces.values())
 
 
 def open_store(spec: str) -> DirectoryStore | BlobStore:
