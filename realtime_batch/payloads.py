@@ -46,7 +46,9 @@ from .protocol import (
 )
 from .transport.payload_store import (
     DEFAULT_TTL,
+    SAS_FILE,
     BlobStore,
+    ContainerSasStore,
     DirectoryStore,
     MemoryStore,
     PayloadCorruptError,
@@ -63,7 +65,9 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "DEFAULT_TTL",
     "ENV_STORE",
+    "SAS_FILE",
     "BlobStore",
+    "ContainerSasStore",
     "DirectoryStore",
     "MemoryStore",
     "PayloadCorruptError",
