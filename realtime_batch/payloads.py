@@ -165,11 +165,16 @@ class Payloads:
         store = self.store_for(task.job)
         if store is None:
             return encode_task(task), []
-        items = [(i, a) for i, a in enumerate(task.args)] + list(task.kwargs.items())
-        if sum(_flat_size(value) for _, value in items) <= self.threshold:
+        flat = 0
+        for value in task.args:
+            flat += _flat_size(value)
+        for value in task.kwargs.values():
+            flat += _flat_size(value)
+        if flat <= self.threshold:
             body = encode_task(task)  # encoded once when it fits (the usual case)
             if len(body) <= self.threshold:
                 return body, []
+        items = [*enumerate(task.args), *task.kwargs.items()]
         refs = self._offload(store, task.job, space(task), items)
         task = attrs.evolve(
             task,
@@ -248,9 +253,10 @@ def space(record: TaskRecord | ResultRecord) -> str:
 
 def _flat_size(value: Any) -> int:
     """The size of a ``str`` or bytes-like value (0 for others): a cheap lower bound."""
-    if isinstance(value, (bytes, bytearray, str)):
+    kind = type(value)
+    if kind is str or kind is bytes or kind is bytearray:
         return len(value)
-    if isinstance(value, memoryview):
+    if kind is memoryview:
         return value.nbytes
     return 0
 
@@ -333,6 +339,8 @@ class SessionPayloads:
 
     def release(self, task_id: str) -> None:
         """The task is done: delete the argument payloads no other task needs."""
+        if task_id not in self._by_task:  # stored nothing (the usual case): no lock
+            return
         with self._lock:
             digests = self._by_task.pop(task_id, None)
             if not digests:
