@@ -1,7 +1,7 @@
 """Where a no-op round trip spends its time: stamps at each step, median per segment.
 
     python -m benchmarks.timeline transport [-n 2000]
-    python -m benchmarks.timeline session [-n 1000]
+    python -m benchmarks.timeline session [-n 1000] [--payload BYTES]
     python -m benchmarks.timeline pattern [-n 3000]
 
 ``transport``: this process sends a small message to a task queue of an ``rtbatch
@@ -269,14 +269,21 @@ if os.environ.get("BENCH_TIMELINE_DIR"):
 """
 
 
-def session_timeline(count: int, engines: int = 2, worker_mode: str = "direct") -> dict[str, float]:
-    """Run ``count`` sequential no-op tasks through a session; return median segment times."""
+def session_timeline(
+    count: int, engines: int = 2, worker_mode: str = "direct", payload: int = 0
+) -> dict[str, float]:
+    """Run ``count`` sequential tasks through a session; return median segment times.
+
+    With ``payload`` the task echoes a string of that many bytes (both ways), else it
+    is a no-op.
+    """
     import realtime_batch as rb
 
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "sitecustomize.py").write_text(_SITECUSTOMIZE)
         task = Path(tmp, "noop_timeline.py")
-        task.write_text("def run(*args, **kwargs):\n    return None\n")
+        task.write_text("def run(*args, **kwargs):\n    return args[0] if args else None\n")
+        args = ("x" * payload,) if payload else ()
         paths = [tmp, str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
         env = {_ENV_DIR: tmp, "PYTHONPATH": os.pathsep.join(paths)}
         pool = rb.LocalPool(
@@ -286,11 +293,11 @@ def session_timeline(count: int, engines: int = 2, worker_mode: str = "direct") 
         totals: list[float] = []
         with pool, rb.Session(pool) as session:
             for _ in range(50):  # warm up
-                session.submit("noop_timeline.py").result(timeout=60)
+                session.submit("noop_timeline.py", *args).result(timeout=60)
             session.results()
             for _ in range(count):
                 start = time.time()
-                session.submit("noop_timeline.py").result(timeout=60)
+                session.submit("noop_timeline.py", *args).result(timeout=60)
                 totals.append(time.time() - start)
             results = session.results()
         events: dict[str, dict[str, float]] = {}
@@ -589,6 +596,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("-n", type=int, default=default, help="round trips")
         if name == "session":
             p.add_argument("--relay", action="store_true", help="engines in relay mode")
+            p.add_argument("--payload", type=int, default=0, help="echo a string of BYTES")
     broker = sub.add_parser("_broker")  # internal roles of the transport timeline
     broker.add_argument("out")
     worker = sub.add_parser("_worker")
@@ -615,7 +623,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.what == "wakeups":
         wakeups(args.n)
     else:
-        session_timeline(args.n, worker_mode="relay" if args.relay else "direct")
+        mode = "relay" if args.relay else "direct"
+        session_timeline(args.n, worker_mode=mode, payload=args.payload)
 
 
 if __name__ == "__main__":

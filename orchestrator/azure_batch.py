@@ -16,7 +16,9 @@ directory and made private there (:func:`.batch_scripts.engine_command`). For
 Service Bus that file holds a SAS *token* with an expiry, signed here with the
 policy's key (the key stays with the operator), or only ``servicebus://NAMESPACE``
 when engines sign in with a managed identity (``engine_identity``). For ZeroMQ with
-CURVE it also holds the broker's public key and the engines' key pair.
+CURVE it also holds the broker's public key and the engines' key pair. Engines
+without an identity also get ``payload-store``: the job's payload container URL with
+a SAS for that container alone (read, write, delete; ``engine_token_lifetime``).
 :meth:`AzureBatchPool.renew_engine_credentials` re-stages a fresh token and restarts
 the running engines node by node (a running engine does not re-read its file).
 
@@ -47,7 +49,7 @@ from azure.core.exceptions import (
     ResourceExistsError,
     ResourceNotFoundError,
 )
-from azure.storage.blob import BlobServiceClient
+from azure.storage.blob import BlobServiceClient, ContainerSasPermissions
 from tenacity import (
     RetryError,
     Retrying,
@@ -399,27 +401,58 @@ class AzureBatchPool(Pool):
             )
         return [self.curve_keys_dir / "broker.key", secret]
 
-    def _stage_engine_credentials(self) -> None:
-        """Stage the engines' credential files (and nothing else) in their own folder."""
+    def _payload_credential(self, job: str) -> str:
+        """The job's payload container URL with a SAS for it alone (read, write, delete).
+
+        For engines without an identity (#20); the container is created here, since
+        that SAS cannot create it.
+        """
+        from azure.core.exceptions import AzureError
+
+        container = self.payload_store.container(job)
+        try:
+            self.payload_store.create(job)
+        except AzureError as exc:
+            raise OrchestratorError(f"cannot create payload container {container}: {exc}") from exc
+        permission = ContainerSasPermissions(read=True, write=True, delete=True)
+        return self.staging.container_sas_url(container, permission, self.engine_token_lifetime)
+
+    def _stage_engine_credentials(self, job: str | None = None) -> None:
+        """Stage the engines' credential files (and nothing else) in their own folder;
+        with ``job`` and no engine identity, its payload container's SAS too."""
         folder = scripts.CREDENTIALS_FOLDER
         with tempfile.TemporaryDirectory(prefix="rtbatch-engine-") as tmp:
-            transport = Path(tmp) / "transport"
-            transport.touch(mode=0o600)
-            transport.write_text(self._engine_transport())
-            staged = self.staging.upload([transport, *self._curve_files()], folder)
+            files = [Path(tmp) / "transport"]
+            texts = [self._engine_transport()]
+            if job and not self.engine_identity:
+                files.append(Path(tmp) / scripts.PAYLOAD_CREDENTIAL)
+                texts.append(self._payload_credential(job))
+            for path, text in zip(files, texts, strict=True):
+                path.touch(mode=0o600)
+                path.write_text(text)
+            staged = self.staging.upload([*files, *self._curve_files()], folder)
         self.staging.prune(folder, [f.blob_name for f in staged])
 
-    def engine_credential_expiry(self) -> datetime | None:
-        """When the staged engine token expires (None: no token staged or none expires)."""
-        from realtime_batch.transport.servicebus_sas import sas_token_expiry
-
+    def _staged_credential(self, name: str) -> str | None:
         try:
-            text = self.staging.download(f"{scripts.CREDENTIALS_FOLDER}/transport")
+            return self.staging.download(f"{scripts.CREDENTIALS_FOLDER}/{name}").decode()
         except StagingError as exc:
             if isinstance(exc.__cause__, ResourceNotFoundError):
                 return None
             raise
-        return sas_token_expiry(text.decode())
+
+    def engine_credential_expiry(self) -> datetime | None:
+        """When the first staged engine credential expires: the Service Bus token or the
+        payload container's SAS (None: none staged, or none expires)."""
+        from realtime_batch.transport.servicebus_sas import sas_token_expiry
+
+        transport = self._staged_credential("transport")
+        payload = self._staged_credential(scripts.PAYLOAD_CREDENTIAL)
+        expiries = [
+            sas_token_expiry(transport) if transport is not None else None,
+            _sas_url_expiry(payload) if payload is not None else None,
+        ]
+        return min((e for e in expiries if e is not None), default=None)
 
     def renew_engine_credentials(
         self, within: timedelta | None = None, *, force: bool = False
@@ -445,7 +478,7 @@ class AzureBatchPool(Pool):
             margin = self.engine_token_renew_before if within is None else within
             if expiry is None or expiry - datetime.now(timezone.utc) > margin:
                 return False
-        self._stage_engine_credentials()
+        self._stage_engine_credentials(self._job)
         self._report("engine credentials staged", 1, 1)
         if self._job:
             self._restart_engines(self._job)
@@ -923,9 +956,9 @@ class AzureBatchPool(Pool):
     def start_engines(self, job: str | None = None) -> str:
         """Create a job on the pool and one engine task per task slot; return its id."""
         self._stage_tasks()
-        self._stage_engine_credentials()
         job_id = job or f"rtbatch-{self.pool_id}-{datetime.now(timezone.utc):%Y%m%d%H%M%S}"
         job_id += "" if job else f"-{uuid.uuid4().hex[:4]}"
+        self._stage_engine_credentials(job_id)
         prep = bm.BatchJobPreparationTask(
             command_line=scripts.job_prep_command(java=self._needs_java),
             resource_files=self._resource_files(["tasks", "inputs"]),
@@ -1046,6 +1079,14 @@ class AzureBatchPool(Pool):
     def logs(self, dest: StrPath, job: str | None = None) -> list[Path]:
         """Download engine logs (of ``job``, or all) into ``dest``."""
         return self.staging.download_logs(dest, prefix=f"{job}/" if job else "")
+
+
+def _sas_url_expiry(url: str) -> datetime | None:
+    """When a SAS URL's signature expires (its ``se``), None when it has none."""
+    from urllib.parse import parse_qs, urlsplit
+
+    [expiry] = parse_qs(urlsplit(url.strip()).query).get("se", [None])
+    return None if expiry is None else datetime.fromisoformat(expiry.replace("Z", "+00:00"))
 
 
 def _slot_generation(task_id: str) -> tuple[int, int]:

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import shlex
 
+from realtime_batch.payloads import ENV_STORE, SAS_FILE
+
 __all__ = [
     "CREDENTIALS_FOLDER",
     "NODE_ROOT",
+    "PAYLOAD_CREDENTIAL",
     "engine_command",
     "job_prep_command",
     "start_task_command",
@@ -30,6 +33,8 @@ __all__ = [
 NODE_ROOT = "$AZ_BATCH_NODE_SHARED_DIR/rtbatch"
 #: staging folder (and folder in an engine task's working directory) of engine credentials
 CREDENTIALS_FOLDER = "engine-credentials"
+#: the engine credential file holding the job's payload container URL with a SAS (#20)
+PAYLOAD_CREDENTIAL = "payload-store"
 JRE_PACKAGE = "openjdk-21-jre-headless"
 # apt waits for the dpkg lock (unattended-upgrades runs at first boot) instead of failing.
 _APT = "apt-get -o DPkg::Lock::Timeout=900 -q"
@@ -105,7 +110,9 @@ def engine_command(*, queue: str, prefetch: int, curve: bool = False) -> str:
     the task started (``engine-credentials/``): the script makes the folder 0700 and
     the files 0600 (the engine refuses a credential file others can read) and passes
     their paths. No credential is in the task's command line, its environment or the
-    job: the Batch service returns those to anyone who can read the account.
+    job: the Batch service returns those to anyone who can read the account. When a
+    payload credential is staged (engines without an identity), the engine and its task
+    workers get its *path* in ``RTBATCH_PAYLOAD_STORE`` (``sas-file:PATH``).
 
     Args:
         queue: the task queue.
@@ -124,6 +131,8 @@ def engine_command(*, queue: str, prefetch: int, curve: bool = False) -> str:
             f'creds="$AZ_BATCH_TASK_WORKING_DIR/{CREDENTIALS_FOLDER}"',
             'chmod 700 "$creds"',
             'chmod 600 "$creds"/*',
+            f'if [ -f "$creds/{PAYLOAD_CREDENTIAL}" ]; then export'
+            f' {ENV_STORE}="{SAS_FILE}$creds/{PAYLOAD_CREDENTIAL}"; fi',
             'cp -a "$job/inputs/." "$AZ_BATCH_TASK_WORKING_DIR/"',
             f'exec "{NODE_ROOT}/venv/bin/python" -m realtime_batch.engine'
             f" {' '.join(options)} --queue {shlex.quote(queue)}"

@@ -362,6 +362,13 @@ class BlobStaging:
             **signing,
         )
 
+    def container_sas_url(
+        self, container: str, permission: ContainerSasPermissions, lifetime: timedelta
+    ) -> str:
+        """URL of ``container`` (any, in this account) with a SAS scoped to it."""
+        sas = self._sign(container, permission, lifetime)
+        return f"{self.service.get_container_client(container).url}?{sas}"
+
     def read_sas(self) -> str:
         """A read-only SAS token scoped to the staging container."""
         return self._sign(self.container, ContainerSasPermissions(read=True), self.sas_lifetime)

@@ -20,7 +20,9 @@ The client deletes a task's argument payloads when its result is taken, and a re
 payload once read; ``close()`` removes the session's directory, deleting the job removes
 the job's, and sessions older than ``DEFAULT_TTL`` are swept when a session opens.
 Stores: ``DirectoryStore`` (the emulated nodes' shared disk; ``LocalPool`` makes one),
-none for ``memory://`` (values stay in the message).
+``BlobStore`` (Azure), and for ``memory://`` the process's ``MemoryStore``
+(``memory_store``): its engines are threads of the client's process, and reach it for
+the jobs of the sessions open here.
 """
 
 from __future__ import annotations
@@ -44,8 +46,11 @@ from .protocol import (
 )
 from .transport.payload_store import (
     DEFAULT_TTL,
+    SAS_FILE,
     BlobStore,
+    ContainerSasStore,
     DirectoryStore,
+    MemoryStore,
     PayloadCorruptError,
     PayloadError,
     PayloadMissingError,
@@ -60,8 +65,11 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "DEFAULT_TTL",
     "ENV_STORE",
+    "SAS_FILE",
     "BlobStore",
+    "ContainerSasStore",
     "DirectoryStore",
+    "MemoryStore",
     "PayloadCorruptError",
     "PayloadError",
     "PayloadMissingError",
@@ -71,6 +79,7 @@ __all__ = [
     "check_digest",
     "engine_payloads",
     "folder_name",
+    "memory_store",
     "open_store",
     "payload_store_for",
     "space",
@@ -85,6 +94,13 @@ ENV_STORE = "RTBATCH_PAYLOAD_STORE"
 DEFAULT_THRESHOLD = 256 * 1024
 #: values smaller than this stay in the message even when the body is too large
 _MIN_OFFLOAD = 1024
+Store = DirectoryStore | BlobStore | MemoryStore
+_MEMORY = MemoryStore()
+
+
+def memory_store() -> MemoryStore:
+    """This process's store for ``memory://`` pools and sessions (engines are threads here)."""
+    return _MEMORY
 
 
 def threshold_for(max_message_size: int) -> int:
@@ -96,27 +112,38 @@ class Payloads:
     """The offload and resolve rules over one store (``None``: values stay in messages).
 
     Args:
-        store: where large values go (a ``DirectoryStore``), or None.
+        store: where large values go, or None.
         threshold: body size in bytes above which values are offloaded.
+        local: a ``MemoryStore`` used first for the jobs it serves (an engine's rules:
+            ``memory://`` engines are threads of the process whose sessions use it).
     """
 
     def __init__(
-        self, store: DirectoryStore | BlobStore | None, threshold: int = DEFAULT_THRESHOLD
+        self,
+        store: Store | None,
+        threshold: int = DEFAULT_THRESHOLD,
+        local: MemoryStore | None = None,
     ) -> None:
         self.store = store
         self.threshold = threshold
+        self.local = local
+
+    def store_for(self, job: str) -> Store | None:
+        """The store that holds ``job``'s payloads here (None: values stay in messages)."""
+        if self.local is not None and self.local.serves(job):
+            return self.local
+        return self.store
 
     # -- offloading --------------------------------------------------------------------
-    def _store(self, job: str, session: str, data: bytes) -> PayloadRef:
-        assert self.store is not None
+    @staticmethod
+    def _store(store: Store, job: str, session: str, data: bytes) -> PayloadRef:
         digest = hashlib.sha256(data).hexdigest()
-        self.store.put(job, session, digest, data)
+        store.put(job, session, digest, data)
         return PayloadRef(digest, len(data))
 
-    def _put(self, job: str, session: str, value: Any) -> PayloadRef:
-        return self._store(job, session, _packed(value, "value"))
-
-    def _offload(self, job: str, session: str, items: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    def _offload(
+        self, store: Store, job: str, session: str, items: list[tuple[Any, Any]]
+    ) -> dict[Any, Any]:
         """Store the values of ``(key, value)`` pairs large enough to matter; key -> ref.
 
         Each value is packed once, the packed bytes being what is stored.
@@ -128,21 +155,27 @@ class Payloads:
                 continue  # a short string or bytes: not worth a file
             packed[key] = _packed(value, "args")  # all checked before anything is stored
         return {
-            key: self._store(job, session, data)
+            key: self._store(store, job, session, data)
             for key, data in packed.items()
             if len(data) >= _MIN_OFFLOAD
         }
 
     def encode_task(self, task: TaskRecord) -> tuple[bytes, list[str]]:
         """A task's body, its large arguments offloaded; and the digests it stored."""
-        if self.store is None:
+        store = self.store_for(task.job)
+        if store is None:
             return encode_task(task), []
-        items = [(i, a) for i, a in enumerate(task.args)] + list(task.kwargs.items())
-        if sum(_flat_size(value) for _, value in items) <= self.threshold:
+        flat = 0
+        for value in task.args:
+            flat += _flat_size(value)
+        for value in task.kwargs.values():
+            flat += _flat_size(value)
+        if flat <= self.threshold:
             body = encode_task(task)  # encoded once when it fits (the usual case)
             if len(body) <= self.threshold:
                 return body, []
-        refs = self._offload(task.job, space(task), items)
+        items = [*enumerate(task.args), *task.kwargs.items()]
+        refs = self._offload(store, task.job, space(task), items)
         task = attrs.evolve(
             task,
             args=[refs.get(i, a) for i, a in enumerate(task.args)],
@@ -152,14 +185,15 @@ class Payloads:
 
     def encode_result(self, result: ResultRecord) -> bytes:
         """A result's body, its value offloaded when large (store failure: an error result)."""
-        if self.store is None:
+        store = self.store_for(result.job)
+        if store is None:
             return encode_result(result)
         if _flat_size(result.value) <= self.threshold:
             body = encode_result(result)
             if len(body) <= self.threshold:
                 return body
         try:
-            ref = self._put(result.job, space(result), result.value)
+            ref = self._store(store, result.job, space(result), _packed(result.value, "value"))
         except PayloadError as exc:
             return encode_result(_as_error(result, exc))
         return encode_result(attrs.evolve(result, value=ref))
@@ -167,11 +201,12 @@ class Payloads:
     # -- resolving ---------------------------------------------------------------------
     def fetch(self, job: str, session: str, ref: PayloadRef) -> Any:
         """The value a reference names, read from the job's own store and hash-checked."""
-        if self.store is None:
+        store = self.store_for(job)
+        if store is None:
             raise PayloadStoreError(
                 f"a payload reference arrived but no payload store is set ({ENV_STORE})"
             )
-        data = self.store.get(job, session, ref.digest)
+        data = store.get(job, session, ref.digest)
         if hashlib.sha256(data).hexdigest() != ref.digest:
             raise PayloadCorruptError(
                 f"payload {ref.digest} is corrupt: its content does not match its hash"
@@ -218,9 +253,10 @@ def space(record: TaskRecord | ResultRecord) -> str:
 
 def _flat_size(value: Any) -> int:
     """The size of a ``str`` or bytes-like value (0 for others): a cheap lower bound."""
-    if isinstance(value, (bytes, bytearray, str)):
+    kind = type(value)
+    if kind is str or kind is bytes or kind is bytearray:
         return len(value)
-    if isinstance(value, memoryview):
+    if kind is memoryview:
         return value.nbytes
     return 0
 
@@ -251,7 +287,10 @@ class SessionPayloads:
         self._lock = threading.Lock()
         self._by_task: dict[str, list[str]] = {}
         self._users: dict[str, int] = {}  # digest -> tasks still needing it
+        self._closed = False
         store = payloads.store
+        if isinstance(store, MemoryStore):
+            store.open_job(job)  # its engines (threads here) now reach it for this job
         if store is not None:
             swept = store.sweep(job)
             if swept:
@@ -261,10 +300,12 @@ class SessionPayloads:
     def open(cls, target: Any, job: str, session: str, max_message_size: int) -> SessionPayloads:
         """For a session on ``target``: its ``payload_store``, else ``$RTBATCH_PAYLOAD_STORE``.
 
-        A ``memory://`` pool has none: values stay in the message.
+        A ``memory://`` URL gets this process's ``memory_store()``.
         """
         store = getattr(target, "payload_store", None)
-        if store is None and os.environ.get(ENV_STORE):
+        if store is None and isinstance(target, str) and target.startswith("memory://"):
+            store = memory_store()
+        elif store is None and os.environ.get(ENV_STORE):
             store = open_store(os.environ[ENV_STORE])
         return cls(Payloads(store, threshold_for(max_message_size)), job, session)
 
@@ -298,6 +339,8 @@ class SessionPayloads:
 
     def release(self, task_id: str) -> None:
         """The task is done: delete the argument payloads no other task needs."""
+        if task_id not in self._by_task:  # stored nothing (the usual case): no lock
+            return
         with self._lock:
             digests = self._by_task.pop(task_id, None)
             if not digests:
@@ -320,25 +363,29 @@ class SessionPayloads:
             store.delete(self.job, self.session, digests)
 
     def close(self) -> None:
-        """Delete everything this session stored or was sent."""
+        """Delete everything this session stored or was sent (again: nothing more)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._by_task.clear()
+            self._users.clear()
         store = self.payloads.store
         if store is not None:
             store.drop_session(self.job, self.session)
-        with self._lock:
-            self._by_task.clear()
-            self._users.clear()
+        if isinstance(store, MemoryStore):
+            store.close_job(self.job)
 
 
 def payload_store_for(
     scheme: str, pool_root: str | os.PathLike[str], engine_env: dict[str, str]
-) -> DirectoryStore | None:
+) -> DirectoryStore | MemoryStore:
     """A local pool's store: ``POOL_ROOT/payloads``, named to its engines in ``engine_env``.
 
-    ``memory://`` has none: its engines are threads of the client's process and values
-    stay in the message (up to the transport's ``max_message_size``).
+    ``memory://`` gets this process's ``memory_store()``: its engines are threads here.
     """
     if scheme == "memory":
-        return None
+        return memory_store()
     store = DirectoryStore(Path(pool_root) / "payloads")
     engine_env[ENV_STORE] = str(store.root)
     return store
@@ -348,9 +395,10 @@ _engine_payloads: Payloads | None = None
 
 
 def engine_payloads() -> Payloads:
-    """The engine's rules: the store named by ``$RTBATCH_PAYLOAD_STORE`` (none if unset)."""
+    """The engine's rules: the store named by ``$RTBATCH_PAYLOAD_STORE`` (none if unset);
+    for the jobs of ``memory://`` sessions open in this process, ``memory_store()``."""
     global _engine_payloads
     if _engine_payloads is None:
         root = os.environ.get(ENV_STORE)
-        _engine_payloads = Payloads(open_store(root) if root else None)
+        _engine_payloads = Payloads(open_store(root) if root else None, local=_MEMORY)
     return _engine_payloads

@@ -1,11 +1,15 @@
 """Payload stores: where large task values wait, named by their SHA-256.
 
-Two stores with one interface (``put``, ``get``, ``delete``, ``drop_session``,
+Three stores with one interface (``put``, ``get``, ``delete``, ``drop_session``,
 ``drop_job``, ``sweep``), keyed by job, session space and digest:
 
 * ``DirectoryStore``: files ``ROOT/JOB/SPACE/DIGEST`` on a disk clients and engines
   share (``LocalPool``'s nodes);
-* ``BlobStore``: Azure Blob Storage, one container per job, blobs ``SPACE/DIGEST``.
+* ``MemoryStore``: bytes in this process (``memory://``, whose engines are threads of
+  the client's process);
+* ``BlobStore``: Azure Blob Storage, one container per job, blobs ``SPACE/DIGEST``;
+  ``ContainerSasStore`` is one job's container reached with a container-scoped SAS
+  read from a file (Azure engines without an identity).
 
 A digest must be 64 lowercase hex digits (``check_digest``) and a job or space name
 that is not a plain ``NAME`` is replaced by a hash of it (``folder_name``), so nothing
@@ -27,8 +31,11 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_TTL",
+    "SAS_FILE",
     "BlobStore",
+    "ContainerSasStore",
     "DirectoryStore",
+    "MemoryStore",
     "PayloadCorruptError",
     "PayloadError",
     "PayloadMissingError",
@@ -40,6 +47,8 @@ __all__ = [
 
 #: seconds after which a session's payloads left behind (a client that died) are swept
 DEFAULT_TTL = 24 * 3600.0
+#: an ``open_store`` spec naming a file that holds a container URL with a SAS
+SAS_FILE = "sas-file:"
 DIGEST = re.compile(r"\A[0-9a-f]{64}\Z")
 NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,199}\Z")
 
@@ -181,19 +190,29 @@ class BlobStore:
         digest = hashlib.sha256(job.encode("utf-8", "surrogatepass")).hexdigest()
         return f"{self.prefix}-p-{digest[:40]}"
 
+    def _client(self, job: str) -> Any:
+        """The ``ContainerClient`` of the job's container."""
+        return self.service.get_container_client(self.container(job))
+
     def _blob(self, job: str, session: str, digest: str) -> Any:
         name = f"{folder_name(session)}/{check_digest(digest)}"
-        return self.service.get_blob_client(self.container(job), name)
+        return self._client(job).get_blob_client(name)
+
+    def create(self, job: str) -> None:
+        """Create the job's container (nothing when it exists)."""
+        from azure.core.exceptions import ResourceExistsError
+
+        try:
+            self.service.create_container(self.container(job))
+        except ResourceExistsError:
+            pass
 
     def put(self, job: str, session: str, digest: str, data: bytes) -> None:
         """Store ``data`` under ``digest`` (the job's container is created when missing)."""
-        from azure.core.exceptions import AzureError, ResourceExistsError
+        from azure.core.exceptions import AzureError
 
         try:
-            try:
-                self.service.create_container(self.container(job))
-            except ResourceExistsError:
-                pass
+            self.create(job)
             self._blob(job, session, digest).upload_blob(data, overwrite=True)
         except AzureError as exc:
             raise PayloadStoreError(f"cannot store payload {digest[:12]}: {exc}") from exc
@@ -223,14 +242,13 @@ class BlobStore:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            client = self.service.get_container_client(self.container(job))
-            return list(client.list_blobs(name_starts_with=prefix))
+            return list(self._client(job).list_blobs(name_starts_with=prefix))
         except ResourceNotFoundError:
             return []
 
     def drop_session(self, job: str, session: str) -> None:
         """Delete everything stored for one session."""
-        client = self.service.get_container_client(self.container(job))
+        client = self._client(job)
         names = [b.name for b in self._names(job, folder_name(session) + "/")]
         for start in range(0, len(names), 256):
             client.delete_blobs(*names[start : start + 256])
@@ -252,7 +270,7 @@ class BlobStore:
             space = blob.name.partition("/")[0]
             newest[space] = max(newest.get(space, 0.0), blob.last_modified.timestamp())
         stale = [space for space, touched in newest.items() if touched < cutoff]
-        client = self.service.get_container_client(self.container(job))
+        client = self._client(job)
         for space in stale:
             names = [b.name for b in self._names(job, space + "/")]
             for start in range(0, len(names), 256):
@@ -260,9 +278,161 @@ class BlobStore:
         return len(stale)
 
 
+class ContainerSasStore(BlobStore):
+    """One job's container, reached with a container-scoped SAS (read, write, delete).
+
+    What an Azure engine without an identity gets: the orchestrator creates the job's
+    container, signs a SAS for it alone and stages it as a file with the engine's other
+    credentials. The file is read when the store is first used; the store serves only
+    the job whose container the SAS names.
+
+    Args:
+        path: the file holding the container's URL with the SAS query.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(None)
+        self.path = Path(path)
+        self._container: Any = None
+        self._lock = threading.Lock()
+
+    def _open(self) -> Any:
+        with self._lock:
+            if self._container is None:
+                try:
+                    url = self.path.read_text().strip()
+                except OSError as exc:
+                    raise PayloadStoreError(
+                        f"cannot read the payload store's credential file {self.path}: {exc}"
+                    ) from None
+                if not url.startswith(("https://", "http://")) or "sig=" not in url:
+                    raise PayloadStoreError(f"{self.path} does not hold a container URL with a SAS")
+                from azure.storage.blob import ContainerClient
+
+                self._container = ContainerClient.from_container_url(url)
+            return self._container
+
+    def container(self, job: str) -> str:
+        """The SAS's container, when it is ``job``'s (else ``PayloadStoreError``)."""
+        name = self._open().container_name
+        if not name.endswith("-p-" + super().container(job).rpartition("-p-")[2]):
+            raise PayloadStoreError(
+                f"this store's SAS is for another job's container, not job {job!r}'s"
+            )
+        return name
+
+    def _client(self, job: str) -> Any:
+        self.container(job)
+        return self._container
+
+    def create(self, job: str) -> None:
+        """Nothing: the orchestrator created the container (the SAS cannot)."""
+        self.container(job)
+
+    def drop_job(self, job: str) -> None:
+        """Refused: the orchestrator deletes the job's container."""
+        raise PayloadStoreError("an engine's payload store cannot delete the job's container")
+
+
+class MemoryStore:
+    """Payloads as bytes in this process: for ``memory://``, whose engines are threads here.
+
+    Keyed like the others (job, session space, digest), with the same deletion rules.
+    It serves a job while a session of it is open in this process (``open_job`` /
+    ``close_job``, counted): engine threads reach it only for those jobs.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._spaces: dict[tuple[str, str], dict[str, tuple[bytes, float]]] = {}
+        self._open: dict[str, int] = {}
+
+    def open_job(self, job: str) -> None:
+        """A session of ``job`` opened in this process: serve the job."""
+        with self._lock:
+            self._open[job] = self._open.get(job, 0) + 1
+
+    def close_job(self, job: str) -> None:
+        """A session of ``job`` closed: stop serving it when it was the last."""
+        with self._lock:
+            left = self._open.get(job, 0) - 1
+            if left > 0:
+                self._open[job] = left
+            else:
+                self._open.pop(job, None)
+
+    def serves(self, job: str) -> bool:
+        """Whether a session of ``job`` is open in this process."""
+        return job in self._open
+
+    def put(self, job: str, session: str, digest: str, data: bytes) -> None:
+        """Store ``data`` under ``digest`` (a copy already there is kept, and touched)."""
+        check_digest(digest)
+        with self._lock:
+            space = self._spaces.setdefault((job, session), {})
+            old = space.get(digest)
+            space[digest] = (data if old is None else old[0], time.time())
+
+    def get(self, job: str, session: str, digest: str) -> bytes:
+        """The bytes stored under ``digest``; ``PayloadMissingError`` when there are none."""
+        check_digest(digest)
+        with self._lock:
+            entry = self._spaces.get((job, session), {}).get(digest)
+        if entry is None:
+            raise _missing(digest, job, session)
+        return entry[0]
+
+    def delete(self, job: str, session: str, digests: Iterable[str]) -> None:
+        """Delete these payloads (those already gone are skipped)."""
+        with self._lock:
+            space = self._spaces.get((job, session))
+            for digest in digests:
+                if space is not None:
+                    space.pop(check_digest(digest), None)
+            if space is not None and not space:
+                del self._spaces[(job, session)]
+
+    def drop_session(self, job: str, session: str) -> None:
+        """Delete everything stored for one session."""
+        with self._lock:
+            self._spaces.pop((job, session), None)
+
+    def drop_job(self, job: str) -> None:
+        """Delete everything stored for one job."""
+        with self._lock:
+            for key in [key for key in self._spaces if key[0] == job]:
+                del self._spaces[key]
+
+    def sweep(self, job: str, ttl: float = DEFAULT_TTL, now: float | None = None) -> int:
+        """Delete the job's session spaces untouched for ``ttl`` seconds; how many."""
+        cutoff = (time.time() if now is None else now) - ttl
+        with self._lock:
+            stale = [
+                key
+                for key, space in self._spaces.items()
+                if key[0] == job and max(touched for _, touched in space.values()) < cutoff
+            ]
+            for key in stale:
+                del self._spaces[key]
+        return len(stale)
+
+    def names(self) -> list[tuple[str, str, str]]:
+        """Every payload held: ``(job, session space, digest)``."""
+        with self._lock:
+            return [(job, s, d) for (job, s), space in self._spaces.items() for d in space]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(len(space) for space in self._spaces.values())
+
+
 def open_store(spec: str) -> DirectoryStore | BlobStore:
     """The store a spec names: a Blob account URL (``https://ACCOUNT.blob...``, read with
-    ``DefaultAzureCredential``, e.g. the nodes' managed identity), else a directory."""
+    ``DefaultAzureCredential``, e.g. the nodes' managed identity), ``sas-file:PATH`` (a
+    file holding one job's container URL with a SAS: ``ContainerSasStore``), else a
+    directory."""
+    if spec.startswith(SAS_FILE):
+        return ContainerSasStore(spec[len(SAS_FILE) :])
     if spec.startswith(("https://", "http://")):
         from azure.identity import DefaultAzureCredential
         from azure.storage.blob import BlobServiceClient

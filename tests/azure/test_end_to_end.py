@@ -137,3 +137,41 @@ def test_shrink_stops_the_leaving_engine_through_the_broker(
         sim.stop()
         pool.staging.delete(keep_logs=False)
         pool.close()
+
+
+def test_large_values_reach_sas_only_engines_through_the_jobs_container(
+    no_leaked_processes, simulated_batch, broker, azurite, tmp_path
+):
+    """Engines without an identity fetch and store payloads with their staged SAS (#20)."""
+    _, url, sim = simulated_batch
+    (tmp_path / "hello_task.py").write_text(HELLO)
+    wheel = tmp_path / "realtime_batch-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"stand-in wheel: the simulated node uses the test interpreter")
+    pool = AzureBatchPool(
+        BatchClient(endpoint=url, credential=AzureNamedKeyCredential(DEFAULT_ACCOUNT, DEFAULT_KEY)),
+        BlobServiceClient.from_connection_string(azurite),
+        "e2epayload",
+        transport_url=broker,
+        spec=PoolSpec(dedicated_nodes=1, engines_per_node=1),
+        task_files=[tmp_path / "hello_task.py"],
+        wheel=wheel,
+        wheelhouse=tmp_path,
+        poll_interval=0.01,
+    )
+    try:
+        pool.create()
+        job = pool.start_engines()
+        pool.wait_ready()
+        big = "é" * (600 * 1024)  # over the threshold: by reference both ways
+        with Session(pool) as session:
+            value = session.submit("hello_task.py", big).result(timeout=60)
+        assert not sim.errors, sim.errors
+        assert value.startswith(f"hello {big} from ")
+        container = pool.blob_service.get_container_client(pool.payload_store.container(job))
+        assert list(container.list_blobs()) == []  # taken, then the session closed
+        sim.stop()
+        pool.delete_job(job)
+        assert not container.exists()
+    finally:
+        pool.staging.delete(keep_logs=False)
+        pool.close()

@@ -1,7 +1,8 @@
-"""The payload store contract over both stores: a directory and Blob Storage (Azurite).
+"""The payload store contract over the three stores: a directory, memory, Blob (Azurite).
 
-The same tests run on ``DirectoryStore`` (LocalPool) and ``BlobStore`` (a per-job
-container of the staging account): store, read, delete, integrity through the rules
+The same tests run on ``DirectoryStore`` (LocalPool), ``MemoryStore`` (memory://, the
+engines being threads of the client's process) and ``BlobStore`` (a per-job container
+of the staging account): store, read, delete, integrity through the rules
 of ``realtime_batch.payloads``, nothing left after a session closes or a job is
 dropped, and no way out of the job's store.
 """
@@ -16,6 +17,7 @@ import pytest
 from realtime_batch.payloads import (
     BlobStore,
     DirectoryStore,
+    MemoryStore,
     PayloadCorruptError,
     PayloadMissingError,
     Payloads,
@@ -27,10 +29,15 @@ from realtime_batch.values import PayloadRef
 BIG = bytes(range(256)) * 2048  # 512 KiB
 
 
-@pytest.fixture(params=["directory", "blob"])
+@pytest.fixture(params=["directory", "memory", "blob"])
 def store(request, tmp_path):
     if request.param == "directory":
         yield DirectoryStore(tmp_path / "payloads")
+        return
+    if request.param == "memory":
+        memory = MemoryStore()
+        yield memory
+        assert len(memory) == 0, "every test drops what it stored"
         return
     azurite = request.getfixturevalue("azurite")
     yield BlobStore.from_connection_string(azurite, prefix=f"t{uuid.uuid4().hex[:8]}")
@@ -52,6 +59,8 @@ def _count(store, job: str) -> int:
     if isinstance(store, DirectoryStore):
         folder = store.root / job
         return sum(1 for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
+    if isinstance(store, MemoryStore):
+        return sum(1 for stored_job, _, _ in store.names() if stored_job == job)
     return len(store._names(job))
 
 
@@ -90,6 +99,8 @@ def test_corrupt_and_missing_are_clear_errors(store, job):
     if isinstance(store, DirectoryStore):  # put skips an existing file: corrupt it by hand
         path = store.root / job / "s-1" / digest
         path.write_bytes(b"something else")
+    elif isinstance(store, MemoryStore):  # put keeps the first copy: corrupt it by hand
+        store._spaces[(job, "s-1")][digest] = (b"something else", 0.0)
     else:
         store._blob(job, "s-1", digest).upload_blob(b"something else", overwrite=True)
     with pytest.raises(PayloadCorruptError):

@@ -2,7 +2,7 @@
 
 zmq:// and Service Bus (the stand-in) engines are processes sharing the pool's payload
 directory (direct mode: the task worker fetches and stores; relay mode: the engine does);
-memory:// carries values inside the message (no store), up to its message limit.
+memory:// engines are threads of this process sharing its in-memory store.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import psutil
 import pytest
 
 import realtime_batch as rb
+from realtime_batch.payloads import MemoryStore
 from realtime_batch.protocol import ProtocolError
-from realtime_batch.transport import MessageTooLargeError
+from realtime_batch.transport import Message
 
 TASKS = {
     "echo_bytes.py": """
@@ -80,11 +81,24 @@ def pool(request, task_files):
     assert not alive, f"processes left behind: {[p.pid for p in alive]}"
 
 
-def _store_files(pool) -> list[Path]:
+def _store_files(pool) -> list:
+    """What the pool's job has in its store: files, or (job, space, digest) in memory."""
     store = pool.payload_store
-    if store is None or not store.root.exists():
+    if isinstance(store, MemoryStore):
+        return [name for name in store.names() if name[0] == pool.job]
+    if not store.root.exists():
         return []
     return [p for p in store.root.rglob("*") if p.is_file()]
+
+
+def _lose_all(pool) -> None:
+    store = pool.payload_store
+    for item in _store_files(pool):
+        if isinstance(store, MemoryStore):
+            job, space, digest = item
+            store.delete(job, space, [digest])
+        else:
+            item.unlink()
 
 
 def test_bytes_and_tagged_values_round_trip(pool):
@@ -104,10 +118,6 @@ def test_a_value_that_cannot_travel_is_refused_at_submit(pool):
 def test_large_arguments_and_results_travel_and_nothing_is_left_after_close(pool):
     blob = bytes(range(256)) * (4 * MIB // 256)  # 4 MiB: over every transport's limit
     with rb.Session(pool) as s:
-        if pool.payload_store is None:  # memory://: in the message, up to its limit
-            with pytest.raises(MessageTooLargeError):
-                s.submit("echo_bytes.py", blob)
-            return
         assert s.submit("echo_bytes.py", blob).result(60) == blob
         doubled = s.submit("echo_bytes.py", blob[: MIB + 5], times=2).result(60)
         assert doubled == blob[: MIB + 5] * 2
@@ -120,16 +130,13 @@ def test_large_arguments_and_results_travel_and_nothing_is_left_after_close(pool
 
 
 def test_a_missing_argument_payload_is_the_tasks_error(pool):
-    if pool.payload_store is None:
-        pytest.skip("memory:// has no payload store")
     blob = b"\x01" * (2 * MIB)
     with rb.Session(pool) as s:
         real = s._payloads.encode_task  # delete what the session stores before it is sent
 
         def encode_then_lose(record):
             body = real(record)
-            for path in _store_files(pool):
-                path.unlink()
+            _lose_all(pool)
             return body
 
         s._payloads.encode_task = encode_then_lose
@@ -143,11 +150,40 @@ def test_a_missing_argument_payload_is_the_tasks_error(pool):
 def test_a_waiting_task_with_a_large_argument_leaves_nothing_once_taken(pool):
     """A workflow task's arguments are checked at submit (by encoding them once) and sent
     when its input is done: the check's stored copy must not outlive the task."""
-    if pool.payload_store is None:
-        pytest.skip("memory:// has no payload store")
     blob = bytes(range(256)) * (2 * MIB // 256)
     with rb.Session(pool) as s:
         first = s.submit("echo_bytes.py", b"in")
         second = s.submit("echo_bytes.py", blob, after=[first])
         assert second.result(60) == blob
         assert _store_files(pool) == []
+
+
+@pytest.mark.parametrize("size", [MIB, 10 * MIB])
+def test_one_and_ten_mib_round_trip_within_the_message_limit(pool, size):
+    """The benchmarks' payload-1MiB and payload-10MiB: every message stays under the limit."""
+    sent = []
+    with rb.Session(pool) as s:
+        real = s._transport.send
+
+        def recording_send(queue, messages):
+            batch = [messages] if isinstance(messages, Message) else list(messages)
+            sent.extend(len(message.body) for message in batch)
+            return real(queue, batch)
+
+        s._transport.send = recording_send
+        text = "x" * size
+        assert s.submit("echo_bytes.py", text).result(120) == text
+    assert sent and max(sent) <= s._transport.max_message_size
+    assert _store_files(pool) == []
+
+
+def test_a_memory_pool_leaves_nothing_in_the_process_store_after_close(task_files):
+    url = f"memory://p-{uuid.uuid4().hex}"
+    with rb.LocalPool(engines=1, transport=url, task_files=task_files) as p:
+        store = p.payload_store
+        with rb.Session(p) as s:
+            blob = b"\x03" * (2 * MIB)
+            assert s.submit("echo_bytes.py", blob).result(60) == blob
+            s.submit("echo_bytes.py", b"\x04" * (2 * MIB))  # never waited for
+        assert [n for n in store.names() if n[0] == p.job] == []
+    assert [n for n in store.names() if n[0] == p.job] == []

@@ -9,14 +9,19 @@ import attrs
 import msgspec
 import pytest
 
+from realtime_batch import payloads as payloads_module
 from realtime_batch.payloads import (
+    ENV_STORE,
     DirectoryStore,
+    MemoryStore,
     PayloadCorruptError,
     PayloadMissingError,
     Payloads,
     PayloadStoreError,
     SessionPayloads,
+    engine_payloads,
     folder_name,
+    memory_store,
 )
 from realtime_batch.protocol import (
     ProtocolError,
@@ -226,3 +231,29 @@ def test_a_refused_argument_stores_nothing(store):
     with pytest.raises(ProtocolError, match="args"):
         client.encode_task(_task(BIG, object()))
     assert _files(store) == []
+
+
+def test_engine_threads_use_the_process_memory_store_for_jobs_a_session_has_open(monkeypatch):
+    """memory:// engines are threads of the client's process: they reach its store, but
+    only for the jobs of sessions open here (an engine of another pool gets no store)."""
+    monkeypatch.delenv(ENV_STORE, raising=False)
+    monkeypatch.setattr(payloads_module, "_engine_payloads", None)
+    engine = engine_payloads()
+    result = ResultRecord(session="s-1", job="job-mem", task="t1", status="ok", value=BIG)
+    assert decode_result(engine.encode_result(result)).value == BIG  # no session: in message
+    client = SessionPayloads.open("memory://here", "job-mem", "s-1", 1024 * 1024)
+    try:
+        assert isinstance(client.payloads.store, MemoryStore)
+        task = engine.resolve_task(decode_task(client.encode_task(_task(BIG, job="job-mem"))))
+        assert task.args == [BIG]
+        body = engine.encode_result(result)
+        assert len(body) < len(BIG) and type(decode_result(body).value) is PayloadRef
+        assert client.take_result(decode_result(body)).value == BIG
+        assert [n for n in memory_store().names() if n[0] == "job-mem"] == []
+        client.encode_task(_task(BIG[1:], job="job-mem", task="t2"))  # never answered
+    finally:
+        client.close()
+    assert [n for n in memory_store().names() if n[0] == "job-mem"] == []
+    # closed: the job is no longer served here, a reference reaching the engine is refused
+    with pytest.raises(PayloadStoreError):
+        engine.resolve_task(_task(PayloadRef("a" * 64, 3), job="job-mem"))
