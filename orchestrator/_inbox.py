@@ -62,11 +62,14 @@ class Inbox:
         return self.arrive_all((result,))
 
     def arrive_all(self, results: Sequence[Result]) -> list[Callback]:
-        """Keep ``results`` in order, wake the waiters once; return the callbacks (lock held)."""
-        if results:
-            if self.keep:
-                self.unread.extend(results)
-            self.arrived.notify_all()
+        """Keep ``results`` in order, wake the waiters once; return the callbacks (lock held).
+
+        Called whenever tasks stop being outstanding, even with no ``Result`` made for
+        them (nothing keeps or calls back): the waiters of ``wait()`` look at that.
+        """
+        if self.keep:
+            self.unread.extend(results)
+        self.arrived.notify_all()
         return list(self.callbacks)
 
     @staticmethod

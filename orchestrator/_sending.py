@@ -125,7 +125,8 @@ class Sender:
             self._last_submit = now
             if not idle or self._sending or self.outbox:
                 self.outbox.append((future, message))
-                self._ready.notify_all()
+                if len(self.outbox) == 1:  # the thread waits only for an empty outbox
+                    self._ready.notify_all()  # (or a send, whose end notifies)
                 return True
             self._sending = True
         try:

@@ -408,33 +408,25 @@ class Session:
         now = time.time()
         for record in accepted:
             self._tracker.on_result(record.engine, now)
-        resolved: list[tuple[TaskFuture, ResultRecord, Result]] = []
+        resolved: list[tuple[TaskFuture, ResultRecord, Result | None]] = []
         with self._lock:
+            # a Result is made only for someone: results() or a callback
+            wanted = self._inbox.keep or bool(self._inbox.callbacks)
             for record in accepted:
                 future = self._ledger.finish(record.task)
                 if future is None:
                     self._duplicates += 1
                     continue  # duplicate, cancelled, or not ours
                 self._tracker.finished(record.task)
-                result = Result(
-                    task_id=record.task,
-                    ok=record.ok,
-                    value=record.value,
-                    error=record.error,
-                    engine=record.engine,
-                    attempt=record.attempt,
-                    status=record.status,
-                    submitted_at=future.submitted_at,
-                    started_at=record.started_at,
-                    finished_at=record.finished_at,
-                    received_at=now,
-                )
+                result = _result(record, future, now) if wanted else None
                 resolved.append((future, record, result))
+            if not resolved:
+                return
             self._received += len(resolved)
-            callbacks = self._inbox.arrive_all([result for _, _, result in resolved])
+            callbacks = self._inbox.arrive_all([r for _, _, r in resolved if r is not None])
         for future, record, result in resolved:
             _settle(future, record)
-            if callbacks:
+            if callbacks and result is not None:
                 self._inbox.run_callbacks(callbacks, result)
 
     def _forget(self, task_id: str) -> None:
@@ -640,6 +632,23 @@ class Session:
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{self.outstanding} outstanding"
         return f"<Session {self.id!r} job={self.job!r} {state}>"
+
+
+def _result(record: ResultRecord, future: TaskFuture, now: float) -> Result:
+    """The ``Result`` handed out for an engine's result record."""
+    return Result(
+        task_id=record.task,
+        ok=record.ok,
+        value=record.value,
+        error=record.error,
+        engine=record.engine,
+        attempt=record.attempt,
+        status=record.status,
+        submitted_at=future.submitted_at,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+        received_at=now,
+    )
 
 
 def _settle(future: TaskFuture, record: ResultRecord) -> None:

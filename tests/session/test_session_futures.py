@@ -190,3 +190,29 @@ def test_duplicates_within_one_batch_resolve_once(url):
             responder.close()
         assert s.received == 50
         assert [r.task_id for r in s.results()] == [f.task_id for f in futures]
+
+
+def test_without_kept_results_wait_and_counts_still_see_every_result(url, responder):
+    with rb.Session(url, keep_results=False) as s:
+        futures = s.map("echo.py", range(200))
+        assert s.wait(LIMIT)  # woken although no Result is made for anyone
+        assert not concurrent.futures.wait(futures, timeout=LIMIT).not_done
+        assert s.received == 200 and s.outstanding == 0
+        assert s.results() == [] and s.num_results_returned() == 0
+
+
+def test_without_kept_results_a_callback_still_gets_every_result(url):
+    with rb.Session(url, keep_results=False) as s:
+        got: list[rb.Result] = []
+        s.add_result_callback(got.append)
+        futures = s.map("echo.py", range(100))
+        responder = Responder(url)
+        try:
+            assert not concurrent.futures.wait(futures, timeout=LIMIT).not_done
+            _until(lambda: len(got) == 100)
+        finally:
+            responder.close()
+        assert [r.task_id for r in got] == [f.task_id for f in futures]
+        pairs = zip(got, futures, strict=True)
+        assert all(r.ok and r.submitted_at == f.submitted_at for r, f in pairs)
+        assert s.results() == []
