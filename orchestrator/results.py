@@ -170,24 +170,25 @@ class TaskFuture(concurrent.futures.Future):
 
     def set_result(self, result: Any) -> None:
         """As ``Future.set_result`` (the session resolves its futures with it)."""
+        self._finish(result, None)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        """As ``Future.set_exception``."""
+        self._finish(None, exception)
+
+    def _finish(self, result: Any, exception: BaseException | None) -> None:
+        """Set the outcome, tell the waiters (no condition to notify), run the callbacks."""
         with self._condition:
             if self._state in _DONE:
                 raise concurrent.futures.InvalidStateError(f"{self._state}: {self!r}")
             self._result = result
-            self._state = _FINISHED
-            for waiter in self._waiters:
-                waiter.add_result(self)
-        self._invoke_callbacks()
-
-    def set_exception(self, exception: BaseException | None) -> None:
-        """As ``Future.set_exception``."""
-        with self._condition:
-            if self._state in _DONE:
-                raise concurrent.futures.InvalidStateError(f"{self._state}: {self!r}")
             self._exception = exception
             self._state = _FINISHED
             for waiter in self._waiters:
-                waiter.add_exception(self)
+                if exception is None:
+                    waiter.add_result(self)
+                else:
+                    waiter.add_exception(self)
         self._invoke_callbacks()
 
     def _wait_done(self, timeout: float | None) -> None:

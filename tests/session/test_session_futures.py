@@ -61,15 +61,20 @@ def _join(threads) -> None:
         assert not thread.is_alive()
 
 
+def _answer_then_join(url: str, threads) -> None:
+    """Start a responder (the tasks are answered now), wait for ``threads``, stop it."""
+    responder = Responder(url)
+    try:
+        _join(threads)
+    finally:
+        responder.close()
+
+
 def test_many_threads_waiting_on_one_future_all_get_its_value(url):
     with rb.Session(url) as s:
         f = s.submit("echo.py", 7)
         threads, outcomes = _blocked_callers(f, lambda fut: fut.result())
-        responder = Responder(url)
-        try:
-            _join(threads)
-        finally:
-            responder.close()
+        _answer_then_join(url, threads)
     assert outcomes == [("value", {"args": [7], "kwargs": {}})] * WAITERS
     assert f._waiters == []  # each caller removed its waiter
 
@@ -78,11 +83,7 @@ def test_many_threads_waiting_for_an_exception_all_get_the_same_one(url):
     with rb.Session(url) as s:
         f = s.submit("fail.py")
         threads, outcomes = _blocked_callers(f, lambda fut: fut.exception())
-        responder = Responder(url)
-        try:
-            _join(threads)
-        finally:
-            responder.close()
+        _answer_then_join(url, threads)
     errors = {id(exc) for kind, exc in outcomes if kind == "value"}
     assert len(outcomes) == WAITERS and len(errors) == 1
     assert isinstance(f.exception(), rb.TaskError) and id(f.exception()) in errors
