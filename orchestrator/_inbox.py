@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sized
+from collections.abc import Callable, Iterator, Sequence, Sized
 
 from realtime_batch.protocol import ErrorInfo
 
@@ -37,7 +37,7 @@ def local_result(
         engine="",
         attempt=0,
         status=status,
-        submitted_at=getattr(future, "submitted_at", None),
+        submitted_at=future.submitted_at,
         received_at=now,
     )
 
@@ -59,8 +59,16 @@ class Inbox:
 
     def arrive(self, result: Result) -> list[Callback]:
         """Keep ``result``, wake the waiters; return the callbacks to run (lock held)."""
+        return self.arrive_all((result,))
+
+    def arrive_all(self, results: Sequence[Result]) -> list[Callback]:
+        """Keep ``results`` in order, wake the waiters once; return the callbacks (lock held).
+
+        Called whenever tasks stop being outstanding, even with no ``Result`` made for
+        them (nothing keeps or calls back): the waiters of ``wait()`` look at that.
+        """
         if self.keep:
-            self.unread.append(result)
+            self.unread.extend(results)
         self.arrived.notify_all()
         return list(self.callbacks)
 

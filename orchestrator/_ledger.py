@@ -35,13 +35,14 @@ class TaskLedger:
         #: the futures of the tasks whose result is awaited, by task id
         self.futures: dict[str, TaskFuture] = {}
         self._generated = 0  # the last generated id handed out
+        self._last = "0"  # str(self._generated)
         self._chosen_finished: OrderedDict[str, None] = OrderedDict()
 
     def new_id(self) -> str:
         """The next generated id, skipping any the caller chose and is still known."""
         while True:
             self._generated += 1
-            task_id = str(self._generated)
+            task_id = self._last = str(self._generated)
             if task_id not in self.futures and task_id not in self._chosen_finished:
                 return task_id
 
@@ -57,7 +58,7 @@ class TaskLedger:
         """Whether ``task_id`` is a generated id already handed out (no int() of long text)."""
         if not task_id.isdigit() or task_id.startswith("0"):
             return False
-        last = str(self._generated)
+        last = self._last
         return (len(task_id), task_id) <= (len(last), last)
 
     def add(self, task_id: str, future: TaskFuture) -> None:

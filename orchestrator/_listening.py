@@ -1,10 +1,10 @@
 """A session's listening side: one thread reads its mailbox and dispatches what arrives.
 
-Results go to the session's ``on_result`` (after ``Listener.decode``, the result
-path's one decoding step), engine notices to ``on_notice``; ``on_tick`` runs after
-every receive (deadline expiry, the health warning). Deliveries are completed after
-their futures are resolved: a lease lost meanwhile only means a redelivery, which
-the session drops as a duplicate.
+Results go to the session's ``on_results`` a received batch at a time (after
+``Listener.decode``, the result path's one decoding step), engine notices to
+``on_notice``; ``on_tick`` runs after every receive (deadline expiry, the health
+warning). Deliveries are completed after their futures are resolved: a lease lost
+meanwhile only means a redelivery, which the session drops as a duplicate.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class Listener:
         results_queue: the shared results queue.
         group: the session's mailbox on it.
         closed: the session's closed flag; the thread stops within ``POLL`` once set.
-        on_result: called with each decoded result, in arrival order.
+        on_results: called with each batch's decoded results, in arrival order.
         on_notice: called with each engine notice message.
         on_tick: called after every receive, results or not.
         name: the thread's name.
@@ -47,7 +47,7 @@ class Listener:
         group: str,
         closed: threading.Event,
         *,
-        on_result: Callable[[ResultRecord], None],
+        on_results: Callable[[list[ResultRecord]], None],
         on_notice: Callable[[Message], None],
         on_tick: Callable[[], None],
         name: str,
@@ -56,7 +56,7 @@ class Listener:
         self._queue = results_queue
         self._group = group
         self._closed = closed
-        self._on_result = on_result
+        self._on_results = on_results
         self._on_notice = on_notice
         self._on_tick = on_tick
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -120,8 +120,8 @@ class Listener:
                 self._settle(self._transport.dead_letter, delivery, "MalformedResult", str(exc))
                 continue
             done.append(delivery)
-        for record in records:
-            self._on_result(record)
+        if records:
+            self._on_results(records)
         return done
 
     @staticmethod

@@ -110,7 +110,9 @@ class Sender:
         0.3 ms) is sent from the caller's thread, saving a thread hand-off on the
         interactive path, where submissions are a round trip apart; bursts (a loop of
         ``submit`` calls, tens of microseconds apart) go through the sender thread,
-        which batches them. Blocks while the outbox is full.
+        which batches them. An inline send counts as a submission until it returns, so
+        a slow round trip does not make each submission of a loop an inline send of
+        its own. Blocks while the outbox is full.
 
         Returns:
             False if the session closed before the task could be queued (it is not sent).
@@ -125,7 +127,8 @@ class Sender:
             self._last_submit = now
             if not idle or self._sending or self.outbox:
                 self.outbox.append((future, message))
-                self._ready.notify_all()
+                if len(self.outbox) == 1:  # the thread waits only for an empty outbox
+                    self._ready.notify_all()  # (or a send, whose end notifies)
                 return True
             self._sending = True
         try:
@@ -133,6 +136,9 @@ class Sender:
         finally:
             with self._ready:
                 self._sending = False
+                # the gap is counted from the end of the send: the caller's next submit
+                # in a loop is part of a burst, however long this round trip took
+                self._last_submit = time.monotonic()
                 self._ready.notify_all()
         return True
 

@@ -106,33 +106,43 @@ class Result:
         return self.received_at - self.submitted_at
 
 
-_PENDING = concurrent.futures._base.PENDING
-_CONDITION_LOCK = threading.Lock()
+_base = concurrent.futures._base
+_PENDING = _base.PENDING
+_RUNNING = _base.RUNNING
+_FINISHED = _base.FINISHED
+_CANCELLED = _base.CANCELLED
+_CANCELLED_AND_NOTIFIED = _base.CANCELLED_AND_NOTIFIED
+_DONE = frozenset({_CANCELLED, _CANCELLED_AND_NOTIFIED, _FINISHED})
 
 
 class TaskFuture(concurrent.futures.Future):
-    """A ``concurrent.futures.Future`` for one task, carrying its ``task_id``."""
+    """A ``concurrent.futures.Future`` for one task, carrying its ``task_id``.
 
-    def __init__(self, session: Session, task_id: str) -> None:
-        # Future.__init__ minus its eager Condition (over half of a future's memory):
-        # a session may hold 100,000 outstanding futures, and most are never waited on
-        # one by one. The condition is made on first use, under a lock (__getattr__).
+    It guards its state with a plain lock instead of a ``Condition`` each (a
+    session may hold 100,000 outstanding futures, resolved at thousands a second,
+    and a ``Condition`` costs microseconds and most of a future's memory). A caller
+    blocked in :meth:`result` or :meth:`exception` waits the way
+    ``concurrent.futures.wait`` does, on a waiter of its own that the future
+    signals when it finishes or is cancelled.
+
+    Attributes:
+        task_id: the task's id.
+        submitted_at: ``time.time()`` when the task was submitted (None if unknown).
+    """
+
+    def __init__(self, session: Session, task_id: str, submitted_at: float | None = None) -> None:
+        # Future.__init__ with a lock for its condition: concurrent.futures.wait and
+        # as_completed only acquire and release it; every method of Future that
+        # waits on it or notifies it is replaced here.
+        self._condition = threading.Lock()  # type: ignore[assignment]
         self._state = _PENDING
         self._result = None
         self._exception = None
         self._waiters: list[Any] = []
         self._done_callbacks: list[Any] = []
         self.task_id = task_id
+        self.submitted_at = submitted_at
         self._session = session
-
-    def __getattr__(self, name: str) -> Any:
-        if name != "_condition":
-            raise AttributeError(name)
-        with _CONDITION_LOCK:
-            condition = self.__dict__.get("_condition")
-            if condition is None:
-                condition = self.__dict__["_condition"] = threading.Condition()
-        return condition
 
     def cancel(self) -> bool:
         """Cancel the task, pending or running (see ``Session.cancel``).
@@ -145,7 +155,54 @@ class TaskFuture(concurrent.futures.Future):
         return self.cancelled() or self._cancel_locally()
 
     def _cancel_locally(self) -> bool:
-        return concurrent.futures.Future.cancel(self)
+        """Mark the future cancelled and wake its waiters (``wait``, ``as_completed``)."""
+        with self._condition:
+            if self._state in (_RUNNING, _FINISHED):
+                return False
+            if self._state in (_CANCELLED, _CANCELLED_AND_NOTIFIED):
+                return True
+            # no executor will call set_running_or_notify_cancel: notify here
+            self._state = _CANCELLED_AND_NOTIFIED
+            for waiter in self._waiters:
+                waiter.add_cancelled(self)
+        self._invoke_callbacks()
+        return True
+
+    def set_result(self, result: Any) -> None:
+        """As ``Future.set_result`` (the session resolves its futures with it)."""
+        self._finish(result, None)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        """As ``Future.set_exception``."""
+        self._finish(None, exception)
+
+    def _finish(self, result: Any, exception: BaseException | None) -> None:
+        """Set the outcome, tell the waiters (no condition to notify), run the callbacks."""
+        with self._condition:
+            if self._state in _DONE:
+                raise concurrent.futures.InvalidStateError(f"{self._state}: {self!r}")
+            self._result = result
+            self._exception = exception
+            self._state = _FINISHED
+            for waiter in self._waiters:
+                if exception is None:
+                    waiter.add_result(self)
+                else:
+                    waiter.add_exception(self)
+        self._invoke_callbacks()
+
+    def _wait_done(self, timeout: float | None) -> None:
+        """Block until the future is done or ``timeout`` passed (the stdlib's waiters).
+
+        Raises:
+            TimeoutError: not done within ``timeout``; the message says what the
+                session knows.
+        """
+        if self._state in _DONE:
+            return
+        concurrent.futures.wait((self,), timeout, concurrent.futures.FIRST_COMPLETED)
+        if self._state not in _DONE:
+            raise TimeoutError(self._timeout_message(timeout))
 
     def result(self, timeout: float | None = None) -> Any:
         """The task's value, as ``Future.result``; waits at most ``timeout`` seconds.
@@ -156,17 +213,15 @@ class TaskFuture(concurrent.futures.Future):
             TaskError: the task failed on its engine.
             TaskCancelledError: the task was cancelled.
         """
-        try:
-            return super().result(timeout)
-        except concurrent.futures.TimeoutError:
-            raise TimeoutError(self._timeout_message(timeout)) from None
+        if self._state == _FINISHED and self._exception is None:
+            return self._result  # the common case, without a lock (set before _state)
+        self._wait_done(timeout)
+        return super().result(0)  # done: returns or raises at once, never waits
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """As ``Future.exception``, with the same ``TimeoutError`` message as :meth:`result`."""
-        try:
-            return super().exception(timeout)
-        except concurrent.futures.TimeoutError:
-            raise TimeoutError(self._timeout_message(timeout)) from None
+        self._wait_done(timeout)
+        return super().exception(0)  # done: never waits
 
     def _timeout_message(self, timeout: float | None) -> str:
         try:

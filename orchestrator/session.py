@@ -191,7 +191,7 @@ class Session:
         )
         self._listener = Listener(
             self._transport, results_queue, self.id, self._closed,
-            on_result=self._resolve, on_notice=self._on_notice, on_tick=self._on_tick,
+            on_results=self._resolve, on_notice=self._on_notice, on_tick=self._on_tick,
             name=f"rtb-listen-{self.id}",
         )  # fmt: skip
         self._sender.start()
@@ -352,8 +352,7 @@ class Session:
 
         A ``generated`` id (``TaskLedger.new_id``) is new by construction.
         """
-        future = TaskFuture(self, task_id)
-        future.submitted_at = submitted_at  # type: ignore[attr-defined]
+        future = TaskFuture(self, task_id, submitted_at)
         with self._lock:
             if not generated and self._ledger.used(task_id):
                 raise ValueError(f"task id {task_id!r} was already used in this session")
@@ -388,51 +387,47 @@ class Session:
             future.set_exception(exc)
 
     # ------------------------------------------------------------------ receiving
-    def _resolve(self, record: ResultRecord) -> None:
-        """A result arrived: resolve its future, once (the result path's one entry)."""
-        if record.session_key != self._session_key:
-            self._forged += 1
-            log.warning(
-                "session %s: dropped a result for task %r that does not carry this session's "
-                "key (not the answer to a task it sent)", self.id, record.task,
-            )  # fmt: skip
+    def _resolve(self, records: list[ResultRecord]) -> None:
+        """Results arrived: resolve each one's future, once (the result path's one entry).
+
+        ``records`` is a received batch, in arrival order: the session's lock is taken
+        once for the batch, then each future is resolved and its callbacks run, in order.
+        """
+        accepted: list[ResultRecord] = []
+        for record in records:
+            if record.session_key != self._session_key:
+                self._forged += 1
+                log.warning(
+                    "session %s: dropped a result for task %r that does not carry this "
+                    "session's key (not the answer to a task it sent)", self.id, record.task,
+                )  # fmt: skip
+                continue
+            accepted.append(self._payloads.take_result(record))  # referenced values (#20)
+        if not accepted:
             return
-        record = self._payloads.take_result(record)  # referenced values fetched (#20)
         now = time.time()
-        self._tracker.on_result(record.engine, now)
+        for record in accepted:
+            self._tracker.on_result(record.engine, now)
+        resolved: list[tuple[TaskFuture, ResultRecord, Result | None]] = []
         with self._lock:
-            future = self._ledger.finish(record.task)
-            if future is None:
-                self._duplicates += 1
-                return  # duplicate, cancelled, or not ours
-            self._tracker.finished(record.task)
-            self._received += 1
-            result = Result(
-                task_id=record.task,
-                ok=record.ok,
-                value=record.value,
-                error=record.error,
-                engine=record.engine,
-                attempt=record.attempt,
-                status=record.status,
-                submitted_at=getattr(future, "submitted_at", None),
-                started_at=record.started_at,
-                finished_at=record.finished_at,
-                received_at=now,
-            )
-            callbacks = self._inbox.arrive(result)
-        if record.status == STATUS_OK:
-            future.set_result(record.value)
-        elif record.status == STATUS_CANCELLED:
-            future._cancel_locally()
-        else:
-            error = record.error or (
-                ErrorInfo("TaskExpiredError", "the task's deadline passed before it started")
-                if record.status == STATUS_EXPIRED
-                else ErrorInfo("TaskError", record.status)
-            )
-            future.set_exception(TaskError(record.task, error, record.engine, record.attempt))
-        self._inbox.run_callbacks(callbacks, result)
+            # a Result is made only for someone: results() or a callback
+            wanted = self._inbox.keep or bool(self._inbox.callbacks)
+            for record in accepted:
+                future = self._ledger.finish(record.task)
+                if future is None:
+                    self._duplicates += 1
+                    continue  # duplicate, cancelled, or not ours
+                self._tracker.finished(record.task)
+                result = _result(record, future, now) if wanted else None
+                resolved.append((future, record, result))
+            if not resolved:
+                return
+            self._received += len(resolved)
+            callbacks = self._inbox.arrive_all([r for _, _, r in resolved if r is not None])
+        for future, record, result in resolved:
+            _settle(future, record)
+            if callbacks and result is not None:
+                self._inbox.run_callbacks(callbacks, result)
 
     def _forget(self, task_id: str) -> None:
         with self._lock:
@@ -637,6 +632,38 @@ class Session:
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{self.outstanding} outstanding"
         return f"<Session {self.id!r} job={self.job!r} {state}>"
+
+
+def _result(record: ResultRecord, future: TaskFuture, now: float) -> Result:
+    """The ``Result`` handed out for an engine's result record."""
+    return Result(
+        task_id=record.task,
+        ok=record.ok,
+        value=record.value,
+        error=record.error,
+        engine=record.engine,
+        attempt=record.attempt,
+        status=record.status,
+        submitted_at=future.submitted_at,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+        received_at=now,
+    )
+
+
+def _settle(future: TaskFuture, record: ResultRecord) -> None:
+    """Resolve ``future`` with an engine's result: its value, cancelled, or a ``TaskError``."""
+    if record.status == STATUS_OK:
+        future.set_result(record.value)
+    elif record.status == STATUS_CANCELLED:
+        future._cancel_locally()
+    else:
+        error = record.error or (
+            ErrorInfo("TaskExpiredError", "the task's deadline passed before it started")
+            if record.status == STATUS_EXPIRED
+            else ErrorInfo("TaskError", record.status)
+        )
+        future.set_exception(TaskError(record.task, error, record.engine, record.attempt))
 
 
 def _type_names(types: Iterable[type[BaseException] | str]) -> list[str]:
