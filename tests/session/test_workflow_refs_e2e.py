@@ -19,7 +19,13 @@ import pytest
 from session_pools import backend_pool
 
 import realtime_batch as rb
-from realtime_batch.payloads import DirectoryStore, MemoryStore, Payloads, SessionPayloads
+from realtime_batch.payloads import (
+    DirectoryStore,
+    MemoryStore,
+    PayloadMissingError,
+    Payloads,
+    SessionPayloads,
+)
 from realtime_batch.protocol import ResultRecord, decode_task
 from realtime_batch.transport import Message
 from realtime_batch.values import PayloadRef, pack
@@ -351,3 +357,55 @@ def test_results_without_dependents_are_deleted_at_take(tmp_path):
     record, _ = _ref_result(payloads, store, "in", b"v" * 4096)
     payloads.take_result(record)
     assert _stored(store) == []
+
+
+def test_a_dependent_that_cannot_be_encoded_lets_its_inputs_go(pool, tmp_path):
+    gate = tmp_path / "gate"
+    with rb.Session(pool) as s:
+        first = s.submit("make_blob.py", 2 * MIB, 2, str(gate))
+        second = s.submit("describe.py", first)
+        real = s._payloads.encode_task
+
+        def refuse_the_dependent(record):
+            if record.task == second.task_id:
+                raise ValueError("refused for the test")
+            return real(record)
+
+        s._payloads.encode_task = refuse_the_dependent
+        gate.touch()
+        with pytest.raises(ValueError, match="refused for the test"):
+            second.result(60)
+        assert first.result() == b"\x02" * (2 * MIB)
+        assert _store_files(pool) == []  # its hold on the input released
+        assert s._payloads._users == {} and s._payloads._by_task == {}
+    assert _store_files(pool) == []
+
+
+def test_engines_resolve_references_at_any_depth_and_copy_nothing_without_them(tmp_path):
+    store = DirectoryStore(tmp_path / "payloads")
+    rules = Payloads(store, threshold=1024)
+    data = pack(b"q" * 5000)
+    digest = hashlib.sha256(data).hexdigest()
+    store.put("job", "space", digest, data)
+    ref = PayloadRef(digest, len(data))
+    task = decode_task(
+        _encoded_task(args=[1, [ref, "a"], (ref,)], kwargs={"d": {"x": [ref]}, "n": 2})
+    )
+    resolved = rules.resolve_task(task)
+    assert resolved.args == [1, [b"q" * 5000, "a"], (b"q" * 5000,)]
+    assert resolved.kwargs == {"d": {"x": [b"q" * 5000]}, "n": 2}
+    plain = decode_task(_encoded_task(args=[1, [2, "a"], {"k": (3,)}], kwargs={"n": [4]}))
+    assert rules.resolve_task(plain) is plain
+    missing = decode_task(_encoded_task(args=[[PayloadRef("0" * 64, 3)]], kwargs={}))
+    with pytest.raises(PayloadMissingError, match="0" * 64):
+        rules.resolve_task(missing)
+
+
+def _encoded_task(args, kwargs) -> bytes:
+    from realtime_batch.protocol import ReplyTo, TaskRecord, encode_task
+
+    record = TaskRecord(
+        session="s", job="job", task="t", command="c.py", reply_to=ReplyTo("results", "g"),
+        args=args, kwargs=kwargs, session_key="space",
+    )  # fmt: skip
+    return encode_task(record)
