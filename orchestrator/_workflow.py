@@ -14,6 +14,11 @@ the task that uses it (the graph follows submission order). An input that alread
 failed when the task is submitted fails the task at once, the same way as one that
 fails later (no race between the two).
 
+An input whose result came back as a payload reference (a large value, in the
+payload store) goes to the tasks waiting for it as that reference: the store keeps the
+payload until their results are taken, and the value is never written again
+(``SessionPayloads.wait``/``passed_on``/``drop``). Other values are substituted.
+
 The client holds a waiting task's record until it is released or fails, nothing
 after: memory follows the outstanding tasks.
 """
@@ -93,6 +98,7 @@ class Workflow:
         fail: Callable[[TaskFuture, BaseException, str], None],
     ) -> None:
         self._session = session
+        self._payloads = session._payloads  # inputs passed on by reference
         self._send = send
         self._fail = fail
         self._lock = threading.Lock()
@@ -136,6 +142,7 @@ class Workflow:
         waiting = _Waiting(future, record, len(inputs))
         with self._lock:
             self.waiting[record.task] = waiting
+        self._payloads.wait(record.task, [item.task_id for item in inputs if not item.done()])
         for item in inputs:  # a finished input calls back at once, in this thread
             item.add_done_callback(lambda done, w=waiting: self._input_done(w, done))
 
@@ -145,6 +152,8 @@ class Workflow:
             found = {task_id for task_id in task_ids if task_id in self.waiting}
             for task_id in found:
                 self.waiting.pop(task_id).settled = True
+        for task_id in found:
+            self._payloads.drop(task_id)
         return found
 
     def _flat(self, action: Callable[[], None]) -> None:
@@ -177,11 +186,20 @@ class Workflow:
             waiting.settled = True
             self.waiting.pop(waiting.record.task, None)
         if failed:
+            self._payloads.drop(waiting.record.task)
             cause = None if done.cancelled() else done.exception()
             error = DependencyError(waiting.record.task, done.task_id, cause)  # type: ignore[attr-defined]
             status = "cancelled" if cause is None else "error"
             self._flat(lambda: self._fail(waiting.future, error, status))
             return
         task = waiting.record
-        record = attrs.evolve(task, args=substitute(task.args), kwargs=substitute(task.kwargs))
+        refs = self._payloads.passed_on(task.task)
+
+        def value_of(future: Any) -> Any:
+            ref = refs.get(future.task_id)
+            return future.result() if ref is None else ref
+
+        record = attrs.evolve(
+            task, args=substitute(task.args, value_of), kwargs=substitute(task.kwargs, value_of)
+        )
         self._send(waiting.future, record)

@@ -326,9 +326,11 @@ class Session:
         try:
             message = self._message(record)
         except Exception as exc:  # e.g. an input's value makes the task too large
+            self._payloads.release(future.task_id)  # the inputs it was passed (#20)
             self._fail_local(future, exc, STATUS_ERROR)
             return
         if future.done() or not self._sender.release(future, message):
+            self._payloads.release(future.task_id)
             self._forget(future.task_id)
             future._cancel_locally()
 

@@ -31,6 +31,7 @@ import hashlib
 import logging
 import os
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,8 @@ DEFAULT_THRESHOLD = 256 * 1024
 _MIN_OFFLOAD = 1024
 Store = DirectoryStore | BlobStore | MemoryStore
 _MEMORY = MemoryStore()
+#: values that hold no payload reference (skipped when looking for one)
+_LEAVES = frozenset({str, bytes, int, float, bool, type(None)})
 
 
 def memory_store() -> MemoryStore:
@@ -221,24 +224,54 @@ class Payloads:
     def resolve_task(self, task: TaskRecord) -> TaskRecord:
         """``task`` with its referenced arguments fetched (itself when it has none).
 
+        References stand at the top of ``args`` and ``kwargs`` (offloaded arguments) or
+        anywhere inside lists, tuples and dict values (a workflow's inputs passed on by
+        reference, ``SessionPayloads.passed_on``).
+
         Raises:
             PayloadError: a payload is missing, corrupt, or there is no store.
         """
-        if not any(type(a) is PayloadRef for a in task.args) and not any(
-            type(v) is PayloadRef for v in task.kwargs.values()
-        ):
-            return task
-
         where = space(task)
 
         def value(item: Any) -> Any:
-            return self.fetch(task.job, where, item) if type(item) is PayloadRef else item
+            return _resolved(self.fetch(task.job, where, item), value)
 
-        return attrs.evolve(
-            task,
-            args=[value(a) for a in task.args],
-            kwargs={k: value(v) for k, v in task.kwargs.items()},
-        )
+        args = _resolved(task.args, value)
+        kwargs = _resolved(task.kwargs, value)
+        if args is task.args and kwargs is task.kwargs:
+            return task
+        return attrs.evolve(task, args=args, kwargs=kwargs)
+
+
+def _resolved(item: Any, fetch: Callable[[PayloadRef], Any]) -> Any:
+    """``item`` with every ``PayloadRef`` in it replaced by ``fetch(ref)``; ``item``
+    itself when it holds none (no copy: the usual case costs one pass)."""
+    kind = type(item)
+    if kind is PayloadRef:
+        return fetch(item)
+    if kind is list or kind is tuple:
+        out = None
+        for index, each in enumerate(item):
+            if type(each) in _LEAVES:
+                continue
+            new = _resolved(each, fetch)
+            if new is not each:
+                if out is None:
+                    out = list(item)
+                out[index] = new
+        if out is None:
+            return item
+        return out if kind is list else tuple(out)
+    if kind is dict:
+        changed = {}
+        for key, each in item.items():
+            if type(each) in _LEAVES:
+                continue
+            new = _resolved(each, fetch)
+            if new is not each:
+                changed[key] = new
+        return {**item, **changed} if changed else item
+    return item
 
 
 def space(record: TaskRecord | ResultRecord) -> str:
@@ -274,6 +307,12 @@ def _as_error(result: ResultRecord, exc: Exception) -> ResultRecord:
 class SessionPayloads:
     """One session's side: offload at submit, resolve and delete when results are taken.
 
+    A workflow's task waiting for inputs (``wait``) is handed the references of the
+    inputs' results that came back by reference (``passed_on``) instead of their values:
+    such a payload is then kept (counted like an argument payload of the waiting task)
+    until the waiting task's result is taken (``release``) or it will not be sent
+    (``drop``), so a large value is read once into the client and never written again.
+
     Args:
         payloads: the rules and store.
         job: the session's job.
@@ -287,6 +326,9 @@ class SessionPayloads:
         self._lock = threading.Lock()
         self._by_task: dict[str, list[str]] = {}
         self._users: dict[str, int] = {}  # digest -> tasks still needing it
+        self._wanted: dict[str, set[str]] = {}  # input task -> the tasks waiting for it
+        self._waiting: dict[str, list[str]] = {}  # waiting task -> its unfinished inputs
+        self._passed: dict[str, dict[str, PayloadRef]] = {}  # waiting task -> input -> ref
         self._closed = False
         store = payloads.store
         if isinstance(store, MemoryStore):
@@ -314,7 +356,7 @@ class SessionPayloads:
         body, digests = self.payloads.encode_task(task)
         if digests:
             with self._lock:
-                self._by_task[task.task] = digests
+                self._by_task.setdefault(task.task, []).extend(digests)  # after passed_on's
                 for digest in digests:
                     self._users[digest] = self._users.get(digest, 0) + 1
         return body
@@ -322,10 +364,14 @@ class SessionPayloads:
     def take_result(self, result: ResultRecord) -> ResultRecord:
         """``result`` with a referenced value fetched (and deleted); the task's payloads released.
 
+        A referenced value that tasks ``wait`` for is kept for them (``passed_on``).
         A missing or corrupt payload makes it an error result naming the reason.
         """
         ref = result.value
         if type(ref) is not PayloadRef:
+            if self._wanted:
+                with self._lock:
+                    self._wanted.pop(result.task, None)
             self.release(result.task)
             return result
         try:  # before releasing: an echoed argument is the same file
@@ -333,9 +379,59 @@ class SessionPayloads:
         except PayloadError as exc:
             self.release(result.task)
             return _as_error(result, exc)
+        if self._wanted:
+            self._pass_on(result.task, ref)
         self.release(result.task)
-        self._delete([ref.digest])
+        self._delete([ref.digest])  # unless kept for waiting tasks
         return attrs.evolve(result, value=value)
+
+    # -- workflows: inputs passed on by reference ---------------------------------------
+    def wait(self, task_id: str, inputs: Iterable[str]) -> None:
+        """Task ``task_id`` waits for these tasks: keep their results' payloads for it."""
+        if self.payloads.store is None:
+            return  # values stay in messages: nothing to pass on
+        inputs = list(inputs)
+        if not inputs:
+            return
+        with self._lock:
+            if self._closed:
+                return
+            self._waiting[task_id] = inputs
+            for input_id in inputs:
+                self._wanted.setdefault(input_id, set()).add(task_id)
+
+    def _pass_on(self, input_id: str, ref: PayloadRef) -> None:
+        """``input_id``'s result is stored as ``ref``: keep it for the tasks waiting for it."""
+        with self._lock:
+            for task_id in self._wanted.pop(input_id, ()):
+                self._passed.setdefault(task_id, {})[input_id] = ref
+                self._by_task.setdefault(task_id, []).append(ref.digest)
+                self._users[ref.digest] = self._users.get(ref.digest, 0) + 1
+
+    def _stop_waiting(self, task_id: str) -> dict[str, PayloadRef]:
+        with self._lock:
+            for input_id in self._waiting.pop(task_id, ()):
+                waiting = self._wanted.get(input_id)
+                if waiting is not None:
+                    waiting.discard(task_id)
+                    if not waiting:
+                        del self._wanted[input_id]
+            return self._passed.pop(task_id, {})
+
+    def passed_on(self, task_id: str) -> dict[str, PayloadRef]:
+        """The waiting task is sent: its inputs' references by input task id.
+
+        Those payloads stay until its result is taken (``release``), as its arguments'.
+        """
+        if task_id not in self._waiting:  # waited for nothing stored (the usual case)
+            return {}
+        return self._stop_waiting(task_id)
+
+    def drop(self, task_id: str) -> None:
+        """The waiting task will not be sent (cancelled, an input failed): let go of its inputs."""
+        if task_id in self._waiting:
+            self._stop_waiting(task_id)
+        self.release(task_id)
 
     def release(self, task_id: str) -> None:
         """The task is done: delete the argument payloads no other task needs."""
@@ -370,6 +466,9 @@ class SessionPayloads:
             self._closed = True
             self._by_task.clear()
             self._users.clear()
+            self._wanted.clear()
+            self._waiting.clear()
+            self._passed.clear()
         store = self.payloads.store
         if store is not None:
             store.drop_session(self.job, self.session)
