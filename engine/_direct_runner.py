@@ -5,8 +5,10 @@ connection to the broker: ``DirectRunner`` receives tasks, admits them (the same
 rules as the engine, ``_admit``), runs them, sends their results and completes
 their deliveries, so a task's path is broker -> worker -> broker. It keeps the
 ``Ledger`` up to date for its engine, wakes the engine when it starts a task that
-has a timeout, and reads the engine's control pipe (``DirectControl``): cancel
-requests, and ``D`` to drain (give back what it has not started, then exit).
+has a timeout, and follows the engine's control pipe (``DirectControl``, a thread):
+cancel requests, and ``D`` to drain (give back what it has not started, then exit).
+An idle receive waits long (``_supervise.idle_wait``); a drain ends it
+(``Transport.wake``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import select
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -35,8 +38,6 @@ __all__ = ["DirectControl", "DirectRunner"]
 
 logger = logging.getLogger(__name__)
 
-_RECEIVE_WAIT = 0.5  # seconds the worker's receive waits at the broker
-_IDLE_POLL = 0.05  # seconds between looks at the control pipe when no task is waiting
 _SHORT_TASK = 0.0005  # seconds: results of tasks this short may wait to go out together
 _BATCH = 16  # results of short tasks sent in one request at most
 _WAKE = b"\1"
@@ -44,14 +45,30 @@ _WAKE = b"\1"
 
 class DirectControl:
     """What the engine wrote on the control pipe, one per line: cancel keys (``K`` + JSON),
-    ``G`` (go: the keys known at the start were sent) and ``D`` (drain)."""
+    ``G`` (go: the keys known at the start were sent) and ``D`` (drain).
+
+    Read up to ``G`` by ``wait_go``, then by a thread of its own (``follow``): the
+    runner reads ``draining``, ``cancelled`` and ``arrived`` (new keys came).
+    """
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.draining = False
         self.go = False
+        self.arrived = False
         self.cancelled: set[tuple[str, str, str]] = set()
         self._partial = b""
+
+    def follow(self, on_drain: Callable[[], None]) -> None:
+        """Read the pipe in a thread until ``D`` (or the engine is gone), then ``on_drain``."""
+
+        def run() -> None:
+            while not self.draining:
+                select.select([self.fd], [], [])
+                self.arrived |= self.poll()
+            on_drain()
+
+        threading.Thread(target=run, name="control", daemon=True).start()
 
     def wait_go(self, timeout: float) -> None:
         """Read what the engine sends before the first task (cancel keys), up to ``G``."""
@@ -107,6 +124,7 @@ class DirectRunner:
         self.default_timeout: float | None = options.get("default_timeout")
         self.retry_backoff: float = options["retry_backoff"]
         self.retry_backoff_max: float = options["retry_backoff_max"]
+        self.idle_wait: float = options["idle_wait"]  # the engine's ``idle_wait``
         self.outbox = Outbox(transport, context.engine_id, options["max_delivery_count"],
                              options.get("result_ttl"), source="worker")  # fmt: skip
         self.admission = Admission(self.outbox, context.tasks_dir, options["max_delivery_count"],
@@ -130,16 +148,20 @@ class DirectRunner:
         being sent, hands freed heap back to the system (both from the worker module).
         """
         backoff = Backoff()
-        polled = 0.0
+        drained = threading.Event()
+
+        def on_drain() -> None:  # ends a waiting receive, or a wait for a retry
+            drained.set()
+            self.transport.wake()
+
+        self.control.follow(on_drain)
         unsent_since: float | None = None  # monotonic time the oldest unsent result's task began
         self.outbox.observer.report(time.time())  # this worker's part of the engine's report
         self._settler.start()
         while True:
-            # Look for cancel requests before each task; while idle, at least every 50 ms
-            # (a receive returns within 0.5 s), so that a drain is seen.
-            if self.pending or time.monotonic() - polled > _IDLE_POLL:
-                polled = time.monotonic()
-                if self.control.poll() and self.delayed:
+            if self.control.arrived:
+                self.control.arrived = False
+                if self.delayed:
                     self._drop_cancelled()
             if self.control.draining:
                 break
@@ -169,7 +191,7 @@ class DirectRunner:
             if entries and not self._merge:
                 self._settle(entries)
                 entries = []
-            wait = _RECEIVE_WAIT
+            wait = self.idle_wait
             if self.delayed:
                 wait = max(0.0, min(wait, min(h.due for h in self.delayed) - time.monotonic()))
             room = self.ledger.room() + sum(
@@ -182,7 +204,7 @@ class DirectRunner:
                     if self._settler.unsettled:
                         self._settle_lock.wait(wait)  # the settler frees slots
                         continue
-                time.sleep(wait)
+                drained.wait(wait)
                 continue
             try:
                 if entries:

@@ -58,7 +58,12 @@ from ._pipeline import WorkerPipeline
 from ._process import WorkerSettings
 from ._reach import ServiceGoneError, ServiceWatch
 from ._relay import RelayFeeder
-from ._supervise import DEFAULT_PREFETCH, DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX
+from ._supervise import (
+    DEFAULT_PREFETCH,
+    DEFAULT_RETRY_BACKOFF,
+    DEFAULT_RETRY_BACKOFF_MAX,
+    idle_wait,
+)
 from .credentials import check_pass_env
 from .errors import EngineError
 from .jvm_host import check_host_options
@@ -305,6 +310,7 @@ class Engine:
             "retry_backoff_max": self.retry_backoff_max,
             "jvm_options": self.jvm_options.as_options(),
             "transport_options": self._transport_options,
+            "idle_wait": idle_wait(self.transport),  # the worker's connection is alike
         }
         return DirectWorker(
             self._worker_settings, self._url, self.queue, self.prefetch, options, self.transport,
@@ -431,6 +437,7 @@ class Engine:
         self._request_stop()
         control = self._control
         if control is not None and control.is_alive():
+            self.transport.wake()  # its receive may wait long (not in a signal handler)
             control.join(_POLL * 4 + 1.0)
             if control.is_alive():
                 logger.warning("engine %s: thread %s did not stop", self.engine_id, control.name)
