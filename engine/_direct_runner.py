@@ -22,14 +22,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
 from ..transport import Delivery, Transport
 from ..transport.errors import TransportClosedError, TransportError
 from ._admit import Admission
 from ._ledger import Ledger
 from ._outbox import Held, Outbox, Settler, delivery_attempt
-from ._pipe import STATUS_EXPIRED
+from ._pipe import STATUS_EXPIRED, ControlPipe
 from ._reach import Backoff
 from ._supervise import drop_cancelled, may_retry, release_due, schedule_retry
 from .tasks import JvmOptionPolicy
@@ -43,21 +41,9 @@ _BATCH = 16  # results of short tasks sent in one request at most
 _WAKE = b"\1"
 
 
-class DirectControl:
-    """What the engine wrote on the control pipe, one per line: cancel keys (``K`` + JSON),
-    ``G`` (go: the keys known at the start were sent) and ``D`` (drain).
-
-    Read up to ``G`` by ``wait_go``, then by a thread of its own (``follow``): the
-    runner reads ``draining``, ``cancelled`` and ``arrived`` (new keys came).
-    """
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.draining = False
-        self.go = False
-        self.arrived = False
-        self.cancelled: set[tuple[str, str, str]] = set()
-        self._partial = b""
+class DirectControl(ControlPipe):
+    """The control pipe of a direct worker: read up to ``G`` by ``wait_go``, then by a
+    thread of its own (``follow``)."""
 
     def follow(self, on_drain: Callable[[], None]) -> None:
         """Read the pipe in a thread until ``D`` (or the engine is gone), then ``on_drain``."""
@@ -65,7 +51,7 @@ class DirectControl:
         def run() -> None:
             while not self.draining:
                 select.select([self.fd], [], [])
-                self.arrived |= self.poll()
+                self.poll()
             on_drain()
 
         threading.Thread(target=run, name="control", daemon=True).start()
@@ -78,30 +64,6 @@ class DirectControl:
             self.poll()
         if not self.go and not self.draining:
             raise RuntimeError("the engine did not say go")
-
-    def poll(self) -> bool:
-        """Read what the engine wrote (one non-blocking read); True if cancel keys came."""
-        try:
-            data = os.read(self.fd, 65536)
-        except BlockingIOError:
-            return False
-        if not data:
-            self.draining = True  # the engine is gone
-            return False
-        keys = len(self.cancelled)
-        *lines, self._partial = (self._partial + data).split(b"\n")
-        for line in lines:
-            if line == b"D":
-                self.draining = True
-            elif line == b"G":
-                self.go = True
-            elif line.startswith(b"K"):
-                try:
-                    session, task, key = orjson.loads(line[1:])
-                    self.cancelled.add((str(session), str(task), str(key)))
-                except (orjson.JSONDecodeError, TypeError, ValueError):
-                    logger.warning("ignoring a malformed cancel line from the engine")
-        return len(self.cancelled) > keys
 
 
 class DirectRunner:
@@ -128,7 +90,7 @@ class DirectRunner:
         self.outbox = Outbox(transport, context.engine_id, options["max_delivery_count"],
                              options.get("result_ttl"), source="worker")  # fmt: skip
         self.admission = Admission(self.outbox, context.tasks_dir, options["max_delivery_count"],
-                                   control.cancelled,
+                                   control.keys,
                                    JvmOptionPolicy(**options.get("jvm_options", {})))  # fmt: skip
         self.pending: deque[Held] = deque()
         self.delayed: list[Held] = []
@@ -246,7 +208,7 @@ class DirectRunner:
 
     def _run(self, held: Held, cache: Any, run_one: Any) -> None:
         task = held.task
-        if self.control.cancelled and held.key in self.control.cancelled:
+        if self.control.keys and held.key in self.control.keys:
             self.outbox.cancelled(held)
             return
         limit = task.timeout if task.timeout is not None else self.default_timeout
@@ -274,7 +236,7 @@ class DirectRunner:
 
     def _drop_cancelled(self) -> None:
         """Answer the retries backing off whose task was cancelled meanwhile."""
-        self.delayed = drop_cancelled(self.delayed, self.control.cancelled, self.outbox)
+        self.delayed = drop_cancelled(self.delayed, self.control.keys, self.outbox)
 
     def _release_due(self) -> None:
         self.pending.extendleft(reversed(release_due(self.delayed)))

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
-import pytest
+import test_zmq_idle_cost
 import zmq
 
 from realtime_batch.transport import Message
@@ -18,6 +17,9 @@ from realtime_batch.transport.zeromq.client import ZmqTransport
 from realtime_batch.transport.zeromq.heartbeat import REFRESH_BEATS, HeartbeatSchedule
 
 INTERVAL = 1.0
+#: a broker on a thread, heartbeat interval 0.2 s (shared with the idle-cost tests)
+counting_broker = test_zmq_idle_cost.counting_broker
+_url = test_zmq_idle_cost._url
 
 
 # -- the schedule (pure: the clock is passed in) --------------------------------------------
@@ -78,36 +80,17 @@ def test_a_parked_receive_keeps_its_client_alive_and_a_silent_client_loses_its_l
         broker.close()
 
 
-@pytest.fixture
-def live_broker() -> Iterator[Broker]:
-    broker = Broker(
-        "tcp://127.0.0.1:0", heartbeat_interval=0.2, context=zmq.Context(), timer_tick=0.05
-    )
-    thread = threading.Thread(target=broker.run, daemon=True)
-    thread.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
-        thread.join(5)
-        broker.close()
-
-
-def _url(broker: Broker) -> str:
-    return "zmq://" + broker.endpoint.removeprefix("tcp://")
-
-
-def test_a_killed_client_with_a_parked_receive_still_loses_its_lease(live_broker):
+def test_a_killed_client_with_a_parked_receive_still_loses_its_lease(counting_broker):
     """Its parked receive is answered when its wait ends; the answer cannot be
     delivered, the client earns no more time, and its lease is released."""
-    with ZmqTransport(_url(live_broker), heartbeat_interval=0.2) as observer:
+    with ZmqTransport(_url(counting_broker), heartbeat_interval=0.2) as observer:
         observer.declare_queue("q")
         observer.declare_queue("idle")
         observer.send("q", Message(b"task"))
         context = zmq.Context()
         dead = context.socket(zmq.DEALER)
         dead.setsockopt(zmq.ROUTING_ID, _owner(9) + b"\0\0\0\0")
-        dead.connect(live_broker.endpoint)
+        dead.connect(counting_broker.endpoint)
         dead.send(wire.encode_request(wire.HEARTBEAT, 0, 0.2))
         dead.send(wire.encode_request(wire.RECEIVE, 1, "q", 1, 0, None))
         assert dead.poll(10_000) and dead.recv_multipart()  # the heartbeat's answer
@@ -121,8 +104,8 @@ def test_a_killed_client_with_a_parked_receive_still_loses_its_lease(live_broker
         assert again.message.body == b"task" and again.delivery_count == 2
 
 
-def test_wake_ends_the_clients_parked_receives_at_once(live_broker):
-    with ZmqTransport(_url(live_broker), heartbeat_interval=0.2) as client:
+def test_wake_ends_the_clients_parked_receives_at_once(counting_broker):
+    with ZmqTransport(_url(counting_broker), heartbeat_interval=0.2) as client:
         client.declare_queue("idle")
         got: list[object] = []
         waiting = threading.Thread(target=lambda: got.append(client.receive("idle", timeout=120)))
@@ -138,10 +121,10 @@ def test_wake_ends_the_clients_parked_receives_at_once(live_broker):
         assert later.message.body == b"later"
 
 
-def test_a_wake_sent_before_the_receive_parked_still_ends_it(live_broker):
+def test_a_wake_sent_before_the_receive_parked_still_ends_it(counting_broker):
     """``wake`` raced ahead of the receive it was meant for: the waiting receive
     repeats it on its own socket."""
-    with ZmqTransport(_url(live_broker), heartbeat_interval=0.2) as client:
+    with ZmqTransport(_url(counting_broker), heartbeat_interval=0.2) as client:
         client.declare_queue("idle")
         started = threading.Event()
         got: list[object] = []
@@ -159,9 +142,9 @@ def test_a_wake_sent_before_the_receive_parked_still_ends_it(live_broker):
         assert not thread.is_alive() and got == [[]]
 
 
-def test_a_parked_client_sends_no_heartbeat_yet_keeps_its_lease(live_broker):
+def test_a_parked_client_sends_no_heartbeat_yet_keeps_its_lease(counting_broker):
     interval = 0.2
-    with ZmqTransport(_url(live_broker), heartbeat_interval=interval) as client:
+    with ZmqTransport(_url(counting_broker), heartbeat_interval=interval) as client:
         client.declare_queue("q")
         client.declare_queue("idle")
         client.send("q", Message(b"held"))
