@@ -16,7 +16,13 @@ import psutil
 import pytest
 import zmq
 
-from realtime_batch.transport import LockLostError, Message, MessageTooLargeError, open_transport
+from realtime_batch.transport import (
+    LockLostError,
+    Message,
+    MessageTooLargeError,
+    Transport,
+    open_transport,
+)
 from realtime_batch.transport.zeromq import wire
 from realtime_batch.transport.zeromq.broker import Broker
 
@@ -237,10 +243,16 @@ def test_give_back_does_not_count_the_delivery(zmq_broker_factory, queue):
 
 
 def test_give_back_abandons_where_a_backend_cannot_uncount(queue):
+    """``Transport.give_back``'s default (for backends without ``capabilities.give_back``)
+    abandons: the delivery counts. memory:// itself uncounts since it declares it."""
     with open_transport(f"memory://give-back-{uuid.uuid4().hex}") as t:
         t.declare_queue(queue)
         t.send(queue, Message(b"task"))
         [d] = t.receive(queue, timeout=10)
+        Transport.give_back(t, d)  # the base class's default
+        [d] = t.receive(queue, timeout=10)
+        assert d.delivery_count == 2
+        assert t.capabilities.give_back
         t.give_back(d)
         [d] = t.receive(queue, timeout=10)
         assert d.delivery_count == 2
