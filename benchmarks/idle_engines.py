@@ -1,15 +1,20 @@
 """Many simulated idle engines against one broker: the broker's CPU while they idle.
 
-    python -m benchmarks.idle_engines [--engines 32,256] [--window 10]
+    python -m benchmarks.idle_engines [--engines 32,256] [--window 10] [--rounds 1]
 
 An idle engine costs the broker what it sends: each engine process and its task
 worker have a connection of their own (``ZmqTransport``), each with a heartbeat
 socket and a request socket. On the request socket the engine keeps a receive
 parked on its control queue and the worker one on the task queue, each waiting
-``IDLE_RECEIVE_WAIT`` at the broker and sent again as soon as it is answered; on
-the heartbeat socket each sends what ``HeartbeatSchedule`` (the client's own rule)
-says is due. The simulator does exactly that with raw DEALER sockets in one
-thread, so hundreds of engines cost a few processes' worth of Python, not hundreds.
+``IDLE_WAIT`` at the broker and sent again as soon as it is answered; on the
+heartbeat socket each sends what ``HeartbeatSchedule`` (the client's own rule)
+says is due, which is nothing past the first beat while a receive is parked. The
+simulator does exactly that with raw DEALER sockets in one thread, so hundreds of
+engines cost a few processes' worth of Python, not hundreds.
+
+Each count is measured both ways, alternately, against the same broker build:
+``before`` is what an idle engine did before (half-second receives, heartbeats when
+the link is quiet for an interval), ``after`` what it does now.
 
 The broker runs in its own process (``python -m realtime_batch.transport.zeromq``);
 its CPU is read over a window (100 = one core). The machine is shared and noisy:
@@ -34,6 +39,7 @@ import psutil
 import zmq
 
 from benchmarks.procs import Child
+from realtime_batch.engine._supervise import IDLE_WAIT, SHORT_IDLE_WAIT
 from realtime_batch.transport.zeromq import wire
 from realtime_batch.transport.zeromq.heartbeat import REFRESH_BEATS, HeartbeatSchedule
 
@@ -45,10 +51,8 @@ log = logging.getLogger(__name__)
 TASK_QUEUE = "tasks"
 CONTROL_QUEUE = "control"
 HEARTBEAT_INTERVAL = 1.0
-#: Seconds an idle engine's receives wait at the broker: the task worker's
-#: (``engine/_direct_runner.py``, ``_RECEIVE_WAIT``) and the control thread's
-#: (``engine/_cancels.py``, ``poll``); ``--receive-wait`` projects other values.
-IDLE_RECEIVE_WAIT = 0.5
+#: how an idle engine behaves on the wire: (receive wait, parked receives count as life)
+MODES = {"before": (SHORT_IDLE_WAIT, False), "after": (IDLE_WAIT, True)}
 
 
 class _Client:
@@ -64,6 +68,7 @@ class _Client:
         report: bool,
         wait: float,
         refresh_beats: int,
+        parks: bool,
     ) -> None:
         self.wait = wait
         client_id = b"\x01" + os.urandom(15)
@@ -74,6 +79,9 @@ class _Client:
         self.requests = self._socket(context, endpoint, client_id + b"\0\0\0\0")
         self.beat = self._socket(context, endpoint, client_id + b"\0\0\0\1")
         self.schedule = HeartbeatSchedule(HEARTBEAT_INTERVAL, refresh_beats)
+        # a receive is always parked (the next goes as soon as one is answered), and a
+        # long one counts as this client's sign of life (``ZmqTransport._attempt``)
+        self.schedule.parked = int(parks and wait >= HEARTBEAT_INTERVAL)
         self.sent = 0
 
     @staticmethod
@@ -106,15 +114,17 @@ class _Client:
 
 class IdleEngines:
     """``engines`` simulated idle engines (two clients each) on the broker at ``endpoint``,
-    their receives waiting ``wait`` seconds (``refresh_beats=1``: a heartbeat every
-    interval, as clients sent them before issue 21)."""
+    their receives waiting ``wait`` seconds, counted as signs of life if ``parks``
+    (``refresh_beats=1``: a heartbeat every interval, as clients sent them before
+    issue 21)."""
 
     def __init__(
         self,
         endpoint: str,
         engines: int,
-        wait: float = IDLE_RECEIVE_WAIT,
+        wait: float = IDLE_WAIT,
         refresh_beats: int = REFRESH_BEATS,
+        parks: bool = True,
     ) -> None:
         self.wait = wait
         self.context = zmq.Context()
@@ -123,7 +133,9 @@ class IdleEngines:
         for index in range(engines):
             engine_id = f"sim-{index}"
             for report in (True, False):
-                client = _Client(self.context, endpoint, engine_id, report, wait, refresh_beats)
+                client = _Client(
+                    self.context, endpoint, engine_id, report, wait, refresh_beats, parks
+                )
                 self.clients.append(client)
         self._declare(endpoint)
         self._by_socket = {}
@@ -200,17 +212,18 @@ def idle_broker_cpu(
     engines: int,
     window: float,
     settle: float = 2.0,
-    wait: float = IDLE_RECEIVE_WAIT,
+    wait: float = IDLE_WAIT,
     refresh_beats: int = REFRESH_BEATS,
+    parks: bool = True,
 ) -> dict[str, float]:
     """The broker's CPU (% of a core) over ``window`` s with ``engines`` simulated idle
-    engines whose receives wait ``wait`` s.
+    engines whose receives wait ``wait`` s (signs of life if ``parks``).
 
     Also the requests per second it answered to the simulated receives.
     """
     _raise_open_files(8 * engines + 256)
     with broker_process() as (broker, endpoint):
-        sim = IdleEngines(endpoint, engines, wait, refresh_beats)
+        sim = IdleEngines(endpoint, engines, wait, refresh_beats, parks)
         try:
             sim.run(settle)  # connected, parked, past the first heartbeats
             before, answered = _cpu(broker), sim.answered
@@ -238,8 +251,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--engines", default="32,256", help="comma-separated engine counts")
     parser.add_argument("--window", type=float, default=10.0, help="seconds measured")
     parser.add_argument(
-        "--receive-wait", type=float, default=IDLE_RECEIVE_WAIT, help="an idle receive's wait"
+        "--receive-wait", type=float, default=IDLE_WAIT, help="an idle receive's wait (after)"
     )
+    parser.add_argument("--rounds", type=int, default=1, help="before/after pairs per count")
     parser.add_argument(
         "--refresh-beats",
         type=int,
@@ -248,16 +262,22 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    modes = {**MODES, "after": (args.receive_wait, True)}
     for count in (int(c) for c in args.engines.split(",")):
-        found = idle_broker_cpu(
-            count, args.window, wait=args.receive_wait, refresh_beats=args.refresh_beats
-        )
-        log.info(
-            "%4d idle engines: broker %.2f %% of a core, %.0f receives answered/s",
-            count,
-            found["broker_cpu_pct"],
-            found["receives_per_s"],
-        )
+        for _round in range(args.rounds):
+            for mode, (wait, parks) in modes.items():
+                found = idle_broker_cpu(
+                    count, args.window, wait=wait, refresh_beats=args.refresh_beats, parks=parks
+                )
+                log.info(
+                    "%4d idle engines, %-6s (receive wait %.1f s): broker %.2f %% of a core, "
+                    "%.0f receives answered/s",
+                    count,
+                    mode,
+                    wait,
+                    found["broker_cpu_pct"],
+                    found["receives_per_s"],
+                )
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from ..control import KIND, KIND_CANCEL, KIND_STOP, decode_control, session_key
 from ..transport import Delivery, Transport
 from ..transport.errors import TransportClosedError, TransportError
 from ._reach import Backoff, ServiceWatch
+from ._supervise import idle_wait
 
 __all__ = ["CANCELLED_KEEP", "CANCELLED_MAX", "CancelRequests", "receive_cancels"]
 
@@ -73,16 +74,17 @@ def receive_cancels(
     requests: CancelRequests,
     running: threading.Event,
     wake: Callable[[], None],
-    poll: float = 0.5,
     stop: Callable[[], None] | None = None,
     watch: ServiceWatch | None = None,
 ) -> None:
     """Receive cancel requests for ``engine_id`` while ``running`` is set; ``wake`` on each.
 
     A ``stop`` message calls ``stop`` (the engine's graceful stop); ``watch`` hears of
-    every answer and failure (it stops the engine when the service is gone).
+    every answer and failure (it stops the engine when the service is gone). Each
+    receive waits ``idle_wait``: the engine's stop ends it with ``transport.wake``.
     """
     backoff = Backoff()
+    poll = idle_wait(transport)
     while running.is_set():
         try:
             deliveries = transport.receive(queue, max_messages=64, timeout=poll, group=engine_id)

@@ -1,33 +1,14 @@
 """Direct mode, the engine's side: supervise a worker that takes tasks from the broker.
 
-In the default (relay) mode every task crosses the engine twice: the engine
-receives it, pipes it to its worker process and pipes the answer back before
-sending it. In direct mode the worker process has its own connection to the
-broker: it receives tasks, admits them (the same rules as the engine), runs them
-and sends their results and completions, so a task's path is broker -> worker ->
-broker (``_direct_runner``, the worker's side); the engine stays beside it as its
-supervisor. What the engine needs to supervise without being woken for every task
-is in a small shared-memory ``Ledger`` (``_ledger``) that the worker keeps up to
-date: the lease tokens it holds, and which task is running, since when, until
-when, and its message. From it the engine, by the rules of ``_supervise``,
-
-* renews the leases the worker holds (settling by lock token works from any
-  connection: the transport's ``Capabilities.settles_by_token``, which is why
-  direct mode needs it);
-* kills the worker when the running task outlives its timeout, or when it was
-  cancelled while running, and answers that task (``TaskTimeoutError``,
-  ``cancelled``);
-* when the worker dies, answers or re-queues the task it was running exactly as
-  in relay mode (``WorkerCrashedError`` after ``max_retries``) and gives back
-  every other delivery it held; then starts a new worker;
-* sends the ``running`` notice of a long task to sessions that ask for notices.
-
-The worker wakes the engine only when it starts a task that has a timeout;
-other tasks cost the engine nothing (it looks at the ledger at least four times a
-second, which is often enough for leases and the ``running`` notice). Cancel requests, which
-the engine receives, reach the worker through its control pipe; a graceful stop
-tells the worker to drain (give back what it has not started, finish the running
-task) and exit.
+The worker process has its own connection to the broker and receives, admits, runs
+and answers tasks itself (``_direct_runner``); the engine stays beside it as its
+supervisor, reading a shared-memory ``Ledger`` (leases held, the running task and
+its deadline) at least four times a second and woken when a task with a timeout
+starts. By the rules of ``_supervise`` it renews the worker's leases (by token:
+``Capabilities.settles_by_token``), kills the worker on a timeout or a cancel of the
+running task and answers that task, and when the worker dies answers or re-queues
+its task and gives back the rest. Cancel keys and drain go to the worker on its
+control pipe (``_pipe``). The whole picture: docs/engine.md.
 """
 
 from __future__ import annotations
@@ -46,8 +27,9 @@ from ..protocol import ProtocolError, decode_task
 from ..transport import Delivery, Message, Transport
 from ..transport.errors import TransportError
 from ._cancels import CancelRequests
-from ._ledger import FLAG_NOTIFY, Ledger, LedgerView, cancel_lines
+from ._ledger import FLAG_NOTIFY, Ledger, LedgerView
 from ._outbox import Held, Outbox
+from ._pipe import DRAIN, cancel_lines
 from ._process import WorkerProcess, WorkerSettings, start_worker
 from ._supervise import (
     CANCEL_GRACE,
@@ -299,7 +281,7 @@ class DirectWorker:
         self.draining = True
         if self.worker is None:
             return
-        self.worker.write_control(b"D\n")
+        self.worker.write_control(DRAIN)
         end = time.monotonic() + grace
         while self.worker is not None and not forced() and time.monotonic() < end:
             self.step(min(end, time.monotonic() + 0.05))

@@ -5,8 +5,10 @@ connection to the broker: ``DirectRunner`` receives tasks, admits them (the same
 rules as the engine, ``_admit``), runs them, sends their results and completes
 their deliveries, so a task's path is broker -> worker -> broker. It keeps the
 ``Ledger`` up to date for its engine, wakes the engine when it starts a task that
-has a timeout, and reads the engine's control pipe (``DirectControl``): cancel
-requests, and ``D`` to drain (give back what it has not started, then exit).
+has a timeout, and follows the engine's control pipe (``DirectControl``, a thread):
+cancel requests, and ``D`` to drain (give back what it has not started, then exit).
+An idle receive waits long (``_supervise.idle_wait``); a drain ends it
+(``Transport.wake``).
 """
 
 from __future__ import annotations
@@ -17,16 +19,15 @@ import select
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
-
-import orjson
 
 from ..transport import Delivery, Transport
 from ..transport.errors import TransportClosedError, TransportError
 from ._admit import Admission
 from ._ledger import Ledger
 from ._outbox import Held, Outbox, Settler, delivery_attempt
-from ._pipe import STATUS_EXPIRED
+from ._pipe import STATUS_EXPIRED, ControlPipe
 from ._reach import Backoff
 from ._supervise import drop_cancelled, may_retry, release_due, schedule_retry
 from .tasks import JvmOptionPolicy
@@ -35,23 +36,25 @@ __all__ = ["DirectControl", "DirectRunner"]
 
 logger = logging.getLogger(__name__)
 
-_RECEIVE_WAIT = 0.5  # seconds the worker's receive waits at the broker
-_IDLE_POLL = 0.05  # seconds between looks at the control pipe when no task is waiting
 _SHORT_TASK = 0.0005  # seconds: results of tasks this short may wait to go out together
 _BATCH = 16  # results of short tasks sent in one request at most
 _WAKE = b"\1"
 
 
-class DirectControl:
-    """What the engine wrote on the control pipe, one per line: cancel keys (``K`` + JSON),
-    ``G`` (go: the keys known at the start were sent) and ``D`` (drain)."""
+class DirectControl(ControlPipe):
+    """The control pipe of a direct worker: read up to ``G`` by ``wait_go``, then by a
+    thread of its own (``follow``)."""
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.draining = False
-        self.go = False
-        self.cancelled: set[tuple[str, str, str]] = set()
-        self._partial = b""
+    def follow(self, on_drain: Callable[[], None]) -> None:
+        """Read the pipe in a thread until ``D`` (or the engine is gone), then ``on_drain``."""
+
+        def run() -> None:
+            while not self.draining:
+                select.select([self.fd], [], [])
+                self.poll()
+            on_drain()
+
+        threading.Thread(target=run, name="control", daemon=True).start()
 
     def wait_go(self, timeout: float) -> None:
         """Read what the engine sends before the first task (cancel keys), up to ``G``."""
@@ -61,30 +64,6 @@ class DirectControl:
             self.poll()
         if not self.go and not self.draining:
             raise RuntimeError("the engine did not say go")
-
-    def poll(self) -> bool:
-        """Read what the engine wrote (one non-blocking read); True if cancel keys came."""
-        try:
-            data = os.read(self.fd, 65536)
-        except BlockingIOError:
-            return False
-        if not data:
-            self.draining = True  # the engine is gone
-            return False
-        keys = len(self.cancelled)
-        *lines, self._partial = (self._partial + data).split(b"\n")
-        for line in lines:
-            if line == b"D":
-                self.draining = True
-            elif line == b"G":
-                self.go = True
-            elif line.startswith(b"K"):
-                try:
-                    session, task, key = orjson.loads(line[1:])
-                    self.cancelled.add((str(session), str(task), str(key)))
-                except (orjson.JSONDecodeError, TypeError, ValueError):
-                    logger.warning("ignoring a malformed cancel line from the engine")
-        return len(self.cancelled) > keys
 
 
 class DirectRunner:
@@ -107,10 +86,11 @@ class DirectRunner:
         self.default_timeout: float | None = options.get("default_timeout")
         self.retry_backoff: float = options["retry_backoff"]
         self.retry_backoff_max: float = options["retry_backoff_max"]
+        self.idle_wait: float = options["idle_wait"]  # the engine's ``idle_wait``
         self.outbox = Outbox(transport, context.engine_id, options["max_delivery_count"],
                              options.get("result_ttl"), source="worker")  # fmt: skip
         self.admission = Admission(self.outbox, context.tasks_dir, options["max_delivery_count"],
-                                   control.cancelled,
+                                   control.keys,
                                    JvmOptionPolicy(**options.get("jvm_options", {})))  # fmt: skip
         self.pending: deque[Held] = deque()
         self.delayed: list[Held] = []
@@ -130,16 +110,20 @@ class DirectRunner:
         being sent, hands freed heap back to the system (both from the worker module).
         """
         backoff = Backoff()
-        polled = 0.0
+        drained = threading.Event()
+
+        def on_drain() -> None:  # ends a waiting receive, or a wait for a retry
+            drained.set()
+            self.transport.wake()
+
+        self.control.follow(on_drain)
         unsent_since: float | None = None  # monotonic time the oldest unsent result's task began
         self.outbox.observer.report(time.time())  # this worker's part of the engine's report
         self._settler.start()
         while True:
-            # Look for cancel requests before each task; while idle, at least every 50 ms
-            # (a receive returns within 0.5 s), so that a drain is seen.
-            if self.pending or time.monotonic() - polled > _IDLE_POLL:
-                polled = time.monotonic()
-                if self.control.poll() and self.delayed:
+            if self.control.arrived:
+                self.control.arrived = False
+                if self.delayed:
                     self._drop_cancelled()
             if self.control.draining:
                 break
@@ -169,7 +153,7 @@ class DirectRunner:
             if entries and not self._merge:
                 self._settle(entries)
                 entries = []
-            wait = _RECEIVE_WAIT
+            wait = self.idle_wait
             if self.delayed:
                 wait = max(0.0, min(wait, min(h.due for h in self.delayed) - time.monotonic()))
             room = self.ledger.room() + sum(
@@ -182,7 +166,7 @@ class DirectRunner:
                     if self._settler.unsettled:
                         self._settle_lock.wait(wait)  # the settler frees slots
                         continue
-                time.sleep(wait)
+                drained.wait(wait)
                 continue
             try:
                 if entries:
@@ -224,7 +208,7 @@ class DirectRunner:
 
     def _run(self, held: Held, cache: Any, run_one: Any) -> None:
         task = held.task
-        if self.control.cancelled and held.key in self.control.cancelled:
+        if self.control.keys and held.key in self.control.keys:
             self.outbox.cancelled(held)
             return
         limit = task.timeout if task.timeout is not None else self.default_timeout
@@ -252,7 +236,7 @@ class DirectRunner:
 
     def _drop_cancelled(self) -> None:
         """Answer the retries backing off whose task was cancelled meanwhile."""
-        self.delayed = drop_cancelled(self.delayed, self.control.cancelled, self.outbox)
+        self.delayed = drop_cancelled(self.delayed, self.control.keys, self.outbox)
 
     def _release_due(self) -> None:
         self.pending.extendleft(reversed(release_due(self.delayed)))

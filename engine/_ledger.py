@@ -1,11 +1,10 @@
-"""What a direct worker and its engine share: the ledger, and the control pipe's lines.
+"""What a direct worker and its engine share: the ledger.
 
 A direct worker (``_direct_runner``) takes tasks from the broker itself; what its
 engine (``_direct``) needs in order to supervise it without being woken for every
 task is here: the lease tokens it holds, and which task is running, since when,
-until when, and its message. The worker writes, the engine reads. The other way,
-the engine writes lines on the worker's control pipe: cancel keys (``K`` + JSON,
-``cancel_lines``), ``G`` (go: the keys known at the start were sent) and ``D`` (drain).
+until when, and its message. The worker writes, the engine reads (the other way
+goes the control pipe, ``_pipe``).
 """
 
 from __future__ import annotations
@@ -14,14 +13,11 @@ import mmap
 import os
 import struct
 import time
-from typing import Any
-
-import orjson
 
 from ..control import NOTIFY
 from ..transport import Delivery
 
-__all__ = ["FLAG_NOTIFY", "Ledger", "LedgerView", "cancel_lines"]
+__all__ = ["FLAG_NOTIFY", "Ledger", "LedgerView"]
 
 _HEADER = struct.Struct("<QqQddQIH")  # gen, running slot, run seq, started, deadline,
 #                                        finished, body length, running attempt
@@ -32,11 +28,6 @@ _SLOT = struct.Struct("<BBIddH")  # state, flags, delivery count, received, lock
 _SLOT_SIZE = 192
 _TOKEN_MAX = _SLOT_SIZE - _SLOT.size
 FLAG_NOTIFY = 1  # the slot's task asks for notices
-
-
-def cancel_lines(keys: Any) -> bytes:
-    """Cancel keys as lines of the control pipe (``DirectControl`` reads them)."""
-    return b"".join(b"K" + orjson.dumps(list(key)) + b"\n" for key in keys)
 
 
 class LedgerView:

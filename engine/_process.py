@@ -29,7 +29,7 @@ import attrs
 import orjson
 
 from ._output import DEFAULT_MAX_OUTPUT, WorkerLog
-from ._pipe import CANCEL, CRASH_TAIL, DRAIN, decode_answer
+from ._pipe import CRASH_TAIL, DRAIN, cancel_seq_lines, decode_answer
 from ._supervise import describe_exit
 from .credentials import task_environment
 from .errors import WorkerStartError
@@ -226,17 +226,14 @@ class WorkerProcess:
 
     def drain(self) -> None:
         """Tell the worker to skip every task it has not started yet."""
-        self._control(DRAIN)
+        self.write_control(DRAIN)
 
     def cancel(self, seqs: list[int]) -> None:
         """Tell the worker not to start tasks ``seqs`` (it answers them ``cancelled``)."""
-        self._control(b"".join(b"%s%d;" % (CANCEL, seq) for seq in seqs))
+        self.write_control(cancel_seq_lines(seqs))
 
     def write_control(self, data: bytes) -> None:
-        """Write raw bytes to the worker's control pipe (direct mode's line protocol)."""
-        self._control(data)
-
-    def _control(self, data: bytes) -> None:
+        """Write lines of the control pipe (``_pipe``) to the worker."""
         if self._ctrl_w is not None and data:
             with contextlib.suppress(OSError):
                 os.write(self._ctrl_w, data)

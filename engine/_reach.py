@@ -57,6 +57,10 @@ class ServiceGoneError(EngineError):
 class ServiceWatch:
     """Counts how long every request to the service has failed; calls ``on_gone`` once.
 
+    Gone: ``gone_after`` seconds since the last answer, and failures for half of it
+    since the first one. A long idle receive is answered only every few seconds, so
+    the last answer alone would make one failure after it look like a long silence.
+
     Args:
         gone_after: seconds without an answer after which the service is gone (None: never).
         on_gone: called once, with the ``ServiceGoneError`` that says why.
@@ -71,11 +75,13 @@ class ServiceWatch:
         self.what = what
         self.gone: ServiceGoneError | None = None
         self._answered = time.monotonic()
+        self._first_failure: float | None = None
         self._lock = threading.Lock()
 
     def answered(self) -> None:
         """A request to the service succeeded."""
         self._answered = time.monotonic()
+        self._first_failure = None
 
     def failed(self, exc: TransportError) -> bool:
         """A request failed with ``exc``; True if the service is gone (stop retrying)."""
@@ -83,8 +89,11 @@ class ServiceWatch:
             return True
         if self.gone_after is None or not isinstance(exc, ConnectionLostError):
             return False
-        silent = time.monotonic() - self._answered
-        if silent < self.gone_after:
+        now = time.monotonic()
+        if self._first_failure is None:
+            self._first_failure = now
+        silent = now - self._answered
+        if silent < self.gone_after or now - self._first_failure < self.gone_after / 2:
             return False
         with self._lock:
             if self.gone is not None:

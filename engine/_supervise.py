@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from ..control import RUNNING_NOTICE_AFTER
 
 if TYPE_CHECKING:
+    from ..transport import Transport
     from ._observe import TaskObserver
     from ._outbox import Held, Outbox
 
@@ -38,11 +39,13 @@ __all__ = [
     "DEFAULT_PREFETCH",
     "DEFAULT_RETRY_BACKOFF",
     "DEFAULT_RETRY_BACKOFF_MAX",
+    "IDLE_WAIT",
     "RUNNING_NOTICE_AFTER",
     "WHY_CANCELLED",
     "WHY_TIMEOUT",
     "describe_exit",
     "drop_cancelled",
+    "idle_wait",
     "may_retry",
     "next_renewal",
     "release_due",
@@ -68,6 +71,17 @@ DEFAULT_RETRY_BACKOFF_MAX = 30.0
 _MIN_RENEW_INTERVAL = 0.05
 WHY_CANCELLED = "cancelled"
 WHY_TIMEOUT = "timeout"
+#: seconds an idle receive (the task worker's, the control thread's) waits at the
+#: broker: long where the transport can end it early (``Capabilities.wake``: a stop
+#: wakes it), so that hundreds of idle engines cost the broker little (issue 21)
+IDLE_WAIT = 5.0
+#: the same where it cannot: a stop waits for it to end
+SHORT_IDLE_WAIT = 0.5
+
+
+def idle_wait(transport: Transport) -> float:
+    """Seconds an idle receive on ``transport`` waits (see ``IDLE_WAIT``)."""
+    return IDLE_WAIT if transport.capabilities.wake else SHORT_IDLE_WAIT
 
 
 def describe_exit(returncode: int | None) -> str:

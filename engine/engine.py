@@ -10,28 +10,10 @@ result to ``task.reply_to`` *then* complete the delivery (at-least-once; clients
 duplicate results by task id). Leases of held deliveries are renewed at a third of
 the lock duration. A control thread receives cancel and stop requests.
 
-Failure rules:
-
-* the task raises -> ``error`` result, not retried (unless its type is in
-  ``task.retry_on`` and ``attempt <= max_retries``: the delivery stays leased while
-  the engine backs off, ``retry_backoff * 2**(attempt-1)`` capped and jittered, then
-  runs it again with ``attempt + 1``);
-* the worker dies -> infrastructure fault: abandoned for another attempt while
-  ``attempt <= max_retries``, then a ``WorkerCrashedError`` result;
-* the task outlives its timeout -> worker killed and restarted,
-  ``TaskTimeoutError`` result (retried like an exception if named in ``retry_on``);
-* a delivery seen more than ``max_retries + 1`` times (engines died holding it), or
-  for the queue's last time (``max_delivery_count``) after an earlier delivery
-  -> ``EngineLostError`` result without running it (dead-lettered in the second case),
-  so a task that kills every engine still gets an answer;
-* a malformed body -> dead-lettered (``MalformedTask``), answered if the sender is known.
-
-Cancellation: a control thread receives cancel requests from the grouped control
-queue (group = the engine id) into a bounded, expiring set of ``(session, task)``
-keys. A cancelled task that comes up is not run (``cancelled`` result); one already
-queued in the worker is skipped; a running one has its worker killed and restarted.
-Tasks whose message asks for notices (see ``control``) make the engine tell the
-session's mailbox once that it holds its tasks, and when one has run for 0.25 s.
+What happens on each failure (the task raises, times out, its worker dies, a
+delivery comes too often, a body is malformed) is the table of
+docs/reliability.md, written once in ``_supervise``; cancellation and notices are
+in docs/engine.md.
 """
 
 from __future__ import annotations
@@ -58,7 +40,12 @@ from ._pipeline import WorkerPipeline
 from ._process import WorkerSettings
 from ._reach import ServiceGoneError, ServiceWatch
 from ._relay import RelayFeeder
-from ._supervise import DEFAULT_PREFETCH, DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX
+from ._supervise import (
+    DEFAULT_PREFETCH,
+    DEFAULT_RETRY_BACKOFF,
+    DEFAULT_RETRY_BACKOFF_MAX,
+    idle_wait,
+)
 from .credentials import check_pass_env
 from .errors import EngineError
 from .jvm_host import check_host_options
@@ -305,6 +292,7 @@ class Engine:
             "retry_backoff_max": self.retry_backoff_max,
             "jvm_options": self.jvm_options.as_options(),
             "transport_options": self._transport_options,
+            "idle_wait": idle_wait(self.transport),  # the worker's connection is alike
         }
         return DirectWorker(
             self._worker_settings, self._url, self.queue, self.prefetch, options, self.transport,
@@ -431,6 +419,7 @@ class Engine:
         self._request_stop()
         control = self._control
         if control is not None and control.is_alive():
+            self.transport.wake()  # its receive may wait long (not in a signal handler)
             control.join(_POLL * 4 + 1.0)
             if control.is_alive():
                 logger.warning("engine %s: thread %s did not stop", self.engine_id, control.name)

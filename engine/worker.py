@@ -36,12 +36,11 @@ from ..protocol import encode_json
 from ._children import die_with_parent
 from ._output import DEFAULT_MAX_OUTPUT, OutputBudget, WorkerLog, bound_print_output, release_memory
 from ._pipe import (
-    CANCEL,
     CRASH_TAIL,
-    DRAIN,
     STATUS_CANCELLED,
     STATUS_EXPIRED,
     STATUS_SKIPPED,
+    ControlPipe,
     encode_answer,
 )
 from .context import TaskContext
@@ -57,34 +56,6 @@ logger = logging.getLogger(__name__)
 
 #: the pipe the engine reads a dead worker's last words from (set in ``main``)
 _crash_fd: int | None = None
-
-
-class _Control:
-    """What the engine said on the control pipe: drain, and the tasks cancelled."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.draining = False
-        self.cancelled: set[int] = set()
-        self._partial = b""
-
-    def poll(self) -> None:
-        """Read whatever the engine wrote (one non-blocking read, as before each task)."""
-        try:
-            data = os.read(self.fd, 4096)
-        except BlockingIOError:
-            return
-        if not data:
-            return
-        if DRAIN in data:
-            self.draining = True
-            data = data.replace(DRAIN, b"")
-        if self._partial or CANCEL in data:
-            data, self._partial = self._partial + data, b""
-            *complete, self._partial = data.split(b";")
-            for token in complete:
-                if token.startswith(CANCEL) and token[1:].isdigit():
-                    self.cancelled.add(int(token[1:]))
 
 
 #: The print budget of the running task (set in ``main``).
@@ -161,7 +132,7 @@ def _describe(exc: BaseException) -> tuple[str, str, str]:
 
 def _serve(tasks: Connection, results: Connection, ctrl_fd: int, context: TaskContext) -> None:
     cache = TaskModuleCache()
-    control = _Control(ctrl_fd)
+    control = ControlPipe(ctrl_fd)
     results.send_bytes(encode_json(["ready", os.getpid()], "ready"))
     while True:
         try:
@@ -172,10 +143,10 @@ def _serve(tasks: Connection, results: Connection, ctrl_fd: int, context: TaskCo
             return
         for item in batch:
             control.poll()
-            if control.draining or item[0] in control.cancelled:
+            if control.draining or item[0] in control.seqs:
                 now = time.time()
-                status = STATUS_CANCELLED if item[0] in control.cancelled else STATUS_SKIPPED
-                control.cancelled.discard(item[0])
+                status = STATUS_CANCELLED if item[0] in control.seqs else STATUS_SKIPPED
+                control.seqs.discard(item[0])
                 out = (item[0], status, None, None, now, now)
             else:
                 out = _run_one(item, cache, context)

@@ -195,12 +195,16 @@ class Capabilities:
         gone_after: seconds the service may leave every request unanswered before an
             engine counts it as gone for good and stops (its leases are gone with it);
             None: engines wait for it to come back (a cloud service).
+        wake: ``wake`` ends this client's waiting receives at once, so an idle engine
+            may wait long in each receive (cheap for the service) and still stop
+            promptly; otherwise ``wake`` does nothing and receives wait briefly.
     """
 
     settles_by_token: bool = False
     settle_and_receive: bool = False
     give_back: bool = False
     gone_after: float | None = None
+    wake: bool = False
 
 
 class Transport(ABC):
@@ -377,6 +381,11 @@ class Transport(ABC):
         it on with their own traffic; the default drops it.
         """
         del report  # this backend cannot carry it
+
+    def wake(self) -> None:
+        """End this client's receives that are waiting now, early and empty, where
+        ``capabilities.wake`` says so; the default does nothing."""
+        return  # receives here wait briefly (``Capabilities.wake`` is False)
 
     @abstractmethod
     def close(self) -> None:

@@ -22,7 +22,7 @@ from realtime_batch.control import (
     cancel_messages,
     decode_control,
 )
-from realtime_batch.engine.worker import _Control
+from realtime_batch.engine._pipe import ControlPipe
 from realtime_batch.protocol import decode_result, encode_task
 from realtime_batch.transport import Message
 
@@ -160,19 +160,20 @@ def test_the_cancel_set_is_bounded(harness, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("chunks", "cancelled", "draining"),
+    ("chunks", "seqs", "keys", "draining"),
     [
-        ([b"C1;C22;"], {1, 22}, False),
-        ([b"C3", b"4;D"], {34}, True),
-        ([b"D", b"C5;C6"], {5}, True),
+        ([b"C1\nC22\n"], {1, 22}, set(), False),
+        ([b"C3", b"4\nD\n"], {34}, set(), True),
+        ([b"D\n", b"C5\nC6"], {5}, set(), True),  # a line without its end waits
+        ([b'K["s", "t", ""]\nKnot json\nCx\n'], set(), {("s", "t", "")}, False),
     ],
 )
-def test_worker_control_pipe_parsing(chunks, cancelled, draining):
+def test_worker_control_pipe_parsing(chunks, seqs, keys, draining):
     import os
 
     read_fd, write_fd = os.pipe()
     os.set_blocking(read_fd, False)
-    control = _Control(read_fd)
+    control = ControlPipe(read_fd)
     try:
         for chunk in chunks:
             os.write(write_fd, chunk)
@@ -181,7 +182,8 @@ def test_worker_control_pipe_parsing(chunks, cancelled, draining):
     finally:
         os.close(read_fd)
         os.close(write_fd)
-    assert control.cancelled == cancelled and control.draining is draining
+    assert (control.seqs, control.keys, control.draining) == (seqs, keys, draining)
+    assert control.arrived is bool(seqs or keys)
 
 
 def test_cancel_message_chunks_large_requests():

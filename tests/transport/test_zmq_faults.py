@@ -146,6 +146,7 @@ def test_a_request_in_flight_when_the_first_epoch_arrives_is_not_sent_again(
         t.send(queue, Message(b"task"))
         [leased] = t.receive(queue, timeout=10)
         t.epoch = None  # as if the first heartbeat reply had not come yet
+        t._schedule.probe = True  # and one due while the receive is parked (a reconnect)
         received, lost = t.settle_and_receive(
             queue, [Message(b"result")], [leased], queue + "-tasks", timeout=1.0
         )

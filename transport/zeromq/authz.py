@@ -242,6 +242,7 @@ def _counts(caller: Caller, args: list[Any], store: StoreView, kinds: QueueKinds
 _CHECKS: dict[int, Callable[[Caller, list[Any], StoreView, QueueKinds], None]] = {
     wire.HEARTBEAT: _anyone,
     wire.BYE: _anyone,
+    wire.WAKE: _anyone,
     wire.DECLARE: _declare,
     wire.SEND: _send,
     wire.RECEIVE: _receive,

@@ -7,12 +7,18 @@ In the spirit of the ZeroMQ guide's reliable request-reply patterns:
   its timeout ends;
 * **fair shares**: a receive on a shared queue gets at most its share of what waits,
   ``ceil(waiting / consumers)`` (``fairshare.py``), so long tasks spread evenly;
-* **timers on a tick**: waits of parked receives end on multiples of ``timer_tick``,
-  so the receives of many idle engines are answered (and come back) together;
+* **timers on a tick**: waits of parked receives end on multiples of ``timer_tick``
+  (half a second for waits of a second or more), so the receives of many idle
+  engines are answered (and come back) together;
 * **heartbeats both ways**: clients send ``HEARTBEAT`` requests and the broker
   answers them (with its epoch, so clients notice a restart); any request counts
-  as a sign of life, and a client silent for ``liveness`` heartbeat intervals has
-  its leases released at once and its waiting receives dropped;
+  as a sign of life, and so does a receive parked here with a timeout: a client
+  with one needs no heartbeat. When the parked receive is answered the client has ``liveness``
+  heartbeat intervals to send its next request (a killed client's answer cannot be
+  delivered and earns it nothing); a client silent for that long with nothing
+  parked has its leases released at once and its waiting receives dropped.
+  ``WAKE`` answers a client's parked receives at once (an engine that stops ends
+  its long idle receives);
 * **hostile input** is decoded by ``wire.decode_request`` only and answered with
   an error; frames above the size limit are cut by ``ZMQ_MAXMSGSIZE``;
 * **busy-polling**: after handling requests that moved messages (stored, delivered
@@ -92,6 +98,10 @@ DEFAULT_SPIN = 300e-6
 #: receives of many idle engines end (and come back) together, in one wake-up of the loop
 #: instead of one each; a receive's empty answer is at most this late.
 DEFAULT_TIMER_TICK = 0.025
+#: Waits this long (an idle engine's) end on multiples of ``_LONG_WAIT_TICK`` instead: the
+#: receives of hundreds of idle engines are answered in two wake-ups a second, not 40.
+_LONG_WAIT = 1.0
+_LONG_WAIT_TICK = 0.5
 #: Commands that settle leases: like stored or delivered messages, they start the spin.
 _SETTLING = frozenset(
     {wire.COMPLETE, wire.COMPLETE_MANY, wire.ABANDON, wire.GIVE_BACK, wire.DEAD_LETTER}
@@ -347,10 +357,11 @@ class Broker:
     def _check_owners(self, now: float) -> None:
         default, liveness = self.heartbeat_interval, self.heartbeat_liveness
         intervals = self._owner_interval
+        parked = self._parking.waits_with_timeout
         gone = [
             owner
             for owner, seen in self._last_seen.items()
-            if now - seen > liveness * intervals.get(owner, default)
+            if now - seen > liveness * intervals.get(owner, default) and not parked(owner)
         ]
         for owner in gone:
             self._forget_owner(owner)
@@ -484,6 +495,10 @@ class Broker:
         if command == wire.BYE:
             self._forget_owner(owner, "stopped")
             return None
+        if command == wire.WAKE:
+            for waiter in self._parking.take_owner(owner):
+                self._send_grants(waiter.identity, waiter.rid, [], now, waiter.lost)
+            return None
         raise AssertionError(f"unhandled command {command}")  # decode_request prevents this
 
     def _complete_many(self, tokens: list[str], now: float) -> list[int]:
@@ -526,6 +541,8 @@ class Broker:
                 "waiting already (the broker's --max-parked-receives)",
             )
         deadline = None if timeout is None else now + max(0.0, timeout)
+        if deadline is not None and timeout >= _LONG_WAIT:  # an idle client's: coarse tick
+            deadline = math.ceil(deadline / _LONG_WAIT_TICK) * _LONG_WAIT_TICK
         parking.park(Waiter(identity, owner, rid, queue, group, max_messages, deadline, lost))
         return None
 
@@ -575,12 +592,16 @@ class Broker:
                 encode(grant.message, grant.delivery_count, grant.locked_until, grant.token)
             )
             frames.append(grant.message.body)
-        if not self._send(frames):
-            for grant in grants:  # the consumer is gone: make the messages available again
-                try:
-                    self.store.abandon(grant.token, now)
-                except LockLostError:
-                    pass
+        if self._send(frames):
+            owner = identity[:OWNER_ID_LENGTH]
+            if owner in self._last_seen:  # it had a receive parked: alive until just now
+                self._last_seen[owner] = now
+            return
+        for grant in grants:  # the consumer is gone: make the messages available again
+            try:
+                self.store.abandon(grant.token, now)
+            except LockLostError:
+                pass
 
     def _reply(self, identity: bytes, header: bytes) -> None:
         self._send([identity, header])

@@ -144,6 +144,7 @@ class ZmqTransport(Transport):
             settle_and_receive=True,
             give_back=True,
             gone_after=2.0 * heartbeat_interval * heartbeat_liveness,
+            wake=True,
         )
         self.client_id = b"\x01" + os.urandom(15)  # lease owner at the broker; never 0-led
         self._server_key = None if curve_server_key is None else load_public_key(curve_server_key)
@@ -161,6 +162,7 @@ class ZmqTransport(Transport):
         self._declared: dict[str, tuple[float | None, int | None, int | None]] = {}
         self.epoch: str | None = None
         self._generation = 0
+        self._wakes = 0  # ``wake`` calls so far
         self._schedule = HeartbeatSchedule(heartbeat_interval)
         self._stop_endpoint = f"inproc://heartbeat-stop-{id(self):x}"
         self._engine_report: dict[str, Any] | None = None  # sent with each heartbeat
@@ -271,10 +273,40 @@ class ZmqTransport(Transport):
     ) -> tuple[list[Any], list[bytes]]:
         rid = next(self._request_ids)
         generation = self._generation
+        wakes = self._wakes
         wire.send_frames(sock, [wire.encode_request(command, rid, *args), *payload])
         schedule = self._schedule
-        schedule.request_sent(time.monotonic())
+        now = time.monotonic()
+        schedule.request_sent(now)
         silence_limit = self.heartbeat_interval * self.heartbeat_liveness
+        # A long receive parks at the broker, which takes it as this client's sign of
+        # life: no heartbeat is needed meanwhile (``HeartbeatSchedule.parked``).
+        parked = (command == wire.RECEIVE or command == wire.SETTLE_RECEIVE) and (
+            give_up is not None and give_up - now >= self.heartbeat_interval
+        )
+        if not parked:
+            return self._await_reply(sock, command, rid, generation, give_up, silence_limit)
+        with self._pool_lock:
+            schedule.parked += 1
+        try:
+            return self._await_reply(sock, command, rid, generation, give_up, silence_limit, wakes)
+        finally:
+            with self._pool_lock:
+                schedule.parked -= 1
+
+    def _await_reply(
+        self,
+        sock: zmq.Socket,
+        command: int,
+        rid: int,
+        generation: int,
+        give_up: float | None,
+        silence_limit: float,
+        wakes: int | None = None,
+    ) -> tuple[list[Any], list[bytes]]:
+        """Wait for the reply to request ``rid``; ``wakes``: ``wake`` count when a long
+        receive was sent (a ``wake`` that raced with it is repeated on its socket)."""
+        schedule = self._schedule
         while True:
             try:
                 frames = wire.recv_frames(sock)
@@ -289,6 +321,9 @@ class ZmqTransport(Transport):
                 continue
             if self._generation != generation:
                 raise _Lost
+            if wakes is not None and wakes != self._wakes:  # sent after the wake got there
+                wakes = self._wakes
+                sock.send(wire.encode_request(wire.WAKE, 0), zmq.NOBLOCK)
             now = time.monotonic()
             silent = schedule.silent_for(now)
             what = f"{wire.COMMAND_NAMES[command]} to the broker at {self.endpoint}"
@@ -297,7 +332,8 @@ class ZmqTransport(Transport):
                     raise ConnectionLostError(f"broker silent for {silent:.1f} s during {what}")
                 continue
             overdue = now - give_up
-            if silent > silence_limit and overdue > silence_limit:
+            # a long receive hears nothing for seconds: only the heartbeats tell
+            if silent > silence_limit and (wakes is not None or overdue > silence_limit):
                 raise ConnectionLostError(f"broker silent for {silent:.1f} s during {what}")
             if overdue > self.request_timeout:
                 raise TransportTimeoutError(f"no reply in {self.request_timeout} s to {what}")
@@ -330,10 +366,14 @@ class ZmqTransport(Transport):
         interval = self.heartbeat_interval
         schedule = self._schedule
         sock = self._new_socket()
+        # A dropped connection (a broker killed or restarted) calls for a heartbeat now:
+        # while receives are parked no other heartbeat would be due.
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         stop = self._context.socket(zmq.PAIR)
         stop.bind(self._stop_endpoint)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         poller.register(stop, zmq.POLLIN)
         try:
             next_beat = reconnected = time.monotonic()
@@ -344,9 +384,14 @@ class ZmqTransport(Transport):
                     if schedule.silent_for(now) > limit and now - reconnected > limit:
                         # Lazy Pirate: a fresh connection defeats half-open ones.
                         poller.unregister(sock)
+                        poller.unregister(monitor)
+                        sock.disable_monitor()
+                        monitor.close(linger=0)
                         sock.close(linger=0)
                         sock = self._new_socket()
+                        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
                         poller.register(sock, zmq.POLLIN)
+                        poller.register(monitor, zmq.POLLIN)
                         reconnected = now  # the fresh connection gets its chance
                     report = self._engine_report
                     if schedule.due(now, report):
@@ -364,6 +409,10 @@ class ZmqTransport(Transport):
                     sock.send(wire.encode_request(wire.BYE, 0), zmq.NOBLOCK)
                     sock.close(linger=500)
                     return
+                if monitor in events:
+                    monitor.recv_multipart()
+                    schedule.probe = True
+                    next_beat = time.monotonic()
                 if sock in events:
                     frames = sock.recv_multipart()
                     schedule.reply_received(time.monotonic())
@@ -372,6 +421,7 @@ class ZmqTransport(Transport):
                     except (ValueError, TypeError, IndexError) as exc:
                         logger.warning("unreadable heartbeat reply: %s", exc)
         finally:
+            monitor.close(linger=0)
             sock.close(linger=0)
             stop.close(linger=0)
 
@@ -534,6 +584,21 @@ class ZmqTransport(Transport):
         header, _frames = self._call(wire.RENEW, [delivery.lock_token])
         delivery.locked_until = float(header[2])
         return delivery.locked_until
+
+    def wake(self) -> None:
+        """End this client's receives waiting at the broker now (they return empty):
+        a ``WAKE`` request, which the broker does not answer."""
+        with self._pool_lock:
+            self._wakes += 1
+        try:
+            conn = self._acquire()
+        except TransportClosedError:
+            return
+        try:
+            conn.sock.send(wire.encode_request(wire.WAKE, 0), zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            logger.debug("wake not sent: %s", exc)
+        self._release(conn)
 
     def report_engine(self, report: Mapping[str, Any]) -> None:
         """Keep ``report`` (merged into the last one: an engine and its outbox each report

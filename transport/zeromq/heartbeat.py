@@ -11,9 +11,13 @@ does not say as much already, so it is sent when
 * ``REFRESH_BEATS`` intervals passed since the last one (the broker's engine table
   and the client's view of the broker's epoch stay fresh even on a busy link).
 
-An idle engine keeps a receive parked at the broker and sends the next one as soon
-as it is answered, so its heartbeats all but stop while it idles: with hundreds of
-engines that is most of what idle engines cost the broker.
+While the client has a long receive parked at the broker (``parked``), the broker
+counts that receive as the client's sign of life, so the quiet-link and refresh
+beats are not sent; a dropped connection to the broker (``probe``) sends one at
+once, so a dead or restarted broker is still noticed within the liveness time.
+An idle engine keeps its receives parked for seconds, so it sends next to
+nothing while it idles: with hundreds of engines that is most of what idle
+engines cost the broker.
 """
 
 from __future__ import annotations
@@ -49,6 +53,10 @@ class HeartbeatSchedule:
         self.last_beat = float("-inf")
         #: when the oldest heartbeat sent since the last reply left (None: none owed)
         self.awaiting: float | None = None
+        #: long receives waiting at the broker (they show this client alive there)
+        self.parked = 0
+        #: the connection to the broker dropped: a heartbeat is due at once
+        self.probe = False
         self._report_sent: Mapping[str, Any] | None = None
 
     def request_sent(self, now: float) -> None:
@@ -64,6 +72,7 @@ class HeartbeatSchedule:
         """A heartbeat carrying ``report`` left at ``now``."""
         self.last_beat = self.last_request = now
         self._report_sent = report
+        self.probe = False
         if self.awaiting is None:
             self.awaiting = now
 
@@ -77,7 +86,11 @@ class HeartbeatSchedule:
 
     def due(self, now: float, report: Mapping[str, Any] | None) -> bool:
         """Whether a heartbeat carrying ``report`` should be sent at ``now``."""
-        if now - self.last_beat >= self.refresh or report != self._report_sent:
+        if self.probe or report != self._report_sent or self.last_beat == float("-inf"):
+            return True
+        if self.parked > 0:
+            return False
+        if now - self.last_beat >= self.refresh:
             return True
         quiet = now - self.interval
         return self.last_request <= quiet or self.last_reply <= quiet

@@ -149,10 +149,21 @@ class Parking:
             if not waiting.waiters:
                 del self._lists[key]
 
+    def waits_with_timeout(self, owner: bytes) -> bool:
+        """Whether ``owner`` has a receive parked that will be answered (one with a
+        timeout): answering it tells whether the owner is still there."""
+        return any(w.deadline is not None for w in self._by_owner.get(owner, ()))
+
+    def take_owner(self, owner: bytes) -> list[Waiter]:
+        """Take out every receive ``owner`` has parked, to be answered now."""
+        waiters = list(self._by_owner.get(owner, ()))
+        for waiter in waiters:
+            self.drop(waiter)
+        return waiters
+
     def forget(self, owner: bytes) -> None:
         """Drop every receive ``owner`` has parked (it went away; nobody is answered)."""
-        for waiter in list(self._by_owner.get(owner, ())):
-            self.drop(waiter)
+        self.take_owner(owner)
 
     def expire(self, now: float) -> Iterator[Waiter]:
         """Drop and yield the receives whose timeout ended by ``now``."""

@@ -64,6 +64,7 @@ __all__ = [
     "SETTLE_RECEIVE",
     "STATS",
     "VERSION",
+    "WAKE",
     "BrokerError",
     "FrameError",
     "Request",
@@ -112,6 +113,9 @@ SETTLE_RECEIVE = 14
 # an admin command once CURVE roles exist
 STATS = 16
 QUEUE_COUNTS = 15  # args: [queue]                  -> [waiting, leased]
+# args: []: answer this client's parked receives now (empty); never answered itself
+# (an engine stopping ends its long idle receives without waiting for their timeout)
+WAKE = 17
 
 COMMAND_NAMES = {
     HEARTBEAT: "heartbeat",
@@ -130,6 +134,7 @@ COMMAND_NAMES = {
     SETTLE_RECEIVE: "settle_receive",
     QUEUE_COUNTS: "queue_counts",
     STATS: "stats",
+    WAKE: "wake",
 }
 
 # -- reply status ---------------------------------------------------------------------------
@@ -224,6 +229,7 @@ _ARG_RULES: dict[int, tuple[Any, ...]] = {
     QUEUE_COUNTS: (_is_str,),
     BYE: (),
     STATS: (),
+    WAKE: (),
 }
 #: command -> validator of one optional trailing header argument
 _OPTIONAL_ARG: dict[int, Any] = {HEARTBEAT: lambda value: isinstance(value, dict)}
