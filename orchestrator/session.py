@@ -673,12 +673,3 @@ def _type_names(types: Iterable[type[BaseException] | str]) -> list[str]:
     if isinstance(types, (str, type)):
         types = [types]
     return [t if isinstance(t, str) else t.__name__ for t in types]
-
-
-def __getattr__(name: str) -> Any:
-    """``JobManager`` lives in ``jobmanager.py``; it is also importable from here."""
-    if name == "JobManager":
-        from .jobmanager import JobManager
-
-        return JobManager
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

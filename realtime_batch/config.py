@@ -388,33 +388,3 @@ def blob_service(config: Config) -> Any:
 
         return BlobServiceClient(config["storage.account_url"], credential=DefaultAzureCredential())
     raise ConfigError("set storage.connection_string or storage.account_url (keyless)")
-
-
-def open_pool(config: Config, **options: Any) -> Any:
-    """The pool named by ``[pool] backend``: ``LocalPool`` or ``AzureBatchPool``."""
-    backend = config["pool.backend"]
-    if backend == "local":
-        from realtime_batch.emulator.local_pool import LocalPool
-        from realtime_batch.engine.tasks import parse_size
-
-        try:
-            heap = config["engine.max_jvm_heap"]
-            engine_options: dict[str, Any] = {
-                "allow_jvm_options": config["engine.allow_jvm_options"],
-                "max_jvm_heap": parse_size(heap) if heap else None,
-                "max_output": parse_size(config["engine.max_output"]),
-            }
-        except ValueError as exc:
-            raise ConfigError(f"[engine]: {exc}") from None
-        return LocalPool(
-            engines=config["pool.engines"],
-            transport=config["transport.url"],
-            task_files=config["pool.task_files"],
-            input_files=config["pool.input_files"],
-            **{**engine_options, **options},
-        )
-    if backend == "azure-batch":
-        from realtime_batch.orchestrator.azure_batch import AzureBatchPool
-
-        return AzureBatchPool.from_config(config, **options)
-    raise ConfigError(f"pool.backend must be 'local' or 'azure-batch', not {backend!r}")

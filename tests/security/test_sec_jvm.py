@@ -231,7 +231,8 @@ def test_local_pool_passes_the_operator_policy_to_its_engines(url, jars, tmp_pat
 
 
 def test_rtbatch_toml_engine_section_reaches_the_local_pool(tmp_path):
-    from realtime_batch.config import Config, ConfigError, open_pool
+    from realtime_batch.config import Config, ConfigError
+    from realtime_batch.orchestrator.from_config import open_pool
 
     config = Config(
         {
