@@ -19,7 +19,6 @@ SYSTEMS = (
     "raw-zmq",
     "rtbatch-memory",
     "rtbatch-zmq",
-    "rtbatch-zmq-relay",
     "rtbatch-servicebus",
     "ray",
     "dask",

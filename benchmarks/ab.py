@@ -7,11 +7,9 @@ they see the same machine), and the timed blocks alternate between them: each
 variant's figure is the median of all its blocks' samples::
 
     python -m benchmarks.ab --spin-us 100,300          # the broker's polling window
-    python -m benchmarks.ab --worker-mode direct,relay  # how tasks reach the task worker
-    python -m benchmarks.ab --spin-us 0,300 --worker-mode relay --blocks 10 -n 100
+    python -m benchmarks.ab --spin-us 0,300 --blocks 10 -n 100
 
-A list of values makes one variant per value (two lists: one per pair); a single
-value applies to every variant. Idle pools wait at the broker between their
+A list of values makes one variant per value. Idle pools wait at the broker between their
 blocks, which costs the measured one a little CPU, the same for every variant.
 """
 
@@ -31,22 +29,12 @@ _TASK = "noop_ab.py"
 _WARM_UP = 200
 
 
-def _variants(spin_us: list[str], worker_modes: list[str]) -> list[dict[str, str]]:
-    count = max(len(spin_us), len(worker_modes))
-    for name, values in (("--spin-us", spin_us), ("--worker-mode", worker_modes)):
-        if len(values) not in (1, count):
-            raise SystemExit(f"{name}: give one value or {count} (one per variant)")
-    return [
-        {
-            "spin_us": spin_us[i if len(spin_us) > 1 else 0],
-            "worker_mode": worker_modes[i if len(worker_modes) > 1 else 0],
-        }
-        for i in range(count)
-    ]
+def _variants(spin_us: list[str]) -> list[dict[str, str]]:
+    return [{"spin_us": value} for value in spin_us]
 
 
 def _label(variant: dict[str, str]) -> str:
-    return f"spin {variant['spin_us']} µs, {variant['worker_mode']}"
+    return f"spin {variant['spin_us']} µs"
 
 
 def run(
@@ -68,7 +56,6 @@ def run(
                     engines=engines,
                     transport="zmq://127.0.0.1:0",
                     task_files=[task],
-                    worker_mode=variant["worker_mode"],
                     broker_args=["--spin-us", variant["spin_us"]],
                 )
             )
@@ -98,14 +85,18 @@ def run(
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spin-us", default="300", help="comma-separated (default: 300)")
-    parser.add_argument("--worker-mode", default="direct", help="comma-separated: direct, relay")
+    parser.add_argument("--worker-mode", help=argparse.SUPPRESS)  # removed: refused below
     parser.add_argument("--blocks", type=int, default=20, help="timed blocks per variant")
     parser.add_argument("-n", type=int, default=200, help="round trips per block")
     parser.add_argument("--engines", type=int, default=2)
     args = parser.parse_args(argv)
-    variants = _variants(args.spin_us.split(","), args.worker_mode.split(","))
+    if args.worker_mode is not None:
+        from realtime_batch.engine.errors import WORKER_MODE_REMOVED
+
+        parser.error(f"--worker-mode: {WORKER_MODE_REMOVED}")
+    variants = _variants(args.spin_us.split(","))
     if len(variants) < 2:
-        parser.error("give two values or more for --spin-us or --worker-mode")
+        parser.error("give two values or more for --spin-us")
     figures = run(variants, blocks=args.blocks, per_block=args.n, engines=args.engines)
     first = next(iter(figures.values()))["p50_us"]
     print(f"no-op round trip, {args.blocks} blocks of {args.n} per variant, interleaved")

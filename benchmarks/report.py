@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 PEERS = ("ray", "dask", "celery")
-RTBATCH = ("rtbatch-memory", "rtbatch-zmq", "rtbatch-zmq-relay", "rtbatch-servicebus")
+RTBATCH = ("rtbatch-memory", "rtbatch-zmq", "rtbatch-servicebus")
 #: workload -> (field, unit, higher is better)
 HEADLINE: dict[str, tuple[str, str, bool]] = {
     "roundtrip": ("p50_us", "µs p50", False),

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     bench.main(
         [
             "--systems",
-            "raw-zmq,rtbatch-zmq,rtbatch-zmq-relay",
+            "raw-zmq,rtbatch-zmq",
             "--workloads",
             "roundtrip,throughput,sleep-10ms",
             "--no-docs",

@@ -12,15 +12,13 @@ each request when its dispatch starts and when its handling (replies included)
 ends; the worker stamps receive and send. Stamps are ``time.monotonic()``, which
 is one system-wide clock on Linux, so stamps of different processes compare.
 
-``session [--relay]``: no-op tasks one at a time through ``Session`` and
+``session``: no-op tasks one at a time through ``Session`` and
 ``LocalPool(engines=2)`` over ``zmq://``. The engine processes (and their task
 workers) are started with a ``sitecustomize`` module (on ``PYTHONPATH``) that wraps
-steps with ``time.time()`` stamps: the delivery was received, admitted, handed to
-the task worker and its answer recorded (relay mode only), and settled (result
-sent and lease completed). With the task's own ``submitted/started/finished/
-received`` stamps this splits the round trip into its hops. Direct mode (the
-default) has no engine on the path: the task worker's receive, admission and
-settling are stamped.
+steps with ``time.time()`` stamps: the task worker's receive, admission and
+settling (result sent and lease completed); the engine is not on the path (its
+task workers are fed directly on ``zmq://``). With the task's own ``submitted/
+started/finished/received`` stamps this splits the round trip into its hops.
 
 ``pattern``: the raw pyzmq 3-hop round trip (a Python ROUTER broker that only forwards,
 one worker), first bare, then with the extra messages of the ``zmq://`` protocol added
@@ -269,9 +267,7 @@ if os.environ.get("BENCH_TIMELINE_DIR"):
 """
 
 
-def session_timeline(
-    count: int, engines: int = 2, worker_mode: str = "direct", payload: int = 0
-) -> dict[str, float]:
+def session_timeline(count: int, engines: int = 2, payload: int = 0) -> dict[str, float]:
     """Run ``count`` sequential tasks through a session; return median segment times.
 
     With ``payload`` the task echoes a string of that many bytes (both ways), else it
@@ -288,7 +284,7 @@ def session_timeline(
         env = {_ENV_DIR: tmp, "PYTHONPATH": os.pathsep.join(paths)}
         pool = rb.LocalPool(
             engines=engines, transport="zmq://127.0.0.1:0", task_files=[task], env=env,
-            worker_mode=worker_mode, pass_env=[_ENV_DIR],
+            pass_env=[_ENV_DIR],
         )  # fmt: skip
         totals: list[float] = []
         with pool, rb.Session(pool) as session:
@@ -305,47 +301,7 @@ def session_timeline(
             for kind, message_id, stamp in json.loads(Path(path).read_text()):
                 events.setdefault(message_id, {})[kind] = stamp
 
-    if worker_mode == "direct":
-        return _direct_rows(events, results, totals)
-    steps = ("received", "admitted", "dispatched", "recorded", "settling")
-    by_dispatch = sorted(
-        (e["dispatched"], e) for e in events.values() if all(step in e for step in steps)
-    )
-    keys = [key for key, _ in by_dispatch]
-    rows = _rows(
-        "submit -> engine received (broker hop x2)",
-        "receiver thread -> main thread",
-        "main: admit, hand to task worker",
-        "task worker starts it",
-        "task runs (no-op)",
-        "answer back in the engine",
-        "engine: recorded -> settling",
-        "settling -> client has it (broker hop x2)",
-        "client listener -> caller's result()",
-        "total round trip",
-    )
-    for result, total in zip(results, totals, strict=False):
-        index = bisect.bisect_right(keys, result.started_at) - 1
-        if index < 0:
-            continue
-        e = by_dispatch[index][1]
-        if not e["admitted"] <= result.started_at <= e["recorded"]:
-            continue
-        values = (
-            e["received"] - result.submitted_at,
-            e["admitted"] - e["received"],
-            e["dispatched"] - e["admitted"],
-            result.started_at - e["dispatched"],
-            result.finished_at - result.started_at,
-            e["recorded"] - result.finished_at,
-            e["settling"] - e["recorded"],
-            result.received_at - e["settling"],
-            result.submitted_at + total - result.received_at,
-            total,
-        )
-        for name, value in zip(rows, values, strict=True):
-            rows[name].append(value)
-    return _print(rows, f"session round trip, {len(rows['total round trip'])} matched samples")
+    return _direct_rows(events, results, totals)
 
 
 def _direct_rows(
@@ -595,7 +551,6 @@ def main(argv: list[str] | None = None) -> None:
         p = sub.add_parser(name)
         p.add_argument("-n", type=int, default=default, help="round trips")
         if name == "session":
-            p.add_argument("--relay", action="store_true", help="engines in relay mode")
             p.add_argument("--payload", type=int, default=0, help="echo a string of BYTES")
     broker = sub.add_parser("_broker")  # internal roles of the transport timeline
     broker.add_argument("out")
@@ -623,8 +578,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.what == "wakeups":
         wakeups(args.n)
     else:
-        mode = "relay" if args.relay else "direct"
-        session_timeline(args.n, worker_mode=mode, payload=args.payload)
+        session_timeline(args.n, payload=args.payload)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from realtime_batch.engine import WORKER_MODES, JvmOptionPolicy
+from realtime_batch.engine import JvmOptionPolicy
 from realtime_batch.engine._children import die_with_parent
+from realtime_batch.engine.errors import WORKER_MODE_REMOVED
 from realtime_batch.orchestrator.pool import OrchestratorError, Pool, PoolStateError, StrPath
 from realtime_batch.payloads import payload_store_for
 from realtime_batch.transport import registered_scheme
@@ -133,6 +134,18 @@ class _Proc:
         self._log_file.close()
 
 
+def _refuse_removed(removed: dict[str, object]) -> None:
+    """Refuse keyword arguments ``LocalPool`` no longer takes, saying why.
+
+    Raises:
+        TypeError: ``worker_mode`` (removed in #17) or an unknown keyword argument.
+    """
+    if "worker_mode" in removed:
+        raise TypeError(f"LocalPool(worker_mode=...): {WORKER_MODE_REMOVED}")
+    if removed:
+        raise TypeError(f"LocalPool() got an unexpected keyword argument {next(iter(removed))!r}")
+
+
 def _check_port_free(host: str, port: int) -> None:
     """Refuse to start a broker on a port something already listens on.
 
@@ -169,9 +182,6 @@ class LocalPool(Pool):
             for tiny tasks, small enough to keep long tasks spread over the engines).
         lock_duration / max_delivery_count / default_timeout: engine settings.
         restart_dead: restart an engine that exits unexpectedly.
-        worker_mode: ``auto`` (default), ``direct`` or ``relay``: whether the engines'
-            task workers take tasks from the broker themselves (direct, the default
-            on ``zmq://``) or through their engine (relay); see docs/engine.md.
         allow_jvm_options: regular expressions of further JVM options jar tasks may pass
             in ``jvm_args`` (``rtbatch engine --allow-jvm-option``); default: sizes only.
         max_jvm_heap: largest ``-Xmx``/``-Xms`` in bytes a jar task may ask for
@@ -213,7 +223,6 @@ class LocalPool(Pool):
         broker_args: Sequence[str] = (),
         start_broker: bool = True,
         env: dict[str, str] | None = None,
-        worker_mode: str = "auto",
         pass_env: Sequence[str] = (),
         keep_logs: bool = False,
         metrics_port: int | None = None,
@@ -221,16 +230,13 @@ class LocalPool(Pool):
         max_jvm_heap: int | None = None,
         max_output: int | None = None,
         curve: bool | StrPath = False,
+        **removed: object,
     ) -> None:
         from realtime_batch.engine.credentials import check_pass_env
 
         if engines < 0:
             raise ValueError("engines must be >= 0")
-        if worker_mode not in WORKER_MODES:
-            raise ValueError(
-                f"worker_mode must be one of {list(WORKER_MODES)}, not {worker_mode!r}"
-            )
-        self.worker_mode = worker_mode
+        _refuse_removed(removed)
         self.pass_env = check_pass_env(pass_env)
         # checked here, so a bad pattern fails now rather than in every engine
         self.jvm_options = JvmOptionPolicy(max_jvm_heap, allow_jvm_options)
@@ -423,8 +429,6 @@ class LocalPool(Pool):
         ]
         if self.default_timeout is not None:
             argv += ["--default-timeout", str(self.default_timeout)]
-        if self.worker_mode != "auto":
-            argv += ["--worker-mode", self.worker_mode]
         for pattern in self.jvm_options.allow:
             argv += ["--allow-jvm-option", pattern]
         argv += ["--max-jvm-heap", str(self.jvm_options.max_heap)]
@@ -472,7 +476,6 @@ class LocalPool(Pool):
             prefetch=self.prefetch,
             engine_id=engine_id,
             default_timeout=self.default_timeout,
-            direct=WORKER_MODES[self.worker_mode],
             pass_env=self.pass_env,
             jvm_options=self.jvm_options,
             **({} if self.max_output is None else {"max_output": self.max_output}),

@@ -28,12 +28,7 @@ _LAZY: dict[str, str] = {
     "JvmOptionPolicy": "realtime_batch.engine.tasks:JvmOptionPolicy",
 }
 
-#: ``--worker-mode`` / ``LocalPool(worker_mode=...)`` -> ``Engine(direct=...)``: direct
-#: (task workers take tasks from the broker), relay (through the engine), auto (direct
-#: on ``zmq://``, relay otherwise). See docs/engine.md.
-WORKER_MODES: dict[str, bool | None] = {"auto": None, "direct": True, "relay": False}
-
-__all__ = sorted([*_LAZY, "WORKER_MODES"])
+__all__ = sorted(_LAZY)
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -12,7 +12,6 @@ import click
 
 from ..transport.base import DEFAULT_LOCK_DURATION, DEFAULT_MAX_DELIVERY_COUNT
 from ..transport.zeromq.cli import curve_key_options
-from . import WORKER_MODES
 from ._supervise import DEFAULT_PREFETCH
 
 __all__ = ["configure_logging", "engine"]
@@ -69,6 +68,14 @@ def configure_logging(
         root.setLevel(level)
     else:  # configured by ``rtbatch -v``: an engine logs at least its INFO lines
         root.setLevel(min(root.level, level))
+
+
+def _refuse_worker_mode(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """Refuse the removed ``--worker-mode`` with the reason rather than "no such option"."""
+    if value is not None:
+        from .errors import WORKER_MODE_REMOVED
+
+        raise click.UsageError(f"--worker-mode: {WORKER_MODE_REMOVED}", ctx)
 
 
 @click.command("engine")
@@ -174,12 +181,11 @@ def configure_logging(
 )
 @click.option(
     "--worker-mode",
-    type=click.Choice(list(WORKER_MODES)),
-    default="auto",
-    show_default=True,
-    help="direct: the task worker takes tasks from the broker and answers them itself "
-    "(zmq:// only; the shorter path); relay: the engine passes each task to it; "
-    "auto: direct on zmq://, relay otherwise.",
+    hidden=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_refuse_worker_mode,
+    help="Removed (#17); refused with the reason.",
 )
 @curve_key_options("engine")
 @click.option(
@@ -258,7 +264,6 @@ def engine(
     retry_backoff: float,
     control_queue: str,
     result_ttl: float,
-    worker_mode: str,
     allow_jvm_options: tuple[str, ...],
     max_jvm_heap: int | None,
     max_output: int,
@@ -323,7 +328,6 @@ def engine(
             retry_backoff=retry_backoff,
             control_queue=control_queue,
             result_ttl=result_ttl,
-            direct=WORKER_MODES[worker_mode],
             pass_env=pass_env,
             jvm_options=jvm_options,
             max_output=max_output,

@@ -87,11 +87,6 @@ class Engine:
         retry_backoff: seconds before the first retry of a ``retry_on`` failure (doubles
             per attempt, jittered).
         retry_backoff_max: the largest delay before a retry.
-        direct: let the task worker take tasks from the broker and answer them itself,
-            the engine supervising beside it (``engine._direct``): a shorter path per
-            task. None (default): when ``transport`` is a URL whose backend declares
-            ``Capabilities.settles_by_token`` (another connection can renew and settle
-            the worker's leases): ``zmq://``.
         pass_env: names of environment variables task processes get besides the
             allowlist of ``engine.credentials.TASK_ENV_NAMES`` (``--pass-env``).
         jvm_options: which JVM options a jar task's ``jvm_args`` may hold; default
@@ -127,7 +122,6 @@ class Engine:
         control_queue: str = CONTROL_QUEUE,
         retry_backoff: float = DEFAULT_RETRY_BACKOFF,
         retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
-        direct: bool | None = None,
         jvm_options: JvmOptionPolicy | None = None,
         max_output: int = DEFAULT_MAX_OUTPUT,
         worker_log: WorkerLog | None = None,
@@ -160,16 +154,9 @@ class Engine:
             if isinstance(transport, str)
             else transport
         )
-        by_token = self.transport.capabilities.settles_by_token
-        if direct is None:
-            direct = url is not None and by_token
-        elif direct and (url is None or not by_token):
-            if self._owns_transport:
-                self.transport.close()
-            raise EngineError(
-                "direct mode needs a transport URL whose backend settles leases by token (zmq://)"
-            )
-        self.direct = direct
+        # The worker takes tasks from the broker itself when it can open its own
+        # connection (a URL) and that connection may settle the leases (zmq://).
+        self.direct = url is not None and self.transport.capabilities.settles_by_token
         self.queue = queue
         self.prefetch = prefetch
         self.engine_id = engine_id or default_engine_id()

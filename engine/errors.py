@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
-__all__ = ["CredentialError", "EngineError", "PipelineError", "WorkerStartError"]
+__all__ = [
+    "WORKER_MODE_REMOVED",
+    "CredentialError",
+    "EngineError",
+    "PipelineError",
+    "WorkerStartError",
+]
+
+#: Why ``rtbatch engine --worker-mode`` and ``LocalPool(worker_mode=...)`` are refused (#17).
+WORKER_MODE_REMOVED = (
+    "the worker mode option was removed: an engine feeds its task worker directly when the "
+    "transport lets another connection settle its leases (zmq://) and through the engine "
+    "otherwise; relaying on zmq:// measured no faster, so there is nothing to choose "
+    "(docs/engine.md). Drop the option"
+)
 
 
 class EngineError(RuntimeError):

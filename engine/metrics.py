@@ -1,7 +1,7 @@
 """Prometheus metrics of one engine (``rtbatch engine --metrics-port``).
 
 Read on each scrape from the engine's ``TaskObserver`` (``engine._observe``) and
-its state. In direct mode (``--worker-mode direct``, the default on ``zmq://``)
+its state. In direct mode (the task worker fed directly, on ``zmq://``)
 the task worker sends the results itself: this endpoint then counts the tasks
 run and the failures its engine answered (a crashed or timed-out worker), while
 every failure and the busy ratio reach the broker's endpoint through the

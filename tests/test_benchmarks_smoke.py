@@ -280,18 +280,31 @@ def test_direct_worker_sizing_runs_all_three(resource_tracker, no_leaked_process
 def test_ab_alternates_pools_that_differ_in_one_setting(no_leaked_processes):
     from benchmarks.ab import _variants, run
 
-    variants = _variants(["0", "300"], ["direct"])
-    assert variants == [
-        {"spin_us": "0", "worker_mode": "direct"},
-        {"spin_us": "300", "worker_mode": "direct"},
-    ]
+    variants = _variants(["0", "300"])
+    assert variants == [{"spin_us": "0"}, {"spin_us": "300"}]
     figures = run(variants, blocks=2, per_block=5)
-    assert list(figures) == ["spin 0 µs, direct", "spin 300 µs, direct"]
+    assert list(figures) == ["spin 0 µs", "spin 300 µs"]
     for fig in figures.values():
         assert fig["n"] == 10
         assert 0 < fig["p50_us"] <= fig["p90_us"] < 1e6
-    with pytest.raises(SystemExit, match="one value or 3"):
-        _variants(["0", "100", "300"], ["direct", "relay"])
+
+
+def test_ab_refuses_the_removed_worker_mode(capsys):
+    from benchmarks.ab import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--spin-us", "0,300", "--worker-mode", "direct,relay"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--worker-mode: the worker mode option was removed" in err
+    assert "measured no faster" in err
+
+
+def test_the_relay_system_is_gone_with_the_switch():
+    from benchmarks.systems import make_system
+
+    with pytest.raises(ValueError, match="unknown system 'rtbatch-zmq-relay'"):
+        make_system("rtbatch-zmq-relay")
 
 
 def test_pattern_broker_holds_a_task_sent_before_its_worker_is_ready(no_leaked_processes):

@@ -12,7 +12,6 @@ REGISTRY: dict[str, str] = {
     "raw-zmq": "benchmarks.systems.raw_zmq:RawZmqSystem",
     "rtbatch-memory": "benchmarks.systems.rtbatch:RtbatchMemory",
     "rtbatch-zmq": "benchmarks.systems.rtbatch:RtbatchZmq",
-    "rtbatch-zmq-relay": "benchmarks.systems.rtbatch:RtbatchZmqRelay",
     "rtbatch-servicebus": "benchmarks.systems.rtbatch:RtbatchServiceBus",
     "ray": "benchmarks.systems.ray_system:RaySystem",
     "dask": "benchmarks.systems.dask_system:DaskSystem",

@@ -43,7 +43,6 @@ class RtbatchSystem(System):
     """A LocalPool with two engines on ``url`` and a Session on it."""
 
     url = ""
-    worker_mode = "auto"
 
     def __init__(self) -> None:
         self.pool: Any = None
@@ -61,10 +60,7 @@ class RtbatchSystem(System):
         jar = noop_jar()
         self._no_java = jar if isinstance(jar, str) else ""
         files = [*TASK_FILES, *([] if isinstance(jar, str) else [jar])]
-        self.pool = LocalPool(
-            engines=WORKERS, transport=self.transport_url(), task_files=files,
-            worker_mode=self.worker_mode,
-        )  # fmt: skip
+        self.pool = LocalPool(engines=WORKERS, transport=self.transport_url(), task_files=files)
         self.session = Session(self.pool, keep_results=False)
 
     def _submit(self, task: str, args: tuple[Any, ...]) -> concurrent.futures.Future:
@@ -135,14 +131,6 @@ class RtbatchZmq(RtbatchSystem):
         import zmq
 
         return {**super().versions(), "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()}
-
-
-class RtbatchZmqRelay(RtbatchZmq):
-    """``zmq://`` with the engines relaying each task to their task workers."""
-
-    name = "rtbatch-zmq-relay"
-    description = "as rtbatch-zmq, engines in relay mode (each task passes through the engine)"
-    worker_mode = "relay"
 
 
 class RtbatchServiceBus(RtbatchSystem):

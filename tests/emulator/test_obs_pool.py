@@ -17,6 +17,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 from obs_helpers import scrape, wait_for
+from relay_engine_main import RelayLocalPool
 
 import realtime_batch as rb
 from realtime_batch.cli import main
@@ -84,7 +85,7 @@ def test_engines_report_themselves_and_their_failures(pool):
 
 
 def test_relay_engines_report_too(tmp_path):
-    with rb.LocalPool(engines=1, task_files=[TASKS / "boom.py"], worker_mode="relay") as pool:
+    with RelayLocalPool(engines=1, task_files=[TASKS / "boom.py"]) as pool:
         with rb.Session(pool) as session:
             assert session.submit("boom.py", "relayed").exception(timeout=60) is not None
         stats = wait_for(lambda: _engines_with_failure_one(pool.transport_url), "the report")

@@ -10,7 +10,7 @@ import pytest
 from engine_helpers import Harness
 
 from realtime_batch.emulator import LocalPool
-from realtime_batch.engine import Engine, EngineError
+from realtime_batch.engine import Engine
 from realtime_batch.engine._ledger import Ledger
 from realtime_batch.engine._outbox import Held, Outbox
 from realtime_batch.protocol import ReplyTo, TaskRecord, decode_result, encode_task
@@ -63,19 +63,40 @@ def test_the_ledger_shows_the_engine_what_the_worker_holds_and_runs():
         engine_side.close()
 
 
-def test_direct_mode_needs_a_zmq_url(harness: Harness, tmp_path):
-    # chosen from what the backend declares, not from the URL
+def test_the_feeder_follows_the_transport_capabilities(harness: Harness, tmp_path):
+    # chosen from what the backend declares, not from the URL nor from an option
     assert not MemoryTransport.capabilities.settles_by_token
     with ZmqTransport("zmq://127.0.0.1:9") as zmq_transport:  # nothing listens: no matter
         assert zmq_transport.capabilities.settles_by_token
-    with pytest.raises(EngineError, match="zmq://"):
-        Engine(f"memory://direct-{os.getpid()}", "tasks", harness.tasks_dir, direct=True)
-    with pytest.raises(EngineError, match="zmq://"):
-        Engine(harness.transport, "tasks", harness.tasks_dir, direct=True)
-    # auto: direct for a zmq:// URL only; an open transport object is always relayed
+    memory = Engine(f"memory://direct-{os.getpid()}", "tasks", harness.tasks_dir)
+    try:
+        assert memory.direct is False
+    finally:
+        memory.transport.close()
+    # direct needs a URL the worker can open: an open transport object is always relayed
     assert Engine(harness.transport, "tasks", harness.tasks_dir).direct is False
-    with pytest.raises(ValueError, match="worker_mode"):
-        LocalPool(engines=0, worker_mode="fast")
+    with pytest.raises(TypeError, match="direct"):
+        Engine(harness.transport, "tasks", harness.tasks_dir, direct=True)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("value", ["direct", "relay", "auto", "fast"])
+def test_local_pool_refuses_the_removed_worker_mode(value):
+    with pytest.raises(TypeError, match=r"worker_mode=.*removed.*measured no faster"):
+        LocalPool(engines=0, worker_mode=value)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'worker_modes'"):
+        LocalPool(engines=0, worker_modes=value)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("argv", [["--worker-mode", "relay"], ["--worker-mode=direct"]])
+def test_engine_cli_refuses_the_removed_worker_mode(argv):
+    from click.testing import CliRunner
+
+    from realtime_batch.engine.cli import engine
+
+    result = CliRunner().invoke(engine, ["--transport", "memory://x", *argv])
+    assert result.exit_code == 2, result.output
+    assert "--worker-mode: the worker mode option was removed" in result.output
+    assert "measured no faster" in result.output
 
 
 def test_tasks_held_next_to_a_crash_are_not_charged_an_attempt(harness: Harness):

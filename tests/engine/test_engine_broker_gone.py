@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from engine_helpers import TASKS, Broker, read_line, stop_process
+from relay_engine_main import relay_argv
 
 from realtime_batch.protocol import ReplyTo, TaskRecord, encode_task
 from realtime_batch.transport import Message, open_transport
@@ -33,8 +34,10 @@ GONE_LINE = "no answer from the transport"
 
 def _start_engine(url: str, mode: str, work_dir: Path, log: Path) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "realtime_batch.engine", "--transport", url,
-           "--tasks-dir", str(TASKS), "--work-dir", str(work_dir), "--worker-mode", mode,
+           "--tasks-dir", str(TASKS), "--work-dir", str(work_dir),
            "--engine-id", f"gone-{mode}"]  # fmt: skip
+    if mode == "relay":  # the same engine, its zmq:// transport not settling by token
+        cmd = relay_argv(cmd)
     with log.open("w") as stderr:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True)
     line = read_line(proc, 60)

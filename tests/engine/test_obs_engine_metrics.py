@@ -25,7 +25,7 @@ def test_engine_metrics_count_results_retries_and_durations(tmp_path):
     url = f"memory://metrics-{uuid.uuid4().hex}"
     watcher = open_transport(url)  # keeps the in-process broker alive to the end
     engine = Engine(url, "tasks", TASKS, work_dir=tmp_path, engine_id="e-metrics",
-                    retry_backoff=0.01, direct=False).start()  # fmt: skip
+                    retry_backoff=0.01).start()  # fmt: skip
     server, thread = serve_engine_metrics(engine, 0)
     try:
         with rb.Session(url) as session:

@@ -70,7 +70,7 @@ def test_results_arrive_exactly_once_while_task_workers_are_killed(tmp_path, fau
     seed = int(os.environ.get("RTBATCH_FAULT_SEED", "0")) or random.randrange(1, 2**31)
     started = time.monotonic()
     with rb.LocalPool(
-        engines=ENGINES, task_files=TASK_FILES, queue=queue, worker_mode="direct",
+        engines=ENGINES, task_files=TASK_FILES, queue=queue,
         max_delivery_count=100,
     ) as pool:  # fmt: skip
         killer = WorkerKiller(pool, INTERVAL, seed)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import relay_engine_main
 
 import realtime_batch as rb
 from realtime_batch.control import CONTROL_QUEUE, cancel_messages
@@ -89,8 +90,8 @@ def pid_gone(pid: int) -> bool:
 def test_a_curve_pool_runs_tasks_with_roles_enforced(
     no_leaked_processes, tmp_path, hold_task, mode
 ):
-    with rb.LocalPool(
-        engines=1, task_files=[hold_task], curve=True, worker_mode=mode, root=tmp_path / "p"
+    with relay_engine_main.pool(
+        mode, engines=1, task_files=[hold_task], curve=True, root=tmp_path / "p"
     ) as pool:
         keys = pool.curve_keys
         assert keys is not None and (keys / "authorized" / "engine" / "engine.key").exists()
@@ -119,7 +120,7 @@ def test_a_spoofed_cancel_does_not_stop_another_sessions_task(
     url = f"memory://spoof-{uuid.uuid4().hex}" if scheme == "memory" else "zmq://127.0.0.1:0"
     release = tmp_path / "release"
     # relay: the engine answers a cancelled task that waits in its queue at once
-    pool = rb.LocalPool(engines=1, transport=url, task_files=[wait_task], worker_mode="relay")
+    pool = relay_engine_main.pool("relay", engines=1, transport=url, task_files=[wait_task])
     with pool, rb.Session(pool) as victim, rb.Session(pool) as attacker:
         running = victim.submit("wait.py", str(tmp_path / "a"), str(release))
         waiting = victim.submit("wait.py", str(tmp_path / "b"), str(release))

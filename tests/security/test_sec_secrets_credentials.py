@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 from click.testing import CliRunner
+from relay_engine_main import relay_argv
 
 import realtime_batch as rb
 from realtime_batch.engine import build_jar
@@ -177,7 +178,6 @@ def test_zmq_direct_engine_gets_its_password_url_outside_argv(probe_tasks, tmp_p
             engines=1,
             transport=url,
             start_broker=False,
-            worker_mode="direct",
             task_files=_task_files(probe_tasks),
             env={**_decoy_env(secret, tmp_path), "MY_TASK_SETTING": "seven"},
             pass_env=["MY_TASK_SETTING"],
@@ -226,9 +226,13 @@ def broker_url() -> Iterator[str]:
         yield broker_pool.transport_url
 
 
-def _start_engine(args: list[str], env: dict[str, str], tasks: Path, cwd: Path) -> subprocess.Popen:
+def _start_engine(
+    args: list[str], env: dict[str, str], tasks: Path, cwd: Path, mode: str = "direct"
+) -> subprocess.Popen:
     argv = [sys.executable, "-m", "realtime_batch.engine", "--queue", "tasks"]
     argv += ["--tasks-dir", str(tasks), "--work-dir", str(cwd), *args]
+    if mode == "relay":  # the same engine, its zmq:// transport not settling by token
+        argv = relay_argv(argv)
     proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -256,7 +260,7 @@ def test_engine_removes_rtbatch_transport_from_its_environment(
 ):
     password = _secret()
     env = {**os.environ, "RTBATCH_TRANSPORT": broker_url.replace("zmq://", f"zmq://u:{password}@")}
-    proc = _start_engine(["--worker-mode", mode], env, probe_tasks, tmp_path)
+    proc = _start_engine([], env, probe_tasks, tmp_path, mode)
     try:
         with rb.Session(broker_url, name="probe") as session:
             seen = _assert_task_sees_no_secret(session, [password], password)

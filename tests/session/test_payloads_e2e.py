@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import relay_engine_main
 
 import realtime_batch as rb
 from realtime_batch.payloads import MemoryStore
@@ -65,10 +66,11 @@ def pool(request, task_files):
         url = standin.connection_string
     else:
         url = "zmq://127.0.0.1:0"
-    mode = "relay" if request.param == "zmq-relay" else "auto"  # auto: direct on zmq
+    # zmq-relay: the engine relays (tests/relay_engine_main.py); zmq:// alone is direct
+    mode = "relay" if request.param == "zmq-relay" else "direct"
     try:
-        with rb.LocalPool(
-            engines=1, transport=url, task_files=task_files, worker_mode=mode
+        with relay_engine_main.pool(
+            mode, engines=1, transport=url, task_files=task_files
         ) as local_pool:
             yield local_pool
     finally:
