@@ -252,3 +252,30 @@ def test_give_back_abandons_where_a_backend_cannot_uncount(queue):
         Transport.give_back(t, d)  # the default, as a backend without the ability has it
         [d] = t.receive(queue, timeout=10)
         assert d.delivery_count == 2
+
+
+def test_a_released_stale_grant_is_not_charged_a_delivery(zmq_transport_url, queue):
+    """A receive reply that comes after its client gave up is released unread (RELEASE):
+    nobody saw those messages, so, like a give-back, it must not use up a delivery (under
+    load such releases charged tasks attempts nobody made)."""
+    import zmq
+
+    from realtime_batch.transport.zeromq import wire
+
+    with open_transport(zmq_transport_url) as t:
+        t.declare_queue(queue)
+        t.send(queue, Message(b"task"))
+        [d] = t.receive(queue, timeout=10)
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 1000)
+        try:
+            sock.connect(zmq_transport_url.replace("zmq://", "tcp://"))
+            sock.send(wire.encode_request(wire.RELEASE, 0, d.lock_token))
+        finally:
+            sock.close()
+            ctx.term()
+        [again] = t.receive(queue, timeout=10)
+        assert again.message.body == b"task"
+        assert again.delivery_count == 1
+        t.complete(again)

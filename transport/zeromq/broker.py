@@ -485,10 +485,10 @@ class Broker:
             if store.ready:  # the results first: their receivers wait on the critical path
                 self._serve_ready(now)
             return self._receive(identity, owner, rid, args[3:], now, lost)
-        if command == wire.RELEASE:
+        if command == wire.RELEASE:  # grants whose receive gave up: never seen, not charged
             for token in args:
                 try:
-                    store.abandon(token, now)
+                    store.give_back(token, now)
                 except LockLostError:
                     pass
             return None

@@ -97,7 +97,7 @@ COMPLETE = 5  # args: [token]                      -> []
 ABANDON = 6  # args: [token]                       -> []
 DEAD_LETTER = 7  # args: [token, reason, description] -> []
 RENEW = 8  # args: [token]                         -> [locked_until]
-RELEASE = 9  # args: [token, ...]: abandon leases nobody will settle; never answered
+RELEASE = 9  # args: [token, ...]: give back (uncounted) leases nobody saw; never answered
 BYE = 10  # args: []: the client is closing; never answered
 COMPLETE_MANY = 11  # args: [token, ...]            -> [[index of each lost lease, ...]]
 # args: [queue, count, [token, ...]] + 2*count frames -> [[index of each lost lease, ...]]
