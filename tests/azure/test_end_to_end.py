@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from azure.batch import BatchClient
@@ -51,24 +52,37 @@ def simulated_batch(tmp_path, azurite):
         fake.stop()
 
 
-def test_pool_to_results_offline(no_leaked_processes, simulated_batch, broker, azurite, tmp_path):
-    fake, url, sim = simulated_batch
+def _simulated_pool(
+    url: str, azurite: str, broker: str, tmp_path: Path, pool_id: str, nodes: int, **options
+) -> AzureBatchPool:
+    """An ``AzureBatchPool`` on the Batch fake and Azurite, its engines on the simulated
+    nodes (a stand-in wheel: the node uses the test interpreter; no dependency wheels,
+    so the simulated node skips pip), with the ``hello_task.py`` task staged."""
     (tmp_path / "hello_task.py").write_text(HELLO)
-    (tmp_path / "data.txt").write_text("input\n")
     wheel = tmp_path / "realtime_batch-0.1.0-py3-none-any.whl"
     wheel.write_bytes(b"stand-in wheel: the simulated node uses the test interpreter")
-    pool = AzureBatchPool(
+    options.setdefault("spec", PoolSpec(dedicated_nodes=nodes, engines_per_node=1))
+    return AzureBatchPool(
         BatchClient(endpoint=url, credential=AzureNamedKeyCredential(DEFAULT_ACCOUNT, DEFAULT_KEY)),
         BlobServiceClient.from_connection_string(azurite),
-        "e2e",
+        pool_id,
         transport_url=broker,
-        spec=PoolSpec(dedicated_nodes=1, engines_per_node=2),
         task_files=[tmp_path / "hello_task.py"],
-        input_files=[tmp_path / "data.txt"],
         wheel=wheel,
-        wheelhouse=tmp_path,  # no dependency wheels: the simulated node skips pip
+        wheelhouse=tmp_path,
         poll_interval=0.01,
+        **options,
     )
+
+
+def test_pool_to_results_offline(no_leaked_processes, simulated_batch, broker, azurite, tmp_path):
+    fake, url, sim = simulated_batch
+    (tmp_path / "data.txt").write_text("input\n")
+    pool = _simulated_pool(
+        url, azurite, broker, tmp_path, "e2e", 1,
+        spec=PoolSpec(dedicated_nodes=1, engines_per_node=2),
+        input_files=[tmp_path / "data.txt"],
+    )  # fmt: skip
     try:
         pool.create()
         job = pool.start_engines()
@@ -101,21 +115,7 @@ def test_shrink_stops_the_leaving_engine_through_the_broker(
     no_leaked_processes, simulated_batch, broker, azurite, tmp_path
 ):
     fake, url, sim = simulated_batch
-    (tmp_path / "hello_task.py").write_text(HELLO)
-    wheel = tmp_path / "realtime_batch-0.1.0-py3-none-any.whl"
-    wheel.write_bytes(b"stand-in wheel: the simulated node uses the test interpreter")
-    pool = AzureBatchPool(
-        BatchClient(endpoint=url, credential=AzureNamedKeyCredential(DEFAULT_ACCOUNT, DEFAULT_KEY)),
-        BlobServiceClient.from_connection_string(azurite),
-        "e2e-shrink",
-        transport_url=broker,
-        spec=PoolSpec(dedicated_nodes=2, engines_per_node=1),
-        task_files=[tmp_path / "hello_task.py"],
-        wheel=wheel,
-        wheelhouse=tmp_path,
-        poll_interval=0.01,
-        drain_timeout=30,
-    )
+    pool = _simulated_pool(url, azurite, broker, tmp_path, "e2e-shrink", 2, drain_timeout=30)
     try:
         pool.create()
         job = pool.start_engines()
@@ -144,20 +144,7 @@ def test_large_values_reach_sas_only_engines_through_the_jobs_container(
 ):
     """Engines without an identity fetch and store payloads with their staged SAS (#20)."""
     _, url, sim = simulated_batch
-    (tmp_path / "hello_task.py").write_text(HELLO)
-    wheel = tmp_path / "realtime_batch-0.1.0-py3-none-any.whl"
-    wheel.write_bytes(b"stand-in wheel: the simulated node uses the test interpreter")
-    pool = AzureBatchPool(
-        BatchClient(endpoint=url, credential=AzureNamedKeyCredential(DEFAULT_ACCOUNT, DEFAULT_KEY)),
-        BlobServiceClient.from_connection_string(azurite),
-        "e2epayload",
-        transport_url=broker,
-        spec=PoolSpec(dedicated_nodes=1, engines_per_node=1),
-        task_files=[tmp_path / "hello_task.py"],
-        wheel=wheel,
-        wheelhouse=tmp_path,
-        poll_interval=0.01,
-    )
+    pool = _simulated_pool(url, azurite, broker, tmp_path, "e2epayload", 1)
     try:
         pool.create()
         job = pool.start_engines()

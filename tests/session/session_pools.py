@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import relay_engine_main
 
 import realtime_batch as rb
 
@@ -20,13 +21,18 @@ BACKENDS = ["memory", "zmq", pytest.param("servicebus", marks=pytest.mark.azure)
 
 @contextlib.contextmanager
 def backend_pool(backend: str, task_files: list[Path], engines: int) -> Iterator[rb.LocalPool]:
-    """A pool of ``engines`` on ``backend``; fails if it leaves processes behind."""
+    """A pool of ``engines`` on ``backend``; fails if it leaves processes behind.
+
+    ``backend``: ``memory``, ``zmq`` (engines feed their workers directly), ``zmq-relay``
+    (the same engines relaying, through tests/relay_engine_main.py) or ``servicebus`` (the
+    stand-in).
+    """
     me = psutil.Process()
     before = {child.pid for child in me.children(recursive=True)}
     standin = None
     if backend == "memory":
         url = f"memory://e2e-{uuid.uuid4().hex}"
-    elif backend == "zmq":
+    elif backend in ("zmq", "zmq-relay"):
         url = "zmq://127.0.0.1:0"
     else:
         pytest.importorskip("azure.servicebus")
@@ -35,7 +41,10 @@ def backend_pool(backend: str, task_files: list[Path], engines: int) -> Iterator
         standin = StandInProcess()
         url = standin.connection_string
     try:
-        with rb.LocalPool(engines=engines, transport=url, task_files=task_files) as local_pool:
+        mode = "relay" if backend == "zmq-relay" else "direct"
+        with relay_engine_main.pool(
+            mode, engines=engines, transport=url, task_files=task_files
+        ) as local_pool:
             yield local_pool
     finally:
         if standin is not None:

@@ -12,9 +12,8 @@ import textwrap
 import uuid
 from pathlib import Path
 
-import psutil
 import pytest
-import relay_engine_main
+from session_pools import backend_pool
 
 import realtime_batch as rb
 from realtime_batch.payloads import MemoryStore
@@ -53,34 +52,8 @@ def task_files(tmp_path_factory) -> list[Path]:
     params=["memory", "zmq", "zmq-relay", pytest.param("servicebus", marks=pytest.mark.azure)],
 )
 def pool(request, task_files):
-    me = psutil.Process()
-    before = {child.pid for child in me.children(recursive=True)}
-    standin = None
-    if request.param == "memory":
-        url = f"memory://payloads-{uuid.uuid4().hex}"
-    elif request.param == "servicebus":  # 256 KiB messages, like the Standard tier
-        pytest.importorskip("azure.servicebus")
-        from servicebus_standin import StandInProcess
-
-        standin = StandInProcess()
-        url = standin.connection_string
-    else:
-        url = "zmq://127.0.0.1:0"
-    # zmq-relay: the engine relays (tests/relay_engine_main.py); zmq:// alone is direct
-    mode = "relay" if request.param == "zmq-relay" else "direct"
-    try:
-        with relay_engine_main.pool(
-            mode, engines=1, transport=url, task_files=task_files
-        ) as local_pool:
-            yield local_pool
-    finally:
-        if standin is not None:
-            standin.stop()
-    leftover = [c for c in me.children(recursive=True) if c.pid not in before]
-    _, alive = psutil.wait_procs(leftover, timeout=5)
-    for proc in alive:
-        proc.kill()
-    assert not alive, f"processes left behind: {[p.pid for p in alive]}"
+    with backend_pool(request.param, task_files, engines=1) as local_pool:
+        yield local_pool
 
 
 def _store_files(pool) -> list:
