@@ -13,7 +13,7 @@ import relay_engine_main
 
 import realtime_batch as rb
 
-__all__ = ["BACKENDS", "backend_pool"]
+__all__ = ["BACKENDS", "backend_pool", "store_files"]
 
 #: the backends an end-to-end test runs on (Service Bus through the stand-in: azure marker)
 BACKENDS = ["memory", "zmq", pytest.param("servicebus", marks=pytest.mark.azure)]
@@ -54,3 +54,16 @@ def backend_pool(backend: str, task_files: list[Path], engines: int) -> Iterator
     for proc in alive:
         proc.kill()
     assert not alive, f"processes left behind: {[p.pid for p in alive]}"
+
+
+def store_files(pool: rb.LocalPool) -> list:
+    """What the pool's job has in its payload store: files, or (job, space, digest) names
+    in the in-process store of memory://."""
+    from realtime_batch.payloads import MemoryStore
+
+    store = pool.payload_store
+    if isinstance(store, MemoryStore):
+        return [name for name in store.names() if name[0] == pool.job]
+    if not store.root.exists():
+        return []
+    return [p for p in store.root.rglob("*") if p.is_file()]

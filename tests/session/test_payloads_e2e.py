@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from session_pools import backend_pool
+from session_pools import backend_pool, store_files
 
 import realtime_batch as rb
 from realtime_batch.payloads import MemoryStore
@@ -56,14 +56,7 @@ def pool(request, task_files):
         yield local_pool
 
 
-def _store_files(pool) -> list:
-    """What the pool's job has in its store: files, or (job, space, digest) in memory."""
-    store = pool.payload_store
-    if isinstance(store, MemoryStore):
-        return [name for name in store.names() if name[0] == pool.job]
-    if not store.root.exists():
-        return []
-    return [p for p in store.root.rglob("*") if p.is_file()]
+_store_files = store_files
 
 
 def _lose_all(pool) -> None:

@@ -16,7 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from session_pools import backend_pool
+from session_pools import backend_pool, store_files
 
 import realtime_batch as rb
 from realtime_batch.payloads import (
@@ -102,13 +102,7 @@ def pool(request, task_files):
         yield local_pool
 
 
-def _store_files(pool) -> list:
-    store = pool.payload_store
-    if isinstance(store, MemoryStore):
-        return [name for name in store.names() if name[0] == pool.job]
-    if not store.root.exists():
-        return []
-    return [p for p in store.root.rglob("*") if p.is_file()]
+_store_files = store_files
 
 
 class Recorder:
