@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import relay_engine_main
 
 import realtime_batch as rb
 
-__all__ = ["BACKENDS", "backend_pool", "store_files"]
+__all__ = ["BACKENDS", "backend_pool", "store_files", "write_tasks"]
 
 #: the backends an end-to-end test runs on (Service Bus through the stand-in: azure marker)
 BACKENDS = ["memory", "zmq", pytest.param("servicebus", marks=pytest.mark.azure)]
@@ -67,3 +68,13 @@ def store_files(pool: rb.LocalPool) -> list:
     if not store.root.exists():
         return []
     return [p for p in store.root.rglob("*") if p.is_file()]
+
+
+def write_tasks(folder: Path, sources: dict[str, str]) -> list[Path]:
+    """Write each ``name: source`` task module (dedented) into ``folder``; their paths."""
+    paths = []
+    for name, source in sources.items():
+        path = folder / name
+        path.write_text(textwrap.dedent(source).lstrip())
+        paths.append(path)
+    return paths

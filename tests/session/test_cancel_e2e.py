@@ -11,13 +11,12 @@ process), so the check for leaked processes runs once the pool is closed.
 from __future__ import annotations
 
 import concurrent.futures
-import textwrap
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-from session_pools import BACKENDS, backend_pool
+from session_pools import BACKENDS, backend_pool, write_tasks
 
 import realtime_batch as rb
 
@@ -67,13 +66,7 @@ TASK_SOURCES = {
 
 @pytest.fixture(scope="module")
 def task_files(tmp_path_factory) -> list[Path]:
-    folder = tmp_path_factory.mktemp("cancel-tasks")
-    paths = []
-    for name, source in TASK_SOURCES.items():
-        path = folder / name
-        path.write_text(textwrap.dedent(source).lstrip())
-        paths.append(path)
-    return paths
+    return write_tasks(tmp_path_factory.mktemp("cancel-tasks"), TASK_SOURCES)
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

@@ -8,12 +8,11 @@ memory:// engines are threads of this process sharing its in-memory store.
 from __future__ import annotations
 
 import datetime as dt
-import textwrap
 import uuid
 from pathlib import Path
 
 import pytest
-from session_pools import backend_pool, store_files
+from session_pools import backend_pool, store_files, write_tasks
 
 import realtime_batch as rb
 from realtime_batch.payloads import MemoryStore
@@ -38,13 +37,7 @@ MIB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def task_files(tmp_path_factory) -> list[Path]:
-    folder = tmp_path_factory.mktemp("payload-tasks")
-    paths = []
-    for name, source in TASKS.items():
-        path = folder / name
-        path.write_text(textwrap.dedent(source).lstrip())
-        paths.append(path)
-    return paths
+    return write_tasks(tmp_path_factory.mktemp("payload-tasks"), TASKS)
 
 
 @pytest.fixture(

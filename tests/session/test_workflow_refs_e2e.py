@@ -12,11 +12,10 @@ processes (the client's writes are counted).
 from __future__ import annotations
 
 import hashlib
-import textwrap
 from pathlib import Path
 
 import pytest
-from session_pools import backend_pool, store_files
+from session_pools import backend_pool, store_files, write_tasks
 
 import realtime_batch as rb
 from realtime_batch.payloads import (
@@ -87,13 +86,7 @@ def digest_of(value) -> str:
 
 @pytest.fixture(scope="module")
 def task_files(tmp_path_factory) -> list[Path]:
-    folder = tmp_path_factory.mktemp("wfrefs-tasks")
-    paths = []
-    for name, source in TASKS.items():
-        path = folder / name
-        path.write_text(textwrap.dedent(source).lstrip())
-        paths.append(path)
-    return paths
+    return write_tasks(tmp_path_factory.mktemp("wfrefs-tasks"), TASKS)
 
 
 @pytest.fixture(scope="module", params=["memory", "zmq"])

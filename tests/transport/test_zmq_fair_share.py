@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 import zmq
+from broker_in_thread import running, url_of
 
 from realtime_batch.transport import Message
 from realtime_batch.transport.zeromq.broker import Broker
@@ -53,19 +54,11 @@ def test_a_bad_window_is_refused():
 # -- at the broker --------------------------------------------------------------------------
 @pytest.fixture
 def broker() -> Iterator[Broker]:
-    broker = Broker("tcp://127.0.0.1:0", context=zmq.Context())
-    thread = threading.Thread(target=broker.run, daemon=True)
-    thread.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
-        thread.join(5)
-        broker.close()
+    with running(Broker("tcp://127.0.0.1:0", context=zmq.Context())) as serving:
+        yield serving
 
 
-def _url(broker: Broker) -> str:
-    return "zmq://" + broker.endpoint.removeprefix("tcp://")
+_url = url_of
 
 
 def test_receives_on_a_shared_queue_take_a_fair_share(broker):

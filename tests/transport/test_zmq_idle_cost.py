@@ -4,12 +4,12 @@ no busy-polling after requests that move no message (issue 21)."""
 from __future__ import annotations
 
 import collections
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 import zmq
+from broker_in_thread import running, url_of
 
 from realtime_batch.transport import Message
 from realtime_batch.transport.zeromq import wire
@@ -90,18 +90,11 @@ class _CountingBroker(Broker):
 @pytest.fixture
 def counting_broker() -> Iterator[_CountingBroker]:
     broker = _CountingBroker("tcp://127.0.0.1:0", heartbeat_interval=0.2, context=zmq.Context())
-    thread = threading.Thread(target=broker.run, daemon=True)
-    thread.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
-        thread.join(5)
-        broker.close()
+    with running(broker) as serving:
+        yield serving
 
 
-def _url(broker: Broker) -> str:
-    return "zmq://" + broker.endpoint.removeprefix("tcp://")
+_url = url_of
 
 
 def test_a_client_that_keeps_receiving_sends_almost_no_heartbeats_and_keeps_its_lease(
