@@ -105,7 +105,10 @@ def test_close_wakes_a_thread_blocked_in_receive(zmq_transport_url, queue):
 
 def test_broker_restart_client_reconnects(zmq_broker_factory, queue):
     broker = zmq_broker_factory()
-    t = open_transport(broker.url, **FAST_HEARTBEAT)
+    # The restart must end within the client's liveness time (else the parked receive
+    # rightly ends with ConnectionLostError): on a loaded machine a broker process may
+    # take more than the 0.6 s of three fast heartbeats to start again.
+    t = open_transport(broker.url, **FAST_HEARTBEAT, heartbeat_liveness=25)
     try:
         t.declare_queue(queue)
         t.send(queue, [Message(b"before-1"), Message(b"before-2")])

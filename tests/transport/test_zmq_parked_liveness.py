@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 import test_zmq_idle_cost
 import zmq
 
@@ -38,6 +39,7 @@ def test_no_heartbeat_is_due_while_a_long_receive_is_parked():
 def test_a_dropped_connection_or_a_changed_report_makes_a_heartbeat_due_while_parked():
     schedule = HeartbeatSchedule(INTERVAL)
     schedule.beat_sent(0.0, {"id": "e", "state": "idle"})
+    schedule.reply_received(0.0)
     schedule.parked = 1
     assert not schedule.due(2.0, {"id": "e", "state": "idle"})
     assert schedule.due(2.0, {"id": "e", "state": "busy"})
@@ -46,6 +48,44 @@ def test_a_dropped_connection_or_a_changed_report_makes_a_heartbeat_due_while_pa
     schedule.beat_sent(2.0, {"id": "e", "state": "idle"})
     assert not schedule.due(2.1, {"id": "e", "state": "idle"})
 
+
+
+def test_a_parked_client_looks_at_its_heartbeats_once_an_interval_not_every_millisecond():
+    """While a receive is parked nothing falls due by time alone: the heartbeat thread
+    sleeps an interval per look (it used to look every millisecond, ~3 % of a core per
+    idle engine and as much per idle worker)."""
+    schedule = HeartbeatSchedule(INTERVAL)
+    schedule.beat_sent(0.0, None)
+    schedule.reply_received(0.0)
+    schedule.request_sent(0.1)
+    schedule.parked = 1
+    now, looks = 0.2, 0
+    while now < 20.0:
+        assert not schedule.due(now, None)
+        now = schedule.next_check(now)
+        looks += 1
+    assert looks <= 20  # one look per interval at most
+    schedule.parked = 0
+    assert schedule.due(now, None)  # the receive ended on a quiet link: a beat at once
+
+
+def test_an_unanswered_heartbeat_is_sent_again_each_interval_while_parked():
+    """A probe sent while the broker was down is lost with it: the next beats must
+    follow, or a restarted broker is never noticed and the parked receive it never
+    got waits out its whole timeout (seen as a flaky broker-restart test)."""
+    schedule = HeartbeatSchedule(INTERVAL)
+    schedule.beat_sent(0.0, None)
+    schedule.reply_received(0.0)
+    schedule.parked = 1
+    schedule.probe = True  # the broker's connection dropped
+    assert schedule.due(0.5, None)
+    schedule.beat_sent(0.5, None)  # lost: the broker is down
+    assert not schedule.due(1.0, None)
+    assert schedule.next_check(1.0) == pytest.approx(1.5)
+    assert schedule.due(1.5, None)
+    schedule.beat_sent(1.5, None)
+    schedule.reply_received(1.6)  # the restarted broker answers (with its epoch)
+    assert not schedule.due(5.0, None)
 
 # -- the broker's rule (its timers driven with an explicit clock) ---------------------------
 def _owner(number: int) -> bytes:

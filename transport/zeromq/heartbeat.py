@@ -14,7 +14,10 @@ does not say as much already, so it is sent when
 While the client has a long receive parked at the broker (``parked``), the broker
 counts that receive as the client's sign of life, so the quiet-link and refresh
 beats are not sent; a dropped connection to the broker (``probe``) sends one at
-once, so a dead or restarted broker is still noticed within the liveness time.
+once, and one left unanswered is sent again each interval until the broker
+answers, so a dead or restarted broker is still noticed within the liveness time
+(the reply carries the broker's epoch: a restarted broker gets the parked receives
+again).
 An idle engine keeps its receives parked for seconds, so it sends next to
 nothing while it idles: with hundreds of engines that is most of what idle
 engines cost the broker.
@@ -88,6 +91,8 @@ class HeartbeatSchedule:
         """Whether a heartbeat carrying ``report`` should be sent at ``now``."""
         if self.probe or report != self._report_sent or self.last_beat == float("-inf"):
             return True
+        if self.awaiting is not None and now - self.last_beat >= self.interval:
+            return True  # the last one is unanswered: again each interval, even parked
         if self.parked > 0:
             return False
         if now - self.last_beat >= self.refresh:
@@ -98,7 +103,12 @@ class HeartbeatSchedule:
     def next_check(self, now: float) -> float:
         """When to ask ``due`` again: when the link will have been quiet for an
         interval (one interval after the last heartbeat at the soonest), or the
-        refresh falls due, if nothing happens in between."""
+        refresh falls due, if nothing happens in between. While a receive is parked
+        nothing falls due by time alone (``due``): one interval from now, so that a
+        report or a parked receive that ended is looked at within an interval."""
+        if self.parked > 0:
+            at = now + self.interval if self.awaiting is None else self.last_beat + self.interval
+            return max(now + _MIN_CHECK, at)
         quiet_until = min(self.last_request, self.last_reply) + self.interval
         at = min(max(quiet_until, self.last_beat + self.interval), self.last_beat + self.refresh)
         return max(now + _MIN_CHECK, at)
