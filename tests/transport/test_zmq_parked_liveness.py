@@ -49,7 +49,6 @@ def test_a_dropped_connection_or_a_changed_report_makes_a_heartbeat_due_while_pa
     assert not schedule.due(2.1, {"id": "e", "state": "idle"})
 
 
-
 def test_a_parked_client_looks_at_its_heartbeats_once_an_interval_not_every_millisecond():
     """While a receive is parked nothing falls due by time alone: the heartbeat thread
     sleeps an interval per look (it used to look every millisecond, ~3 % of a core per
@@ -86,6 +85,7 @@ def test_an_unanswered_heartbeat_is_sent_again_each_interval_while_parked():
     schedule.beat_sent(1.5, None)
     schedule.reply_received(1.6)  # the restarted broker answers (with its epoch)
     assert not schedule.due(5.0, None)
+
 
 # -- the broker's rule (its timers driven with an explicit clock) ---------------------------
 def _owner(number: int) -> bytes:
