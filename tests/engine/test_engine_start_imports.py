@@ -3,8 +3,9 @@
 Every engine of a pool, and every worker restart (after a crash, a timeout or the
 cancel of a running task), pays its imports again. These tests run a fresh
 interpreter, import what the process imports, and read ``sys.modules``: a module
-that only some other path needs (the ZeroMQ broker, the Azure SDKs, rich, the
-Prometheus client, the TOML writer) must not be among them.
+that only some other path needs (the ZeroMQ broker, the statistics records, the
+Azure SDKs, rich, the Prometheus client, the TOML writer, tenacity) must not be
+among them.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ NOT_AT_START = (
     "realtime_batch.transport.zeromq.fairshare",
     "realtime_batch.transport.zeromq.parking",
     "realtime_batch.transport.store",
+    "realtime_batch.transport.stats",
     "realtime_batch.orchestrator",
     "realtime_batch.emulator",
     "azure",
     "rich",
     "prometheus_client",
     "tomli_w",
+    "tenacity",
 )
 
 #: The engine process: its command (which reads its transport with ``config``), its
@@ -70,6 +73,7 @@ def test_the_checker_sees_a_loaded_module():
     loaded = _loaded("realtime_batch.transport.zeromq.cli")
     assert "realtime_batch.transport.zeromq.broker" in loaded
     assert _unwanted(loaded) == [
+        "realtime_batch.transport.stats",
         "realtime_batch.transport.store",
         "realtime_batch.transport.zeromq.broker",
         "realtime_batch.transport.zeromq.cli",
