@@ -86,14 +86,15 @@ def test_the_engine_command_does_not_load_the_broker():
     assert _unwanted(_loaded("realtime_batch.engine.cli")) == []
 
 
-#: Jars run in the worker: the engine only checks the options of its warm JVM host.
-JVM_CODE = ("realtime_batch.engine.jvm_host", "realtime_batch.engine.java")
+#: Jars run in the worker: the engine only checks the options of its warm JVM host;
+#: and only the worker parses arguments with argparse.
+WORKER_ONLY = ("realtime_batch.engine.jvm_host", "realtime_batch.engine.java", "argparse")
 
 
 def test_a_running_engine_loads_nothing_it_does_not_use():
     loaded = _loaded(*ENGINE)
     assert "realtime_batch.engine.engine" in loaded
-    assert _unwanted(loaded, NOT_AT_START + JVM_CODE) == []
+    assert _unwanted(loaded, NOT_AT_START + WORKER_ONLY) == []
 
 
 @pytest.mark.parametrize("extra", [(), ("click",)], ids=["not-at-start", "no-click"])
