@@ -112,3 +112,40 @@ def test_the_curve_options_are_one_function_for_every_command():
                           timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True"
+
+
+def test_an_engine_without_curve_keys_does_not_import_zmq():
+    """A Service Bus engine (no ``zmq://`` client) never needs zmq; CURVE options alone
+    do not pull it in."""
+    loaded = _loaded(
+        "realtime_batch.engine.cli", "realtime_batch.config", "realtime_batch.engine.engine"
+    )
+    assert _unwanted(loaded, ("zmq", "realtime_batch.transport.zeromq.curve")) == []
+
+
+def test_the_curve_options_give_the_transport_options(tmp_path):
+    import click
+    from click.testing import CliRunner
+
+    from realtime_batch.transport.zeromq.cli_options import curve_key_options
+
+    @click.command()
+    @curve_key_options("engine")
+    def show(curve_options):
+        click.echo(json.dumps(curve_options, sort_keys=True))
+
+    secret = tmp_path / "engine.key_secret"
+    secret.write_text("not read here")
+    runner = CliRunner(
+        env={"RTBATCH_CURVE_SERVER_KEY": None, "RTBATCH_CURVE_SECRET_KEY_FILE": None}
+    )
+    assert runner.invoke(show, []).output.strip() == "{}"
+    both = runner.invoke(
+        show, ["--curve-server-key", "K" * 40, "--curve-secret-key-file", str(secret)]
+    )
+    assert json.loads(both.output) == {
+        "curve_secret_key": str(secret),
+        "curve_server_key": "K" * 40,
+    }
+    one = runner.invoke(show, ["--curve-secret-key-file", str(secret)])
+    assert one.exit_code == 2 and "go together" in one.output

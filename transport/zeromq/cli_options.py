@@ -2,6 +2,8 @@
 
 Kept apart from ``cli`` (``rtbatch broker`` and ``keys``) so that a command which
 only connects does not import the broker: every engine of a pool starts with this.
+Without a CURVE key it does not import ``zmq`` either (a Service Bus engine has no use
+for it).
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-
-from .curve import curve_transport_options
 
 __all__ = ["curve_key_options"]
 
@@ -28,10 +28,14 @@ def curve_key_options(role: str) -> Callable[[Callable[..., Any]], Callable[...,
             *args: Any, curve_server_key: str | None, curve_secret_key_file: str | None,
             **kwargs: Any,
         ) -> Any:  # fmt: skip
-            try:
-                options = curve_transport_options(curve_server_key, curve_secret_key_file)
-            except ValueError as exc:
-                raise click.UsageError(str(exc)) from None
+            options: dict[str, str] = {}
+            if curve_server_key is not None or curve_secret_key_file is not None:
+                from .curve import curve_transport_options  # imports zmq: not without CURVE
+
+                try:
+                    options = curve_transport_options(curve_server_key, curve_secret_key_file)
+                except ValueError as exc:
+                    raise click.UsageError(str(exc)) from None
             return func(*args, curve_options=options, **kwargs)
 
         command = click.option(
