@@ -6,7 +6,8 @@ Each workload runs realtime-batch over ``zmq://`` (a ``LocalPool``: the broker a
 the engines as processes) at several sizes and prints one ``RECORD {json}`` line:
 
 * ``scale-engines``: no-op throughput and 10 ms tasks at 2, 8 and 32 engines: tasks/s,
-  CPU per task of the whole tree, % of ideal, and how many tasks each engine ran;
+  CPU per task of the whole tree, % of ideal, and how many tasks each engine ran; and
+  the pool's start: seconds, and CPU seconds per engine (the engine and its worker);
 * ``scale-sessions``: 1, 8 and 32 sessions (threads of one client process) sharing one
   pool of two engines: aggregate tasks/s and the client's CPU per task;
 * ``scale-queued``: 100,000 and 1,000,000 tasks queued with no engine running: the
@@ -86,6 +87,15 @@ QUICK_SIZES = ScaleSizes(
 )
 
 
+def _used(proc: psutil.Process) -> float:
+    """CPU seconds ``proc`` used so far (0 once it is gone)."""
+    try:
+        times = proc.cpu_times()
+        return times.user + times.system
+    except psutil.Error:
+        return 0.0
+
+
 class _Tree:
     """CPU seconds of this process and of every process it started."""
 
@@ -94,16 +104,23 @@ class _Tree:
 
     def cpu(self) -> tuple[float, float]:
         """``(this process, its descendants)`` CPU seconds so far."""
+        children = sum(_used(p) for p in self.me.children(recursive=True))
+        return _used(self.me), children
 
-        def used(proc: psutil.Process) -> float:
-            try:
-                times = proc.cpu_times()
-                return times.user + times.system
-            except psutil.Error:
-                return 0.0
 
-        children = sum(used(p) for p in self.me.children(recursive=True))
-        return used(self.me), children
+def _start_cpu(pool: Any) -> float:
+    """CPU seconds per engine of a pool that has just started: each engine process and
+    its task worker, from their start until all engines are ready (issue #21)."""
+    pids = pool.engine_pids()
+    total = 0.0
+    for pid in pids:
+        try:
+            engine = psutil.Process(pid)
+            procs = [engine, *engine.children(recursive=True)]
+        except psutil.Error:
+            continue
+        total += sum(_used(p) for p in procs)
+    return total / max(1, len(pids))
 
 
 def _pool(engines: int) -> Any:
@@ -154,11 +171,17 @@ def scale_engines(sizes: ScaleSizes) -> dict[str, Any]:
         started = time.perf_counter()
         with _pool(engines) as pool:
             start_s = time.perf_counter() - started
+            start_cpu = _start_cpu(pool)
             with Session(pool, keep_results=False) as session:
                 _wait_all([session.submit("noop.py") for _ in range(50)])  # warm
                 noop = _noop_run(session, sizes.noop_n, tree)
                 sleep = _sleep_run(session, sizes.sleep_n, engines)
-        figures[str(engines)] = {"pool_start_s": start_s, **noop, **sleep}
+        figures[str(engines)] = {
+            "pool_start_s": start_s,
+            "start_cpu_s_per_engine": start_cpu,
+            **noop,
+            **sleep,
+        }
         log.info("scale-engines %d: %s", engines, figures[str(engines)])
     low, high = str(min(sizes.engines)), str(max(sizes.engines))
     return {

@@ -18,6 +18,7 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("efficiency", "10 ms tasks, % of ideal", "{:.1f}"),
         ("tasks_per_engine", "10 ms tasks per engine (min-max; fair share)", "spread"),
         ("pool_start_s", "pool start, s", "{:.2f}"),
+        ("start_cpu_s_per_engine", "CPU s per engine start (engine + its worker)", "{:.2f}"),
     ],
     "scale-sessions": [
         ("tasks_per_s", "aggregate no-op tasks/s", "{:,.0f}"),

@@ -17,7 +17,7 @@ from collections import deque
 from typing import Any
 
 from ..transport import Transport
-from ..transport.stats import LATENCY_BUCKETS, latency_bucket
+from ..transport.latency import LATENCY_BUCKETS, latency_bucket
 
 __all__ = ["REPORT_INTERVAL", "TaskObserver", "engine_report"]
 

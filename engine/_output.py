@@ -14,14 +14,16 @@ with ``[... N bytes dropped]``. In the worker process:
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import io
 import logging
 import logging.handlers
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import argparse  # only the worker parses arguments; the engine imports this module too
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT",

@@ -18,8 +18,6 @@ import threading
 import time
 from collections.abc import Callable
 
-import tenacity
-
 from ..transport.errors import ConnectionLostError, TransportError
 from .errors import EngineError
 
@@ -31,22 +29,26 @@ logger = logging.getLogger(__name__)
 class Backoff:
     """Seconds to wait after each failure in a row: ``first``, doubling, at most ``cap``.
 
-    tenacity's ``wait_exponential`` rule, for loops that must keep going on their own
-    terms (a stop request, the service gone) rather than inside ``tenacity.Retrying``.
+    tenacity's ``wait_exponential(multiplier=first, min=first, max=cap)`` rule, for loops
+    that must keep going on their own terms (a stop request, the service gone) rather
+    than inside ``tenacity.Retrying``; kept here so that an engine and its worker start
+    without importing tenacity (#21).
     """
 
     def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
-        self._wait = tenacity.wait_exponential(multiplier=first, min=first, max=cap)
-        self._state = tenacity.RetryCallState(None, None, (), {})
+        self._first = first
+        self._cap = cap
+        self._next = first  # first * 2**(failures in a row), doubled exactly
 
     def succeeded(self) -> None:
         """The call worked: the next failure waits ``first`` again."""
-        self._state.attempt_number = 1
+        self._next = self._first
 
     def failed(self) -> float:
         """The call failed: how long to wait before the next one."""
-        delay = self._wait(self._state)
-        self._state.attempt_number += 1
+        delay = max(0.0, self._first, min(self._next, self._cap))
+        if self._next < self._cap:
+            self._next *= 2
         return delay
 
 

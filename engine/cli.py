@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from ..transport.base import DEFAULT_LOCK_DURATION, DEFAULT_MAX_DELIVERY_COUNT
-from ..transport.zeromq.cli import curve_key_options
+from ..transport.zeromq.cli_options import curve_key_options
 from ._supervise import DEFAULT_PREFETCH
 
 __all__ = ["configure_logging", "engine"]

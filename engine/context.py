@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from .jvm_host import java_runner
-
 __all__ = ["TaskContext"]
 
 
@@ -50,6 +48,8 @@ class TaskContext:
         is accepted too (only the engine's allowed sizing options) and returns the
         output as a list of lines.
         """
+        from .jvm_host import java_runner  # here: a worker starts without the JVM host code
+
         return java_runner(
             jar,
             *args,

@@ -48,8 +48,7 @@ from ._supervise import (
 )
 from .credentials import check_pass_env
 from .errors import EngineError
-from .jvm_host import check_host_options
-from .tasks import JvmOptionPolicy
+from .tasks import JvmOptionPolicy, check_host_options
 
 __all__ = ["DEFAULT_RESULT_TTL", "Engine", "EngineError", "ServiceGoneError", "default_engine_id"]
 

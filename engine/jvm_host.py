@@ -60,7 +60,7 @@ from .java import (
     run_jar,
     split_java_command,
 )
-from .tasks import resolve_in_dir
+from .tasks import check_host_options, resolve_in_dir
 
 __all__ = [
     "JVM_HOST_OUTPUT_LIMIT",
@@ -432,22 +432,6 @@ _shared: dict[str, Any] = {
     "warned": False,
 }
 _shared_lock = threading.Lock()
-
-
-def check_host_options(jvm_options: Sequence[str]) -> tuple[str, ...]:
-    """The host's JVM options as strings; each must be an option (start with ``-``).
-
-    Raises:
-        ValueError: a value that is not an option (it would be taken as the main class).
-    """
-    options = tuple(map(str, jvm_options))
-    for option in options:
-        if not option.startswith("-") or option in ("-cp", "-classpath", "-jar"):
-            raise ValueError(
-                f"JVM host option {option!r}: expected a JVM option such as -Xmx1g "
-                "(the host chooses its own class path)"
-            )
-    return options
 
 
 def configure_shared_host(

@@ -21,7 +21,7 @@ import os
 import re
 import sys
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -38,6 +38,7 @@ __all__ = [
     "TaskModuleCache",
     "TaskReportedError",
     "call_task",
+    "check_host_options",
     "check_jar_kwargs",
     "parse_size",
     "resolve_command",
@@ -331,3 +332,19 @@ def call_task(module: ModuleType, context: Any, args: list[Any], kwargs: dict[st
         f"task module {getattr(module, '__file__', module.__name__)!r} defines neither "
         "do_action(engine, args) nor run(*args, **kwargs)"
     )
+
+
+def check_host_options(jvm_options: Sequence[str]) -> tuple[str, ...]:
+    """The warm JVM host's options as strings; each must be an option (start with ``-``).
+
+    Raises:
+        ValueError: a value that is not an option (it would be taken as the main class).
+    """
+    options = tuple(map(str, jvm_options))
+    for option in options:
+        if not option.startswith("-") or option in ("-cp", "-classpath", "-jar"):
+            raise ValueError(
+                f"JVM host option {option!r}: expected a JVM option such as -Xmx1g "
+                "(the host chooses its own class path)"
+            )
+    return options

@@ -7,7 +7,6 @@ Sub-commands live next to the code they drive and are imported only when used
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 
 import click
@@ -80,5 +79,7 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="realtime-batch")
 def main(verbose: int) -> None:
     """realtime-batch: interactive tasks on Azure Batch pools and a local emulator."""
+    import logging  # here: ``rtbatch --help`` never needs it
+
     level = os.environ.get("RTBATCH_LOG_LEVEL") or ["WARNING", "INFO", "DEBUG"][min(verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -18,7 +18,6 @@ Secrets (keys, connection strings, SAS signatures) are redacted in every
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import re
@@ -26,13 +25,6 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-import tomli_w
 
 __all__ = [
     "CREDENTIALS_KEYS",
@@ -240,6 +232,8 @@ class Config:
                 continue
             section, _, name = key.partition(".")
             doc.setdefault(section, {})[name] = value
+        import tomli_w  # here: an engine reads its settings, it never writes them
+
         return tomli_w.dumps(doc)
 
     def __repr__(self) -> str:
@@ -297,6 +291,8 @@ def _env_setting(name: str, known: Mapping[str, Any]) -> str | None:
     if rest and key in known:
         return key
     spelt = [f"RTBATCH_{k.replace('.', '_').upper()}" for k in known if k.startswith(section + ".")]
+    import difflib
+
     close = difflib.get_close_matches(name, spelt, n=3) or spelt
     raise ConfigError(
         f"unknown setting in the environment: {name}; did you mean {', '.join(close)}?"
@@ -305,6 +301,10 @@ def _env_setting(name: str, known: Mapping[str, Any]) -> str | None:
 
 def read_toml(path: Path) -> dict[str, Any]:
     """Flatten a TOML file into ``section.key`` values, checking names."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:

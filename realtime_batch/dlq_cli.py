@@ -25,7 +25,7 @@ from realtime_batch.transport import (
     open_transport,
 )
 from realtime_batch.transport.base import DEAD_LETTER_DESCRIPTION, DEAD_LETTER_REASON
-from realtime_batch.transport.zeromq.cli import curve_key_options
+from realtime_batch.transport.zeromq.cli_options import curve_key_options
 
 __all__ = ["dead_letters", "dlq", "find_dead_letter", "replay_dead_letters"]
 

@@ -14,12 +14,13 @@ engine id, merging the engine's and its task worker's parts.
 
 from __future__ import annotations
 
-import bisect
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
+
+from .latency import LATENCY_BUCKETS, latency_bucket
 
 __all__ = [
     "ENGINE_GONE_AFTER",
@@ -35,11 +36,6 @@ __all__ = [
     "latency_bucket",
 ]
 
-#: Upper bounds (seconds) of the latency histogram buckets, enqueue to completion.
-LATENCY_BUCKETS: tuple[float, ...] = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    60.0,
-)  # fmt: skip
 #: Recent failures an engine reports (and a table keeps) at most.
 MAX_FAILURES = 10
 #: Seconds after its last report that an engine is dropped from the table.
@@ -48,11 +44,6 @@ ENGINE_GONE_AFTER = 300.0
 MAX_ENGINES = 10_000
 _TRACEBACK_LIMIT = 4000
 _TEXT_LIMIT = 500
-
-
-def latency_bucket(seconds: float) -> int:
-    """Index of the histogram bucket for ``seconds`` (``len(LATENCY_BUCKETS)``: +Inf)."""
-    return bisect.bisect_left(LATENCY_BUCKETS, seconds)
 
 
 @attrs.frozen

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import gc
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -26,8 +24,9 @@ from .broker import (
     DEFAULT_SPIN,
     Broker,
 )
+from .cli_options import curve_key_options
 from .connections import raise_fd_limit
-from .curve import curve_transport_options, is_loopback_endpoint
+from .curve import is_loopback_endpoint
 
 if TYPE_CHECKING:
     from .curve import BrokerCurve
@@ -36,42 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["broker", "curve_key_options", "keys"]
 
 logger = logging.getLogger(__name__)
-
-
-def curve_key_options(role: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Give a command ``--curve-server-key`` and ``--curve-secret-key-file`` (and their
-    environment variables); it receives them as ``curve_options``, the transport options
-    (``{}`` without CURVE). ``role``: the role the key should have, for the help text."""
-
-    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(func)
-        def command(
-            *args: Any, curve_server_key: str | None, curve_secret_key_file: str | None,
-            **kwargs: Any,
-        ) -> Any:  # fmt: skip
-            try:
-                options = curve_transport_options(curve_server_key, curve_secret_key_file)
-            except ValueError as exc:
-                raise click.UsageError(str(exc)) from None
-            return func(*args, curve_options=options, **kwargs)
-
-        command = click.option(
-            "--curve-server-key",
-            default=None,
-            envvar="RTBATCH_CURVE_SERVER_KEY",
-            help="The broker's CURVE public key: its .key file or 40-character Z85 text "
-            "(env RTBATCH_CURVE_SERVER_KEY).",
-        )(command)
-        return click.option(
-            "--curve-secret-key-file",
-            type=click.Path(exists=True, dir_okay=False),
-            default=None,
-            envvar="RTBATCH_CURVE_SECRET_KEY_FILE",
-            help=f"The CURVE .key_secret file of a key authorized as {role}, for a zmq:// "
-            "broker started with CURVE (env RTBATCH_CURVE_SECRET_KEY_FILE).",
-        )(command)
-
-    return decorate
 
 
 @click.command()

@@ -24,11 +24,10 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import attrs
-import tenacity
 import zmq
 
 from ..base import (
@@ -51,11 +50,13 @@ from ..errors import (
     TransportError,
     TransportTimeoutError,
 )
-from ..stats import TransportStats
 from . import wire
 from .authz import mailbox_prefix
 from .curve import apply_client_keys, load_public_key, load_secret_key
 from .heartbeat import HeartbeatSchedule
+
+if TYPE_CHECKING:
+    from ..stats import TransportStats
 
 __all__ = ["ZmqTransport", "broker_endpoint"]
 
@@ -484,6 +485,8 @@ class ZmqTransport(Transport):
             if self.send_timeout <= 0:
                 raise
             logger.info("%s; waiting up to %s s for room", exc, self.send_timeout)
+        import tenacity  # here: only a full queue waits, and an engine starts without it
+
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(QueueFullError),
             stop=tenacity.stop_after_delay(self.send_timeout),
@@ -607,6 +610,8 @@ class ZmqTransport(Transport):
 
     def stats(self) -> TransportStats:
         """Ask the broker (a ``STATS`` request) for its queues, engines and mailboxes."""
+        from ..stats import TransportStats  # here: an engine never asks (#21)
+
         header, _frames = self._call(wire.STATS, [])
         return TransportStats.from_dict({**header[2], "url": self.url})
 
