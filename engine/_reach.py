@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ..transport.errors import ConnectionLostError, TransportError
 from .errors import EngineError
@@ -29,27 +30,34 @@ logger = logging.getLogger(__name__)
 class Backoff:
     """Seconds to wait after each failure in a row: ``first``, doubling, at most ``cap``.
 
-    tenacity's ``wait_exponential(multiplier=first, min=first, max=cap)`` rule, for loops
-    that must keep going on their own terms (a stop request, the service gone) rather
-    than inside ``tenacity.Retrying``; kept here so that an engine and its worker start
-    without importing tenacity (#21).
+    tenacity's ``wait_exponential`` rule, for loops that must keep going on their own
+    terms (a stop request, the service gone) rather than inside ``tenacity.Retrying``.
+    tenacity is imported at the first failure, so that an engine and its worker start
+    without it (#21).
     """
 
     def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
         self._first = first
         self._cap = cap
-        self._next = first  # first * 2**(failures in a row), doubled exactly
+        self._wait: Any = None
+        self._failures = 0  # in a row
 
     def succeeded(self) -> None:
         """The call worked: the next failure waits ``first`` again."""
-        self._next = self._first
+        self._failures = 0
 
     def failed(self) -> float:
         """The call failed: how long to wait before the next one."""
-        delay = max(0.0, self._first, min(self._next, self._cap))
-        if self._next < self._cap:
-            self._next *= 2
-        return delay
+        import tenacity
+
+        if self._wait is None:
+            self._wait = tenacity.wait_exponential(
+                multiplier=self._first, min=self._first, max=self._cap
+            )
+        self._failures += 1
+        state = tenacity.RetryCallState(None, None, (), {})
+        state.attempt_number = self._failures
+        return self._wait(state)
 
 
 class ServiceGoneError(EngineError):

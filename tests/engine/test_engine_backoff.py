@@ -1,7 +1,7 @@
-"""``_reach.Backoff`` waits as tenacity's ``wait_exponential`` does, without importing it.
+"""``_reach.Backoff`` waits as tenacity's ``wait_exponential`` does.
 
 The engine and its worker each make a ``Backoff`` when they start; tenacity costs
-them both its import (issue #21), so ``Backoff`` keeps the rule itself.
+them both its import (issue #21), so ``Backoff`` imports it at the first failure.
 """
 
 from __future__ import annotations
