@@ -329,10 +329,18 @@ class LocalPool(Pool):
         with self._lock:
             return len(self._engines)
 
-    def engine_pids(self) -> list[int]:
-        """PIDs of the engine processes (empty in memory:// mode)."""
+    def engine_pids(self, *, ready: bool = False) -> list[int]:
+        """PIDs of the engine processes (empty in memory:// mode).
+
+        ``ready``: only those that said they are ready (connected, worker warm); an
+        engine being started or restarted is left out.
+        """
         with self._lock:
-            return [e.pid for e in self._engines if isinstance(e, _Proc)]
+            return [
+                e.pid
+                for e in self._engines
+                if isinstance(e, _Proc) and (not ready or (e.ready.is_set() and e.ready_line))
+            ]
 
     @property
     def broker_pid(self) -> int | None:

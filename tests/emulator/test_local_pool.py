@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -178,6 +179,31 @@ def test_dead_engine_is_restarted():
         assert pool.restarts >= 1 and pool.engine_pids() != [pid]
         with rb.Session(pool) as s:
             assert s.submit("echo.py", 1).result(timeout=30)["args"] == [1]
+        assert pool.engine_pids(ready=True) == pool.engine_pids()
+
+
+def test_an_engine_being_started_is_not_listed_as_ready(monkeypatch):
+    with rb.LocalPool(engines=1, task_files=TASK_FILES) as pool:
+        assert pool.engine_pids(ready=True) == pool.engine_pids()
+        # the next engine's ready line never comes: it is listed, not ready
+        monkeypatch.setattr("realtime_batch.emulator.local_pool._READY_TIMEOUT", 10.0)
+        monkeypatch.setattr(pool, "_spawn", _spawn_silent(pool))
+        errors: list[BaseException] = []
+
+        def grow() -> None:
+            try:
+                pool.resize(2)
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=grow)
+        thread.start()
+        deadline = time.monotonic() + 5
+        while len(pool.engine_pids()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(pool.engine_pids()) == 2 and len(pool.engine_pids(ready=True)) == 1
+        thread.join(30)
+        assert errors and "did not start" in str(errors[0])
 
 
 def test_processes_are_gone_after_an_exception_in_the_with_body():
@@ -311,3 +337,19 @@ def test_close_lets_a_running_task_finish(tmp_path, mode):
     finally:
         pool.close()
     assert (tmp_path / "finished").exists(), "the running task was stopped, not let finish"
+
+
+def _spawn_silent(pool):
+    """A ``_spawn`` whose engine process says nothing (stands in for one still starting)."""
+    from realtime_batch.emulator.local_pool import _Proc
+
+    def spawn():
+        return _Proc(
+            [sys.executable, "-c", "import time; time.sleep(60)"],
+            cwd=pool.root,
+            log_path=pool.root / "silent.log",
+            ready_prefix="READY",
+            env=dict(os.environ),
+        )
+
+    return spawn

@@ -36,8 +36,10 @@ SIZES = {"zmq": (2000, 3, 0.5, 10.0, 0.02), "servicebus": (200, 2, 1.0, 3.0, 0.0
 class EngineKiller(threading.Thread):
     """SIGKILLs a random engine of ``pool`` every ~``interval`` seconds until stopped.
 
-    Only engines seen for at least ``min_age`` seconds are shot: an engine still
-    starting holds no task, and killing it would test nothing but slow the run.
+    Only engines ready for at least ``min_age`` seconds are shot: an engine still
+    starting holds no task, and killing it would test nothing but slow the run (on a
+    loaded machine, where an engine takes seconds to start, shooting engines still
+    starting stalled the pool: it killed them faster than they came up).
     """
 
     def __init__(
@@ -55,7 +57,7 @@ class EngineKiller(threading.Thread):
     def run(self) -> None:
         while not self.halt.wait(self.random.uniform(0.5, 1.5) * self.interval):
             now = time.monotonic()
-            pids = self.pool.engine_pids()
+            pids = self.pool.engine_pids(ready=True)
             for pid in pids:
                 self._first_seen.setdefault(pid, now)
             pids = [
