@@ -9,6 +9,9 @@ the record and the body's size under each encoding:
   object (``{"__bytes__": "..."}``), since JSON has no binary type.
 * ``msgspec``: MessagePack with ``msgspec.Struct`` records decoded by a typed decoder (the
   field checks happen while decoding); ``bytes`` travel as MessagePack ``bin``.
+* ``protocol``: ``realtime_batch.protocol``'s own ``encode_task``/``decode_task`` and
+  ``encode_result``/``decode_result`` on its records (values tagged, every check made):
+  what each message costs today. Run with another checkout's interpreter for an A/B.
 
 The figures chose protocol v2's encoding (``docs/payloads.md``).
 """
@@ -200,13 +203,47 @@ def measure(size: int, binary: bool) -> dict[str, dict[str, float]]:
         "bytes": float(len(body)),
     }
     assert _TASK_DECODER.decode(body).args[0] == value
+    out["protocol"] = _protocol(value)
     return out
+
+
+def _protocol(value: Any) -> dict[str, float]:
+    """The same round trips through ``realtime_batch.protocol`` itself."""
+    from realtime_batch import protocol
+
+    task = protocol.TaskRecord(
+        session="s-1234",
+        job="job-1",
+        task="t-000042",
+        command="echo",
+        reply_to=protocol.ReplyTo("results", "s-1234"),
+        args=[value],
+        session_key="k" * 32,
+    )
+    result = protocol.ResultRecord(
+        session="s-1234",
+        job="job-1",
+        task="t-000042",
+        status="ok",
+        value=value,
+        engine="node-0/e-1",
+        started_at=time.time(),
+        finished_at=time.time(),
+        session_key="k" * 32,
+    )
+    body = protocol.encode_task(task)
+    assert protocol.decode_task(body).args[0] == value
+    return {
+        "task": _time(lambda: protocol.decode_task(protocol.encode_task(task))),
+        "result": _time(lambda: protocol.decode_result(protocol.encode_result(result))),
+        "bytes": float(len(body)),
+    }
 
 
 def main() -> int:
     """Print the table (``python -m benchmarks.codec``)."""
     head = f"{'record':<7} {'value':<14} {'orjson µs':>11} {'msgspec µs':>11} {'ratio':>6}"
-    lines = [head + f" {'orjson body':>12} {'msgspec body':>13}", "-" * 80]
+    lines = [head + f" {'orjson body':>12} {'msgspec body':>13} {'protocol µs':>12}", "-" * 93]
     for name, size in SIZES.items():
         for binary in (False, True):
             figures = measure(size, binary)
@@ -216,11 +253,13 @@ def main() -> int:
                 lines.append(
                     f"{record:<7} {kind:<14} {o:>11.1f} {m:>11.1f} {o / m:>6.1f}"
                     f" {int(figures['orjson']['bytes']):>12} {int(figures['msgspec']['bytes']):>13}"
+                    f" {figures['protocol'][record] * 1e6:>12.1f}"
                 )
     sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.write(
         f"encode+decode per record (median of 5 rounds); msgspec {msgspec.__version__}, "
-        f"orjson {orjson.__version__}; ratio = orjson / msgspec\n"
+        f"orjson {orjson.__version__}; ratio = orjson / msgspec; protocol = "
+        "realtime_batch.protocol's own encode_* + decode_* (tagging and checks included)\n"
     )
     return 0
 

@@ -28,6 +28,7 @@ from ..protocol import (
     TaskRecord,
     encode_result,
     peek_reply_to,
+    replace,
     unserializable_value,
 )
 from ..transport import Delivery, Message, Transport
@@ -516,4 +517,4 @@ class Settler:
 
 
 def _replace_error(record: ResultRecord, error: ErrorInfo) -> ResultRecord:
-    return attrs.evolve(record, status="error", value=None, error=error)
+    return replace(record, status="error", value=None, error=error)

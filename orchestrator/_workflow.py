@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from realtime_batch.protocol import TaskRecord
+from realtime_batch.protocol import TaskRecord, replace
 
 from .results import DependencyError, TaskFuture
 
@@ -199,7 +199,7 @@ class Workflow:
             ref = refs.get(future.task_id)
             return future.result() if ref is None else ref
 
-        record = attrs.evolve(
+        record = replace(
             task, args=substitute(task.args, value_of), kwargs=substitute(task.kwargs, value_of)
         )
         self._send(waiting.future, record)

@@ -36,8 +36,6 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import attrs
-
 from realtime_batch.config import redact
 from realtime_batch.control import CONTROL_QUEUE, session_key
 from realtime_batch.payloads import SessionPayloads
@@ -51,6 +49,7 @@ from realtime_batch.protocol import (
     ReplyTo,
     ResultRecord,
     TaskRecord,
+    replace,
 )
 from realtime_batch.transport import Message, Transport, open_transport
 
@@ -306,7 +305,7 @@ class Session:
         """Register a task that waits for input futures (``_workflow``)."""
         inputs = self._workflow.inputs(record, after)
         # the arguments other than the futures must be sendable: refuse them now
-        blank = attrs.evolve(
+        blank = replace(
             record,
             args=substitute(record.args, lambda _: None),
             kwargs=substitute(record.kwargs, lambda _: None),

@@ -35,8 +35,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import attrs
-
 from .protocol import (
     ErrorInfo,
     ResultRecord,
@@ -44,6 +42,7 @@ from .protocol import (
     encode_result,
     encode_task,
     encode_value,
+    replace,
 )
 from .transport.payload_store import (
     DEFAULT_TTL,
@@ -179,7 +178,7 @@ class Payloads:
                 return body, []
         items = [*enumerate(task.args), *task.kwargs.items()]
         refs = self._offload(store, task.job, space(task), items)
-        task = attrs.evolve(
+        task = replace(
             task,
             args=[refs.get(i, a) for i, a in enumerate(task.args)],
             kwargs={k: refs.get(k, v) for k, v in task.kwargs.items()},
@@ -199,7 +198,7 @@ class Payloads:
             ref = self._store(store, result.job, space(result), _packed(result.value, "value"))
         except PayloadError as exc:
             return encode_result(_as_error(result, exc))
-        return encode_result(attrs.evolve(result, value=ref))
+        return encode_result(replace(result, value=ref))
 
     # -- resolving ---------------------------------------------------------------------
     def fetch(self, job: str, session: str, ref: PayloadRef) -> Any:
@@ -240,7 +239,7 @@ class Payloads:
         kwargs = _resolved(task.kwargs, value)
         if args is task.args and kwargs is task.kwargs:
             return task
-        return attrs.evolve(task, args=args, kwargs=kwargs)
+        return replace(task, args=args, kwargs=kwargs)
 
 
 def _resolved(item: Any, fetch: Callable[[PayloadRef], Any]) -> Any:
@@ -299,7 +298,7 @@ def _packed(value: Any, field: str) -> bytes:
 
 
 def _as_error(result: ResultRecord, exc: Exception) -> ResultRecord:
-    return attrs.evolve(
+    return replace(
         result, status="error", value=None, error=ErrorInfo(type(exc).__name__, str(exc))
     )
 
@@ -383,7 +382,7 @@ class SessionPayloads:
             self._pass_on(result.task, ref)
         self.release(result.task)
         self._delete([ref.digest])  # unless kept for waiting tasks
-        return attrs.evolve(result, value=value)
+        return replace(result, value=value)
 
     # -- workflows: inputs passed on by reference ---------------------------------------
     def wait(self, task_id: str, inputs: Iterable[str]) -> None:

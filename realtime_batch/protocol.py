@@ -1,7 +1,8 @@
 """The wire protocol shared by clients and engines: versioned task and result records.
 
-Both records are attrs frozen classes; ``encode_*`` produces the message body and
-``decode_*`` validates a body, raising ``ProtocolError`` that names the bad field.
+Both records are frozen ``msgspec.Struct`` classes (``replace`` derives a changed copy);
+``encode_*`` produces the message body and ``decode_*`` validates a body into the record
+itself (one object per message), raising ``ProtocolError`` that names the bad field.
 Version 2 bodies are MessagePack (msgspec): ``bytes`` travel as they are, other values
 as ``realtime_batch.values`` tags them, and typed structs check every field while
 decoding (``benchmarks/codec.py`` measured it against JSON + hand checks). A body of
@@ -15,7 +16,6 @@ import re
 import time
 from typing import Annotated, Any
 
-import attrs
 import msgspec
 import orjson
 
@@ -37,6 +37,7 @@ __all__ = [
     "encode_value",
     "peek_reply_to",
     "read_fields",
+    "replace",
     "unserializable_value",
 ]
 
@@ -63,51 +64,51 @@ class ProtocolError(ValueError):
         self.field = field
 
 
-@attrs.frozen
-class ReplyTo:
+class ReplyTo(msgspec.Struct, frozen=True):
     """Where the engine sends the result: a queue and the client's group (mailbox)."""
 
     queue: str
     group: str | None = None
 
 
-@attrs.frozen
-class ErrorInfo:
+class ErrorInfo(msgspec.Struct, frozen=True):
     """A failure: remote exception type, message and traceback text."""
 
     type: str
-    message: str
+    message: str = ""
     traceback: str = ""
 
 
-@attrs.frozen(kw_only=True)
-class TaskRecord:
+# The records are what the decoders build (one object per message, the field checks
+# run while decoding) and, field for field in this order, what ``encode_task`` sends:
+# ``v`` first, so ``_decode`` can see that a body carries it without a second pass.
+class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
     """One task as sent from a client session to the engines."""
 
+    v: int = PROTOCOL_VERSION
     session: str
     job: str
     task: str
-    command: str
+    command: Annotated[str, msgspec.Meta(min_length=1)]
     reply_to: ReplyTo
-    args: list[Any] = attrs.field(factory=list)
-    kwargs: dict[str, Any] = attrs.field(factory=dict)
-    attempt: int = 1
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    attempt: Annotated[int, msgspec.Meta(ge=1)] = 1
     max_retries: int = 3
-    timeout: float | None = None
+    timeout: Annotated[float, msgspec.Meta(gt=0)] | None = None
     deadline: float | None = None
-    retry_on: list[str] = attrs.field(factory=list)
-    submitted_at: float = attrs.field(factory=time.time)
+    retry_on: list[str] = []
+    submitted_at: float = msgspec.field(default_factory=time.time)
     #: hash of the session's secret (``realtime_batch.control.session_key``): only cancels carrying
     #: the secret stop the task, and its result carries the key back; no one but the
     #: session and the engines (who alone read tasks) knows it
     session_key: str = ""
-    v: int = PROTOCOL_VERSION
 
 
-@attrs.frozen(kw_only=True)
-class ResultRecord:
+class ResultRecord(msgspec.Struct, frozen=True, kw_only=True):
     """One task's outcome as sent from an engine back to the client's mailbox."""
 
+    v: int = PROTOCOL_VERSION
     session: str
     job: str
     task: str
@@ -120,11 +121,15 @@ class ResultRecord:
     finished_at: float | None = None
     #: the task's ``session_key``, echoed: the session keeps only results that carry its own
     session_key: str = ""
-    v: int = PROTOCOL_VERSION
 
     @property
     def ok(self) -> bool:
         return self.status == STATUS_OK
+
+
+#: ``record`` with some fields changed (``replace(task, args=[...])``): the records are
+#: frozen, and this is how the client, the engine and the payload store derive one.
+replace = msgspec.structs.replace
 
 
 def encode_json(data: Any, field: str) -> bytes:
@@ -166,7 +171,7 @@ def unserializable_value(exc: ProtocolError) -> ErrorInfo:
     return ErrorInfo("UnserializableResultError", f"the task's value cannot be sent back: {exc}")
 
 
-def _encoded(record: dict[str, Any], field: str) -> bytes:
+def _encoded(record: dict[str, Any] | TaskRecord, field: str) -> bytes:
     try:
         return _ENCODER.encode(record)
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:  # e.g. 2**70
@@ -184,34 +189,20 @@ def _prepared(data: Any, field: str) -> Any:
         ) from None
 
 
-# The encoders build the dicts by hand: attrs.asdict is several times slower, and
-# these run once per task on both sides of the hot path.
 def encode_task(task: TaskRecord) -> bytes:
     """Serialise a task record to its message body (MessagePack).
+
+    The record is packed as it is (its fields in order are the body's keys); only
+    arguments that need a tag (``realtime_batch.values``) make a copy first.
 
     Raises:
         ProtocolError: an argument cannot be carried exactly (``args`` or ``kwargs``).
     """
-    return _encoded(
-        {
-            "v": task.v,
-            "session": task.session,
-            "job": task.job,
-            "task": task.task,
-            "command": task.command,
-            "reply_to": {"queue": task.reply_to.queue, "group": task.reply_to.group},
-            "args": _prepared(task.args, "args"),
-            "kwargs": _prepared(task.kwargs, "kwargs"),
-            "attempt": task.attempt,
-            "max_retries": task.max_retries,
-            "timeout": task.timeout,
-            "deadline": task.deadline,
-            "retry_on": task.retry_on,
-            "submitted_at": task.submitted_at,
-            "session_key": task.session_key,
-        },
-        "args",
-    )
+    args = _prepared(task.args, "args")
+    kwargs = _prepared(task.kwargs, "kwargs")
+    if args is not task.args or kwargs is not task.kwargs:
+        task = replace(task, args=args, kwargs=kwargs)
+    return _encoded(task, "args")
 
 
 def encode_result(result: ResultRecord) -> bytes:
@@ -220,7 +211,7 @@ def encode_result(result: ResultRecord) -> bytes:
     Raises:
         ProtocolError: the value cannot be carried exactly (field ``value``).
     """
-    error = result.error
+    # built by hand for the ``ok`` key, which is not a field (and is ignored when decoding)
     return _encoded(
         {
             "v": result.v,
@@ -230,9 +221,7 @@ def encode_result(result: ResultRecord) -> bytes:
             "status": result.status,
             "ok": result.status == STATUS_OK,
             "value": _prepared(result.value, "value"),
-            "error": None
-            if error is None
-            else {"type": error.type, "message": error.message, "traceback": error.traceback},
+            "error": result.error,
             "engine": result.engine,
             "attempt": result.attempt,
             "started_at": result.started_at,
@@ -243,51 +232,7 @@ def encode_result(result: ResultRecord) -> bytes:
     )
 
 
-# -- decoding: typed structs check every field while decoding ---------------------------
-
-
-class _ReplyToWire(msgspec.Struct):
-    queue: str
-    group: str | None = None
-
-
-class _ErrorWire(msgspec.Struct):
-    type: str
-    message: str = ""
-    traceback: str = ""
-
-
-class _TaskWire(msgspec.Struct, kw_only=True):
-    v: int
-    session: str
-    job: str
-    task: str
-    command: Annotated[str, msgspec.Meta(min_length=1)]
-    reply_to: _ReplyToWire
-    args: list[Any] = []
-    kwargs: dict[str, Any] = {}
-    attempt: Annotated[int, msgspec.Meta(ge=1)] = 1
-    max_retries: int = 3
-    timeout: Annotated[float, msgspec.Meta(gt=0)] | None = None
-    deadline: float | None = None
-    retry_on: list[str] = []
-    submitted_at: float = 0.0
-    session_key: str = ""
-
-
-class _ResultWire(msgspec.Struct, kw_only=True):
-    v: int
-    session: str
-    job: str
-    task: str
-    status: str
-    value: Any = None
-    error: _ErrorWire | None = None
-    engine: str = ""
-    attempt: int = 1
-    started_at: float | None = None
-    finished_at: float | None = None
-    session_key: str = ""
+# -- decoding: the record types check every field while decoding ------------------------
 
 
 class _VersionWire(msgspec.Struct):
@@ -295,11 +240,13 @@ class _VersionWire(msgspec.Struct):
 
 
 _ENCODER = msgspec.msgpack.Encoder()
-_TASK_DECODER = msgspec.msgpack.Decoder(_TaskWire, ext_hook=values.ext_hook)
-_RESULT_DECODER = msgspec.msgpack.Decoder(_ResultWire, ext_hook=values.ext_hook)
+_TASK_DECODER = msgspec.msgpack.Decoder(TaskRecord, ext_hook=values.ext_hook)
+_RESULT_DECODER = msgspec.msgpack.Decoder(ResultRecord, ext_hook=values.ext_hook)
 _VERSION_DECODER = msgspec.msgpack.Decoder(_VersionWire, ext_hook=values.ext_hook)
 _FIELD_IN_MESSAGE = re.compile(r"missing required field `([^`]+)`")
 _FIELD_AT = re.compile(r"at `\$\.([A-Za-z_]+(?:\.[A-Za-z_]+)*)")
+#: the start of every body ``encode_*`` makes after its map header: the key ``v``, then 2
+_VERSION_FIRST = b"\xa1v" + bytes([PROTOCOL_VERSION])
 
 
 def _version_error(body: bytes) -> ProtocolError | None:
@@ -324,16 +271,21 @@ def _version_error(body: bytes) -> ProtocolError | None:
 
 def _decode(decoder: msgspec.msgpack.Decoder, body: bytes) -> Any:
     try:
-        wire = decoder.decode(body)
+        record = decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise _version_error(body) or _field_error(str(exc)) from None
     except (msgspec.DecodeError, ValueError, TypeError) as exc:
         raise _version_error(body) or ProtocolError(
             f"body is not a protocol record: {exc}"
         ) from None
-    if wire.v != PROTOCOL_VERSION:
+    if record.v != PROTOCOL_VERSION:
         raise _version_error(body) or ProtocolError("bad version", field="v")
-    return wire
+    # ``v`` has a default (records are built without it) but a body must carry it: ours
+    # start with it (a fixmap header, then ``v``); any other body is checked in full
+    carries_v = 0x80 <= body[0] <= 0x8F and body[1:4] == _VERSION_FIRST
+    if not carries_v and _VERSION_DECODER.decode(body).v is None:
+        raise ProtocolError("Object missing required field `v`", field="v")
+    return record
 
 
 def _field_error(message: str) -> ProtocolError:
@@ -347,44 +299,15 @@ def _field_error(message: str) -> ProtocolError:
 
 def decode_task(body: bytes) -> TaskRecord:
     """Parse and validate a task body. Raises ``ProtocolError`` naming the bad field."""
-    wire = _decode(_TASK_DECODER, body)
-    return TaskRecord(
-        session=wire.session,
-        job=wire.job,
-        task=wire.task,
-        command=wire.command,
-        reply_to=ReplyTo(wire.reply_to.queue, wire.reply_to.group),
-        args=wire.args,
-        kwargs=wire.kwargs,
-        attempt=wire.attempt,
-        max_retries=wire.max_retries,
-        timeout=wire.timeout,
-        deadline=wire.deadline,
-        retry_on=wire.retry_on,
-        submitted_at=wire.submitted_at,
-        session_key=wire.session_key,
-    )
+    return _decode(_TASK_DECODER, body)
 
 
 def decode_result(body: bytes) -> ResultRecord:
     """Parse and validate a result body. Raises ``ProtocolError`` naming the bad field."""
-    wire = _decode(_RESULT_DECODER, body)
-    if wire.status not in STATUSES:
-        raise ProtocolError(f"unknown status {wire.status!r}", field="status")
-    error = wire.error
-    return ResultRecord(
-        session=wire.session,
-        job=wire.job,
-        task=wire.task,
-        status=wire.status,
-        value=wire.value,
-        error=None if error is None else ErrorInfo(error.type, error.message, error.traceback),
-        engine=wire.engine,
-        attempt=wire.attempt,
-        started_at=wire.started_at,
-        finished_at=wire.finished_at,
-        session_key=wire.session_key,
-    )
+    record: ResultRecord = _decode(_RESULT_DECODER, body)
+    if record.status not in STATUSES:
+        raise ProtocolError(f"unknown status {record.status!r}", field="status")
+    return record
 
 
 def read_fields(body: bytes) -> dict[str, Any] | None:

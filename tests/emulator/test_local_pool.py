@@ -12,13 +12,12 @@ import threading
 import time
 from pathlib import Path
 
-import attrs
 import psutil
 import pytest
 import relay_engine_main
 
 import realtime_batch as rb
-from realtime_batch.protocol import ReplyTo, TaskRecord, encode_task
+from realtime_batch.protocol import ReplyTo, TaskRecord, encode_task, replace
 from realtime_batch.transport import Message, dead_letter_queue, open_transport
 
 TASKS = Path(__file__).parent / "tasks"
@@ -132,7 +131,7 @@ def test_malformed_task_with_known_sender_gets_an_error_result(zmq_pool):
             reply_to=ReplyTo(s.results_queue, s.id),
             session_key=s._session_key,  # as the session writes its tasks
         )
-        body = encode_task(attrs.evolve(bad, v=99))  # a version this side does not speak
+        body = encode_task(replace(bad, v=99))  # a version this side does not speak
         with s._lock:  # register the id so the session accepts its result
             from realtime_batch.orchestrator.session import TaskFuture
 

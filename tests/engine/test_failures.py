@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import time
 
-import attrs
 import msgspec
 
-from realtime_batch.protocol import ReplyTo, encode_task, read_fields
+from realtime_batch.protocol import ReplyTo, encode_task, read_fields, replace
 from realtime_batch.transport import Message, dead_letter_queue
 
 
@@ -154,7 +153,7 @@ def test_result_too_large_becomes_an_error(harness, tmp_path):
 
 def test_result_to_missing_queue_dead_letters_the_task(harness):
     harness.engine()
-    record = attrs.evolve(harness.task("noop.py"), reply_to=ReplyTo("nowhere", "g"))
+    record = replace(harness.task("noop.py"), reply_to=ReplyTo("nowhere", "g"))
     harness.transport.send("tasks", Message(encode_task(record)))
     [dead] = harness.transport.receive(dead_letter_queue("tasks"), timeout=10)
     assert dead.message.properties["DeadLetterReason"] == "ReplyQueueNotFound"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 
-import attrs
 import msgspec
 import pytest
 
@@ -31,6 +30,7 @@ from realtime_batch.protocol import (
     decode_result,
     decode_task,
     encode_task,
+    replace,
 )
 from realtime_batch.values import EXT_REF, PayloadRef, pack
 
@@ -215,13 +215,13 @@ def test_a_result_equal_to_its_own_argument_is_fetched_before_the_argument_is_de
 def test_a_forged_task_naming_another_sessions_id_does_not_reach_its_payloads(store):
     payloads = Payloads(store, threshold=64 * 1024)
     key = hashlib.sha256(b"the victim's secret").hexdigest()
-    victim = attrs.evolve(_task(BIG, session="victim"), session_key=key)
+    victim = replace(_task(BIG, session="victim"), session_key=key)
     body, [digest] = payloads.encode_task(victim)
     assert (store.root / "job-a" / key / digest).exists()  # under the key, not the id
     assert payloads.resolve_task(decode_task(body)).args == [BIG]
     ref = PayloadRef(digest, len(pack(BIG)))
     for forged_key in ("", "0" * 64):  # the victim's id, not its key
-        forged = attrs.evolve(_task(ref, session="victim"), session_key=forged_key)
+        forged = replace(_task(ref, session="victim"), session_key=forged_key)
         with pytest.raises(PayloadMissingError):
             payloads.resolve_task(decode_task(encode_task(forged)))
 
