@@ -44,6 +44,17 @@ class TaskError(Exception):
         self.engine = engine
         self.attempt = attempt
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled with its attributes (for multiprocessing, caches, other processes)."""
+        return (_rebuild_error, (type(self), self.args, dict(self.__dict__)))
+
+
+def _rebuild_error(cls: type[TaskError], args: tuple[Any, ...], state: dict[str, Any]) -> TaskError:
+    error = Exception.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class DependencyError(TaskError):
     """A task was not run because a task it depends on failed or was cancelled.

@@ -217,3 +217,25 @@ def test_without_kept_results_a_callback_still_gets_every_result(url):
         pairs = zip(got, futures, strict=True)
         assert all(r.ok and r.submitted_at == f.submitted_at for r, f in pairs)
         assert s.results() == []
+
+
+def test_task_errors_survive_pickling():
+    """A failed task's exception crosses process boundaries (multiprocessing, caches)
+    with everything it says; it could not be unpickled before (its __init__ takes
+    other arguments than its args)."""
+    import pickle
+
+    from realtime_batch.protocol import ErrorInfo
+
+    error = rb.TaskError("t-1", ErrorInfo("ValueError", "bad", "Traceback..."), "engine-7", 3)
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is rb.TaskError and str(copy) == str(error)
+    assert (copy.task_id, copy.remote_type, copy.remote_message, copy.remote_traceback,
+            copy.engine, copy.attempt) == ("t-1", "ValueError", "bad", "Traceback...",
+                                           "engine-7", 3)  # fmt: skip
+    dependent = rb.DependencyError("t-2", "t-1", error)
+    copy = pickle.loads(pickle.dumps(dependent))
+    assert type(copy) is rb.DependencyError and copy.dependency == "t-1"
+    assert isinstance(copy.cause, rb.TaskError) and copy.cause.remote_message == "bad"
+    cancelled = pickle.loads(pickle.dumps(rb.DependencyError("t-3", "t-1", None)))
+    assert cancelled.cause is None and "cancelled" in str(cancelled)
