@@ -197,6 +197,15 @@ class Child:
         self._reader.join(2)
 
 
+def cpu_seconds(proc: psutil.Process) -> float:
+    """CPU seconds ``proc`` used so far (0 once it is gone)."""
+    try:
+        times = proc.cpu_times()
+        return times.user + times.system
+    except psutil.Error:
+        return 0.0
+
+
 def tree_usage(window: float) -> dict[str, float | int]:
     """RSS and CPU of this process's descendants and of this process over ``window`` seconds.
 
@@ -205,14 +214,7 @@ def tree_usage(window: float) -> dict[str, float | int]:
     """
     me = psutil.Process()
     children = me.children(recursive=True)
-
-    def cpu(proc: psutil.Process) -> float:
-        try:
-            times = proc.cpu_times()
-            return times.user + times.system
-        except psutil.Error:
-            return 0.0
-
+    cpu = cpu_seconds
     before = {p.pid: cpu(p) for p in children}
     client_before = cpu(me)
     start = time.perf_counter()

@@ -35,6 +35,7 @@ from typing import Any
 import psutil
 
 from benchmarks.idle_engines import idle_broker_cpu
+from benchmarks.procs import cpu_seconds
 from benchmarks.systems.rtbatch import TASK_FILES
 from benchmarks.workloads import SLEEP_SECONDS
 
@@ -87,15 +88,6 @@ QUICK_SIZES = ScaleSizes(
 )
 
 
-def _used(proc: psutil.Process) -> float:
-    """CPU seconds ``proc`` used so far (0 once it is gone)."""
-    try:
-        times = proc.cpu_times()
-        return times.user + times.system
-    except psutil.Error:
-        return 0.0
-
-
 class _Tree:
     """CPU seconds of this process and of every process it started."""
 
@@ -104,8 +96,8 @@ class _Tree:
 
     def cpu(self) -> tuple[float, float]:
         """``(this process, its descendants)`` CPU seconds so far."""
-        children = sum(_used(p) for p in self.me.children(recursive=True))
-        return _used(self.me), children
+        children = sum(cpu_seconds(p) for p in self.me.children(recursive=True))
+        return cpu_seconds(self.me), children
 
 
 def _start_cpu(pool: Any) -> float:
@@ -119,7 +111,7 @@ def _start_cpu(pool: Any) -> float:
             procs = [engine, *engine.children(recursive=True)]
         except psutil.Error:
             continue
-        total += sum(_used(p) for p in procs)
+        total += sum(cpu_seconds(p) for p in procs)
     return total / max(1, len(pids))
 
 
