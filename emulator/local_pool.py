@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from realtime_batch.engine import JvmOptionPolicy
-from realtime_batch.engine._children import die_with_parent
+from realtime_batch.engine._children import die_with_parent, end_child
 from realtime_batch.engine.errors import WORKER_MODE_REMOVED
 from realtime_batch.orchestrator.pool import OrchestratorError, Pool, PoolStateError, StrPath
 from realtime_batch.payloads import payload_store_for
@@ -117,18 +117,11 @@ class _Proc:
             os.killpg(self.popen.pid, signum)
 
     def stop(self, grace: float = _STOP_GRACE) -> None:
-        if self.alive():
-            # Once only: an engine takes a second SIGTERM as "stop now" and gives its
-            # running task back instead of letting it finish.
-            if not self._terminated:
-                self.signal(signal.SIGTERM)
-            try:
-                self.popen.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.signal(signal.SIGKILL)
-                self.popen.wait(5)
-        else:
-            self.signal(signal.SIGKILL)  # anything the process left in its group
+        # SIGTERM once only: an engine takes a second as "stop now" and gives its running
+        # task back instead of letting it finish
+        ask = None if self._terminated else signal.SIGTERM
+        self._terminated = True
+        end_child(self.popen, ask=ask, grace=grace, group=True, reap=5)
         if self.popen.stdout is not None:
             self.popen.stdout.close()
         self._log_file.close()

@@ -39,6 +39,7 @@ from ._supervise import (
     describe_exit,
     next_renewal,
     settle_lost_task,
+    start_again,
     timeout_of,
 )
 
@@ -264,7 +265,7 @@ class DirectWorker:
             self.outbox.give_back(_delivery(self.queue, token, count))
         self._flush()
         if not self.draining:
-            self.start()
+            start_again(self.start)
 
     def _abandon(self, held: Held) -> bool:
         self.outbox.abandon(held)

@@ -40,6 +40,7 @@ from ._supervise import (
     release_due,
     schedule_retry,
     settle_lost_task,
+    start_again,
     timeout_of,
 )
 from .errors import PipelineError
@@ -313,7 +314,7 @@ class WorkerPipeline:
             self.inflight.clear()
         self._unstarted_bytes = 0
         if self.accepting:
-            self.start_worker()
+            start_again(self.start_worker)
 
     # -- stopping --------------------------------------------------------------------------
     def drain(self) -> None:

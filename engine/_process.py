@@ -17,7 +17,6 @@ import logging
 import os
 import pickle
 import select
-import signal
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from typing import Any
 import attrs
 import orjson
 
+from ._children import end_child
 from ._output import DEFAULT_MAX_OUTPUT, WorkerLog
 from ._pipe import CRASH_TAIL, DRAIN, cancel_seq_lines, decode_answer
 from ._supervise import describe_exit
@@ -257,23 +257,9 @@ class WorkerProcess:
         return self._crash_text
 
     def kill(self) -> int | None:
-        """Kill the worker and everything in its session (e.g. a JVM); return its exit status."""
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-        return self.reap()
-
-    def reap(self, timeout: float = 10.0) -> int | None:
-        """Wait for the process to end and release the pipes; return its exit status."""
-        code = None
-        if self.proc is not None:
-            try:
-                code = self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                code = self.proc.wait()
+        """Kill the worker and everything in its session (e.g. a JVM), release the pipes;
+        return its exit status."""
+        code = None if self.proc is None else end_child(self.proc, group=True)
         for conn in (self._tasks, self.results):
             if conn is not None:
                 conn.close()

@@ -28,6 +28,7 @@ from collections.abc import Callable, Container, Iterable
 from typing import TYPE_CHECKING
 
 from ..control import RUNNING_NOTICE_AFTER
+from .errors import WorkerStartError
 
 if TYPE_CHECKING:
     from ..transport import Transport
@@ -52,6 +53,7 @@ __all__ = [
     "retry_delay",
     "schedule_retry",
     "settle_lost_task",
+    "start_again",
     "timeout_of",
 ]
 
@@ -154,6 +156,23 @@ def timeout_of(held: Held, default_timeout: float | None) -> float | None:
 def next_renewal(now: float, locked_until: float) -> float:
     """When to renew a lease ending at ``locked_until``: at a third of what remains."""
     return now + max((locked_until - now) / 3.0, _MIN_RENEW_INTERVAL)
+
+
+#: worker starts in a row that may fail after a crash before the engine stops
+RESTARTS = 3
+
+
+def start_again(start: Callable[[], None]) -> None:
+    """Start a new worker after a crash or a kill; one killed while it starts (a
+    worker-killing fault, the OOM killer) is no reason to stop the engine."""
+    for attempt in range(RESTARTS, 0, -1):
+        try:
+            start()
+            return
+        except WorkerStartError as exc:
+            if attempt == 1:
+                raise
+            logger.warning("%s; starting another", exc)
 
 
 def settle_lost_task(

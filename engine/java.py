@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._children import die_with_parent_preexec
+from ._children import die_with_parent_preexec, end_child
 from ._output import DEFAULT_MAX_OUTPUT, dropped_marker
 from .credentials import task_environment
 from .tasks import InvalidCommandError, JvmOptionPolicy
@@ -245,9 +245,7 @@ def run_jar(
         except subprocess.TimeoutExpired:
             timed_out = True
         finally:  # on a timeout, or anything else that stops the reading: no JVM left
-            if proc.poll() is None:
-                proc.kill()
-            returncode = proc.wait()
+            returncode = end_child(proc, reap=None)
     if timed_out:
         raise JavaTimeoutError(
             f"{Path(jar_path).name} timed out after {timeout} s", None, "", err.text()

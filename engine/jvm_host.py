@@ -47,7 +47,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
-from ._children import die_with_parent_preexec
+from ._children import die_with_parent_preexec, end_child
 from ._supervise import describe_exit
 from .java import (
     JavaNotFoundError,
@@ -351,14 +351,8 @@ class JvmHost:
         self._requests = self._replies = None
         if proc is None:
             return None
-        if kill:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-        try:
-            return proc.wait(_EXIT_WAIT if kill else _CLOSE_WAIT + _EXIT_WAIT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait()
+        # closing its request pipe asked it to end
+        return end_child(proc, grace=0.0 if kill else _CLOSE_WAIT + _EXIT_WAIT, reap=_EXIT_WAIT)
 
     def _log_tail(self) -> str:
         if self._log is None:
