@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..control import CONTROL_QUEUE
 from ..transport import Transport, open_transport
@@ -36,10 +36,8 @@ from ._direct import DirectWorker
 from ._observe import REPORT_INTERVAL, engine_report
 from ._outbox import Outbox
 from ._output import DEFAULT_MAX_OUTPUT, WorkerLog
-from ._pipeline import WorkerPipeline
 from ._process import WorkerSettings
 from ._reach import ServiceGoneError, ServiceWatch
-from ._relay import RelayFeeder
 from ._supervise import (
     DEFAULT_PREFETCH,
     DEFAULT_RETRY_BACKOFF,
@@ -49,6 +47,9 @@ from ._supervise import (
 from .credentials import check_pass_env
 from .errors import EngineError
 from .tasks import JvmOptionPolicy, check_host_options
+
+if TYPE_CHECKING:
+    from ._relay import RelayFeeder
 
 __all__ = ["DEFAULT_RESULT_TTL", "Engine", "EngineError", "ServiceGoneError", "default_engine_id"]
 
@@ -254,6 +255,9 @@ class Engine:
             raise self._watch.gone
 
     def _relay_feeder(self) -> RelayFeeder:
+        from ._pipeline import WorkerPipeline  # relay mode only: not imported on zmq://
+        from ._relay import RelayFeeder
+
         admission = Admission(
             self._outbox, self.tasks_dir, self.max_delivery_count, self._cancels.keys,
             self.jvm_options,
@@ -380,7 +384,7 @@ class Engine:
         self._stop_requested = True
         self._receiving.clear()
         self._wake()
-        if isinstance(self._feeder, RelayFeeder):
+        if self._feeder is not None and not isinstance(self._feeder, DirectWorker):
             self._feeder.wake_receiver()
 
     def _wake(self) -> None:

@@ -89,10 +89,14 @@ def test_the_engine_command_does_not_load_the_broker():
 WORKER_ONLY = ("realtime_batch.engine.jvm_host", "realtime_batch.engine.java", "argparse")
 
 
+#: an engine on zmq:// feeds its worker directly: the relay modules stay unloaded
+RELAY_ONLY = ("realtime_batch.engine._relay", "realtime_batch.engine._pipeline")
+
+
 def test_a_running_engine_loads_nothing_it_does_not_use():
     loaded = _loaded(*ENGINE)
     assert "realtime_batch.engine.engine" in loaded
-    assert _unwanted(loaded, NOT_AT_START + WORKER_ONLY) == []
+    assert _unwanted(loaded, NOT_AT_START + WORKER_ONLY + RELAY_ONLY) == []
 
 
 @pytest.mark.parametrize("extra", [(), ("click",)], ids=["not-at-start", "no-click"])
