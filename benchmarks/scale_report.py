@@ -33,12 +33,19 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("broker_cpu_pct", "broker CPU, % of a core", "{:.2f}"),
         ("receives_per_s", "idle receives answered per s", "{:,.0f}"),
     ],
+    "scale-idle-pool": [
+        ("engine_cpu_pct", "CPU per idle engine, % of a core", "{:.2f}"),
+        ("worker_cpu_pct", "CPU per idle worker, % of a core", "{:.2f}"),
+        ("broker_cpu_pct", "broker CPU, % of a core", "{:.2f}"),
+        ("client_cpu_pct", "client CPU (one session), % of a core", "{:.2f}"),
+    ],
 }
 WHAT = {
     "scale-engines": "engines",
     "scale-sessions": "sessions",
     "scale-queued": "queued tasks",
     "scale-idle": "simulated idle engines",
+    "scale-idle-pool": "idle engines",
 }
 
 

@@ -20,6 +20,8 @@ TINY = ScaleSizes(
     drain_engines=2,
     idle_engines=(4,),
     idle_window=0.3,
+    idle_pool=(1,),
+    idle_settle=0.2,
 )
 
 
@@ -42,6 +44,9 @@ def test_every_scale_workload_gives_its_figures(no_leaked_processes, capsys):
     idle = by_workload["scale-idle"]["4"]
     # idle receives wait 5 s (engine._supervise.IDLE_WAIT): none ends in a 0.3 s window
     assert idle["engines"] == 4 and idle["broker_cpu_pct"] >= 0 and idle["receives_per_s"] >= 0
+    pool = by_workload["scale-idle-pool"]["1"]
+    assert set(pool) == {"engine_cpu_pct", "worker_cpu_pct", "broker_cpu_pct", "client_cpu_pct"}
+    assert all(value >= 0 for value in pool.values()), pool
     table = scale_markdown(records, None)
     for workload in SCALE_WORKLOADS:
         assert f"| {workload} |" in table
