@@ -100,3 +100,43 @@ def test_a_fresh_client_is_answered_with_more_connections_than_file_descriptors(
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=20)
     assert "connection cap of" in err, err  # the operator is told why clients were dropped
+
+
+class _EndlessMonitor:
+    """A monitor socket with accepted connections, then ACCEPT_FAILED events for ever:
+    what ZeroMQ's I/O thread sends once it is out of file descriptors."""
+
+    def __init__(self, accepted: list[int]) -> None:
+        self.pending = [(zmq.EVENT_ACCEPTED, fd) for fd in accepted]
+        self.read = 0
+
+    def get(self, option: int) -> int:
+        return zmq.POLLIN
+
+    def recv_multipart(self, flags: int = 0) -> list[bytes]:
+        import struct
+
+        self.read += 1
+        kind, value = self.pending.pop(0) if self.pending else (zmq.EVENT_ACCEPT_FAILED, 0)
+        return [struct.pack("=HI", kind, value), b""]
+
+
+def test_the_guard_acts_while_accept_failures_keep_coming():
+    """The guard read monitor events until there were none; out of descriptors, the I/O
+    thread's accept retries never let that end, so it never closed a connection and the
+    broker stayed locked out (the fresh-client test above failed every time on one kernel)."""
+    from realtime_batch.transport.zeromq.connections import ConnectionGuard
+
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    try:
+        guard = ConnectionGuard(router, max_connections=8)
+        guard._monitor.close(linger=0)
+        monitor = _EndlessMonitor(list(range(100_000, 100_020)))  # 20 fds: not ours
+        guard._monitor = monitor
+        guard.check(0.0)  # returns: bounded
+        assert guard.closed_count == 20 - guard._low_water and guard.connections <= 8
+        assert monitor.read < 100_000
+    finally:
+        router.close(linger=0)
+        context.term()

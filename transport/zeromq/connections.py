@@ -37,6 +37,7 @@ _LAST_DATA_RECV = struct.Struct("=I")  # tcp_info.tcpi_last_data_recv (ms), at o
 _LAST_DATA_RECV_OFFSET = 52
 _EVENT_FRAME = struct.Struct("=HI")  # a monitor event's first frame: event id, value
 _WARN_EVERY = 10.0  # seconds between repeated warnings
+_EVENTS_PER_CHECK = 4096  # monitor events read by one ``check`` at most
 
 
 def raise_fd_limit() -> None:
@@ -120,7 +121,12 @@ class ConnectionGuard:
         """Take the monitor's news; close the most silent connections if over the cap."""
         monitor = self._monitor
         accept_failed = False
-        while monitor.get(zmq.EVENTS) & zmq.POLLIN:
+        # Bounded: out of descriptors, ZeroMQ's I/O thread retries accept in a tight loop,
+        # one ACCEPT_FAILED event each, as fast as they are read here; an unbounded drain
+        # never got to close anything (the broker stayed locked out, seen on one kernel).
+        for _ in range(_EVENTS_PER_CHECK):
+            if not monitor.get(zmq.EVENTS) & zmq.POLLIN:
+                break
             # zmq.utils.monitor would decode this too, but it imports asyncio (+6 MB RSS)
             kind, value = _EVENT_FRAME.unpack_from(monitor.recv_multipart(zmq.NOBLOCK)[0])
             if kind == zmq.EVENT_ACCEPTED:
