@@ -162,6 +162,10 @@ class DirectWorker:
         self._flush()
         return next_at
 
+    def wake_receiver(self) -> None:
+        """Nothing to wake: the task worker receives for itself here, and the engine's
+        stop reaches its idle receive through ``drain`` (a ``WAKE`` to the broker)."""
+
     def current_task(self) -> str | None:
         """Id of the task the worker runs now, if any."""
         if self.worker is None:

@@ -384,7 +384,7 @@ class Engine:
         self._stop_requested = True
         self._receiving.clear()
         self._wake()
-        if self._feeder is not None and not isinstance(self._feeder, DirectWorker):
+        if self._feeder is not None:
             self._feeder.wake_receiver()
 
     def _wake(self) -> None:
