@@ -104,7 +104,7 @@ def test_a_message_is_matched_to_its_group_without_scanning_other_parked_receive
     """20,000 receives parked on unused groups: serving one message looks at its group only."""
     broker = Broker("tcp://127.0.0.1:0")
     sent: list[list] = []
-    broker._send = lambda frames: sent.append(frames) or True  # no peers: record the replies
+    broker._send = lambda frames, *_: sent.append(frames) or True  # no peers: record the replies
     try:
         broker._handle([b"c", wire.encode_request(wire.DECLARE, 1, "results", 30.0, 10)])
         for i in range(20_000):

@@ -30,7 +30,10 @@ In the spirit of the ZeroMQ guide's reliable request-reply patterns:
   costs up to ``spin`` of CPU after each burst of traffic and nothing while idle
   (heartbeats and receives that find nothing do not start it: with hundreds of idle
   engines those would keep the loop spinning); it is off on a single CPU, where
-  polling would only keep the sender from running.
+  polling would only keep the sender from running. It also needs someone answered in
+  that turn who usually speaks again within the spin after such an answer
+  (``spin.ReplyGaps``): a worker handed a 10 ms task, or a client whose send was
+  acknowledged, is not waited for.
 
 The loop is single-threaded and owns the store; ``stop()`` may be called from any
 thread or a signal handler.
@@ -62,6 +65,7 @@ from . import authz, wire
 from .connections import ConnectionGuard, default_max_connections
 from .fairshare import FairShare
 from .parking import Parking, Waiter
+from .spin import ReplyGaps
 
 if TYPE_CHECKING:  # imported by the CLI only when durable mode or CURVE is asked for
     from .curve import BrokerCurve
@@ -223,6 +227,9 @@ class Broker:
         self._next_purge = 0.0
         self.requests_handled = 0
         self._moved = False  # this turn stored, delivered or settled messages: spin after it
+        #: how soon each connection speaks after an answer; this turn answered a quick one
+        self._gaps = ReplyGaps(self.spin, OWNER_ID_LENGTH)
+        self._quick = False
         self.bad_requests = 0
         self.started = time.time()
         #: engines that reported themselves on their heartbeats (``stats``)
@@ -280,14 +287,14 @@ class Broker:
                     give_up = clock() + spin
                     while not events(_EVENTS) & _POLLIN and clock() < give_up:
                         pass
-                self._moved = False
+                self._moved = self._quick = False
                 handle(recv())
                 # Drain what is queued; EVENTS is cheaper than a zmq.Again per wake-up.
                 for _ in range(_RECV_BATCH):
                     if not events(_EVENTS) & _POLLIN:
                         break
                     handle(recv(_NOBLOCK))
-                busy = self._moved
+                busy = self._moved and self._quick
             except zmq.Again:
                 busy = False
             except zmq.ContextTerminated:
@@ -375,6 +382,7 @@ class Broker:
         self._owner_interval.pop(owner, None)
         self._parking.forget(owner)
         self._fair.forget(owner)
+        self._gaps.forget(owner)
 
     # -- requests ------------------------------------------------------------------------------
     def _handle(self, frames: list[bytes]) -> None:
@@ -385,6 +393,7 @@ class Broker:
         owner = identity[:OWNER_ID_LENGTH]
         now = time.time()
         self._last_seen[owner] = now
+        self._gaps.spoke(identity, now)
         try:
             request = wire.decode_request(frames[1:], self.max_message_size)
         except wire.FrameError as exc:
@@ -592,7 +601,7 @@ class Broker:
                 encode(grant.message, grant.delivery_count, grant.locked_until, grant.token)
             )
             frames.append(grant.message.body)
-        if self._send(frames):
+        if self._send(frames, bool(grants)):
             owner = identity[:OWNER_ID_LENGTH]
             if owner in self._last_seen:  # it had a receive parked: alive until just now
                 self._last_seen[owner] = now
@@ -606,10 +615,12 @@ class Broker:
     def _reply(self, identity: bytes, header: bytes) -> None:
         self._send([identity, header])
 
-    def _send(self, frames: list[Any]) -> bool:
+    def _send(self, frames: list[Any], delivered: bool = False) -> bool:
         try:
             wire.send_frames(self._socket, frames, _NOBLOCK)
-            return True
         except (zmq.Again, zmq.ZMQError) as exc:  # peer gone or its queue full
             logger.debug("reply to %s dropped: %s", bytes(frames[0]).hex(), exc)
             return False
+        if self._gaps.answered(frames[0], time.time(), delivered):
+            self._quick = True
+        return True

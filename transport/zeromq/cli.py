@@ -121,7 +121,7 @@ logger = logging.getLogger(__name__)
     show_default=True,
     help="Microseconds to keep polling for the next request after handling some, before "
     "sleeping: lower latency for up to that much CPU per burst of traffic (0: off; always "
-    "off on a single CPU).",
+    "off on a single CPU; skipped when those just answered usually take longer).",
 )
 @click.option(
     "--max-parked-receives",
