@@ -6,7 +6,8 @@ Each workload runs realtime-batch over ``zmq://`` (a ``LocalPool``: the broker a
 the engines as processes) at several sizes and prints one ``RECORD {json}`` line:
 
 * ``scale-engines``: no-op throughput and 10 ms tasks at 2, 8 and 32 engines: tasks/s,
-  CPU per task of the whole tree, % of ideal, and how many tasks each engine ran; and
+  CPU per task of the whole tree, % of ideal, and how many tasks each engine ran; as
+  many 100 ms tasks on the largest pool (% of ideal where the CPU is not the limit); and
   the pool's start: seconds, and CPU seconds per engine (the engine and its worker);
 * ``scale-sessions``: 1, 8 and 32 sessions (threads of one client process) sharing one
   pool of two engines: aggregate tasks/s and the client's CPU per task;
@@ -62,6 +63,10 @@ SCALE_WORKLOADS = (
     "scale-idle-pool",
 )
 SYSTEM = "rtbatch-zmq"
+#: the longer tasks of scale-engines' largest pool: the per-task CPU of 32 engines'
+#: 10 ms tasks needs more than two cores; 100 ms tasks need a tenth of it, so their
+#: % of ideal shows the spread and the prefetch alone
+LONG_SLEEP_SECONDS = 0.1
 RESULT_TIMEOUT = 1800.0
 
 
@@ -149,14 +154,16 @@ def _noop_run(session: Any, n: int, tree: _Tree) -> dict[str, float]:
     }
 
 
-def _sleep_run(session: Any, n: int, engines: int) -> dict[str, Any]:
+def _sleep_run(
+    session: Any, n: int, engines: int, seconds: float = SLEEP_SECONDS
+) -> dict[str, Any]:
     start = time.perf_counter()
-    where = _wait_all([session.submit("sleep_where.py", SLEEP_SECONDS) for _ in range(n)])
+    where = _wait_all([session.submit("sleep_where.py", seconds) for _ in range(n)])
     elapsed = time.perf_counter() - start
     per_engine = sorted(collections.Counter(where).values())
     per_engine = [0] * (engines - len(per_engine)) + per_engine
     return {
-        "efficiency": 100.0 * (n * SLEEP_SECONDS / engines) / elapsed,
+        "efficiency": 100.0 * (n * seconds / engines) / elapsed,
         "tasks_per_engine": per_engine,
         "fair_share": n / engines,
     }
@@ -177,6 +184,9 @@ def scale_engines(sizes: ScaleSizes) -> dict[str, Any]:
                 _wait_all([session.submit("noop.py") for _ in range(50)])  # warm
                 noop = _noop_run(session, sizes.noop_n, tree)
                 sleep = _sleep_run(session, sizes.sleep_n, engines)
+                if engines == max(sizes.engines):  # the same spread, CPU not the limit
+                    long = _sleep_run(session, sizes.sleep_n, engines, LONG_SLEEP_SECONDS)
+                    sleep["long_efficiency"] = long["efficiency"]
         figures[str(engines)] = {
             "pool_start_s": start_s,
             "start_cpu_s_per_engine": start_cpu,

@@ -36,7 +36,8 @@ def test_every_scale_workload_gives_its_figures(no_leaked_processes, capsys):
     engines = by_workload["scale-engines"]["2"]
     assert sum(engines["tasks_per_engine"]) == TINY.sleep_n  # every task counted where it ran
     assert len(engines["tasks_per_engine"]) == 2
-    for key in ("tasks_per_s", "efficiency", "pool_start_s", "start_cpu_s_per_engine"):
+    for key in ("tasks_per_s", "efficiency", "long_efficiency", "pool_start_s",
+                "start_cpu_s_per_engine"):  # fmt: skip
         assert engines[key] > 0, key
     assert engines["cpu_us_per_task"] >= 0  # CPU times tick in 10 ms: 20 tasks may show 0
     assert set(by_workload["scale-sessions"]) == {"1", "2"}
