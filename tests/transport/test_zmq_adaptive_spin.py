@@ -132,3 +132,17 @@ def test_the_broker_sleeps_after_a_turn_that_answered_only_slow_connections(brok
     assert spins[0] is True  # not known yet: spin, as before
     assert spins[-1] is False, spins
     assert broker.sent  # every turn still answered
+
+
+def test_connections_under_ever_new_routing_ids_do_not_grow_the_broker_memory():
+    gaps = ReplyGaps(SPIN, OWNER_ID_LENGTH, limit=50)
+    owner = WORKER[:OWNER_ID_LENGTH]
+    for n in range(1000):  # one client, reconnecting under a new routing id each time
+        identity = owner + n.to_bytes(4, "big")
+        gaps.answered(identity, float(n), True)
+        gaps.spoke(identity, n + 0.5)
+        assert len(gaps) <= 50
+    # a connection seen after the reset is measured again from scratch
+    gaps.answered(WORKER, 2000.0, True)
+    gaps.spoke(WORKER, 2000.001)
+    assert gaps.estimate(WORKER, True) == pytest.approx(0.001)

@@ -19,22 +19,27 @@ A connection not seen yet counts as quick (the broker spins, as it always did).
 
 from __future__ import annotations
 
-__all__ = ["GAP_WEIGHT", "ReplyGaps"]
+__all__ = ["GAP_WEIGHT", "MAX_CONNECTIONS_KEPT", "ReplyGaps"]
 
 #: weight of the newest gap in a connection's running estimate (the rest: the old one)
 GAP_WEIGHT = 0.25
+#: connections remembered at most: a client that keeps reconnecting under new routing
+#: ids must not grow the broker's memory; past this, everything is forgotten at once
+#: (estimates are back within a few answers; meanwhile the broker spins, as before)
+MAX_CONNECTIONS_KEPT = 100_000
 
 
 class ReplyGaps:
     """Per connection (ZeroMQ routing identity): seconds from an answer to its next request.
 
     ``owner_length``: how many leading bytes of an identity name its client (the broker
-    forgets a client's connections together).
+    forgets a client's connections together); ``limit``: connections remembered at most.
     """
 
-    def __init__(self, spin: float, owner_length: int) -> None:
+    def __init__(self, spin: float, owner_length: int, limit: int = MAX_CONNECTIONS_KEPT) -> None:
         self.spin = spin
         self._owner_length = owner_length
+        self._limit = limit
         #: identity -> (when it was last answered, whether that answer delivered messages)
         self._answered: dict[bytes, tuple[float, bool]] = {}
         #: identity -> running estimate, seconds, after answers that delivered / did not
@@ -55,8 +60,20 @@ class ReplyGaps:
         """The broker sent ``identity`` an answer at ``now`` (``delivered``: with messages);
         True if it usually speaks again within the spin after such an answer (so a spin
         after this turn is likely to find its request)."""
-        self._answered[identity] = (now, delivered)
-        return self._gap[delivered].get(identity, 0.0) < self.spin
+        answered = self._answered
+        if len(answered) >= self._limit and identity not in answered:
+            self.clear()
+        answered[identity] = (now, delivered)
+        gaps = self._gap[delivered]
+        if len(gaps) >= self._limit and identity not in gaps:
+            self.clear()
+        return gaps.get(identity, 0.0) < self.spin
+
+    def clear(self) -> None:
+        """Forget every connection."""
+        self._answered.clear()
+        for gaps in self._gap.values():
+            gaps.clear()
 
     def estimate(self, identity: bytes, delivered: bool) -> float | None:
         """The running estimate for ``identity`` after answers that ``delivered`` messages
