@@ -760,10 +760,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     fake = BatchFake(args.account, args.key, record=args.record, auto_storage=args.auto_storage)
+    stopping = threading.Event()
+    # before the ready line: a caller may stop the fake as soon as it has read it
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     url = fake.start(args.port)
     print(f"Batch fake on {url} (account {args.account}, key {args.key}); Ctrl-C stops", flush=True)
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:
         stopping.wait()
     except KeyboardInterrupt:
