@@ -37,7 +37,11 @@ _SEND_BATCH = 1000
 _OUTBOX_LIMIT = 10_000
 _IDLE_GAP = 0.0003  # seconds without a submission after which one is sent inline
 _SEND_RETRY_FOR = 30.0  # seconds a batch is retried while the transport is unreachable
-_POLL = 0.2  # how long the sender waits between checks of the closed flag
+_POLL = 0.2  # how long a submitter waits for room between checks of the closed flag
+#: how long the idle sender thread sleeps between looks: only a safety net, as every
+#: change it waits for (a task queued, a send ended, the close) wakes it (issue 21: an
+#: idle session's threads cost nothing)
+_IDLE_LOOK = 5.0
 _TRANSIENT = (ConnectionLostError, TransportTimeoutError)
 
 Outgoing = tuple[TaskFuture, Message]
@@ -179,7 +183,7 @@ class Sender:
                 while not self.outbox or self._sending:
                     if self._closed.is_set() and not self.outbox:
                         return
-                    self._ready.wait(_POLL)
+                    self._ready.wait(_IDLE_LOOK)
                 batch = self.outbox[:_SEND_BATCH]
                 del self.outbox[:_SEND_BATCH]
                 self._sending = True

@@ -191,7 +191,7 @@ class Session:
         self._listener = Listener(
             self._transport, results_queue, self.id, self._closed,
             on_results=self._resolve, on_notice=self._on_notice, on_tick=self._on_tick,
-            name=f"rtb-listen-{self.id}",
+            name=f"rtb-listen-{self.id}", idle=lambda: not self._futures,
         )  # fmt: skip
         self._sender.start()
         self._listener.start()
@@ -361,6 +361,7 @@ class Session:
             self._tracker.sent(submitted_at)
             if deadline is not None:
                 self._deadlines.add(deadline, task_id, self._futures)
+        self._listener.nudge()  # a session idle for a while: its listener ticks again
         return future
 
     def _enqueue(self, future: TaskFuture, message: Message) -> None:
