@@ -159,6 +159,8 @@ class QueueStore:
     def __init__(self, listener: StoreListener | None = None) -> None:
         self._queues: dict[str, _Queue] = {}
         self._leases: dict[str, _Lease] = {}
+        #: leases held per owner (owners of none are absent)
+        self._held_by: dict[Any, int] = {}
         self._lease_heap: list[tuple[float, str]] = []
         self._seq = itertools.count(1)
         self._listener = listener
@@ -316,7 +318,24 @@ class QueueStore:
             if self._listener is not None:
                 self._listener.on_delivery(q.name, entry.seq, entry.delivery_count)
             grants.append(Grant(entry.message, q.name, entry.delivery_count, locked_until, token))
+        if grants and owner is not None:
+            self._held_by[owner] = self._held_by.get(owner, 0) + len(grants)
         return grants
+
+    def holds_leases(self, owner: Any) -> bool:
+        """Whether ``owner`` holds a lease now (O(1))."""
+        return owner in self._held_by
+
+    def _unheld(self, lease: _Lease) -> None:
+        """Count ``lease``, just taken out of ``_leases``, out of its owner's."""
+        owner = lease.owner
+        if owner is None:
+            return
+        left = self._held_by[owner] - 1
+        if left:
+            self._held_by[owner] = left
+        else:
+            del self._held_by[owner]
 
     def _lease(self, token: str, now: float) -> _Lease:
         lease = self._leases.get(token)
@@ -330,6 +349,7 @@ class QueueStore:
     def complete(self, token: str, now: float) -> None:
         lease = self._lease(token, now)
         del self._leases[token]
+        self._unheld(lease)
         q = lease.queue
         q.completed += 1
         waited = now - lease.entry.enqueued_at
@@ -353,6 +373,7 @@ class QueueStore:
     def dead_letter(self, token: str, reason: str, description: str, now: float) -> None:
         lease = self._lease(token, now)
         del self._leases[token]
+        self._unheld(lease)
         self._to_dlq(lease.queue, lease.entry, reason, description, now)
 
     def renew(self, token: str, now: float) -> float:
@@ -412,6 +433,8 @@ class QueueStore:
 
     def release_owner(self, owner: Any, now: float) -> int:
         """Release at once every lease held by ``owner`` (a consumer that went away)."""
+        if owner not in self._held_by:
+            return 0
         tokens = [t for t, lease in self._leases.items() if lease.owner == owner]
         for token in tokens:
             self._release(self._leases[token], now)
@@ -452,7 +475,8 @@ class QueueStore:
         return queues, mailboxes
 
     def _release(self, lease: _Lease, now: float) -> None:
-        self._leases.pop(lease.token, None)
+        if self._leases.pop(lease.token, None) is not None:
+            self._unheld(lease)
         entry = lease.entry
         lease.queue.redelivered += 1
         if entry.delivery_count >= lease.queue.options.max_delivery_count:

@@ -17,6 +17,10 @@ In the spirit of the ZeroMQ guide's reliable request-reply patterns:
   heartbeat intervals to send its next request (a killed client's answer cannot be
   delivered and earns it nothing); a client silent for that long with nothing
   parked has its leases released at once and its waiting receives dropped.
+  An idle client's receive may wait long (an idle engine's: ``IDLE_WAIT``), but one
+  of a client that holds leases waits ``leased_wait`` at most (5 s by default; its
+  client sends it again for the rest of its wait): a killed or silent lease holder
+  loses its leases within ``leased_wait`` plus the liveness time, whatever it asked.
   ``WAKE`` answers a client's parked receives at once (an engine that stops ends
   its long idle receives);
 * **hostile input** is decoded by ``wire.decode_request`` only and answered with
@@ -74,6 +78,7 @@ if TYPE_CHECKING:  # imported by the CLI only when durable mode or CURVE is aske
 __all__ = [
     "DEFAULT_HEARTBEAT_INTERVAL",
     "DEFAULT_HEARTBEAT_LIVENESS",
+    "DEFAULT_LEASED_WAIT",
     "DEFAULT_MAX_PARKED_RECEIVES",
     "DEFAULT_MAX_QUEUED_BYTES",
     "DEFAULT_MAX_QUEUES",
@@ -106,6 +111,11 @@ DEFAULT_TIMER_TICK = 0.025
 #: receives of hundreds of idle engines are answered in two wake-ups a second, not 40.
 _LONG_WAIT = 1.0
 _LONG_WAIT_TICK = 0.5
+#: Seconds a receive parked by a client that holds leases waits at most (a longer wait
+#: is answered empty then, and the client sends it again): a parked receive counts as
+#: its client's life, and a lease holder that is killed or stopped must lose its leases
+#: within this plus the heartbeat liveness time, as it did when idle waits were 5 s.
+DEFAULT_LEASED_WAIT = 5.0
 #: Commands that settle leases: like stored or delivered messages, they start the spin.
 _SETTLING = frozenset(
     {wire.COMPLETE, wire.COMPLETE_MANY, wire.ABANDON, wire.GIVE_BACK, wire.DEAD_LETTER}
@@ -117,6 +127,11 @@ DEFAULT_MAX_PARKED_RECEIVES = 1000
 DEFAULT_MAX_QUEUED_BYTES = 1024**3
 #: Queues that may be declared (dead-letter queues not counted).
 DEFAULT_MAX_QUEUES = 10_000
+
+
+def _on_long_tick(deadline: float) -> float:
+    """``deadline`` put off to the next ``_LONG_WAIT_TICK``."""
+    return math.ceil(deadline / _LONG_WAIT_TICK) * _LONG_WAIT_TICK
 
 
 #: The caller of a request whose key has no role (cannot happen: ZAP lets in only known keys).
@@ -157,6 +172,8 @@ class Broker:
             are enforced when ``curve`` has authorized keys.
         timer_tick: seconds on whose multiples waits of parked receives end (see
             ``DEFAULT_TIMER_TICK``).
+        leased_wait: seconds a receive parked by a client that holds leases waits at
+            most (see ``DEFAULT_LEASED_WAIT``).
     """
 
     def __init__(
@@ -177,11 +194,15 @@ class Broker:
         max_connections: int | None = None,
         queue_kinds: authz.QueueKinds | None = None,
         timer_tick: float = DEFAULT_TIMER_TICK,
+        leased_wait: float = DEFAULT_LEASED_WAIT,
     ) -> None:
         if spin < 0:
             raise ValueError("spin must be at least 0")
         if timer_tick <= 0:
             raise ValueError("timer_tick must be positive")
+        if leased_wait <= 0:
+            raise ValueError("leased_wait must be positive")
+        self.leased_wait = leased_wait
         self.max_message_size = max_message_size
         self.spin = spin if len(os.sched_getaffinity(0)) > 1 else 0.0
         self.heartbeat_interval = heartbeat_interval
@@ -551,7 +572,9 @@ class Broker:
             )
         deadline = None if timeout is None else now + max(0.0, timeout)
         if deadline is not None and timeout >= _LONG_WAIT:  # an idle client's: coarse tick
-            deadline = math.ceil(deadline / _LONG_WAIT_TICK) * _LONG_WAIT_TICK
+            if timeout > self.leased_wait and self.store.holds_leases(owner):
+                deadline = now + self.leased_wait  # its life must show again soon
+            deadline = _on_long_tick(deadline)
         parking.park(Waiter(identity, owner, rid, queue, group, max_messages, deadline, lost))
         return None
 
@@ -605,6 +628,8 @@ class Broker:
             owner = identity[:OWNER_ID_LENGTH]
             if owner in self._last_seen:  # it had a receive parked: alive until just now
                 self._last_seen[owner] = now
+            if grants:  # a lease holder now: its other long waits end soon (``_receive``)
+                self._parking.shorten(owner, _on_long_tick(now + self.leased_wait))
             return
         for grant in grants:  # the consumer is gone: make the messages available again
             try:

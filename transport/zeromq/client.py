@@ -219,19 +219,21 @@ class ZmqTransport(Transport):
         *,
         wait: float | None = None,
         queue: str | None = None,
+        wakes: int | None = None,
     ) -> tuple[list[Any], list[bytes]]:
         """Send one request and return its reply ``(header, payload)``; raise broker errors.
 
         ``wait`` is how long the broker may legitimately hold the request (a receive's
         timeout; ``None`` for no limit), on top of which ``request_timeout`` applies.
+        ``wakes``: the ``wake`` count a receive began with, if not now (see ``_attempt``).
         """
         conn = self._acquire()
         try:
-            header, frames = self._exchange(conn, command, args, payload, wait)
+            header, frames = self._exchange(conn, command, args, payload, wait, wakes)
             if header[1] == wire.ERR_QUEUE_NOT_FOUND and queue in self._declared:
                 # The broker restarted and forgot a queue we declared: declare, retry once.
                 self._redeclare(conn, queue)
-                header, frames = self._exchange(conn, command, args, payload, wait)
+                header, frames = self._exchange(conn, command, args, payload, wait, wakes)
         except zmq.ZMQError as exc:
             conn.sock.close(linger=0)
             raise _map_zmq_error(exc, self._closed) from None
@@ -250,13 +252,14 @@ class ZmqTransport(Transport):
         args: list[Any],
         payload: Sequence[Any],
         wait: float | None,
+        wakes: int | None = None,
     ) -> tuple[list[Any], list[bytes]]:
         start = time.monotonic()
         receives = command == wire.RECEIVE or command == wire.SETTLE_RECEIVE
         give_up = None if wait is None and receives else start + (wait or 0.0)
         while True:
             try:
-                return self._attempt(conn.sock, command, args, payload, give_up)
+                return self._attempt(conn.sock, command, args, payload, give_up, wakes)
             except _Lost:
                 logger.info("broker restarted; re-sending %s", wire.COMMAND_NAMES[command])
                 conn.sock.close(linger=0)  # drops the copy still queued for the new broker
@@ -271,10 +274,12 @@ class ZmqTransport(Transport):
         args: list[Any],
         payload: Sequence[Any],
         give_up: float | None,
+        wakes_seen: int | None = None,
     ) -> tuple[list[Any], list[bytes]]:
         rid = next(self._request_ids)
         generation = self._generation
-        wakes = self._wakes
+        # a ``wake`` after ``wakes_seen`` (or, without it, after this send) ends the receive
+        wakes = self._wakes if wakes_seen is None else wakes_seen
         wire.send_frames(sock, [wire.encode_request(command, rid, *args), *payload])
         schedule = self._schedule
         now = time.monotonic()
@@ -533,6 +538,7 @@ class ZmqTransport(Transport):
         batch = as_message_list(messages)
         settled = list(deliveries)
         wait = None if timeout is None else max(0.0, float(timeout))
+        wakes, start = self._wakes, time.monotonic()
         header, frames = self._call_sending(
             wire.SETTLE_RECEIVE,
             [queue, len(batch), [d.lock_token for d in settled], receive_queue, max_messages,
@@ -542,6 +548,11 @@ class ZmqTransport(Transport):
             queue=queue,
         )  # fmt: skip
         lost = list(header[3]) if len(header) > 3 else []
+        if not frames and wait is not None:
+            try:  # settled already: the rest is a plain receive
+                frames = self._wait_rest(receive_queue, max_messages, group, start + wait, wakes)
+            except TransportError as exc:  # answered as the broker would have: empty
+                logger.debug("the rest of a receive after a settle failed: %s", exc)
         return _deliveries(receive_queue, frames), lost
 
     def receive(
@@ -554,10 +565,31 @@ class ZmqTransport(Transport):
     ) -> list[Delivery]:
         check_max_messages(max_messages)
         wait = None if timeout is None else max(0.0, float(timeout))
+        wakes, start = self._wakes, time.monotonic()
         _header, frames = self._call(
             wire.RECEIVE, [queue, max_messages, wait, group], wait=wait, queue=queue
         )
+        if not frames and wait is not None:
+            frames = self._wait_rest(queue, max_messages, group, start + wait, wakes)
         return _deliveries(queue, frames)
+
+    def _wait_rest(
+        self, queue: str, max_messages: int, group: str | None, give_up: float, wakes: int
+    ) -> list[bytes]:
+        """The rest of a receive's wait, when the broker answered it empty before
+        ``give_up`` and no ``wake`` came since: the broker ends a long wait of a client
+        that holds leases early (``Broker.leased_wait``), and this client sends it again
+        (a sign of life), so that ``receive`` still returns empty only at its timeout."""
+        frames: list[bytes] = []
+        while not frames and wakes == self._wakes:
+            left = give_up - time.monotonic()
+            if left <= 0:
+                break
+            _header, frames = self._call(
+                wire.RECEIVE, [queue, max_messages, left, group], wait=left, queue=queue,
+                wakes=wakes,
+            )  # fmt: skip
+        return frames
 
     def complete(self, delivery: Delivery) -> None:
         self._call(wire.COMPLETE, [delivery.lock_token])

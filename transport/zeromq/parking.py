@@ -110,7 +110,7 @@ class Parking:
             deadlines = self._deadlines
             heapq.heappush(deadlines, (waiter.deadline, next(self._seq), waiter))
             if len(deadlines) > 2 * self._count + 1024:  # mostly served or dropped ones
-                deadlines[:] = [entry for entry in deadlines if not entry[2].done]
+                deadlines[:] = [e for e in deadlines if not e[2].done and e[0] == e[2].deadline]
                 heapq.heapify(deadlines)
 
     def first(self, queue: str, group: str | None) -> Waiter | None:
@@ -153,6 +153,14 @@ class Parking:
         """Whether ``owner`` has a receive parked that will be answered (one with a
         timeout): answering it tells whether the owner is still there."""
         return any(w.deadline is not None for w in self._by_owner.get(owner, ()))
+
+    def shorten(self, owner: bytes, deadline: float) -> None:
+        """End the timeouts of ``owner``'s parked receives by ``deadline`` at the latest
+        (those without a timeout are left alone)."""
+        for waiter in self._by_owner.get(owner, ()):
+            if waiter.deadline is not None and waiter.deadline > deadline:
+                waiter.deadline = deadline  # the later heap entry finds it done: skipped
+                heapq.heappush(self._deadlines, (deadline, next(self._seq), waiter))
 
     def take_owner(self, owner: bytes) -> list[Waiter]:
         """Take out every receive ``owner`` has parked, to be answered now."""
