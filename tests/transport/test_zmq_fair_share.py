@@ -46,6 +46,39 @@ def test_queues_are_counted_apart_and_quiet_consumers_drop_out():
     assert fair.consumers("q") == 0
 
 
+def test_a_consumer_with_a_receive_waiting_counts_however_long_ago_it_asked():
+    waiting = {("q", "b")}
+    fair = FairShare(window=5.0, waiting=lambda queue, owner: (queue, owner) in waiting)
+    for owner in "abc":
+        fair.limit("q", owner, 16, 0, now=0.0)
+    assert fair.limit("q", "a", 16, 32, now=60.0) == 16  # c dropped out, b did not
+    assert fair.consumers("q") == 2
+
+
+def test_idle_engines_waiting_longer_than_the_window_share_a_burst(monkeypatch):
+    """Idle engines' receives wait far longer than ``CONSUMER_WINDOW`` (issue 21):
+    a burst that comes after a long quiet spell is still spread over all of them."""
+    broker = Broker("tcp://127.0.0.1:0", context=zmq.Context())
+    granted: dict[bytes, int] = {}
+
+    def send(frames, *_):
+        granted[bytes(frames[0])[:16]] = (len(frames) - 2) // 2
+        return True
+
+    monkeypatch.setattr(broker, "_send", send)
+    try:
+        broker.store.declare("q")
+        owners = [bytes([1, n]) * 8 for n in range(4)]
+        for owner in owners:
+            broker._receive(owner + bytes(4), owner, 1, ["q", 16, 60.0, None], 100.0)
+        broker.store.put("q", [Message(b"task")] * 8, 130.0)  # 30 s later
+        broker._serve_ready(130.0)
+        # ceil(waiting / 4) each, not all 8 to the first (it alone counted before)
+        assert [granted[owner] for owner in owners] == [2, 2, 1, 1]
+    finally:
+        broker.close()
+
+
 def test_a_bad_window_is_refused():
     with pytest.raises(ValueError, match="window"):
         FairShare(window=0)

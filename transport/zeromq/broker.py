@@ -241,7 +241,7 @@ class Broker:
         self.max_parked_receives = max_parked_receives
         self._parking = Parking(max_parked_receives)
         #: who consumes each queue, and the share of it one receive may take
-        self._fair = FairShare()
+        self._fair = FairShare(waiting=self._parking.waits_on)
         self._last_seen: dict[bytes, float] = {}
         self._owner_interval: dict[bytes, float] = {}
         self._next_owner_check = 0.0

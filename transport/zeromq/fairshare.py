@@ -6,17 +6,20 @@ full prefetch while others have nothing left to do. The broker knows who consume
 from a queue, so it grants at most ``ceil(waiting / consumers)`` (guided
 self-scheduling: large grants while much is waiting, one at a time near the end),
 where ``consumers`` are the owners that asked that queue for messages (not a
-mailbox's group) within the last ``CONSUMER_WINDOW`` seconds.
+mailbox's group) within the last ``CONSUMER_WINDOW`` seconds, or that have a
+receive waiting on it (an idle engine's waits far longer than the window).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["CONSUMER_WINDOW", "FairShare"]
 
 #: Seconds after its last receive that an owner stops counting as a queue's consumer
-#: (an idle engine asks again at least every receive wait, a busy one between tasks).
+#: (a busy engine asks between tasks; an idle one keeps a receive waiting, and counts
+#: while it does: see ``FairShare``'s ``waiting``).
 CONSUMER_WINDOW = 5.0
 _PRUNE_INTERVAL = 1.0
 
@@ -26,12 +29,19 @@ class FairShare:
 
     Args:
         window: seconds a consumer counts after its last receive.
+        waiting: ``waiting(queue, owner)``: whether ``owner`` has a receive waiting on
+            ``queue`` now; such an owner counts however long ago it asked.
     """
 
-    def __init__(self, window: float = CONSUMER_WINDOW) -> None:
+    def __init__(
+        self,
+        window: float = CONSUMER_WINDOW,
+        waiting: Callable[[str, Any], bool] | None = None,
+    ) -> None:
         if window <= 0:
             raise ValueError("the consumer window must be positive")
         self.window = window
+        self._waiting = waiting
         self._seen: dict[str, dict[Any, float]] = {}
         self._next_prune = 0.0
 
@@ -61,9 +71,11 @@ class FairShare:
     def _prune(self, now: float) -> None:
         self._next_prune = now + _PRUNE_INTERVAL
         oldest = now - self.window
+        waiting = self._waiting
         for queue in list(self._seen):
             seen = self._seen[queue]
             for owner in [o for o, at in seen.items() if at < oldest]:
-                del seen[owner]
+                if waiting is None or not waiting(queue, owner):
+                    del seen[owner]
             if not seen:
                 del self._seen[queue]

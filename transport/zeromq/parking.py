@@ -162,6 +162,11 @@ class Parking:
                 waiter.deadline = deadline  # the later heap entry finds it done: skipped
                 heapq.heappush(self._deadlines, (deadline, next(self._seq), waiter))
 
+    def waits_on(self, queue: str, owner: bytes) -> bool:
+        """Whether ``owner`` has a receive parked on ``queue`` (any group's, not a
+        mailbox's)."""
+        return any(w.queue == queue and w.group is None for w in self._by_owner.get(owner, ()))
+
     def take_owner(self, owner: bytes) -> list[Waiter]:
         """Take out every receive ``owner`` has parked, to be answered now."""
         waiters = list(self._by_owner.get(owner, ()))
