@@ -262,6 +262,18 @@ class EngineTable:
             self._owners[owner] = engine_id
         return True
 
+    def heard_from(self, last_heard: Mapping[Any, float]) -> None:
+        """Bring each engine's ``last_seen`` up to when its connection was last heard
+        from (``last_heard``: owner -> time): an idle engine's report does not change,
+        so it sends none while its receives wait at the broker (the zmq heartbeat
+        rule), yet each receive it sends again shows it is there."""
+        engines = self._engines
+        for owner, engine_id in self._owners.items():
+            at = last_heard.get(owner)
+            entry = engines.get(engine_id)
+            if at is not None and entry is not None and at > entry["last_seen"]:
+                entry["last_seen"] = at
+
     def owner_gone(self, owner: Any, state: str = "gone") -> None:
         """The connection ``owner`` ended: its engine, if any, is ``gone`` (silent) or
         ``stopped`` (it said goodbye)."""

@@ -193,3 +193,22 @@ def test_a_parked_client_sends_no_heartbeat_yet_keeps_its_lease(counting_broker)
         assert client.receive("idle", timeout=10 * interval) == []  # 3x past liveness
         assert client._schedule.last_beat == beats_before  # no heartbeat went meanwhile
         client.complete(held)  # still ours: the broker did not count the client gone
+
+
+def test_an_idle_engine_that_sends_no_report_while_parked_stays_in_the_engine_table():
+    """Its report does not change, so no heartbeat carries it while its receives wait;
+    the receives it sends again show it there: ``last_seen`` follows them (it used to
+    stay at the last report, and the engine left the table after ENGINE_GONE_AFTER)."""
+    broker = Broker("tcp://127.0.0.1:0", context=zmq.Context())
+    try:
+        broker.store.declare("idle")
+        owner = _owner(3)
+        report = {"id": "engine-1", "state": "idle", "task": None, "done": 0}
+        beat = wire.Request(wire.HEARTBEAT, 1, [1.0, report])
+        broker._dispatch(beat, owner + bytes(4), owner, 100.0)
+        broker._last_seen[owner] = 970.0  # its last receive, sent again (no report since)
+        [engine] = broker.stats(now=1000.0).engines
+        assert engine.id == "engine-1" and engine.last_seen == 970.0
+        assert engine.state == "idle"
+    finally:
+        broker.close()

@@ -328,6 +328,7 @@ class Broker:
         """The store's queues and mailboxes, the engines that reported, and the loop's
         counters (call on the loop's thread; other threads read ``last_stats``)."""
         now = time.time() if now is None else now
+        self.engines.heard_from(self._last_seen)  # idle engines send no report while parked
         queues, mailboxes = self.store.queue_stats()
         return TransportStats(
             transport="zmq",
