@@ -92,11 +92,12 @@ class _Client:
         sock.connect(endpoint)
         return sock
 
-    def send_receive(self, now: float) -> None:
+    def send_receive(self, now: float, wait: float | None = None) -> None:
+        wait = self.wait if wait is None else wait
         if self.report is not None:  # the engine: its control queue, in its own group
-            args: list[Any] = [CONTROL_QUEUE, 64, self.wait, self.engine_id]
+            args: list[Any] = [CONTROL_QUEUE, 64, wait, self.engine_id]
         else:  # the task worker: the task queue, room for a prefetch of 16
-            args = [TASK_QUEUE, 16, self.wait, None]
+            args = [TASK_QUEUE, 16, wait, None]
         self.sent += 1
         self.requests.send(wire.encode_request(wire.RECEIVE, self.sent, *args))
         self.schedule.request_sent(now)
@@ -143,6 +144,7 @@ class IdleEngines:
             self._by_socket[client.requests] = client
             self._by_socket[client.beat] = client
         self.answered = 0
+        self._parked = False
 
     def _declare(self, endpoint: str) -> None:
         sock = self.context.socket(zmq.DEALER)
@@ -155,26 +157,31 @@ class IdleEngines:
         sock.close()
 
     def run(self, seconds: float) -> None:
-        """Behave like idle engines for ``seconds`` (the first receives spread over a wait)."""
+        """Behave like idle engines for ``seconds``.
+
+        The first call parks every client's first receive at once, each for a random
+        part of a wait, as if they had been idle for long: their waits end spread out,
+        as in the steady state, from the start (a window of one wait shows it).
+        """
         start = time.monotonic()
-        timers: list[tuple[float, int, int]] = []  # (due, client index, 0 receive / 1 beat)
+        if not self._parked:
+            self._parked = True
+            for client in self.clients:
+                client.send_receive(start, random.uniform(0, self.wait))
+        timers: list[tuple[float, int]] = []  # (due, client index): its heartbeat's next look
         for index in range(len(self.clients)):
-            heapq.heappush(timers, (start + random.uniform(0, self.wait), index, 0))
-            heapq.heappush(timers, (start + random.uniform(0, HEARTBEAT_INTERVAL), index, 1))
+            heapq.heappush(timers, (start + random.uniform(0, HEARTBEAT_INTERVAL), index))
         poller = zmq.Poller()
         for sock in self._by_socket:
             poller.register(sock, zmq.POLLIN)
         end = start + seconds
         while (now := time.monotonic()) < end:
             while timers and timers[0][0] <= now:
-                _due, index, kind = heapq.heappop(timers)
+                _due, index = heapq.heappop(timers)
                 client = self.clients[index]
-                if kind == 0:
-                    client.send_receive(now)
-                    continue
                 if client.schedule.due(now, client.report):
                     client.heartbeat(now)
-                heapq.heappush(timers, (client.schedule.next_check(now), index, 1))
+                heapq.heappush(timers, (client.schedule.next_check(now), index))
             wait = min(end, timers[0][0] if timers else end) - now
             for sock, _event in poller.poll(max(1, int(wait * 1000))):
                 client = self._by_socket[sock]

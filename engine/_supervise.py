@@ -75,8 +75,11 @@ WHY_CANCELLED = "cancelled"
 WHY_TIMEOUT = "timeout"
 #: seconds an idle receive (the task worker's, the control thread's) waits at the
 #: broker: long where the transport can end it early (``Capabilities.wake``: a stop
-#: wakes it), so that hundreds of idle engines cost the broker little (issue 21)
-IDLE_WAIT = 5.0
+#: wakes it), so that hundreds of idle engines cost the broker little (issue 21). It
+#: does not slow down noticing a dead engine: the zmq broker cuts the wait of a client
+#: that holds leases to ``Broker.leased_wait`` (5 s), nor a dead or restarted broker:
+#: heartbeats tell while a receive waits (``transport/zeromq/heartbeat.py``)
+IDLE_WAIT = 30.0
 #: the same where it cannot: a stop waits for it to end
 SHORT_IDLE_WAIT = 0.5
 

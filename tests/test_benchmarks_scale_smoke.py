@@ -43,7 +43,8 @@ def test_every_scale_workload_gives_its_figures(no_leaked_processes, capsys):
     assert set(by_workload["scale-sessions"]) == {"1", "2"}
     assert by_workload["scale-queued"]["200"]["drain_per_s"] > 0
     idle = by_workload["scale-idle"]["4"]
-    # idle receives wait 5 s (engine._supervise.IDLE_WAIT): none ends in a 0.3 s window
+    # idle receives wait 30 s (engine._supervise.IDLE_WAIT), each first one a random part
+    # of it (as if long idle): in a 0.3 s window few or none end, so only the signs count
     assert idle["engines"] == 4 and idle["broker_cpu_pct"] >= 0 and idle["receives_per_s"] >= 0
     pool = by_workload["scale-idle-pool"]["1"]
     assert set(pool) == {"engine_cpu_pct", "worker_cpu_pct", "broker_cpu_pct", "client_cpu_pct"}

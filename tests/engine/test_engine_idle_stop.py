@@ -10,13 +10,16 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
-from engine_helpers import TASKS, read_line, stop_process
+import zmq
+from engine_helpers import TASKS, Harness, read_line, stop_process
 
 from realtime_batch.control import CONTROL_QUEUE, stop_message
 from realtime_batch.engine import _supervise
+from realtime_batch.transport.zeromq.broker import DEFAULT_LEASED_WAIT, Broker
 
 LONG_WAIT = 300.0
 BOUND = 60.0  # seconds: functional (a stop that waited out a receive would take 300)
@@ -56,3 +59,39 @@ def test_a_signal_ends_an_idle_engine_process(zmq_broker, tmp_path, no_leaked_pr
         assert proc.wait(BOUND) == 0
     finally:
         stop_process(proc, signal.SIGKILL)
+
+
+def test_an_idle_engine_parks_its_receives_for_the_whole_idle_wait(tmp_path):
+    """Direct mode on a broker in this process: once its task is done the worker's
+    task receive and the engine's control receive wait ``IDLE_WAIT`` at the broker,
+    not cut short (the engine holds no lease: ``Broker.leased_wait``)."""
+    broker = Broker("tcp://127.0.0.1:0", context=zmq.Context())
+    serving = threading.Thread(target=broker.run, daemon=True)
+    serving.start()
+    try:
+        harness = Harness(TASKS, tmp_path / "wd", "zmq://" + broker.endpoint[len("tcp://") :])
+        (tmp_path / "wd").mkdir()
+        try:
+            harness.engine()
+            harness.submit("noop.py")
+            assert harness.result().status == "ok"
+            end = time.monotonic() + BOUND
+            while True:
+                left: dict[str, float] = {}
+                for deadline, _seq, waiter in list(broker._parking._deadlines):
+                    if not waiter.done:
+                        left[waiter.queue] = min(left.get(waiter.queue, deadline), deadline)
+                if harness.queue in left and CONTROL_QUEUE in left:
+                    break
+                assert time.monotonic() < end, f"not both parked: {left}"
+                time.sleep(0.1)
+            now = time.time()
+            assert _supervise.IDLE_WAIT > 3 * DEFAULT_LEASED_WAIT
+            for queue in (harness.queue, CONTROL_QUEUE):  # far more than a cut wait's 5 s
+                assert left[queue] - now > _supervise.IDLE_WAIT / 2, (queue, left[queue] - now)
+        finally:
+            harness.close()
+    finally:
+        broker.stop()
+        serving.join(10)
+        broker.close()
