@@ -18,9 +18,10 @@ once, and one left unanswered is sent again each interval until the broker
 answers, so a dead or restarted broker is still noticed within the liveness time
 (the reply carries the broker's epoch: a restarted broker gets the parked receives
 again).
-An idle engine keeps its receives parked for seconds, so it sends next to
-nothing while it idles: with hundreds of engines that is most of what idle
-engines cost the broker.
+An idle engine keeps its receives parked for tens of seconds (a client that holds
+leases for 5 s at most: the broker ends its waits then, ``Broker.leased_wait``), so
+it sends next to nothing while it idles: with hundreds of engines that is most of
+what idle engines cost the broker.
 """
 
 from __future__ import annotations
