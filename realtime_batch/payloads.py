@@ -230,16 +230,29 @@ class Payloads:
         Raises:
             PayloadError: a payload is missing, corrupt, or there is no store.
         """
-        where = space(task)
-
-        def value(item: Any) -> Any:
-            return _resolved(self.fetch(task.job, where, item), value)
-
+        # A plain callable, not a closure calling itself: that one was a reference cycle
+        # (function -> its cell -> function) holding the task, its values with it, until
+        # the next garbage collection, ~50 tasks later in a worker (#20).
+        value = _Fetcher(self, task.job, space(task))
         args = _resolved(task.args, value)
         kwargs = _resolved(task.kwargs, value)
         if args is task.args and kwargs is task.kwargs:
             return task
         return replace(task, args=args, kwargs=kwargs)
+
+
+class _Fetcher:
+    """``resolve_task``'s fetch: a reference's value, the references in it fetched too."""
+
+    __slots__ = ("job", "payloads", "where")
+
+    def __init__(self, payloads: Payloads, job: str, where: str) -> None:
+        self.payloads = payloads
+        self.job = job
+        self.where = where
+
+    def __call__(self, ref: PayloadRef) -> Any:
+        return _resolved(self.payloads.fetch(self.job, self.where, ref), self)
 
 
 def _resolved(item: Any, fetch: Callable[[PayloadRef], Any]) -> Any:

@@ -494,10 +494,14 @@ class QueueStore:
     def _to_dlq(self, q: _Queue, entry: _Entry, reason: str, description: str, now: float) -> None:
         self._removed(q, entry)
         q.dead_lettered += 1
-        props = dict(entry.message.properties)
+        message = entry.message
+        props = dict(message.properties)
         props[DEAD_LETTER_REASON] = reason
         props[DEAD_LETTER_DESCRIPTION] = description
-        dead = attrs.evolve(entry.message, properties=props, ttl=None)
+        body = message.body
+        if type(body) is not bytes:  # the zmq broker keeps a large body as its frame
+            body = bytes(body)
+        dead = attrs.evolve(message, body=body, properties=props, ttl=None)
         dlq = self._queues.get(dead_letter_queue(q.name))
         if dlq is not None:  # a message already in a DLQ is dropped rather than looped
             self._push(dlq, _Entry(dead, next(self._seq), now), new=True)

@@ -285,7 +285,7 @@ class Broker:
         )
         sock = self._socket
         recv = self._recv_authenticated if self._callers is not None else None
-        recv = recv or functools.partial(wire.recv_frames, sock)
+        recv = recv or functools.partial(wire.recv_request, sock)
         handle = self._handle
         events = functools.partial(zmq.backend.Socket.get, sock)
         clock = time.perf_counter
@@ -342,7 +342,7 @@ class Broker:
             taken_at=now,
         )
 
-    def _recv_authenticated(self, flags: int = 0) -> list[bytes]:
+    def _recv_authenticated(self, flags: int = 0) -> list[Any]:
         """Receive a request and set ``_caller`` to the identity of its CURVE key."""
         frames, user = wire.recv_frames_with_user(self._socket, flags)
         assert self._callers is not None

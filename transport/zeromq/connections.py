@@ -38,6 +38,10 @@ _LAST_DATA_RECV_OFFSET = 52
 _EVENT_FRAME = struct.Struct("=HI")  # a monitor event's first frame: event id, value
 _WARN_EVERY = 10.0  # seconds between repeated warnings
 _EVENTS_PER_CHECK = 4096  # monitor events read by one ``check`` at most
+# ``check`` runs on every turn of the broker's loop: with plain ints ``get(EVENTS) &
+# POLLIN`` skips pyzmq's enum arithmetic (a ``check`` with nothing to read: 6.6 -> 4.6 µs)
+_EVENTS_OPTION = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 
 
 def raise_fd_limit() -> None:
@@ -125,7 +129,7 @@ class ConnectionGuard:
         # one ACCEPT_FAILED event each, as fast as they are read here; an unbounded drain
         # never got to close anything (the broker stayed locked out, seen on one kernel).
         for _ in range(_EVENTS_PER_CHECK):
-            if not monitor.get(zmq.EVENTS) & zmq.POLLIN:
+            if not monitor.get(_EVENTS_OPTION) & _POLLIN:
                 break
             # zmq.utils.monitor would decode this too, but it imports asyncio (+6 MB RSS)
             kind, value = _EVENT_FRAME.unpack_from(monitor.recv_multipart(zmq.NOBLOCK)[0])

@@ -6,7 +6,10 @@ A request is one ZeroMQ multipart message sent by a DEALER::
 
 ``header`` is a small orjson array ``[VERSION, command, request_id, *args]``; the
 payload carries messages as two frames each, ``meta`` (an orjson array) and the
-raw ``body`` (never re-encoded, so bodies are not copied into JSON). A reply is::
+raw ``body`` (never re-encoded, so bodies are not copied into JSON). The broker
+receives a large body as the ZeroMQ frame itself (``recv_request``) and sends that
+frame on to its consumer: ZeroMQ shares the buffer, so a body of
+``PASS_THROUGH_SIZE`` bytes or more is never copied in the broker. A reply is::
 
     [reply_header, *payload]
 
@@ -57,6 +60,7 @@ __all__ = [
     "HEARTBEAT",
     "MAX_META_SIZE",
     "OK",
+    "PASS_THROUGH_SIZE",
     "RECEIVE",
     "RELEASE",
     "RENEW",
@@ -79,6 +83,7 @@ __all__ = [
     "error_for",
     "recv_frames",
     "recv_frames_with_user",
+    "recv_request",
     "send_frames",
 ]
 
@@ -303,11 +308,17 @@ def _decode_message(meta_frame: bytes, body: bytes) -> Message:
     # Messages at the broker are never mutated (dead-lettering copies the properties),
     # so they can share one empty dict: 64 bytes less per queued message.
     props = props if props else _NO_PROPERTIES
-    return _message(bytes(body), message_id, group, correlation_id, props, ttl)
+    kind = type(body)
+    if kind is not bytes and kind is not zmq.Frame:  # a large body stays the frame it came in
+        body = bytes(body)
+    return _message(body, message_id, group, correlation_id, props, ttl)
 
 
 def decode_request(frames: Sequence[bytes], max_message_size: int) -> Request:
     """Validate and decode the frames of a request (without the routing id).
+
+    A message body that is a ``zmq.Frame`` (``recv_request``) is kept as it is: the
+    message's ``body`` is then that frame, which the broker sends on without a copy.
 
     Raises:
         FrameError: anything that does not follow the protocol, including a message body
@@ -447,10 +458,19 @@ _RCVMORE = int(zmq.RCVMORE)
 # Zero-copy hands the frame to pyzmq's gc thread to free: below a few hundred KiB that
 # costs more than the copy (a 100 KiB echo round trip measured 30 % faster copied).
 _ZERO_COPY_SIZE = 256 * 1024
+#: Bodies of this many bytes or more stay ZeroMQ frames in the broker (``recv_request``):
+#: sent on by reference, never copied. Smaller ones become bytes: a frame object costs
+#: more than copying a few KiB, and a body under ZeroMQ's 8 KiB read batch shares its
+#: buffer with the messages read with it (a frame kept would keep them all).
+PASS_THROUGH_SIZE = 64 * 1024
 
 
 def send_frames(sock: zmq.Socket, frames: Sequence[Any], flags: int = 0) -> None:
-    """Send a multipart message (large frames without a copy)."""
+    """Send a multipart message (large frames without a copy).
+
+    A ``zmq.Frame`` (a body the broker received, ``recv_request``) is sent by
+    reference: ZeroMQ shares its buffer, whatever its size.
+    """
     last = len(frames) - 1
     more = flags | _SNDMORE
     for i, frame in enumerate(frames):
@@ -465,18 +485,37 @@ def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[bytes]:
     return parts
 
 
-def recv_frames_with_user(sock: zmq.Socket, flags: int = 0) -> tuple[list[bytes], str | None]:
-    """Receive a multipart message and the User-Id ZAP gave its connection (CURVE key).
+def recv_request(sock: zmq.Socket, flags: int = 0) -> list[Any]:
+    """Receive a request at the broker: ``[identity, header, meta, body, ...]``.
+
+    As ``recv_frames``, except that each body (the frames after a message's meta) of
+    ``PASS_THROUGH_SIZE`` bytes or more is left the ``zmq.Frame`` it arrived as, for
+    the broker to send on without copying it (``send_frames``).
+    """
+    parts = [_recv(sock, flags)]
+    return _recv_rest(sock, flags, parts)
+
+
+def _recv_rest(sock: zmq.Socket, flags: int, parts: list[Any]) -> list[Any]:
+    while _get(sock, _RCVMORE):
+        if len(parts) & 1 and len(parts) > 2:  # a body: 3, 5, 7... after identity, header
+            frame = _recv(sock, flags, False)
+            parts.append(frame if len(frame) >= PASS_THROUGH_SIZE else frame.bytes)
+        else:
+            parts.append(_recv(sock, flags))
+    return parts
+
+
+def recv_frames_with_user(sock: zmq.Socket, flags: int = 0) -> tuple[list[Any], str | None]:
+    """Receive a request as ``recv_request`` does, and the User-Id ZAP gave its
+    connection (CURVE key).
 
     The first frame is received without a copy only to read its metadata (a fraction
-    of a microsecond); the rest as ``recv_frames`` does.
+    of a microsecond).
     """
     first = _recv(sock, flags, False)
     try:
         user = first.get("User-Id")
     except zmq.ZMQError:  # no ZAP handler authenticated this connection
         user = None
-    parts = [first.bytes]
-    while _get(sock, _RCVMORE):
-        parts.append(_recv(sock, flags))
-    return parts, user
+    return _recv_rest(sock, flags, [first.bytes]), user
