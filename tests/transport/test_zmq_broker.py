@@ -279,3 +279,21 @@ def test_a_released_stale_grant_is_not_charged_a_delivery(zmq_transport_url, que
         assert again.message.body == b"task"
         assert again.delivery_count == 1
         t.complete(again)
+
+
+def test_the_connection_guard_is_read_every_10_ms_not_every_turn_unless_under_pressure():
+    broker = Broker("tcp://127.0.0.1:0", context=zmq.Context())
+    checks = []
+    broker._guard.check = lambda now: checks.append(now)  # count instead of reading
+    try:
+        for _ in range(5):  # five turns within the same millisecond
+            broker._timers(1000.0)
+        assert len(checks) == 1
+        broker._timers(1000.011)
+        assert len(checks) == 2
+        broker._guard.under_pressure = True  # near the cap: every turn
+        for _ in range(3):
+            broker._timers(1000.012)
+        assert len(checks) == 5
+    finally:
+        broker.close()

@@ -99,6 +99,10 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
 _EVENTS = int(zmq.EVENTS)  # requests handled per wake-up before timers run again
 _PRESSURE_POLL = 0.005  # seconds between connection checks while near the cap
+#: seconds between connection checks otherwise: reading the monitor costs ~5 µs, too
+#: much for every turn of a busy loop (a round trip is several turns), and counting a
+#: new connection 10 ms late changes nothing
+_GUARD_INTERVAL = 0.01
 _PURGE_INTERVAL = 1.0  # seconds between sweeps of expired messages nobody receives
 _STATS_INTERVAL = 1.0  # seconds between the snapshots kept in ``last_stats``
 #: Seconds the loop keeps polling for the next request before sleeping (see above).
@@ -246,6 +250,7 @@ class Broker:
         self._owner_interval: dict[bytes, float] = {}
         self._next_owner_check = 0.0
         self._next_purge = 0.0
+        self._next_guard = 0.0
         self.requests_handled = 0
         self._moved = False  # this turn stored, delivered or settled messages: spin after it
         #: how soon each connection speaks after an answer; this turn answered a quick one
@@ -353,7 +358,9 @@ class Broker:
     def _timers(self, now: float) -> float:
         """Run due timers; return seconds until the next one (capped)."""
         store = self.store
-        self._guard.check(now)
+        if now >= self._next_guard or self._guard.under_pressure:
+            self._guard.check(now)
+            self._next_guard = now + _GUARD_INTERVAL
         next_lease = store.expire(now)
         tick = self.timer_tick
         for waiter in self._parking.expire(math.floor(now / tick) * tick):
