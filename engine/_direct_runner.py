@@ -45,13 +45,16 @@ class DirectControl(ControlPipe):
     """The control pipe of a direct worker: read up to ``G`` by ``wait_go``, then by a
     thread of its own (``follow``)."""
 
-    def follow(self, on_drain: Callable[[], None]) -> None:
-        """Read the pipe in a thread until ``D`` (or the engine is gone), then ``on_drain``."""
+    def follow(self, on_drain: Callable[[], None], on_cancels: Callable[[], None]) -> None:
+        """Read the pipe in a thread until ``D`` (or the engine is gone), then ``on_drain``;
+        ``on_cancels`` after each read that brought cancel requests."""
 
         def run() -> None:
             while not self.draining:
                 select.select([self.fd], [], [])
                 self.poll()
+                if self.arrived:
+                    on_cancels()
             on_drain()
 
         threading.Thread(target=run, name="control", daemon=True).start()
@@ -110,13 +113,18 @@ class DirectRunner:
         being sent, hands freed heap back to the system (both from the worker module).
         """
         backoff = Backoff()
-        drained = threading.Event()
+        poked = threading.Event()  # a drain, or cancels while retries back off
 
         def on_drain() -> None:  # ends a waiting receive, or a wait for a retry
-            drained.set()
+            poked.set()
             self.transport.wake()
 
-        self.control.follow(on_drain)
+        def on_cancels() -> None:  # a retry backing off may be cancelled: look now
+            if self.delayed:  # (the receive waits for the first one's time to come)
+                poked.set()
+                self.transport.wake()
+
+        self.control.follow(on_drain, on_cancels)
         unsent_since: float | None = None  # monotonic time the oldest unsent result's task began
         self.outbox.observer.report(time.time())  # this worker's part of the engine's report
         self._settler.start()
@@ -166,7 +174,9 @@ class DirectRunner:
                     if self._settler.unsettled:
                         self._settle_lock.wait(wait)  # the settler frees slots
                         continue
-                drained.wait(wait)
+                poked.wait(wait)
+                if not self.control.draining:
+                    poked.clear()
                 continue
             try:
                 if entries:

@@ -89,10 +89,13 @@ def test_timeout_in_retry_on_is_retried(harness: Harness):
     assert result.error.type == "TaskTimeoutError" and result.attempt == 2
 
 
-def test_cancel_during_backoff_stops_the_retries(harness: Harness, tasks_dir, tmp_path):
+@pytest.mark.parametrize("prefetch", [2, 1])  # 1: the retry holds the only slot
+def test_cancel_during_backoff_stops_the_retries(harness: Harness, tasks_dir, tmp_path, prefetch):
+    """The cancel is seen at once, not when the engine's wait for the retry ends (idle
+    waits of 30 s made the direct worker's receive last until the retry was due)."""
     from realtime_batch.control import CONTROL_QUEUE, cancel_messages
 
-    engine = harness.engine(tasks_dir=tasks_dir, retry_backoff=30)
+    engine = harness.engine(tasks_dir=tasks_dir, retry_backoff=30, prefetch=prefetch)
     log = tmp_path / "log"
     task = harness.submit("flaky_log.py", str(log), 99, max_retries=5, retry_on=["FlakyError"])
     end = time.monotonic() + 30
