@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -126,6 +127,29 @@ _CANCELLED_AND_NOTIFIED = _base.CANCELLED_AND_NOTIFIED
 _DONE = frozenset({_CANCELLED, _CANCELLED_AND_NOTIFIED, _FINISHED})
 
 
+class _Wake:
+    """What a caller blocked in ``TaskFuture.result`` waits on: one lock, released by the
+    future when it finishes or is cancelled (the interface of ``concurrent.futures``'
+    waiters). The stdlib's waiter is an ``Event`` (a ``Condition`` and a lock made per
+    wait, and a notify on the way out): this is the cheapest hand-off from the session's
+    listener thread to the caller."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def _wake(self, _future: concurrent.futures.Future) -> None:
+        with contextlib.suppress(RuntimeError):  # woken twice: once is enough
+            self._lock.release()
+
+    add_result = add_exception = add_cancelled = _wake
+
+    def wait(self, timeout: float | None) -> None:
+        self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
+
+
 class TaskFuture(concurrent.futures.Future):
     """A ``concurrent.futures.Future`` for one task, carrying its ``task_id``.
 
@@ -211,7 +235,16 @@ class TaskFuture(concurrent.futures.Future):
         """
         if self._state in _DONE:
             return
-        concurrent.futures.wait((self,), timeout, concurrent.futures.FIRST_COMPLETED)
+        wake = _Wake()
+        with self._condition:
+            if self._state in _DONE:
+                return
+            self._waiters.append(wake)
+        try:
+            wake.wait(timeout)
+        finally:
+            with self._condition:
+                self._waiters.remove(wake)
         if self._state not in _DONE:
             raise TimeoutError(self._timeout_message(timeout))
 
