@@ -8,13 +8,13 @@ receives on the results queue); no engine: the tasks are never answered.
 from __future__ import annotations
 
 import collections
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import zmq
+from broker_in_thread import running, url_of
 
 import realtime_batch as rb
 from realtime_batch.orchestrator import _listening
@@ -37,19 +37,11 @@ class _CountingBroker(Broker):
 
 @pytest.fixture
 def broker() -> Iterator[_CountingBroker]:
-    made = _CountingBroker("tcp://127.0.0.1:0", context=zmq.Context())
-    thread = threading.Thread(target=made.run, daemon=True)
-    thread.start()
-    try:
-        yield made
-    finally:
-        made.stop()
-        thread.join(5)
-        made.close()
+    with running(_CountingBroker("tcp://127.0.0.1:0", context=zmq.Context())) as serving:
+        yield serving
 
 
-def _url(broker: Broker) -> str:
-    return "zmq://" + broker.endpoint.removeprefix("tcp://")
+_url = url_of
 
 
 def _results_receives(broker: _CountingBroker) -> int:
