@@ -654,6 +654,6 @@ class Broker:
         except (zmq.Again, zmq.ZMQError) as exc:  # peer gone or its queue full
             logger.debug("reply to %s dropped: %s", bytes(frames[0]).hex(), exc)
             return False
-        if self._gaps.answered(frames[0], time.time(), delivered):
-            self._quick = True
+        if self.spin and self._gaps.answered(frames[0], time.time(), delivered):
+            self._quick = True  # (no spin, e.g. on one CPU: nothing to estimate)
         return True

@@ -60,13 +60,11 @@ class ReplyGaps:
         """The broker sent ``identity`` an answer at ``now`` (``delivered``: with messages);
         True if it usually speaks again within the spin after such an answer (so a spin
         after this turn is likely to find its request)."""
-        answered = self._answered
-        if len(answered) >= self._limit and identity not in answered:
-            self.clear()
+        answered, gaps = self._answered, self._gap[delivered]
+        new = identity not in answered and identity not in gaps
+        if new and (len(answered) >= self._limit or len(gaps) >= self._limit):
+            self.clear()  # before it is written: what is kept stays consistent
         answered[identity] = (now, delivered)
-        gaps = self._gap[delivered]
-        if len(gaps) >= self._limit and identity not in gaps:
-            self.clear()
         return gaps.get(identity, 0.0) < self.spin
 
     def clear(self) -> None:
