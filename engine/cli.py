@@ -78,7 +78,7 @@ def _refuse_worker_mode(ctx: click.Context, param: click.Parameter, value: str |
         raise click.UsageError(f"--worker-mode: {WORKER_MODE_REMOVED}", ctx)
 
 
-@click.command("engine")
+@click.command("engine", context_settings={"show_default": True})
 @click.option(
     "--transport",
     "transport_url",
@@ -123,7 +123,6 @@ def _refuse_worker_mode(ctx: click.Context, param: click.Parameter, value: str |
     "--prefetch",
     type=click.IntRange(min=1),
     default=DEFAULT_PREFETCH,
-    show_default=True,
     help="Deliveries held at once (one running, the rest leased and waiting).",
 )
 @click.option("--engine-id", default=None, help="Id carried in results. Default: HOSTNAME-PID.")
@@ -131,7 +130,6 @@ def _refuse_worker_mode(ctx: click.Context, param: click.Parameter, value: str |
     "--lock-duration",
     type=float,
     default=DEFAULT_LOCK_DURATION,
-    show_default=True,
     envvar="RTBATCH_LOCK_DURATION",
     help="Lease in seconds of the task queue: the queue's setting (it is renewed well "
     "before), and what the engine creates it with.",
@@ -140,7 +138,6 @@ def _refuse_worker_mode(ctx: click.Context, param: click.Parameter, value: str |
     "--max-delivery-count",
     type=click.IntRange(min=1),
     default=DEFAULT_MAX_DELIVERY_COUNT,
-    show_default=True,
     envvar="RTBATCH_MAX_DELIVERY_COUNT",
     help="Deliveries before a task is dead-lettered: the queue's setting (the last delivery "
     "of a crashing task gets an error result), and what the engine creates it with.",
@@ -155,27 +152,23 @@ def _refuse_worker_mode(ctx: click.Context, param: click.Parameter, value: str |
     "--grace",
     type=float,
     default=10.0,
-    show_default=True,
     help="Seconds the running task may take to finish on SIGTERM/SIGINT.",
 )
 @click.option(
     "--retry-backoff",
     type=click.FloatRange(min=0),
     default=0.1,
-    show_default=True,
     help="Seconds before retrying a retry_on failure (doubles per attempt, jittered).",
 )
 @click.option(
     "--control-queue",
     default="control",
-    show_default=True,
     help="Grouped queue of cancel requests; the engine reads the group named by its id.",
 )
 @click.option(
     "--result-ttl",
     type=click.FloatRange(min=0.001),
     default=86400.0,
-    show_default=True,
     envvar="RTBATCH_RESULT_TTL",
     help="Seconds a result waits in a mailbox before it expires (a dead client's results).",
 )
@@ -206,7 +199,6 @@ def _refuse_worker_mode(ctx: click.Context, param: click.Parameter, value: str |
     "--max-output",
     type=_Size(),
     default="16m",
-    show_default=True,
     help="What one task's output may hold: its print output to the log, and a jar's "
     "stdout and stderr each; the rest is dropped with a '[... N bytes dropped]' line.",
 )
@@ -221,14 +213,12 @@ def _refuse_worker_mode(ctx: click.Context, param: click.Parameter, value: str |
     "--log-max-bytes",
     type=_Size(),
     default="10m",
-    show_default=True,
     help="Size at which --log-file is rotated.",
 )
 @click.option(
     "--log-backups",
     type=click.IntRange(min=1),
     default=5,
-    show_default=True,
     help="Rotated --log-file copies kept (FILE.1 ... FILE.N).",
 )
 @click.option(
@@ -254,26 +244,15 @@ def engine(
     pass_env: tuple[str, ...],
     queue: str | None,
     tasks_dir: str,
-    work_dir: str | None,
-    prefetch: int,
-    engine_id: str | None,
-    lock_duration: float,
-    max_delivery_count: int,
-    default_timeout: float | None,
-    grace: float,
-    retry_backoff: float,
-    control_queue: str,
-    result_ttl: float,
     allow_jvm_options: tuple[str, ...],
     max_jvm_heap: int | None,
-    max_output: int,
     log_file: str | None,
     log_max_bytes: int,
     log_backups: int,
-    jvm_host_options: tuple[str, ...],
     curve_options: dict[str, str],
     log_level: str | None,
     metrics_port: int | None = None,
+    **engine_options: Any,
 ) -> None:
     """Run an engine that pulls tasks from QUEUE and runs them.
 
@@ -317,23 +296,12 @@ def engine(
             url,
             queue,
             tasks_dir,
-            work_dir=work_dir,
-            prefetch=prefetch,
-            engine_id=engine_id,
-            default_timeout=default_timeout,
-            lock_duration=lock_duration,
-            max_delivery_count=max_delivery_count,
-            grace=grace,
             on_ready=announce,
-            retry_backoff=retry_backoff,
-            control_queue=control_queue,
-            result_ttl=result_ttl,
             pass_env=pass_env,
             jvm_options=jvm_options,
-            max_output=max_output,
             worker_log=worker_log,
-            jvm_host_options=jvm_host_options,
             transport_options=curve_options,
+            **engine_options,  # the options named as Engine's keywords
         )
         metrics = None
         if metrics_port is not None:
