@@ -112,8 +112,9 @@ class Listener:
     def _loop(self) -> None:
         transport = self._transport
         # zmq: the deliveries of a batch are completed by the request that receives the
-        # next one (one request per batch instead of two)
-        settle_and_receive = getattr(transport, "settle_and_receive", None)
+        # next one (one request per batch instead of two); elsewhere as soon as they
+        # are dispatched, by a request of their own
+        combined = transport.capabilities.settle_and_receive
         done: list[Delivery] = []
         idle_since: float | None = None
         while not self._closed.is_set():
@@ -124,8 +125,8 @@ class Listener:
                 idle_since = now
             wait = self._wait(idle_since, now)
             try:
-                if done and settle_and_receive is not None:
-                    batch, _lost = settle_and_receive(
+                if done and combined:
+                    batch, _lost = transport.settle_and_receive(
                         self._queue, [], done, self._queue,
                         max_messages=_RECEIVE_BATCH, timeout=wait, group=self._group,
                     )  # fmt: skip
@@ -147,7 +148,7 @@ class Listener:
             done = self._dispatch(batch)
             # Settle after the futures are resolved (latency), in one round trip; a
             # lease lost meanwhile only means a redelivery, dropped as a duplicate.
-            if done and settle_and_receive is None:
+            if done and not combined:
                 self._settle(transport.complete_many, done)
                 done = []
             self._on_tick()
