@@ -326,10 +326,12 @@ class Engine:
                 state = "draining"
             else:
                 state = "busy" if task is not None else "idle"
-            report = engine_report(self.engine_id, state, task, self.tasks_done)
-            if not self.direct:  # the outbox here sends every result: its counts too
-                report["busy"] = round(self._outbox.observer.busy_ratio(time.time()), 4)
-            self.transport.report_engine(report)
+            # Counts and the busy ratio are passed on by the observer of the outbox that
+            # sends the results (here, or in the direct worker) as results go out: an
+            # idle engine's report stays the same, and so costs no heartbeat.
+            self.transport.report_engine(
+                engine_report(self.engine_id, state, task, self.tasks_done)
+            )
         except Exception:  # a report is never worth stopping the engine for
             logger.debug("engine %s: report failed", self.engine_id, exc_info=True)
 
