@@ -161,6 +161,7 @@ class DirectRunner:
             if entries and not self._merge:
                 self._settle(entries)
                 entries = []
+            self.outbox.observer.report_pending(time.time())  # before a receive that may wait
             wait = self.idle_wait
             if self.delayed:
                 wait = max(0.0, min(wait, min(h.due for h in self.delayed) - time.monotonic()))

@@ -55,6 +55,7 @@ class TaskObserver:
         self.duration_sum = 0.0
         self.failures: deque[dict[str, Any]] = deque(maxlen=_FAILURES_KEPT)
         self._next_report = 0.0
+        self._unreported = False  # a result came within the interval and is not told yet
 
     def finished(
         self, task_id: str, error: tuple[str, str, str] | None, started: float, finished: float
@@ -71,6 +72,14 @@ class TaskObserver:
             return
         if finished >= self._next_report:
             self.report(finished)
+        else:
+            self._unreported = True
+
+    def report_pending(self, now: float) -> None:
+        """Report what came since the last report, if anything did (an engine going idle
+        or its once-a-second turn): the last results' figures are not left untold."""
+        if self._unreported:
+            self.report(now)
 
     def failed_for_good(
         self, task_id: str, type_: str, message: str, traceback: str = "", at: float = 0.0
@@ -96,6 +105,7 @@ class TaskObserver:
     def report(self, now: float) -> None:
         """Pass this observer's part of the engine report to the transport."""
         self._next_report = now + REPORT_INTERVAL
+        self._unreported = False
         try:
             self.transport.report_engine(
                 {

@@ -115,6 +115,7 @@ class RelayFeeder:
     def start(self) -> None:
         """Start the worker (wait until it is warm), the settler and the receiver."""
         self.pipeline.start_worker()
+        self.outbox.observer.report(time.time())  # its counts, before any result
         self.settler.start()
         self._receiver.start()
 

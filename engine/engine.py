@@ -332,6 +332,7 @@ class Engine:
             self.transport.report_engine(
                 engine_report(self.engine_id, state, task, self.tasks_done)
             )
+            self._outbox.observer.report_pending(time.time())  # relay mode: results here
         except Exception:  # a report is never worth stopping the engine for
             logger.debug("engine %s: report failed", self.engine_id, exc_info=True)
 

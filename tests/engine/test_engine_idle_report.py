@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import Any
 
-from engine_helpers import TASKS, Harness
+from engine_helpers import TASKS, Harness, open_harness
 
 
 def test_an_idle_relay_engine_passes_on_the_same_report_every_second(tmp_path):
@@ -41,3 +41,41 @@ def test_an_idle_relay_engine_passes_on_the_same_report_every_second(tmp_path):
         assert idle[0]["state"] == "idle" and idle[0]["busy"] > 0
     finally:
         harness.close()
+
+
+def test_a_relay_engine_that_ran_nothing_reports_its_counts_too(tmp_path):
+    harness = Harness(TASKS, tmp_path)
+    merged: dict[str, Any] = {}
+    report_engine = harness.transport.report_engine
+
+    def spy(report):
+        merged.update(report)
+        return report_engine(report)
+
+    harness.transport.report_engine = spy  # type: ignore[method-assign]
+    try:
+        harness.engine()
+        end = time.monotonic() + 5
+        while "state" not in merged and time.monotonic() < end:
+            time.sleep(0.05)
+        assert (merged["failed"], merged["busy"], merged["failures"]) == (0, 0.0, [])
+    finally:
+        harness.close()
+
+
+def test_a_direct_workers_last_results_reach_the_report_before_it_waits_idle(tmp_path):
+    """Results within a second of the last report were told only with the next result:
+    an engine that went idle after them kept showing a busy ratio of 0."""
+    with open_harness("direct", TASKS, tmp_path / "wd") as harness:
+        engine = harness.engine(engine_id=f"direct-{uuid.uuid4().hex[:6]}")
+        harness.submit("sleep.py", 0.2)  # within a second of the worker's first report
+        assert harness.result().status == "ok"
+        end = time.monotonic() + 10
+        busy = None
+        while time.monotonic() < end:
+            rows = [e for e in harness.transport.stats().engines if e.id == engine.engine_id]
+            busy = rows[0].busy_ratio if rows else None  # known from its first heartbeat on
+            if busy:
+                break
+            time.sleep(0.2)
+        assert busy is not None and busy > 0, busy
