@@ -155,17 +155,23 @@ def _noop_run(session: Any, n: int, tree: _Tree) -> dict[str, float]:
 
 
 def _sleep_run(
-    session: Any, n: int, engines: int, seconds: float = SLEEP_SECONDS
+    session: Any, n: int, engines: int, tree: _Tree, seconds: float = SLEEP_SECONDS
 ) -> dict[str, Any]:
-    start = time.perf_counter()
+    """``n`` tasks that sleep ``seconds``: % of ideal, the spread over the engines, and
+    what the whole tree's CPU had to give (per task, and cores busy while they ran)."""
+    (client0, kids0), start = tree.cpu(), time.perf_counter()
     where = _wait_all([session.submit("sleep_where.py", seconds) for _ in range(n)])
     elapsed = time.perf_counter() - start
+    client1, kids1 = tree.cpu()
+    cpu = (client1 - client0) + (kids1 - kids0)
     per_engine = sorted(collections.Counter(where).values())
     per_engine = [0] * (engines - len(per_engine)) + per_engine
     return {
         "efficiency": 100.0 * (n * seconds / engines) / elapsed,
         "tasks_per_engine": per_engine,
         "fair_share": n / engines,
+        "sleep_cpu_us_per_task": 1e6 * cpu / n,
+        "sleep_cores_busy": cpu / elapsed,
     }
 
 
@@ -183,9 +189,9 @@ def scale_engines(sizes: ScaleSizes) -> dict[str, Any]:
             with Session(pool, keep_results=False) as session:
                 _wait_all([session.submit("noop.py") for _ in range(50)])  # warm
                 noop = _noop_run(session, sizes.noop_n, tree)
-                sleep = _sleep_run(session, sizes.sleep_n, engines)
+                sleep = _sleep_run(session, sizes.sleep_n, engines, tree)
                 if engines == max(sizes.engines):  # the same spread, CPU not the limit
-                    long = _sleep_run(session, sizes.sleep_n, engines, LONG_SLEEP_SECONDS)
+                    long = _sleep_run(session, sizes.sleep_n, engines, tree, LONG_SLEEP_SECONDS)
                     sleep["long_efficiency"] = long["efficiency"]
         figures[str(engines)] = {
             "pool_start_s": start_s,

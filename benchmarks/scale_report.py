@@ -17,6 +17,8 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("cpu_us_per_task", "CPU µs per no-op task (whole tree)", "{:,.0f}"),
         ("efficiency", "10 ms tasks, % of ideal", "{:.1f}"),
         ("tasks_per_engine", "10 ms tasks per engine (min-max; fair share)", "spread"),
+        ("sleep_cpu_us_per_task", "CPU µs per 10 ms task (whole tree)", "{:,.0f}"),
+        ("sleep_cores_busy", "cores busy while 10 ms tasks run (whole tree)", "{:.2f}"),
         ("long_efficiency", "100 ms tasks, % of ideal (largest pool only)", "{:.1f}"),
         ("pool_start_s", "pool start, s", "{:.2f}"),
         ("start_cpu_s_per_engine", "CPU s per engine start (engine + its worker)", "{:.2f}"),

@@ -40,6 +40,8 @@ def test_every_scale_workload_gives_its_figures(no_leaked_processes, capsys):
                 "start_cpu_s_per_engine"):  # fmt: skip
         assert engines[key] > 0, key
     assert engines["cpu_us_per_task"] >= 0  # CPU times tick in 10 ms: 20 tasks may show 0
+    assert engines["sleep_cpu_us_per_task"] >= 0 and engines["sleep_cores_busy"] >= 0
+    assert "| CPU µs per 10 ms task (whole tree) |" in scale_markdown(records, None)
     assert set(by_workload["scale-sessions"]) == {"1", "2"}
     assert by_workload["scale-queued"]["200"]["drain_per_s"] > 0
     idle = by_workload["scale-idle"]["4"]
