@@ -75,10 +75,7 @@ def start_worker(
     settings: WorkerSettings, *, direct: tuple[str, int, int] | None = None
 ) -> WorkerProcess:
     """Start a worker and wait until it is warm. Raises ``WorkerStartError``."""
-    worker = WorkerProcess(
-        settings.tasks_dir, settings.work_dir, settings.engine_id, settings.max_output,
-        settings.log, settings.pass_env, settings.jvm_host_options, settings.jvm_options,
-    )  # fmt: skip
+    worker = WorkerProcess(settings)
     try:
         worker.start(direct=direct)
     except BaseException:
@@ -91,35 +88,11 @@ class WorkerProcess:
     """Engine-side handle: start, feed and kill one worker process.
 
     Args:
-        tasks_dir: directory holding the task modules and jars.
-        work_dir: the worker's current directory.
-        engine_id: passed to task code as ``engine.engine_id``.
-        pass_env: environment variables the worker gets besides the allowlist
-            (``engine.credentials.task_environment``).
-        jvm_host_options: options of the worker's warm JVM host (``jvm_host``).
-        jvm_options: the engine's policy for JVM options from messages, which also
-            bounds the options of a command list task code passes to ``java_runner``.
+        settings: what it is started with (the engine's ``WorkerSettings``).
     """
 
-    def __init__(
-        self,
-        tasks_dir: str,
-        work_dir: str,
-        engine_id: str,
-        max_output: int = DEFAULT_MAX_OUTPUT,
-        log: WorkerLog | None = None,
-        pass_env: Sequence[str] = (),
-        jvm_host_options: Sequence[str] = (),
-        jvm_options: JvmOptionPolicy | None = None,
-    ) -> None:
-        self.tasks_dir = tasks_dir
-        self.jvm_options = jvm_options
-        self.work_dir = work_dir
-        self.engine_id = engine_id
-        self.pass_env = tuple(pass_env)
-        self.max_output = max_output
-        self.log = log
-        self.jvm_host_options = tuple(jvm_host_options)
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
         self.proc: subprocess.Popen[bytes] | None = None
         self.results: Connection | None = None
         self._tasks: Connection | None = None
@@ -140,6 +113,7 @@ class WorkerProcess:
         hold the transport URL, a credential: they go through the task pipe, never the
         command line, and the worker's environment is the allowlisted one.
         """
+        settings = self.settings
         task_r, task_w = os.pipe()
         result_r, result_w = os.pipe()
         ctrl_r, ctrl_w = os.pipe()
@@ -150,16 +124,16 @@ class WorkerProcess:
             "-m",
             "realtime_batch.engine.worker",
             *("--fds", ",".join(map(str, child_fds))),
-            *("--tasks-dir", self.tasks_dir, "--work-dir", self.work_dir),
-            *("--engine-id", self.engine_id),
-            *("--max-output", str(self.max_output)),
-            *(self.log.argv() if self.log is not None else ()),
-            *(f"--jvm-host-option={option}" for option in self.jvm_host_options),
+            *("--tasks-dir", settings.tasks_dir, "--work-dir", settings.work_dir),
+            *("--engine-id", settings.engine_id),
+            *("--max-output", str(settings.max_output)),
+            *(settings.log.argv() if settings.log is not None else ()),
+            *(f"--jvm-host-option={option}" for option in settings.jvm_host_options),
         ]
-        if self.jvm_options is not None:  # sizes and patterns: nothing secret
-            argv.append(f"--jvm-policy={json.dumps(self.jvm_options.as_options())}")
-        if self.pass_env:
-            argv += ["--pass-env", ",".join(self.pass_env)]
+        if settings.jvm_options is not None:  # sizes and patterns: nothing secret
+            argv.append(f"--jvm-policy={json.dumps(settings.jvm_options.as_options())}")
+        if settings.pass_env:
+            argv += ["--pass-env", ",".join(settings.pass_env)]
         shared_fds: tuple[int, ...] = ()
         if direct is not None:
             _options, ledger_fd, wake_fd = direct
@@ -169,8 +143,8 @@ class WorkerProcess:
             self.proc = subprocess.Popen(
                 argv,
                 pass_fds=child_fds + shared_fds,
-                env=task_environment(pass_env=self.pass_env),
-                cwd=self.work_dir,
+                env=task_environment(pass_env=settings.pass_env),
+                cwd=settings.work_dir,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )

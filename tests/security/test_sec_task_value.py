@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
 from engine_helpers import Harness, open_harness
 
 import realtime_batch as rb
-from realtime_batch.engine._process import WorkerProcess
+from realtime_batch.engine._process import WorkerProcess, WorkerSettings
 from realtime_batch.protocol import decode_value
 
 pytestmark = pytest.mark.usefixtures("no_leaked_processes")
@@ -110,7 +110,7 @@ def test_a_frame_that_is_not_an_answer_becomes_an_error_result(tmp_path, tasks_d
 
 
 def test_the_worker_answers_in_msgpack_not_pickle(tmp_path, tasks_dir):
-    worker = WorkerProcess(str(tasks_dir), str(tmp_path), "e1")
+    worker = WorkerProcess(WorkerSettings(str(tasks_dir), str(tmp_path), "e1"))
     worker.start()
     try:
         worker.send([(1, "py", str(tasks_dir / "own_class.py"), [3], {}, None, "t1", 1)])
