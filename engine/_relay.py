@@ -25,6 +25,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import attrs
+
 from ..transport import Delivery, Transport
 from ..transport.errors import TransportClosedError, TransportError
 from ._admit import Admission
@@ -41,10 +43,11 @@ logger = logging.getLogger(__name__)
 _POLL = 0.5  # seconds a receive waits at the broker, and the longest idle turn
 
 
+@attrs.define(eq=False)
 class RelayFeeder:
     """The engine's side of relay mode: receive, admit, pipe to the worker, settle.
 
-    Args:
+    Attributes:
         name: the engine's name for its threads and log lines.
         transport, queue, prefetch: where tasks come from, and how many are held at once.
         outbox: where outcomes are recorded.
@@ -58,44 +61,33 @@ class RelayFeeder:
         request_stop: asks the engine to stop (the transport was closed).
     """
 
-    def __init__(
-        self,
-        name: str,
-        transport: Transport,
-        queue: str,
-        prefetch: int,
-        outbox: Outbox,
-        admission: Admission,
-        pipeline: WorkerPipeline,
-        cancels: CancelRequests,
-        watch: ServiceWatch,
-        receiving: threading.Event,
-        wake_r: int,
-        wake: Callable[[], None],
-        request_stop: Callable[[], None],
-    ) -> None:
-        self.name = name
-        self.transport = transport
-        self.queue = queue
-        self.prefetch = prefetch
-        self.outbox = outbox
-        self.admission = admission
-        self.pipeline = pipeline
-        self.cancels = cancels
-        self.watch = watch
-        self.receiving = receiving
-        self.wake_r = wake_r
-        self.wake = wake
-        self.request_stop = request_stop
-        self.cond = threading.Condition()
-        #: sends results and settles deliveries off the main thread
-        self.settler = Settler(self._settle, self.cond, f"{name}-settler")
-        self._incoming: deque[Delivery] = deque()
-        self._held = 0  # deliveries received and not finished yet (the prefetch credit)
-        self._settle_backlog = max(4 * prefetch, 64)
-        self._renew_check_at = float("inf")
+    name: str
+    transport: Transport
+    queue: str
+    prefetch: int
+    outbox: Outbox
+    admission: Admission
+    pipeline: WorkerPipeline
+    cancels: CancelRequests
+    watch: ServiceWatch
+    receiving: threading.Event
+    wake_r: int
+    wake: Callable[[], None]
+    request_stop: Callable[[], None]
+    cond: threading.Condition = attrs.field(init=False, factory=threading.Condition)
+    #: sends results and settles deliveries off the main thread
+    settler: Settler = attrs.field(init=False)
+    _incoming: deque[Delivery] = attrs.field(init=False, factory=deque)
+    _held: int = attrs.field(init=False, default=0)  # received, not finished: the credit
+    _settle_backlog: int = attrs.field(init=False)
+    _renew_check_at: float = attrs.field(init=False, default=float("inf"))
+    _receiver: threading.Thread = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.settler = Settler(self._settle, self.cond, f"{self.name}-settler")
+        self._settle_backlog = max(4 * self.prefetch, 64)
         self._receiver = threading.Thread(
-            target=self._receive_loop, name=f"{name}-receiver", daemon=True
+            target=self._receive_loop, name=f"{self.name}-receiver", daemon=True
         )
 
     @property
