@@ -483,8 +483,10 @@ def run_jar_warm(
     timeout: float | None = None,
     cwd: str | os.PathLike[str] | None = None,
     isolate: bool = False,
+    cold: bool = False,
 ) -> str:
-    """Run a resolved jar in the shared host; with ``jvm_args`` other than the host's, cold.
+    """Run a resolved jar in the shared host; ``cold``, or with ``jvm_args`` other than
+    the host's, in a JVM of its own (``run_jar``).
 
     Without a JDK to build the host (only a JRE), every call runs cold.
 
@@ -492,7 +494,7 @@ def run_jar_warm(
         JavaTaskError, JavaTimeoutError, JavaNotFoundError: as ``JvmHost.call`` and ``run_jar``.
     """
     options = tuple(map(str, jvm_args))
-    if options and options != _shared["options"]:
+    if cold or (options and options != _shared["options"]):
         return run_jar(jar_path, args, jvm_args=jvm_args, timeout=timeout, cwd=cwd)
     try:
         host_jar()
@@ -560,8 +562,6 @@ def java_runner(
     directory = tasks_dir or current_dirs["tasks_dir"] or os.getcwd()
     path = resolve_in_dir(jar, directory, what="jar")
     workdir = cwd or current_dirs["work_dir"]
-    if cold:
-        return run_jar(path, args, jvm_args=jvm_args, timeout=timeout, cwd=workdir)
     return run_jar_warm(
-        path, args, jvm_args=jvm_args, timeout=timeout, cwd=workdir, isolate=isolate
+        path, args, jvm_args=jvm_args, timeout=timeout, cwd=workdir, isolate=isolate, cold=cold
     )

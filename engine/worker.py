@@ -45,7 +45,7 @@ from ._pipe import (
 )
 from .context import TaskContext
 from .credentials import scrub_environ
-from .java import run_jar, set_current_dirs, set_jvm_policy, set_max_output
+from .java import set_current_dirs, set_jvm_policy, set_max_output
 from .jvm_host import JvmHostDiedError, configure_shared_host, run_jar_warm
 from .prototype import install_finder
 from .tasks import KIND_JAR, JvmOptionPolicy, TaskModuleCache, call_task
@@ -91,11 +91,10 @@ def _run_jar_command(path: str, args: Any, kwargs: dict[str, Any], work_dir: str
 
     ``kwargs`` were checked on admission (``tasks.check_jar_kwargs``).
     """
-    jvm_args = kwargs.get("jvm_args", ())
-    if kwargs.get("cold", False):
-        return run_jar(path, args, jvm_args=jvm_args, cwd=work_dir)
-    isolate = kwargs.get("isolate", False)
-    return run_jar_warm(path, args, jvm_args=jvm_args, cwd=work_dir, isolate=isolate)
+    return run_jar_warm(
+        path, args, jvm_args=kwargs.get("jvm_args", ()), cwd=work_dir,
+        isolate=kwargs.get("isolate", False), cold=kwargs.get("cold", False),
+    )  # fmt: skip
 
 
 def _die_like_the_jvm(exc: JvmHostDiedError) -> None:
