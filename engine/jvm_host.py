@@ -25,8 +25,8 @@ The JVM's own stdout/stderr (VM messages, native code) go to a small log file
 whose tail is quoted when the host dies.
 
 ``run_jar_warm`` is the one routing rule used by ``java_runner`` and by jar
-commands: the worker's shared host unless the call carries ``jvm_args`` other than
-the host's (those run cold, through ``run_jar``).
+commands: the worker's shared host unless the call asks for ``cold`` or carries
+``jvm_args`` other than the host's (those run in a JVM of their own, ``run_jar``).
 """
 
 from __future__ import annotations
