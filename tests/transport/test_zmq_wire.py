@@ -118,3 +118,27 @@ def test_fuzz_structured_requests_only_raise_frame_error(command, args, payload)
         return
     assert request.command in wire.COMMAND_NAMES
     assert all(isinstance(m, Message) for m in request.messages)
+
+
+def test_recv_frames_keeps_each_multipart_message_whole():
+    """Frames (empty ones too) come back as the bytes sent, one message per call."""
+    import zmq
+
+    ctx = zmq.Context()
+    try:
+        a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+        a.bind("inproc://wire-recv-frames")
+        b.connect("inproc://wire-recv-frames")
+        first = [b"header", b"", b"body" * 1000, b""]
+        wire.send_frames(a, first)
+        wire.send_frames(a, [b"alone"])
+        wire.send_frames(a, [b"", b"x"])
+        got = wire.recv_frames(b)
+        assert got == first
+        assert all(type(part) is bytes for part in got)
+        assert wire.recv_frames(b) == [b"alone"]
+        assert wire.recv_frames(b) == [b"", b"x"]
+        with pytest.raises(zmq.Again):
+            wire.recv_frames(b, zmq.NOBLOCK)
+    finally:
+        ctx.destroy(linger=0)

@@ -449,12 +449,14 @@ def error_for(status: int, text: str) -> TransportError:
 
 # -- socket I/O ----------------------------------------------------------------------------
 # pyzmq's send_multipart/recv_multipart spend more time combining enum flags than
-# moving bytes; these call the Cython socket methods with plain int flags.
+# moving bytes; these call the Cython socket methods with plain int flags. Frames are
+# received as ``zmq.Frame``s, whose ``more`` pyzmq reads in C: ``Socket.get(RCVMORE)``
+# builds a ``SocketOption`` enum member per call (~2 us here, once per frame), more
+# than the frame object costs (whose bytes are copied out at once, as a copying
+# receive would).
 _send = zmq.backend.Socket.send
 _recv = zmq.backend.Socket.recv
-_get = zmq.backend.Socket.get
 _SNDMORE = int(zmq.SNDMORE)
-_RCVMORE = int(zmq.RCVMORE)
 # Zero-copy hands the frame to pyzmq's gc thread to free: below a few hundred KiB that
 # costs more than the copy (a 100 KiB echo round trip measured 30 % faster copied).
 _ZERO_COPY_SIZE = 256 * 1024
@@ -479,9 +481,11 @@ def send_frames(sock: zmq.Socket, frames: Sequence[Any], flags: int = 0) -> None
 
 def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[bytes]:
     """Receive a multipart message as a list of bytes."""
-    parts = [_recv(sock, flags)]
-    while _get(sock, _RCVMORE):
-        parts.append(_recv(sock, flags))
+    frame = _recv(sock, flags, False)
+    parts = [frame.bytes]
+    while frame.more:
+        frame = _recv(sock, flags, False)
+        parts.append(frame.bytes)
     return parts
 
 
@@ -492,17 +496,18 @@ def recv_request(sock: zmq.Socket, flags: int = 0) -> list[Any]:
     ``PASS_THROUGH_SIZE`` bytes or more is left the ``zmq.Frame`` it arrived as, for
     the broker to send on without copying it (``send_frames``).
     """
-    parts = [_recv(sock, flags)]
-    return _recv_rest(sock, flags, parts)
+    first = _recv(sock, flags, False)
+    return _recv_rest(sock, flags, [first.bytes], first.more)
 
 
-def _recv_rest(sock: zmq.Socket, flags: int, parts: list[Any]) -> list[Any]:
-    while _get(sock, _RCVMORE):
+def _recv_rest(sock: zmq.Socket, flags: int, parts: list[Any], more: bool) -> list[Any]:
+    while more:
+        frame = _recv(sock, flags, False)
+        more = frame.more
         if len(parts) & 1 and len(parts) > 2:  # a body: 3, 5, 7... after identity, header
-            frame = _recv(sock, flags, False)
             parts.append(frame if len(frame) >= PASS_THROUGH_SIZE else frame.bytes)
         else:
-            parts.append(_recv(sock, flags))
+            parts.append(frame.bytes)
     return parts
 
 
@@ -518,4 +523,4 @@ def recv_frames_with_user(sock: zmq.Socket, flags: int = 0) -> tuple[list[Any], 
         user = first.get("User-Id")
     except zmq.ZMQError:  # no ZAP handler authenticated this connection
         user = None
-    return _recv_rest(sock, flags, [first.bytes]), user
+    return _recv_rest(sock, flags, [first.bytes], first.more), user
