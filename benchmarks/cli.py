@@ -247,6 +247,8 @@ def _bench(
     if scale:
         if write_docs is None:
             write_docs = not quick
+        if write_docs and not install:
+            _need_chart_library()
         if install and write_docs:  # the chart needs matplotlib
             from benchmarks.setup_env import ensure_bench_extra
 
@@ -258,6 +260,8 @@ def _bench(
     mode = "quick" if quick else "full"
     if write_docs is None:
         write_docs = not quick
+    if write_docs and not install:
+        _need_chart_library()
     if install and (NEEDS_EXTRA & set(chosen) or write_docs):
         from benchmarks.setup_env import ensure_bench_extra
 
@@ -281,6 +285,18 @@ def _bench(
         click.echo(f"wrote {DOC} and {chart}")
     else:
         click.echo("\n" + markdown_report(result, None))
+
+
+def _need_chart_library() -> None:
+    """Refuse ``--write-docs --no-install`` without matplotlib before anything runs: the
+    chart is drawn last, and a run of half an hour would end without its tables."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise click.UsageError(
+            "--write-docs draws a chart with matplotlib, which is not installed: drop "
+            "--no-install (the bench extra is then installed), or add --no-docs"
+        )
 
 
 def _scale(quick: bool, json_path: Path | None, write_docs: bool, log_dir: Path) -> None:
