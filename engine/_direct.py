@@ -61,6 +61,9 @@ class DirectWorker:
         transport, outbox: the engine's own (renewals, answers for a dead worker's task).
         wake_r, wake_w: the engine's wake-up pipe; the worker gets the write end.
         body_size: the largest message body.
+        poll: seconds between two looks at the ledger at most (the engine's wake-up
+            pipe and the worker's results pipe end a wait sooner).
+        cancels: cancel requests, filled by the engine's control thread.
     """
 
     def __init__(
