@@ -32,11 +32,15 @@ def test_an_idle_relay_engine_passes_on_the_same_report_every_second(tmp_path):
         harness.engine(engine_id=f"idle-{uuid.uuid4().hex[:6]}")
         harness.submit("sleep.py", 0.2)
         assert harness.result().status == "ok"
-        time.sleep(1.5)  # the result's report has gone out
+        end = time.monotonic() + 10
+        while not (reports and reports[-1]["busy"] > 0) and time.monotonic() < end:
+            time.sleep(0.05)  # the result's figures are told within a second or so
+        assert reports[-1]["busy"] > 0, reports[-1]
+        time.sleep(0.2)
         seen = len(reports)
-        time.sleep(3.5)  # idle: three or more of the engine's one-second reports
+        time.sleep(3.5)  # idle: about three of the engine's one-second reports
         idle = reports[seen:]
-        assert len(idle) >= 3, idle  # the engine does report while idle...
+        assert len(idle) >= 2, idle  # the engine does report while idle...
         assert all(report == idle[0] for report in idle), idle  # ...the same each time
         assert idle[0]["state"] == "idle" and idle[0]["busy"] > 0
     finally:
