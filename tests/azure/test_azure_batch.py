@@ -11,6 +11,7 @@ from azure.storage.blob import BlobServiceClient
 from azure_fixtures import ENGINE_URL
 from batch_fake import DEFAULT_KEY
 
+from realtime_batch.engine._supervise import DEFAULT_PREFETCH
 from realtime_batch.orchestrator.azure_batch import PoolSpec
 from realtime_batch.orchestrator.pool import (
     OrchestratorError,
@@ -87,6 +88,9 @@ def test_start_engines_one_task_per_slot(make_pool, batch_fake):
     task = tasks[0]
     assert "-m realtime_batch.engine" in task["commandLine"]
     assert "--queue tasks" in task["commandLine"] and "--tasks-dir" in task["commandLine"]
+    # the engine's own default: the next task is leased while one runs (no broker round
+    # trip between two tasks; with 1 each task waited a Service Bus receive)
+    assert f" --prefetch {DEFAULT_PREFETCH} " in task["commandLine"]
     assert task["userIdentity"]["autoUser"]["elevationLevel"] == "nonadmin"
     assert task["constraints"]["maxTaskRetryCount"] == 3
     log_url = task["outputFiles"][0]["destination"]["container"]["containerUrl"]
