@@ -244,11 +244,11 @@ def _bench(
     install: bool,
     log_dir: Path,
 ) -> None:
+    if write_docs is None:
+        write_docs = not quick
+    if write_docs and not install:
+        _need_chart_library()
     if scale:
-        if write_docs is None:
-            write_docs = not quick
-        if write_docs and not install:
-            _need_chart_library()
         if install and write_docs:  # the chart needs matplotlib
             from benchmarks.setup_env import ensure_bench_extra
 
@@ -258,10 +258,6 @@ def _bench(
     chosen = _split(systems, SYSTEMS, "systems")
     loads = _split(workloads, WORKLOADS, "workloads")
     mode = "quick" if quick else "full"
-    if write_docs is None:
-        write_docs = not quick
-    if write_docs and not install:
-        _need_chart_library()
     if install and (NEEDS_EXTRA & set(chosen) or write_docs):
         from benchmarks.setup_env import ensure_bench_extra
 

@@ -16,8 +16,9 @@ from typing import Any
 from engine_helpers import TASKS, Harness, open_harness
 
 
-def test_an_idle_relay_engine_passes_on_the_same_report_every_second(tmp_path):
-    harness = Harness(TASKS, tmp_path)
+def _watch_reports(harness: Harness) -> list[dict[str, Any]]:
+    """The engine report as the broker would hold it (the parts merged), after each part
+    passed to the harness's memory transport."""
     reports: list[dict[str, Any]] = []
     merged: dict[str, Any] = {}
     report_engine = harness.transport.report_engine
@@ -28,12 +29,18 @@ def test_an_idle_relay_engine_passes_on_the_same_report_every_second(tmp_path):
         return report_engine(report)
 
     harness.transport.report_engine = spy  # type: ignore[method-assign]
+    return reports
+
+
+def test_an_idle_relay_engine_passes_on_the_same_report_every_second(tmp_path):
+    harness = Harness(TASKS, tmp_path)
+    reports = _watch_reports(harness)
     try:
         harness.engine(engine_id=f"idle-{uuid.uuid4().hex[:6]}")
         harness.submit("sleep.py", 0.2)
         assert harness.result().status == "ok"
         end = time.monotonic() + 10
-        while not (reports and reports[-1]["busy"] > 0) and time.monotonic() < end:
+        while not (reports and reports[-1].get("busy", 0) > 0) and time.monotonic() < end:
             time.sleep(0.05)  # the result's figures are told within a second or so
         assert reports[-1]["busy"] > 0, reports[-1]
         time.sleep(0.2)
@@ -49,19 +56,13 @@ def test_an_idle_relay_engine_passes_on_the_same_report_every_second(tmp_path):
 
 def test_a_relay_engine_that_ran_nothing_reports_its_counts_too(tmp_path):
     harness = Harness(TASKS, tmp_path)
-    merged: dict[str, Any] = {}
-    report_engine = harness.transport.report_engine
-
-    def spy(report):
-        merged.update(report)
-        return report_engine(report)
-
-    harness.transport.report_engine = spy  # type: ignore[method-assign]
+    reports = _watch_reports(harness)
     try:
         harness.engine()
         end = time.monotonic() + 5
-        while "state" not in merged and time.monotonic() < end:
+        while not (reports and "state" in reports[-1]) and time.monotonic() < end:
             time.sleep(0.05)
+        merged = reports[-1]
         assert (merged["failed"], merged["busy"], merged["failures"]) == (0, 0.0, [])
     finally:
         harness.close()
