@@ -37,7 +37,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CANCEL_GRACE",
+    "DEFAULT_GRACE",
     "DEFAULT_PREFETCH",
+    "DEFAULT_RESULT_TTL",
     "DEFAULT_RETRY_BACKOFF",
     "DEFAULT_RETRY_BACKOFF_MAX",
     "IDLE_WAIT",
@@ -69,6 +71,10 @@ DEFAULT_PREFETCH = 2
 CANCEL_GRACE = 0.1
 DEFAULT_RETRY_BACKOFF = 0.1
 DEFAULT_RETRY_BACKOFF_MAX = 30.0
+#: seconds a result waits in a mailbox before it expires (a dead client's results)
+DEFAULT_RESULT_TTL = 86400.0
+#: seconds the running task may take to finish once the engine is asked to stop
+DEFAULT_GRACE = 10.0
 #: the shortest wait before renewing a lease again (a lease of almost nothing left)
 _MIN_RENEW_INTERVAL = 0.05
 WHY_CANCELLED = "cancelled"

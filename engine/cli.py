@@ -10,9 +10,11 @@ from typing import Any
 
 import click
 
+from ..control import CONTROL_QUEUE
 from ..transport.base import DEFAULT_LOCK_DURATION, DEFAULT_MAX_DELIVERY_COUNT
 from ..transport.zeromq.cli_options import curve_key_options
-from ._supervise import DEFAULT_PREFETCH
+from ._output import DEFAULT_MAX_OUTPUT
+from ._supervise import DEFAULT_GRACE, DEFAULT_PREFETCH, DEFAULT_RESULT_TTL, DEFAULT_RETRY_BACKOFF
 
 __all__ = ["configure_logging", "engine"]
 
@@ -151,24 +153,24 @@ def _refuse_worker_mode(ctx: click.Context, param: click.Parameter, value: str |
 @click.option(
     "--grace",
     type=float,
-    default=10.0,
+    default=DEFAULT_GRACE,
     help="Seconds the running task may take to finish on SIGTERM/SIGINT.",
 )
 @click.option(
     "--retry-backoff",
     type=click.FloatRange(min=0),
-    default=0.1,
+    default=DEFAULT_RETRY_BACKOFF,
     help="Seconds before retrying a retry_on failure (doubles per attempt, jittered).",
 )
 @click.option(
     "--control-queue",
-    default="control",
+    default=CONTROL_QUEUE,
     help="Grouped queue of cancel requests; the engine reads the group named by its id.",
 )
 @click.option(
     "--result-ttl",
     type=click.FloatRange(min=0.001),
-    default=86400.0,
+    default=DEFAULT_RESULT_TTL,
     envvar="RTBATCH_RESULT_TTL",
     help="Seconds a result waits in a mailbox before it expires (a dead client's results).",
 )
@@ -198,7 +200,7 @@ def _refuse_worker_mode(ctx: click.Context, param: click.Parameter, value: str |
 @click.option(
     "--max-output",
     type=_Size(),
-    default="16m",
+    default=f"{DEFAULT_MAX_OUTPUT >> 20}m",
     help="What one task's output may hold: its print output to the log, and a jar's "
     "stdout and stderr each; the rest is dropped with a '[... N bytes dropped]' line.",
 )

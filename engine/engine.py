@@ -39,7 +39,9 @@ from ._output import DEFAULT_MAX_OUTPUT, WorkerLog
 from ._process import WorkerSettings
 from ._reach import ServiceGoneError, ServiceWatch
 from ._supervise import (
+    DEFAULT_GRACE,
     DEFAULT_PREFETCH,
+    DEFAULT_RESULT_TTL,
     DEFAULT_RETRY_BACKOFF,
     DEFAULT_RETRY_BACKOFF_MAX,
     idle_wait,
@@ -55,7 +57,6 @@ __all__ = ["DEFAULT_RESULT_TTL", "Engine", "EngineError", "ServiceGoneError", "d
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_RESULT_TTL = 86400.0
 _POLL = 0.5
 
 
@@ -117,7 +118,7 @@ class Engine:
         lock_duration: float = DEFAULT_LOCK_DURATION,
         max_delivery_count: int = DEFAULT_MAX_DELIVERY_COUNT,
         result_ttl: float | None = DEFAULT_RESULT_TTL,
-        grace: float = 10.0,
+        grace: float = DEFAULT_GRACE,
         on_ready: Callable[[Engine], None] | None = None,
         control_queue: str = CONTROL_QUEUE,
         retry_backoff: float = DEFAULT_RETRY_BACKOFF,

@@ -29,6 +29,32 @@ def test_rtbatch_engine_help_lists_the_options():
         assert option in result.output
 
 
+def test_engine_options_default_to_the_engines_own_defaults():
+    """An option passed to ``Engine`` as its keyword has ``Engine``'s default: the two
+    cannot drift apart (the CLI spelled four of them as literals before)."""
+    import inspect
+
+    import click
+
+    from realtime_batch.engine.cli import engine as command
+    from realtime_batch.engine.engine import Engine
+
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(Engine).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    context = click.Context(command)
+    compared = []
+    for option in command.params:
+        if option.name in defaults and not option.multiple:
+            value = option.type_cast_value(context, option.get_default(context))
+            assert value == defaults[option.name], option.name
+            compared.append(option.name)
+    assert {"grace", "retry_backoff", "control_queue", "result_ttl", "max_output",
+            "prefetch", "lock_duration", "max_delivery_count"} <= set(compared)  # fmt: skip
+
+
 def test_module_help_runs():
     out = subprocess.run(
         [sys.executable, "-m", "realtime_batch.engine", "--help"],
