@@ -26,6 +26,7 @@ from ..transport import Delivery, Transport
 from ..transport.errors import TransportClosedError, TransportError
 from ._admit import Admission
 from ._ledger import Ledger
+from ._observe import TaskObserver
 from ._outbox import Held, Outbox, Settler, delivery_attempt
 from ._pipe import STATUS_EXPIRED, ControlPipe
 from ._reach import Backoff
@@ -90,8 +91,10 @@ class DirectRunner:
         self.retry_backoff: float = options["retry_backoff"]
         self.retry_backoff_max: float = options["retry_backoff_max"]
         self.idle_wait: float = options["idle_wait"]  # the engine's ``idle_wait``
+        # its figures go on from the last worker's, kept in the ledger
+        observer = TaskObserver(transport, context.engine_id, "worker", keep=ledger.figures)
         self.outbox = Outbox(transport, context.engine_id, options["max_delivery_count"],
-                             options.get("result_ttl"), source="worker")  # fmt: skip
+                             options.get("result_ttl"), observer)  # fmt: skip
         self.admission = Admission(self.outbox, context.tasks_dir, options["max_delivery_count"],
                                    control.keys,
                                    JvmOptionPolicy(**options.get("jvm_options", {})))  # fmt: skip

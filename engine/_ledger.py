@@ -16,6 +16,7 @@ import time
 
 from ..control import NOTIFY
 from ..transport import Delivery
+from ._observe import KEEP_SIZE
 
 __all__ = ["FLAG_NOTIFY", "Ledger", "LedgerView"]
 
@@ -53,7 +54,8 @@ class Ledger:
 
     A header (running slot, run sequence, start and deadline on the monotonic clock,
     tasks finished, the running task's attempt and message length), ``slots`` slots
-    of held deliveries, then the running task's message body. The worker writes the
+    of held deliveries, the running task's message body, then the worker's
+    ``figures`` (``_observe``), which ``reset`` leaves for the next worker. The worker writes the
     header and body under a sequence counter (odd while writing), so the engine's
     reads of them are consistent; a slot's first byte, written last when it is
     filled and first when it is freed, says whether it holds a delivery. After the
@@ -68,13 +70,16 @@ class Ledger:
     def __init__(self, slots: int, body_size: int, fd: int | None = None) -> None:
         self.slots = slots
         self.body_offset = _HEADER_SIZE + slots * _SLOT_SIZE
-        self.size = self.body_offset + body_size
+        self.figures_offset = self.body_offset + body_size
+        self.size = self.figures_offset + KEEP_SIZE
         self.owner = fd is None
         if fd is None:
             fd = os.memfd_create("rtbatch-ledger")
             os.ftruncate(fd, self.size)
         self.fd = fd
         self.mem = mmap.mmap(fd, self.size)
+        #: the worker's ``TaskObserver`` figures, kept from one worker to the next
+        self.figures = memoryview(self.mem)[self.figures_offset :]
         if self.owner:
             self.reset()
         self._free = list(range(slots - 1, -1, -1))
@@ -83,6 +88,7 @@ class Ledger:
         self._finished = 0
 
     def close(self) -> None:
+        self.figures.release()
         self.mem.close()
         os.close(self.fd)
 
@@ -128,7 +134,7 @@ class Ledger:
         and gives it back counted if the worker dies running it.
         """
         self._run_seq += 1
-        if len(body) > self.size - self.body_offset:
+        if len(body) > self.figures_offset - self.body_offset:
             body = b""
         self._begin()
         self.mem[self.body_offset : self.body_offset + len(body)] = body

@@ -117,12 +117,12 @@ class Outbox:
         engine_id: str,
         max_delivery_count: int,
         ttl: float | None,
-        source: str = "engine",
+        observer: TaskObserver | None = None,
     ) -> None:
         self.transport = transport
         self.engine_id = engine_id
         #: counts and recent failures of the results sent here (engine reports, metrics)
-        self.observer = TaskObserver(transport, engine_id, source)
+        self.observer = observer or TaskObserver(transport, engine_id)
         self.max_delivery_count = max_delivery_count
         self.ttl = ttl
         self._entries: list[_Entry] = []
@@ -260,7 +260,7 @@ class Outbox:
             self._fail_for_good(held, type_, message, traceback, at_limit=True)
             return
         logger.info("task %s: %s; abandoned for another attempt", held.task.task, message)
-        self.observer.retried += 1
+        self.observer.retry()
         self._entries.append(_Entry(held.delivery, _ABANDON))
 
     def _fail_for_good(

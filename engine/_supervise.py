@@ -131,7 +131,7 @@ def schedule_retry(
     held.attempt += 1
     held.due = time.monotonic() + delay
     delayed.append(held)
-    observer.retried += 1
+    observer.retry()
 
 
 def release_due(delayed: list[Held]) -> list[Held]:

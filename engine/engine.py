@@ -33,7 +33,7 @@ from ..transport.base import DEFAULT_LOCK_DURATION, DEFAULT_MAX_DELIVERY_COUNT
 from ._admit import Admission
 from ._cancels import CancelRequests, receive_cancels
 from ._direct import DirectWorker
-from ._observe import REPORT_INTERVAL, engine_report
+from ._observe import REPORT_INTERVAL, TaskObserver, engine_report
 from ._outbox import Outbox
 from ._output import DEFAULT_MAX_OUTPUT, WorkerLog
 from ._process import WorkerSettings
@@ -170,7 +170,12 @@ class Engine:
         self.ready = threading.Event()
         self.error: BaseException | None = None
 
-        self._outbox = Outbox(self.transport, self.engine_id, self.max_delivery_count, result_ttl)
+        # In direct mode the worker times the tasks; the results sent here are only those
+        # of tasks whose worker was lost (a crash, a timeout).
+        observer = TaskObserver(self.transport, self.engine_id, times_tasks=not self.direct)
+        self._outbox = Outbox(
+            self.transport, self.engine_id, self.max_delivery_count, result_ttl, observer
+        )
         self._watch = ServiceWatch(
             self.transport.capabilities.gone_after, self._service_gone, f"engine {self.engine_id}"
         )
@@ -307,6 +312,17 @@ class Engine:
         self._report(force=True)
         logger.info("engine %s draining", self.engine_id)
         feeder.drain(self.grace, lambda: self._force)
+
+    def observers(self) -> list[TaskObserver]:
+        """What counts this engine's results: its outbox's observer and, in direct mode,
+        a copy of its task worker's figures (kept in their ledger across workers)."""
+        observers = [self._outbox.observer]
+        ledger = getattr(self._feeder, "ledger", None)  # a DirectWorker's
+        if ledger is not None:
+            kept = TaskObserver.read(ledger.figures, self.engine_id)
+            if kept is not None:
+                observers.append(kept)
+        return observers
 
     @property
     def current_task(self) -> str | None:

@@ -1,11 +1,10 @@
 """Prometheus metrics of one engine (``rtbatch engine --metrics-port``).
 
 Read on each scrape from the engine's ``TaskObserver`` (``engine._observe``) and
-its state. In direct mode (the task worker fed directly, on ``zmq://``)
-the task worker sends the results itself: this endpoint then counts the tasks
-run and the failures its engine answered (a crashed or timed-out worker), while
-every failure and the busy ratio reach the broker's endpoint through the
-engine's reports (``rtbatch_engine_*{engine=...}`` there).
+its state. In direct mode (the task worker fed directly, on ``zmq://``) the task
+worker sends the results itself and counts them in its own observer, whose
+figures it keeps in the ledger it shares with the engine: the endpoint adds them
+to the engine's (the tasks whose worker was lost).
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ class EngineCollector:
 
     def collect(self) -> Iterator[Metric]:
         engine = self.engine
-        observer = engine._outbox.observer
+        observers = engine.observers()  # the engine's, and its direct worker's
         label = [engine.engine_id]
 
         def counter(name: str, text: str, value: float) -> CounterMetricFamily:
@@ -50,24 +49,29 @@ class EngineCollector:
             family.add_metric(label, value)
             return family
 
+        def total(field: str) -> float:
+            return sum(getattr(observer, field) for observer in observers)
+
         yield counter("rtbatch_engine_tasks_done", "Tasks this engine ran.", engine.tasks_done)
-        yield counter("rtbatch_engine_tasks_completed", "Results sent here that were not errors.",
-                      observer.completed)  # fmt: skip
-        yield counter("rtbatch_engine_tasks_failed", "Error results sent here.", observer.failed)
+        yield counter("rtbatch_engine_tasks_completed", "Results sent that were not errors.",
+                      total("completed"))  # fmt: skip
+        yield counter("rtbatch_engine_tasks_failed", "Error results sent.", total("failed"))
         yield counter("rtbatch_engine_tasks_retried", "Tasks run again after a failure.",
-                      observer.retried)  # fmt: skip
+                      total("retried"))  # fmt: skip
         yield gauge("rtbatch_engine_busy", "1 while a task runs.",
                     1.0 if engine.current_task is not None else 0.0)  # fmt: skip
-        if not engine.direct:
-            yield gauge("rtbatch_engine_busy_ratio", "Share of time spent running tasks.",
-                        observer.busy_ratio(time.time()))  # fmt: skip
+        for observer in observers:
+            if observer.times_tasks:
+                yield gauge("rtbatch_engine_busy_ratio", "Share of time spent running tasks.",
+                            observer.busy_ratio(time.time()))  # fmt: skip
         duration = HistogramMetricFamily(
-            "rtbatch_engine_task_duration_seconds", "Run time of the tasks answered here.",
+            "rtbatch_engine_task_duration_seconds", "Run time of the tasks answered.",
             labels=["engine"],
         )  # fmt: skip
-        duration.add_metric(
-            label, histogram_buckets(observer.duration_buckets), observer.duration_sum
-        )
+        buckets = [
+            sum(counts) for counts in zip(*(o.duration_buckets for o in observers), strict=True)
+        ]
+        duration.add_metric(label, histogram_buckets(buckets), total("duration_sum"))
         yield duration
 
 

@@ -77,3 +77,35 @@ def test_engine_cli_refuses_a_bad_metrics_port(port):
         "--metrics-port", port,
     ])  # fmt: skip
     assert result.exit_code == 2 and "--metrics-port" in result.output
+
+
+def test_a_direct_engines_metrics_count_what_its_workers_answered_too(tmp_path):
+    """In direct mode (zmq://) the task worker sends the results: the engine's endpoint
+    counted only the tasks whose worker was lost, and had no busy ratio."""
+    from engine_helpers import open_harness
+
+    with open_harness("direct", TASKS, tmp_path / "wd") as harness:
+        engine = harness.engine(engine_id="e-direct-metrics")
+        server, thread = serve_engine_metrics(engine, 0)
+        try:
+            harness.submit("noop.py", 1)
+            assert harness.result().status == "ok"
+            harness.submit("fail.py")
+            assert harness.result().status == "error"
+            harness.submit("crash.py", "exit", 3, max_retries=0)  # answered by the engine
+            assert harness.result().error.type == "WorkerCrashedError"
+            harness.submit("noop.py", 2)  # by the next worker, which goes on counting
+            assert harness.result().status == "ok"
+            samples = scrape(f"http://127.0.0.1:{server.server_port}/metrics")
+        finally:
+            server.shutdown()
+            thread.join(5)
+
+    def value(name: str) -> float:
+        [sample] = samples[name]
+        return sample.value
+
+    assert value("rtbatch_engine_tasks_completed_total") == 2
+    assert value("rtbatch_engine_tasks_failed_total") == 2
+    assert value("rtbatch_engine_task_duration_seconds_count") == 3  # the crash has none
+    assert 0 < value("rtbatch_engine_busy_ratio") <= 1
