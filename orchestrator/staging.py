@@ -19,6 +19,7 @@ import functools
 import hashlib
 import logging
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,11 @@ from azure.storage.blob import (
 )
 
 from .pool import OrchestratorError, StrPath
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 __all__ = [
     "NODE_PLATFORM",
@@ -136,6 +142,10 @@ def file_sha256(path: StrPath) -> str:
 def build_wheel(source_dir: StrPath | None = None, out_dir: StrPath | None = None) -> Path:
     """Build the realtime-batch wheel with ``pip wheel`` and return its path.
 
+    The build runs on a copy of the source's package directories in a temporary
+    directory: the checkout is not written to, and nothing left from an earlier build
+    gets into the wheel.
+
     Args:
         source_dir: project checkout (holding ``pyproject.toml``); found from this
             package's location when None (an editable or source install).
@@ -156,19 +166,48 @@ def build_wheel(source_dir: StrPath | None = None, out_dir: StrPath | None = Non
             )
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="rtbatch-wheel-"))
     cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out)]
-    proc = subprocess.run(
-        [*cmd, str(source_dir)], capture_output=True, text=True, check=False, timeout=600
-    )
-    if proc.returncode != 0:
+    with tempfile.TemporaryDirectory(prefix="rtbatch-wheel-src-") as copy:
+        try:
+            source = _copy_for_build(Path(source_dir), Path(copy))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        else:
+            proc = subprocess.run(
+                [*cmd, str(source)], capture_output=True, text=True, check=False, timeout=600
+            )
+            error = proc.stderr.strip()[-2000:] if proc.returncode else ""
+    if error:
         raise StagingError(
             f"building the wheel from {source_dir} failed (set [batch] wheel = "
-            f"'path/to/realtime_batch-*.whl' to use a built one):\n{proc.stderr.strip()[-2000:]}"
+            f"'path/to/realtime_batch-*.whl' to use a built one):\n{error}"
         )
     wheels = sorted(out.glob("realtime_batch-*.whl"), key=lambda p: p.stat().st_mtime)
     if not wheels:
         raise StagingError(f"pip wheel produced no realtime_batch wheel in {out}")
     logger.info("built %s", wheels[-1].name)
     return wheels[-1]
+
+
+def _copy_for_build(source: Path, into: Path) -> Path:
+    """Copy what building ``source`` reads (its top-level files and package directories)
+    into ``into``; return the copy.
+
+    Built in the checkout itself, setuptools kept its ``build/`` there, and the copy of
+    a module since removed from the source went into every later wheel.
+    """
+    meta = tomllib.loads((source / "pyproject.toml").read_text(encoding="utf-8"))
+    setuptools = meta.get("tool", {}).get("setuptools", {})
+    roots = {str(path).split("/")[0] for path in setuptools.get("package-dir", {}).values()}
+    roots |= {str(name).split(".")[0] for name in setuptools.get("packages", [])}
+    target = into / "src"
+    target.mkdir()
+    for entry in source.iterdir():
+        if entry.is_file():
+            shutil.copy2(entry, target / entry.name)
+        elif entry.name in roots and entry.is_dir():
+            shutil.copytree(entry, target / entry.name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))  # fmt: skip
+    return target
 
 
 def build_wheelhouse(wheel: StrPath, out_dir: StrPath | None = None, extras: str = "azure") -> Path:

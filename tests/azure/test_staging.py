@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import requests
@@ -162,3 +163,28 @@ def test_constraints_pin_every_wheel_once():
         constraints_for(["zz-0.1-py3-none-any.whl", "zz-0.2-py3-none-any.whl"])
     with pytest.raises(StagingError, match="not a wheel"):
         constraints_for(["notes.txt"])
+
+
+def test_a_wheel_holds_only_what_the_source_holds_now(tmp_path):
+    """Built in the checkout, setuptools kept ``build/`` there, and a module removed
+    from the source went on being shipped in every later wheel."""
+    import shutil
+    import zipfile
+
+    from realtime_batch.orchestrator.staging import build_wheel
+
+    root = Path(__file__).resolve().parents[2]
+    source = tmp_path / "checkout"
+    shutil.copytree(root, source, ignore=shutil.ignore_patterns(
+        ".venv", ".tools", ".git", "build", "*.egg-info", "node_modules", "__pycache__",
+        "tests", "benchmarks", "docs", "examples", "dist",
+    ))  # fmt: skip
+    (source / "engine" / "gone_soon.py").write_text("X = 1\n")
+    first = build_wheel(source, tmp_path / "w1")
+    assert "realtime_batch/engine/gone_soon.py" in zipfile.ZipFile(first).namelist()
+    (source / "engine" / "gone_soon.py").unlink()
+    second = build_wheel(source, tmp_path / "w2")
+    names = zipfile.ZipFile(second).namelist()
+    assert "realtime_batch/engine/engine.py" in names
+    assert "realtime_batch/engine/gone_soon.py" not in names
+    assert not (source / "build").exists() and not list(source.glob("*.egg-info"))
