@@ -45,7 +45,8 @@ def make_pool(batch_fake, azurite, files, request):
         batch = BatchClient(
             endpoint=endpoint or url,
             credential=credential or AzureNamedKeyCredential(DEFAULT_ACCOUNT, DEFAULT_KEY),
-            **({"connection_verify": False} if endpoint else {}),
+            # an HTTPS fake's certificate (``batch_fake_https``, same tmp_path) is trusted
+            **({"connection_verify": str(files / "fake.crt")} if endpoint else {}),
         )
         options.setdefault("task_files", [files / "hello.py"])
         options.setdefault("input_files", [files / "data.csv"])
