@@ -27,7 +27,7 @@ from ..protocol import ProtocolError, decode_task
 from ..transport import Delivery, Message, Transport
 from ..transport.errors import TransportError
 from ._cancels import CancelRequests
-from ._ledger import FLAG_NOTIFY, Ledger, LedgerView
+from ._ledger import FLAG_NOTIFY, FLAG_RETRIED, Ledger, LedgerView
 from ._outbox import Held, Outbox
 from ._pipe import DRAIN, cancel_lines
 from ._process import WorkerProcess, WorkerSettings, start_worker
@@ -268,8 +268,12 @@ class DirectWorker:
                 settle_lost_task(self.outbox, held, why, code, report, limit, self._abandon)
         elif why is None and not self.draining:
             logger.warning("worker died idle (%s); restarting", describe_exit(code))
-        for token, count, *_ in view.held.values():  # received, not started: give back
-            self.outbox.give_back(_delivery(self.queue, token, count))
+        for token, count, flags, *_ in view.held.values():
+            delivery = _delivery(self.queue, token, count)
+            if flags & FLAG_RETRIED:  # an attempt ran here: redelivered as the next one
+                self.outbox.abandon(Held(delivery, None, 0))  # type: ignore[arg-type]
+            else:  # received, not started: given back uncounted
+                self.outbox.give_back(delivery)
         self._flush()
         if not self.draining:
             start_again(self.start)

@@ -245,6 +245,7 @@ class DirectRunner:
         elif error is not None and may_retry(held, error[0]):
             schedule_retry(held, self.delayed, self.retry_backoff, self.retry_backoff_max,
                            self.outbox.observer)  # fmt: skip
+            self.ledger.retried(self.slots[held.delivery.lock_token])  # should this worker die
         else:
             self.outbox.finished(held, status, value, error, started, finished)
 

@@ -18,7 +18,7 @@ from ..control import NOTIFY
 from ..transport import Delivery
 from ._observe import KEEP_SIZE
 
-__all__ = ["FLAG_NOTIFY", "Ledger", "LedgerView"]
+__all__ = ["FLAG_NOTIFY", "FLAG_RETRIED", "Ledger", "LedgerView"]
 
 _HEADER = struct.Struct("<QqQddQIH")  # gen, running slot, run seq, started, deadline,
 #                                        finished, body length, running attempt
@@ -29,6 +29,7 @@ _SLOT = struct.Struct("<BBIddH")  # state, flags, delivery count, received, lock
 _SLOT_SIZE = 192
 _TOKEN_MAX = _SLOT_SIZE - _SLOT.size
 FLAG_NOTIFY = 1  # the slot's task asks for notices
+FLAG_RETRIED = 2  # an attempt of the slot's delivery failed here; a retry backs off
 
 
 class LedgerView:
@@ -119,6 +120,11 @@ class Ledger:
             self.mem[offset] = 1  # held: written last
             slots.append(slot)
         return slots
+
+    def retried(self, slot: int) -> None:
+        """An attempt of the delivery in ``slot`` failed and is retried here (one byte)."""
+        offset = _HEADER_SIZE + slot * _SLOT_SIZE + 1
+        self.mem[offset] = self.mem[offset] | FLAG_RETRIED
 
     def release(self, slots: list[int]) -> None:
         """The deliveries in ``slots`` are settled."""

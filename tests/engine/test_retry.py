@@ -135,3 +135,23 @@ def test_retry_delay_is_exponential_capped_and_jittered(attempt):
         delay = retry_delay(attempt, 0.1, 1.0)
         expected = min(0.1 * 2 ** (attempt - 1), 1.0)
         assert 0.5 * expected <= delay <= expected
+
+
+def test_a_retry_backing_off_when_its_worker_dies_keeps_its_attempt(
+    harness: Harness, tasks_dir, tmp_path
+):
+    """The worker dies (another task crashed it) while a ``retry_on`` retry backs off.
+    In direct mode the retry's delivery was given back uncounted, as if never started:
+    the task ran its first attempt again, one run more than ``max_retries`` allows."""
+    harness.engine(tasks_dir=tasks_dir, retry_backoff=1.0, prefetch=2)
+    log = tmp_path / "log"
+    harness.submit("flaky_log.py", str(log), 99, max_retries=1, retry_on=["FlakyError"])
+    end = time.monotonic() + 30
+    while not attempts(log):
+        assert time.monotonic() < end
+        time.sleep(0.02)
+    harness.submit("crash.py", "exit", 3, max_retries=0)  # runs while the retry backs off
+    results = harness.results(2)
+    flaky = next(r for r in results.values() if r.error and r.error.type == "FlakyError")
+    assert flaky.attempt == 2
+    assert [a for a, _ in attempts(log)] == [1, 2]
