@@ -22,6 +22,9 @@ import select
 import time
 from collections import deque
 from collections.abc import Container, Iterator
+from typing import Any
+
+import attrs
 
 from ..control import KIND_RUNNING, NOTIFY
 from ._outbox import Held, Outbox
@@ -52,10 +55,11 @@ logger = logging.getLogger(__name__)
 _PIPE_BUDGET = 32 * 1024  # bytes of not-yet-started tasks queued in the worker's pipe
 
 
+@attrs.define(eq=False)
 class WorkerPipeline:
     """Feeds one warm worker process and turns what happens to it into outcomes.
 
-    Args:
+    Attributes:
         settings: what the worker process is started with.
         outbox: where outcomes are recorded.
         default_timeout: seconds a task may run when it sets no timeout.
@@ -63,31 +67,23 @@ class WorkerPipeline:
         retry_backoff / retry_backoff_max: first and largest delay before a retry.
     """
 
-    def __init__(
-        self,
-        settings: WorkerSettings,
-        outbox: Outbox,
-        default_timeout: float | None,
-        wake_fd: int,
-        retry_backoff: float = DEFAULT_RETRY_BACKOFF,
-        retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
-    ) -> None:
-        self.settings = settings
-        self.outbox = outbox
-        self.default_timeout = default_timeout
-        self.worker: WorkerProcess | None = None
-        self.pending: deque[Held] = deque()
-        self.inflight: deque[Held] = deque()
-        self.delayed: list[Held] = []
-        self.retry_backoff = retry_backoff
-        self.retry_backoff_max = retry_backoff_max
-        self.finished = 0
-        self.accepting = True  # False while draining: nothing new goes to the worker
-        self._wake_fd = wake_fd
-        self._poller = select.poll()
-        self._unstarted_bytes = 0
-        self._head_since = 0.0  # monotonic time the worker started inflight[0]
-        self._seq = 0
+    settings: WorkerSettings
+    outbox: Outbox
+    default_timeout: float | None
+    wake_fd: int
+    retry_backoff: float = DEFAULT_RETRY_BACKOFF
+    retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX
+    worker: WorkerProcess | None = attrs.field(init=False, default=None)
+    pending: deque[Held] = attrs.field(init=False, factory=deque)
+    inflight: deque[Held] = attrs.field(init=False, factory=deque)
+    delayed: list[Held] = attrs.field(init=False, factory=list)
+    finished: int = attrs.field(init=False, default=0)
+    #: False while draining: nothing new goes to the worker
+    accepting: bool = attrs.field(init=False, default=True)
+    _poller: Any = attrs.field(init=False, factory=select.poll)
+    _unstarted_bytes: int = attrs.field(init=False, default=0)
+    _head_since: float = attrs.field(init=False, default=0.0)  # when inflight[0] started
+    _seq: int = attrs.field(init=False, default=0)
 
     # -- process ---------------------------------------------------------------------------
     def start_worker(self) -> None:
@@ -97,7 +93,7 @@ class WorkerPipeline:
 
     def _reset_poller(self) -> None:
         self._poller = select.poll()
-        self._poller.register(self._wake_fd, select.POLLIN)
+        self._poller.register(self.wake_fd, select.POLLIN)
         if self.worker is not None and self.worker.results is not None:
             self._poller.register(self.worker.results.fileno(), select.POLLIN)
 
@@ -112,7 +108,7 @@ class WorkerPipeline:
         """Wait up to ``timeout`` seconds for worker output or the wake fd; True if woken."""
         woken = False
         for fd, _event in self._poller.poll(max(timeout, 0.0) * 1000.0):
-            if fd == self._wake_fd:
+            if fd == self.wake_fd:
                 woken = True
         return woken
 
