@@ -108,12 +108,12 @@ def test_cancel_during_backoff_stops_the_retries(harness: Harness, tasks_dir, tm
     assert len(attempts(log)) == 1
 
 
-def test_a_retry_waiting_on_a_stopping_engine_is_given_back(tasks_dir, tmp_path):
+@pytest.mark.parametrize("mode", ["relay", "direct"])
+def test_a_retry_waiting_on_a_stopping_engine_is_given_back(mode, tasks_dir, tmp_path):
     """Graceful stop during a backoff: the delivery goes back and another engine runs it."""
-    work = tmp_path / "wd"
-    work.mkdir()
-    harness = Harness(tasks_dir, work)
-    try:
+    from engine_helpers import open_harness
+
+    with open_harness(mode, tasks_dir, tmp_path / "wd") as harness:
         first = harness.engine(retry_backoff=30)
         log = tmp_path / "log"
         harness.submit("flaky_log.py", str(log), 2, max_retries=3, retry_on=["FlakyError"])
@@ -125,8 +125,7 @@ def test_a_retry_waiting_on_a_stopping_engine_is_given_back(tasks_dir, tmp_path)
         harness.engine(retry_backoff=0.01)
         result = harness.result()
         assert result.status == "ok" and result.attempt == 2  # redelivery: attempt 2
-    finally:
-        harness.close()
+        assert [a for a, _ in attempts(log)] == [1, 2]
 
 
 @pytest.mark.parametrize("attempt", [1, 2, 3, 8])
