@@ -220,8 +220,11 @@ class TaskObserver:
         self.busy_seconds, self.duration_sum = numbers[3:5]
         self.duration_buckets = list(numbers[5:])
         try:
-            self.failures.extend(orjson.loads(failures))
-        except orjson.JSONDecodeError:
+            items = orjson.loads(failures)
+            if not (isinstance(items, list) and all(isinstance(i, dict) for i in items)):
+                raise ValueError("not a list of failures")
+            self.failures.extend(items)
+        except ValueError:  # orjson.JSONDecodeError too
             logger.warning("the last worker's failures could not be read")
         return True
 

@@ -112,3 +112,21 @@ def test_the_engines_part_says_no_busy_ratio_where_it_times_no_task():
     TaskObserver(transport, "e1", times_tasks=False).failed_for_good("t1", "TaskTimeoutError", "")
     TaskObserver(transport, "e1").failed_for_good("t1", "TaskTimeoutError", "")
     assert "busy" not in transport.reports[0] and transport.reports[1]["busy"] == 0.0
+
+
+def test_kept_failures_that_are_not_a_list_of_failures_are_dropped():
+    """The worker runs task code: whatever it left in the kept memory must not stop the
+    next worker from starting, nor the engine's metrics from being read."""
+    import struct
+
+    from realtime_batch.engine._observe import _KEPT, KEEP_SIZE, TaskObserver
+
+    for blob in (b"5", b'{"a": 1}', b"[1, 2]", b"\xff\xfe", b"[" * 2000):
+        keep = memoryview(bytearray(KEEP_SIZE))
+        TaskObserver(_Reports(), "e1", "worker", keep=keep).finished("t", None, 1.0, 2.0)
+        keep[_KEPT.size : _KEPT.size + len(blob)] = blob
+        struct.pack_into("<I", keep, _KEPT.size - 4, len(blob))
+        again = TaskObserver(_Reports(), "e1", "worker", keep=keep)
+        assert (again.completed, list(again.failures)) == (1, []), blob
+        copy = TaskObserver.read(keep, "e1")
+        assert copy is not None and copy.completed == 1
