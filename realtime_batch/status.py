@@ -100,6 +100,7 @@ def render(stats: TransportStats, previous: TransportStats | None = None) -> Ren
         (f"{stats.transport} ", "bold"),
         f"{stats.url}  uptime {_uptime(stats.uptime)}",
         f"  connections {_fmt(stats.connections)}  requests {_fmt(stats.requests)}",
+        (f"  malformed {stats.bad_requests}", "bold red") if stats.bad_requests else "",
     )
     queues = Table(title="Queues", title_justify="left", expand=False)
     for column in ("queue", "depth", "leased", "DLQ", "mbox", "sent", "done", "sent/s",

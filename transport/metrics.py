@@ -62,6 +62,11 @@ class StatsCollector:
                 "rtbatch_broker_connections", "Clients heard from lately.",
                 value=stats.connections,
             )  # fmt: skip
+        if stats.bad_requests is not None:
+            yield CounterMetricFamily(
+                "rtbatch_broker_bad_requests", "Requests refused as malformed.",
+                value=stats.bad_requests,
+            )  # fmt: skip
 
 
 def _queue_metrics(stats: TransportStats) -> Iterator[Metric]:

@@ -140,6 +140,8 @@ class TransportStats:
         uptime: seconds since the broker started (None when unknown).
         connections: clients heard from lately (None when unknown).
         requests: requests the broker handled (None when unknown).
+        bad_requests: requests the broker refused as malformed (frames it could not
+            read: a client of another version, or someone probing it; None when unknown).
         notes: what this backend cannot tell, in words.
         taken_at: wall-clock time of the snapshot.
     """
@@ -152,6 +154,7 @@ class TransportStats:
     uptime: float | None = None
     connections: int | None = None
     requests: int | None = None
+    bad_requests: int | None = None
     notes: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     taken_at: float = attrs.field(factory=time.time)
 

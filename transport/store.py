@@ -440,9 +440,6 @@ class QueueStore:
             self._release(self._leases[token], now)
         return len(tokens)
 
-    def lease_count(self) -> int:
-        return len(self._leases)
-
     # -- statistics -----------------------------------------------------------------------
     def queue_stats(self) -> tuple[list[QueueStats], list[MailboxStats]]:
         """Every queue's counts (dead-letter queues folded into their queue's record) and

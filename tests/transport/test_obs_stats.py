@@ -203,3 +203,37 @@ def test_heartbeat_takes_a_report_and_nothing_else():
             wire.decode_request([wire.encode_request(wire.HEARTBEAT, 1, *bad)], 100)
     with pytest.raises(wire.FrameError, match="bad arguments for stats"):
         wire.decode_request([wire.encode_request(wire.STATS, 1, "extra")], 100)
+
+
+def test_zmq_stats_and_metrics_count_the_requests_the_broker_refused(zmq_url):
+    """The broker counted malformed requests but told no one: a client of another
+    version, or someone probing the port, went unseen."""
+    import zmq
+
+    from realtime_batch.status import render
+    from realtime_batch.transport.metrics import StatsCollector
+
+    with open_transport(zmq_url) as t:
+        assert t.stats().bad_requests == 0
+        context = zmq.Context()
+        probe = context.socket(zmq.DEALER)
+        probe.setsockopt(zmq.LINGER, 0)
+        try:
+            probe.connect("tcp://" + zmq_url.removeprefix("zmq://"))
+            for junk in ([b"not a request"], [b"\x01", b"\x02", b"\x03"]):
+                probe.send_multipart(junk)
+                assert probe.poll(5000), "the broker answers a malformed request"
+                probe.recv_multipart()  # its error reply
+        finally:
+            probe.close()
+            context.term()
+        stats = t.stats()
+    assert stats.bad_requests == 2
+    [family] = [m for m in StatsCollector(lambda: stats).collect()
+                if m.name == "rtbatch_broker_bad_requests"]  # fmt: skip
+    assert [sample.value for sample in family.samples if sample.name.endswith("_total")] == [2]
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(render(stats))
+    assert "malformed 2" in console.export_text()

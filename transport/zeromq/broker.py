@@ -344,6 +344,7 @@ class Broker:
             uptime=now - self.started,
             connections=len(self._last_seen),
             requests=self.requests_handled,
+            bad_requests=self.bad_requests,
             taken_at=now,
         )
 
