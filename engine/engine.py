@@ -318,11 +318,11 @@ class Engine:
         a copy of its task worker's figures (kept in their ledger across workers)."""
         observers = [self._outbox.observer]
         ledger = getattr(self._feeder, "ledger", None)  # a DirectWorker's
-        if ledger is not None:
-            kept = TaskObserver.read(ledger.figures, self.engine_id)
-            if kept is not None:
-                observers.append(kept)
-        return observers
+        try:
+            kept = None if ledger is None else TaskObserver.read(ledger.figures, self.engine_id)
+        except ValueError:  # closed: the engine has stopped
+            kept = None
+        return observers if kept is None else [*observers, kept]
 
     @property
     def current_task(self) -> str | None:

@@ -100,6 +100,8 @@ def test_a_direct_engines_metrics_count_what_its_workers_answered_too(tmp_path):
         finally:
             server.shutdown()
             thread.join(5)
+    # stopped (its ledger closed): what is left is the engine's own count
+    assert [o.failed for o in engine.observers()] == [1]
 
     def value(name: str) -> float:
         [sample] = samples[name]
