@@ -50,6 +50,13 @@ def attempts(log: Path) -> list[tuple[int, float]]:
     return [(int(a), float(t)) for a, t in (line.split() for line in log.read_text().splitlines())]
 
 
+def wait_for_first_attempt(log: Path, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while not attempts(log):
+        assert time.monotonic() < end, "the task never started"
+        time.sleep(0.02)
+
+
 def test_retry_on_backs_off_and_counts_attempts(harness: Harness, tasks_dir, tmp_path):
     harness.engine(tasks_dir=tasks_dir, retry_backoff=0.2)
     log = tmp_path / "log"
@@ -98,10 +105,7 @@ def test_cancel_during_backoff_stops_the_retries(harness: Harness, tasks_dir, tm
     engine = harness.engine(tasks_dir=tasks_dir, retry_backoff=30, prefetch=prefetch)
     log = tmp_path / "log"
     task = harness.submit("flaky_log.py", str(log), 99, max_retries=5, retry_on=["FlakyError"])
-    end = time.monotonic() + 30
-    while not attempts(log):
-        assert time.monotonic() < end
-        time.sleep(0.02)
+    wait_for_first_attempt(log)
     harness.transport.send(CONTROL_QUEUE, cancel_messages("s1", engine.engine_id, [task]))
     result = harness.result(timeout=10)  # long before the 15-30 s backoff ends
     assert result.status == "cancelled"
@@ -117,10 +121,7 @@ def test_a_retry_waiting_on_a_stopping_engine_is_given_back(mode, tasks_dir, tmp
         first = harness.engine(retry_backoff=30)
         log = tmp_path / "log"
         harness.submit("flaky_log.py", str(log), 2, max_retries=3, retry_on=["FlakyError"])
-        end = time.monotonic() + 30
-        while not attempts(log):
-            assert time.monotonic() < end
-            time.sleep(0.02)
+        wait_for_first_attempt(log)
         first.stop()
         harness.engine(retry_backoff=0.01)
         result = harness.result()
@@ -145,10 +146,7 @@ def test_a_retry_backing_off_when_its_worker_dies_keeps_its_attempt(
     harness.engine(tasks_dir=tasks_dir, retry_backoff=1.0, prefetch=2)
     log = tmp_path / "log"
     harness.submit("flaky_log.py", str(log), 99, max_retries=1, retry_on=["FlakyError"])
-    end = time.monotonic() + 30
-    while not attempts(log):
-        assert time.monotonic() < end
-        time.sleep(0.02)
+    wait_for_first_attempt(log)
     harness.submit("crash.py", "exit", 3, max_retries=0)  # runs while the retry backs off
     results = harness.results(2)
     flaky = next(r for r in results.values() if r.error and r.error.type == "FlakyError")
