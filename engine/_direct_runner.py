@@ -27,7 +27,7 @@ from ..transport.errors import TransportClosedError, TransportError
 from ._admit import Admission
 from ._ledger import Ledger
 from ._observe import TaskObserver
-from ._outbox import Held, Outbox, Settler, delivery_attempt
+from ._outbox import Held, Outbox, Settler
 from ._pipe import STATUS_EXPIRED, ControlPipe
 from ._reach import Backoff
 from ._supervise import drop_cancelled, may_retry, release_due, schedule_retry
@@ -199,13 +199,8 @@ class DirectRunner:
                 release_memory()  # after a jar task: its output and result are sent
             if deliveries:
                 self._admit(deliveries)
-        for held in self.pending:  # never started here: not counted as a delivery
-            if held.attempt > delivery_attempt(held.delivery, held.task):
-                self.outbox.abandon(held)  # retried here already
-            else:
-                self.outbox.give_back(held.delivery)
-        for held in self.delayed:
-            self.outbox.abandon(held)
+        for held in (*self.pending, *self.delayed):  # never started, or retried here
+            self.outbox.give_back_unstarted(held)
         self.pending.clear()
         self.delayed.clear()
         self._flush(inline=False)

@@ -231,6 +231,18 @@ class Outbox:
         """Give back a delivery that never started, not counted as a delivery."""
         self._entries.append(_Entry(delivery, _GIVE_BACK))
 
+    def give_back_unstarted(self, held: Held) -> None:
+        """Give back a task held here and not started (the engine stops, or its worker died).
+
+        Not counted as a delivery, so that being near a stop or a crash uses up none of
+        its retries; unless an attempt of it already ran here (a ``retry_on`` retry backing
+        off): then counted, so that it comes back as its next attempt. Both modes' rule.
+        """
+        if held.attempt > delivery_attempt(held.delivery, held.task):
+            self.abandon(held)
+        else:
+            self.give_back(held.delivery)
+
     def finished(
         self,
         held: Held,
