@@ -60,3 +60,32 @@ def test_tasks_held_by_a_stopping_engine_are_not_charged_an_attempt(harness: Har
     results = harness.results(3)
     for task in waiting:
         assert results[task].status == "ok" and results[task].attempt == 1, results[task]
+
+
+def test_a_timeout_during_a_graceful_stop_is_answered(harness: Harness):
+    """The running task passes its timeout within the stop's grace period: killed and
+    answered ``TaskTimeoutError``, as at any other time. Direct mode took it for a task
+    still running at the end of the grace period and gave it back without an answer."""
+    engine = harness.engine(grace=20)
+    task = harness.submit("marker_sleep.py", "started", 60, timeout=1.5, max_retries=3)
+    wait_for(harness.work_dir / "started")
+    engine.stop(timeout=30)
+    result = harness.result(timeout=5)
+    assert result.task == task and result.error.type == "TaskTimeoutError"
+    assert result.attempt == 1
+    assert harness.transport.receive(harness.queue, timeout=0.5) == []  # nothing given back
+
+
+def test_a_worker_crash_during_a_graceful_stop_is_answered(harness: Harness, tasks_dir):
+    """The running task kills its worker within the stop's grace period: a worker crash,
+    answered ``WorkerCrashedError`` when it has no retries left. Direct mode gave it
+    back as if the grace period had ended, and the next engine answered
+    ``EngineLostError`` for a task whose engine never died."""
+    engine = harness.engine(tasks_dir=tasks_dir, grace=20)
+    task = harness.submit("crash_later.py", "started", 1.5, max_retries=0)
+    wait_for(harness.work_dir / "started")
+    engine.stop(timeout=30)
+    result = harness.result(timeout=5)
+    assert result.task == task and result.error.type == "WorkerCrashedError"
+    assert "exit code 3" in result.error.message and result.attempt == 1
+    assert harness.transport.receive(harness.queue, timeout=0.5) == []
