@@ -270,7 +270,7 @@ class DirectWorker:
                 self.outbox.abandon(held)  # still running when the grace period ended
             else:  # a retry of a timeout goes back to the broker: this worker is gone
                 limit = timeout_of(held, self.options.get("default_timeout"))
-                settle_lost_task(self.outbox, held, why, code, report, limit, self._abandon)
+                settle_lost_task(self.outbox, held, why, code, report, limit, None)
         elif why is None and not self.draining:
             logger.warning("worker died idle (%s); restarting", describe_exit(code))
         for token, count, flags, *_ in view.held.values():
@@ -282,10 +282,6 @@ class DirectWorker:
         self._flush()
         if not self.draining:
             start_again(self.start)
-
-    def _abandon(self, held: Held) -> bool:
-        self.outbox.abandon(held)
-        return True
 
     def _flush(self) -> None:
         try:

@@ -182,10 +182,18 @@ class Outbox:
         """A cancelled task was running: its worker was killed; ``cancelled`` result."""
         self.cancelled(held, "cancelled by the client while running; stopped")
 
-    def timed_out(self, held: Held, limit: float | None) -> None:
-        """The task ran past its timeout of ``limit`` s and its worker was killed."""
+    def timed_out(self, held: Held, limit: float | None, *, requeue: bool = False) -> None:
+        """The task ran past its timeout of ``limit`` s and its worker was killed.
+
+        ``requeue``: retried (``retry_on`` names the timeout) on any engine: given back
+        for another attempt unless that would take the queue's last delivery, as a
+        crash's retry (``crashed``).
+        """
         message = f"task exceeded its timeout of {limit} s and was killed"
-        self.error(held, "TaskTimeoutError", message)
+        if requeue:
+            self._retry(held, "TaskTimeoutError", message)
+        else:
+            self.error(held, "TaskTimeoutError", message)
 
     def notice(self, kind: str, task: TaskRecord) -> None:
         """Queue an ``engine``/``running`` notice about ``task`` for its session's mailbox."""

@@ -218,11 +218,10 @@ class WorkerPipeline:
         else:
             self.outbox.finished(held, status, value, error, started, finished)
 
-    def _retry(self, held: Held) -> bool:
-        """Back off, then run ``held`` again on this engine. True (it always can here)."""
+    def _retry(self, held: Held) -> None:
+        """Back off, then run ``held`` again on this engine."""
         schedule_retry(held, self.delayed, self.retry_backoff, self.retry_backoff_max,
                        self.outbox.observer)  # fmt: skip
-        return True
 
     def release_due(self) -> None:
         """Move retries whose backoff ended to the front of ``pending``."""

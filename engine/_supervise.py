@@ -191,7 +191,7 @@ def settle_lost_task(
     returncode: int | None,
     crash_report: str,
     limit: float | None,
-    retry: Callable[[Held], bool],
+    retry: Callable[[Held], None] | None,
 ) -> None:
     """The outcome of the task a worker was running when it was killed or died.
 
@@ -201,8 +201,11 @@ def settle_lost_task(
         returncode: the worker's exit status.
         crash_report: what the worker wrote on a fatal signal.
         limit: the task's timeout (for the message of a ``TaskTimeoutError``).
-        retry: runs the task again if it may (returns True), for a timeout named in
-            ``retry_on``; each mode retries in its own way.
+        retry: runs again a task whose timeout is named in ``retry_on`` and that has
+            retries left, on this engine after a backoff (relay mode: the lease stays
+            held); None: its delivery goes back to the queue for any engine (direct
+            mode: the worker holding it is gone), by the rule of a crash's retry
+            (``Outbox.crashed``: never into the queue's last delivery).
     """
     task_id = held.task.task
     if why == WHY_CANCELLED:
@@ -210,8 +213,12 @@ def settle_lost_task(
         outbox.stopped_running(held)
     elif why == WHY_TIMEOUT:
         logger.warning("task %s timed out after %s s; worker killed", task_id, limit)
-        if not (may_retry(held, "TaskTimeoutError") and retry(held)):
+        if not may_retry(held, "TaskTimeoutError"):
             outbox.timed_out(held, limit)
+        elif retry is not None:
+            retry(held)
+        else:
+            outbox.timed_out(held, limit, requeue=True)
     else:
         cause = describe_exit(returncode)
         logger.warning("worker died with %s running task %s", cause, task_id)

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from engine_helpers import TASKS, Harness
 
+from realtime_batch.transport import dead_letter_queue
+
 # Sleeps, then kills its worker: a crash that comes while the engine is stopping.
 CRASH_LATER = """
 import os
@@ -89,3 +91,24 @@ def test_a_worker_crash_during_a_graceful_stop_is_answered(harness: Harness, tas
     assert result.task == task and result.error.type == "WorkerCrashedError"
     assert "exit code 3" in result.error.message and result.attempt == 1
     assert harness.transport.receive(harness.queue, timeout=0.5) == []
+
+
+def test_a_timeout_retry_never_takes_the_queues_last_delivery(harness: Harness):
+    """A timeout named in ``retry_on`` with the queue's ``max_delivery_count`` at 2: the
+    retry may not use the last delivery (kept for answering a task whose engine died),
+    so the client gets ``TaskTimeoutError``, never ``EngineLostError``. Relay mode retries
+    on the same delivery (attempt 2); direct mode, whose timeout retries go back to the
+    broker, answers attempt 1 and dead-letters it, like a worker crash at the limit."""
+    harness.engine(max_delivery_count=2, retry_backoff=0.01)
+    task = harness.submit("sleep.py", 60, timeout=0.3, max_retries=1,
+                          retry_on=["TaskTimeoutError"])  # fmt: skip
+    result = harness.result()
+    assert result.task == task and result.error.type == "TaskTimeoutError", result.error
+    if harness.direct:
+        assert result.attempt == 1
+        assert "MaxDeliveryCountExceeded" in result.error.message
+        [dead] = harness.transport.receive(dead_letter_queue(harness.queue), timeout=5)
+        assert dead.message.properties["DeadLetterReason"] == "MaxDeliveryCountExceeded"
+    else:
+        assert result.attempt == 2
+    harness.assert_no_result()
