@@ -30,7 +30,13 @@ from ._observe import TaskObserver
 from ._outbox import Held, Outbox, Settler
 from ._pipe import STATUS_EXPIRED, ControlPipe
 from ._reach import Backoff
-from ._supervise import drop_cancelled, may_retry, release_due, schedule_retry
+from ._supervise import (
+    drop_cancelled,
+    failed_after_cancel,
+    may_retry,
+    release_due,
+    schedule_retry,
+)
 from .tasks import JvmOptionPolicy
 
 __all__ = ["DirectControl", "DirectRunner"]
@@ -237,6 +243,8 @@ class DirectRunner:
         self.ledger.stop()
         if status == STATUS_EXPIRED:
             self.outbox.expired(held)
+        elif failed_after_cancel(error, held.key in self.control.keys):
+            self.outbox.cancelled(held)
         elif error is not None and may_retry(held, error[0]):
             schedule_retry(held, self.delayed, self.retry_backoff, self.retry_backoff_max,
                            self.outbox.observer)  # fmt: skip

@@ -39,6 +39,7 @@ from ._supervise import (
     WHY_TIMEOUT,
     describe_exit,
     drop_cancelled,
+    failed_after_cancel,
     may_retry,
     release_due,
     schedule_retry,
@@ -209,7 +210,9 @@ class WorkerPipeline:
             pass  # cancelled while queued in the worker, and answered then
         elif status == STATUS_SKIPPED:  # not started: the engine stops
             self.outbox.give_back_unstarted(held)
-        elif status == STATUS_CANCELLED or (held.cancelled_at is not None and error is not None):
+        elif status == STATUS_CANCELLED or failed_after_cancel(
+            error, held.cancelled_at is not None
+        ):
             self.outbox.cancelled(held)
         elif status == STATUS_EXPIRED:
             self.outbox.expired(held)

@@ -6,8 +6,9 @@ the same rules, and each rule is written once, here:
 
 * which failures are retried, and after what delay (``may_retry``, ``schedule_retry``,
   ``release_due``);
-* what a cancel request does to tasks held but not running (``drop_cancelled``), and
-  how long a running cancelled task has before its worker is killed (``CANCEL_GRACE``);
+* what a cancel request does to tasks held but not running (``drop_cancelled``), how
+  long a running cancelled task has before its worker is killed (``CANCEL_GRACE``),
+  and what becomes of one that fails meanwhile (``failed_after_cancel``);
 * when a running task's ``running`` notice is due and when it times out
   (``RUNNING_NOTICE_AFTER``, ``timeout_of``);
 * what becomes of the task a worker was running when it died or was killed
@@ -48,6 +49,7 @@ __all__ = [
     "WHY_TIMEOUT",
     "describe_exit",
     "drop_cancelled",
+    "failed_after_cancel",
     "idle_wait",
     "may_retry",
     "next_renewal",
@@ -141,6 +143,14 @@ def release_due(delayed: list[Held]) -> list[Held]:
     if due:
         delayed[:] = [held for held in delayed if held.due > now]
     return due
+
+
+def failed_after_cancel(error: object, cancelled: bool) -> bool:
+    """True if a task that ran is answered ``cancelled`` rather than with its outcome:
+    the client cancelled it while it ran and it failed before its worker was killed
+    (the client asked for no result; an error, or a ``retry_on`` retry, would be one).
+    A task that succeeded meanwhile sends its value."""
+    return cancelled and error is not None
 
 
 def drop_cancelled(

@@ -30,12 +30,26 @@ def run(marker, seconds, code=3):
     os._exit(code)
 """
 
+# Runs until a file appears, then raises: a failure that comes after a cancel.
+FAIL_ON_GO = """
+import time
+from pathlib import Path
+
+
+def run(marker, go):
+    Path(marker).touch()
+    while not Path(go).exists():
+        time.sleep(0.01)
+    raise ValueError("failed after all")
+"""
+
 
 @pytest.fixture
 def tasks_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "tasks"
     shutil.copytree(TASKS, folder)
     (folder / "crash_later.py").write_text(CRASH_LATER.lstrip())
+    (folder / "fail_on_go.py").write_text(FAIL_ON_GO.lstrip())
     return folder
 
 
@@ -111,4 +125,31 @@ def test_a_timeout_retry_never_takes_the_queues_last_delivery(harness: Harness):
         assert dead.message.properties["DeadLetterReason"] == "MaxDeliveryCountExceeded"
     else:
         assert result.attempt == 2
+    harness.assert_no_result()
+
+
+def test_a_running_task_that_fails_after_its_cancel_is_answered_cancelled(
+    harness: Harness, tasks_dir, monkeypatch
+):
+    """A cancel reaches the running task, which fails before the worker is killed for
+    it: the client cancelled it, so it is answered ``cancelled`` (docs: "status
+    ``cancelled``, never a result"), not with the error. Direct mode answered the error."""
+    from realtime_batch.control import CONTROL_QUEUE, cancel_messages
+    from realtime_batch.engine import _direct, _pipeline
+
+    for module in (_direct, _pipeline):  # the task fails long before a kill
+        monkeypatch.setattr(module, "CANCEL_GRACE", 60.0)
+    engine = harness.engine(tasks_dir=tasks_dir)
+    go = harness.work_dir / "go"
+    task = harness.submit("fail_on_go.py", "started", str(go))
+    wait_for(harness.work_dir / "started")
+    harness.transport.send(CONTROL_QUEUE, cancel_messages("s1", engine.engine_id, [task]))
+    end = time.monotonic() + 30
+    while not engine.is_cancelled("s1", task):
+        assert time.monotonic() < end
+        time.sleep(0.01)
+    time.sleep(1.0)  # the engine passes it on to its worker at once (direct mode)
+    go.touch()
+    result = harness.result()
+    assert result.task == task and result.status == "cancelled", result.error
     harness.assert_no_result()
