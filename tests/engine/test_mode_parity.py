@@ -1,9 +1,11 @@
 """The failure rules of docs/reliability.md hold alike in relay and direct mode.
 
-Each scenario runs in both modes (the ``harness`` fixture). They cover the edges where
-the two feeders kept their own copy of a rule and the copies had drifted apart: what
-a graceful stop does with the tasks an engine holds, and a timeout retry at the
-queue's delivery limit.
+Each scenario runs in both modes (the ``harness`` fixture). Most cover edges where the
+two feeders kept their own copy of a rule and the copies had drifted apart: what a
+graceful stop does with the tasks an engine holds and with a timeout or a crash in its
+grace period, a timeout retry at the queue's delivery limit, a running task that fails
+after its cancel. The last two cover rules no other test did: a deadline passing while
+a task waits on an engine, the tasks held next to a timeout.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from pathlib import Path
 import pytest
 from engine_helpers import TASKS, Harness
 
-from realtime_batch.transport import dead_letter_queue
+from realtime_batch.protocol import encode_task
+from realtime_batch.transport import Message, dead_letter_queue
 
 # Sleeps, then kills its worker: a crash that comes while the engine is stopping.
 CRASH_LATER = """
@@ -153,3 +156,34 @@ def test_a_running_task_that_fails_after_its_cancel_is_answered_cancelled(
     result = harness.result()
     assert result.task == task and result.status == "cancelled", result.error
     harness.assert_no_result()
+
+
+def test_a_deadline_that_passes_while_the_task_waits_on_an_engine_expires_it(harness: Harness):
+    """Admitted in time, then held behind a running task until its deadline passed: not
+    run, answered ``expired`` when its turn comes (the worker's check as a task starts;
+    ``test_engine`` covers a deadline already past on arrival)."""
+    harness.engine(prefetch=2)
+    head = harness.task("sleep.py", 2.0)
+    late = harness.task("marker_sleep.py", "ran", 0, deadline=time.time() + 0.8)
+    # one send: the engine (its worker, in direct mode) takes both at once
+    harness.transport.send(harness.queue, [Message(encode_task(head)), Message(encode_task(late))])
+    head, late = head.task, late.task
+    results = harness.results(2)
+    assert results[head].ok
+    assert results[late].status == "expired" and results[late].attempt == 1
+    assert results[late].error.type == "TaskExpiredError"
+    assert not (harness.work_dir / "ran").exists()
+
+
+def test_tasks_held_next_to_a_timeout_are_not_charged_an_attempt(harness: Harness):
+    """The worker is killed for a timeout while it holds three more tasks: those run
+    once, as attempt 1 (a kill for a timeout takes its own path in each mode;
+    ``test_direct`` covers the tasks held next to a crash)."""
+    harness.transport.declare_queue(harness.queue)
+    slow = harness.submit("sleep.py", 60, timeout=0.5, max_retries=2)
+    others = [harness.submit("noop.py", i, max_retries=0) for i in range(3)]
+    harness.engine(prefetch=4)
+    results = harness.results(4)
+    assert results[slow].error.type == "TaskTimeoutError" and results[slow].attempt == 1
+    for task in others:
+        assert results[task].ok and results[task].attempt == 1, results[task]
