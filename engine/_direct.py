@@ -265,7 +265,7 @@ class DirectWorker:
             if held is None:  # its message was too large for the ledger: counted, so bounded
                 self.outbox.abandon(Held(_delivery(self.queue, running[0], running[1]), None, 0))  # type: ignore[arg-type]
             elif why is not None and view.run_seq != run_seq:
-                self.outbox.give_back(held.delivery)  # it started just before the kill
+                self.outbox.give_back_unstarted(held)  # it started just before the kill
             elif stopped:
                 self.outbox.abandon(held)  # still running when the grace period ended
             else:  # a retry of a timeout goes back to the broker: this worker is gone
