@@ -205,7 +205,9 @@ class DirectRunner:
                 release_memory()  # after a jar task: its output and result are sent
             if deliveries:
                 self._admit(deliveries)
-        for held in (*self.pending, *self.delayed):  # never started, or retried here
+        # never started, or retried here: answered if cancelled, else given back
+        for held in drop_cancelled((*self.pending, *self.delayed), self.control.keys,
+                                   self.outbox):  # fmt: skip
             self.outbox.give_back_unstarted(held)
         self.pending.clear()
         self.delayed.clear()

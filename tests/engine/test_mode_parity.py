@@ -187,3 +187,31 @@ def test_tasks_held_next_to_a_timeout_are_not_charged_an_attempt(harness: Harnes
     assert results[slow].error.type == "TaskTimeoutError" and results[slow].attempt == 1
     for task in others:
         assert results[task].ok and results[task].attempt == 1, results[task]
+
+
+def test_a_cancelled_task_held_by_a_stopping_engine_is_answered_not_given_back(
+    harness: Harness,
+):
+    """A task cancelled while it waits on an engine behind a running one, then the engine
+    stops: it is answered ``cancelled`` there (relay mode at once, direct mode when its
+    worker drains), not given back to run on an engine that may never hear of the
+    cancel."""
+    from realtime_batch.control import CONTROL_QUEUE, cancel_messages
+
+    harness.transport.declare_queue(harness.queue)
+    running = harness.submit("marker_sleep.py", "started", 1.5)
+    waiting = harness.submit("marker_sleep.py", "ran", 0)
+    engine = harness.engine(prefetch=2)
+    wait_for(harness.work_dir / "started")
+    harness.transport.send(CONTROL_QUEUE, cancel_messages("s1", engine.engine_id, [waiting]))
+    end = time.monotonic() + 30
+    while not engine.is_cancelled("s1", waiting):
+        assert time.monotonic() < end
+        time.sleep(0.01)
+    time.sleep(0.5)  # the engine passes it on to its worker at once (direct mode)
+    engine.stop(timeout=30)
+    results = harness.results(2, timeout=5)
+    assert results[running].ok
+    assert results[waiting].status == "cancelled"
+    assert harness.transport.receive(harness.queue, timeout=0.5) == []
+    assert not (harness.work_dir / "ran").exists()
