@@ -2,10 +2,10 @@
 
 Each scenario runs in both modes (the ``harness`` fixture). Most cover edges where the
 two feeders kept their own copy of a rule and the copies had drifted apart: what a
-graceful stop does with the tasks an engine holds and with a timeout or a crash in its
-grace period, a timeout retry at the queue's delivery limit, a running task that fails
-after its cancel. The last two cover rules no other test did: a deadline passing while
-a task waits on an engine, the tasks held next to a timeout.
+graceful stop does with the tasks an engine holds (cancelled or not) and with a timeout
+or a crash in its grace period, a timeout retry at the queue's delivery limit, a running
+task that fails after its cancel. Two cover rules no other test did: a deadline passing
+while a task waits on an engine, the tasks held next to a timeout.
 """
 
 from __future__ import annotations
