@@ -241,8 +241,13 @@ class DirectWorker:
         self.worker.kill()
         self._lost(why, run_seq)
 
-    def _lost(self, why: str | None, run_seq: int = 0) -> None:
-        """The worker is dead (killed for ``why``, or by itself): settle what it held."""
+    def _lost(self, why: str | None, run_seq: int = 0, *, stopped: bool = False) -> None:
+        """The worker is dead (killed for ``why``, or by itself): settle what it held.
+
+        ``stopped``: killed because the engine stops (its grace period ended); a task it
+        was running goes back to the queue. A timeout, a cancel or a crash while the
+        engine drains is answered as at any other time.
+        """
         worker = self.worker
         assert worker is not None
         if self.draining and worker.proc is not None:
@@ -260,12 +265,12 @@ class DirectWorker:
             if held is None:  # its message was too large for the ledger: counted, so bounded
                 self.outbox.abandon(Held(_delivery(self.queue, running[0], running[1]), None, 0))  # type: ignore[arg-type]
             elif why is not None and view.run_seq != run_seq:
-                self.outbox.give_back(held.delivery)  # it started just before the kill
-            elif self.draining:
+                self.outbox.give_back_unstarted(held)  # it started just before the kill
+            elif stopped:
                 self.outbox.abandon(held)  # still running when the grace period ended
             else:  # a retry of a timeout goes back to the broker: this worker is gone
                 limit = timeout_of(held, self.options.get("default_timeout"))
-                settle_lost_task(self.outbox, held, why, code, report, limit, self._abandon)
+                settle_lost_task(self.outbox, held, why, code, report, limit, None)
         elif why is None and not self.draining:
             logger.warning("worker died idle (%s); restarting", describe_exit(code))
         for token, count, flags, *_ in view.held.values():
@@ -277,10 +282,6 @@ class DirectWorker:
         self._flush()
         if not self.draining:
             start_again(self.start)
-
-    def _abandon(self, held: Held) -> bool:
-        self.outbox.abandon(held)
-        return True
 
     def _flush(self) -> None:
         try:
@@ -302,13 +303,13 @@ class DirectWorker:
                 logger.warning("engine %s: giving back the task still running after the grace "
                                "period", self.engine_id)  # fmt: skip
             self.worker.kill()
-            self._lost(None)
+            self._lost(None, stopped=True)
 
     def close(self) -> None:
         self.draining = True
         if self.worker is not None:
             self.worker.kill()
-            self._lost(None)
+            self._lost(None, stopped=True)
         self.ledger.close()
 
 

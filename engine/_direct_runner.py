@@ -27,10 +27,16 @@ from ..transport.errors import TransportClosedError, TransportError
 from ._admit import Admission
 from ._ledger import Ledger
 from ._observe import TaskObserver
-from ._outbox import Held, Outbox, Settler, delivery_attempt
+from ._outbox import Held, Outbox, Settler
 from ._pipe import STATUS_EXPIRED, ControlPipe
 from ._reach import Backoff
-from ._supervise import drop_cancelled, may_retry, release_due, schedule_retry
+from ._supervise import (
+    drop_cancelled,
+    failed_after_cancel,
+    may_retry,
+    release_due,
+    schedule_retry,
+)
 from .tasks import JvmOptionPolicy
 
 __all__ = ["DirectControl", "DirectRunner"]
@@ -199,13 +205,10 @@ class DirectRunner:
                 release_memory()  # after a jar task: its output and result are sent
             if deliveries:
                 self._admit(deliveries)
-        for held in self.pending:  # never started here: not counted as a delivery
-            if held.attempt > delivery_attempt(held.delivery, held.task):
-                self.outbox.abandon(held)  # retried here already
-            else:
-                self.outbox.give_back(held.delivery)
-        for held in self.delayed:
-            self.outbox.abandon(held)
+        # never started, or retried here: answered if cancelled, else given back
+        for held in drop_cancelled((*self.pending, *self.delayed), self.control.keys,
+                                   self.outbox):  # fmt: skip
+            self.outbox.give_back_unstarted(held)
         self.pending.clear()
         self.delayed.clear()
         self._flush(inline=False)
@@ -242,6 +245,8 @@ class DirectRunner:
         self.ledger.stop()
         if status == STATUS_EXPIRED:
             self.outbox.expired(held)
+        elif failed_after_cancel(error, held.key in self.control.keys):
+            self.outbox.cancelled(held)
         elif error is not None and may_retry(held, error[0]):
             schedule_retry(held, self.delayed, self.retry_backoff, self.retry_backoff_max,
                            self.outbox.observer)  # fmt: skip

@@ -182,10 +182,18 @@ class Outbox:
         """A cancelled task was running: its worker was killed; ``cancelled`` result."""
         self.cancelled(held, "cancelled by the client while running; stopped")
 
-    def timed_out(self, held: Held, limit: float | None) -> None:
-        """The task ran past its timeout of ``limit`` s and its worker was killed."""
+    def timed_out(self, held: Held, limit: float | None, *, requeue: bool = False) -> None:
+        """The task ran past its timeout of ``limit`` s and its worker was killed.
+
+        ``requeue``: retried (``retry_on`` names the timeout) on any engine: given back
+        for another attempt unless that would take the queue's last delivery, as a
+        crash's retry (``crashed``).
+        """
         message = f"task exceeded its timeout of {limit} s and was killed"
-        self.error(held, "TaskTimeoutError", message)
+        if requeue:
+            self._retry(held, "TaskTimeoutError", message)
+        else:
+            self.error(held, "TaskTimeoutError", message)
 
     def notice(self, kind: str, task: TaskRecord) -> None:
         """Queue an ``engine``/``running`` notice about ``task`` for its session's mailbox."""
@@ -230,6 +238,18 @@ class Outbox:
     def give_back(self, delivery: Delivery) -> None:
         """Give back a delivery that never started, not counted as a delivery."""
         self._entries.append(_Entry(delivery, _GIVE_BACK))
+
+    def give_back_unstarted(self, held: Held) -> None:
+        """Give back a task held here and not started (the engine stops, or its worker died).
+
+        Not counted as a delivery, so that being near a stop or a crash uses up none of
+        its retries; unless an attempt of it already ran here (a ``retry_on`` retry backing
+        off): then counted, so that it comes back as its next attempt. Both modes' rule.
+        """
+        if held.attempt > delivery_attempt(held.delivery, held.task):
+            self.abandon(held)
+        else:
+            self.give_back(held.delivery)
 
     def finished(
         self,

@@ -39,6 +39,7 @@ from ._supervise import (
     WHY_TIMEOUT,
     describe_exit,
     drop_cancelled,
+    failed_after_cancel,
     may_retry,
     release_due,
     schedule_retry,
@@ -207,9 +208,11 @@ class WorkerPipeline:
         self.finished += 1
         if held.answered:
             pass  # cancelled while queued in the worker, and answered then
-        elif status == STATUS_SKIPPED:
-            self.outbox.abandon(held)
-        elif status == STATUS_CANCELLED or (held.cancelled_at is not None and error is not None):
+        elif status == STATUS_SKIPPED:  # not started: the engine stops
+            self.outbox.give_back_unstarted(held)
+        elif status == STATUS_CANCELLED or failed_after_cancel(
+            error, held.cancelled_at is not None
+        ):
             self.outbox.cancelled(held)
         elif status == STATUS_EXPIRED:
             self.outbox.expired(held)
@@ -218,11 +221,10 @@ class WorkerPipeline:
         else:
             self.outbox.finished(held, status, value, error, started, finished)
 
-    def _retry(self, held: Held) -> bool:
-        """Back off, then run ``held`` again on this engine. True (it always can here)."""
+    def _retry(self, held: Held) -> None:
+        """Back off, then run ``held`` again on this engine."""
         schedule_retry(held, self.delayed, self.retry_backoff, self.retry_backoff_max,
                        self.outbox.observer)  # fmt: skip
-        return True
 
     def release_due(self) -> None:
         """Move retries whose backoff ended to the front of ``pending``."""
@@ -306,7 +308,7 @@ class WorkerPipeline:
                 self.pending.extendleft(reversed(rest))
             else:
                 for held in rest:
-                    self.outbox.abandon(held)
+                    self.outbox.give_back_unstarted(held)
             self.inflight.clear()
         self._unstarted_bytes = 0
         if self.accepting:
@@ -320,12 +322,18 @@ class WorkerPipeline:
             self.worker.drain()
 
     def abandon_all(self) -> int:
-        """Kill the worker and give back every task still held. Returns how many."""
+        """Kill the worker and give back every task still held. Returns how many.
+
+        The running one is counted as a delivery; those that never started are not.
+        """
         self.stop_worker(timeout=0)
         count = len(self)
+        running = self.inflight[0] if self.inflight else None
         for held in (*self.inflight, *self.pending, *self.delayed):
-            if not held.answered:
+            if held is running and not held.answered:
                 self.outbox.abandon(held)
+            elif not held.answered:
+                self.outbox.give_back_unstarted(held)
         self.inflight.clear()
         self.pending.clear()
         self.delayed.clear()

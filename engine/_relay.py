@@ -244,10 +244,10 @@ class RelayFeeder:
         pipeline.drain()  # tasks queued in the worker are skipped, not started
         self._stop_receiver()  # before giving anything back, or we might receive it again
         self._admit_incoming()
-        while pipeline.pending:
-            self.outbox.abandon(pipeline.pending.popleft())
-        while pipeline.delayed:
-            self.outbox.abandon(pipeline.delayed.pop())
+        while pipeline.pending:  # never started: given back uncounted
+            self.outbox.give_back_unstarted(pipeline.pending.popleft())
+        while pipeline.delayed:  # retries: given back counted, as their next attempt
+            self.outbox.give_back_unstarted(pipeline.delayed.pop())
         grace_end = time.monotonic() + grace
         while pipeline.inflight and not forced() and time.monotonic() < grace_end:
             self.step(min(grace_end, time.monotonic() + _POLL))

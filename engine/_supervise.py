@@ -6,8 +6,9 @@ the same rules, and each rule is written once, here:
 
 * which failures are retried, and after what delay (``may_retry``, ``schedule_retry``,
   ``release_due``);
-* what a cancel request does to tasks held but not running (``drop_cancelled``), and
-  how long a running cancelled task has before its worker is killed (``CANCEL_GRACE``);
+* what a cancel request does to tasks held but not running (``drop_cancelled``), how
+  long a running cancelled task has before its worker is killed (``CANCEL_GRACE``),
+  and what becomes of one that fails meanwhile (``failed_after_cancel``);
 * when a running task's ``running`` notice is due and when it times out
   (``RUNNING_NOTICE_AFTER``, ``timeout_of``);
 * what becomes of the task a worker was running when it died or was killed
@@ -48,6 +49,7 @@ __all__ = [
     "WHY_TIMEOUT",
     "describe_exit",
     "drop_cancelled",
+    "failed_after_cancel",
     "idle_wait",
     "may_retry",
     "next_renewal",
@@ -143,6 +145,14 @@ def release_due(delayed: list[Held]) -> list[Held]:
     return due
 
 
+def failed_after_cancel(error: object, cancelled: bool) -> bool:
+    """True if a task that ran is answered ``cancelled`` rather than with its outcome:
+    the client cancelled it while it ran and it failed before its worker was killed
+    (the client asked for no result; an error, or a ``retry_on`` retry, would be one).
+    A task that succeeded meanwhile sends its value."""
+    return cancelled and error is not None
+
+
 def drop_cancelled(
     held_tasks: Iterable[Held], cancelled: Container[tuple[str, str, str]], outbox: Outbox
 ) -> list[Held]:
@@ -191,7 +201,7 @@ def settle_lost_task(
     returncode: int | None,
     crash_report: str,
     limit: float | None,
-    retry: Callable[[Held], bool],
+    retry: Callable[[Held], None] | None,
 ) -> None:
     """The outcome of the task a worker was running when it was killed or died.
 
@@ -201,8 +211,11 @@ def settle_lost_task(
         returncode: the worker's exit status.
         crash_report: what the worker wrote on a fatal signal.
         limit: the task's timeout (for the message of a ``TaskTimeoutError``).
-        retry: runs the task again if it may (returns True), for a timeout named in
-            ``retry_on``; each mode retries in its own way.
+        retry: runs again a task whose timeout is named in ``retry_on`` and that has
+            retries left, on this engine after a backoff (relay mode: the lease stays
+            held); None: its delivery goes back to the queue for any engine (direct
+            mode: the worker holding it is gone), by the rule of a crash's retry
+            (``Outbox.crashed``: never into the queue's last delivery).
     """
     task_id = held.task.task
     if why == WHY_CANCELLED:
@@ -210,8 +223,12 @@ def settle_lost_task(
         outbox.stopped_running(held)
     elif why == WHY_TIMEOUT:
         logger.warning("task %s timed out after %s s; worker killed", task_id, limit)
-        if not (may_retry(held, "TaskTimeoutError") and retry(held)):
+        if not may_retry(held, "TaskTimeoutError"):
             outbox.timed_out(held, limit)
+        elif retry is not None:
+            retry(held)
+        else:
+            outbox.timed_out(held, limit, requeue=True)
     else:
         cause = describe_exit(returncode)
         logger.warning("worker died with %s running task %s", cause, task_id)

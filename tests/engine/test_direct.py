@@ -170,3 +170,70 @@ def test_results_sent_with_the_next_receive_are_never_lost(merging, tmp_path):
         assert decode_result(reply.message.body).value == 42
         with pytest.raises(LockLostError):
             t.complete(d)  # completed with the result
+
+
+class _DeadWorker:
+    """Stands in for a worker process that was just killed."""
+
+    proc = None
+
+    def kill(self) -> int:
+        return -9
+
+    def crash_report(self) -> str:
+        return ""
+
+    def stop(self, timeout: float) -> None:
+        pass
+
+
+class _KeptOutbox(Outbox):
+    """An outbox that keeps what it would settle, to look at."""
+
+    def __init__(self, transport) -> None:
+        super().__init__(transport, "engine-1", 10, None)
+        self.kept: list = []
+
+    def flush(self) -> int:
+        entries, _ = self.take()
+        self.kept += entries
+        return len(entries)
+
+
+def test_a_retry_that_started_just_before_a_timeout_kill_is_given_back_counted(tmp_path):
+    """The engine kills the worker for a task's timeout just as that task ends and a
+    ``retry_on`` retry (attempt 2) starts. The retry is not to blame, so it goes back to
+    the queue; like a retry backing off, counted (it comes back as attempt 2, the rule
+    of ``Outbox.give_back_unstarted``). It was given back uncounted, and its failed
+    first attempt ran again."""
+    from realtime_batch.engine._cancels import CancelRequests
+    from realtime_batch.engine._direct import DirectWorker
+    from realtime_batch.engine._process import WorkerSettings
+    from realtime_batch.engine._supervise import WHY_TIMEOUT
+
+    def task(task_id: str) -> bytes:
+        return encode_task(TaskRecord(session="s", job="j", task=task_id, command="noop.py",
+                                      reply_to=ReplyTo("results", "s")))  # fmt: skip
+
+    with open_transport(f"memory://lost-{uuid.uuid4().hex}") as t:
+        outbox = _KeptOutbox(t)
+        engine = DirectWorker(WorkerSettings(str(tmp_path), str(tmp_path), "engine-1"),
+                              "zmq://127.0.0.1:1", "q", 2, {}, t, outbox, -1, -1, 4096, 0.1,
+                              CancelRequests())  # fmt: skip
+        worker_side = Ledger(2, 4096, fd=os.dup(engine.ledger.fd))
+        try:
+            timed, retry = (Delivery(Message(task(name)), "q", 1, 1000.0, name)
+                            for name in ("timed", "retry"))  # fmt: skip
+            slots = dict(zip(("timed", "retry"), worker_side.hold([timed, retry]), strict=True))
+            worker_side.retried(slots["retry"])  # its attempt 1 failed here, backing off
+            worker_side.start(slots["timed"], timed.message.body, 1.0, 1)  # run 1
+            worker_side.stop()  # it ended at the last moment; its result not sent yet
+            worker_side.start(slots["retry"], retry.message.body, 0.0, 2)  # run 2
+            engine.worker = _DeadWorker()  # type: ignore[assignment]
+            engine.draining = True  # no new worker
+            engine._lost(WHY_TIMEOUT, 1)  # killed for run 1
+        finally:
+            worker_side.close()
+            engine.ledger.close()
+        actions = {e.delivery.lock_token: e.action for e in outbox.kept}
+        assert actions == {"retry": "abandon", "timed": "give_back"}
