@@ -28,6 +28,7 @@ from ..transport import Delivery, Message, Transport
 from ..transport.errors import TransportError
 from ._cancels import CancelRequests
 from ._ledger import FLAG_NOTIFY, FLAG_RETRIED, Ledger, LedgerView
+from ._observe import TaskObserver
 from ._outbox import Held, Outbox
 from ._pipe import DRAIN, cancel_lines
 from ._process import WorkerProcess, WorkerSettings, start_worker
@@ -168,6 +169,14 @@ class DirectWorker:
     def wake_receiver(self) -> None:
         """Nothing to wake: the task worker receives for itself here, and the engine's
         stop reaches its idle receive through ``drain`` (a ``WAKE`` to the broker)."""
+
+    def worker_figures(self) -> TaskObserver | None:
+        """A copy of the figures the worker keeps in the ledger (None: none yet, or the
+        engine has stopped and closed it)."""
+        try:
+            return TaskObserver.read(self.ledger.figures, self.engine_id)
+        except ValueError:  # a closed ledger's memory
+            return None
 
     def current_task(self) -> str | None:
         """Id of the task the worker runs now, if any."""

@@ -99,6 +99,10 @@ class RelayFeeder:
         """Tasks the worker has answered so far."""
         return self.pipeline.finished
 
+    def worker_figures(self) -> None:
+        """None: the engine's own observer counts every result in this mode."""
+        return None
+
     def current_task(self) -> str | None:
         """Id of the task running now, if any."""
         inflight = self.pipeline.inflight

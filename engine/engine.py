@@ -317,11 +317,7 @@ class Engine:
         """What counts this engine's results: its outbox's observer and, in direct mode,
         a copy of its task worker's figures (kept in their ledger across workers)."""
         observers = [self._outbox.observer]
-        ledger = getattr(self._feeder, "ledger", None)  # a DirectWorker's
-        try:
-            kept = None if ledger is None else TaskObserver.read(ledger.figures, self.engine_id)
-        except ValueError:  # closed: the engine has stopped
-            kept = None
+        kept = None if self._feeder is None else self._feeder.worker_figures()
         return observers if kept is None else [*observers, kept]
 
     @property
