@@ -25,7 +25,7 @@ from typing import Any
 from ..control import KIND_RUNNING, NOTIFY
 from ..protocol import ProtocolError, decode_task
 from ..transport import Delivery, Message, Transport
-from ..transport.errors import TransportError
+from ..transport.errors import LockLostError, TransportError
 from ._cancels import CancelRequests
 from ._ledger import FLAG_NOTIFY, FLAG_RETRIED, Ledger, LedgerView
 from ._observe import TaskObserver
@@ -235,6 +235,9 @@ class DirectWorker:
                 try:
                     until = self.transport.renew_lock(_delivery(self.queue, token, count))
                     at = renew_at[token] = next_renewal(now, until)
+                except LockLostError as exc:  # final: its result will still be sent
+                    logger.warning("a lease of the worker is lost: %s", exc)
+                    at = renew_at[token] = float("inf")
                 except TransportError as exc:
                     logger.info("could not renew a lease of the worker: %s", exc)
                     at = renew_at[token] = now + 1.0

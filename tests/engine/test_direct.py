@@ -237,3 +237,45 @@ def test_a_retry_that_started_just_before_a_timeout_kill_is_given_back_counted(t
             engine.ledger.close()
         actions = {e.delivery.lock_token: e.action for e in outbox.kept}
         assert actions == {"retry": "abandon", "timed": "give_back"}
+
+
+def test_a_lease_found_lost_is_not_renewed_again(tmp_path, monkeypatch):
+    """A renewal answered "lease lost" is final: relay mode stops renewing that delivery
+    (``Held.renewal_failed``); the direct engine asked the broker again every second
+    until the task ended. Other renewal errors are still retried a second later."""
+    import time
+
+    from realtime_batch.engine import _direct
+    from realtime_batch.engine._cancels import CancelRequests
+    from realtime_batch.engine._direct import DirectWorker
+    from realtime_batch.engine._process import WorkerSettings
+    from realtime_batch.transport import LockLostError, TransportError
+
+    class Renewals:
+        calls: list[str] = []
+
+        def renew_lock(self, delivery):
+            self.calls.append(delivery.lock_token)
+            if delivery.lock_token == "lost":
+                raise LockLostError("the lease is gone")
+            raise TransportError("the broker did not answer")
+
+    clock = [time.time()]
+    monkeypatch.setattr(_direct.time, "time", lambda: clock[0])
+    with open_transport(f"memory://renew-{uuid.uuid4().hex}") as t:
+        renewals = Renewals()
+        engine = DirectWorker(WorkerSettings(str(tmp_path), str(tmp_path), "engine-1"),
+                              "zmq://127.0.0.1:1", "q", 2, {}, renewals, _KeptOutbox(t), -1, -1,
+                              4096, 0.1, CancelRequests())  # fmt: skip
+        worker_side = Ledger(2, 4096, fd=os.dup(engine.ledger.fd))
+        try:
+            worker_side.hold([Delivery(Message(b"x"), "q", 1, clock[0] + 30.0, token)
+                              for token in ("lost", "flaky")])  # fmt: skip
+            for _ in range(3):
+                clock[0] += 20.0  # each renewal is due
+                engine._renew(engine.ledger.snapshot())
+        finally:
+            worker_side.close()
+            engine.ledger.close()
+    assert renewals.calls.count("lost") == 1
+    assert renewals.calls.count("flaky") == 3
