@@ -102,6 +102,7 @@ class DirectWorker:
         self._cancel_seen: dict[int, float] = {}  # run seq -> monotonic time seen cancelled
         self._noticed = 0  # run seq of the last running notice
         self._finished_before = 0  # tasks finished by the workers before this one
+        self._workers_started = 0
 
     @property
     def finished(self) -> int:
@@ -120,6 +121,7 @@ class DirectWorker:
         self.worker = worker = start_worker(
             self.settings, direct=(json.dumps(self.options), self.ledger.fd, self.wake_w)
         )
+        self._workers_started += 1
         # Before its first receive the worker learns every cancel request known so far.
         self._sent_cancels = set(self.cancels.keys)
         worker.write_control(cancel_lines(self._sent_cancels) + b"G\n")
@@ -169,6 +171,11 @@ class DirectWorker:
     def wake_receiver(self) -> None:
         """Nothing to wake: the task worker receives for itself here, and the engine's
         stop reaches its idle receive through ``drain`` (a ``WAKE`` to the broker)."""
+
+    @property
+    def restarts(self) -> int:
+        """Workers started after the first (after a crash, a timeout or a cancel)."""
+        return max(0, self._workers_started - 1)
 
     def worker_figures(self) -> TaskObserver | None:
         """A copy of the figures the worker keeps in the ledger (None: none yet, or the

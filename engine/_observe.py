@@ -235,7 +235,9 @@ class TaskObserver:
         return copy if copy._load(keep, tries=1000) else None
 
 
-def engine_report(engine_id: str, state: str, task: str | None, done: int) -> dict[str, Any]:
+def engine_report(
+    engine_id: str, state: str, task: str | None, done: int, restarts: int = 0
+) -> dict[str, Any]:
     """The engine process's part of its report."""
     return {
         "id": engine_id,
@@ -243,4 +245,5 @@ def engine_report(engine_id: str, state: str, task: str | None, done: int) -> di
         "state": state,
         "task": task,
         "done": done,
+        "restarts": restarts,
     }

@@ -79,6 +79,8 @@ class WorkerPipeline:
     inflight: deque[Held] = attrs.field(init=False, factory=deque)
     delayed: list[Held] = attrs.field(init=False, factory=list)
     finished: int = attrs.field(init=False, default=0)
+    #: workers started so far (the first, then one after each crash or kill)
+    workers_started: int = attrs.field(init=False, default=0)
     #: False while draining: nothing new goes to the worker
     accepting: bool = attrs.field(init=False, default=True)
     _poller: Any = attrs.field(init=False, factory=select.poll)
@@ -90,6 +92,7 @@ class WorkerPipeline:
     def start_worker(self) -> None:
         """Start a worker and wait until it is warm. Raises ``WorkerStartError``."""
         self.worker = start_worker(self.settings)
+        self.workers_started += 1
         self._reset_poller()
 
     def _reset_poller(self) -> None:

@@ -99,6 +99,11 @@ class RelayFeeder:
         """Tasks the worker has answered so far."""
         return self.pipeline.finished
 
+    @property
+    def restarts(self) -> int:
+        """Workers started after the first (after a crash, a timeout or a cancel)."""
+        return max(0, self.pipeline.workers_started - 1)
+
     def worker_figures(self) -> None:
         """None: the engine's own observer counts every result in this mode."""
         return None

@@ -214,6 +214,12 @@ class Engine:
         """Tasks the worker has answered so far."""
         return 0 if self._feeder is None else self._feeder.finished
 
+    @property
+    def worker_restarts(self) -> int:
+        """Task workers started after the first: one per crash, timeout or cancel of a
+        running task (a crash loop shows here even when retries succeed)."""
+        return 0 if self._feeder is None else self._feeder.restarts
+
     # -- public control --------------------------------------------------------------------
     def start(self, *, wait: bool = True, timeout: float = 60.0) -> Engine:
         """Run the engine in a daemon thread; with ``wait``, return once it is ready."""
@@ -343,7 +349,7 @@ class Engine:
             # sends the results (here, or in the direct worker) as results go out: an
             # idle engine's report stays the same, and so costs no heartbeat.
             self.transport.report_engine(
-                engine_report(self.engine_id, state, task, self.tasks_done)
+                engine_report(self.engine_id, state, task, self.tasks_done, self.worker_restarts)
             )
             self._outbox.observer.report_pending(time.time())  # relay mode: results here
         except Exception:  # a report is never worth stopping the engine for

@@ -58,6 +58,8 @@ class EngineCollector:
         yield counter("rtbatch_engine_tasks_failed", "Error results sent.", total("failed"))
         yield counter("rtbatch_engine_tasks_retried", "Tasks run again after a failure.",
                       total("retried"))  # fmt: skip
+        yield counter("rtbatch_engine_worker_restarts", "Task workers started after the first.",
+                      engine.worker_restarts)  # fmt: skip
         yield gauge("rtbatch_engine_busy", "1 while a task runs.",
                     1.0 if engine.current_task is not None else 0.0)  # fmt: skip
         for observer in observers:

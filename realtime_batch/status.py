@@ -113,12 +113,16 @@ def render(stats: TransportStats, previous: TransportStats | None = None) -> Ren
                        _fmt(q.groups), _fmt(q.sent), _fmt(q.completed), _fmt(r.sent, ".1f"),
                        _fmt(r.completed, ".1f"), latency or "—")  # fmt: skip
     engines = Table(title="Engines", title_justify="left")
-    for column in ("engine", "host", "state", "task", "done", "failed", "busy", "last heartbeat"):
+    # worker restarts (crashes, kills) get a column once an engine has had any
+    restarts = any(e.worker_restarts for e in stats.engines)
+    for column in ("engine", "host", "state", "task", "done", "failed",
+                   *(("restarts",) if restarts else ()), "busy", "last heartbeat"):  # fmt: skip
         engines.add_column(column)
     for e in stats.engines:
         busy = None if e.busy_ratio is None else f"{e.busy_ratio:.0%}"
         engines.add_row(e.id, e.host, e.state, e.task or "", str(e.tasks_done),
-                        str(e.tasks_failed), busy or "—", _ago(e.last_seen, now))  # fmt: skip
+                        str(e.tasks_failed), *((str(e.worker_restarts),) if restarts else ()),
+                        busy or "—", _ago(e.last_seen, now))  # fmt: skip
     parts: list[RenderableType] = [summary, queues, engines]
     if not stats.engines:
         parts.append(Text("no engine has reported itself", style="dim"))

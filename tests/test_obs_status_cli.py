@@ -194,3 +194,25 @@ def test_status_on_a_curve_broker_with_keys(tmp_path):
         broker.stop()
         thread.join(5)
         broker.close()
+
+
+def test_the_restarts_column_shows_once_an_engine_restarted_its_worker():
+    """Worker restarts (crashes, kills) show even when the retries succeed; the column is
+    there only when some engine has had any, so the usual table keeps its width."""
+    from rich.console import Console
+
+    from realtime_batch.status import render
+    from realtime_batch.transport.stats import EngineStats, TransportStats
+
+    def table(*engines):
+        console = Console(width=200, record=True)
+        console.print(render(TransportStats("memory", engines=engines)))
+        return console.export_text()
+
+    calm = table(EngineStats("node-0-1"), EngineStats("node-1-1"))
+    assert "restarts" not in calm
+    looping = table(EngineStats("node-0-1"), EngineStats("node-1-1", worker_restarts=7))
+    header = next(line for line in looping.splitlines() if "restarts" in line)
+    row = next(line for line in looping.splitlines() if "node-1-1" in line)
+    cells = [c.strip() for c in row.split("│")]
+    assert cells[[c.strip() for c in header.split("┃")].index("restarts")] == "7"

@@ -127,16 +127,21 @@ def _engine_metrics(stats: TransportStats) -> Iterator[Metric]:
         "rtbatch_engine_busy_ratio", "Share of an engine's time spent running tasks.",
         labels=["engine"],
     )  # fmt: skip
+    restarts = CounterMetricFamily(
+        "rtbatch_engine_worker_restarts", "Task workers started after the first (reports).",
+        labels=["engine"],
+    )  # fmt: skip
     for engine in stats.engines:
         by_state[engine.state] = by_state.get(engine.state, 0) + 1
         done.add_metric([engine.id], engine.tasks_done)
         failed.add_metric([engine.id], engine.tasks_failed)
+        restarts.add_metric([engine.id], engine.worker_restarts)
         if engine.busy_ratio is not None:
             busy.add_metric([engine.id], engine.busy_ratio)
     engines = GaugeMetricFamily("rtbatch_engines", "Engines by reported state.", labels=["state"])
     for state, count in sorted(by_state.items()):
         engines.add_metric([state], count)
-    yield from (engines, done, failed, busy)
+    yield from (engines, done, failed, busy, restarts)
 
 
 def serve_metrics(port: int, collector: Any, host: str = "127.0.0.1") -> tuple[Any, Any]:

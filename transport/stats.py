@@ -111,6 +111,7 @@ class EngineStats:
         task: id of the task it runs, if any.
         tasks_done: tasks it has finished.
         tasks_failed: tasks that ended in an error.
+        worker_restarts: task workers it started after the first (crashes, kills).
         busy_ratio: share of its time spent running tasks.
         last_seen: wall-clock time of its last report.
         failures: its most recent failures.
@@ -122,6 +123,7 @@ class EngineStats:
     task: str | None = None
     tasks_done: int = 0
     tasks_failed: int = 0
+    worker_restarts: int = 0
     busy_ratio: float | None = None
     last_seen: float = 0.0
     failures: tuple[FailureInfo, ...] = attrs.field(default=(), converter=tuple)
@@ -245,6 +247,9 @@ class EngineTable:
         done = _count(report.get("done"))
         if done is not None:
             entry["tasks_done"] = done
+        restarts = _count(report.get("restarts"))
+        if restarts is not None:
+            entry["worker_restarts"] = restarts
         busy = report.get("busy")
         if isinstance(busy, (int, float)) and not isinstance(busy, bool) and 0 <= busy <= 1:
             entry["busy_ratio"] = float(busy)

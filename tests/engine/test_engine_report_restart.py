@@ -53,6 +53,7 @@ def test_failures_told_before_a_worker_crash_are_still_counted_after_it(mode, tm
         types = sorted(f.type for f in row.failures)
         assert types == ["ValueError", "WorkerCrashedError"], row.failures
         assert row.busy_ratio is not None and row.busy_ratio > 0, row  # the 0.3 s it ran
+        assert row.worker_restarts == engine.worker_restarts == 1, row
 
 
 class _Reports:

@@ -52,6 +52,7 @@ def test_engine_metrics_count_results_retries_and_durations(tmp_path):
     assert value("rtbatch_engine_tasks_completed_total") == 1
     assert value("rtbatch_engine_tasks_failed_total") == 2
     assert value("rtbatch_engine_tasks_retried_total") == 1
+    assert value("rtbatch_engine_worker_restarts_total") == 0
     assert value("rtbatch_engine_task_duration_seconds_count") == 3  # results sent
     assert 0 <= value("rtbatch_engine_busy_ratio") <= 1
     assert value("rtbatch_engine_busy") == 0
@@ -109,5 +110,6 @@ def test_a_direct_engines_metrics_count_what_its_workers_answered_too(tmp_path):
 
     assert value("rtbatch_engine_tasks_completed_total") == 2
     assert value("rtbatch_engine_tasks_failed_total") == 2
+    assert value("rtbatch_engine_worker_restarts_total") == 1  # after the crash
     assert value("rtbatch_engine_task_duration_seconds_count") == 3  # the crash has none
     assert 0 < value("rtbatch_engine_busy_ratio") <= 1

@@ -87,7 +87,7 @@ def test_stats_counts_depth_leases_dead_letters_and_mailboxes(transport):
 
 def test_engine_reports_reach_the_stats(transport):
     transport.report_engine({"id": "node-a-1", "host": "node-a", "state": "busy",
-                             "task": "t-42", "done": 7})  # fmt: skip
+                             "task": "t-42", "done": 7, "restarts": 2})  # fmt: skip
     # the worker's part (direct mode) arrives separately and is merged by engine id
     failure = {"task": "t-9", "type": "ValueError", "message": "no", "traceback": "Traceback\n",
                "at": 12.5}  # fmt: skip
@@ -99,9 +99,17 @@ def test_engine_reports_reach_the_stats(transport):
         return engines[0] if engines and engines[0].tasks_failed else None
 
     seen = wait_for(engine, "the engine's report")
-    assert (seen.id, seen.host, seen.state, seen.task, seen.tasks_done) == (
-        "node-a-1", "node-a", "busy", "t-42", 7,
+    assert (seen.id, seen.host, seen.state, seen.task, seen.tasks_done, seen.worker_restarts) == (
+        "node-a-1", "node-a", "busy", "t-42", 7, 2,
     )  # fmt: skip
+    from realtime_batch.transport.metrics import StatsCollector
+
+    stats = transport.stats()
+    [family] = [m for m in StatsCollector(lambda: stats).collect()
+                if m.name == "rtbatch_engine_worker_restarts"]  # fmt: skip
+    assert [(s.labels, s.value) for s in family.samples if s.name.endswith("_total")] == [
+        ({"engine": "node-a-1"}, 2)
+    ]
     [f] = seen.failures
     assert (f.task, f.type, f.message, f.traceback, f.engine) == (
         "t-9", "ValueError", "no", "Traceback\n", "node-a-1",

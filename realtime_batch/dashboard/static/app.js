@@ -108,7 +108,7 @@ function render(data) {
     stats.engines.length + " engine(s) · " + stats.queues.length + " queue(s)";
   fill("engines", stats.engines.map(e => [
     [e.id], [e.host], [e.state, "state-" + e.state], [e.task || ""],
-    [e.tasks_done, "num"], [e.tasks_failed, "num"],
+    [e.tasks_done, "num"], [e.tasks_failed, "num"], [e.worker_restarts, "num"],
     [e.busy_ratio === null ? null : Math.round(e.busy_ratio * 100) + "%", "num"],
     [ago(e.last_seen, now)],
   ]));
