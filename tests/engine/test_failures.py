@@ -126,7 +126,9 @@ def test_malformed_body_is_dead_lettered_and_the_engine_survives(harness):
     dead: list = []  # dead-lettering may finish after the result is sent
     end = time.monotonic() + 10
     while len(dead) < 2 and time.monotonic() < end:
-        dead += harness.transport.receive(dead_letter_queue(harness.queue), max_messages=5, timeout=1)
+        dead += harness.transport.receive(
+            dead_letter_queue(harness.queue), max_messages=5, timeout=1
+        )
     assert sorted(d.message.body for d in dead) == sorted(
         [b"\x00 not json", b'{"v": 1, "task": 5}']
     )
