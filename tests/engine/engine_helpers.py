@@ -1,4 +1,5 @@
-"""Helpers for the engine tests: an in-process harness over memory://, a zmq broker process."""
+"""Helpers for the engine tests: an in-process harness over memory://, a zmq broker process,
+or the Service Bus stand-in (``tests/servicebus_standin.py``)."""
 
 from __future__ import annotations
 
@@ -40,25 +41,33 @@ class Harness:
     Relay mode (``url`` None): one memory:// namespace, engines given the open transport.
     Direct mode: a ``zmq://`` broker's URL, engines given the URL (so their task
     workers take tasks from the broker themselves).
+    Service Bus mode (``servicebus=True``, ``url`` a stand-in's connection string): engines
+    given the connection string, each with its own connection, in relay mode (a lease
+    belongs to its receiver link); queues named per harness, since one stand-in serves
+    many tests, and the results queue grouped (sessions), as Service Bus requires.
     """
 
-    def __init__(self, tasks_dir: Path, work_dir: Path, url: str | None = None) -> None:
-        self.direct = url is not None
+    def __init__(
+        self, tasks_dir: Path, work_dir: Path, url: str | None = None, *, servicebus: bool = False
+    ) -> None:
+        self.servicebus = servicebus
+        self.direct = url is not None and not servicebus
         self.url = url or f"memory://engine-test-{uuid.uuid4().hex}"
         self.transport = open_transport(self.url)
         self.tasks_dir = tasks_dir
         self.work_dir = work_dir
-        self.queue = "tasks"
-        self.results_queue = "results"
+        suffix = f"-{uuid.uuid4().hex[:8]}" if servicebus else ""
+        self.queue = "tasks" + suffix
+        self.results_queue = "results" + suffix
         self.group = f"client-{uuid.uuid4().hex[:8]}"
-        self.transport.declare_queue(self.results_queue)
+        self.transport.declare_queue(self.results_queue, grouped=servicebus)
         self.engines: list[Engine] = []
 
     def engine(self, **options: Any) -> Engine:
         options.setdefault("tasks_dir", self.tasks_dir)
         options.setdefault("work_dir", self.work_dir)
         tasks_dir = options.pop("tasks_dir")
-        transport = self.url if self.direct else self.transport
+        transport = self.url if self.direct or self.servicebus else self.transport
         engine = Engine(transport, self.queue, tasks_dir, **options)
         self.engines.append(engine)
         return engine.start()
@@ -114,10 +123,27 @@ class Harness:
         self.transport.close()
 
 
+#: The harness's modes: every engine scenario runs in the first two; ``servicebus`` only
+#: where a test asks for it (the ``servicebus_mode`` marker, see conftest.py).
+MODES = ("relay", "direct")
+
+
 @contextlib.contextmanager
-def open_harness(mode: str, tasks_dir: Path, work_dir: Path) -> Iterator[Harness]:
-    """A ``Harness`` in ``relay`` mode (memory://) or ``direct`` mode (its own zmq broker)."""
+def open_harness(
+    mode: str, tasks_dir: Path, work_dir: Path, *, standin_url: str | None = None
+) -> Iterator[Harness]:
+    """A ``Harness`` in ``relay`` mode (memory://), ``direct`` mode (its own zmq broker)
+    or ``servicebus`` mode (relay over the Service Bus stand-in at ``standin_url``,
+    started by the caller and shared: each harness names its own queues)."""
     work_dir.mkdir(exist_ok=True)
+    if mode == "servicebus":
+        assert standin_url is not None, "servicebus mode needs a running stand-in"
+        h = Harness(tasks_dir, work_dir, standin_url, servicebus=True)
+        try:
+            yield h
+        finally:
+            h.close()
+        return
     broker = Broker() if mode == "direct" else None
     try:
         h = Harness(tasks_dir, work_dir, None if broker is None else broker.url)

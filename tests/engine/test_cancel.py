@@ -48,6 +48,7 @@ def test_cancel_before_the_task_arrives_skips_it(harness):
     assert not (harness.work_dir / "early.txt").exists()
 
 
+@pytest.mark.servicebus_mode
 def test_cancel_prefetched_and_running_tasks(harness):
     engine = harness.engine(prefetch=2)
     running = harness.submit("marker_sleep.py", "running.txt", 60)

@@ -6,8 +6,11 @@ import signal
 import time
 
 import psutil
+import pytest
 
 from realtime_batch.protocol import decode_task
+
+pytestmark = pytest.mark.servicebus_mode  # and on the Service Bus stand-in (relay mode)
 
 
 def wait_for(path, timeout=30.0):
@@ -26,7 +29,7 @@ def test_lease_is_renewed_while_a_task_outlives_the_lock(harness):
     assert results[first].ok and results[first].attempt == 1
     assert results[second].ok and results[second].attempt == 1
     harness.assert_no_result(wait=1.0)
-    assert harness.transport.receive("tasks", timeout=0) == []
+    assert harness.transport.receive(harness.queue, timeout=0) == []
     assert engine.tasks_done == 2
 
 
@@ -42,7 +45,7 @@ def test_graceful_stop_finishes_the_running_task_and_returns_the_rest(harness):
     assert result.task == running and result.value == "slept"
     harness.assert_no_result()
     # the prefetched tasks were not run: they are back on the queue for another engine
-    back = harness.transport.receive("tasks", max_messages=5, timeout=2)
+    back = harness.transport.receive(harness.queue, max_messages=5, timeout=2)
     assert sorted(decode_task(d.message.body).task for d in back) == sorted(waiting)
     assert not worker.is_running()
 
@@ -53,7 +56,7 @@ def test_stop_abandons_a_task_that_outlives_the_grace_period(harness):
     wait_for(harness.work_dir / "started")
     engine.stop(timeout=30)
     harness.assert_no_result()
-    [back] = harness.transport.receive("tasks", timeout=2)
+    [back] = harness.transport.receive(harness.queue, timeout=2)
     assert decode_task(back.message.body).task == task_id
     assert back.delivery_count == 2
 

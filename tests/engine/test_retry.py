@@ -70,6 +70,7 @@ def test_retry_on_backs_off_and_counts_attempts(harness: Harness, tasks_dir, tmp
         assert gap >= 0.5 * 0.2 * 2 ** (attempt - 1), gaps
 
 
+@pytest.mark.servicebus_mode
 def test_retries_exhausted_give_the_last_error(harness: Harness, tasks_dir, tmp_path):
     harness.engine(tasks_dir=tasks_dir, retry_backoff=0.01)
     log = tmp_path / "log"
@@ -89,6 +90,7 @@ def test_other_exceptions_are_not_retried(harness: Harness, tasks_dir, tmp_path)
     assert len(attempts(log)) == 1
 
 
+@pytest.mark.servicebus_mode
 def test_timeout_in_retry_on_is_retried(harness: Harness):
     harness.engine(retry_backoff=0.01)
     harness.submit("sleep.py", 30, timeout=0.3, max_retries=1, retry_on=["TaskTimeoutError"])
@@ -97,6 +99,7 @@ def test_timeout_in_retry_on_is_retried(harness: Harness):
 
 
 @pytest.mark.parametrize("prefetch", [2, 1])  # 1: the retry holds the only slot
+@pytest.mark.servicebus_mode
 def test_cancel_during_backoff_stops_the_retries(harness: Harness, tasks_dir, tmp_path, prefetch):
     """The cancel is seen at once, not when the engine's wait for the retry ends (idle
     waits of 30 s made the direct worker's receive last until the retry was due)."""
@@ -112,12 +115,15 @@ def test_cancel_during_backoff_stops_the_retries(harness: Harness, tasks_dir, tm
     assert len(attempts(log)) == 1
 
 
-@pytest.mark.parametrize("mode", ["relay", "direct"])
-def test_a_retry_waiting_on_a_stopping_engine_is_given_back(mode, tasks_dir, tmp_path):
+@pytest.mark.parametrize("mode", ["relay", "direct", "servicebus"])
+def test_a_retry_waiting_on_a_stopping_engine_is_given_back(mode, tasks_dir, tmp_path, request):
     """Graceful stop during a backoff: the delivery goes back and another engine runs it."""
     from engine_helpers import open_harness
 
-    with open_harness(mode, tasks_dir, tmp_path / "wd") as harness:
+    standin_url = None
+    if mode == "servicebus":
+        standin_url = request.getfixturevalue("engine_standin").connection_string
+    with open_harness(mode, tasks_dir, tmp_path / "wd", standin_url=standin_url) as harness:
         first = harness.engine(retry_backoff=30)
         log = tmp_path / "log"
         harness.submit("flaky_log.py", str(log), 2, max_retries=3, retry_on=["FlakyError"])
@@ -137,6 +143,7 @@ def test_retry_delay_is_exponential_capped_and_jittered(attempt):
         assert 0.5 * expected <= delay <= expected
 
 
+@pytest.mark.servicebus_mode
 def test_a_retry_backing_off_when_its_worker_dies_keeps_its_attempt(
     harness: Harness, tasks_dir, tmp_path
 ):
