@@ -65,6 +65,17 @@ def wait_for(path: Path, timeout: float = 30.0) -> None:
         time.sleep(0.02)
 
 
+def cancel_on(harness: Harness, engine, task: str, timeout: float = 30.0) -> None:
+    """Send a cancel request for ``task`` to ``engine`` and wait until the engine has it."""
+    from realtime_batch.control import CONTROL_QUEUE, cancel_messages
+
+    harness.transport.send(CONTROL_QUEUE, cancel_messages("s1", engine.engine_id, [task]))
+    end = time.monotonic() + timeout
+    while not engine.is_cancelled("s1", task):
+        assert time.monotonic() < end, "the engine never heard of the cancel"
+        time.sleep(0.01)
+
+
 def test_tasks_held_by_a_stopping_engine_are_not_charged_an_attempt(harness: Harness):
     """A graceful stop gives back the tasks it holds and has not started: they never
     ran, so another engine runs them as attempt 1. Relay mode gave them back counted,
@@ -148,7 +159,6 @@ def test_a_running_task_that_fails_after_its_cancel_is_answered_cancelled(
     """A cancel reaches the running task, which fails before the worker is killed for
     it: the client cancelled it, so it is answered ``cancelled`` (docs: "status
     ``cancelled``, never a result"), not with the error. Direct mode answered the error."""
-    from realtime_batch.control import CONTROL_QUEUE, cancel_messages
     from realtime_batch.engine import _direct, _pipeline
 
     for module in (_direct, _pipeline):  # the task fails long before a kill
@@ -157,11 +167,7 @@ def test_a_running_task_that_fails_after_its_cancel_is_answered_cancelled(
     go = harness.work_dir / "go"
     task = harness.submit("fail_on_go.py", "started", str(go))
     wait_for(harness.work_dir / "started")
-    harness.transport.send(CONTROL_QUEUE, cancel_messages("s1", engine.engine_id, [task]))
-    end = time.monotonic() + 30
-    while not engine.is_cancelled("s1", task):
-        assert time.monotonic() < end
-        time.sleep(0.01)
+    cancel_on(harness, engine, task)
     time.sleep(1.0)  # the engine passes it on to its worker at once (direct mode)
     go.touch()
     result = harness.result()
@@ -207,18 +213,13 @@ def test_a_cancelled_task_held_by_a_stopping_engine_is_answered_not_given_back(
     stops: it is answered ``cancelled`` there (relay mode at once, direct mode when its
     worker drains), not given back to run on an engine that may never hear of the
     cancel."""
-    from realtime_batch.control import CONTROL_QUEUE, cancel_messages
 
     harness.transport.declare_queue(harness.queue)
     running = harness.submit("marker_sleep.py", "started", 1.5)
     waiting = harness.submit("marker_sleep.py", "ran", 0)
     engine = harness.engine(prefetch=2)
     wait_for(harness.work_dir / "started")
-    harness.transport.send(CONTROL_QUEUE, cancel_messages("s1", engine.engine_id, [waiting]))
-    end = time.monotonic() + 30
-    while not engine.is_cancelled("s1", waiting):
-        assert time.monotonic() < end
-        time.sleep(0.01)
+    cancel_on(harness, engine, waiting)
     time.sleep(0.5)  # the engine passes it on to its worker at once (direct mode)
     engine.stop(timeout=30)
     results = harness.results(2, timeout=5)
