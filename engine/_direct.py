@@ -292,12 +292,9 @@ class DirectWorker:
                 settle_lost_task(self.outbox, held, why, code, report, limit, None)
         elif why is None and not self.draining:
             logger.warning("worker died idle (%s); restarting", describe_exit(code))
-        for token, count, flags, *_ in view.held.values():
-            delivery = _delivery(self.queue, token, count)
-            if flags & FLAG_RETRIED:  # an attempt ran here: redelivered as the next one
-                self.outbox.abandon(Held(delivery, None, 0))  # type: ignore[arg-type]
-            else:  # received, not started: given back uncounted
-                self.outbox.give_back(delivery)
+        for token, count, flags, *_ in view.held.values():  # received, not running
+            self.outbox.give_back(_delivery(self.queue, token, count),
+                                  ran_here=bool(flags & FLAG_RETRIED))  # fmt: skip
         self._flush()
         if not self.draining:
             start_again(self.start)

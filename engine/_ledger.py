@@ -58,9 +58,9 @@ class Ledger:
     of held deliveries, the running task's message body, then the worker's
     ``figures`` (``_observe``), which ``reset`` leaves for the next worker. The
     worker writes the header and body under a sequence counter (odd while writing),
-    so the engine's reads of them are consistent; a slot's first byte, written last when it is
-    filled and first when it is freed, says whether it holds a delivery. After the
-    worker died the engine reads whatever is there.
+    so the engine's reads of them are consistent; a slot's first byte, written last
+    when it is filled and first when it is freed, says whether it holds a delivery.
+    After the worker died the engine reads whatever is there.
 
     Args:
         slots: deliveries held at once at most (the prefetch).

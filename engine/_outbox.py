@@ -235,21 +235,20 @@ class Outbox:
         """Give the delivery back untouched (engine stopping)."""
         self._entries.append(_Entry(held.delivery, _ABANDON))
 
-    def give_back(self, delivery: Delivery) -> None:
-        """Give back a delivery that never started, not counted as a delivery."""
-        self._entries.append(_Entry(delivery, _GIVE_BACK))
-
-    def give_back_unstarted(self, held: Held) -> None:
-        """Give back a task held here and not started (the engine stops, or its worker died).
+    def give_back(self, delivery: Delivery, *, ran_here: bool = False) -> None:
+        """Give back a delivery that is not running (the engine stops, or its worker died).
 
         Not counted as a delivery, so that being near a stop or a crash uses up none of
-        its retries; unless an attempt of it already ran here (a ``retry_on`` retry backing
-        off): then counted, so that it comes back as its next attempt. Both modes' rule.
+        its retries; unless an attempt of it already ran here (``ran_here``: a
+        ``retry_on`` retry backing off): then counted, so that it comes back as its next
+        attempt. Both modes' rule.
         """
-        if held.attempt > delivery_attempt(held.delivery, held.task):
-            self.abandon(held)
-        else:
-            self.give_back(held.delivery)
+        self._entries.append(_Entry(delivery, _ABANDON if ran_here else _GIVE_BACK))
+
+    def give_back_unstarted(self, held: Held) -> None:
+        """``give_back`` a task held here and not started, by what its attempt says."""
+        ran_here = held.attempt > delivery_attempt(held.delivery, held.task)
+        self.give_back(held.delivery, ran_here=ran_here)
 
     def finished(
         self,
