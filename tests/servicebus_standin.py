@@ -233,6 +233,8 @@ class ServiceBusStandIn(MessagingHandler):
         self.outs: dict[Any, _Out] = {}  # proton link -> _Out for entity receivers
         self.unsettled: dict[str, tuple[Any, _Out]] = {}  # lock token -> (delivery, link)
         self.session_locks: dict[tuple[str, str], tuple[_Out, float]] = {}
+        #: set by a SIGTERM/SIGINT handler; the next tick stops the container (``main``)
+        self.stop_requested = False
         self.meta: dict[str, tuple[int, float]] = {}  # message id -> (sequence, enqueued)
         self.authorized: set[Any] = set()  # connections with a valid put-token
         self.stats: Counter[str] = Counter()
@@ -278,6 +280,9 @@ class ServiceBusStandIn(MessagingHandler):
 
     @guarded
     def on_timer_task(self, event):
+        if self.stop_requested:
+            event.container.stop()
+            return
         now = time.time()
         self.store.expire(now)
         for key, (out, until) in list(self.session_locks.items()):
@@ -944,7 +949,10 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     def stop(signum, frame):
-        raise SystemExit(0)
+        # Raising here is lost when the signal lands in one of proton's cffi callbacks
+        # ("Exception ignored from cffi callback"): the stand-in then served on until
+        # SIGKILL. The flag is seen by the next tick, 50 ms at most.
+        standin.stop_requested = True
 
     def dump_stats(signum, frame):
         print("STATS " + json.dumps(standin.snapshot()), flush=True)
@@ -952,10 +960,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGUSR1, dump_stats)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    try:
-        Container(standin).run()
-    except SystemExit:
-        pass
+    Container(standin).run()
     return 0
 
 
